@@ -1,0 +1,35 @@
+//! The rhtmx-sync showcase: a todo list that works offline and refreshes live.
+//!
+//! Run with: `cargo run --example todo_sync`, then open http://127.0.0.1:3000.
+//! `PORT` and `DATABASE_URL` (default `sqlite://todo_sync.db`) override the defaults.
+
+mod app;
+
+use std::net::SocketAddr;
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rhtmx_sync=debug".into()),
+        )
+        .init();
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://todo_sync.db".into());
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p.parse()?,
+        Err(_) => 3000,
+    };
+    let pool = app::open_db(&url).await?;
+    let engine = app::engine(&pool).await?;
+    let router = app::app(pool).merge(engine.routes());
+
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    println!("todo_sync listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

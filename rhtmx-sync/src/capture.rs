@@ -1,0 +1,157 @@
+//! Change capture: SQLite triggers that append to the change log inside the writer's own
+//! transaction, so every insert/update/delete is logged whatever path made it (the app's
+//! plain `sqlx::query!`, a migration, another process), and a rolled-back write leaves
+//! no entry. A derive cannot wrap arbitrary handler code; a trigger can.
+
+use crate::entity::{quote_ident, quote_literal, Column, ColumnKind, Entity};
+use crate::error::Result;
+use crate::log::LOG_TABLE;
+
+/// Prefix of every trigger the engine owns.
+const PREFIX: &str = "_rhtmx_sync_";
+
+/// SQLite's default `SQLITE_MAX_FUNCTION_ARG` is 127: at most 63 pairs per call.
+const PAIRS_PER_CALL: usize = 60;
+
+/// The triggers capturing `entity`, as `(name, CREATE statement)`.
+pub(crate) fn triggers(entity: &Entity) -> [(String, String); 3] {
+    let table = quote_ident(&entity.table);
+    let ent = quote_literal(&entity.table);
+    let id = quote_ident(&entity.id);
+    let name = |suffix: &str| format!("{PREFIX}{}_{suffix}", entity.table);
+    let others: Vec<&Column> = entity
+        .columns
+        .iter()
+        .filter(|c| c.name != entity.id)
+        .collect();
+    let differs = |c: &Column| {
+        let q = quote_ident(&c.name);
+        format!("OLD.{q} IS NOT NEW.{q}")
+    };
+    let any_differs = entity
+        .columns
+        .iter()
+        .map(differs)
+        .collect::<Vec<_>>()
+        .join(" OR ");
+    let changed = if others.is_empty() {
+        "'[]'".to_owned()
+    } else {
+        let arms = others
+            .iter()
+            .map(|c| {
+                format!(
+                    "SELECT {} AS c WHERE {}",
+                    quote_literal(&c.name),
+                    differs(c)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" UNION ALL ");
+        format!("(SELECT json_group_array(c) FROM ({arms}))")
+    };
+    let new_row = row_json(entity, "NEW");
+
+    let ins = format!(
+        "CREATE TRIGGER {n} AFTER INSERT ON {table} BEGIN \
+         INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
+         VALUES ({ent}, CAST(NEW.{id} AS TEXT), 'create', {new_row}); END",
+        n = quote_ident(&name("insert")),
+    );
+    // A changed key is logged as the old row's delete and the new row's create; an
+    // update that changes no synced column is not logged at all.
+    let upd = format!(
+        "CREATE TRIGGER {n} AFTER UPDATE ON {table} WHEN {any_differs} BEGIN \
+         INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
+         SELECT {ent}, CAST(OLD.{id} AS TEXT), 'delete', NULL WHERE OLD.{id} IS NOT NEW.{id}; \
+         INSERT INTO {LOG_TABLE} (entity, entity_id, action, data, changed) \
+         SELECT {ent}, CAST(NEW.{id} AS TEXT), \
+         CASE WHEN OLD.{id} IS NOT NEW.{id} THEN 'create' ELSE 'update' END, {new_row}, \
+         CASE WHEN OLD.{id} IS NOT NEW.{id} THEN NULL ELSE {changed} END; END",
+        n = quote_ident(&name("update")),
+    );
+    let del = format!(
+        "CREATE TRIGGER {n} AFTER DELETE ON {table} BEGIN \
+         INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
+         VALUES ({ent}, CAST(OLD.{id} AS TEXT), 'delete', NULL); END",
+        n = quote_ident(&name("delete")),
+    );
+    [
+        (name("insert"), ins),
+        (name("update"), upd),
+        (name("delete"), del),
+    ]
+}
+
+/// The JSON object of a row as clients see it (booleans as `true`/`false`, JSON columns
+/// inlined, blobs as hex so a stray blob can never make the app's write fail).
+fn row_json(entity: &Entity, row: &str) -> String {
+    let pairs: Vec<(String, String)> = entity
+        .columns
+        .iter()
+        .map(|c| (c.name.clone(), value_json(c, row)))
+        .collect();
+    let mut chunks = pairs.chunks(PAIRS_PER_CALL);
+    let first = chunks.next().unwrap_or_default();
+    let mut expr = format!(
+        "json_object({})",
+        first
+            .iter()
+            .map(|(k, v)| format!("{}, {v}", quote_literal(k)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    for chunk in chunks {
+        let args = chunk
+            .iter()
+            .map(|(k, v)| format!("{}, {v}", quote_literal(&format!("$.\"{k}\""))))
+            .collect::<Vec<_>>()
+            .join(", ");
+        expr = format!("json_insert({expr}, {args})");
+    }
+    expr
+}
+
+fn value_json(c: &Column, row: &str) -> String {
+    let v = format!("{row}.{}", quote_ident(&c.name));
+    match c.kind {
+        ColumnKind::Bool => format!(
+            "CASE WHEN {v} IS NULL THEN NULL WHEN {v} THEN json('true') ELSE json('false') END"
+        ),
+        ColumnKind::Json => format!("CASE WHEN json_valid({v}) THEN json({v}) ELSE {v} END"),
+        _ => format!("CASE WHEN typeof({v}) = 'blob' THEN hex({v}) ELSE {v} END"),
+    }
+}
+
+/// Creates or replaces the triggers of `entities` whose definition is missing or
+/// differs; idempotent, and a no-op (one read of `sqlite_master`) when all are current.
+/// Returns how many were (re)created.
+pub(crate) async fn ensure(
+    conn: &mut sqlx::SqliteConnection,
+    entities: &[Entity],
+) -> Result<usize> {
+    let existing: Vec<(String, String)> = sqlx::query_as(
+        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?",
+    )
+    .bind(format!("{PREFIX}%"))
+    .fetch_all(&mut *conn)
+    .await?;
+    let stale: Vec<(String, String)> = entities
+        .iter()
+        .flat_map(triggers)
+        .filter(|(name, sql)| !existing.iter().any(|(n, s)| n == name && s == sql))
+        .collect();
+    if stale.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    for (name, sql) in &stale {
+        sqlx::query(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(name)))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(sql).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    tracing::debug!(count = stale.len(), "installed change-capture triggers");
+    Ok(stale.len())
+}

@@ -1,0 +1,303 @@
+//! [`SyncEngine`]: registration, start-up, and the routes it hands out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use sqlx::{Connection, SqliteConnection, SqlitePool};
+use tokio::task::JoinHandle;
+
+use crate::broadcast::{self, Hub};
+use crate::capture;
+use crate::entity::{Entity, EntitySpec};
+use crate::error::{Error, Result};
+use crate::log;
+use crate::syncable::{SyncStrategy, Syncable};
+
+/// The seed's one-liner configuration: a pool and the tables to sync.
+///
+/// ```no_run
+/// # async fn run(db_pool: sqlx::SqlitePool) -> rhtmx_sync::Result<()> {
+/// use rhtmx_sync::{SyncConfig, SyncEngine};
+///
+/// let engine = SyncEngine::new(SyncConfig { db_pool, entities: vec!["todos"] }).await?;
+/// let app: axum::Router = axum::Router::new().merge(engine.routes());
+/// # Ok(()) }
+/// ```
+///
+/// Columns and the key are read from the schema. For typed registration and every other
+/// option use [`SyncEngine::builder`].
+#[derive(Debug, Clone)]
+pub struct SyncConfig {
+    /// The app's own pool; the engine shares it.
+    pub db_pool: SqlitePool,
+    /// Table names to sync, each with a single-column primary key.
+    pub entities: Vec<&'static str>,
+}
+
+/// Registered entities, looked up by wire name.
+#[derive(Debug)]
+pub(crate) struct Entities(Vec<Entity>);
+
+impl Entities {
+    pub(crate) fn get(&self, name: &str) -> Option<&Entity> {
+        self.0.iter().find(|e| &*e.name == name)
+    }
+
+    pub(crate) fn list(&self) -> &[Entity] {
+        &self.0
+    }
+}
+
+/// Tunables, all with defaults that suit a typical app.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub prefix: String,
+    pub body_limit: usize,
+    pub poll_interval: Duration,
+    pub keep_alive: Duration,
+    pub sse_retry: Duration,
+    pub event_buffer: usize,
+    pub default_pull_limit: i64,
+    pub max_pull_limit: i64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            prefix: "/api/sync".to_owned(),
+            body_limit: 1024 * 1024,
+            poll_interval: Duration::from_millis(10),
+            keep_alive: Duration::from_secs(15),
+            sse_retry: Duration::from_secs(2),
+            event_buffer: 4096,
+            default_pull_limit: 1000,
+            max_pull_limit: 10_000,
+        }
+    }
+}
+
+/// Records every change of the registered tables and serves them to browsers.
+///
+/// Building the engine creates its tables (`_rhtmx_sync_log`, `_rhtmx_sync_meta`),
+/// installs change-capture triggers on each registered table and starts the task that
+/// broadcasts committed changes; it needs a Tokio runtime. Cloning is cheap; the task
+/// stops when the last clone (including the routes) is dropped.
+#[derive(Clone)]
+pub struct SyncEngine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub pool: SqlitePool,
+    pub entities: Arc<Entities>,
+    pub hub: Arc<Hub>,
+    pub options: Options,
+    tailer: JoinHandle<()>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.tailer.abort();
+    }
+}
+
+impl std::fmt::Debug for SyncEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncEngine")
+            .field(
+                "entities",
+                &self
+                    .inner
+                    .entities
+                    .list()
+                    .iter()
+                    .map(|e| &*e.name)
+                    .collect::<Vec<_>>(),
+            )
+            .field("prefix", &self.inner.options.prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SyncEngine {
+    /// Builds an engine for the tables named in `config`.
+    pub async fn new(config: SyncConfig) -> Result<SyncEngine> {
+        config
+            .entities
+            .into_iter()
+            .fold(SyncEngine::builder(config.db_pool), |b, name| {
+                b.entity_named(name)
+            })
+            .build()
+            .await
+    }
+
+    /// Starts a builder on the app's pool.
+    pub fn builder(db_pool: SqlitePool) -> SyncEngineBuilder {
+        SyncEngineBuilder {
+            pool: db_pool,
+            specs: Vec::new(),
+            options: Options::default(),
+        }
+    }
+
+    /// The sync routes under the configured prefix (default `/api/sync`):
+    /// `GET|POST {prefix}/{entity}`, `GET {prefix}/events`, `GET {prefix}/client.js`.
+    ///
+    /// Generic over the app's state, so it merges into any router.
+    pub fn routes<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        crate::http::router(self.clone())
+    }
+
+    /// The pool the engine writes through.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.inner.pool
+    }
+
+    /// The highest change version committed so far.
+    pub async fn head(&self) -> Result<i64> {
+        let mut conn = self.inner.pool.acquire().await?;
+        log::head(&mut conn).await
+    }
+
+    pub(crate) fn entity(&self, name: &str) -> Result<&Entity> {
+        self.inner
+            .entities
+            .get(name)
+            .ok_or_else(|| Error::UnknownEntity(name.to_owned()))
+    }
+}
+
+/// Configures a [`SyncEngine`]; see each method for its default.
+#[derive(Debug)]
+#[must_use]
+pub struct SyncEngineBuilder {
+    pool: SqlitePool,
+    specs: Vec<EntitySpec>,
+    options: Options,
+}
+
+/// Route segments the engine uses itself, so no entity may be named after them.
+const RESERVED: &[&str] = &["events", "client.js"];
+
+impl SyncEngineBuilder {
+    /// Syncs the model `T` (its table, key, columns and strategy come from
+    /// `#[derive(Syncable)]`).
+    pub fn entity<T: Syncable>(mut self) -> Self {
+        self.specs.push(EntitySpec {
+            table: T::TABLE.to_owned(),
+            id: Some(T::ID.to_owned()),
+            columns: Some(T::COLUMNS.iter().map(|c| (*c).to_owned()).collect()),
+            strategy: T::STRATEGY,
+            offline_writes: T::OFFLINE_WRITES,
+        });
+        self
+    }
+
+    /// Syncs every column of `table`, keyed by its primary key.
+    pub fn entity_named(mut self, table: impl Into<String>) -> Self {
+        self.specs.push(EntitySpec {
+            table: table.into(),
+            id: None,
+            columns: None,
+            strategy: SyncStrategy::default(),
+            offline_writes: true,
+        });
+        self
+    }
+
+    /// Where the routes live (default `/api/sync`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.options.prefix = prefix.into().trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// The largest push body accepted, in bytes (default 1 MiB); larger answers 413.
+    pub fn body_limit(mut self, bytes: usize) -> Self {
+        self.options.body_limit = bytes;
+        self
+    }
+
+    /// How often the broadcaster checks the database for commits made outside the push
+    /// API — the app's own handlers or another process (default 10 ms). This bounds
+    /// the delay from such a commit to its event.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.options.poll_interval = interval.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How often an idle event stream sends a keep-alive comment (default 15 s).
+    pub fn keep_alive(mut self, interval: Duration) -> Self {
+        self.options.keep_alive = interval;
+        self
+    }
+
+    /// The reconnection delay suggested to browsers with `retry:` (default 2 s).
+    pub fn sse_retry(mut self, delay: Duration) -> Self {
+        self.options.sse_retry = delay;
+        self
+    }
+
+    /// How many events a slow stream may fall behind before it catches up from the log
+    /// instead (default 4096).
+    pub fn event_buffer(mut self, events: usize) -> Self {
+        self.options.event_buffer = events.max(1);
+        self
+    }
+
+    /// The default and largest `limit` of a pull (defaults 1000 and 10 000).
+    pub fn pull_limit(mut self, default: u32, max: u32) -> Self {
+        self.options.max_pull_limit = i64::from(max.max(1));
+        self.options.default_pull_limit = i64::from(default.clamp(1, max.max(1)));
+        self
+    }
+
+    /// Creates the engine's tables, installs the triggers, and starts broadcasting.
+    pub async fn build(self) -> Result<SyncEngine> {
+        let options = self.pool.connect_options();
+        // A connection of its own: the broadcaster must not hold one of the app's.
+        let mut conn = SqliteConnection::connect_with(&options).await?;
+        log::migrate(&mut conn).await?;
+        let mut entities: Vec<Entity> = Vec::with_capacity(self.specs.len());
+        for spec in self.specs {
+            if RESERVED.contains(&spec.table.as_str()) {
+                return Err(Error::Config(format!(
+                    "an entity cannot be named `{}`: the route is taken by the engine",
+                    spec.table
+                )));
+            }
+            if entities.iter().any(|e| e.table == spec.table) {
+                return Err(Error::Config(format!(
+                    "entity `{}` is registered twice",
+                    spec.table
+                )));
+            }
+            entities.push(Entity::resolve(&mut conn, spec).await?);
+        }
+        capture::ensure(&mut conn, &entities).await?;
+        let head = log::head(&mut conn).await?;
+        let entities = Arc::new(Entities(entities));
+        let hub = Arc::new(Hub::new(self.options.event_buffer, head));
+        let tailer = tokio::spawn(broadcast::tail(
+            (*options).clone(),
+            conn,
+            hub.clone(),
+            entities.clone(),
+            self.options.poll_interval,
+            head,
+        ));
+        Ok(SyncEngine {
+            inner: Arc::new(Inner {
+                pool: self.pool,
+                entities,
+                hub,
+                options: self.options,
+                tailer,
+            }),
+        })
+    }
+}

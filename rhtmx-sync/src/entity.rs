@@ -1,0 +1,324 @@
+//! What the engine knows about a registered entity: its table, key and columns, read
+//! from the schema, and how JSON values from clients become SQL values.
+//!
+//! Table and column names reach SQL only from here (the registered whitelist), quoted.
+
+use crate::error::{Error, Result};
+use crate::syncable::SyncStrategy;
+
+/// How a column's values travel as JSON, derived from its declared SQL type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ColumnKind {
+    /// `BOOLEAN`: stored 0/1, sent as `true`/`false`.
+    Bool,
+    /// `JSON`: stored as JSON text, sent as the JSON value.
+    Json,
+    /// INTEGER affinity.
+    Integer,
+    /// REAL affinity.
+    Real,
+    /// TEXT affinity.
+    Text,
+    /// NUMERIC affinity (`DATETIME`, `DECIMAL`, ...): numbers or strings.
+    Numeric,
+    /// No declared type or `BLOB`: any scalar.
+    Any,
+}
+
+impl ColumnKind {
+    /// SQLite's affinity rules (section 3.1 of "Datatypes In SQLite"), with `BOOL` and
+    /// `JSON` singled out because their JSON form differs from their storage.
+    pub(crate) fn from_declared(declared: &str) -> Self {
+        let t = declared.to_ascii_uppercase();
+        if t.contains("BOOL") {
+            ColumnKind::Bool
+        } else if t.contains("JSON") {
+            ColumnKind::Json
+        } else if t.contains("INT") {
+            ColumnKind::Integer
+        } else if t.contains("CHAR") || t.contains("CLOB") || t.contains("TEXT") {
+            ColumnKind::Text
+        } else if t.is_empty() || t.contains("BLOB") {
+            ColumnKind::Any
+        } else if t.contains("REAL") || t.contains("FLOA") || t.contains("DOUB") {
+            ColumnKind::Real
+        } else {
+            ColumnKind::Numeric
+        }
+    }
+}
+
+/// One synced column.
+#[derive(Debug, Clone)]
+pub(crate) struct Column {
+    pub name: String,
+    pub kind: ColumnKind,
+    pub not_null: bool,
+    pub has_default: bool,
+}
+
+/// A registered entity: the wire name is the table name.
+#[derive(Debug, Clone)]
+pub(crate) struct Entity {
+    /// The wire name: the table name, shared cheaply with every event.
+    pub name: std::sync::Arc<str>,
+    pub table: String,
+    pub id: String,
+    /// Synced columns in order, the id included.
+    pub columns: Vec<Column>,
+    #[allow(dead_code)] // read by conflict resolution
+    pub strategy: SyncStrategy,
+    #[allow(dead_code)] // read by the browser client's configuration
+    pub offline_writes: bool,
+}
+
+/// What a registration asks for before the schema is read.
+#[derive(Debug, Clone)]
+pub(crate) struct EntitySpec {
+    pub table: String,
+    /// `None`: the table's primary key.
+    pub id: Option<String>,
+    /// `None`: every column of the table.
+    pub columns: Option<Vec<String>>,
+    pub strategy: SyncStrategy,
+    pub offline_writes: bool,
+}
+
+/// A value ready to bind.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum SqlValue {
+    Null,
+    Int(i64),
+    Real(f64),
+    Text(String),
+}
+
+/// Double-quotes an SQL identifier.
+pub(crate) fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// Single-quotes an SQL string literal.
+pub(crate) fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+#[derive(sqlx::FromRow)]
+struct TableInfo {
+    name: String,
+    #[sqlx(rename = "type")]
+    declared: String,
+    notnull: i64,
+    dflt_value: Option<String>,
+    pk: i64,
+}
+
+impl Entity {
+    /// Reads the table's schema and checks the registration against it.
+    pub(crate) async fn resolve(
+        conn: &mut sqlx::SqliteConnection,
+        spec: EntitySpec,
+    ) -> Result<Entity> {
+        let info: Vec<TableInfo> = sqlx::query_as(
+            r#"SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(?) ORDER BY cid"#,
+        )
+        .bind(&spec.table)
+        .fetch_all(&mut *conn)
+        .await?;
+        let table = &spec.table;
+        if info.is_empty() {
+            return Err(Error::Config(format!(
+                "table `{table}` does not exist; create it before building the SyncEngine"
+            )));
+        }
+        let pks: Vec<&TableInfo> = info.iter().filter(|c| c.pk > 0).collect();
+        let pk = match pks.as_slice() {
+            [one] => one.name.clone(),
+            _ => {
+                return Err(Error::Config(format!(
+                    "table `{table}` needs a single-column PRIMARY KEY to be synced"
+                )))
+            }
+        };
+        let id = spec.id.unwrap_or_else(|| pk.clone());
+        if id != pk {
+            return Err(Error::Config(format!(
+                "the id of `{table}` is `{id}` but its primary key is `{pk}`"
+            )));
+        }
+        let wanted: Vec<String> = match spec.columns {
+            Some(cols) => cols,
+            None => info.iter().map(|c| c.name.clone()).collect(),
+        };
+        if !wanted.contains(&id) {
+            return Err(Error::Config(format!(
+                "the id column `{id}` of `{table}` must be synced"
+            )));
+        }
+        let mut columns = Vec::with_capacity(wanted.len());
+        for name in wanted {
+            let Some(c) = info.iter().find(|c| c.name == name) else {
+                return Err(Error::Config(format!(
+                    "column `{name}` is not in table `{table}`"
+                )));
+            };
+            columns.push(Column {
+                name,
+                kind: ColumnKind::from_declared(&c.declared),
+                not_null: c.notnull != 0,
+                has_default: c.dflt_value.is_some(),
+            });
+        }
+        Ok(Entity {
+            name: spec.table.as_str().into(),
+            table: spec.table,
+            id,
+            columns,
+            strategy: spec.strategy,
+            offline_writes: spec.offline_writes,
+        })
+    }
+
+    pub(crate) fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    pub(crate) fn id_column(&self) -> &Column {
+        self.column(&self.id).expect("id column is always synced")
+    }
+
+    /// The id as it travels on the wire: a number for integer keys, else a string.
+    pub(crate) fn wire_id(&self, entity_id: &str) -> serde_json::Value {
+        if self.id_column().kind == ColumnKind::Integer {
+            if let Ok(n) = entity_id.parse::<i64>() {
+                return n.into();
+            }
+        }
+        entity_id.into()
+    }
+
+    /// The id from a client as it is stored in the log (`CAST(id AS TEXT)`) and bound
+    /// to the key column.
+    pub(crate) fn parse_id(&self, id: &serde_json::Value) -> Result<(String, SqlValue)> {
+        let value = convert(self.id_column(), id)?;
+        let text = match &value {
+            SqlValue::Int(n) => n.to_string(),
+            SqlValue::Text(s) if !s.is_empty() => s.clone(),
+            SqlValue::Null => return Err(Error::invalid("missing id")),
+            _ => {
+                return Err(Error::invalid(format!(
+                    "`{}` is not a valid id for `{}`",
+                    id, self.table
+                )))
+            }
+        };
+        Ok((text, value))
+    }
+}
+
+/// Converts a client's JSON value for `column` into an SQL value, or says why not.
+pub(crate) fn convert(column: &Column, value: &serde_json::Value) -> Result<SqlValue> {
+    use serde_json::Value as J;
+    let name = &column.name;
+    let wrong = |expected: &str| {
+        Error::invalid(format!(
+            "field `{name}` expects {expected}, got {}",
+            kind_of(value)
+        ))
+    };
+    Ok(match (column.kind, value) {
+        (_, J::Null) if column.not_null => {
+            return Err(Error::invalid(format!("field `{name}` cannot be null")))
+        }
+        (_, J::Null) => SqlValue::Null,
+        (ColumnKind::Json, v) => SqlValue::Text(v.to_string()),
+        (ColumnKind::Bool, J::Bool(b)) => SqlValue::Int(*b as i64),
+        (ColumnKind::Bool, J::Number(n)) => match n.as_i64() {
+            Some(i @ (0 | 1)) => SqlValue::Int(i),
+            _ => return Err(wrong("a boolean")),
+        },
+        (ColumnKind::Bool, _) => return Err(wrong("a boolean")),
+        (ColumnKind::Integer, J::Number(n)) => match n.as_i64() {
+            Some(i) => SqlValue::Int(i),
+            None => return Err(wrong("an integer")),
+        },
+        (ColumnKind::Integer, _) => return Err(wrong("an integer")),
+        (ColumnKind::Real, J::Number(n)) => SqlValue::Real(n.as_f64().unwrap_or_default()),
+        (ColumnKind::Real, _) => return Err(wrong("a number")),
+        (ColumnKind::Text, J::String(s)) => SqlValue::Text(s.clone()),
+        (ColumnKind::Text, _) => return Err(wrong("a string")),
+        (ColumnKind::Numeric | ColumnKind::Any, J::Number(n)) => match n.as_i64() {
+            Some(i) => SqlValue::Int(i),
+            None => SqlValue::Real(n.as_f64().unwrap_or_default()),
+        },
+        (ColumnKind::Numeric | ColumnKind::Any, J::String(s)) => SqlValue::Text(s.clone()),
+        (ColumnKind::Numeric | ColumnKind::Any, J::Bool(b)) => SqlValue::Int(*b as i64),
+        (ColumnKind::Numeric | ColumnKind::Any, _) => return Err(wrong("a scalar")),
+    })
+}
+
+fn kind_of(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value as J;
+    match v {
+        J::Null => "null",
+        J::Bool(_) => "a boolean",
+        J::Number(_) => "a number",
+        J::String(_) => "a string",
+        J::Array(_) => "an array",
+        J::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn col(kind: ColumnKind, not_null: bool) -> Column {
+        Column {
+            name: "c".into(),
+            kind,
+            not_null,
+            has_default: false,
+        }
+    }
+
+    #[test]
+    fn affinity_follows_sqlite_rules() {
+        assert_eq!(ColumnKind::from_declared("BOOLEAN"), ColumnKind::Bool);
+        assert_eq!(ColumnKind::from_declared("bigint"), ColumnKind::Integer);
+        assert_eq!(ColumnKind::from_declared("VARCHAR(20)"), ColumnKind::Text);
+        assert_eq!(ColumnKind::from_declared(""), ColumnKind::Any);
+        assert_eq!(ColumnKind::from_declared("DOUBLE"), ColumnKind::Real);
+        assert_eq!(ColumnKind::from_declared("DATETIME"), ColumnKind::Numeric);
+        assert_eq!(ColumnKind::from_declared("jsonb"), ColumnKind::Json);
+    }
+
+    #[test]
+    fn conversion_checks_types_and_nullability() {
+        let t = col(ColumnKind::Text, true);
+        assert_eq!(
+            convert(&t, &json!("x")).unwrap(),
+            SqlValue::Text("x".into())
+        );
+        assert!(convert(&t, &json!(1)).is_err());
+        assert!(convert(&t, &json!(null)).is_err());
+        let b = col(ColumnKind::Bool, false);
+        assert_eq!(convert(&b, &json!(true)).unwrap(), SqlValue::Int(1));
+        assert_eq!(convert(&b, &json!(null)).unwrap(), SqlValue::Null);
+        assert!(convert(&b, &json!(2)).is_err());
+        let i = col(ColumnKind::Integer, false);
+        assert!(convert(&i, &json!(1.5)).is_err());
+        let j = col(ColumnKind::Json, false);
+        assert_eq!(
+            convert(&j, &json!({"a": 1})).unwrap(),
+            SqlValue::Text("{\"a\":1}".into())
+        );
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's"), "'it''s'");
+    }
+}

@@ -1,0 +1,73 @@
+//! The one error type of the crate and how it answers over HTTP.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+
+/// `Result` with [`Error`] as the default error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in rhtmx-sync.
+///
+/// Over HTTP each variant answers with its status and a short JSON body
+/// `{"error": "..."}`; database and configuration details are logged, never sent.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The request body is not valid JSON (400).
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    /// A query parameter is missing or malformed (400).
+    #[error("invalid query: {0}")]
+    BadQuery(String),
+    /// The entity named in the request is not registered with the engine (404).
+    #[error("unknown entity `{0}`")]
+    UnknownEntity(String),
+    /// The JSON is well-formed but does not describe valid changes: unknown field,
+    /// wrong type, missing id (422).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request body is larger than the configured limit (413).
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge {
+        /// The configured limit in bytes.
+        limit: usize,
+    },
+    /// The engine was configured in a way the database cannot honour (raised when the
+    /// engine is built, never from a request).
+    #[error("sync configuration error: {0}")]
+    Config(String),
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl Error {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Error::MalformedJson(_) | Error::BadQuery(_) => StatusCode::BAD_REQUEST,
+            Error::UnknownEntity(_) => StatusCode::NOT_FOUND,
+            Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::Config(_) | Error::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let message = if status.is_server_error() {
+            // Internals (SQL, file paths) stay in the server log.
+            tracing::error!(error = %self, "sync request failed");
+            "internal server error".to_owned()
+        } else {
+            self.to_string()
+        };
+        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+    }
+}

@@ -1,0 +1,119 @@
+//! The JSON wire format shared by pull, push and the event stream.
+//!
+//! One encoding of a change serves all three, so a client applies a pulled change and a
+//! streamed one with the same code. The encoding is deterministic (fields in a fixed
+//! order, row data exactly as SQLite's `json_object` wrote it).
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::entity::Entity;
+use crate::log::LogRow;
+
+/// What happened to a row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Action {
+    /// The row was inserted (or replaced as a whole).
+    Create,
+    /// Some fields of the row changed.
+    Update,
+    /// The row was deleted.
+    Delete,
+}
+
+impl Action {
+    pub(crate) fn parse(s: &str) -> Option<Action> {
+        match s {
+            "create" => Some(Action::Create),
+            "update" => Some(Action::Update),
+            "delete" => Some(Action::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// A change as pulled and streamed: `{"entity", "id", "action", "data", "version", ...}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct WireChange<'a> {
+    /// Present on the event stream, where changes of several entities interleave.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entity: Option<&'a str>,
+    pub id: Value,
+    pub action: Action,
+    /// The row after the change; absent for deletes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data: Option<&'a RawValue>,
+    pub version: i64,
+    /// The fields an update changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed: Option<&'a RawValue>,
+    /// The client that pushed the change, when it came through the push API.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_id: Option<&'a str>,
+}
+
+/// Renders a log row; `with_entity` adds the entity name (event stream).
+pub(crate) fn encode(entity: &Entity, row: &LogRow, with_entity: bool) -> String {
+    let raw = |s: &Option<String>| -> Option<Box<RawValue>> {
+        s.as_deref()
+            .and_then(|s| RawValue::from_string(s.to_owned()).ok())
+    };
+    let data = raw(&row.data);
+    let changed = raw(&row.changed);
+    let change = WireChange {
+        entity: with_entity.then_some(row.entity.as_str()),
+        id: entity.wire_id(&row.entity_id),
+        action: Action::parse(&row.action).unwrap_or(Action::Update),
+        data: data.as_deref(),
+        version: row.version,
+        changed: changed.as_deref(),
+        client_id: row.client_id.as_deref(),
+    };
+    serde_json::to_string(&change).expect("a change always serializes")
+}
+
+/// The body of `POST /api/sync/{entity}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PushRequest {
+    pub changes: Vec<PushChange>,
+    /// Identifies the pushing client; the `X-Rhtmx-Client-Id` header does the same.
+    #[serde(default)]
+    pub client_id: Option<String>,
+}
+
+/// One change a client pushes.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PushChange {
+    pub id: Value,
+    pub action: Action,
+    #[serde(default)]
+    pub data: Option<serde_json::Map<String, Value>>,
+    /// The version of the row the client last saw (used by conflict resolution).
+    #[serde(default)]
+    #[allow(dead_code)]
+    pub client_version: Option<i64>,
+}
+
+/// The answer to a push.
+#[derive(Debug, Serialize)]
+pub(crate) struct PushResponse {
+    /// The log's head after the push.
+    pub version: i64,
+    /// Changes that were not applied as sent, and why.
+    pub conflicts: Vec<Conflict>,
+    /// The ids of the changes applied.
+    pub applied: Vec<Value>,
+}
+
+/// A change the server did not apply as sent.
+#[derive(Debug, Serialize)]
+pub(crate) struct Conflict {
+    pub id: Value,
+    pub action: Action,
+    pub reason: &'static str,
+}

@@ -1,0 +1,10 @@
+use rhtmx_sync::Syncable;
+
+#[derive(Syncable)]
+struct Todo {
+    id: String,
+    #[sync(rename = "done")]
+    completed: bool,
+}
+
+fn main() {}

@@ -1,0 +1,10 @@
+use rhtmx_sync::Syncable;
+
+#[derive(Syncable)]
+#[sync(id = "uuid")]
+struct Todo {
+    id: String,
+    title: String,
+}
+
+fn main() {}

@@ -1,0 +1,6 @@
+use rhtmx_sync::Syncable;
+
+#[derive(Syncable)]
+struct Todo(String, bool);
+
+fn main() {}
