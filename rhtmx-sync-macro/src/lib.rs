@@ -18,12 +18,11 @@ struct Todo {
     draft_note: Option<String>,
 }
 ```
-
-The pipeline is the usual one: [`attr`] parses the attributes into typed structs,
-[`valid`] checks them against the struct and resolves the defaults, and [`expand`]
-writes the impl (or, on error, the errors plus a placeholder impl).
 "#]
 
+// The pipeline: `attr` parses the attributes into typed structs, `valid` checks them
+// against the struct and resolves the defaults, and `expand` writes the impl (or, on
+// error, the errors plus a placeholder impl).
 mod attr;
 mod errors;
 mod expand;

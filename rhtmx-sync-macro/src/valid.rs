@@ -3,7 +3,9 @@
 use quote::{quote, ToTokens};
 use syn::ext::IdentExt;
 use syn::punctuated::Punctuated;
-use syn::{Data, DeriveInput, Error, Field, Fields, Ident, LitStr, Token};
+use syn::{
+    Data, DataEnum, DataStruct, DataUnion, DeriveInput, Error, Field, Fields, Ident, LitStr, Token,
+};
 
 use crate::attr::{Container, FieldAttrs, StrategyAttr};
 use crate::errors::Errors;
@@ -84,9 +86,9 @@ pub(crate) fn check(input: &DeriveInput) -> syn::Result<Model> {
         offline_writes,
         ..
     } = container;
-    let table = table.as_ref().map_or_else(
+    let table = table.map_or_else(
         || default_table_name(&input.ident.unraw().to_string()),
-        LitStr::value,
+        |table| table.value(),
     );
     Ok(Model {
         table,
@@ -104,36 +106,26 @@ pub(crate) fn check(input: &DeriveInput) -> syn::Result<Model> {
 /// The struct's named fields, or an error for any other shape of input.
 fn named_fields(input: &DeriveInput) -> syn::Result<&Punctuated<Field, Token![,]>> {
     let ident = &input.ident;
-    match &input.data {
-        Data::Struct(data) => match &data.fields {
-            Fields::Named(fields) => Ok(&fields.named),
-            Fields::Unnamed(fields) => Err(Error::new_spanned(
-                fields,
-                "`Syncable` needs named fields, one per column; a tuple struct has no column names",
-            )),
-            Fields::Unit => Err(Error::new_spanned(
-                {
-                    let struct_token = data.struct_token;
-                    quote!(#struct_token #ident)
-                },
-                "`Syncable` needs named fields, one per column; a unit struct has none",
-            )),
-        },
-        Data::Enum(data) => Err(Error::new_spanned(
-            {
-                let enum_token = data.enum_token;
-                quote!(#enum_token #ident)
-            },
+    let (tokens, msg) = match &input.data {
+        Data::Struct(DataStruct { fields: Fields::Named(fields), .. }) => return Ok(&fields.named),
+        Data::Struct(DataStruct { fields: Fields::Unnamed(fields), .. }) => (
+            fields.to_token_stream(),
+            "`Syncable` needs named fields, one per column; a tuple struct has no column names",
+        ),
+        Data::Struct(DataStruct { struct_token, .. }) => (
+            quote!(#struct_token #ident),
+            "`Syncable` needs named fields, one per column; a unit struct has none",
+        ),
+        Data::Enum(DataEnum { enum_token, .. }) => (
+            quote!(#enum_token #ident),
             "`Syncable` cannot be derived for an enum; use a struct with named fields, one per column",
-        )),
-        Data::Union(data) => Err(Error::new_spanned(
-            {
-                let union_token = data.union_token;
-                quote!(#union_token #ident)
-            },
+        ),
+        Data::Union(DataUnion { union_token, .. }) => (
+            quote!(#union_token #ident),
             "`Syncable` cannot be derived for a union; use a struct with named fields, one per column",
-        )),
-    }
+        ),
+    };
+    Err(Error::new_spanned(tokens, msg))
 }
 
 /// The id column: the one `#[sync(id = "...")]` names, or else the field named `id`.

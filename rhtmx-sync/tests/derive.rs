@@ -117,6 +117,27 @@ fn every_strategy_form() {
     assert_eq!(StrServerWins::STRATEGY, SyncStrategy::ServerWins);
 }
 
+/// A prefixed strategy path is expanded as written, so the import it names is used.
+mod strategy_import_is_used {
+    #![deny(unused_imports)]
+
+    use rhtmx_sync::{SyncStrategy, Syncable};
+
+    #[derive(Syncable)]
+    #[sync(strategy = SyncStrategy::ServerWins)]
+    pub(super) struct Imported {
+        id: i64,
+    }
+}
+
+#[test]
+fn prefixed_strategy_path() {
+    assert_eq!(
+        strategy_import_is_used::Imported::STRATEGY,
+        SyncStrategy::ServerWins
+    );
+}
+
 #[derive(Syncable)]
 struct Renamed {
     #[sqlx(rename = "todo_id")]
@@ -179,7 +200,10 @@ where
 #[test]
 fn generics() {
     assert_eq!(<Generic<'static, i64, 4>>::TABLE, "generic_rows");
-    assert_eq!(<Generic<'static, String, 0>>::COLUMNS, &["id", "name", "data"]);
+    assert_eq!(
+        <Generic<'static, String, 0>>::COLUMNS,
+        &["id", "name", "data"]
+    );
 }
 
 #[derive(Syncable)]

@@ -1,7 +1,7 @@
-use rhtmx_sync::{SyncStrategy, Syncable};
+use rhtmx_sync::Syncable;
 
 #[derive(Syncable)]
-#[sync(strategy = SyncStrategy::FirstWriteWins)]
+#[sync(strategy = rhtmx_sync::SyncStrategy::FirstWriteWins)]
 struct Todo {
     id: String,
 }

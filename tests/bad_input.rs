@@ -1,0 +1,165 @@
+//! Bad input gets a clear 4xx with a short JSON message and changes nothing: the
+//! database files are byte-for-byte the same afterwards.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+use std::path::Path;
+
+fn snapshot(db: &Path) -> Vec<Vec<u8>> {
+    ["", "-wal"]
+        .iter()
+        .map(|suffix| std::fs::read(format!("{}{suffix}", db.display())).unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test]
+async fn every_bad_input_answers_its_status_and_changes_nothing() {
+    let (_dir, db) = temp_db();
+    let server = start_with(&db, |b| b.body_limit(4096)).await;
+    add_todo(&server, "keep", "existing").await;
+    let before = snapshot(&db);
+
+    let push_cases: Vec<(&str, String, u16, &str)> = vec![
+        ("malformed JSON", "{\"changes\": [".into(), 400, "malformed JSON"),
+        ("not JSON at all", "hello".into(), 400, "malformed JSON"),
+        ("unknown field", json!({"changes": [{"id": "a", "action": "create", "data": {"title": "t", "colour": "red"}}]}).to_string(), 422, "unknown field `colour`"),
+        ("wrong type", json!({"changes": [{"id": "a", "action": "create", "data": {"title": 5}}]}).to_string(), 422, "field `title` expects a string"),
+        ("wrong bool", json!({"changes": [{"id": "keep", "action": "update", "data": {"completed": "yes"}}]}).to_string(), 422, "expects a boolean"),
+        ("missing id", json!({"changes": [{"action": "create", "data": {"title": "t"}}]}).to_string(), 422, "missing field `id`"),
+        ("null id", json!({"changes": [{"id": null, "action": "delete"}]}).to_string(), 422, "cannot be null"),
+        ("numeric id for a text key", json!({"changes": [{"id": 5, "action": "delete"}]}).to_string(), 422, "expects a string"),
+        ("null in a NOT NULL column", json!({"changes": [{"id": "keep", "action": "update", "data": {"title": null}}]}).to_string(), 422, "cannot be null"),
+        ("create without a required field", json!({"changes": [{"id": "a", "action": "create", "data": {"completed": true}}]}).to_string(), 422, "field `title` is required"),
+        ("unknown action", json!({"changes": [{"id": "a", "action": "upsert", "data": {}}]}).to_string(), 422, "unknown variant `upsert`"),
+        ("empty update", json!({"changes": [{"id": "keep", "action": "update", "data": {}}]}).to_string(), 422, "at least one field"),
+        ("id mismatch", json!({"changes": [{"id": "a", "action": "create", "data": {"id": "b", "title": "t"}}]}).to_string(), 422, "differs"),
+        ("data not an object", json!({"changes": [{"id": "a", "action": "create", "data": [1]}]}).to_string(), 422, "invalid type"),
+        ("unknown top-level key", json!({"changes": [], "extra": 1}).to_string(), 422, "unknown field `extra`"),
+        ("one bad change among good ones", json!({"changes": [
+            {"id": "good", "action": "create", "data": {"title": "fine"}},
+            {"id": "keep", "action": "delete"},
+            {"id": "bad", "action": "create", "data": {"title": ["no"]}},
+        ]}).to_string(), 422, "changes[2]"),
+        ("over the body limit", json!({"changes": [{"id": "a", "action": "create", "data": {"title": "x".repeat(5000)}}]}).to_string(), 413, "larger than 4096 bytes"),
+    ];
+    for (what, body, status, message) in push_cases {
+        let (got, res) = push_raw(&server.base, "todos", body).await;
+        assert_eq!(got, status, "{what}: {res}");
+        let error = res["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no error message: {res}"));
+        assert!(
+            error.contains(message),
+            "{what}: `{error}` lacks `{message}`"
+        );
+        assert!(
+            !error.to_lowercase().contains("sql"),
+            "{what}: leaks SQL: {error}"
+        );
+    }
+
+    let (status, res) = push_raw(&server.base, "nope", json!({"changes": []}).to_string()).await;
+    assert_eq!(
+        (status, res["error"].as_str()),
+        (404, Some("unknown entity `nope`"))
+    );
+    let (status, res) = push_raw(
+        &server.base,
+        "_rhtmx_sync_log",
+        json!({"changes": []}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 404, "{res}");
+
+    let pull_cases = [
+        ("nope", "", 404),
+        ("todos", "?since=abc", 400),
+        ("todos", "?since=-1", 400),
+        ("todos", "?limit=0", 400),
+    ];
+    for (entity, query, status) in pull_cases {
+        let (got, res) = pull(&server.base, entity, query).await;
+        assert_eq!(got, status, "pull {entity}{query}: {res}");
+        assert!(res["error"].is_string());
+    }
+    let res = client()
+        .post(format!("{}/api/sync/todos", server.base))
+        .header("x-rhtmx-client-id", "c".repeat(200))
+        .body(json!({"changes": []}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 422);
+
+    assert_eq!(
+        snapshot(&db),
+        before,
+        "a rejected request changed the database"
+    );
+    assert_eq!(
+        todos(&server.pool).await,
+        [("keep".into(), "existing".into(), false)]
+    );
+}
+
+#[tokio::test]
+async fn a_constraint_violation_mid_push_rolls_everything_back() {
+    let (_dir, db) = temp_db();
+    let pool = app::open_db(&url(&db)).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE scores (id INTEGER PRIMARY KEY, points INTEGER NOT NULL CHECK (points >= 0))",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let server = start_with(&db, |b| b.entity_named("scores")).await;
+    let before = snapshot(&db);
+    let body = json!({"changes": [
+        {"id": 1, "action": "create", "data": {"points": 3}},
+        {"id": 2, "action": "create", "data": {"points": -1}},
+    ]});
+    let (status, res) = push_raw(&server.base, "scores", body.to_string()).await;
+    assert_eq!(status, 422, "{res}");
+    assert_eq!(
+        res["error"],
+        "changes[1] violates a constraint of the table"
+    );
+    assert_eq!(snapshot(&db), before);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM scores")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn misconfiguration_is_refused_when_the_engine_is_built() {
+    let (_dir, db) = temp_db();
+    let pool = app::open_db(&url(&db)).await.unwrap();
+    sqlx::query("CREATE TABLE events (id INTEGER PRIMARY KEY); CREATE TABLE pairs (a INT, b INT, PRIMARY KEY (a, b))")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let cases = [
+        ("missing_table", "does not exist"),
+        ("events", "route is taken"),
+        ("pairs", "single-column PRIMARY KEY"),
+    ];
+    for (table, message) in cases {
+        let err = rhtmx_sync::SyncEngine::builder(pool.clone())
+            .entity_named(table)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(message), "{table}: {err}");
+    }
+    let err = rhtmx_sync::SyncEngine::builder(pool.clone())
+        .entity::<app::Todo>()
+        .entity_named("todos")
+        .build()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("registered twice"), "{err}");
+}

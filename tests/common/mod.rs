@@ -1,0 +1,224 @@
+//! Test harness: the example app plus the engine on a real listener on 127.0.0.1, over a
+//! fresh SQLite file, and a small SSE client.
+#![allow(dead_code)]
+
+#[path = "../../examples/todo_sync/app.rs"]
+pub mod app;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use rhtmx_sync::{SyncEngine, SyncEngineBuilder};
+use sqlx::SqlitePool;
+use tokio::task::JoinHandle;
+
+/// A running server over a database file.
+pub struct Server {
+    pub base: String,
+    pub pool: SqlitePool,
+    pub engine: SyncEngine,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A fresh temp dir holding `app.db`.
+pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("app.db");
+    (dir, path)
+}
+
+pub fn url(path: &Path) -> String {
+    format!("sqlite://{}", path.display())
+}
+
+/// Starts the example app with the default engine over `db`.
+pub async fn start(db: &Path) -> Server {
+    start_with(db, |b| b).await
+}
+
+/// Starts the example app with an engine configured by `configure`.
+pub async fn start_with(
+    db: &Path,
+    configure: impl FnOnce(SyncEngineBuilder) -> SyncEngineBuilder,
+) -> Server {
+    let pool = app::open_db(&url(db)).await.expect("open db");
+    let engine = configure(SyncEngine::builder(pool.clone()).entity::<app::Todo>())
+        .build()
+        .await
+        .expect("engine");
+    let router = app::app(pool.clone()).merge(engine.routes());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    Server {
+        base,
+        pool,
+        engine,
+        task,
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+/// Adds a todo through the app's own handler (a plain `sqlx::query!`).
+pub async fn add_todo(server: &Server, id: &str, title: &str) {
+    let res = client()
+        .post(format!("{}/todos", server.base))
+        .form(&[("id", id), ("title", title)])
+        .send()
+        .await
+        .unwrap();
+    assert!(res.status().is_success(), "POST /todos: {}", res.status());
+}
+
+/// One parsed SSE event.
+#[derive(Debug, Clone)]
+pub struct SseEvent {
+    pub id: String,
+    pub event: String,
+    pub data: serde_json::Value,
+}
+
+impl SseEvent {
+    pub fn version(&self) -> i64 {
+        self.id.parse().expect("numeric event id")
+    }
+}
+
+/// An open event stream.
+pub struct Sse {
+    inner: std::pin::Pin<Box<dyn futures_util::Stream<Item = SseEvent> + Send>>,
+}
+
+impl Sse {
+    /// Opens `{base}/api/sync/events{query}` with an optional `Last-Event-ID` header.
+    pub async fn connect(base: &str, query: &str, last_event_id: Option<&str>) -> Sse {
+        let mut req = client().get(format!("{base}/api/sync/events{query}"));
+        if let Some(id) = last_event_id {
+            req = req.header("Last-Event-ID", id);
+        }
+        let res = reqwest::Client::new()
+            .execute(req.build().unwrap())
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        assert_eq!(res.headers()["content-type"], "text/event-stream");
+        let stream =
+            eventsource_stream::EventStream::new(res.bytes_stream()).filter_map(|e| async move {
+                let e = e.expect("valid SSE");
+                // Events with no data (the initial `retry:` hint) carry nothing to check.
+                if e.data.is_empty() {
+                    return None;
+                }
+                Some(SseEvent {
+                    id: e.id,
+                    event: e.event,
+                    data: serde_json::from_str(&e.data).expect("JSON data"),
+                })
+            });
+        Sse {
+            inner: Box::pin(stream),
+        }
+    }
+
+    /// The next event, failing the test if none comes within 10 s.
+    pub async fn next(&mut self) -> SseEvent {
+        tokio::time::timeout(Duration::from_secs(10), self.inner.next())
+            .await
+            .expect("an event within 10 s")
+            .expect("stream still open")
+    }
+
+    /// The next `n` events.
+    pub async fn take(&mut self, n: usize) -> Vec<SseEvent> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            out.push(self.next().await);
+        }
+        out
+    }
+
+    /// Asserts that no event arrives within `wait` (used only after the expected events,
+    /// to show there is no duplicate).
+    pub async fn assert_quiet(&mut self, wait: Duration) {
+        if let Ok(Some(e)) = tokio::time::timeout(wait, self.inner.next()).await {
+            panic!("unexpected event {e:?}");
+        }
+    }
+}
+
+/// Pulls one page.
+pub async fn pull(base: &str, entity: &str, query: &str) -> (u16, serde_json::Value) {
+    let res = client()
+        .get(format!("{base}/api/sync/{entity}{query}"))
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+/// Pushes a raw body.
+pub async fn push_raw(
+    base: &str,
+    entity: &str,
+    body: impl Into<reqwest::Body>,
+) -> (u16, serde_json::Value) {
+    let res = client()
+        .post(format!("{base}/api/sync/{entity}"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+/// The rows of `todos` as `(id, title, completed)`, ordered by id.
+pub async fn todos(pool: &SqlitePool) -> Vec<(String, String, bool)> {
+    sqlx::query_as("SELECT id, title, completed FROM todos ORDER BY id")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// Replays the change log of `todos` into rows, ordered by id: must equal [`todos`].
+pub async fn replay_log(pool: &SqlitePool) -> Vec<(String, String, bool)> {
+    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT entity_id, action, data FROM _rhtmx_sync_log WHERE entity = 'todos' ORDER BY version",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut state = std::collections::BTreeMap::new();
+    for (id, action, data) in rows {
+        if action == "delete" {
+            state.remove(&id);
+        } else {
+            let v: serde_json::Value = serde_json::from_str(&data.unwrap()).unwrap();
+            state.insert(
+                id,
+                (
+                    v["title"].as_str().unwrap().to_owned(),
+                    v["completed"].as_bool().unwrap(),
+                ),
+            );
+        }
+    }
+    state.into_iter().map(|(id, (t, c))| (id, t, c)).collect()
+}

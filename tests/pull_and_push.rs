@@ -1,0 +1,204 @@
+//! Pull pages through the log; push applies changes all or nothing.
+
+mod common;
+
+use common::*;
+use serde_json::json;
+
+#[tokio::test]
+async fn pull_pages_through_the_log_in_version_order() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    for i in 0..25 {
+        add_todo(&server, &format!("p{i:02}"), "x").await;
+    }
+    let mut since = 0;
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let (status, page) = pull(&server.base, "todos", &format!("?since={since}&limit=10")).await;
+        assert_eq!(status, 200);
+        pages += 1;
+        for c in page["changes"].as_array().unwrap() {
+            let v = c["version"].as_i64().unwrap();
+            assert!(v > since, "version {v} not after since {since}");
+            seen.push(c["id"].as_str().unwrap().to_owned());
+        }
+        since = page["version"].as_i64().unwrap();
+        if page["has_more"] == false {
+            break;
+        }
+        assert_eq!(page["changes"].as_array().unwrap().len(), 10);
+    }
+    assert_eq!(pages, 3);
+    let expected: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(since, server.engine.head().await.unwrap());
+    // Caught up: an empty page at the same version.
+    let (_, page) = pull(&server.base, "todos", &format!("?since={since}")).await;
+    assert_eq!(page["changes"], json!([]));
+    assert_eq!(page["version"].as_i64(), Some(since));
+}
+
+#[tokio::test]
+async fn a_complete_page_skips_past_other_entities_versions() {
+    let (_dir, db) = temp_db();
+    let pool = app::open_db(&url(&db)).await.unwrap();
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let server = start_with(&db, |b| b.entity_named("notes")).await;
+    add_todo(&server, "t", "x").await;
+    sqlx::query("INSERT INTO notes (body) VALUES ('a'), ('b')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let (_, page) = pull(&server.base, "todos", "").await;
+    assert_eq!(page["changes"].as_array().unwrap().len(), 1);
+    assert_eq!(page["version"], 3);
+    let (_, notes) = pull(&server.base, "notes", "?since=1").await;
+    assert_eq!(notes["changes"][0]["id"], 1);
+    assert_eq!(notes["changes"][1]["data"], json!({"id": 2, "body": "b"}));
+}
+
+#[tokio::test]
+async fn pull_streams_a_large_page() {
+    let (_dir, db) = temp_db();
+    let server = start_with(&db, |b| b.pull_limit(1000, 50_000)).await;
+    let mut tx = server.pool.begin().await.unwrap();
+    for i in 0..20_000 {
+        sqlx::query("INSERT INTO todos (id, title) VALUES (?, 'row with some text in it')")
+            .bind(format!("r{i:05}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    let res = client()
+        .get(format!("{}/api/sync/todos?limit=50000", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["content-type"], "application/json");
+    assert!(
+        res.headers().get("content-length").is_none(),
+        "the body is streamed"
+    );
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["changes"].as_array().unwrap().len(), 20_000);
+    assert_eq!(body["has_more"], false);
+}
+
+#[tokio::test]
+async fn push_applies_creates_updates_and_deletes_and_reports_them() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    add_todo(&server, "old", "to delete").await;
+    let mut sse = Sse::connect(&server.base, "", None).await;
+    let body = json!({
+        "client_id": "tab-1",
+        "changes": [
+            {"id": "n1", "action": "create", "data": {"title": "new", "completed": false}, "client_version": 0},
+            {"id": "n1", "action": "update", "data": {"completed": true}},
+            {"id": "old", "action": "delete"},
+            {"id": "ghost", "action": "update", "data": {"title": "nobody"}},
+        ]
+    });
+    let (status, res) = push_raw(&server.base, "todos", body.to_string()).await;
+    assert_eq!(status, 200, "{res}");
+    assert_eq!(res["applied"], json!(["n1", "n1", "old"]));
+    assert_eq!(
+        res["conflicts"],
+        json!([{"id": "ghost", "action": "update", "reason": "not_found"}])
+    );
+    assert_eq!(
+        res["version"].as_i64(),
+        Some(server.engine.head().await.unwrap())
+    );
+    assert_eq!(
+        todos(&server.pool).await,
+        [("n1".into(), "new".into(), true)]
+    );
+
+    let events = sse.take(3).await;
+    assert!(events.iter().all(|e| e.data["client_id"] == "tab-1"));
+    assert_eq!(events[2].data["action"], "delete");
+
+    // Replaying the same create is harmless: no duplicate, no error.
+    let again = json!({"changes": [{"id": "n1", "action": "create", "data": {"title": "new"}}]});
+    let (status, _) = push_raw(&server.base, "todos", again.to_string()).await;
+    assert_eq!(status, 200);
+    assert_eq!(todos(&server.pool).await.len(), 1);
+}
+
+#[tokio::test]
+async fn the_client_id_header_is_recorded() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    let res = client()
+        .post(format!("{}/api/sync/todos", server.base))
+        .header("x-rhtmx-client-id", "browser-9")
+        .body(
+            json!({"changes": [{"id": "h", "action": "create", "data": {"title": "t"}}]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let (_, page) = pull(&server.base, "todos", "").await;
+    assert_eq!(page["changes"][0]["client_id"], "browser-9");
+}
+
+#[tokio::test]
+async fn client_js_is_served_with_an_etag_and_revalidates() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    let res = client()
+        .get(format!("{}/api/sync/client.js", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    let etag = res.headers()["etag"].to_str().unwrap().to_owned();
+    assert!(etag.starts_with('"'));
+    assert!(res.text().await.unwrap().contains("rhtmx:"));
+    let res = client()
+        .get(format!("{}/api/sync/client.js", server.base))
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 304);
+    let res = client()
+        .get(format!("{}/api/sync/client.js", server.base))
+        .header("if-none-match", "\"stale\"")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+}
+
+#[tokio::test]
+async fn routes_live_under_a_custom_prefix() {
+    let (_dir, db) = temp_db();
+    let server = start_with(&db, |b| b.prefix("/sync/")).await;
+    add_todo(&server, "t", "x").await;
+    let res = client()
+        .get(format!("{}/sync/todos", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = client()
+        .get(format!("{}/api/sync/todos", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+}

@@ -1,0 +1,222 @@
+//! The event stream resumes with no gap and no duplicate, even across a restart, and a
+//! slow consumer catches up from the log.
+
+mod common;
+
+use common::*;
+use std::time::Duration;
+
+fn versions(events: &[SseEvent]) -> Vec<i64> {
+    events.iter().map(SseEvent::version).collect()
+}
+
+fn ids(events: &[SseEvent]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| e.data["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn resume_with_last_event_id_has_no_gap_and_no_duplicate() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    let mut sse = Sse::connect(&server.base, "", None).await;
+    for i in 0..3 {
+        add_todo(&server, &format!("t{i}"), "x").await;
+    }
+    let first = sse.take(3).await;
+    drop(sse);
+    // Written while disconnected.
+    for i in 3..6 {
+        add_todo(&server, &format!("t{i}"), "x").await;
+    }
+    let last = first[1].id.clone(); // resume mid-way: t2 must come again, once
+    let mut resumed = Sse::connect(&server.base, "", Some(&last)).await;
+    let again = resumed.take(4).await;
+    assert_eq!(ids(&again), ["t2", "t3", "t4", "t5"]);
+    assert_eq!(again[0].version(), first[2].version());
+    add_todo(&server, "t6", "x").await;
+    assert_eq!(resumed.next().await.data["id"], "t6");
+    resumed.assert_quiet(Duration::from_millis(300)).await;
+
+    // The query parameter does the same for a fresh EventSource.
+    let mut by_query = Sse::connect(&server.base, &format!("?last_event_id={last}"), None).await;
+    assert_eq!(ids(&by_query.take(5).await), ["t2", "t3", "t4", "t5", "t6"]);
+}
+
+#[tokio::test]
+async fn the_header_wins_over_a_stale_query_parameter() {
+    // A browser reconnecting by itself keeps its original URL but sends a newer header.
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    let mut sse = Sse::connect(&server.base, "", None).await;
+    for i in 0..3 {
+        add_todo(&server, &format!("t{i}"), "x").await;
+    }
+    let events = sse.take(3).await;
+    let mut resumed = Sse::connect(
+        &server.base,
+        &format!("?last_event_id={}", events[0].id),
+        Some(&events[1].id),
+    )
+    .await;
+    assert_eq!(ids(&resumed.take(1).await), ["t2"]);
+    resumed.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn resume_works_across_a_server_restart() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    let mut sse = Sse::connect(&server.base, "", None).await;
+    for i in 0..3 {
+        add_todo(&server, &format!("t{i}"), "x").await;
+    }
+    let seen = sse.take(3).await;
+    drop(sse);
+    let pool = server.pool.clone();
+    drop(server);
+    // While no server runs, another writer changes the data: the triggers live in the
+    // database file, so the log still records it.
+    sqlx::query("UPDATE todos SET completed = true WHERE id = 't1'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+
+    let restarted = start(&db).await;
+    add_todo(&restarted, "t3", "x").await;
+    let mut resumed = Sse::connect(&restarted.base, "", Some(&seen[2].id)).await;
+    let events = resumed.take(2).await;
+    assert_eq!(ids(&events), ["t1", "t3"]);
+    assert_eq!(events[0].data["action"], "update");
+    assert!(events[0].version() > seen[2].version());
+    assert!(versions(&events).windows(2).all(|w| w[0] < w[1]));
+    resumed.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn an_id_the_log_never_had_gets_a_reset() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    add_todo(&server, "t0", "x").await;
+    let mut sse = Sse::connect(&server.base, "", Some("999")).await;
+    let reset = sse.next().await;
+    assert_eq!(reset.event, "reset");
+    assert_eq!(reset.data["reason"], "ahead_of_log");
+    let head = server.engine.head().await.unwrap();
+    assert_eq!(reset.version(), head);
+    // After the reset the stream carries on live.
+    add_todo(&server, "t1", "x").await;
+    assert_eq!(sse.next().await.data["id"], "t1");
+}
+
+#[tokio::test]
+async fn an_id_behind_the_compaction_horizon_gets_a_reset() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    for i in 0..3 {
+        add_todo(&server, &format!("t{i}"), "x").await;
+    }
+    // What compaction records once it has collapsed versions up to 2.
+    sqlx::query("INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('horizon', '2')")
+        .execute(&server.pool)
+        .await
+        .unwrap();
+    let mut sse = Sse::connect(&server.base, "", Some("1")).await;
+    let reset = sse.next().await;
+    assert_eq!(reset.event, "reset");
+    assert_eq!(reset.data["reason"], "behind_horizon");
+    // At the horizon itself nothing is missing.
+    let mut ok = Sse::connect(&server.base, "", Some("2")).await;
+    assert_eq!(ok.next().await.data["id"], "t2");
+}
+
+#[tokio::test]
+async fn the_entities_filter_keeps_other_entities_out_and_rejects_unknown_ones() {
+    let (_dir, db) = temp_db();
+    let pool = app::open_db(&url(&db)).await.unwrap();
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let server = start_with(&db, |b| b.entity_named("notes")).await;
+    let mut todos_only = Sse::connect(&server.base, "?entities=todos", None).await;
+    let mut notes_only = Sse::connect(&server.base, "?entities=notes", None).await;
+    sqlx::query("INSERT INTO notes (id, body) VALUES (7, 'n')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    add_todo(&server, "t0", "x").await;
+    let todo = todos_only.next().await;
+    assert_eq!(todo.data["entity"], "todos");
+    let note = notes_only.next().await;
+    assert_eq!(note.data["entity"], "notes");
+    assert_eq!(note.data["id"], 7, "integer keys travel as numbers");
+    notes_only.assert_quiet(Duration::from_millis(200)).await;
+
+    let res = client()
+        .get(format!(
+            "{}/api/sync/events?entities=todos,nope",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 404);
+    let res = client()
+        .get(format!("{}/api/sync/events?last_event_id=abc", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn a_stalled_consumer_blocks_no_writer_and_misses_nothing() {
+    let (_dir, db) = temp_db();
+    // A tiny channel, so the stream is certain to fall behind it.
+    let server = start_with(&db, |b| b.event_buffer(2)).await;
+    let mut sse = Sse::connect(&server.base, "", None).await;
+    // Nobody reads the stream while 600 writes of 4 KiB each go through (more than
+    // socket buffers hold), some as one big transaction so the channel overflows.
+    let title = "x".repeat(4096);
+    let mut tx = server.pool.begin().await.unwrap();
+    for i in 0..300 {
+        sqlx::query("INSERT INTO todos (id, title) VALUES (?, ?)")
+            .bind(format!("b{i:04}"))
+            .bind(&title)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+    for i in 300..600 {
+        sqlx::query("INSERT INTO todos (id, title) VALUES (?, ?)")
+            .bind(format!("b{i:04}"))
+            .bind(&title)
+            .execute(&server.pool)
+            .await
+            .unwrap();
+    }
+    let events = sse.take(600).await;
+    let expected: Vec<String> = (0..600).map(|i| format!("b{i:04}")).collect();
+    assert_eq!(ids(&events), expected);
+    assert!(versions(&events).windows(2).all(|w| w[0] < w[1]));
+    sse.assert_quiet(Duration::from_millis(300)).await;
+}
+
+#[tokio::test]
+async fn the_stream_suggests_a_retry_delay() {
+    let (_dir, db) = temp_db();
+    let server = start_with(&db, |b| b.sse_retry(Duration::from_millis(1500))).await;
+    let mut res = client()
+        .get(format!("{}/api/sync/events", server.base))
+        .send()
+        .await
+        .unwrap();
+    let chunk = res.chunk().await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&chunk);
+    assert!(text.contains("retry: 1500"), "first bytes: {text:?}");
+}
