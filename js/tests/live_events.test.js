@@ -1,0 +1,61 @@
+// The embedded client turns server changes into coalesced DOM events.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startServer, launchBrowser, postForm } from "./harness.js";
+
+let server;
+let browser;
+
+before(async () => {
+  server = await startServer();
+  browser = await launchBrowser();
+});
+
+after(async () => {
+  await browser?.close();
+  await server?.stop();
+});
+
+async function openPage() {
+  const page = await browser.newPage();
+  await page.addInitScript(() => {
+    window.__changes = [];
+    addEventListener("DOMContentLoaded", () =>
+      document.body.addEventListener("rhtmx:todos:changed", (e) => window.__changes.push(e.detail)),
+    );
+  });
+  await page.goto(server.base + "/");
+  await page.waitForFunction(() => window.RhtmxSync?.source.readyState === EventSource.OPEN);
+  return page;
+}
+
+test("a change made by another client fires rhtmx:todos:changed", async () => {
+  const page = await openPage();
+  await postForm(server.base, "/todos", { id: "from-node", title: "hello" });
+  await page.waitForFunction(() => window.__changes.length > 0);
+  const [detail] = await page.evaluate(() => window.__changes);
+  assert.equal(detail.entity, "todos");
+  assert.equal(detail.id, "from-node");
+  assert.equal(detail.action, "create");
+  await page.close();
+});
+
+test("a burst of 500 changes causes at most 2 refresh events", async () => {
+  const page = await openPage();
+  const changes = Array.from({ length: 500 }, (_, i) => ({
+    id: `burst-${i}`,
+    action: "create",
+    data: { title: `t${i}` },
+  }));
+  const res = await fetch(server.base + "/api/sync/todos", {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ changes }),
+  });
+  assert.equal(res.status, 200);
+  const { version } = await res.json();
+  await page.waitForFunction((v) => window.__changes.some((c) => c.version === v), version);
+  const count = await page.evaluate(() => window.__changes.length);
+  assert.ok(count >= 1 && count <= 2, `expected 1 or 2 refreshes, got ${count}`);
+  await page.close();
+});
