@@ -202,3 +202,29 @@ async fn routes_live_under_a_custom_prefix() {
         .unwrap();
     assert_eq!(res.status(), 404);
 }
+
+#[tokio::test]
+async fn the_routes_merge_into_a_router_with_any_state() {
+    #[derive(Clone)]
+    struct AppState {
+        greeting: &'static str,
+    }
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    let app: axum::Router = axum::Router::<AppState>::new()
+        .route(
+            "/hello",
+            axum::routing::get(
+                |axum::extract::State(s): axum::extract::State<AppState>| async move { s.greeting },
+            ),
+        )
+        .merge(server.engine.routes())
+        .with_state(AppState { greeting: "hi" });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let hello = client().get(format!("{base}/hello")).send().await.unwrap();
+    assert_eq!(hello.text().await.unwrap(), "hi");
+    let (status, _) = pull(&base, "todos", "").await;
+    assert_eq!(status, 200);
+}

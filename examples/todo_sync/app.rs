@@ -3,12 +3,13 @@
 //! Shared by the example binary and the end-to-end tests (`#[path]`-included), so the
 //! tests exercise exactly the handlers a user would write.
 
+use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
-use maud::{html, Markup, DOCTYPE};
+use maud::Markup;
 use serde::Deserialize;
 use sqlx::SqlitePool;
 
@@ -25,6 +26,7 @@ pub struct Todo {
 pub fn app(pool: SqlitePool) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/assets/htmx-2.0.11.min.js", get(htmx_js))
         .route("/todos", get(list).post(create))
         .route("/todos/{id}", axum::routing::put(rename).delete(remove))
         .route("/todos/{id}/toggle", post(toggle))
@@ -56,38 +58,43 @@ async fn all(pool: &SqlitePool) -> Result<Vec<Todo>, AppError> {
     .await?)
 }
 
-fn render(todos: &[Todo]) -> Markup {
-    html! {
-        ul #todo-list {
-            @for todo in todos {
-                li data-id=(todo.id) class=[todo.completed.then_some("done")] {
-                    (todo.title)
-                }
-            }
-        }
-    }
+#[path = "../../templates/todos.rs"]
+mod templates;
+
+fn views(todos: &[Todo]) -> Vec<templates::TodoView<'_>> {
+    todos
+        .iter()
+        .map(|t| templates::TodoView {
+            id: &t.id,
+            title: &t.title,
+            completed: t.completed,
+        })
+        .collect()
 }
 
 async fn index(State(pool): State<SqlitePool>) -> Result<Markup, AppError> {
-    let todos = all(&pool).await?;
-    Ok(html! {
-        (DOCTYPE)
-        html lang="en" {
-            head {
-                meta charset="utf-8";
-                title { "rhtmx-sync todos" }
-                script src="/api/sync/client.js" data-sync-entities="todos" {}
-            }
-            body {
-                h1 { "Todos" }
-                div hx-get="/todos" hx-trigger="rhtmx:todos:changed from:body" { (render(&todos)) }
-            }
-        }
-    })
+    Ok(templates::page(&views(&all(&pool).await?)))
 }
 
 async fn list(State(pool): State<SqlitePool>) -> Result<Markup, AppError> {
-    Ok(render(&all(&pool).await?))
+    Ok(templates::list(&views(&all(&pool).await?)))
+}
+
+/// htmx, pinned and served by the app itself so the page works offline.
+async fn htmx_js() -> impl IntoResponse {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (
+                axum::http::header::CACHE_CONTROL,
+                "public, max-age=31536000, immutable",
+            ),
+        ],
+        include_str!("assets/htmx-2.0.11.min.js"),
+    )
 }
 
 #[derive(Deserialize)]
@@ -128,17 +135,39 @@ async fn create(
     list(State(pool)).await
 }
 
+#[derive(Deserialize)]
+struct Toggle {
+    /// The state the user asked for; a replayed toggle then cannot flip twice.
+    completed: Option<bool>,
+}
+
 async fn toggle(
     State(pool): State<SqlitePool>,
     Path(id): Path<String>,
-) -> Result<Markup, AppError> {
-    sqlx::query!(
-        "UPDATE todos SET completed = NOT completed WHERE id = ?",
-        id
-    )
-    .execute(&pool)
-    .await?;
-    list(State(pool)).await
+    form: Result<Form<Toggle>, FormRejection>,
+) -> Result<Response, AppError> {
+    // A bodiless POST flips; a malformed form is refused.
+    let wanted = match form {
+        Ok(Form(toggle)) => toggle.completed,
+        Err(FormRejection::InvalidFormContentType(_)) => None,
+        Err(rejection) => return Ok(rejection.into_response()),
+    };
+    match wanted {
+        Some(completed) => {
+            sqlx::query!("UPDATE todos SET completed = ? WHERE id = ?", completed, id)
+                .execute(&pool)
+                .await?
+        }
+        None => {
+            sqlx::query!(
+                "UPDATE todos SET completed = NOT completed WHERE id = ?",
+                id
+            )
+            .execute(&pool)
+            .await?
+        }
+    };
+    Ok(list(State(pool)).await?.into_response())
 }
 
 #[derive(Deserialize)]

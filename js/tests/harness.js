@@ -1,45 +1,67 @@
 // Test harness: the real todo_sync example binary on a free loopback port over a fresh
 // SQLite file, and Debian's headless Chromium driven by playwright-core.
-import { spawn } from "node:child_process";
+import { spawn, execFileSync } from "node:child_process";
 import { mkdtempSync, rmSync, existsSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, dirname } from "node:path";
+import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
-const exampleBin = join(root, "target", "debug", "examples", "todo_sync");
+const targetDir = process.env.CARGO_TARGET_DIR ? resolve(root, process.env.CARGO_TARGET_DIR) : join(root, "target");
+const exampleBin = join(targetDir, "debug", "examples", "todo_sync");
 
 /** Starts the example; resolves once it prints its address. */
-export async function startServer({ dir } = {}) {
+export async function startServer({ dir, port = 0 } = {}) {
   if (!existsSync(exampleBin)) {
     throw new Error(`${exampleBin} is missing: run \`cargo build --example todo_sync\` first`);
   }
   const ownDir = !dir;
   dir ??= mkdtempSync(join(tmpdir(), "rhtmx-"));
+  const dbPath = join(dir, "app.db");
   const child = spawn(exampleBin, [], {
-    env: { ...process.env, PORT: "0", DATABASE_URL: `sqlite://${join(dir, "app.db")}`, RUST_LOG: "warn" },
+    env: { ...process.env, PORT: String(port), DATABASE_URL: `sqlite://${dbPath}`, RUST_LOG: "warn" },
     stdio: ["ignore", "pipe", "inherit"],
   });
-  const base = await new Promise((resolve, reject) => {
+  const base = await new Promise((ok, fail) => {
     let out = "";
     child.stdout.on("data", (chunk) => {
       out += chunk;
       const m = out.match(/listening on (http:\/\/\S+)/);
-      if (m) resolve(m[1]);
+      if (m) ok(m[1]);
     });
-    child.on("exit", (code) => reject(new Error(`todo_sync exited with ${code}`)));
+    child.on("exit", (code) => fail(new Error(`todo_sync exited with ${code}`)));
   });
   return {
     base,
     dir,
+    dbPath,
     child,
+    /** SIGKILL: no graceful anything. */
+    async kill() {
+      if (child.exitCode === null && child.signalCode === null) {
+        const gone = new Promise((r) => child.once("exit", r));
+        child.kill("SIGKILL");
+        await gone;
+      }
+    },
     async stop() {
-      child.kill("SIGKILL");
-      await new Promise((r) => (child.exitCode !== null ? r() : child.once("exit", r)));
+      await this.kill();
       if (ownDir) rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/** Rows of the todos table, straight from the database file. */
+export function dbTodos(dbPath) {
+  // Node 20 has no SQLite module; the machine's python3 has one.
+  const script = [
+    "import json, sqlite3, sys",
+    "c = sqlite3.connect(sys.argv[1])",
+    "rows = c.execute('SELECT id, title, completed FROM todos ORDER BY id').fetchall()",
+    "print(json.dumps([{'id': i, 'title': t, 'completed': bool(d)} for i, t, d in rows]))",
+  ].join("\n");
+  return JSON.parse(execFileSync("python3", ["-c", script, dbPath], { encoding: "utf8" }));
 }
 
 /** Launches headless Chromium; fails (never skips) when it is not installed. */
@@ -68,4 +90,15 @@ export async function postForm(base, path, fields) {
   const res = await fetch(base + path, { method: "POST", body: new URLSearchParams(fields) });
   if (!res.ok) throw new Error(`POST ${path}: ${res.status}`);
   return res;
+}
+
+/** Polls `fn` until it returns a truthy value (for state outside the browser). */
+export async function eventually(fn, { timeout = 10000, what = "condition" } = {}) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    const value = await fn();
+    if (value) return value;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
 }

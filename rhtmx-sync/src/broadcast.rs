@@ -6,7 +6,6 @@
 //! event is never sent for a rolled-back write and never missed for a foreign one. A
 //! stream that falls behind the bounded channel catches up from the log.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,16 +32,13 @@ pub(crate) struct Hub {
     pub tx: broadcast::Sender<Arc<LogEvent>>,
     /// Wakes the tailer at once after this process committed a change.
     pub wake: Notify,
-    /// The highest version broadcast so far.
-    pub broadcast_head: AtomicI64,
 }
 
 impl Hub {
-    pub(crate) fn new(capacity: usize, head: i64) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Hub {
             tx: broadcast::channel(capacity).0,
             wake: Notify::new(),
-            broadcast_head: AtomicI64::new(head),
         }
     }
 }
@@ -124,6 +120,7 @@ async fn tick(
             .await?;
     }
     const PAGE: i64 = 1000;
+    let from = *cursor;
     loop {
         let rows = log::read_after(conn, *cursor, PAGE).await?;
         for row in &rows {
@@ -139,8 +136,10 @@ async fn tick(
             // No receivers is fine: nobody is listening.
             let _ = hub.tx.send(Arc::new(event));
         }
-        hub.broadcast_head.store(*cursor, Ordering::Release);
         if (rows.len() as i64) < PAGE {
+            if *cursor > from {
+                tracing::debug!(from, to = *cursor, "broadcast committed changes");
+            }
             return Ok(());
         }
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use axum::Router;
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use crate::broadcast::{self, Hub};
 use crate::capture;
@@ -182,7 +183,7 @@ pub struct SyncEngineBuilder {
 }
 
 /// Route segments the engine uses itself, so no entity may be named after them.
-const RESERVED: &[&str] = &["events", "client.js"];
+const RESERVED: &[&str] = &["events", "client.js", "sw.js"];
 
 impl SyncEngineBuilder {
     /// Syncs the model `T` (its table, key, columns and strategy come from
@@ -281,15 +282,18 @@ impl SyncEngineBuilder {
         capture::ensure(&mut conn, &entities).await?;
         let head = log::head(&mut conn).await?;
         let entities = Arc::new(Entities(entities));
-        let hub = Arc::new(Hub::new(self.options.event_buffer, head));
-        let tailer = tokio::spawn(broadcast::tail(
-            (*options).clone(),
-            conn,
-            hub.clone(),
-            entities.clone(),
-            self.options.poll_interval,
-            head,
-        ));
+        let hub = Arc::new(Hub::new(self.options.event_buffer));
+        let tailer = tokio::spawn(
+            broadcast::tail(
+                (*options).clone(),
+                conn,
+                hub.clone(),
+                entities.clone(),
+                self.options.poll_interval,
+                head,
+            )
+            .instrument(tracing::info_span!("rhtmx_sync_broadcaster")),
+        );
         Ok(SyncEngine {
             inner: Arc::new(Inner {
                 pool: self.pool,

@@ -1,6 +1,6 @@
-//! The HTTP face of the engine: pull, push, the event stream and the client script.
+//! The HTTP face of the engine: pull, push, the event stream and the browser files.
 
-mod client_js;
+mod assets;
 mod events;
 mod pull;
 mod push;
@@ -18,7 +18,8 @@ where
     let prefix = engine.inner.options.prefix.clone();
     Router::new()
         .route(&format!("{prefix}/events"), get(events::events))
-        .route(&format!("{prefix}/client.js"), get(client_js::client_js))
+        .route(&format!("{prefix}/client.js"), get(assets::client_js))
+        .route(&format!("{prefix}/sw.js"), get(assets::service_worker))
         .route(
             &format!("{prefix}/{{entity}}"),
             get(pull::pull).post(push::push),

@@ -1,39 +1,661 @@
-// rhtmx-sync browser client (placeholder: live refresh only).
-// Reads its configuration from its own <script> tag and turns each change on the
-// server's event stream into a `rhtmx:<entity>:changed` event on document.body.
+// rhtmx-sync browser client. No build step, no dependencies; works with htmx 2.x.
+//
+// One <script src="/api/sync/client.js" data-sync-entities="todos"> makes an htmx page:
+// - keep a mirror of the synced entities in IndexedDB (RhtmxSync.get('todos'));
+// - refresh live: `rhtmx:<entity>:changed` on document.body, coalesced per frame;
+// - work offline: unsafe htmx requests made offline (or while earlier ones wait, or that
+//   fail on the network) go to a durable IndexedDB outbox and are replayed in order,
+//   exactly once (Idempotency-Key), by one tab per browser.
+// Data flows one way: server log -> event stream (leader tab) -> IndexedDB -> DOM events.
 (() => {
   "use strict";
+  if (window.RhtmxSync) return; // loaded twice
+
   const script = document.currentScript;
+  const data = (script && script.dataset) || {};
   const base = script ? new URL(script.src, location.href).pathname.replace(/\/client\.js$/, "") : "/api/sync";
-  const entities = ((script && script.dataset.syncEntities) || "").split(",").map((s) => s.trim()).filter(Boolean);
-  const debug = script && script.dataset.debug === "true";
+  const entities = (data.syncEntities || "").split(",").map((s) => s.trim()).filter(Boolean);
+  const debug = data.debug === "true";
+  const retentionMs = Number(data.retentionDays || 7) * 864e5;
+  const csrfMeta = data.csrfMeta || "csrf-token";
+  const csrfHeader = data.csrfHeader || "X-CSRF-Token";
+  const loginPattern = new RegExp(data.loginPattern || "/(login|signin|sign-in|auth)\\b", "i");
+  const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
+  const DB_NAME = "rhtmx-sync";
+  const SYSTEM_STORES = ["_meta", "_pending", "_dead"];
   const log = (...args) => debug && console.debug("[rhtmx-sync]", ...args);
 
-  const pending = new Map();
-  let scheduled = false;
-  const flush = () => {
-    scheduled = false;
-    for (const [entity, detail] of pending) {
-      document.body.dispatchEvent(new CustomEvent(`rhtmx:${entity}:changed`, { detail }));
-    }
-    pending.clear();
+  // ---- events -------------------------------------------------------------------------
+  const emit = (name, detail) => {
+    const fire = () => document.body.dispatchEvent(new CustomEvent("rhtmx:" + name, { detail }));
+    document.body ? fire() : addEventListener("DOMContentLoaded", fire, { once: true });
+  };
+  const channel = "BroadcastChannel" in window ? new BroadcastChannel("rhtmx-sync") : null;
+  const tell = (message) => channel && channel.postMessage(message); // other tabs only
+
+  // `changed` events are coalesced: one per entity per frame, however many changes.
+  const dirty = new Map();
+  let frame = 0;
+  const markChanged = (detail) => {
+    dirty.set(detail.entity, detail);
+    if (frame) return;
+    const flush = () => {
+      frame = 0;
+      const all = [...dirty.values()];
+      dirty.clear();
+      for (const d of all) emit(d.entity + ":changed", d);
+    };
+    frame = document.hidden ? setTimeout(flush, 50) : requestAnimationFrame(flush);
   };
 
-  const query = entities.length ? `?entities=${encodeURIComponent(entities.join(","))}` : "";
-  const source = new EventSource(`${base}/events${query}`);
-  source.onmessage = (message) => {
-    const change = JSON.parse(message.data);
-    log("change", change);
-    pending.set(change.entity, change);
-    if (!scheduled) {
-      scheduled = true;
-      requestAnimationFrame(flush);
-    }
-  };
-  source.addEventListener("reset", () => {
-    for (const entity of entities) pending.set(entity, { entity, action: "reset" });
-    requestAnimationFrame(flush);
+  // ---- IndexedDB ----------------------------------------------------------------------
+  const promised = (r) => new Promise((ok, fail) => { r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); });
+  const finished = (tx) => new Promise((ok, fail) => {
+    tx.oncomplete = () => ok();
+    tx.onerror = tx.onabort = () => fail(tx.error || new DOMException("transaction aborted", "AbortError"));
   });
-  addEventListener("pagehide", () => source.close());
-  window.RhtmxSync = { entities, source };
+  let dbPromise = null;
+  let storageBroken = null;
+
+  function openVersion(version, create) {
+    return new Promise((ok, fail) => {
+      const r = version ? indexedDB.open(DB_NAME, version) : indexedDB.open(DB_NAME);
+      r.onupgradeneeded = () => {
+        const db = r.result;
+        for (const name of create) {
+          if (db.objectStoreNames.contains(name)) continue;
+          if (name === "_meta") db.createObjectStore(name, { keyPath: "key" });
+          else if (name[0] === "_") db.createObjectStore(name, { keyPath: "seq", autoIncrement: true });
+          else db.createObjectStore(name, { keyPath: "id" });
+        }
+      };
+      r.onsuccess = () => ok(r.result);
+      r.onerror = () => fail(r.error);
+      r.onblocked = () => log("upgrade blocked by another tab; it will close its connection");
+    });
+  }
+
+  async function openDb() {
+    if (!("indexedDB" in window) || !indexedDB) throw new Error("IndexedDB is unavailable");
+    const wanted = [...SYSTEM_STORES, ...entities];
+    for (let attempt = 0; attempt < 5; attempt++) {
+      let db = await openVersion(0, []);
+      const missing = wanted.filter((s) => !db.objectStoreNames.contains(s));
+      if (missing.length) {
+        const next = db.version + 1;
+        db.close();
+        try {
+          db = await openVersion(next, missing);
+        } catch (e) {
+          if (e && e.name === "VersionError") continue; // another tab upgraded first
+          throw e;
+        }
+      }
+      // Another tab needs a newer schema: let it, and reopen on next use.
+      db.onversionchange = () => { db.close(); dbPromise = null; };
+      db.onclose = () => { dbPromise = null; }; // e.g. WebKit dropped the connection
+      return db;
+    }
+    throw new Error("could not open IndexedDB");
+  }
+
+  /** The database, or null when storage does not work here (the event says why). */
+  async function getDb() {
+    if (storageBroken) return null;
+    try {
+      return await (dbPromise ||= openDb());
+    } catch (error) {
+      dbPromise = null;
+      storageFailed(error);
+      return null;
+    }
+  }
+
+  function storageFailed(error) {
+    storageBroken = storageBroken || error;
+    console.warn("[rhtmx-sync] storage unavailable:", error);
+    emit("storage-error", { error: String(error && error.message || error) });
+  }
+
+  async function metaGet(db, key) {
+    const row = await promised(db.transaction("_meta").objectStore("_meta").get(key));
+    return row ? row.value : undefined;
+  }
+
+  // ---- mirror: pull, apply, read --------------------------------------------------------
+  const versions = {}; // entity -> highest version applied
+  let lastEventId = null;
+
+  /** Applies changes of possibly several entities in one transaction. */
+  async function applyChanges(changes, meta) {
+    const db = await getDb();
+    if (!db) return;
+    const names = [...new Set(changes.map((c) => c.entity))].filter((e) => entities.includes(e));
+    const tx = db.transaction([...names, "_meta"], "readwrite");
+    for (const c of changes) {
+      if (!names.includes(c.entity)) continue;
+      const store = tx.objectStore(c.entity);
+      // Deletes leave a tombstone so a late older change cannot resurrect the row.
+      store.put(c.action === "delete" ? { id: c.id, _deleted: true, _version: c.version } : { ...c.data, _version: c.version });
+    }
+    for (const [key, value] of Object.entries(meta)) tx.objectStore("_meta").put({ key, value });
+    await finished(tx);
+  }
+
+  async function pull(entity) {
+    for (;;) {
+      const since = versions[entity] || 0;
+      const res = await fetch(`${base}/${encodeURIComponent(entity)}?since=${since}`, { credentials: "same-origin" });
+      if (!res.ok) throw new Error(`pull ${entity}: ${res.status}`);
+      const page = await res.json();
+      const changes = page.changes.map((c) => ({ ...c, entity }));
+      await applyChanges(changes, { ["version:" + entity]: page.version });
+      versions[entity] = page.version;
+      if (changes.length) markChanged({ entity, action: "pull", version: page.version });
+      if (!page.has_more) return page.version;
+    }
+  }
+
+  async function resetMirror() {
+    const db = await getDb();
+    if (db) {
+      const tx = db.transaction([...entities, "_meta"], "readwrite");
+      for (const e of entities) {
+        tx.objectStore(e).clear();
+        tx.objectStore("_meta").delete("version:" + e);
+      }
+      await finished(tx);
+    }
+    for (const e of entities) versions[e] = 0;
+  }
+
+  // ---- live events (leader only) ---------------------------------------------------------
+  let source = null;
+  let sourceRetry = 0;
+  let queue = [];
+  let applying = null;
+
+  let resyncing = null; // while a reset re-pulls, live changes wait
+  let held = [];
+
+  function onChange(message) {
+    if (resyncing) return void held.push(message);
+    const change = JSON.parse(message.data);
+    const id = Number(message.lastEventId);
+    // Delivery is at-least-once: anything not newer than what we hold is a duplicate.
+    if (lastEventId !== null && id <= lastEventId) return;
+    lastEventId = id;
+    if (change.version <= (versions[change.entity] || 0)) return;
+    versions[change.entity] = change.version;
+    queue.push(change);
+    applying ||= new Promise((r) => setTimeout(r, 10)).then(flushQueue);
+  }
+
+  async function flushQueue() {
+    const batch = queue;
+    queue = [];
+    const meta = { lastEventId };
+    for (const c of batch) meta["version:" + c.entity] = versions[c.entity];
+    try {
+      await applyChanges(batch, meta);
+    } catch (error) {
+      storageFailed(error);
+    }
+    applying = null;
+    const latest = {};
+    for (const c of batch) latest[c.entity] = { entity: c.entity, id: c.id, action: c.action, version: c.version };
+    for (const d of Object.values(latest)) markChanged(d);
+    tell({ type: "changed", details: Object.values(latest) });
+    if (queue.length) applying = flushQueue();
+  }
+
+  let synced = false; // every entity pulled at least once since the page loaded
+
+  /** Pulls every entity while live changes wait, then applies the ones not covered. */
+  async function syncAll() {
+    if (resyncing) return resyncing;
+    let done;
+    resyncing = new Promise((r) => (done = r));
+    try {
+      const heads = await Promise.all(entities.map(pull));
+      synced = true;
+      // Everything up to the lowest head is held now.
+      if (heads.length) lastEventId = Math.max(lastEventId ?? 0, Math.min(...heads));
+    } catch (error) {
+      log("pull failed", error);
+    } finally {
+      resyncing = null;
+      done();
+    }
+    const waiting = held;
+    held = [];
+    waiting.forEach(onChange);
+  }
+
+  async function onReset() {
+    log("reset: resyncing everything");
+    await resetMirror();
+    await syncAll();
+    for (const entity of entities) {
+      markChanged({ entity, action: "reset" });
+      tell({ type: "changed", details: [{ entity, action: "reset" }] });
+    }
+  }
+
+  function connect() {
+    if (source || !isLeader) return;
+    const params = new URLSearchParams();
+    if (entities.length) params.set("entities", entities.join(","));
+    if (lastEventId !== null) params.set("last_event_id", String(lastEventId));
+    source = new EventSource(`${base}/events?${params}`);
+    source.onopen = () => {
+      sourceRetry = 0;
+      // Opened without a resume point (the first pull failed): the stream starts now, so
+      // pull what came before it.
+      if (!synced) syncAll();
+    };
+    source.onmessage = onChange;
+    source.addEventListener("reset", (e) => {
+      lastEventId = Number(e.lastEventId);
+      synced = false;
+      onReset();
+    });
+    source.onerror = () => {
+      // A dropped 200 stream reconnects by itself (with Last-Event-ID); a non-200 answer
+      // closes it for good, so reconnect ourselves with backoff and jitter.
+      if (source.readyState !== EventSource.CLOSED) return;
+      source = null;
+      const delay = Math.min(30000, 1000 * 2 ** sourceRetry++) * (0.5 + Math.random());
+      setTimeout(connect, delay);
+    };
+  }
+
+  function disconnect() {
+    if (source) source.close();
+    source = null;
+  }
+
+  // ---- outbox: queue ---------------------------------------------------------------------
+  let pendingCount = 0;
+  const online = () => navigator.onLine !== false;
+
+  function csrfToken() {
+    const meta = document.querySelector(`meta[name="${csrfMeta}"]`);
+    return meta ? meta.content : null;
+  }
+
+  /** What htmx was about to send, as a storable entry (FormData cannot be stored). */
+  function entryFrom(detail, key) {
+    const config = detail.requestConfig;
+    const headers = {};
+    for (const [name, value] of Object.entries(config.headers || {})) {
+      const lower = name.toLowerCase();
+      // Re-read at replay time, never replayed stale.
+      if (lower === csrfHeader.toLowerCase() || lower === "idempotency-key") continue;
+      headers[name] = value;
+    }
+    const elt = detail.elt || config.elt;
+    const multipart = headers["Content-Type"] === undefined && !config.useUrlParams;
+    const params = config.parameters || config.formData;
+    const pairs = typeof params[Symbol.iterator] === "function"
+      ? [...params]
+      : Object.entries(params).flatMap(([k, v]) => (Array.isArray(v) ? v : [v]).map((x) => [k, x]));
+    const body = config.useUrlParams ? null : pairs;
+    return {
+      key,
+      method: config.verb.toUpperCase(),
+      url: new URL(detail.pathInfo.finalRequestPath, location.href).href,
+      encoding: multipart ? "multipart" : "urlencoded",
+      headers,
+      body,
+      created: Date.now(),
+      attempts: 0,
+      source: elt && elt.id ? "#" + elt.id : null,
+    };
+  }
+
+  async function enqueue(entry) {
+    const db = await getDb();
+    if (!db) throw storageBroken || new Error("no storage");
+    const tx = db.transaction("_pending", "readwrite");
+    entry.seq = await promised(tx.objectStore("_pending").add(entry));
+    await finished(tx);
+    log("queued", entry);
+    emit("queued", { entry });
+    tell({ type: "queued" });
+    await refreshPending();
+    kick();
+  }
+
+  /** Sends an entry now, as htmx would have, when it cannot be kept. */
+  function sendDirect(entry) {
+    return fetch(entry.url, request(entry)).catch((e) => log("direct send failed", e));
+  }
+
+  function request(entry) {
+    const headers = { ...entry.headers, "Idempotency-Key": entry.key, "X-Rhtmx-Replay": "1" };
+    if (clientId) headers["X-Rhtmx-Client-Id"] = clientId;
+    const token = csrfToken();
+    if (token) headers[csrfHeader] = token;
+    let body = null;
+    if (entry.body) {
+      if (entry.encoding === "multipart") {
+        body = new FormData();
+        for (const [k, v] of entry.body) body.append(k, v);
+        delete headers["Content-Type"];
+      } else {
+        body = new URLSearchParams(entry.body.map(([k, v]) => [k, String(v)]));
+      }
+    }
+    const init = { method: entry.method, headers, body, credentials: "same-origin", redirect: "follow" };
+    const detail = { entry, init };
+    emit("replay-request", detail); // the app may refresh auth headers here
+    return detail.init;
+  }
+
+  async function refreshPending() {
+    const db = await getDb();
+    if (db) {
+      try {
+        pendingCount = await promised(db.transaction("_pending").objectStore("_pending").count());
+      } catch (error) {
+        storageFailed(error);
+      }
+    }
+    const root = document.documentElement;
+    root.classList.toggle("rhtmx-pending", pendingCount > 0);
+    root.classList.toggle("rhtmx-offline", !online());
+    root.setAttribute("data-rhtmx-pending-count", String(pendingCount));
+    for (const el of document.querySelectorAll("[data-rhtmx-pending-count]")) {
+      if (el !== root) el.setAttribute("data-rhtmx-pending-count", String(pendingCount));
+    }
+  }
+
+  // ---- outbox: replay (leader only; strict FIFO; one request in flight) -------------------
+  let replaying = false;
+  let paused = null; // the CSRF token that was refused, while paused for auth
+  let backoff = 0;
+  let timer = 0;
+
+  function kick() {
+    if (!isLeader) return tell({ type: "kick" });
+    if (paused !== null && csrfToken() !== paused) paused = null; // token refreshed
+    if (!replaying && paused === null && online()) replay();
+  }
+
+  function retryLater(res) {
+    let delay = Math.min(60000, 1000 * 2 ** backoff++) * (0.5 + Math.random());
+    const after = res && res.headers.get("Retry-After");
+    if (after) {
+      const seconds = Number(after);
+      const at = isNaN(seconds) ? Date.parse(after) - Date.now() : seconds * 1000;
+      if (at > 0) delay = Math.max(delay / 4, Math.min(at, 3600e3));
+    }
+    clearTimeout(timer);
+    timer = setTimeout(kick, delay);
+    log("retrying in", Math.round(delay), "ms");
+  }
+
+  async function replay() {
+    replaying = true;
+    try {
+      for (;;) {
+        const db = await getDb();
+        if (!db) return;
+        const cursor = await promised(db.transaction("_pending").objectStore("_pending").openCursor());
+        if (!cursor) return;
+        const entry = cursor.value;
+        if (Date.now() - entry.created > retentionMs) {
+          await deadLetter(entry, { reason: "expired" });
+          continue;
+        }
+        let res;
+        try {
+          res = await fetch(entry.url, request(entry));
+        } catch (error) {
+          log("replay: network error", error);
+          return retryLater(null);
+        }
+        const status = res.status;
+        const login = (res.redirected && loginPattern.test(new URL(res.url).pathname)) ||
+          loginPattern.test(res.headers.get("HX-Redirect") || "\u0000");
+        if (login || status === 401 || status === 403 || status === 419) {
+          paused = csrfToken() || "";
+          emit("auth-required", { entry, status });
+          tell({ type: "auth-required", status });
+          return;
+        }
+        if (status === 408 || status === 429 || status === 425 || status >= 500 ||
+            (status === 409 && res.headers.has("Retry-After"))) {
+          return retryLater(res);
+        }
+        backoff = 0;
+        if (status >= 400) {
+          await deadLetter(entry, { reason: "rejected", status, body: (await res.text()).slice(0, 2000) });
+          continue;
+        }
+        const tx = db.transaction("_pending", "readwrite");
+        tx.objectStore("_pending").delete(entry.seq);
+        await finished(tx);
+        dispatchTriggers(res.headers.get("HX-Trigger"));
+        const detail = { entry, status };
+        emit("replayed", detail);
+        tell({ type: "replayed", detail });
+        await refreshPending();
+      }
+    } catch (error) {
+      storageFailed(error);
+    } finally {
+      replaying = false;
+    }
+  }
+
+  async function deadLetter(entry, why) {
+    const db = await getDb();
+    const tx = db.transaction(["_pending", "_dead"], "readwrite");
+    tx.objectStore("_pending").delete(entry.seq);
+    const dead = { ...entry, ...why, failed: Date.now() };
+    delete dead.seq;
+    tx.objectStore("_dead").add(dead);
+    await finished(tx);
+    const detail = { entry, ...why };
+    emit("rejected", detail);
+    tell({ type: "rejected", detail });
+    await refreshPending();
+  }
+
+  function dispatchTriggers(header) {
+    if (!header) return;
+    let events;
+    try {
+      events = JSON.parse(header);
+    } catch {
+      events = Object.fromEntries(header.split(",").map((n) => [n.trim(), null]));
+    }
+    for (const [name, detail] of Object.entries(events)) {
+      if (name) document.body.dispatchEvent(new CustomEvent(name, { detail, bubbles: true }));
+    }
+  }
+
+  // ---- htmx integration --------------------------------------------------------------------
+  const verbOf = (detail) => String((detail.requestConfig || detail).verb || "").toUpperCase();
+  const optedOut = (elt) => elt && elt.closest && elt.closest('[data-rhtmx-offline="false"]');
+
+  /** A UUIDv7: time-ordered, so client-generated ids sort by creation. */
+  function uuid() {
+    const b = crypto.getRandomValues(new Uint8Array(16));
+    let t = Date.now();
+    for (let i = 5; i >= 0; i--, t = Math.floor(t / 256)) b[i] = t & 255;
+    b[6] = (b[6] & 15) | 112;
+    b[8] = (b[8] & 63) | 128;
+    const h = [...b].map((x) => x.toString(16).padStart(2, "0")).join("");
+    return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+  }
+
+  document.addEventListener("htmx:configRequest", (e) => {
+    if (!UNSAFE.has(verbOf(e.detail))) return;
+    // <form data-rhtmx-new-id="id">: the browser names the new row, so a replayed create
+    // cannot make a second one.
+    const named = e.detail.elt && e.detail.elt.closest && e.detail.elt.closest("[data-rhtmx-new-id]");
+    if (named) {
+      const field = named.getAttribute("data-rhtmx-new-id") || "id";
+      if (!e.detail.parameters[field]) e.detail.parameters[field] = uuid();
+    }
+    // One key per user action, created before the first attempt, reused on replay.
+    e.detail.headers["Idempotency-Key"] ||= crypto.randomUUID();
+    if (clientId) e.detail.headers["X-Rhtmx-Client-Id"] = clientId;
+  });
+
+  document.addEventListener("htmx:beforeRequest", (e) => {
+    const d = e.detail;
+    if (!UNSAFE.has(verbOf(d)) || optedOut(d.elt) || storageBroken) return;
+    if (online() && pendingCount === 0) return; // straight to the network
+    e.preventDefault();
+    const entry = entryFrom(d, d.requestConfig.headers["Idempotency-Key"]);
+    enqueue(entry).catch((error) => {
+      storageFailed(error);
+      sendDirect(entry); // nothing is lost silently
+    });
+  });
+
+  const requeue = (e) => {
+    const d = e.detail;
+    if (!UNSAFE.has(verbOf(d)) || optedOut(d.elt) || storageBroken || !d.pathInfo) return;
+    // A network error is no answer: the request may or may not have arrived, and the
+    // same key lets the server tell.
+    enqueue(entryFrom(d, d.requestConfig.headers["Idempotency-Key"])).catch(storageFailed);
+  };
+  document.addEventListener("htmx:sendError", requeue);
+  document.addEventListener("htmx:timeout", requeue);
+
+  // ---- leadership (Web Locks), tabs (BroadcastChannel) ---------------------------------------
+  let isLeader = false;
+  let clientId = null;
+
+  async function lead() {
+    isLeader = true;
+    log("leader");
+    const db = await getDb();
+    if (db) {
+      for (const e of entities) versions[e] = (await metaGet(db, "version:" + e)) || 0;
+      const stored = await metaGet(db, "lastEventId");
+      if (stored !== undefined) lastEventId = stored;
+    }
+    await syncAll();
+    connect();
+    kick();
+  }
+
+  if (channel) {
+    channel.onmessage = ({ data: m }) => {
+      if (m.type === "changed") m.details.forEach(markChanged);
+      else if (m.type === "kick") isLeader && kick();
+      else if (m.type === "queued") refreshPending();
+      else if (m.type === "replayed" || m.type === "rejected") {
+        emit(m.type, m.detail);
+        refreshPending();
+      } else if (m.type === "auth-required") emit("auth-required", { status: m.status });
+    };
+  }
+
+  async function start() {
+    const db = await getDb();
+    if (db) {
+      clientId = await metaGet(db, "clientId");
+      if (!clientId) {
+        clientId = crypto.randomUUID();
+        const tx = db.transaction("_meta", "readwrite");
+        tx.objectStore("_meta").put({ key: "clientId", value: clientId });
+        await finished(tx).catch(storageFailed);
+      }
+    }
+    await refreshPending();
+    if (window.htmx && String(htmx.version || "").startsWith("4")) {
+      console.error("[rhtmx-sync] htmx 4 is not supported yet: pin htmx 2.x. Offline writes are off.");
+      storageBroken = new Error("htmx 4");
+    }
+    if (navigator.locks) {
+      // Held until the tab goes away; the next tab in line takes over at once.
+      navigator.locks.request("rhtmx-sync-leader", () => lead().then(() => new Promise(() => {})));
+    } else {
+      lead();
+    }
+  }
+
+  // ---- offline app shell (opt-in service worker) ----------------------------------------------
+  function markStale(since) {
+    document.documentElement.classList.add("rhtmx-stale");
+    emit("stale", { since });
+  }
+  if (data.serviceWorker !== undefined && data.serviceWorker !== "false" && "serviceWorker" in navigator) {
+    navigator.serviceWorker
+      .register(base + "/sw.js", { scope: data.serviceWorkerScope || "/" })
+      .then(() => navigator.serviceWorker.ready)
+      .then((reg) => {
+        // The page that registered the worker was fetched before it existed: cache it
+        // and its assets now so the next offline visit has them.
+        const urls = [location.href];
+        for (const el of document.querySelectorAll("script[src], link[rel=stylesheet][href]")) urls.push(el.src || el.href);
+        reg.active && reg.active.postMessage({ type: "warm", urls });
+      })
+      .catch((e) => log("service worker not registered", e));
+  }
+  const staleMeta = document.querySelector('meta[name="rhtmx-stale"]');
+  if (staleMeta) markStale(staleMeta.content);
+  document.addEventListener("htmx:afterRequest", (e) => {
+    const stale = e.detail.xhr && e.detail.xhr.getResponseHeader("X-Rhtmx-Stale");
+    if (stale) markStale(stale);
+  });
+
+  addEventListener("online", () => { emit("online", {}); refreshPending(); kick(); });
+  addEventListener("offline", () => { emit("offline", {}); refreshPending(); });
+  document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && kick());
+  addEventListener("pagehide", disconnect);
+  addEventListener("pageshow", (e) => e.persisted && isLeader && connect());
+
+  // ---- public API ----------------------------------------------------------------------------
+  async function all(store) {
+    const db = await getDb();
+    return db ? promised(db.transaction(store).objectStore(store).getAll()) : [];
+  }
+
+  window.RhtmxSync = {
+    entities,
+    get clientId() { return clientId; },
+    get isLeader() { return isLeader; },
+    get source() { return source; },
+    get pendingCount() { return pendingCount; },
+    uuid,
+    /** The mirrored rows of an entity (tombstones left out). */
+    async get(entity) { return (await all(entity)).filter((r) => !r._deleted); },
+    /** The queued requests, oldest first. */
+    pending: () => all("_pending"),
+    /** Requests the server refused for good (or that expired), with why. */
+    deadLetters: () => all("_dead"),
+    /** Moves a dead letter back to the end of the queue. */
+    async retry(seq) {
+      const db = await getDb();
+      const tx = db.transaction(["_pending", "_dead"], "readwrite");
+      const entry = await promised(tx.objectStore("_dead").get(seq));
+      if (entry) {
+        tx.objectStore("_dead").delete(seq);
+        delete entry.seq;
+        tx.objectStore("_pending").add({ ...entry, created: Date.now(), attempts: 0 });
+      }
+      await finished(tx);
+      await refreshPending();
+      kick();
+    },
+    /** Deletes a dead letter. */
+    async discard(seq) {
+      const db = await getDb();
+      const tx = db.transaction("_dead", "readwrite");
+      tx.objectStore("_dead").delete(seq);
+      await finished(tx);
+    },
+    /** Tries the queue now (after a login, say). */
+    replay() { paused = null; backoff = 0; kick(); },
+  };
+
+  start().catch((error) => storageFailed(error));
 })();

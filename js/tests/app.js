@@ -1,0 +1,51 @@
+// Page helpers shared by the browser tests.
+export const EVENTS = [
+  "queued", "replayed", "rejected", "online", "offline", "auth-required", "storage-error", "stale",
+];
+
+/** Opens the app in a new page of `context` and waits until the client is running. */
+export async function openApp(context, base) {
+  const page = await context.newPage();
+  await page.addInitScript((names) => {
+    window.__events = [];
+    window.__changes = [];
+    addEventListener("DOMContentLoaded", () => {
+      for (const n of names) {
+        document.body.addEventListener("rhtmx:" + n, (e) => window.__events.push({ name: n, detail: JSON.parse(JSON.stringify(e.detail || {})) }));
+      }
+      document.body.addEventListener("rhtmx:todos:changed", (e) => window.__changes.push(e.detail));
+    });
+  }, EVENTS);
+  await page.goto(base + "/");
+  await page.waitForFunction(() => window.RhtmxSync && RhtmxSync.clientId);
+  return page;
+}
+
+/** Events of one kind seen by the page so far. */
+export const events = (page, name) =>
+  page.evaluate((n) => window.__events.filter((e) => e.name === n), name);
+
+/** Submits the new-todo form. */
+export async function addTodo(page, title) {
+  await page.fill("#new-todo input[name=title]", title);
+  await page.click("#new-todo button");
+}
+
+/** Adds an htmx-powered control to the page (for requests the example does not have). */
+export async function inject(page, html) {
+  await page.evaluate((markup) => {
+    const holder = document.createElement("div");
+    holder.className = "injected";
+    holder.innerHTML = markup;
+    document.body.append(holder);
+    htmx.process(holder);
+  }, html);
+}
+
+/** A form posting a todo with no client-generated id (so only the idempotency key can
+ *  stop a replay from creating it twice). */
+export const plainForm = (id, title) =>
+  `<form id="${id}" hx-post="/todos" hx-swap="none"><input name="title" value="${title}"><button>go</button></form>`;
+
+export const waitPending = (page, n) =>
+  page.waitForFunction((count) => RhtmxSync.pendingCount === count, n);

@@ -1,0 +1,244 @@
+// The durable outbox: writes made offline (or failing on the network) are kept in
+// IndexedDB and replayed in order, exactly once, by one tab.
+import { test, before, after, beforeEach, afterEach } from "node:test";
+import assert from "node:assert/strict";
+import { startServer, launchBrowser, dbTodos, eventually } from "./harness.js";
+import { startProxy, answer, cut, holder } from "./proxy.js";
+import { openApp, events, addTodo, inject, plainForm, waitPending } from "./app.js";
+
+let browser;
+let server;
+let proxy;
+let context;
+
+before(async () => {
+  browser = await launchBrowser();
+});
+after(async () => {
+  await browser?.close();
+});
+beforeEach(async () => {
+  server = await startServer();
+  proxy = await startProxy(server.base);
+  context = await browser.newContext();
+});
+afterEach(async () => {
+  await context?.close();
+  await proxy?.close();
+  await server?.stop();
+});
+
+const replays = () => proxy.seen((r) => r.headers["x-rhtmx-replay"] === "1");
+const rows = () => dbTodos(server.dbPath);
+
+test("offline submit: queued, shown as pending, exactly one row after reconnect", async () => {
+  const page = await openApp(context, proxy.base);
+  await context.setOffline(true);
+  await addTodo(page, "written offline");
+  await waitPending(page, 1);
+  assert.equal(await page.getAttribute("html", "data-rhtmx-pending-count"), "1");
+  assert.ok(await page.evaluate(() => document.documentElement.classList.contains("rhtmx-pending")));
+  assert.ok(await page.evaluate(() => document.documentElement.classList.contains("rhtmx-offline")));
+  assert.equal((await events(page, "queued")).length, 1);
+  assert.deepEqual(rows(), []);
+
+  await context.setOffline(false);
+  await waitPending(page, 0);
+  const stored = rows();
+  assert.equal(stored.length, 1);
+  assert.equal(stored[0].title, "written offline");
+  assert.equal((await events(page, "replayed")).length, 1);
+  // The list refreshes from the server's change event.
+  await page.waitForSelector('li.todo input[value="written offline"]');
+  assert.ok(!(await page.evaluate(() => document.documentElement.classList.contains("rhtmx-pending"))));
+});
+
+test("mixed POST/PUT/DELETE are replayed in order, DELETE parameters in the query string", async () => {
+  const page = await openApp(context, proxy.base);
+  await addTodo(page, "alpha");
+  await eventually(() => rows().length === 1, { what: "the first row" });
+  await addTodo(page, "beta");
+  await eventually(() => rows().length === 2, { what: "two rows" });
+  await page.waitForSelector('li.todo input[value="beta"]');
+  const [a, b] = rows();
+
+  await context.setOffline(true);
+  await page.fill(`li[data-id="${a.id}"] form.rename input`, "alpha renamed");
+  await page.press(`li[data-id="${a.id}"] form.rename input`, "Enter");
+  await waitPending(page, 1);
+  await inject(page, `<button id="del-b" hx-delete="/todos/${b.id}" hx-vals='{"reason": "done"}' hx-swap="none">x</button>`);
+  await page.click("#del-b");
+  await waitPending(page, 2);
+  await addTodo(page, "gamma");
+  await waitPending(page, 3);
+  await page.click(`li[data-id="${a.id}"] button.toggle`);
+  await waitPending(page, 4);
+
+  await context.setOffline(false);
+  await waitPending(page, 0);
+  const sent = replays().map((r) => `${r.method} ${r.url}`);
+  assert.deepEqual(sent.map((s) => s.split(" ")[0]), ["PUT", "DELETE", "POST", "POST"]);
+  assert.equal(sent[1], `DELETE /todos/${b.id}?reason=done`);
+  const final = rows();
+  assert.deepEqual(final.map((r) => [r.title, r.completed]), [["alpha renamed", true], ["gamma", false]]);
+});
+
+test("a network error while navigator.onLine is true queues the write with the same key", async () => {
+  const page = await openApp(context, proxy.base);
+  await inject(page, plainForm("f", "flaky network"));
+  // Every direct attempt dies (Chromium itself retries a POST once on a reset
+  // keep-alive connection); the client's replay is let through.
+  proxy.rule({
+    match: (r) => r.method === "POST" && r.url === "/todos" && !r.headers["x-rhtmx-replay"],
+    respond: cut(),
+  });
+  await page.click("#f button");
+  await eventually(() => rows().length === 1, { what: "the replayed row" });
+  await waitPending(page, 0);
+  assert.equal((await events(page, "queued")).length, 1);
+  const attempts = proxy.seen((r) => r.method === "POST" && r.url === "/todos");
+  assert.ok(attempts.length >= 2);
+  const key = attempts[0].headers["idempotency-key"];
+  assert.ok(key);
+  assert.ok(attempts.every((a) => a.headers["idempotency-key"] === key), "one key for every attempt");
+  assert.equal(replays().length, 1);
+});
+
+test("a lost response is replayed and applied once (the idempotency key)", async () => {
+  const page = await openApp(context, proxy.base);
+  await inject(page, plainForm("f", "response lost"));
+  // The server applies the request, but the browser never hears back.
+  proxy.rule({
+    match: (r) => r.method === "POST" && r.url === "/todos" && !r.headers["x-rhtmx-replay"],
+    respond: (req, res) => {
+      res.writeHead = () => res; // swallow, then cut once the server has answered
+      res.end = () => req.socket.destroy();
+      res.write = () => true;
+      proxy.forward(req, res);
+      return true;
+    },
+  });
+  await page.click("#f button");
+  await eventually(() => replays().length >= 1, { what: "a replay" });
+  await waitPending(page, 0);
+  assert.equal(rows().length, 1, "exactly one row");
+  const last = replays().at(-1);
+  assert.equal(last.headers["idempotency-key"], proxy.seen((r) => r.method === "POST")[0].headers["idempotency-key"]);
+});
+
+test("503 then 200: kept, retried with backoff honouring Retry-After", async () => {
+  const page = await openApp(context, proxy.base);
+  await context.setOffline(true);
+  await addTodo(page, "retry me");
+  await waitPending(page, 1);
+  proxy.rule({
+    match: (r) => r.headers["x-rhtmx-replay"] === "1",
+    once: true,
+    respond: answer(503, "busy", { "Retry-After": "1" }),
+  });
+  await context.setOffline(false);
+  await waitPending(page, 0);
+  const tries = replays();
+  assert.equal(tries.length, 2);
+  assert.equal(tries[0].headers["idempotency-key"], tries[1].headers["idempotency-key"]);
+  assert.equal(rows().length, 1);
+});
+
+test("422 goes to the dead letters with an event and the queue continues", async () => {
+  const page = await openApp(context, proxy.base);
+  await context.setOffline(true);
+  await addTodo(page, "   "); // the server refuses a blank title
+  await addTodo(page, "fine");
+  await waitPending(page, 2);
+  await context.setOffline(false);
+  await waitPending(page, 0);
+  const rejected = await events(page, "rejected");
+  assert.equal(rejected.length, 1);
+  assert.equal(rejected[0].detail.status, 422);
+  const dead = await page.evaluate(() => RhtmxSync.deadLetters());
+  assert.equal(dead.length, 1);
+  assert.equal(dead[0].status, 422);
+  assert.deepEqual(rows().map((r) => r.title), ["fine"]);
+  // A dead letter can be discarded.
+  await page.evaluate((seq) => RhtmxSync.discard(seq), dead[0].seq);
+  assert.equal((await page.evaluate(() => RhtmxSync.deadLetters())).length, 0);
+});
+
+test("403 pauses the queue until the token is refreshed, then replays with the new token", async () => {
+  let token = "fresh";
+  proxy.rule({
+    match: (r) => r.headers["x-rhtmx-replay"] === "1" && r.headers["x-csrf-token"] !== token,
+    respond: answer(403, "bad token"),
+  });
+  const page = await openApp(context, proxy.base);
+  await page.evaluate(() => {
+    const meta = document.createElement("meta");
+    meta.name = "csrf-token";
+    meta.content = "stale";
+    document.head.append(meta);
+  });
+  await context.setOffline(true);
+  await addTodo(page, "one");
+  await addTodo(page, "two");
+  await waitPending(page, 2);
+  await context.setOffline(false);
+  await page.waitForFunction(() => window.__events.some((e) => e.name === "auth-required"));
+  assert.equal(replays().length, 1, "paused after the first refusal");
+  // Nudging the queue with the same token sends nothing.
+  await page.evaluate(() => document.dispatchEvent(new Event("visibilitychange")));
+  assert.equal(await page.evaluate(() => RhtmxSync.pendingCount), 2);
+  assert.equal(replays().length, 1);
+
+  await page.evaluate(() => (document.querySelector('meta[name="csrf-token"]').content = "fresh"));
+  await page.evaluate(() => document.dispatchEvent(new Event("visibilitychange")));
+  await waitPending(page, 0);
+  assert.deepEqual(rows().map((r) => r.title).sort(), ["one", "two"]);
+  assert.ok(replays().slice(1).every((r) => r.headers["x-csrf-token"] === "fresh"));
+});
+
+test("page closed mid-replay and reopened: one row", async () => {
+  const page = await openApp(context, proxy.base);
+  await inject(page, plainForm("f", "survives a closed tab"));
+  await context.setOffline(true);
+  await page.click("#f button");
+  await waitPending(page, 1);
+  const hold = holder();
+  proxy.rule({ match: (r) => r.headers["x-rhtmx-replay"] === "1", once: true, respond: hold.respond(proxy.forward) });
+  await context.setOffline(false);
+  await hold.arrived;
+  await page.close(); // mid-replay: the request is in flight
+  hold.release(); // ...and reaches the server after all
+  const again = await openApp(context, proxy.base);
+  await waitPending(again, 0);
+  assert.equal(rows().length, 1);
+  const keys = new Set(replays().map((r) => r.headers["idempotency-key"]));
+  assert.equal(keys.size, 1, "every attempt used the same key");
+});
+
+test("server killed with SIGKILL mid-replay and restarted: one row each", async () => {
+  const page = await openApp(context, proxy.base);
+  await context.setOffline(true);
+  for (const title of ["k1", "k2", "k3"]) {
+    await inject(page, plainForm("f-" + title, title));
+    await page.click(`#f-${title} button`);
+  }
+  await waitPending(page, 3);
+  const hold = holder();
+  proxy.rule({
+    match: (r) => r.headers["x-rhtmx-replay"] === "1" && proxy.seen((x) => x.headers["x-rhtmx-replay"] === "1").length === 2,
+    once: true,
+    respond: hold.respond(proxy.forward),
+  });
+  await context.setOffline(false);
+  await hold.arrived;
+  await server.kill();
+  const restarted = await startServer({ dir: server.dir });
+  proxy.state.target = restarted.base;
+  hold.release();
+  try {
+    await waitPending(page, 0);
+    assert.deepEqual(rows().map((r) => r.title).sort(), ["k1", "k2", "k3"]);
+  } finally {
+    await restarted.kill();
+  }
+});

@@ -1,0 +1,64 @@
+// The opt-in service worker: a reload without a network shows the last good page, marked
+// stale, with the outbox intact; the queue drains after reconnect.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { startServer, launchBrowser, dbTodos, postForm } from "./harness.js";
+import { startProxy, cut } from "./proxy.js";
+import { openApp, addTodo, waitPending } from "./app.js";
+
+let browser;
+let server;
+let proxy;
+
+before(async () => {
+  browser = await launchBrowser();
+  server = await startServer();
+  proxy = await startProxy(server.base);
+});
+after(async () => {
+  await browser?.close();
+  await proxy?.close();
+  await server?.stop();
+});
+
+test("offline reload shows the last-known page from the service worker; the queue survives and drains", async () => {
+  await postForm(server.base, "/todos", { id: "known", title: "seen before going offline" });
+  const context = await browser.newContext();
+  const page = await openApp(context, proxy.base);
+  await page.waitForFunction(async () => {
+    const reg = await navigator.serviceWorker.getRegistration();
+    return reg && reg.active && navigator.serviceWorker.controller;
+  });
+  // Load once under the worker's control so the page and its assets are cached.
+  await page.reload();
+  await page.waitForFunction(() => window.RhtmxSync && RhtmxSync.clientId);
+
+  // Cut the network both ways: the browser's view and the server side (a service
+  // worker's own fetches are not always covered by setOffline).
+  await context.setOffline(true);
+  const down = proxy.rule({ match: () => true, respond: cut() });
+  await addTodo(page, "queued before the reload");
+  await waitPending(page, 1);
+
+  await page.reload();
+  await page.waitForFunction(() => window.RhtmxSync && RhtmxSync.clientId);
+  assert.ok(await page.evaluate(() => document.documentElement.classList.contains("rhtmx-stale")));
+  assert.equal(await page.inputValue('li[data-id="known"] input'), "seen before going offline");
+  await waitPending(page, 1);
+  assert.equal(dbTodos(server.dbPath).length, 1);
+
+  proxy.state.rules.splice(proxy.state.rules.indexOf(down), 1);
+  await context.setOffline(false);
+  await waitPending(page, 0);
+  assert.deepEqual(dbTodos(server.dbPath).map((r) => r.title).sort(), ["queued before the reload", "seen before going offline"]);
+  await context.close();
+});
+
+test("the worker is served with Service-Worker-Allowed and leaves the sync API alone", async () => {
+  const res = await fetch(server.base + "/api/sync/sw.js");
+  assert.equal(res.status, 200);
+  assert.equal(res.headers.get("service-worker-allowed"), "/");
+  assert.match(res.headers.get("content-type"), /^text\/javascript/);
+  const body = await res.text();
+  assert.match(body, /^const VERSION = "[0-9a-f]{16}";/);
+});

@@ -1,0 +1,98 @@
+//! maud templates of the todo_sync example: the layout (with the sync script tag), the
+//! list, one item, and the new-todo form. Plain htmx attributes; the only sync-specific
+//! markup is the script tag, `rhtmx:todos:changed` in a trigger, and the
+//! `data-rhtmx-*` hooks for the pending count and client-generated ids.
+
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+
+/// A row as the templates need it.
+pub struct TodoView<'a> {
+    pub id: &'a str,
+    pub title: &'a str,
+    pub completed: bool,
+}
+
+/// The whole page.
+pub fn page(todos: &[TodoView<'_>]) -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { "Todos · rhtmx-sync" }
+                style { (PreEscaped(STYLE)) }
+                script src="/assets/htmx-2.0.11.min.js" {}
+                script src="/api/sync/client.js" data-sync-entities="todos" data-service-worker {}
+            }
+            body {
+                header {
+                    h1 { "Todos" }
+                    p .status {
+                        span .online { "online" }
+                        span .offline { "offline" }
+                        span .pending data-rhtmx-pending-count="0" { " · changes waiting to sync" }
+                    }
+                }
+                form #new-todo hx-post="/todos" hx-target="#todo-list" hx-swap="outerHTML"
+                    data-rhtmx-new-id="id" "hx-on::after-request"="this.reset()" {
+                    input name="title" placeholder="What needs doing?" required autocomplete="off";
+                    button type="submit" { "Add" }
+                }
+                div hx-get="/todos" hx-trigger="rhtmx:todos:changed from:body" hx-swap="innerHTML" {
+                    (list(todos))
+                }
+            }
+        }
+    }
+}
+
+/// The list fragment (also the answer to every write).
+pub fn list(todos: &[TodoView<'_>]) -> Markup {
+    html! {
+        ul #todo-list {
+            @for todo in todos {
+                (item(todo))
+            }
+        }
+    }
+}
+
+/// One todo with its toggle, rename and delete controls.
+pub fn item(todo: &TodoView<'_>) -> Markup {
+    let toggle_to = if todo.completed { "false" } else { "true" };
+    html! {
+        li .todo .done[todo.completed] data-id=(todo.id) {
+            button .toggle hx-post={ "/todos/" (todo.id) "/toggle" }
+                hx-vals={ "{\"completed\": \"" (toggle_to) "\"}" }
+                hx-target="#todo-list" hx-swap="outerHTML"
+                aria-label="toggle" { @if todo.completed { "✓" } @else { "○" } }
+            form .rename hx-put={ "/todos/" (todo.id) } hx-target="#todo-list" hx-swap="outerHTML" {
+                input name="title" value=(todo.title) aria-label="title";
+            }
+            button .delete hx-delete={ "/todos/" (todo.id) } hx-target="#todo-list"
+                hx-swap="outerHTML" aria-label="delete" { "×" }
+        }
+    }
+}
+
+const STYLE: &str = r#"
+:root { font-family: system-ui, sans-serif; color: #1d232a; background: #f6f7f9; }
+body { max-width: 36rem; margin: 2rem auto; padding: 0 1rem; }
+h1 { margin: 0; font-size: 1.6rem; }
+header { display: flex; align-items: baseline; justify-content: space-between; gap: 1rem; }
+.status { margin: 0; font-size: .9rem; color: #5b6570; }
+.status .offline, .status .pending { display: none; }
+html.rhtmx-offline .status .online { display: none; }
+html.rhtmx-offline .status .offline { display: inline; color: #b3541e; font-weight: 600; }
+html.rhtmx-pending .status .pending { display: inline; }
+html.rhtmx-pending .status .pending::before { content: attr(data-rhtmx-pending-count); font-weight: 600; }
+form#new-todo { display: flex; gap: .5rem; margin: 1rem 0; }
+input { font: inherit; padding: .45rem .6rem; border: 1px solid #cdd3da; border-radius: .4rem; flex: 1; min-width: 0; }
+button { font: inherit; padding: .4rem .8rem; border: 1px solid #cdd3da; border-radius: .4rem; background: white; cursor: pointer; }
+ul { list-style: none; padding: 0; margin: 0; }
+li.todo { display: flex; gap: .5rem; align-items: center; padding: .4rem; background: white; border: 1px solid #e3e7eb; border-radius: .5rem; margin-bottom: .4rem; }
+li.todo form { flex: 1; display: flex; }
+li.todo input { border-color: transparent; }
+li.done input { text-decoration: line-through; color: #8a949e; }
+"#;
