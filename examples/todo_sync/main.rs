@@ -22,7 +22,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let pool = app::open_db(&url).await?;
     let engine = app::engine(&pool).await?;
-    let router = app::app(pool).merge(engine.routes());
+    // Replayed offline writes carry an Idempotency-Key: applied once, answered again.
+    let router = app::app(pool)
+        .merge(engine.routes())
+        .layer(engine.idempotency_layer());
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     println!("todo_sync listening on http://{}", listener.local_addr()?);

@@ -25,7 +25,7 @@ async function openPage() {
     );
   });
   await page.goto(server.base + "/");
-  await page.waitForFunction(() => window.RhtmxSync?.source.readyState === EventSource.OPEN);
+  await page.waitForFunction(() => window.RhtmxSync?.source?.readyState === EventSource.OPEN);
   return page;
 }
 
@@ -57,5 +57,16 @@ test("a burst of 500 changes causes at most 2 refresh events", async () => {
   await page.waitForFunction((v) => window.__changes.some((c) => c.version === v), version);
   const count = await page.evaluate(() => window.__changes.length);
   assert.ok(count >= 1 && count <= 2, `expected 1 or 2 refreshes, got ${count}`);
+  await page.close();
+});
+
+test("the example serves the pinned htmx 2.x from npm, byte for byte", async () => {
+  const { readFileSync } = await import("node:fs");
+  const served = await (await fetch(server.base + "/assets/htmx-2.0.11.min.js")).text();
+  const pinned = readFileSync(new URL("../node_modules/htmx.org/dist/htmx.min.js", import.meta.url), "utf8");
+  assert.equal(served, pinned);
+  const page = await browser.newPage();
+  await page.goto(server.base + "/");
+  assert.equal(await page.evaluate(() => htmx.version), "2.0.11");
   await page.close();
 });

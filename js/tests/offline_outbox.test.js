@@ -242,3 +242,32 @@ test("server killed with SIGKILL mid-replay and restarted: one row each", async 
     await restarted.kill();
   }
 });
+
+test("entries past the retention period become dead letters with an event, never silently", async () => {
+  const page = await openApp(context, proxy.base);
+  await context.setOffline(true);
+  await addTodo(page, "too old");
+  await waitPending(page, 1);
+  // Age the entry by eight days, straight in IndexedDB (the default retention is seven).
+  await page.evaluate(async () => {
+    const db = await new Promise((ok, fail) => {
+      const r = indexedDB.open("rhtmx-sync");
+      r.onsuccess = () => ok(r.result);
+      r.onerror = () => fail(r.error);
+    });
+    const tx = db.transaction("_pending", "readwrite");
+    const store = tx.objectStore("_pending");
+    const all = await new Promise((ok) => (store.getAll().onsuccess = (e) => ok(e.target.result)));
+    for (const entry of all) store.put({ ...entry, created: entry.created - 8 * 864e5 });
+    await new Promise((ok) => (tx.oncomplete = ok));
+    db.close();
+  });
+  await context.setOffline(false);
+  await waitPending(page, 0);
+  const rejected = await events(page, "rejected");
+  assert.equal(rejected.length, 1);
+  assert.equal(rejected[0].detail.reason, "expired");
+  assert.equal((await page.evaluate(() => RhtmxSync.deadLetters())).length, 1);
+  assert.deepEqual(rows(), []);
+  assert.equal(replays().length, 0, "an expired entry is not sent");
+});

@@ -263,6 +263,7 @@ impl SyncEngineBuilder {
         // A connection of its own: the broadcaster must not hold one of the app's.
         let mut conn = SqliteConnection::connect_with(&options).await?;
         log::migrate(&mut conn).await?;
+        crate::idempotency::migrate(&mut conn).await?;
         let mut entities: Vec<Entity> = Vec::with_capacity(self.specs.len());
         for spec in self.specs {
             if RESERVED.contains(&spec.table.as_str()) {

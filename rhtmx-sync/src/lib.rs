@@ -9,6 +9,7 @@ mod engine;
 mod entity;
 mod error;
 mod http;
+mod idempotency;
 mod log;
 mod syncable;
 mod wire;
@@ -17,6 +18,8 @@ mod wire;
 pub use self::engine::{SyncConfig, SyncEngine, SyncEngineBuilder};
 #[doc(inline)]
 pub use self::error::{Error, Result};
+#[doc(inline)]
+pub use self::idempotency::{Idempotency, IdempotencyLayer};
 #[doc(inline)]
 pub use self::syncable::{SyncStrategy, Syncable};
 #[doc(inline)]

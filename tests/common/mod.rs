@@ -53,7 +53,9 @@ pub async fn start_with(
         .build()
         .await
         .expect("engine");
-    let router = app::app(pool.clone()).merge(engine.routes());
+    let router = app::app(pool.clone())
+        .merge(engine.routes())
+        .layer(engine.idempotency_layer());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let task = tokio::spawn(async move {

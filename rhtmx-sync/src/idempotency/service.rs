@@ -1,0 +1,210 @@
+//! [`Idempotency`]: claims the key, runs the inner service once, stores or releases.
+
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use axum::http::header::RETRY_AFTER;
+use axum::http::{Request, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::future::BoxFuture;
+use tower_service::Service;
+
+use super::layer::Config;
+use super::request;
+use super::response::{self, Buffered, Stored};
+use super::store::{now_ms, Claim, Store};
+use crate::error::Error;
+
+/// The service [`IdempotencyLayer`](super::IdempotencyLayer) wraps around a route:
+/// applies each `Idempotency-Key` once and replays the stored response to retries.
+#[derive(Debug, Clone)]
+pub struct Idempotency<S> {
+    pub(super) inner: S,
+    pub(super) store: Store,
+    pub(super) config: Config,
+}
+
+impl<S> Service<Request<Body>> for Idempotency<S>
+where
+    S: Service<Request<Body>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        // `poll_ready` readied `self.inner`: use that one and keep a fresh clone.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if !request::applies(&req) {
+            return Box::pin(inner.call(req));
+        }
+        Box::pin(handle(inner, self.store.clone(), self.config, req))
+    }
+}
+
+/// One keyed request: admit it, run the inner service, keep or release the key.
+async fn handle<S>(
+    mut inner: S,
+    store: Store,
+    config: Config,
+    req: Request<Body>,
+) -> Result<Response, S::Error>
+where
+    S: Service<Request<Body>, Response = Response>,
+    S::Error: Send,
+{
+    let (claim, req) = match admit(store, config, req).await {
+        Admission::Answer(res) => return Ok(res),
+        Admission::Run(claim, req) => (claim, req),
+    };
+    match inner.call(req).await {
+        Ok(res) => Ok(finish(claim, res, config.body_limit).await),
+        Err(e) => {
+            claim.release().await;
+            Err(e)
+        }
+    }
+}
+
+/// What to do with a keyed request.
+enum Admission {
+    /// Answer at once: a rejection, a 409 or 422, or a replay.
+    Answer(Response),
+    /// The key is claimed: run the request (its body buffered back in).
+    Run(Held, Request<Body>),
+}
+
+/// Checks the key, buffers and fingerprints the body, and claims the key.
+async fn admit(store: Store, config: Config, req: Request<Body>) -> Admission {
+    let key = match request::key(req.headers()) {
+        Ok(key) => key,
+        Err(why) => return Admission::Answer(request::reject(StatusCode::BAD_REQUEST, why)),
+    };
+    let (parts, body) = req.into_parts();
+    let body = match request::buffer(body, config.body_limit).await {
+        Ok(body) => body,
+        Err(rejection) => return Admission::Answer(rejection),
+    };
+    let fingerprint = request::fingerprint(&parts, &body);
+    let now = now_ms();
+    store.prune_if_due(now, config.retention).await;
+    let answer = match store.claim(&key, &fingerprint, now, config.lease).await {
+        Ok(Claim::Won(attempt)) => {
+            let claim = Held {
+                store,
+                key,
+                attempt,
+                armed: true,
+            };
+            return Admission::Run(claim, Request::from_parts(parts, Body::from(body)));
+        }
+        Ok(Claim::Completed(stored)) => stored.replay(),
+        Ok(Claim::Mismatch) => {
+            Error::invalid("this Idempotency-Key was already used for a different request")
+                .into_response()
+        }
+        Ok(Claim::InFlight) => in_flight(),
+        Err(e) => e.into_response(),
+    };
+    Admission::Answer(answer)
+}
+
+/// Stores the response for replay, or releases the key when a retry must run again:
+/// on a server error, or when the body is too large to store.
+async fn finish(claim: Held, res: Response, limit: usize) -> Response {
+    // The client retries a server error, and the retry must run the handler again.
+    if res.status().is_server_error() {
+        claim.release().await;
+        return res;
+    }
+    let (parts, body) = res.into_parts();
+    match response::buffer(body, limit).await {
+        Buffered::Complete(body) => {
+            claim.complete(Stored::capture(&parts, body.clone())).await;
+            Response::from_parts(parts, Body::from(body))
+        }
+        Buffered::Unstored(body) => {
+            claim.release().await;
+            Response::from_parts(parts, body)
+        }
+    }
+}
+
+/// 409: the first attempt with this key has not finished yet.
+fn in_flight() -> Response {
+    let mut res = request::reject(
+        StatusCode::CONFLICT,
+        "a request with this Idempotency-Key is still in progress",
+    );
+    res.headers_mut()
+        .insert(RETRY_AFTER, axum::http::HeaderValue::from_static("1"));
+    res
+}
+
+/// A claimed key, released unless its response gets stored — also when the request's
+/// future is dropped (the client disconnected), so the key never stays stuck until its
+/// lease runs out.
+struct Held {
+    store: Store,
+    key: String,
+    attempt: i64,
+    armed: bool,
+}
+
+impl Held {
+    /// Stores the response for replay. If that fails the key is released instead, so a
+    /// retry runs again rather than waiting for the lease.
+    async fn complete(mut self, stored: Stored) {
+        match self.store.complete(&self.key, self.attempt, &stored).await {
+            Ok(true) => self.disarm(),
+            Ok(false) => {
+                // Our lease ran out and a retry took the key over; its response counts.
+                tracing::warn!(key = %self.key, "key taken over by a retry; response not stored");
+                self.disarm();
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "storing the idempotent response failed");
+                self.release().await;
+            }
+        }
+    }
+
+    /// Frees the key now. Disarmed only afterwards: if this future is dropped mid-way,
+    /// `drop` still frees it.
+    async fn release(mut self) {
+        if let Err(e) = self.store.release(&self.key, self.attempt).await {
+            tracing::error!(error = %e, "releasing an idempotency key failed");
+        }
+        self.disarm();
+    }
+
+    /// The key is settled (stored or released): nothing left for `drop` to do.
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        // No runtime means the process is shutting down; the lease covers that case.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, key, attempt) = (self.store.clone(), self.key.clone(), self.attempt);
+        runtime.spawn(async move {
+            if let Err(e) = store.release(&key, attempt).await {
+                tracing::error!(error = %e, "releasing an abandoned idempotency key failed");
+            }
+        });
+    }
+}

@@ -1,0 +1,207 @@
+//! The key table: claiming a key, storing the response, releasing, pruning.
+//!
+//! Each claim of a key gets an `attempt` number, and completing or releasing only
+//! touches the row of one's own attempt: a request that outlived its lease and was taken
+//! over can neither overwrite nor delete its successor's claim.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::{SqliteConnection, SqlitePool};
+
+use super::response::Stored;
+use crate::error::Result;
+
+/// The key table and its pruning index, one statement each.
+const DDL: [&str; 2] = [
+    "CREATE TABLE IF NOT EXISTS _rhtmx_sync_idempotency (
+        key          TEXT PRIMARY KEY NOT NULL,
+        fingerprint  TEXT NOT NULL,
+        state        TEXT NOT NULL CHECK (state IN ('in_flight', 'completed')),
+        attempt      INTEGER NOT NULL DEFAULT 1,
+        status       INTEGER,
+        headers      TEXT,
+        body         BLOB,
+        created_at   INTEGER NOT NULL,
+        locked_until INTEGER NOT NULL
+    )",
+    "CREATE INDEX IF NOT EXISTS _rhtmx_sync_idempotency_created
+        ON _rhtmx_sync_idempotency (created_at)",
+];
+
+/// Creates the key table if it is missing; safe to run from several processes.
+pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
+    for statement in DDL {
+        sqlx::query(statement).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Inserts a fresh claim, or takes over an abandoned one (same request, lease expired);
+/// returns the attempt number only when this request now holds the key.
+const CLAIM: &str = "
+INSERT INTO _rhtmx_sync_idempotency
+    (key, fingerprint, state, attempt, created_at, locked_until)
+VALUES (?1, ?2, 'in_flight', 1, ?3, ?4)
+ON CONFLICT (key) DO UPDATE SET
+    attempt = attempt + 1,
+    created_at = excluded.created_at,
+    locked_until = excluded.locked_until
+WHERE state = 'in_flight'
+    AND locked_until <= excluded.created_at
+    AND fingerprint = excluded.fingerprint
+RETURNING attempt";
+
+/// How often at most a request prunes old keys.
+const PRUNE_EVERY: i64 = 60_000;
+
+/// What claiming a key found.
+#[derive(Debug)]
+pub(super) enum Claim {
+    /// This request holds the key now, as this attempt.
+    Won(i64),
+    /// The same request completed before: replay this.
+    Completed(Stored),
+    /// The key was used for a different request.
+    Mismatch,
+    /// The same request is still running elsewhere.
+    InFlight,
+}
+
+/// The key table, over the engine's pool.
+#[derive(Debug, Clone)]
+pub(super) struct Store {
+    pool: SqlitePool,
+    /// Unix ms of the last prune, shared by every clone of one layer.
+    last_prune: Arc<AtomicI64>,
+}
+
+impl Store {
+    pub(super) fn new(pool: SqlitePool) -> Store {
+        Store {
+            pool,
+            last_prune: Arc::new(AtomicI64::new(0)),
+        }
+    }
+
+    /// Claims `key` for a request with `fingerprint`, or reports why not.
+    pub(super) async fn claim(
+        &self,
+        key: &str,
+        fingerprint: &str,
+        now: i64,
+        lease: Duration,
+    ) -> Result<Claim> {
+        let mut tx = self.pool.begin().await?;
+        let won: Option<i64> = sqlx::query_scalar(CLAIM)
+            .bind(key)
+            .bind(fingerprint)
+            .bind(now)
+            .bind(now.saturating_add(millis(lease)))
+            .fetch_optional(&mut *tx)
+            .await?;
+        let claim = match won {
+            Some(attempt) => Claim::Won(attempt),
+            None => {
+                // The insert took the write lock even though it changed nothing, so the
+                // row it collided with is still there, unchanged, until we commit.
+                let (stored_fingerprint, state, status, headers, body): (
+                    String,
+                    String,
+                    Option<i64>,
+                    Option<String>,
+                    Option<Vec<u8>>,
+                ) = sqlx::query_as(
+                    "SELECT fingerprint, state, status, headers, body
+                     FROM _rhtmx_sync_idempotency WHERE key = ?",
+                )
+                .bind(key)
+                .fetch_one(&mut *tx)
+                .await?;
+                if stored_fingerprint != fingerprint {
+                    Claim::Mismatch
+                } else if state == "completed" {
+                    Claim::Completed(Stored::decode(
+                        status.unwrap_or_default(),
+                        headers.as_deref().unwrap_or("[]"),
+                        body.unwrap_or_default(),
+                    )?)
+                } else {
+                    Claim::InFlight
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(claim)
+    }
+
+    /// Stores the response of `attempt`; false if the key was taken over meanwhile.
+    pub(super) async fn complete(&self, key: &str, attempt: i64, stored: &Stored) -> Result<bool> {
+        let done = sqlx::query(
+            "UPDATE _rhtmx_sync_idempotency
+             SET state = 'completed', status = ?, headers = ?, body = ?
+             WHERE key = ? AND attempt = ? AND state = 'in_flight'",
+        )
+        .bind(i64::from(stored.status.as_u16()))
+        .bind(stored.headers_json())
+        .bind(&stored.body[..])
+        .bind(key)
+        .bind(attempt)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Frees the key of `attempt`, so the next retry runs the request again.
+    pub(super) async fn release(&self, key: &str, attempt: i64) -> Result<()> {
+        sqlx::query(
+            "DELETE FROM _rhtmx_sync_idempotency
+             WHERE key = ? AND attempt = ? AND state = 'in_flight'",
+        )
+        .bind(key)
+        .bind(attempt)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Deletes keys created more than `retention` ago, unless they are still held by a
+    /// live lease; does nothing if this layer pruned within the last minute. Failure is
+    /// logged only: pruning is housekeeping, not part of the request.
+    pub(super) async fn prune_if_due(&self, now: i64, retention: Duration) {
+        let last = self.last_prune.load(Ordering::Relaxed);
+        // One request per minute wins the exchange; the others skip at once.
+        if now.saturating_sub(last) < PRUNE_EVERY
+            || self
+                .last_prune
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let pruned = sqlx::query(
+            "DELETE FROM _rhtmx_sync_idempotency
+             WHERE created_at < ? AND (state = 'completed' OR locked_until <= ?)",
+        )
+        .bind(now.saturating_sub(millis(retention)))
+        .bind(now)
+        .execute(&self.pool)
+        .await;
+        match pruned {
+            Ok(done) => tracing::debug!(keys = done.rows_affected(), "pruned idempotency keys"),
+            Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed"),
+        }
+    }
+}
+
+/// Unix time in milliseconds.
+pub(super) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, millis)
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

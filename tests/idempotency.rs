@@ -1,0 +1,620 @@
+//! `Idempotency-Key` on the app's own routes: a replayed write is applied once and gets
+//! the stored response; conflicting, concurrent, failed, abandoned and oversized requests
+//! each get their documented answer; old keys are pruned.
+//!
+//! Besides the example app, the server carries test-only routes that count their calls
+//! and, for `/slow`, stay in flight until the test releases them.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::post;
+use axum::Router;
+use common::*;
+use reqwest::{Method, RequestBuilder};
+use rhtmx_sync::{IdempotencyLayer, SyncEngine};
+use sqlx::SqlitePool;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// Shared by the test-only routes.
+struct Probe {
+    calls: AtomicUsize,
+    /// `/slow` sends its call number once it is running.
+    entered: mpsc::UnboundedSender<usize>,
+    /// `/slow` finishes only with a permit from here.
+    release: Semaphore,
+    /// `/slow` sends its call number if it is dropped before finishing.
+    cancelled: mpsc::UnboundedSender<usize>,
+}
+
+impl Probe {
+    fn call(&self) -> usize {
+        self.calls.fetch_add(1, Ordering::SeqCst) + 1
+    }
+}
+
+fn probe_routes(probe: Arc<Probe>) -> Router {
+    Router::new()
+        .route("/count", post(count))
+        .route("/slow", post(slow))
+        .route("/flaky", post(flaky))
+        .route("/big", post(big))
+        .route("/stream", post(stream))
+        .with_state(probe)
+}
+
+/// 201 with an htmx header (kept for replay) and another (not kept).
+async fn count(State(probe): State<Arc<Probe>>) -> impl IntoResponse {
+    let n = probe.call();
+    (
+        StatusCode::CREATED,
+        [("hx-trigger", "counted"), ("x-first-only", "yes")],
+        format!("call {n}"),
+    )
+}
+
+/// Reports itself if dropped while armed.
+struct Cancelled(Option<(mpsc::UnboundedSender<usize>, usize)>);
+
+impl Drop for Cancelled {
+    fn drop(&mut self) {
+        if let Some((tx, n)) = self.0.take() {
+            let _ = tx.send(n);
+        }
+    }
+}
+
+/// Waits for a permit from the test, then echoes the body.
+async fn slow(State(probe): State<Arc<Probe>>, body: String) -> String {
+    let n = probe.call();
+    let mut cancelled = Cancelled(Some((probe.cancelled.clone(), n)));
+    probe.entered.send(n).unwrap();
+    probe.release.acquire().await.unwrap().forget();
+    cancelled.0 = None;
+    format!("slow {n}: {body}")
+}
+
+/// 503 on the first call, 200 afterwards.
+async fn flaky(State(probe): State<Arc<Probe>>) -> (StatusCode, String) {
+    match probe.call() {
+        1 => (StatusCode::SERVICE_UNAVAILABLE, "try again".to_owned()),
+        n => (StatusCode::OK, format!("ok {n}")),
+    }
+}
+
+/// A body of 4 KiB and a bit.
+async fn big(State(probe): State<Arc<Probe>>) -> String {
+    format!("{} {}", probe.call(), "x".repeat(4096))
+}
+
+/// The same size as `/big` in chunks, with no length known up front.
+async fn stream(State(probe): State<Arc<Probe>>) -> axum::body::Body {
+    let n = probe.call();
+    let chunks = std::iter::once(format!("{n} ")).chain((0..8).map(|_| "x".repeat(512)));
+    axum::body::Body::from_stream(futures_util::stream::iter(
+        chunks.map(Ok::<_, std::io::Error>),
+    ))
+}
+
+/// The app, the engine's routes and the probe routes over one database, behind the
+/// idempotency layer.
+struct Harness {
+    base: String,
+    pool: SqlitePool,
+    engine: SyncEngine,
+    probe: Arc<Probe>,
+    entered: mpsc::UnboundedReceiver<usize>,
+    cancelled: mpsc::UnboundedReceiver<usize>,
+    servers: Vec<JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for server in &self.servers {
+            server.abort();
+        }
+    }
+}
+
+impl Harness {
+    /// Starts a server whose layer is configured by `configure`.
+    async fn start(configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer) -> Harness {
+        let (dir, db) = temp_db();
+        let pool = app::open_db(&url(&db)).await.expect("open db");
+        let engine = app::engine(&pool).await.expect("engine");
+        let (entered_tx, entered) = mpsc::unbounded_channel();
+        let (cancelled_tx, cancelled) = mpsc::unbounded_channel();
+        let probe = Arc::new(Probe {
+            calls: AtomicUsize::new(0),
+            entered: entered_tx,
+            release: Semaphore::new(0),
+            cancelled: cancelled_tx,
+        });
+        let mut harness = Harness {
+            base: String::new(),
+            pool,
+            engine,
+            probe,
+            entered,
+            cancelled,
+            servers: Vec::new(),
+            _dir: dir,
+        };
+        let layer = configure(harness.engine.idempotency_layer());
+        harness.base = harness.serve(layer).await;
+        harness
+    }
+
+    /// Serves the same routes behind `layer` on a new port (a restart, as far as the
+    /// layer's own memory goes); returns its base URL.
+    async fn serve(&mut self, layer: IdempotencyLayer) -> String {
+        let router = app::app(self.pool.clone())
+            .merge(self.engine.routes())
+            .merge(probe_routes(self.probe.clone()))
+            .layer(layer);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        self.servers.push(tokio::spawn(async move {
+            axum::serve(listener, router).await.unwrap();
+        }));
+        base
+    }
+
+    fn calls(&self) -> usize {
+        self.probe.calls.load(Ordering::SeqCst)
+    }
+
+    /// The call number of the next `/slow` request to start running.
+    async fn entered(&mut self) -> usize {
+        tokio::time::timeout(WAIT, self.entered.recv())
+            .await
+            .expect("/slow running within 10 s")
+            .unwrap()
+    }
+
+    /// A request to `{base}{path}`, with `Idempotency-Key: key` if given.
+    fn request(&self, method: Method, path: &str, key: Option<&str>) -> RequestBuilder {
+        request_to(&self.base, method, path, key)
+    }
+
+    /// The stored keys as `(key, state)`, ordered by key.
+    async fn keys(&self) -> Vec<(String, String)> {
+        sqlx::query_as("SELECT key, state FROM _rhtmx_sync_idempotency ORDER BY key")
+            .fetch_all(&self.pool)
+            .await
+            .unwrap()
+    }
+}
+
+fn request_to(base: &str, method: Method, path: &str, key: Option<&str>) -> RequestBuilder {
+    let req = client().request(method, format!("{base}{path}"));
+    match key {
+        Some(key) => req.header("idempotency-key", key),
+        None => req,
+    }
+}
+
+/// A response, read whole.
+#[derive(Debug)]
+struct Reply {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    fn replayed(&self) -> bool {
+        match self.header("idempotent-replayed") {
+            None => false,
+            Some("true") => true,
+            Some(other) => panic!("Idempotent-Replayed: {other}"),
+        }
+    }
+
+    fn error(&self) -> String {
+        let json: serde_json::Value = serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body));
+        json["error"].as_str().expect("an error message").to_owned()
+    }
+}
+
+async fn send(req: RequestBuilder) -> Reply {
+    let res = req.send().await.unwrap();
+    Reply {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body: res.text().await.unwrap(),
+    }
+}
+
+fn keys(list: &[(&str, &str)]) -> Vec<(String, String)> {
+    list.iter()
+        .map(|(k, s)| ((*k).to_owned(), (*s).to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_replayed_write_is_applied_once_and_gets_the_same_response() {
+    let mut h = Harness::start(|layer| layer).await;
+    // A create without a client id: only the layer stands between a replay and a
+    // second row.
+    let base = h.base.clone();
+    let create =
+        || request_to(&base, Method::POST, "/todos", Some("create-1")).form(&[("title", "milk")]);
+    let first = send(create()).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert!(!first.replayed());
+    let replay = send(create()).await;
+    assert_eq!(replay.status, 200);
+    assert!(replay.replayed(), "{replay:?}");
+    assert_eq!(replay.body, first.body);
+    assert_eq!(replay.header("content-type"), first.header("content-type"));
+    assert_eq!(todos(&h.pool).await.len(), 1);
+    assert_eq!(h.keys().await, keys(&[("create-1", "completed")]));
+
+    // Status and htmx headers are replayed; other headers belong to the first answer.
+    let counted = |base: &str| request_to(base, Method::POST, "/count", Some("count-1"));
+    let first = send(counted(&base)).await;
+    assert_eq!((first.status, first.body.as_str()), (201, "call 1"));
+    assert_eq!(first.header("x-first-only"), Some("yes"));
+    let replay = send(counted(&base)).await;
+    assert_eq!((replay.status, replay.body.as_str()), (201, "call 1"));
+    assert!(replay.replayed());
+    assert_eq!(replay.header("hx-trigger"), Some("counted"));
+    assert_eq!(replay.header("x-first-only"), None);
+    assert_eq!(h.calls(), 1);
+
+    // PUT is covered too.
+    let id = &todos(&h.pool).await[0].0;
+    let rename = |base: &str| {
+        request_to(base, Method::PUT, &format!("/todos/{id}"), Some("rename-1"))
+            .form(&[("title", "oat milk")])
+    };
+    let first = send(rename(&h.base)).await;
+    assert_eq!(first.status, 200);
+    assert!(!first.replayed());
+
+    // The keys live in the database: a restarted layer still replays.
+    let layer = h.engine.idempotency_layer();
+    let restarted = h.serve(layer).await;
+    let replay = send(rename(&restarted)).await;
+    assert!(replay.replayed());
+    assert_eq!(replay.body, first.body);
+    let replay = send(counted(&restarted).header("x-unrelated", "differs")).await;
+    assert_eq!(replay.body, "call 1", "other headers are not fingerprinted");
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test]
+async fn the_same_key_for_a_different_request_answers_422_and_changes_nothing() {
+    let h = Harness::start(|layer| layer).await;
+    let first = send(
+        h.request(Method::POST, "/todos", Some("k"))
+            .form(&[("title", "milk")]),
+    )
+    .await;
+    assert_eq!(first.status, 200);
+    let before = todos(&h.pool).await;
+
+    let other_body = send(
+        h.request(Method::POST, "/todos", Some("k"))
+            .form(&[("title", "bread")]),
+    )
+    .await;
+    assert_eq!(other_body.status, 422, "{other_body:?}");
+    assert!(other_body.error().contains("different request"));
+    let other_route = send(h.request(Method::POST, "/count", Some("k"))).await;
+    assert_eq!(other_route.status, 422);
+    let other_type = send(
+        h.request(Method::POST, "/todos", Some("k"))
+            .header("content-type", "text/plain")
+            .body("title=milk"),
+    )
+    .await;
+    assert_eq!(other_type.status, 422);
+
+    assert_eq!(todos(&h.pool).await, before);
+    assert_eq!(h.calls(), 0);
+    assert_eq!(h.keys().await, keys(&[("k", "completed")]));
+}
+
+#[tokio::test]
+async fn a_duplicate_while_the_first_is_in_flight_answers_409() {
+    let mut h = Harness::start(|layer| layer).await;
+    let base = h.base.clone();
+    let slow = || request_to(&base, Method::POST, "/slow", Some("k")).body("a");
+    let first = tokio::spawn(send(slow()));
+    assert_eq!(h.entered().await, 1);
+    assert_eq!(h.keys().await, keys(&[("k", "in_flight")]));
+
+    let duplicate = send(slow()).await;
+    assert_eq!(duplicate.status, 409, "{duplicate:?}");
+    assert_eq!(duplicate.header("retry-after"), Some("1"));
+    assert!(duplicate.error().contains("in progress"));
+    assert_eq!(h.calls(), 1);
+
+    h.probe.release.add_permits(1);
+    let first = first.await.unwrap();
+    assert_eq!((first.status, first.body.as_str()), (200, "slow 1: a"));
+    let retry = send(slow()).await;
+    assert_eq!((retry.status, retry.body.as_str()), (200, "slow 1: a"));
+    assert!(retry.replayed());
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test]
+async fn a_server_error_is_not_stored_so_the_retry_runs_again() {
+    let h = Harness::start(|layer| layer).await;
+    let flaky = || h.request(Method::POST, "/flaky", Some("k"));
+    let failed = send(flaky()).await;
+    assert_eq!((failed.status, failed.body.as_str()), (503, "try again"));
+    assert_eq!(h.keys().await, keys(&[]));
+
+    let retried = send(flaky()).await;
+    assert_eq!((retried.status, retried.body.as_str()), (200, "ok 2"));
+    assert!(!retried.replayed());
+    let replayed = send(flaky()).await;
+    assert_eq!(replayed.body, "ok 2");
+    assert!(replayed.replayed());
+    assert_eq!(h.calls(), 2);
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_and_the_newest_attempt_is_stored() {
+    // With no lease, an in-flight key looks exactly like one left by a crash.
+    let mut h = Harness::start(|layer| layer.lease(Duration::ZERO)).await;
+    let base = h.base.clone();
+    let slow = || request_to(&base, Method::POST, "/slow", Some("k")).body("a");
+    let first = tokio::spawn(send(slow()));
+    assert_eq!(h.entered().await, 1);
+    let second = tokio::spawn(send(slow()));
+    assert_eq!(h.entered().await, 2, "the second attempt took the key over");
+
+    // The first attempt finishes first (the semaphore is fair), while the second still
+    // holds the key: its response must not be the one stored.
+    h.probe.release.add_permits(1);
+    let first = first.await.unwrap();
+    assert_eq!((first.status, first.body.as_str()), (200, "slow 1: a"));
+    h.probe.release.add_permits(1);
+    let second = second.await.unwrap();
+    assert_eq!((second.status, second.body.as_str()), (200, "slow 2: a"));
+
+    let retry = send(slow()).await;
+    assert_eq!(retry.body, "slow 2: a");
+    assert!(retry.replayed());
+    assert_eq!(h.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_claim_left_by_a_crash_blocks_retries_until_its_lease_expires() {
+    let mut h = Harness::start(|layer| layer).await;
+    let base = h.base.clone();
+    let slow = || request_to(&base, Method::POST, "/slow", Some("k")).body("a");
+    let first = tokio::spawn(send(slow()));
+    assert_eq!(h.entered().await, 1);
+    assert_eq!(send(slow()).await.status, 409);
+
+    // The first attempt is now as good as dead: its lease runs out.
+    sqlx::query("UPDATE _rhtmx_sync_idempotency SET locked_until = 0 WHERE key = 'k'")
+        .execute(&h.pool)
+        .await
+        .unwrap();
+    let retry = tokio::spawn(send(slow()));
+    assert_eq!(h.entered().await, 2);
+    // The presumed-dead attempt finishes after all; the key is no longer its own.
+    h.probe.release.add_permits(1);
+    assert_eq!(first.await.unwrap().body, "slow 1: a");
+    h.probe.release.add_permits(1);
+    assert_eq!(retry.await.unwrap().body, "slow 2: a");
+    assert_eq!(send(slow()).await.body, "slow 2: a");
+    assert_eq!(h.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_dropped_request_releases_its_key() {
+    let mut h = Harness::start(|layer| layer).await;
+    let base = h.base.clone();
+    let slow = || request_to(&base, Method::POST, "/slow", Some("k")).body("a");
+    let abandoned = tokio::spawn(send(slow()));
+    assert_eq!(h.entered().await, 1);
+    assert_eq!(h.keys().await, keys(&[("k", "in_flight")]));
+
+    // The client goes away; the server drops the request, handler and all.
+    abandoned.abort();
+    let cancelled = tokio::time::timeout(WAIT, h.cancelled.recv())
+        .await
+        .expect("the server dropped the request within 10 s");
+    assert_eq!(cancelled, Some(1));
+    // The release is spawned from a destructor: wait for it to land.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !h.keys().await.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "key still held: {:?}",
+            h.keys().await
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // The retry runs at once instead of waiting out the 60 s lease.
+    h.probe.release.add_permits(1);
+    let retry = send(slow()).await;
+    assert_eq!((retry.status, retry.body.as_str()), (200, "slow 2: a"));
+    assert!(!retry.replayed());
+}
+
+#[tokio::test]
+async fn requests_without_a_key_or_with_a_safe_method_pass_through() {
+    let h = Harness::start(|layer| layer).await;
+    // One keyed request, so the table is known to be in use.
+    assert_eq!(
+        send(h.request(Method::POST, "/count", Some("keyed")))
+            .await
+            .status,
+        201
+    );
+
+    for expected in ["call 2", "call 3"] {
+        let res = send(h.request(Method::POST, "/count", None)).await;
+        assert_eq!((res.status, res.body.as_str()), (201, expected));
+        assert!(!res.replayed());
+    }
+    for _ in 0..2 {
+        let res = send(h.request(Method::GET, "/todos", Some("read"))).await;
+        assert_eq!(res.status, 200);
+        assert!(!res.replayed());
+    }
+    let (status, _) = pull(&h.base, "todos", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(h.keys().await, keys(&[("keyed", "completed")]));
+}
+
+#[tokio::test]
+async fn a_malformed_key_answers_400_and_runs_nothing() {
+    let h = Harness::start(|layer| layer).await;
+    assert_eq!(
+        send(h.request(Method::POST, "/count", Some("keyed")))
+            .await
+            .status,
+        201
+    );
+
+    let long = "a".repeat(256);
+    let cases: Vec<(&str, RequestBuilder)> = vec![
+        ("empty", h.request(Method::POST, "/count", Some(""))),
+        (
+            "256 characters",
+            h.request(Method::POST, "/count", Some(&long)),
+        ),
+        ("a space", h.request(Method::POST, "/count", Some("a b"))),
+        (
+            "not ASCII",
+            h.request(Method::POST, "/count", None).header(
+                "idempotency-key",
+                reqwest::header::HeaderValue::from_bytes(b"cl\xc3\xa9").unwrap(),
+            ),
+        ),
+        (
+            "two keys",
+            h.request(Method::POST, "/count", Some("one"))
+                .header("idempotency-key", "two"),
+        ),
+    ];
+    for (what, req) in cases {
+        let res = send(req).await;
+        assert_eq!(res.status, 400, "{what}: {res:?}");
+        assert!(res.error().contains("Idempotency-Key"), "{what}: {res:?}");
+    }
+    assert_eq!(h.calls(), 1);
+    assert_eq!(h.keys().await, keys(&[("keyed", "completed")]));
+
+    let longest = "~".repeat(255);
+    let res = send(h.request(Method::POST, "/count", Some(&longest))).await;
+    assert_eq!(res.status, 201, "255 visible characters are a valid key");
+    assert_eq!(h.keys().await.len(), 2);
+}
+
+#[tokio::test]
+async fn bodies_over_the_limit_answer_413_or_pass_through_unstored() {
+    let h = Harness::start(|layer| layer.body_limit(1024)).await;
+    assert_eq!(
+        send(h.request(Method::POST, "/count", Some("keyed")))
+            .await
+            .status,
+        201
+    );
+
+    let large = "x".repeat(2000);
+    let res = send(
+        h.request(Method::POST, "/count", Some("large"))
+            .body(large.clone()),
+    )
+    .await;
+    assert_eq!(res.status, 413, "{res:?}");
+    assert!(res.error().contains("larger than 1024 bytes"), "{res:?}");
+    assert_eq!(h.calls(), 1);
+    // Without a key the layer does not read the body at all.
+    let res = send(h.request(Method::POST, "/count", None).body(large)).await;
+    assert_eq!(res.status, 201);
+    assert_eq!(h.calls(), 2);
+
+    // A response too large to store reaches the client whole; its key is released,
+    // so the retry runs again.
+    let big = || h.request(Method::POST, "/big", Some("big"));
+    let res = send(big()).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(res.body, format!("3 {}", "x".repeat(4096)));
+    let res = send(big()).await;
+    assert_eq!(res.body, format!("4 {}", "x".repeat(4096)));
+    assert!(!res.replayed());
+    // The same when the size is only found out while reading.
+    let streamed = || h.request(Method::POST, "/stream", Some("streamed"));
+    let res = send(streamed()).await;
+    assert_eq!(res.body, format!("5 {}", "x".repeat(4096)));
+    let res = send(streamed()).await;
+    assert_eq!(res.body, format!("6 {}", "x".repeat(4096)));
+    assert_eq!(h.keys().await, keys(&[("keyed", "completed")]));
+}
+
+#[tokio::test]
+async fn keys_older_than_the_retention_window_are_pruned() {
+    let hour = Duration::from_secs(3600);
+    let mut h = Harness::start(|layer| layer.retention(hour)).await;
+    for key in ["old", "new"] {
+        let res = send(h.request(Method::POST, "/count", Some(key))).await;
+        assert_eq!(res.status, 201);
+    }
+    // Two hours pass for `old`; a crashed claim as old, and a live one.
+    let two_hours_ago = "(CAST(strftime('%s', 'now') AS INTEGER) - 7200) * 1000";
+    sqlx::query(&format!(
+        "UPDATE _rhtmx_sync_idempotency SET created_at = {two_hours_ago} WHERE key = 'old'"
+    ))
+    .execute(&h.pool)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "INSERT INTO _rhtmx_sync_idempotency (key, fingerprint, state, created_at, locked_until)
+         VALUES ('crashed', 'f', 'in_flight', {two_hours_ago}, {two_hours_ago} + 60000),
+                ('running', 'f', 'in_flight', {two_hours_ago}, 9223372036854775807)"
+    ))
+    .execute(&h.pool)
+    .await
+    .unwrap();
+
+    // This layer pruned less than a minute ago: nothing is deleted yet.
+    send(h.request(Method::POST, "/count", Some("third"))).await;
+    assert_eq!(h.keys().await.len(), 5);
+
+    // A fresh layer prunes on its first keyed request.
+    let layer = h.engine.idempotency_layer().retention(hour);
+    let base = h.serve(layer).await;
+    send(request_to(&base, Method::POST, "/count", Some("fourth"))).await;
+    assert_eq!(
+        h.keys().await,
+        keys(&[
+            ("fourth", "completed"),
+            ("new", "completed"),
+            ("running", "in_flight"),
+            ("third", "completed"),
+        ])
+    );
+    // A retry after the window runs again.
+    let calls = h.calls();
+    let res = send(request_to(&base, Method::POST, "/count", Some("old"))).await;
+    assert_eq!(res.body, format!("call {}", calls + 1));
+    assert!(!res.replayed());
+}
