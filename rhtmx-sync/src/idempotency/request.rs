@@ -126,6 +126,11 @@ fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
     out
 }
 
+/// A status with the crate's usual `{"error": "..."}` body.
+pub(super) fn reject(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -161,9 +166,4 @@ mod tests {
         );
         assert_ne!(fp("application/json", "{}"), fp("text/plain", "{}"));
     }
-}
-
-/// A status with the crate's usual `{"error": "..."}` body.
-pub(super) fn reject(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
 }
