@@ -9,8 +9,10 @@
 //!   handled; everything else passes straight through, its body untouched.
 //! - The key (1 to 255 visible ASCII characters, else 400) is claimed in the table
 //!   `_rhtmx_sync_idempotency` before the handler runs, together with a fingerprint of
-//!   the request: SHA-256 over method, path and query, `Content-Type` and body (the body
-//!   is buffered up to the limit, 1 MiB by default; larger answers 413).
+//!   the request: SHA-256 over method, path and query, media type and body (the body
+//!   is buffered up to the limit, 1 MiB by default; larger answers 413). Forms are
+//!   compared by their fields, not their bytes: a replay re-encodes them (`+` or `%20`,
+//!   a `charset` parameter, a new multipart boundary) and is still the same request.
 //! - A retry of a completed request gets the stored response (status, `Content-Type`,
 //!   `Location`, `Vary`, every `HX-*` header, body) with `Idempotent-Replayed: true`,
 //!   and the handler is not called. The same key with a different request answers 422;
