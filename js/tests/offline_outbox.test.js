@@ -271,3 +271,57 @@ test("entries past the retention period become dead letters with an event, never
   assert.deepEqual(rows(), []);
   assert.equal(replays().length, 0, "an expired entry is not sent");
 });
+
+test("a multipart form with a file is stored with its Blob and replayed intact", async () => {
+  const page = await openApp(context, proxy.base);
+  let received = null;
+  proxy.rule({
+    match: (r) => r.url === "/upload" && r.headers["x-rhtmx-replay"] === "1",
+    respond: (req, res) => {
+      const chunks = [];
+      req.on("data", (c) => chunks.push(c));
+      req.on("end", () => {
+        received = { type: req.headers["content-type"], body: Buffer.concat(chunks) };
+        res.writeHead(200);
+        res.end("ok");
+      });
+      return true;
+    },
+  });
+  await inject(page, `<form id="up" hx-post="/upload" hx-encoding="multipart/form-data" hx-swap="none">
+      <input name="note" value="with a file"><input type="file" name="doc"><button>send</button></form>`);
+  await page.setInputFiles("#up input[type=file]", {
+    name: "hello.txt",
+    mimeType: "text/plain",
+    buffer: Buffer.from("file contents ✓"),
+  });
+  await context.setOffline(true);
+  await page.click("#up button");
+  await waitPending(page, 1);
+  const [entry] = await page.evaluate(() => RhtmxSync.pending());
+  assert.equal(entry.encoding, "multipart");
+  await context.setOffline(false);
+  await waitPending(page, 0);
+  assert.match(received.type, /^multipart\/form-data; boundary=/);
+  const text = received.body.toString("utf8");
+  assert.ok(text.includes('name="note"') && text.includes("with a file"), text);
+  assert.ok(text.includes('filename="hello.txt"'), text);
+  assert.ok(text.includes("file contents ✓"), text);
+});
+
+test("online/offline events fire, and data-rhtmx-offline=\"false\" writes are never queued", async () => {
+  const page = await openApp(context, proxy.base);
+  await inject(page, `<form id="direct" hx-post="/todos" hx-swap="none" data-rhtmx-offline="false">
+      <input name="title" value="direct only"><button>go</button></form>`);
+  await page.evaluate(() => document.body.addEventListener("htmx:sendError", () => (window.__sendError = true)));
+  await context.setOffline(true);
+  await page.waitForFunction(() => window.__events.some((e) => e.name === "offline"));
+  await page.click("#direct button");
+  await page.waitForFunction(() => window.__sendError === true);
+  assert.equal(await page.evaluate(() => RhtmxSync.pendingCount), 0);
+  assert.equal((await events(page, "queued")).length, 0);
+  await context.setOffline(false);
+  await page.waitForFunction(() => window.__events.some((e) => e.name === "online"));
+  assert.ok(!(await page.evaluate(() => document.documentElement.classList.contains("rhtmx-offline"))));
+  assert.deepEqual(rows(), []);
+});
