@@ -32,5 +32,5 @@ cargo test --workspace --all-targets --all-features
 cargo test --workspace --doc --all-features
 
 echo "==> browser tests (headless Chromium)"
-cargo build --example todo_sync --all-features
+cargo build --examples --all-features
 (cd js && npm test)

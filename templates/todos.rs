@@ -23,6 +23,7 @@ pub fn page(todos: &[TodoView<'_>]) -> Markup {
                 title { "Todos · rhtmx-sync" }
                 style { (PreEscaped(STYLE)) }
                 script src="/assets/htmx-2.0.11.min.js" {}
+                script src="/assets/app.js" {}
                 script src="/api/sync/client.js" data-sync-entities="todos" data-service-worker {}
             }
             body {
@@ -31,7 +32,7 @@ pub fn page(todos: &[TodoView<'_>]) -> Markup {
                     p .status {
                         span .online { "online" }
                         span .offline { "offline" }
-                        span .pending data-rhtmx-pending-count="0" { " · changes waiting to sync" }
+                        span .pending data-rhtmx-pending-count="0" { " changes waiting to sync" }
                     }
                 }
                 form #new-todo hx-post="/todos" hx-target="#todo-list" hx-swap="outerHTML"
@@ -41,6 +42,18 @@ pub fn page(todos: &[TodoView<'_>]) -> Markup {
                 }
                 div hx-get="/todos" hx-trigger="rhtmx:todos:changed from:body" hx-swap="innerHTML" {
                     (list(todos))
+                }
+                section #pending-panel .panel hidden {
+                    h2 { "Waiting to sync" }
+                    ul #pending-list {}
+                }
+                section #rejected-panel .panel .warn hidden {
+                    h2 { "Not accepted by the server" }
+                    ul #rejected-list {}
+                }
+                section #conflict-panel .panel hidden {
+                    h2 { "Edited in two places" }
+                    ul #conflict-list {}
                 }
             }
         }
@@ -85,7 +98,7 @@ header { display: flex; align-items: baseline; justify-content: space-between; g
 .status .offline, .status .pending { display: none; }
 html.rhtmx-offline .status .online { display: none; }
 html.rhtmx-offline .status .offline { display: inline; color: #b3541e; font-weight: 600; }
-html.rhtmx-pending .status .pending { display: inline; }
+html.rhtmx-pending .status .pending { display: inline; margin-left: .5em; }
 html.rhtmx-pending .status .pending::before { content: attr(data-rhtmx-pending-count); font-weight: 600; }
 form#new-todo { display: flex; gap: .5rem; margin: 1rem 0; }
 input { font: inherit; padding: .45rem .6rem; border: 1px solid #cdd3da; border-radius: .4rem; flex: 1; min-width: 0; }
@@ -95,4 +108,13 @@ li.todo { display: flex; gap: .5rem; align-items: center; padding: .4rem; backgr
 li.todo form { flex: 1; display: flex; }
 li.todo input { border-color: transparent; }
 li.done input { text-decoration: line-through; color: #8a949e; }
+li.todo button.toggle { width: 2.2rem; }
+.panel { margin-top: 1.2rem; padding: .6rem .8rem; border-radius: .5rem; background: #fff8e6; border: 1px solid #f0d9a0; }
+.panel.warn { background: #fdecec; border-color: #f1b5b5; }
+.panel h2 { font-size: .95rem; margin: 0 0 .4rem; }
+.panel ul li { display: flex; gap: .5rem; align-items: center; padding: .15rem 0; font-size: .9rem; }
+.panel ul li span { flex: 1; }
+.panel button { padding: .15rem .5rem; font-size: .85rem; }
+html.rhtmx-stale body::before { content: "Offline copy — showing what was last loaded"; display: block; margin-bottom: 1rem; padding: .4rem .6rem; border-radius: .4rem; background: #eef1f4; font-size: .85rem; color: #5b6570; }
+@media (max-width: 30rem) { body { margin: 1rem auto; } header { flex-direction: column; gap: .2rem; } }
 "#;

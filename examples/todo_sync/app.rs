@@ -27,6 +27,7 @@ pub fn app(pool: SqlitePool) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/assets/htmx-2.0.11.min.js", get(htmx_js))
+        .route("/assets/app.js", get(app_js))
         .route("/todos", get(list).post(create))
         .route("/todos/{id}", axum::routing::put(rename).delete(remove))
         .route("/todos/{id}/toggle", post(toggle))
@@ -78,6 +79,20 @@ async fn index(State(pool): State<SqlitePool>) -> Result<Markup, AppError> {
 
 async fn list(State(pool): State<SqlitePool>) -> Result<Markup, AppError> {
     Ok(templates::list(&views(&all(&pool).await?)))
+}
+
+/// The page's own script (pending, rejected and conflicting changes).
+async fn app_js() -> impl IntoResponse {
+    (
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/javascript; charset=utf-8",
+            ),
+            (axum::http::header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("assets/app.js"),
+    )
 }
 
 /// htmx, pinned and served by the app itself so the page works offline.

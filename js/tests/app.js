@@ -27,8 +27,11 @@ export const events = (page, name) =>
 
 /** Submits the new-todo form. */
 export async function addTodo(page, title) {
-  await page.fill("#new-todo input[name=title]", title);
+  const input = "#new-todo input[name=title]";
+  await page.fill(input, title);
   await page.click("#new-todo button");
+  // The form clears once the write is sent or queued; typing earlier would race it.
+  await page.waitForFunction((sel) => document.querySelector(sel).value === "", input);
 }
 
 /** Adds an htmx-powered control to the page (for requests the example does not have). */

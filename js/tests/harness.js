@@ -9,17 +9,18 @@ import { chromium } from "playwright-core";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const targetDir = process.env.CARGO_TARGET_DIR ? resolve(root, process.env.CARGO_TARGET_DIR) : join(root, "target");
-const exampleBin = join(targetDir, "debug", "examples", "todo_sync");
+const exampleBin = (name) => join(targetDir, "debug", "examples", name);
 
 /** Starts the example; resolves once it prints its address. */
-export async function startServer({ dir, port = 0 } = {}) {
-  if (!existsSync(exampleBin)) {
-    throw new Error(`${exampleBin} is missing: run \`cargo build --example todo_sync\` first`);
+export async function startServer({ dir, port = 0, example = "todo_sync" } = {}) {
+  const bin = exampleBin(example);
+  if (!existsSync(bin)) {
+    throw new Error(`${bin} is missing: run \`cargo build --example ${example}\` first`);
   }
   const ownDir = !dir;
   dir ??= mkdtempSync(join(tmpdir(), "rhtmx-"));
   const dbPath = join(dir, "app.db");
-  const child = spawn(exampleBin, [], {
+  const child = spawn(bin, [], {
     env: { ...process.env, PORT: String(port), DATABASE_URL: `sqlite://${dbPath}`, RUST_LOG: "warn" },
     stdio: ["ignore", "pipe", "inherit"],
   });
@@ -30,7 +31,7 @@ export async function startServer({ dir, port = 0 } = {}) {
       const m = out.match(/listening on (http:\/\/\S+)/);
       if (m) ok(m[1]);
     });
-    child.on("exit", (code) => fail(new Error(`todo_sync exited with ${code}`)));
+    child.on("exit", (code) => fail(new Error(`${example} exited with ${code}`)));
   });
   return {
     base,
@@ -45,6 +46,10 @@ export async function startServer({ dir, port = 0 } = {}) {
         await gone;
       }
     },
+    /** Starts the same example again over the same database. */
+    restart() {
+      return startServer({ dir, example });
+    },
     async stop() {
       await this.kill();
       if (ownDir) rmSync(dir, { recursive: true, force: true });
@@ -52,17 +57,22 @@ export async function startServer({ dir, port = 0 } = {}) {
   };
 }
 
-/** Rows of the todos table, straight from the database file. */
-export function dbTodos(dbPath) {
-  // Node 20 has no SQLite module; the machine's python3 has one.
+/** Rows of a query as objects, straight from the database file (Node 20 has no SQLite
+ *  module; the machine's python3 has one). */
+export function dbQuery(dbPath, sql) {
   const script = [
     "import json, sqlite3, sys",
     "c = sqlite3.connect(sys.argv[1])",
-    "rows = c.execute('SELECT id, title, completed FROM todos ORDER BY id').fetchall()",
-    "print(json.dumps([{'id': i, 'title': t, 'completed': bool(d)} for i, t, d in rows]))",
+    "cur = c.execute(sys.argv[2])",
+    "names = [d[0] for d in cur.description]",
+    "print(json.dumps([dict(zip(names, row)) for row in cur.fetchall()]))",
   ].join("\n");
-  return JSON.parse(execFileSync("python3", ["-c", script, dbPath], { encoding: "utf8" }));
+  return JSON.parse(execFileSync("python3", ["-c", script, dbPath, sql], { encoding: "utf8" }));
 }
+
+/** The todos table, ordered by id. */
+export const dbTodos = (dbPath) =>
+  dbQuery(dbPath, "SELECT id, title, completed FROM todos ORDER BY id").map((r) => ({ ...r, completed: !!r.completed }));
 
 /** Launches headless Chromium; fails (never skips) when it is not installed. */
 export async function launchBrowser() {

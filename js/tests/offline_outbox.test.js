@@ -232,7 +232,7 @@ test("server killed with SIGKILL mid-replay and restarted: one row each", async 
   await context.setOffline(false);
   await hold.arrived;
   await server.kill();
-  const restarted = await startServer({ dir: server.dir });
+  const restarted = await server.restart();
   proxy.state.target = restarted.base;
   hold.release();
   try {

@@ -1,19 +1,39 @@
 //! The [`Syncable`] trait that `#[derive(Syncable)]` implements.
 
-/// How concurrent edits of the same field are resolved.
+/// How a field changed both by a client and, concurrently, on the server is resolved.
 ///
-/// Chosen per entity with `#[sync(strategy = ...)]`. Until field-level merging lands, every
-/// strategy applies pushed changes in arrival order (last write wins).
+/// Chosen per entity with `#[sync(strategy = ...)]` or
+/// [`SyncEngineBuilder::strategy`](crate::SyncEngineBuilder::strategy). Only fields
+/// changed on both sides since the client's base version conflict; every other field
+/// merges without one (see [`conflict`](crate::conflict)). Deletes are governed
+/// separately, by [`Syncable::DELETE_WINS`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[non_exhaustive]
 pub enum SyncStrategy {
-    /// The change whose user action happened last wins (the default).
+    /// The value whose user action happened last wins, by [`Hlc`](crate::Hlc); ties
+    /// (same millisecond and counter) go to the higher node id (the default).
     #[default]
     LastWriteWins,
-    /// The pushing client's value wins.
+    /// The pushing client's value wins (the last to arrive).
     ClientWins,
-    /// The value already on the server wins.
+    /// The value already on the server wins (the first to arrive).
     ServerWins,
+    /// The entity's [`ConflictResolver`](crate::ConflictResolver), registered with
+    /// [`SyncEngineBuilder::resolver`](crate::SyncEngineBuilder::resolver), decides.
+    Custom,
+}
+
+impl SyncStrategy {
+    /// The name used on the wire: `last_write_wins`, `client_wins`, `server_wins`,
+    /// `custom`.
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncStrategy::LastWriteWins => "last_write_wins",
+            SyncStrategy::ClientWins => "client_wins",
+            SyncStrategy::ServerWins => "server_wins",
+            SyncStrategy::Custom => "custom",
+        }
+    }
 }
 
 /// A sqlx model whose table the [`SyncEngine`](crate::SyncEngine) tracks.
@@ -53,4 +73,8 @@ pub trait Syncable {
     /// Whether browsers may queue writes to this entity while offline
     /// (`#[sync(offline_writes = ...)]`, default `true`).
     const OFFLINE_WRITES: bool;
+    /// Whether a delete beats an update made concurrently with it
+    /// (`#[sync(delete_wins = ...)]`, default `true`). With `false` the later of the two
+    /// by [`Hlc`](crate::Hlc) wins, and an update newer than the delete restores the row.
+    const DELETE_WINS: bool = true;
 }

@@ -151,7 +151,11 @@
       const changes = page.changes.map((c) => ({ ...c, entity }));
       await applyChanges(changes, { ["version:" + entity]: page.version });
       versions[entity] = page.version;
-      if (changes.length) markChanged({ entity, action: "pull", version: page.version });
+      if (changes.length) {
+        const detail = { entity, action: "pull", version: page.version };
+        markChanged(detail);
+        tell({ type: "changed", details: [detail] });
+      }
       if (!page.has_more) return page.version;
     }
   }
@@ -172,6 +176,7 @@
   // ---- live events (leader only) ---------------------------------------------------------
   let source = null;
   let sourceRetry = 0;
+  let sourceTimer = 0;
   let queue = [];
   let applying = null;
 
@@ -266,7 +271,7 @@
       if (source.readyState !== EventSource.CLOSED) return;
       source = null;
       const delay = Math.min(30000, 1000 * 2 ** sourceRetry++) * (0.5 + Math.random());
-      setTimeout(connect, delay);
+      sourceTimer = setTimeout(connect, delay);
     };
   }
 
@@ -322,7 +327,7 @@
     await finished(tx);
     log("queued", entry);
     emit("queued", { entry });
-    tell({ type: "queued" });
+    tell({ type: "queued", detail: { entry } });
     await refreshPending();
     kick();
   }
@@ -550,8 +555,7 @@
     channel.onmessage = ({ data: m }) => {
       if (m.type === "changed") m.details.forEach(markChanged);
       else if (m.type === "kick") isLeader && kick();
-      else if (m.type === "queued") refreshPending();
-      else if (m.type === "replayed" || m.type === "rejected") {
+      else if (m.type === "queued" || m.type === "replayed" || m.type === "rejected") {
         emit(m.type, m.detail);
         refreshPending();
       } else if (m.type === "auth-required") emit("auth-required", { status: m.status });
@@ -607,7 +611,22 @@
     if (stale) markStale(stale);
   });
 
-  addEventListener("online", () => { emit("online", {}); refreshPending(); kick(); });
+  addEventListener("online", () => {
+    emit("online", {});
+    refreshPending();
+    // Back online: no need to sit out a backoff grown while offline.
+    if (isLeader && !source) {
+      clearTimeout(sourceTimer);
+      sourceRetry = 0;
+      connect();
+    }
+    // A page from the offline cache refreshes its live fragments.
+    if (document.documentElement.classList.contains("rhtmx-stale")) {
+      document.documentElement.classList.remove("rhtmx-stale");
+      for (const entity of entities) markChanged({ entity, action: "refresh" });
+    }
+    kick();
+  });
   addEventListener("offline", () => { emit("offline", {}); refreshPending(); });
   document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && kick());
   addEventListener("pagehide", disconnect);

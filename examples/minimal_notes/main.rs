@@ -1,0 +1,115 @@
+//! The smallest existing axum + htmx + sqlx app, given offline writes and live refresh by
+//! the five migration steps of the README — and nothing else. Every handler below is
+//! plain sqlx; the lines added for sync are marked `STEP n`.
+//!
+//! Run with: `cargo run --example minimal_notes` (`PORT`, `DATABASE_URL` as todo_sync).
+
+use axum::extract::State;
+use axum::response::Html;
+use axum::routing::get;
+use axum::{Form, Router};
+use serde::Deserialize;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
+
+// STEP 1 is the dependency in Cargo.toml: `rhtmx-sync = "0.1"`.
+
+// STEP 2: the model gets the derive.
+#[derive(sqlx::FromRow, rhtmx_sync::Syncable)]
+struct Note {
+    id: i64,
+    body: String,
+}
+
+async fn page(State(pool): State<SqlitePool>) -> Result<Html<String>, String> {
+    Ok(Html(format!(
+        r##"<!doctype html><html><head><meta charset="utf-8"><title>Notes</title>
+<script src="/htmx.js"></script>
+<script src="/api/sync/client.js" data-sync-entities="notes"></script><!-- STEP 4 -->
+</head><body><h1>Notes</h1>
+<form hx-post="/notes" hx-target="#notes"><input name="body" required><button>Add</button></form>
+<div id="notes" hx-get="/notes" hx-trigger="rhtmx:notes:changed from:body">{}</div><!-- STEP 5 -->
+</body></html>"##,
+        list(State(pool)).await?.0
+    )))
+}
+
+async fn list(State(pool): State<SqlitePool>) -> Result<Html<String>, String> {
+    let notes: Vec<Note> = sqlx::query_as("SELECT id, body FROM notes ORDER BY id")
+        .fetch_all(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    let items: String = notes
+        .iter()
+        .map(|n| format!("<li data-id=\"{}\">{}</li>", n.id, html_escape(&n.body)))
+        .collect();
+    Ok(Html(format!("<ul>{items}</ul>")))
+}
+
+#[derive(Deserialize)]
+struct NewNote {
+    body: String,
+}
+
+async fn add(
+    State(pool): State<SqlitePool>,
+    Form(new): Form<NewNote>,
+) -> Result<Html<String>, String> {
+    sqlx::query("INSERT INTO notes (body) VALUES (?)")
+        .bind(new.body)
+        .execute(&pool)
+        .await
+        .map_err(|e| e.to_string())?;
+    list(State(pool)).await
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://minimal_notes.db".into());
+    let port: u16 = std::env::var("PORT").map_or(Ok(3001), |p| p.parse())?;
+    let options = url
+        .parse::<SqliteConnectOptions>()?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal);
+    let pool = SqlitePool::connect_with(options).await?;
+    sqlx::query("CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
+        .execute(&pool)
+        .await?;
+
+    // STEP 3: build the engine on the app's pool and merge its routes.
+    let engine = rhtmx_sync::SyncEngine::builder(pool.clone())
+        .entity::<Note>()
+        .build()
+        .await?;
+    let app = Router::new()
+        .route("/", get(page))
+        .route("/notes", get(list).post(add))
+        .route("/htmx.js", get(htmx))
+        .with_state(pool)
+        .merge(engine.routes()) // STEP 3
+        .layer(engine.idempotency_layer()); // STEP 3: replays applied once
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!(
+        "minimal_notes listening on http://{}",
+        listener.local_addr()?
+    );
+    axum::serve(listener, app).await?;
+    Ok(())
+}
+
+async fn htmx() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/javascript; charset=utf-8",
+        )],
+        include_str!("../todo_sync/assets/htmx-2.0.11.min.js"),
+    )
+}
