@@ -17,9 +17,11 @@
 //!   `Location`, `Vary`, every `HX-*` header, body) with `Idempotent-Replayed: true`,
 //!   and the handler is not called. The same key with a different request answers 422;
 //!   while the first attempt is still running, 409 with `Retry-After: 1`.
-//! - A 5xx, a service error, a response larger than the limit, and an abandoned request
-//!   (the client disconnected, so the future was dropped) release the key: the retry
-//!   runs the handler again. A server that dies mid-request leaves a claim whose lease
+//! - A 5xx, a service error, a panic and a response larger than the limit release the
+//!   key: the retry runs the handler again. A request whose client disconnects is not
+//!   abandoned: it runs to completion in a task of its own and its response is stored
+//!   (its handler may already have committed, so running it again could apply it
+//!   twice). A server that dies mid-request leaves a claim whose lease
 //!   (60 s by default) expires; the next retry takes it over.
 //! - Completed keys are kept for the retention window (24 h by default) and deleted by
 //!   a request at most once a minute, so no background task is needed.

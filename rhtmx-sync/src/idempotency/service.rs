@@ -50,6 +50,11 @@ where
 }
 
 /// One keyed request: admit it, run the inner service, keep or release the key.
+///
+/// Once the key is claimed the request runs to completion in a task of its own, even if
+/// the client goes away: its handler may already have committed, and releasing the key
+/// then would let the replay apply it a second time. Its response is stored for the
+/// replay instead.
 async fn handle<S>(
     mut inner: S,
     store: Store,
@@ -57,19 +62,30 @@ async fn handle<S>(
     req: Request<Body>,
 ) -> Result<Response, S::Error>
 where
-    S: Service<Request<Body>, Response = Response>,
-    S::Error: Send,
+    S: Service<Request<Body>, Response = Response> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
 {
     let (claim, req) = match admit(store, config, req).await {
         Admission::Answer(res) => return Ok(res),
         Admission::Run(claim, req) => (claim, req),
     };
-    match inner.call(req).await {
-        Ok(res) => Ok(finish(claim, res, config.body_limit).await),
-        Err(e) => {
-            claim.release().await;
-            Err(e)
+    let task = tokio::spawn(async move {
+        match inner.call(req).await {
+            Ok(res) => Ok(finish(claim, res, config.body_limit).await),
+            Err(e) => {
+                claim.release().await;
+                Err(e)
+            }
         }
+    });
+    match task.await {
+        Ok(result) => result,
+        // The handler panicked: let the panic carry on as it would without the layer
+        // (the claim was released while unwinding).
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        // The runtime is shutting down.
+        Err(_) => Ok(StatusCode::SERVICE_UNAVAILABLE.into_response()),
     }
 }
 
@@ -148,9 +164,8 @@ fn in_flight() -> Response {
     res
 }
 
-/// A claimed key, released unless its response gets stored — also when the request's
-/// future is dropped (the client disconnected), so the key never stays stuck until its
-/// lease runs out.
+/// A claimed key, released unless its response gets stored — also when the handler
+/// panics, so the key never stays stuck until its lease runs out.
 struct Held {
     store: Store,
     key: String,
