@@ -189,18 +189,14 @@ async fn routes_live_under_a_custom_prefix() {
     let (_dir, db) = temp_db();
     let server = start_with(&db, |b| b.prefix("/sync/")).await;
     add_todo(&server, "t", "x").await;
-    let res = client()
-        .get(format!("{}/sync/todos", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 200);
-    let res = client()
-        .get(format!("{}/api/sync/todos", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
+    assert_eq!(
+        get_status(&format!("{}/sync/todos", server.base)).await,
+        200
+    );
+    assert_eq!(
+        get_status(&format!("{}/api/sync/todos", server.base)).await,
+        404
+    );
 }
 
 #[tokio::test]

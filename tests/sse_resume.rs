@@ -156,21 +156,22 @@ async fn the_entities_filter_keeps_other_entities_out_and_rejects_unknown_ones()
     assert_eq!(note.data["id"], 7, "integer keys travel as numbers");
     notes_only.assert_quiet(Duration::from_millis(200)).await;
 
-    let res = client()
-        .get(format!(
+    assert_eq!(
+        get_status(&format!(
             "{}/api/sync/events?entities=todos,nope",
             server.base
         ))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 404);
-    let res = client()
-        .get(format!("{}/api/sync/events?last_event_id=abc", server.base))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(res.status(), 400);
+        .await,
+        404
+    );
+    assert_eq!(
+        get_status(&format!(
+            "{}/api/sync/events?last_event_id=abc",
+            server.base
+        ))
+        .await,
+        400
+    );
 }
 
 #[tokio::test]

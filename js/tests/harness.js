@@ -6,6 +6,8 @@ import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
+import { before, after, beforeEach, afterEach } from "node:test";
+import { startProxy } from "./proxy.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const targetDir = process.env.CARGO_TARGET_DIR ? resolve(root, process.env.CARGO_TARGET_DIR) : join(root, "target");
@@ -111,4 +113,27 @@ export async function eventually(fn, { timeout = 10000, what = "condition" } = {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+/** Registers hooks that give every test of the file a fresh example server, a proxy in
+ *  front of it and a new browser context (one browser for the file). */
+export function freshWorldPerTest() {
+  const w = {};
+  before(async () => {
+    w.browser = await launchBrowser();
+  });
+  after(async () => {
+    await w.browser?.close();
+  });
+  beforeEach(async () => {
+    w.server = await startServer();
+    w.proxy = await startProxy(w.server.base);
+    w.context = await w.browser.newContext();
+  });
+  afterEach(async () => {
+    await w.context?.close();
+    await w.proxy?.close();
+    await w.server?.stop();
+  });
+  return w;
 }

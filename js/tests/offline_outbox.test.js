@@ -1,39 +1,19 @@
 // The durable outbox: writes made offline (or failing on the network) are kept in
 // IndexedDB and replayed in order, exactly once, by one tab.
-import { test, before, after, beforeEach, afterEach } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, launchBrowser, dbTodos, eventually } from "./harness.js";
-import { startProxy, answer, cut, holder } from "./proxy.js";
+import { freshWorldPerTest, dbTodos, eventually } from "./harness.js";
+import { answer, cut, holder } from "./proxy.js";
 import { openApp, events, addTodo, inject, plainForm, waitPending } from "./app.js";
 
-let browser;
-let server;
-let proxy;
-let context;
+const w = freshWorldPerTest();
 
-before(async () => {
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-});
-beforeEach(async () => {
-  server = await startServer();
-  proxy = await startProxy(server.base);
-  context = await browser.newContext();
-});
-afterEach(async () => {
-  await context?.close();
-  await proxy?.close();
-  await server?.stop();
-});
-
-const replays = () => proxy.seen((r) => r.headers["x-rhtmx-replay"] === "1");
-const rows = () => dbTodos(server.dbPath);
+const replays = () => w.proxy.seen((r) => r.headers["x-rhtmx-replay"] === "1");
+const rows = () => dbTodos(w.server.dbPath);
 
 test("offline submit: queued, shown as pending, exactly one row after reconnect", async () => {
-  const page = await openApp(context, proxy.base);
-  await context.setOffline(true);
+  const page = await openApp(w.context, w.proxy.base);
+  await w.context.setOffline(true);
   await addTodo(page, "written offline");
   await waitPending(page, 1);
   assert.equal(await page.getAttribute("html", "data-rhtmx-pending-count"), "1");
@@ -42,7 +22,7 @@ test("offline submit: queued, shown as pending, exactly one row after reconnect"
   assert.equal((await events(page, "queued")).length, 1);
   assert.deepEqual(rows(), []);
 
-  await context.setOffline(false);
+  await w.context.setOffline(false);
   await waitPending(page, 0);
   const stored = rows();
   assert.equal(stored.length, 1);
@@ -54,7 +34,7 @@ test("offline submit: queued, shown as pending, exactly one row after reconnect"
 });
 
 test("mixed POST/PUT/DELETE are replayed in order, DELETE parameters in the query string", async () => {
-  const page = await openApp(context, proxy.base);
+  const page = await openApp(w.context, w.proxy.base);
   await addTodo(page, "alpha");
   await eventually(() => rows().length === 1, { what: "the first row" });
   await addTodo(page, "beta");
@@ -62,7 +42,7 @@ test("mixed POST/PUT/DELETE are replayed in order, DELETE parameters in the quer
   await page.waitForSelector('li.todo input[value="beta"]');
   const [a, b] = rows();
 
-  await context.setOffline(true);
+  await w.context.setOffline(true);
   await page.fill(`li[data-id="${a.id}"] form.rename input`, "alpha renamed");
   await page.press(`li[data-id="${a.id}"] form.rename input`, "Enter");
   await waitPending(page, 1);
@@ -74,7 +54,7 @@ test("mixed POST/PUT/DELETE are replayed in order, DELETE parameters in the quer
   await page.click(`li[data-id="${a.id}"] button.toggle`);
   await waitPending(page, 4);
 
-  await context.setOffline(false);
+  await w.context.setOffline(false);
   await waitPending(page, 0);
   const sent = replays().map((r) => `${r.method} ${r.url}`);
   assert.deepEqual(sent.map((s) => s.split(" ")[0]), ["PUT", "DELETE", "POST", "POST"]);
@@ -84,11 +64,11 @@ test("mixed POST/PUT/DELETE are replayed in order, DELETE parameters in the quer
 });
 
 test("a network error while navigator.onLine is true queues the write with the same key", async () => {
-  const page = await openApp(context, proxy.base);
+  const page = await openApp(w.context, w.proxy.base);
   await inject(page, plainForm("f", "flaky network"));
   // Every direct attempt dies (Chromium itself retries a POST once on a reset
   // keep-alive connection); the client's replay is let through.
-  proxy.rule({
+  w.proxy.rule({
     match: (r) => r.method === "POST" && r.url === "/todos" && !r.headers["x-rhtmx-replay"],
     respond: cut(),
   });
@@ -96,7 +76,7 @@ test("a network error while navigator.onLine is true queues the write with the s
   await eventually(() => rows().length === 1, { what: "the replayed row" });
   await waitPending(page, 0);
   assert.equal((await events(page, "queued")).length, 1);
-  const attempts = proxy.seen((r) => r.method === "POST" && r.url === "/todos");
+  const attempts = w.proxy.seen((r) => r.method === "POST" && r.url === "/todos");
   assert.ok(attempts.length >= 2);
   const key = attempts[0].headers["idempotency-key"];
   assert.ok(key);
@@ -105,16 +85,16 @@ test("a network error while navigator.onLine is true queues the write with the s
 });
 
 test("a lost response is replayed and applied once (the idempotency key)", async () => {
-  const page = await openApp(context, proxy.base);
+  const page = await openApp(w.context, w.proxy.base);
   await inject(page, plainForm("f", "response lost"));
   // The server applies the request, but the browser never hears back.
-  proxy.rule({
+  w.proxy.rule({
     match: (r) => r.method === "POST" && r.url === "/todos" && !r.headers["x-rhtmx-replay"],
     respond: (req, res) => {
       res.writeHead = () => res; // swallow, then cut once the server has answered
       res.end = () => req.socket.destroy();
       res.write = () => true;
-      proxy.forward(req, res);
+      w.proxy.forward(req, res);
       return true;
     },
   });
@@ -123,20 +103,20 @@ test("a lost response is replayed and applied once (the idempotency key)", async
   await waitPending(page, 0);
   assert.equal(rows().length, 1, "exactly one row");
   const last = replays().at(-1);
-  assert.equal(last.headers["idempotency-key"], proxy.seen((r) => r.method === "POST")[0].headers["idempotency-key"]);
+  assert.equal(last.headers["idempotency-key"], w.proxy.seen((r) => r.method === "POST")[0].headers["idempotency-key"]);
 });
 
 test("503 then 200: kept, retried with backoff honouring Retry-After", async () => {
-  const page = await openApp(context, proxy.base);
-  await context.setOffline(true);
+  const page = await openApp(w.context, w.proxy.base);
+  await w.context.setOffline(true);
   await addTodo(page, "retry me");
   await waitPending(page, 1);
-  proxy.rule({
+  w.proxy.rule({
     match: (r) => r.headers["x-rhtmx-replay"] === "1",
     once: true,
     respond: answer(503, "busy", { "Retry-After": "1" }),
   });
-  await context.setOffline(false);
+  await w.context.setOffline(false);
   await waitPending(page, 0);
   const tries = replays();
   assert.equal(tries.length, 2);
@@ -145,12 +125,12 @@ test("503 then 200: kept, retried with backoff honouring Retry-After", async () 
 });
 
 test("422 goes to the dead letters with an event and the queue continues", async () => {
-  const page = await openApp(context, proxy.base);
-  await context.setOffline(true);
+  const page = await openApp(w.context, w.proxy.base);
+  await w.context.setOffline(true);
   await addTodo(page, "   "); // the server refuses a blank title
   await addTodo(page, "fine");
   await waitPending(page, 2);
-  await context.setOffline(false);
+  await w.context.setOffline(false);
   await waitPending(page, 0);
   const rejected = await events(page, "rejected");
   assert.equal(rejected.length, 1);
@@ -166,22 +146,22 @@ test("422 goes to the dead letters with an event and the queue continues", async
 
 test("403 pauses the queue until the token is refreshed, then replays with the new token", async () => {
   let token = "fresh";
-  proxy.rule({
+  w.proxy.rule({
     match: (r) => r.headers["x-rhtmx-replay"] === "1" && r.headers["x-csrf-token"] !== token,
     respond: answer(403, "bad token"),
   });
-  const page = await openApp(context, proxy.base);
+  const page = await openApp(w.context, w.proxy.base);
   await page.evaluate(() => {
     const meta = document.createElement("meta");
     meta.name = "csrf-token";
     meta.content = "stale";
     document.head.append(meta);
   });
-  await context.setOffline(true);
+  await w.context.setOffline(true);
   await addTodo(page, "one");
   await addTodo(page, "two");
   await waitPending(page, 2);
-  await context.setOffline(false);
+  await w.context.setOffline(false);
   await page.waitForFunction(() => window.__events.some((e) => e.name === "auth-required"));
   assert.equal(replays().length, 1, "paused after the first refusal");
   // Nudging the queue with the same token sends nothing.
@@ -197,18 +177,18 @@ test("403 pauses the queue until the token is refreshed, then replays with the n
 });
 
 test("page closed mid-replay and reopened: one row", async () => {
-  const page = await openApp(context, proxy.base);
+  const page = await openApp(w.context, w.proxy.base);
   await inject(page, plainForm("f", "survives a closed tab"));
-  await context.setOffline(true);
+  await w.context.setOffline(true);
   await page.click("#f button");
   await waitPending(page, 1);
   const hold = holder();
-  proxy.rule({ match: (r) => r.headers["x-rhtmx-replay"] === "1", once: true, respond: hold.respond(proxy.forward) });
-  await context.setOffline(false);
+  w.proxy.rule({ match: (r) => r.headers["x-rhtmx-replay"] === "1", once: true, respond: hold.respond(w.proxy.forward) });
+  await w.context.setOffline(false);
   await hold.arrived;
   await page.close(); // mid-replay: the request is in flight
   hold.release(); // ...and reaches the server after all
-  const again = await openApp(context, proxy.base);
+  const again = await openApp(w.context, w.proxy.base);
   await waitPending(again, 0);
   assert.equal(rows().length, 1);
   const keys = new Set(replays().map((r) => r.headers["idempotency-key"]));
@@ -216,24 +196,24 @@ test("page closed mid-replay and reopened: one row", async () => {
 });
 
 test("server killed with SIGKILL mid-replay and restarted: one row each", async () => {
-  const page = await openApp(context, proxy.base);
-  await context.setOffline(true);
+  const page = await openApp(w.context, w.proxy.base);
+  await w.context.setOffline(true);
   for (const title of ["k1", "k2", "k3"]) {
     await inject(page, plainForm("f-" + title, title));
     await page.click(`#f-${title} button`);
   }
   await waitPending(page, 3);
   const hold = holder();
-  proxy.rule({
-    match: (r) => r.headers["x-rhtmx-replay"] === "1" && proxy.seen((x) => x.headers["x-rhtmx-replay"] === "1").length === 2,
+  w.proxy.rule({
+    match: (r) => r.headers["x-rhtmx-replay"] === "1" && w.proxy.seen((x) => x.headers["x-rhtmx-replay"] === "1").length === 2,
     once: true,
-    respond: hold.respond(proxy.forward),
+    respond: hold.respond(w.proxy.forward),
   });
-  await context.setOffline(false);
+  await w.context.setOffline(false);
   await hold.arrived;
-  await server.kill();
-  const restarted = await server.restart();
-  proxy.state.target = restarted.base;
+  await w.server.kill();
+  const restarted = await w.server.restart();
+  w.proxy.state.target = restarted.base;
   hold.release();
   try {
     await waitPending(page, 0);
@@ -244,8 +224,8 @@ test("server killed with SIGKILL mid-replay and restarted: one row each", async 
 });
 
 test("entries past the retention period become dead letters with an event, never silently", async () => {
-  const page = await openApp(context, proxy.base);
-  await context.setOffline(true);
+  const page = await openApp(w.context, w.proxy.base);
+  await w.context.setOffline(true);
   await addTodo(page, "too old");
   await waitPending(page, 1);
   // Age the entry by eight days, straight in IndexedDB (the default retention is seven).
@@ -262,7 +242,7 @@ test("entries past the retention period become dead letters with an event, never
     await new Promise((ok) => (tx.oncomplete = ok));
     db.close();
   });
-  await context.setOffline(false);
+  await w.context.setOffline(false);
   await waitPending(page, 0);
   const rejected = await events(page, "rejected");
   assert.equal(rejected.length, 1);
@@ -273,9 +253,9 @@ test("entries past the retention period become dead letters with an event, never
 });
 
 test("a multipart form with a file is stored with its Blob and replayed intact", async () => {
-  const page = await openApp(context, proxy.base);
+  const page = await openApp(w.context, w.proxy.base);
   let received = null;
-  proxy.rule({
+  w.proxy.rule({
     match: (r) => r.url === "/upload" && r.headers["x-rhtmx-replay"] === "1",
     respond: (req, res) => {
       const chunks = [];
@@ -295,12 +275,12 @@ test("a multipart form with a file is stored with its Blob and replayed intact",
     mimeType: "text/plain",
     buffer: Buffer.from("file contents ✓"),
   });
-  await context.setOffline(true);
+  await w.context.setOffline(true);
   await page.click("#up button");
   await waitPending(page, 1);
   const [entry] = await page.evaluate(() => RhtmxSync.pending());
   assert.equal(entry.encoding, "multipart");
-  await context.setOffline(false);
+  await w.context.setOffline(false);
   await waitPending(page, 0);
   assert.match(received.type, /^multipart\/form-data; boundary=/);
   const text = received.body.toString("utf8");
@@ -310,17 +290,17 @@ test("a multipart form with a file is stored with its Blob and replayed intact",
 });
 
 test("online/offline events fire, and data-rhtmx-offline=\"false\" writes are never queued", async () => {
-  const page = await openApp(context, proxy.base);
+  const page = await openApp(w.context, w.proxy.base);
   await inject(page, `<form id="direct" hx-post="/todos" hx-swap="none" data-rhtmx-offline="false">
       <input name="title" value="direct only"><button>go</button></form>`);
   await page.evaluate(() => document.body.addEventListener("htmx:sendError", () => (window.__sendError = true)));
-  await context.setOffline(true);
+  await w.context.setOffline(true);
   await page.waitForFunction(() => window.__events.some((e) => e.name === "offline"));
   await page.click("#direct button");
   await page.waitForFunction(() => window.__sendError === true);
   assert.equal(await page.evaluate(() => RhtmxSync.pendingCount), 0);
   assert.equal((await events(page, "queued")).length, 0);
-  await context.setOffline(false);
+  await w.context.setOffline(false);
   await page.waitForFunction(() => window.__events.some((e) => e.name === "online"));
   assert.ok(!(await page.evaluate(() => document.documentElement.classList.contains("rhtmx-offline"))));
   assert.deepEqual(rows(), []);

@@ -1,72 +1,51 @@
 // One leader tab per browser owns the event stream and the replay; storage trouble
 // never loses a write.
-import { test, before, after, beforeEach, afterEach } from "node:test";
+import { test } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, launchBrowser, dbTodos, eventually, postForm } from "./harness.js";
-import { startProxy } from "./proxy.js";
+import { freshWorldPerTest, dbTodos, eventually, postForm } from "./harness.js";
 import { openApp, events, addTodo, waitPending } from "./app.js";
 
-let browser;
-let server;
-let proxy;
-let context;
+const w = freshWorldPerTest();
 
-before(async () => {
-  browser = await launchBrowser();
-});
-after(async () => {
-  await browser?.close();
-});
-beforeEach(async () => {
-  server = await startServer();
-  proxy = await startProxy(server.base);
-  context = await browser.newContext();
-});
-afterEach(async () => {
-  await context?.close();
-  await proxy?.close();
-  await server?.stop();
-});
-
-const streams = () => proxy.seen((r) => r.url.startsWith("/api/sync/events"));
+const streams = () => w.proxy.seen((r) => r.url.startsWith("/api/sync/events"));
 const leaders = (pages) => Promise.all(pages.map((p) => p.evaluate(() => RhtmxSync.isLeader)));
 
 test("two tabs: one event stream, one replay, both refresh; the other takes over within 1 s", async () => {
-  const first = await openApp(context, proxy.base);
-  const second = await openApp(context, proxy.base);
-  await eventually(() => proxy.state.openStreams === 1, { what: "one open stream" });
+  const first = await openApp(w.context, w.proxy.base);
+  const second = await openApp(w.context, w.proxy.base);
+  await eventually(() => w.proxy.state.openStreams === 1, { what: "one open stream" });
   assert.deepEqual(await leaders([first, second]), [true, false]);
 
   // Queued in the follower, replayed once by the leader.
-  await context.setOffline(true);
+  await w.context.setOffline(true);
   await addTodo(second, "from the second tab");
   await waitPending(first, 1);
-  await context.setOffline(false);
+  await w.context.setOffline(false);
   await waitPending(second, 0);
-  const replays = proxy.seen((r) => r.headers["x-rhtmx-replay"] === "1");
+  const replays = w.proxy.seen((r) => r.headers["x-rhtmx-replay"] === "1");
   assert.equal(replays.length, 1);
-  assert.equal(dbTodos(server.dbPath).length, 1);
+  assert.equal(dbTodos(w.server.dbPath).length, 1);
   await second.waitForFunction(() => window.__events.some((e) => e.name === "replayed"));
   // Both tabs hear about changes made elsewhere.
-  await postForm(server.base, "/todos", { id: "elsewhere", title: "from another browser" });
+  await postForm(w.server.base, "/todos", { id: "elsewhere", title: "from another browser" });
   for (const page of [first, second]) {
     await page.waitForFunction(() => window.__changes.some((c) => c.id === "elsewhere"));
   }
-  assert.equal(proxy.state.openStreams, 1);
+  assert.equal(w.proxy.state.openStreams, 1);
 
   const closedAt = Date.now();
   await first.close();
   await second.waitForFunction(() => RhtmxSync.isLeader, null, { timeout: 1000 });
   assert.ok(Date.now() - closedAt < 1000);
-  await eventually(() => proxy.state.openStreams === 1, { what: "the new leader's stream" });
-  await postForm(server.base, "/todos", { id: "after-takeover", title: "still live" });
+  await eventually(() => w.proxy.state.openStreams === 1, { what: "the new leader's stream" });
+  await postForm(w.server.base, "/todos", { id: "after-takeover", title: "still live" });
   await second.waitForFunction(() => window.__changes.some((c) => c.id === "after-takeover"));
 });
 
 test("seven tabs open and work without hanging", async () => {
   const pages = [];
-  for (let i = 0; i < 7; i++) pages.push(await openApp(context, proxy.base));
-  await eventually(() => proxy.state.openStreams === 1, { what: "a single stream" });
+  for (let i = 0; i < 7; i++) pages.push(await openApp(w.context, w.proxy.base));
+  await eventually(() => w.proxy.state.openStreams === 1, { what: "a single stream" });
   // Every tab can still talk to the server (the 6-connections-per-host limit is not hit).
   const answers = await Promise.all(pages.map((p) => p.evaluate(() => fetch("/todos").then((r) => r.status))));
   assert.deepEqual(answers, Array(7).fill(200));
@@ -75,17 +54,17 @@ test("seven tabs open and work without hanging", async () => {
 });
 
 test("the mirror follows the server: RhtmxSync.get", async () => {
-  await postForm(server.base, "/todos", { id: "m1", title: "mirrored" });
-  const page = await openApp(context, proxy.base);
+  await postForm(w.server.base, "/todos", { id: "m1", title: "mirrored" });
+  const page = await openApp(w.context, w.proxy.base);
   await page.waitForFunction(async () => (await RhtmxSync.get("todos")).length === 1);
-  await postForm(server.base, "/todos/m1/toggle", { completed: "true" });
+  await postForm(w.server.base, "/todos/m1/toggle", { completed: "true" });
   await page.waitForFunction(async () => (await RhtmxSync.get("todos"))[0]?.completed === true);
-  await fetch(server.base + "/todos/m1", { method: "DELETE" });
+  await fetch(w.server.base + "/todos/m1", { method: "DELETE" });
   await page.waitForFunction(async () => (await RhtmxSync.get("todos")).length === 0);
 });
 
 test("IndexedDB failing: the write goes through to the network, with an event", async () => {
-  const page = await context.newPage();
+  const page = await w.context.newPage();
   await page.addInitScript(() => {
     window.__events = [];
     addEventListener("DOMContentLoaded", () =>
@@ -94,9 +73,9 @@ test("IndexedDB failing: the write goes through to the network, with an event", 
       throw new DOMException("simulated failure", "UnknownError");
     };
   });
-  await page.goto(proxy.base + "/");
+  await page.goto(w.proxy.base + "/");
   await page.waitForFunction(() => window.__events.length > 0);
   await addTodo(page, "without storage");
-  await eventually(() => dbTodos(server.dbPath).length === 1, { what: "the row" });
+  await eventually(() => dbTodos(w.server.dbPath).length === 1, { what: "the row" });
   assert.match((await page.evaluate(() => window.__events))[0].error, /simulated failure/);
 });

@@ -76,6 +76,11 @@ pub fn client() -> reqwest::Client {
         .unwrap()
 }
 
+/// The status of a `GET`.
+pub async fn get_status(url: &str) -> u16 {
+    client().get(url).send().await.unwrap().status().as_u16()
+}
+
 /// Adds a todo through the app's own handler (a plain `sqlx::query!`).
 pub async fn add_todo(server: &Server, id: &str, title: &str) {
     let res = client()
