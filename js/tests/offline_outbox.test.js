@@ -305,3 +305,21 @@ test("online/offline events fire, and data-rhtmx-offline=\"false\" writes are ne
   assert.ok(!(await page.evaluate(() => document.documentElement.classList.contains("rhtmx-offline"))));
   assert.deepEqual(rows(), []);
 });
+
+test("a write carries when the user acted (kept for the replay) and the row version the page showed", async () => {
+  const page = await openApp(w.context, w.proxy.base);
+  await inject(page, `<div data-rhtmx-version="42"><form id="v" hx-post="/todos" hx-swap="none">
+      <input name="title" value="versioned"><button>go</button></form></div>`);
+  await w.context.setOffline(true);
+  const before = await page.evaluate(() => RhtmxSync.hlc());
+  await page.click("#v button");
+  await waitPending(page, 1);
+  const between = await page.evaluate(() => RhtmxSync.hlc());
+  await w.context.setOffline(false);
+  await waitPending(page, 0);
+  const [sent] = replays();
+  assert.equal(sent.headers["x-rhtmx-base-version"], "42");
+  const hlc = sent.headers["x-rhtmx-hlc"];
+  assert.match(hlc, /^\d{15}-\d{5}-[0-9a-f]{16}$/);
+  assert.ok(before < hlc && hlc < between, `${before} < ${hlc} < ${between}: stamped when submitted, not replayed`);
+});

@@ -190,6 +190,7 @@
     // Delivery is at-least-once: anything not newer than what we hold is a duplicate.
     if (lastEventId !== null && id <= lastEventId) return;
     lastEventId = id;
+    observe(change.hlc);
     if (change.version <= (versions[change.entity] || 0)) return;
     versions[change.entity] = change.version;
     queue.push(change);
@@ -482,6 +483,37 @@
     }
   }
 
+  // ---- hybrid logical clock ------------------------------------------------------------------
+  // "When the user acted", comparable with the server's clock: `PPPPPPPPPPPPPPP-CCCCC-NODE`
+  // (15-digit ms, 5-digit counter, 16 hex node), so string order is clock order.
+  const node = [...crypto.getRandomValues(new Uint8Array(8))].map((b) => b.toString(16).padStart(2, "0")).join("");
+  let clockMs = 0;
+  let clockCount = 0;
+  const stamp = () => `${String(clockMs).padStart(15, "0")}-${String(clockCount).padStart(5, "0")}-${node}`;
+  function tick() {
+    const now = Date.now();
+    if (now > clockMs) {
+      clockMs = now;
+      clockCount = 0;
+    } else if (++clockCount > 99999) {
+      clockMs++;
+      clockCount = 0;
+    }
+    return stamp();
+  }
+  /** Moves the clock past a timestamp seen from elsewhere. */
+  function observe(hlc) {
+    const m = /^(\d{15})-(\d{5})-[0-9a-f]{16}$/.exec(hlc || "");
+    if (!m) return;
+    const ms = Number(m[1]);
+    const count = Number(m[2]);
+    if (ms > Date.now() + 864e5) return; // absurdly far ahead: ignore, as the server does
+    if (ms > clockMs || (ms === clockMs && count > clockCount)) {
+      clockMs = ms;
+      clockCount = count;
+    }
+  }
+
   // ---- htmx integration --------------------------------------------------------------------
   const verbOf = (detail) => String((detail.requestConfig || detail).verb || "").toUpperCase();
   const optedOut = (elt) => elt && elt.closest && elt.closest('[data-rhtmx-offline="false"]');
@@ -509,6 +541,11 @@
     // One key per user action, created before the first attempt, reused on replay.
     e.detail.headers["Idempotency-Key"] ||= crypto.randomUUID();
     if (clientId) e.detail.headers["X-Rhtmx-Client-Id"] = clientId;
+    // When the user acted (kept for a replay), and the row version the page showed, so
+    // the server can merge a late write field by field instead of by arrival.
+    e.detail.headers["X-Rhtmx-Hlc"] ||= tick();
+    const versioned = e.detail.elt && e.detail.elt.closest && e.detail.elt.closest("[data-rhtmx-version]");
+    if (versioned) e.detail.headers["X-Rhtmx-Base-Version"] = versioned.getAttribute("data-rhtmx-version");
   });
 
   document.addEventListener("htmx:beforeRequest", (e) => {
@@ -645,6 +682,8 @@
     get source() { return source; },
     get pendingCount() { return pendingCount; },
     uuid,
+    /** A fresh hybrid-logical-clock timestamp (for app code that writes by fetch). */
+    hlc: tick,
     /** The mirrored rows of an entity (tombstones left out). */
     async get(entity) { return (await all(entity)).filter((r) => !r._deleted); },
     /** The queued requests, oldest first. */
