@@ -11,7 +11,7 @@ use syn::{Attribute, Error, Expr, ExprLit, Lit, LitBool, LitStr, Path, Token};
 use crate::errors::Errors;
 
 /// The keys `#[sync(...)]` takes on the struct.
-const CONTAINER_KEYS: [&str; 4] = ["table", "id", "strategy", "offline_writes"];
+const CONTAINER_KEYS: [&str; 5] = ["table", "id", "strategy", "offline_writes", "delete_wins"];
 
 /// The struct's `#[sync(...)]` keys; `None` for a key not given (or given a bad value).
 #[derive(Default)]
@@ -24,6 +24,8 @@ pub(crate) struct Container {
     pub(crate) strategy: Option<StrategyAttr>,
     /// `offline_writes = ...`.
     pub(crate) offline_writes: Option<bool>,
+    /// `delete_wins = ...`.
+    pub(crate) delete_wins: Option<bool>,
 }
 
 /// A field's attributes as far as syncing cares.
@@ -48,7 +50,6 @@ pub(crate) struct StrategyAttr {
 
 /// A conflict strategy: the variant of `rhtmx_sync::SyncStrategy` to expand to.
 #[derive(Clone, Copy, Default)]
-#[expect(clippy::enum_variant_names, reason = "the variants of `SyncStrategy`")]
 pub(crate) enum Strategy {
     /// `LastWriteWins` or `"last-write-wins"`.
     #[default]
@@ -57,14 +58,17 @@ pub(crate) enum Strategy {
     ClientWins,
     /// `ServerWins` or `"server-wins"`.
     ServerWins,
+    /// `Custom` or `"custom"`: the resolver registered on the engine decides.
+    Custom,
 }
 
 impl Strategy {
     /// Every strategy.
-    const ALL: [Strategy; 3] = [
+    const ALL: [Strategy; 4] = [
         Strategy::LastWriteWins,
         Strategy::ClientWins,
         Strategy::ServerWins,
+        Strategy::Custom,
     ];
 
     /// The variant name, as in `SyncStrategy::LastWriteWins`.
@@ -73,6 +77,7 @@ impl Strategy {
             Strategy::LastWriteWins => "LastWriteWins",
             Strategy::ClientWins => "ClientWins",
             Strategy::ServerWins => "ServerWins",
+            Strategy::Custom => "Custom",
         }
     }
 
@@ -82,13 +87,14 @@ impl Strategy {
             Strategy::LastWriteWins => "last-write-wins",
             Strategy::ClientWins => "client-wins",
             Strategy::ServerWins => "server-wins",
+            Strategy::Custom => "custom",
         }
     }
 
-    /// The strategies, each shown by `show`, as a list for messages: "a, b or c".
+    /// The strategies, each shown by `show`, as a list for messages: "a, b, c or d".
     fn list(show: impl Fn(Strategy) -> String) -> String {
-        let [a, b, c] = Self::ALL.map(show);
-        format!("{a}, {b} or {c}")
+        let [a, b, c, d] = Self::ALL.map(show);
+        format!("{a}, {b}, {c} or {d}")
     }
 }
 
@@ -128,6 +134,7 @@ impl Container {
             "table" => r#"table = "todos""#,
             "id" => r#"id = "id""#,
             "strategy" => "strategy = LastWriteWins",
+            "delete_wins" => "delete_wins = true",
             _ => "offline_writes = true",
         };
         if !meta.input.peek(Token![=]) {
@@ -140,18 +147,8 @@ impl Container {
             "table" => self.table = Some(non_empty_str(value, "table name", example)?),
             "id" => self.id = Some(non_empty_str(value, "id column", example)?),
             "strategy" => self.strategy = Some(strategy(value)?),
-            _ => match value {
-                Expr::Lit(ExprLit {
-                    lit: Lit::Bool(LitBool { value, .. }),
-                    ..
-                }) => {
-                    self.offline_writes = Some(*value);
-                }
-                _ => {
-                    let msg = "expected `true` or `false`";
-                    return Err(Error::new_spanned(value, msg));
-                }
-            },
+            "delete_wins" => self.delete_wins = Some(boolean(value)?),
+            _ => self.offline_writes = Some(boolean(value)?),
         }
         Ok(())
     }
@@ -247,6 +244,17 @@ fn non_empty_str(value: &Expr, what: &str, example: &str) -> syn::Result<LitStr>
             let msg = format!("expected a string literal: `{example}`");
             Err(Error::new_spanned(value, msg))
         }
+    }
+}
+
+/// A `true` or `false` literal.
+fn boolean(value: &Expr) -> syn::Result<bool> {
+    match value {
+        Expr::Lit(ExprLit {
+            lit: Lit::Bool(LitBool { value, .. }),
+            ..
+        }) => Ok(*value),
+        _ => Err(Error::new_spanned(value, "expected `true` or `false`")),
     }
 }
 

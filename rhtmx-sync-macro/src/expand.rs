@@ -23,6 +23,7 @@ fn try_expand(input: &DeriveInput) -> syn::Result<TokenStream> {
         columns,
         strategy,
         offline_writes,
+        delete_wins,
     } = valid::check(input)?;
     let strategy = match strategy.path {
         Some(path) => quote!(#path),
@@ -39,6 +40,7 @@ fn try_expand(input: &DeriveInput) -> syn::Result<TokenStream> {
             const COLUMNS: &'static [&'static str] = &[#(#columns),*];
             const STRATEGY: ::rhtmx_sync::SyncStrategy = #strategy;
             const OFFLINE_WRITES: bool = #offline_writes;
+            const DELETE_WINS: bool = #delete_wins;
         },
     ))
 }

@@ -8,7 +8,7 @@ it implements; the expansion names `::rhtmx_sync`, so this crate is no use on it
 use rhtmx_sync::Syncable;
 
 #[derive(Syncable)]
-#[sync(table = "todos", strategy = LastWriteWins, offline_writes = true)]
+#[sync(table = "todos", strategy = LastWriteWins, offline_writes = true, delete_wins = true)]
 struct Todo {
     id: String,
     title: String,
@@ -34,9 +34,9 @@ use syn::{parse_macro_input, DeriveInput};
 
 /// Implements `rhtmx_sync::Syncable` for a struct with named fields.
 ///
-/// On the struct, `#[sync(table = "...", id = "...", strategy = ..., offline_writes = ...)]`,
-/// every key optional and the keys free to be split across several `#[sync(...)]`
-/// attributes. On a field, `#[sync(skip)]` leaves it out of the synced columns, and
+/// On the struct, `#[sync(table = "...", id = "...", strategy = ..., offline_writes = ...,
+/// delete_wins = ...)]`, every key optional and the keys free to be split across several
+/// `#[sync(...)]` attributes. On a field, `#[sync(skip)]` leaves it out of the synced columns, and
 /// `#[sqlx(rename = "...")]` (sqlx's own attribute, every other sqlx key ignored) names its
 /// column. `sqlx` is registered as a helper too, as both of serde's derives register
 /// `serde`, so the rename can be read with or without `sqlx::FromRow` next to it.

@@ -23,6 +23,8 @@ pub(crate) struct Model {
     pub(crate) strategy: StrategyAttr,
     /// `Syncable::OFFLINE_WRITES`.
     pub(crate) offline_writes: bool,
+    /// `Syncable::DELETE_WINS`.
+    pub(crate) delete_wins: bool,
 }
 
 /// A named field with its column name and its attributes.
@@ -84,6 +86,7 @@ pub(crate) fn check(input: &DeriveInput) -> syn::Result<Model> {
         table,
         strategy,
         offline_writes,
+        delete_wins,
         ..
     } = container;
     let table = table.map_or_else(
@@ -100,6 +103,7 @@ pub(crate) fn check(input: &DeriveInput) -> syn::Result<Model> {
             .collect(),
         strategy: strategy.unwrap_or_default(),
         offline_writes: offline_writes.unwrap_or(true),
+        delete_wins: delete_wins.unwrap_or(true),
     })
 }
 

@@ -83,6 +83,17 @@ pub(crate) fn triggers(entity: &Entity) -> [(String, String); 3] {
     ]
 }
 
+/// A query reading one row (bind its key) as the JSON the triggers log for it, so the
+/// merge compares values exactly as the log encodes them.
+pub(crate) fn row_select(entity: &Entity) -> String {
+    format!(
+        "SELECT {} FROM {} AS _row WHERE _row.{} = ?",
+        row_json(entity, "_row"),
+        quote_ident(&entity.table),
+        quote_ident(&entity.id)
+    )
+}
+
 /// The JSON object of a row as clients see it (booleans as `true`/`false`, JSON columns
 /// inlined, blobs as hex so a stray blob can never make the app's write fail).
 fn row_json(entity: &Entity, row: &str) -> String {

@@ -10,8 +10,10 @@ use tracing::Instrument;
 
 use crate::broadcast::{self, Hub};
 use crate::capture;
+use crate::conflict::{ConflictResolver, SharedResolver};
 use crate::entity::{Entity, EntitySpec};
 use crate::error::{Error, Result};
+use crate::hlc::{HlcClock, DEFAULT_MAX_DRIFT};
 use crate::log;
 use crate::syncable::{SyncStrategy, Syncable};
 
@@ -61,6 +63,7 @@ pub(crate) struct Options {
     pub event_buffer: usize,
     pub default_pull_limit: i64,
     pub max_pull_limit: i64,
+    pub max_clock_drift: Duration,
 }
 
 impl Default for Options {
@@ -74,6 +77,7 @@ impl Default for Options {
             event_buffer: 4096,
             default_pull_limit: 1000,
             max_pull_limit: 10_000,
+            max_clock_drift: DEFAULT_MAX_DRIFT,
         }
     }
 }
@@ -94,6 +98,7 @@ pub(crate) struct Inner {
     pub entities: Arc<Entities>,
     pub hub: Arc<Hub>,
     pub options: Options,
+    pub clock: HlcClock,
     tailer: JoinHandle<()>,
 }
 
@@ -139,6 +144,7 @@ impl SyncEngine {
         SyncEngineBuilder {
             pool: db_pool,
             specs: Vec::new(),
+            overrides: Vec::new(),
             options: Options::default(),
         }
     }
@@ -157,6 +163,12 @@ impl SyncEngine {
     /// The pool the engine writes through.
     pub fn pool(&self) -> &SqlitePool {
         &self.inner.pool
+    }
+
+    /// The engine's hybrid logical clock: it stamps the changes a client sent without an
+    /// HLC and merges every HLC it receives. Its node id is random per engine.
+    pub fn clock(&self) -> &HlcClock {
+        &self.inner.clock
     }
 
     /// The highest change version committed so far.
@@ -179,7 +191,17 @@ impl SyncEngine {
 pub struct SyncEngineBuilder {
     pool: SqlitePool,
     specs: Vec<EntitySpec>,
+    /// Per-entity conflict settings, applied to the registrations at build time.
+    overrides: Vec<(String, Override)>,
     options: Options,
+}
+
+/// A per-entity conflict setting given on the builder.
+#[derive(Debug)]
+enum Override {
+    Strategy(SyncStrategy),
+    Resolver(SharedResolver),
+    DeleteWins(bool),
 }
 
 /// Route segments the engine uses itself, so no entity may be named after them.
@@ -194,6 +216,8 @@ impl SyncEngineBuilder {
             id: Some(T::ID.to_owned()),
             columns: Some(T::COLUMNS.iter().map(|c| (*c).to_owned()).collect()),
             strategy: T::STRATEGY,
+            delete_wins: T::DELETE_WINS,
+            resolver: None,
             offline_writes: T::OFFLINE_WRITES,
         });
         self
@@ -206,8 +230,62 @@ impl SyncEngineBuilder {
             id: None,
             columns: None,
             strategy: SyncStrategy::default(),
+            delete_wins: true,
+            resolver: None,
             offline_writes: true,
         });
+        self
+    }
+
+    /// How fields changed both by a client and on the server are resolved for `entity`
+    /// (default: the derive's `strategy`, else [`SyncStrategy::LastWriteWins`]).
+    pub fn strategy(mut self, entity: impl Into<String>, strategy: SyncStrategy) -> Self {
+        self.overrides
+            .push((entity.into(), Override::Strategy(strategy)));
+        self
+    }
+
+    /// Resolves `entity`'s conflicts with `resolver` ([`SyncStrategy::Custom`]).
+    ///
+    /// ```no_run
+    /// # async fn run(pool: sqlx::SqlitePool) -> rhtmx_sync::Result<()> {
+    /// use rhtmx_sync::conflict::FieldConflict;
+    /// use serde_json::{json, Value};
+    ///
+    /// // Concurrent edits of a text field keep both versions.
+    /// let keep_both = |c: &FieldConflict<'_>| match (c.server, c.client) {
+    ///     (Value::String(s), Value::String(k)) => json!(format!("{s}\n{k}")),
+    ///     _ => c.client.clone(),
+    /// };
+    /// let engine = rhtmx_sync::SyncEngine::builder(pool)
+    ///     .entity_named("notes")
+    ///     .resolver("notes", keep_both)
+    ///     .build()
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn resolver(mut self, entity: impl Into<String>, resolver: impl ConflictResolver) -> Self {
+        let resolver = SharedResolver(Arc::new(resolver));
+        self.overrides
+            .push((entity.into(), Override::Resolver(resolver)));
+        self
+    }
+
+    /// Whether a delete of `entity` beats an update made concurrently with it (default:
+    /// the derive's `delete_wins`, else `true`). With `false` the later of the two by
+    /// HLC wins, and an update newer than the delete restores the row.
+    pub fn delete_wins(mut self, entity: impl Into<String>, delete_wins: bool) -> Self {
+        self.overrides
+            .push((entity.into(), Override::DeleteWins(delete_wins)));
+        self
+    }
+
+    /// How far ahead of the server's clock a client's HLC may be (default 24 h); a
+    /// change with one further ahead is refused with 422, so that one client with a
+    /// wrong clock cannot drag the server's clock, and every later write, into the
+    /// future.
+    pub fn max_clock_drift(mut self, drift: Duration) -> Self {
+        self.options.max_clock_drift = drift;
         self
     }
 
@@ -264,8 +342,31 @@ impl SyncEngineBuilder {
         let mut conn = SqliteConnection::connect_with(&options).await?;
         log::migrate(&mut conn).await?;
         crate::idempotency::migrate(&mut conn).await?;
-        let mut entities: Vec<Entity> = Vec::with_capacity(self.specs.len());
-        for spec in self.specs {
+        let mut specs = self.specs;
+        for (name, setting) in self.overrides {
+            let Some(spec) = specs.iter_mut().find(|s| s.table == name) else {
+                return Err(Error::Config(format!(
+                    "conflict settings were given for `{name}`, which is not registered"
+                )));
+            };
+            match setting {
+                Override::Strategy(strategy) => spec.strategy = strategy,
+                Override::Resolver(resolver) => {
+                    spec.strategy = SyncStrategy::Custom;
+                    spec.resolver = Some(resolver);
+                }
+                Override::DeleteWins(wins) => spec.delete_wins = wins,
+            }
+        }
+        let mut entities: Vec<Entity> = Vec::with_capacity(specs.len());
+        for spec in specs {
+            if spec.strategy == SyncStrategy::Custom && spec.resolver.is_none() {
+                return Err(Error::Config(format!(
+                    "`{}` uses SyncStrategy::Custom but has no resolver; register one with \
+                     SyncEngineBuilder::resolver",
+                    spec.table
+                )));
+            }
             if RESERVED.contains(&spec.table.as_str()) {
                 return Err(Error::Config(format!(
                     "an entity cannot be named `{}`: the route is taken by the engine",
@@ -295,12 +396,14 @@ impl SyncEngineBuilder {
             )
             .instrument(tracing::info_span!("rhtmx_sync_broadcaster")),
         );
+        let clock = HlcClock::new().max_drift(self.options.max_clock_drift);
         Ok(SyncEngine {
             inner: Arc::new(Inner {
                 pool: self.pool,
                 entities,
                 hub,
                 options: self.options,
+                clock,
                 tailer,
             }),
         })

@@ -3,6 +3,7 @@
 //!
 //! Table and column names reach SQL only from here (the registered whitelist), quoted.
 
+use crate::conflict::{Policy, SharedResolver};
 use crate::error::{Error, Result};
 use crate::syncable::SyncStrategy;
 
@@ -66,8 +67,11 @@ pub(crate) struct Entity {
     pub id: String,
     /// Synced columns in order, the id included.
     pub columns: Vec<Column>,
-    #[allow(dead_code)] // read by conflict resolution
     pub strategy: SyncStrategy,
+    /// Whether a delete beats a concurrent update.
+    pub delete_wins: bool,
+    /// The resolver of [`SyncStrategy::Custom`].
+    pub resolver: Option<SharedResolver>,
     #[allow(dead_code)] // read by the browser client's configuration
     pub offline_writes: bool,
 }
@@ -81,6 +85,8 @@ pub(crate) struct EntitySpec {
     /// `None`: every column of the table.
     pub columns: Option<Vec<String>>,
     pub strategy: SyncStrategy,
+    pub delete_wins: bool,
+    pub resolver: Option<SharedResolver>,
     pub offline_writes: bool,
 }
 
@@ -175,8 +181,19 @@ impl Entity {
             id,
             columns,
             strategy: spec.strategy,
+            delete_wins: spec.delete_wins,
+            resolver: spec.resolver,
             offline_writes: spec.offline_writes,
         })
+    }
+
+    /// How the entity resolves conflicts.
+    pub(crate) fn policy(&self) -> Policy<'_> {
+        Policy {
+            strategy: self.strategy,
+            resolver: self.resolver.as_ref().map(|r| &*r.0),
+            delete_wins: self.delete_wins,
+        }
     }
 
     pub(crate) fn column(&self, name: &str) -> Option<&Column> {
@@ -257,6 +274,22 @@ pub(crate) fn convert(column: &Column, value: &serde_json::Value) -> Result<SqlV
     })
 }
 
+/// The JSON a value gets in the change log (as the capture triggers encode it), so that
+/// a client's value compares equal to the same value read back from the table.
+pub(crate) fn normalize(column: &Column, value: &SqlValue) -> serde_json::Value {
+    use serde_json::Value as J;
+    match (column.kind, value) {
+        (_, SqlValue::Null) => J::Null,
+        (ColumnKind::Bool, SqlValue::Int(i)) => J::Bool(*i != 0),
+        (ColumnKind::Json, SqlValue::Text(s)) => {
+            serde_json::from_str(s).unwrap_or_else(|_| J::String(s.clone()))
+        }
+        (_, SqlValue::Int(i)) => (*i).into(),
+        (_, SqlValue::Real(f)) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
+        (_, SqlValue::Text(s)) => J::String(s.clone()),
+    }
+}
+
 fn kind_of(v: &serde_json::Value) -> &'static str {
     use serde_json::Value as J;
     match v {
@@ -314,6 +347,19 @@ mod tests {
             convert(&j, &json!({"a": 1})).unwrap(),
             SqlValue::Text("{\"a\":1}".into())
         );
+    }
+
+    #[test]
+    fn normalized_values_match_the_logs_encoding() {
+        let b = col(ColumnKind::Bool, false);
+        assert_eq!(normalize(&b, &convert(&b, &json!(1)).unwrap()), json!(true));
+        let j = col(ColumnKind::Json, false);
+        let v = json!({"a": [1, 2]});
+        assert_eq!(normalize(&j, &convert(&j, &v).unwrap()), v);
+        let r = col(ColumnKind::Real, false);
+        assert_eq!(normalize(&r, &convert(&r, &json!(2)).unwrap()), json!(2.0));
+        let t = col(ColumnKind::Text, false);
+        assert_eq!(normalize(&t, &SqlValue::Null), json!(null));
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum Error {
     /// engine is built, never from a request).
     #[error("sync configuration error: {0}")]
     Config(String),
+    /// A [`ConflictResolver`](crate::ConflictResolver) returned a value its column
+    /// cannot hold (500; the write is rolled back).
+    #[error("conflict resolver: {0}")]
+    Resolver(String),
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -49,7 +53,9 @@ impl Error {
             Error::UnknownEntity(_) => StatusCode::NOT_FOUND,
             Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::Config(_) | Error::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Config(_) | Error::Resolver(_) | Error::Database(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

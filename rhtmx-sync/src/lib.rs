@@ -3,27 +3,39 @@
 
 extern crate self as rhtmx_sync;
 
+mod apply;
 mod broadcast;
 mod capture;
+pub mod conflict;
 mod engine;
 mod entity;
 mod error;
+pub mod hlc;
 mod http;
 mod idempotency;
 mod log;
 mod syncable;
 mod wire;
+mod write;
 
+#[doc(inline)]
+pub use self::conflict::{Conflict, ConflictResolver};
 #[doc(inline)]
 pub use self::engine::{SyncConfig, SyncEngine, SyncEngineBuilder};
 #[doc(inline)]
 pub use self::error::{Error, Result};
+#[doc(inline)]
+pub use self::hlc::{Hlc, HlcClock};
 #[doc(inline)]
 pub use self::idempotency::{Idempotency, IdempotencyLayer};
 #[doc(inline)]
 pub use self::syncable::{SyncStrategy, Syncable};
 #[doc(inline)]
 pub use self::wire::Action;
+#[doc(inline)]
+pub use self::write::{
+    SyncContext, WriteOutcome, Writer, BASE_VERSION_HEADER, CLIENT_ID_HEADER, HLC_HEADER,
+};
 
 /// Derives [`Syncable`] for a sqlx model; see the trait for the attributes.
 pub use rhtmx_sync_macro::Syncable;

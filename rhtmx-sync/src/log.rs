@@ -4,6 +4,18 @@
 //! reused (even after compaction deletes rows), and — because SQLite has one writer at a
 //! time — committed in the order it is assigned, so "everything after version N" is a
 //! well-defined, gap-free cursor.
+//!
+//! Every entry has an HLC ([`crate::hlc`]). The push API and
+//! [`SyncEngine::write`](crate::SyncEngine::write) stamp theirs with the client's (or the
+//! server clock's) when they write. Entries written by the app's own SQL come from the
+//! capture triggers, which cannot reach the engine's clock, so their `hlc` is `NULL`;
+//! their *effective* HLC is derived from `created_at` (the database's clock when the
+//! row was written, to the millisecond) with counter 0 and the reserved node
+//! `0000000000000000` ([`EFFECTIVE_HLC`]). That is deterministic (every reader, in every
+//! process, derives the same value), needs no second write after the app's
+//! transaction, and is honest: it is when the server applied the change, which for a
+//! plain handler is when its user acted. The node sorts below every real node, so such
+//! a write loses a tie in the same millisecond to a client's.
 
 use crate::error::Result;
 use sqlx::SqliteConnection;
@@ -11,8 +23,8 @@ use sqlx::SqliteConnection;
 /// The change log table.
 pub(crate) const LOG_TABLE: &str = "_rhtmx_sync_log";
 
-/// The version of the engine's own tables, for future migrations.
-const SCHEMA_VERSION: i64 = 1;
+/// The version of the engine's own tables: 2 added `conflict`.
+const SCHEMA_VERSION: i64 = 2;
 
 const DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
@@ -24,7 +36,8 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
     changed    TEXT,
     client_id  TEXT,
     hlc        TEXT,
-    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+    conflict   TEXT
 );
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_entity ON _rhtmx_sync_log (entity, version);
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_row ON _rhtmx_sync_log (entity, entity_id, version);
@@ -38,13 +51,47 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_meta (
 pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     sqlx::raw_sql(DDL).execute(&mut *tx).await?;
-    sqlx::query("INSERT OR IGNORE INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', ?)")
-        .bind(SCHEMA_VERSION.to_string())
-        .execute(&mut *tx)
-        .await?;
+    // Schema 1 logs lack `conflict`. Another process may add it first: a duplicate
+    // column is then fine.
+    let has_conflict: bool = sqlx::query_scalar(
+        "SELECT count(*) > 0 FROM pragma_table_info('_rhtmx_sync_log') WHERE name = 'conflict'",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if !has_conflict {
+        if let Err(e) = sqlx::query("ALTER TABLE _rhtmx_sync_log ADD COLUMN conflict TEXT")
+            .execute(&mut *tx)
+            .await
+        {
+            if !e.to_string().contains("duplicate column") {
+                return Err(e.into());
+            }
+        }
+    }
+    sqlx::query(
+        "INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', ?1) \
+         ON CONFLICT (key) DO UPDATE SET value = ?1 WHERE CAST(value AS INTEGER) < ?1",
+    )
+    .bind(SCHEMA_VERSION.to_string())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(())
 }
+
+// The SQL of `EFFECTIVE_HLC`, a macro so that `ROW_COLUMNS` can `concat!` it.
+macro_rules! effective_hlc {
+    () => {
+        "COALESCE(hlc, printf('%015d-00000-0000000000000000', \
+         CAST(strftime('%s', created_at) AS INTEGER) * 1000 \
+         + CAST(substr(created_at, 21, 3) AS INTEGER)))"
+    };
+}
+/// The effective HLC of a log entry as SQL: its `hlc`, or for an entry written by the
+/// app's own SQL, its `created_at` in milliseconds with counter 0 and node 0 (see the
+/// module docs). `created_at` is `YYYY-MM-DDTHH:MM:SS.sssZ`, so the milliseconds are
+/// characters 21–23.
+pub(crate) const EFFECTIVE_HLC: &str = effective_hlc!();
 
 /// One log entry as stored.
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -56,10 +103,18 @@ pub(crate) struct LogRow {
     pub data: Option<String>,
     pub changed: Option<String>,
     pub client_id: Option<String>,
+    /// The effective HLC ([`EFFECTIVE_HLC`]).
+    pub hlc: Option<String>,
+    /// The conflict this entry resolved, as JSON.
+    pub conflict: Option<String>,
 }
 
 /// The columns of [`LogRow`], for `SELECT`s.
-pub(crate) const ROW_COLUMNS: &str = "version, entity, entity_id, action, data, changed, client_id";
+pub(crate) const ROW_COLUMNS: &str = concat!(
+    "version, entity, entity_id, action, data, changed, client_id, ",
+    effective_hlc!(),
+    " AS hlc, conflict"
+);
 
 /// The highest version ever assigned (0 for an empty log); survives compaction.
 pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<i64> {
@@ -93,4 +148,83 @@ pub(crate) async fn read_after(
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::Connection;
+
+    #[tokio::test]
+    async fn the_effective_hlc_of_an_app_write_comes_from_created_at() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        migrate(&mut conn).await.unwrap();
+        sqlx::query(
+            "INSERT INTO _rhtmx_sync_log (entity, entity_id, action, created_at) \
+             VALUES ('t', '1', 'delete', '2024-11-23T06:10:00.123Z')",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        sqlx::query(
+            "INSERT INTO _rhtmx_sync_log (entity, entity_id, action, hlc) \
+             VALUES ('t', '2', 'delete', '001732345678901-00042-9f86d081884c7d65')",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let hlcs: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT {EFFECTIVE_HLC} FROM {LOG_TABLE} ORDER BY version"
+        ))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        // 2024-11-23T06:10:00Z is 1732342200 s after the epoch.
+        assert_eq!(
+            hlcs,
+            [
+                "001732342200123-00000-0000000000000000",
+                "001732345678901-00042-9f86d081884c7d65"
+            ]
+        );
+        let rows = read_after(&mut conn, 0, 10).await.unwrap();
+        assert_eq!(rows[0].hlc.as_deref(), Some(hlcs[0].as_str()));
+        for h in &hlcs {
+            h.parse::<crate::hlc::Hlc>().unwrap();
+        }
+        // The default `created_at` has the shape the expression reads.
+        sqlx::query(
+            "INSERT INTO _rhtmx_sync_log (entity, entity_id, action) VALUES ('t', '3', 'delete')",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let now: String = sqlx::query_scalar(&format!(
+            "SELECT {EFFECTIVE_HLC} FROM {LOG_TABLE} WHERE entity_id = '3'"
+        ))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        let now: crate::hlc::Hlc = now.parse().unwrap();
+        let wall = crate::hlc::system_ms();
+        assert!(now.physical_ms().abs_diff(wall) < 60_000, "{now} vs {wall}");
+    }
+
+    #[tokio::test]
+    async fn a_schema_1_log_gains_the_conflict_column() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        sqlx::raw_sql(&DDL.replace(",\n    conflict   TEXT", ""))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        migrate(&mut conn).await.unwrap();
+        migrate(&mut conn).await.unwrap();
+        let version: String =
+            sqlx::query_scalar("SELECT value FROM _rhtmx_sync_meta WHERE key = 'schema_version'")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+        assert_eq!(version, "2");
+        assert!(read_after(&mut conn, 0, 1).await.unwrap().is_empty());
+    }
 }

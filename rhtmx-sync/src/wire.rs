@@ -53,6 +53,13 @@ pub(crate) struct WireChange<'a> {
     /// The client that pushed the change, when it came through the push API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<&'a str>,
+    /// When the change's user acted (for the app's own SQL writes: when it was written).
+    /// Clients observe it so that their next HLC is later.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hlc: Option<&'a str>,
+    /// The conflict this change resolved, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conflict: Option<&'a RawValue>,
 }
 
 /// Renders a log row; `with_entity` adds the entity name (event stream).
@@ -63,6 +70,7 @@ pub(crate) fn encode(entity: &Entity, row: &LogRow, with_entity: bool) -> String
     };
     let data = raw(&row.data);
     let changed = raw(&row.changed);
+    let conflict = raw(&row.conflict);
     let change = WireChange {
         entity: with_entity.then_some(row.entity.as_str()),
         id: entity.wire_id(&row.entity_id),
@@ -71,6 +79,8 @@ pub(crate) fn encode(entity: &Entity, row: &LogRow, with_entity: bool) -> String
         version: row.version,
         changed: changed.as_deref(),
         client_id: row.client_id.as_deref(),
+        hlc: row.hlc.as_deref(),
+        conflict: conflict.as_deref(),
     };
     serde_json::to_string(&change).expect("a change always serializes")
 }
@@ -93,10 +103,13 @@ pub(crate) struct PushChange {
     pub action: Action,
     #[serde(default)]
     pub data: Option<serde_json::Map<String, Value>>,
-    /// The version of the row the client last saw (used by conflict resolution).
+    /// The version of the row the client last saw: the base of the three-way merge.
+    /// Absent: a plain last-arrival write.
     #[serde(default)]
-    #[allow(dead_code)]
     pub client_version: Option<i64>,
+    /// When the user acted ([`Hlc`](crate::Hlc) string); absent: the server's clock.
+    #[serde(default)]
+    pub hlc: Option<String>,
 }
 
 /// The answer to a push.
@@ -105,15 +118,21 @@ pub(crate) struct PushResponse {
     /// The log's head after the push.
     pub version: i64,
     /// Changes that were not applied as sent, and why.
-    pub conflicts: Vec<Conflict>,
-    /// The ids of the changes applied.
+    pub conflicts: Vec<PushConflict>,
+    /// The ids of the changes applied (merged, possibly losing some fields).
     pub applied: Vec<Value>,
 }
 
 /// A change the server did not apply as sent.
 #[derive(Debug, Serialize)]
-pub(crate) struct Conflict {
-    pub id: Value,
-    pub action: Action,
-    pub reason: &'static str,
+#[serde(untagged)]
+pub(crate) enum PushConflict {
+    /// An update of a row that does not exist: `{"id", "action", "reason": "not_found"}`.
+    NotFound {
+        id: Value,
+        action: Action,
+        reason: &'static str,
+    },
+    /// A resolved conflict.
+    Resolved(Box<crate::conflict::Conflict>),
 }

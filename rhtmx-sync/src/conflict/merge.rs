@@ -77,12 +77,12 @@ impl Entry {
     }
 }
 
-/// The delete that removed a row which is absent now.
+/// The deletes of a row which is absent now: the log entries after its last live one.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tombstone {
-    /// The version of that delete.
+    /// The version of the delete that removed the row.
     pub version: i64,
-    /// Its HLC.
+    /// The latest HLC among the deletes since: when the row was last deleted.
     pub hlc: Hlc,
     /// The row just before it (without the key), if the log still has it.
     pub last_row: Option<Row>,
@@ -96,7 +96,7 @@ pub struct History {
     pub since_base: Vec<Entry>,
     /// The row at the change's base version, for custom resolvers.
     pub base_row: Option<Row>,
-    /// The delete that removed the row, when the row is absent.
+    /// The row's deletes, when the row is absent.
     pub tombstone: Option<Tombstone>,
     /// Whether an entry of this row already has the change's HLC: the change was
     /// applied before and this is a replay.
@@ -132,12 +132,12 @@ impl History {
         let tombstone = if exists {
             None
         } else {
-            // The first delete after the last entry that left the row in place.
+            // The deletes after the last entry that left the row in place.
             let live = log.iter().rposition(|e| e.action != Action::Delete);
-            let after = live.map_or(0, |i| i + 1);
-            log.get(after).map(|delete| Tombstone {
-                version: delete.version,
-                hlc: delete.hlc,
+            let deletes = &log[live.map_or(0, |i| i + 1)..];
+            deletes.first().map(|first| Tombstone {
+                version: first.version,
+                hlc: deletes.iter().map(|e| e.hlc).max().unwrap_or(first.hlc),
                 last_row: live.and_then(|i| log[i].data.clone()),
             })
         };
@@ -193,8 +193,8 @@ pub enum Write {
     Update(Row),
     /// Delete the row.
     Delete,
-    /// The row is absent and never logged: record a delete anyway, so that a create
-    /// that happened before it but arrives later cannot bring the row back.
+    /// The row is already absent: record the delete anyway, so that a create or an
+    /// update that happened before it but arrives later cannot bring the row back.
     Tombstone,
     /// Re-insert a deleted row with these fields (an update newer than the delete, when
     /// deletes do not always win).
@@ -270,7 +270,13 @@ pub fn merge(
         }
         (Action::Update, Some(row)) => merge_fields(change, row, history, policy),
         (Action::Delete, None) => {
-            if history.tombstone.is_none() && change.base.is_some() {
+            // Recorded when it moves the tombstone's time on, so that a create or an
+            // update older than this delete cannot bring the row back.
+            let newer = history
+                .tombstone
+                .as_ref()
+                .is_none_or(|t| change.hlc > t.hlc);
+            if newer && change.base.is_some() {
                 Decision::new(Status::Applied, Write::Tombstone)
             } else {
                 Decision::new(Status::Applied, Write::Nothing)
@@ -542,7 +548,11 @@ fn delete_present(change: &Change, row: &Row, history: &History, policy: &Policy
             (field.to_owned(), report)
         })
         .collect();
-    let write = if deletes { Write::Delete } else { Write::Nothing };
+    let write = if deletes {
+        Write::Delete
+    } else {
+        Write::Nothing
+    };
     Decision {
         conflict: Some(c),
         ..Decision::new(Status::Applied, write)
@@ -581,7 +591,14 @@ mod tests {
         change(Action::Update, fields, at, client, Some(base))
     }
 
-    fn entry(version: i64, action: Action, changed: &[&str], data: Value, at: Hlc, client: &str) -> Entry {
+    fn entry(
+        version: i64,
+        action: Action,
+        changed: &[&str],
+        data: Value,
+        at: Hlc,
+        client: &str,
+    ) -> Entry {
         Entry {
             version,
             action,
@@ -596,8 +613,22 @@ mod tests {
     /// The row `r1` created by B at version 1, its title changed by B at version 2.
     fn log() -> Vec<Entry> {
         vec![
-            entry(1, Action::Create, &[], json!({"title": "a", "done": false, "n": 1}), hlc(10, 2), B),
-            entry(2, Action::Update, &["title"], json!({"title": "b", "done": false, "n": 1}), hlc(20, 2), B),
+            entry(
+                1,
+                Action::Create,
+                &[],
+                json!({"title": "a", "done": false, "n": 1}),
+                hlc(10, 2),
+                B,
+            ),
+            entry(
+                2,
+                Action::Update,
+                &["title"],
+                json!({"title": "b", "done": false, "n": 1}),
+                hlc(20, 2),
+                B,
+            ),
         ]
     }
 
@@ -631,23 +662,33 @@ mod tests {
     fn last_write_wins_compares_when_the_users_acted() {
         let newer = update(json!({"title": "c", "done": true}), hlc(30, 1), A, 1);
         let d = run(&newer, &log(), Some(&current()), Policy::default());
-        assert_eq!(d.write, Write::Update(row(json!({"title": "c", "done": true}))));
+        assert_eq!(
+            d.write,
+            Write::Update(row(json!({"title": "c", "done": true})))
+        );
         let c = d.conflict.unwrap();
-        assert_eq!((c.reason, c.outcome), (Reason::ConcurrentUpdate, Outcome::Client));
+        assert_eq!(
+            (c.reason, c.outcome),
+            (Reason::ConcurrentUpdate, Outcome::Client)
+        );
         assert_eq!(c.strategy, "last_write_wins");
         assert_eq!((c.client_hlc, c.server_hlc), (hlc(30, 1), hlc(20, 2)));
         assert_eq!(c.fields.keys().collect::<Vec<_>>(), ["title"]);
         let f = &c.fields["title"];
-        assert_eq!((&f.client, &f.server, &f.resolved), (&Some(json!("c")), &Some(json!("b")), &Some(json!("c"))));
+        assert_eq!(
+            (&f.client, &f.server, &f.resolved),
+            (&Some(json!("c")), &Some(json!("b")), &Some(json!("c")))
+        );
 
         // Acted before the server's change: the server's title stays, `done` applies.
         let older = update(json!({"title": "c", "done": true}), hlc(15, 1), A, 1);
         let d = run(&older, &log(), Some(&current()), Policy::default());
         assert_eq!(d.write, Write::Update(row(json!({"done": true}))));
         assert_eq!(d.touched, ["done"]);
+        // The conflict is about `title` alone, which the server won.
         let c = d.conflict.unwrap();
-        assert_eq!(c.outcome, Outcome::Merged);
-        assert_eq!(c.fields["title"].outcome, Outcome::Server);
+        assert_eq!(c.outcome, Outcome::Server);
+        assert_eq!(c.fields.keys().collect::<Vec<_>>(), ["title"]);
     }
 
     #[test]
@@ -663,15 +704,28 @@ mod tests {
     #[test]
     fn client_wins_and_server_wins() {
         let c = update(json!({"title": "c"}), hlc(15, 1), A, 1);
-        let d = run(&c, &log(), Some(&current()), strategy(SyncStrategy::ClientWins));
+        let d = run(
+            &c,
+            &log(),
+            Some(&current()),
+            strategy(SyncStrategy::ClientWins),
+        );
         assert_eq!(d.write, Write::Update(row(json!({"title": "c"}))));
         assert_eq!(d.conflict.unwrap().strategy, "client_wins");
         let c = update(json!({"title": "c"}), hlc(99, 1), A, 1);
-        let d = run(&c, &log(), Some(&current()), strategy(SyncStrategy::ServerWins));
+        let d = run(
+            &c,
+            &log(),
+            Some(&current()),
+            strategy(SyncStrategy::ServerWins),
+        );
         assert_eq!(d.write, Write::Nothing);
         assert!(d.touched.is_empty());
         let c = d.conflict.unwrap();
-        assert_eq!((c.outcome, c.strategy.as_str()), (Outcome::Server, "server_wins"));
+        assert_eq!(
+            (c.outcome, c.strategy.as_str()),
+            (Outcome::Server, "server_wins")
+        );
     }
 
     #[test]
@@ -682,7 +736,14 @@ mod tests {
         };
         let mut log = log();
         // B added 5 (1 → 6) after A's base.
-        log.push(entry(3, Action::Update, &["n"], json!({"title": "b", "done": false, "n": 6}), hlc(25, 2), B));
+        log.push(entry(
+            3,
+            Action::Update,
+            &["n"],
+            json!({"title": "b", "done": false, "n": 6}),
+            hlc(25, 2),
+            B,
+        ));
         let now = row(json!({"title": "b", "done": false, "n": 6}));
         // A added 2 (1 → 3).
         let c = update(json!({"n": 3}), hlc(30, 1), A, 2);
@@ -694,7 +755,10 @@ mod tests {
         let d = run(&c, &log, Some(&now), policy);
         assert_eq!(d.write, Write::Update(row(json!({"n": 8}))));
         let c = d.conflict.unwrap();
-        assert_eq!((c.outcome, c.strategy.as_str()), (Outcome::Merged, "custom"));
+        assert_eq!(
+            (c.outcome, c.strategy.as_str()),
+            (Outcome::Merged, "custom")
+        );
         assert_eq!(c.fields["n"].resolved, Some(json!(8)));
     }
 
@@ -702,12 +766,22 @@ mod tests {
     fn the_clients_own_writes_are_not_conflicts() {
         let mut log = log();
         // A's own earlier write of `title` (seen by A) arrived after its base...
-        log.push(entry(3, Action::Update, &["title"], json!({"title": "x", "done": false, "n": 1}), hlc(30, 1), A));
+        log.push(entry(
+            3,
+            Action::Update,
+            &["title"],
+            json!({"title": "x", "done": false, "n": 1}),
+            hlc(30, 1),
+            A,
+        ));
         let now = row(json!({"title": "x", "done": false, "n": 1}));
         // ...so its next write of `title` wins even under ServerWins.
         let next = update(json!({"title": "y"}), hlc(31, 1), A, 2);
         let d = run(&next, &log, Some(&now), strategy(SyncStrategy::ServerWins));
-        assert_eq!((d.write, d.conflict), (Write::Update(row(json!({"title": "y"}))), None));
+        assert_eq!(
+            (d.write, d.conflict),
+            (Write::Update(row(json!({"title": "y"}))), None)
+        );
         // A stale write of its own arriving late is superseded, whatever the strategy.
         let stale = update(json!({"title": "w"}), hlc(29, 1), A, 2);
         let d = run(&stale, &log, Some(&now), strategy(SyncStrategy::ClientWins));
@@ -725,7 +799,12 @@ mod tests {
     #[test]
     fn a_write_without_a_base_is_last_arrival() {
         let c = change(Action::Update, json!({"title": "old"}), hlc(1, 1), A, None);
-        let d = run(&c, &log(), Some(&current()), strategy(SyncStrategy::ServerWins));
+        let d = run(
+            &c,
+            &log(),
+            Some(&current()),
+            strategy(SyncStrategy::ServerWins),
+        );
         assert_eq!(d.write, Write::Update(row(json!({"title": "old"}))));
         assert_eq!(d.conflict, None);
     }
@@ -733,13 +812,25 @@ mod tests {
     #[test]
     fn a_replay_is_recognised_by_its_hlc() {
         let c = update(json!({"title": "b"}), hlc(20, 2), B, 1);
-        let d = run(&c, &log(), Some(&current()), strategy(SyncStrategy::ClientWins));
+        let d = run(
+            &c,
+            &log(),
+            Some(&current()),
+            strategy(SyncStrategy::ClientWins),
+        );
         assert_eq!((d.status, d.write), (Status::Duplicate, Write::Nothing));
     }
 
     fn deleted_log() -> Vec<Entry> {
         let mut log = log();
-        log.push(entry(3, Action::Delete, &[], Value::Null, hlc(40, 3), "tab-c"));
+        log.push(entry(
+            3,
+            Action::Delete,
+            &[],
+            Value::Null,
+            hlc(40, 3),
+            "tab-c",
+        ));
         log
     }
 
@@ -748,16 +839,40 @@ mod tests {
         for at in [hlc(30, 1), hlc(50, 1)] {
             let c = update(json!({"title": "late"}), at, A, 2);
             let d = run(&c, &deleted_log(), None, strategy(SyncStrategy::ClientWins));
-            assert_eq!((d.status, d.write.clone()), (Status::Deleted, Write::Nothing));
+            assert_eq!(
+                (d.status, d.write.clone()),
+                (Status::Deleted, Write::Nothing)
+            );
             let c = d.conflict.unwrap();
             assert_eq!((c.reason, c.outcome), (Reason::Deleted, Outcome::Deleted));
-            assert_eq!((c.strategy.as_str(), c.server_hlc), ("delete_wins", hlc(40, 3)));
+            assert_eq!(
+                (c.strategy.as_str(), c.server_hlc),
+                ("delete_wins", hlc(40, 3))
+            );
         }
         // Without a base it is a plain update of a missing row.
-        let c = change(Action::Update, json!({"title": "late"}), hlc(50, 1), A, None);
-        assert_eq!(run(&c, &deleted_log(), None, Policy::default()).status, Status::NotFound);
+        let c = change(
+            Action::Update,
+            json!({"title": "late"}),
+            hlc(50, 1),
+            A,
+            None,
+        );
+        assert_eq!(
+            run(&c, &deleted_log(), None, Policy::default()).status,
+            Status::NotFound
+        );
         // A row that never existed is not found, not deleted.
-        assert_eq!(run(&update(json!({"title": "x"}), hlc(50, 1), A, 0), &[], None, Policy::default()).status, Status::NotFound);
+        assert_eq!(
+            run(
+                &update(json!({"title": "x"}), hlc(50, 1), A, 0),
+                &[],
+                None,
+                Policy::default()
+            )
+            .status,
+            Status::NotFound
+        );
     }
 
     #[test]
@@ -768,13 +883,22 @@ mod tests {
         };
         let newer = update(json!({"title": "back"}), hlc(50, 1), A, 2);
         let d = run(&newer, &deleted_log(), None, policy);
-        assert_eq!(d.write, Write::Restore(row(json!({"title": "back", "done": false, "n": 1}))));
+        assert_eq!(
+            d.write,
+            Write::Restore(row(json!({"title": "back", "done": false, "n": 1})))
+        );
         assert_eq!(d.conflict.unwrap().outcome, Outcome::Client);
         let older = update(json!({"title": "back"}), hlc(30, 1), A, 2);
-        assert_eq!(run(&older, &deleted_log(), None, policy).status, Status::Deleted);
+        assert_eq!(
+            run(&older, &deleted_log(), None, policy).status,
+            Status::Deleted
+        );
         // An update made after the client saw the delete is not concurrent with it.
         let seen = update(json!({"title": "back"}), hlc(50, 1), A, 3);
-        assert_eq!(run(&seen, &deleted_log(), None, policy).status, Status::Deleted);
+        assert_eq!(
+            run(&seen, &deleted_log(), None, policy).status,
+            Status::Deleted
+        );
     }
 
     #[test]
@@ -796,7 +920,39 @@ mod tests {
         assert_eq!(d.write, Write::Tombstone);
         let log = vec![entry(1, Action::Delete, &[], Value::Null, hlc(40, 1), A)];
         let create = change(Action::Create, json!({"title": "a"}), hlc(30, 2), B, None);
-        assert_eq!(run(&create, &log, None, Policy::default()).status, Status::Deleted);
+        assert_eq!(
+            run(&create, &log, None, Policy::default()).status,
+            Status::Deleted
+        );
+    }
+
+    #[test]
+    fn the_tombstone_is_as_late_as_the_latest_delete() {
+        let policy = Policy {
+            delete_wins: false,
+            ..Policy::default()
+        };
+        // A second, later delete of the deleted row is recorded...
+        let again = change(Action::Delete, json!({}), hlc(60, 1), A, Some(2));
+        assert_eq!(
+            run(&again, &deleted_log(), None, policy).write,
+            Write::Tombstone
+        );
+        let older = change(Action::Delete, json!({}), hlc(35, 1), A, Some(2));
+        assert_eq!(
+            run(&older, &deleted_log(), None, policy).write,
+            Write::Nothing
+        );
+        // ...and an update between the two deletes no longer restores the row.
+        let mut log = deleted_log();
+        log.push(entry(4, Action::Delete, &[], Value::Null, hlc(60, 1), A));
+        let between = update(json!({"title": "back"}), hlc(50, 2), B, 2);
+        assert_eq!(run(&between, &log, None, policy).status, Status::Deleted);
+        let after = update(json!({"title": "back"}), hlc(70, 2), B, 2);
+        assert!(matches!(
+            run(&after, &log, None, policy).write,
+            Write::Restore(_)
+        ));
     }
 
     #[test]
@@ -805,7 +961,10 @@ mod tests {
         let d = run(&delete, &log(), Some(&current()), Policy::default());
         assert_eq!(d.write, Write::Delete);
         let c = d.conflict.unwrap();
-        assert_eq!((c.reason, c.outcome, c.strategy.as_str()), (Reason::ConcurrentUpdate, Outcome::Deleted, "delete_wins"));
+        assert_eq!(
+            (c.reason, c.outcome, c.strategy.as_str()),
+            (Reason::ConcurrentUpdate, Outcome::Deleted, "delete_wins")
+        );
         assert_eq!(c.fields["title"].server, Some(json!("b")));
         // Last write wins instead: the newer update keeps the row.
         let policy = Policy {
@@ -816,7 +975,10 @@ mod tests {
         assert_eq!(d.write, Write::Nothing);
         assert_eq!(d.conflict.unwrap().outcome, Outcome::Server);
         let newer = change(Action::Delete, json!({}), hlc(25, 1), A, Some(1));
-        assert_eq!(run(&newer, &log(), Some(&current()), policy).write, Write::Delete);
+        assert_eq!(
+            run(&newer, &log(), Some(&current()), policy).write,
+            Write::Delete
+        );
         // Nothing concurrent: a plain delete.
         let seen = change(Action::Delete, json!({}), hlc(25, 1), A, Some(2));
         let d = run(&seen, &log(), Some(&current()), Policy::default());
@@ -825,7 +987,13 @@ mod tests {
 
     #[test]
     fn a_create_meeting_an_existing_row_merges_with_its_whole_history() {
-        let c = change(Action::Create, json!({"title": "z", "n": 9}), hlc(15, 1), A, None);
+        let c = change(
+            Action::Create,
+            json!({"title": "z", "n": 9}),
+            hlc(15, 1),
+            A,
+            None,
+        );
         let d = run(&c, &log(), Some(&current()), Policy::default());
         // `title` changed at 20 > 15 and stays; `n` was last set at 10 < 15.
         assert_eq!(d.write, Write::Update(row(json!({"n": 9}))));

@@ -41,13 +41,25 @@ pub enum Outcome {
 #[non_exhaustive]
 pub struct FieldReport {
     /// The value the client sent (absent for a delete).
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub client: Option<Value>,
     /// The value on the server when the change arrived (absent when the row was gone).
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub server: Option<Value>,
     /// The value the field has now (absent when the row is deleted).
-    #[serde(default, deserialize_with = "present", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub resolved: Option<Value>,
     /// Who won this field.
     pub outcome: Outcome,

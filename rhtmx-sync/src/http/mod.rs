@@ -5,6 +5,8 @@ mod events;
 mod pull;
 mod push;
 
+pub(crate) use self::push::CLIENT_ID_HEADER;
+
 use axum::routing::get;
 use axum::Router;
 
