@@ -13,7 +13,7 @@ pub struct TodoView<'a> {
 }
 
 /// The whole page.
-pub fn page(todos: &[TodoView<'_>]) -> Markup {
+pub fn page(todos: &[TodoView<'_>], version: i64) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -41,7 +41,7 @@ pub fn page(todos: &[TodoView<'_>]) -> Markup {
                     button type="submit" { "Add" }
                 }
                 div hx-get="/todos" hx-trigger="rhtmx:todos:changed from:body" hx-swap="innerHTML" {
-                    (list(todos))
+                    (list(todos, version))
                 }
                 section #pending-panel .panel hidden {
                     h2 { "Waiting to sync" }
@@ -60,10 +60,11 @@ pub fn page(todos: &[TodoView<'_>]) -> Markup {
     }
 }
 
-/// The list fragment (also the answer to every write).
-pub fn list(todos: &[TodoView<'_>]) -> Markup {
+/// The list fragment (also the answer to every write). `version` is the change-log
+/// head read before the rows: an edit made on this list is merged against it.
+pub fn list(todos: &[TodoView<'_>], version: i64) -> Markup {
     html! {
-        ul #todo-list {
+        ul #todo-list data-rhtmx-version=(version) {
             @for todo in todos {
                 (item(todo))
             }

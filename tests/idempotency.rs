@@ -158,7 +158,7 @@ impl Harness {
     /// Serves the same routes behind `layer` on a new port (a restart, as far as the
     /// layer's own memory goes); returns its base URL.
     async fn serve(&mut self, layer: IdempotencyLayer) -> String {
-        let router = app::app(self.pool.clone())
+        let router = app::app(self.engine.clone())
             .merge(self.engine.routes())
             .merge(probe_routes(self.probe.clone()))
             .layer(layer);

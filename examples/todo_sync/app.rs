@@ -1,4 +1,7 @@
-//! The todo app: plain axum + sqlx handlers that know nothing about sync.
+//! The todo app: plain axum + sqlx handlers. Listing and adding know nothing about
+//! sync; editing, toggling and deleting opt in to conflict resolution with two lines
+//! each (`SyncContext` and `engine.write`), so an edit replayed after a day offline is
+//! merged by when its user acted, field by field, instead of by when it arrived.
 //!
 //! Shared by the example binary and the end-to-end tests (`#[path]`-included), so the
 //! tests exercise exactly the handlers a user would write.
@@ -10,7 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::Markup;
+use rhtmx_sync::{SyncContext, SyncEngine};
 use serde::Deserialize;
+use serde_json::json;
 use sqlx::SqlitePool;
 
 /// A todo, synced to browsers by its derive alone.
@@ -22,8 +27,19 @@ pub struct Todo {
     pub completed: bool,
 }
 
-/// The app's routes with the pool as state; the caller merges `engine.routes()`.
-pub fn app(pool: SqlitePool) -> Router {
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub pool: SqlitePool,
+    pub engine: SyncEngine,
+}
+
+/// The app's routes; the caller merges `engine.routes()`.
+pub fn app(engine: SyncEngine) -> Router {
+    let state = AppState {
+        pool: engine.pool().clone(),
+        engine,
+    };
     Router::new()
         .route("/", get(index))
         .route("/assets/htmx-2.0.11.min.js", get(htmx_js))
@@ -31,22 +47,34 @@ pub fn app(pool: SqlitePool) -> Router {
         .route("/todos", get(list).post(create))
         .route("/todos/{id}", axum::routing::put(rename).delete(remove))
         .route("/todos/{id}/toggle", post(toggle))
-        .with_state(pool)
+        .with_state(state)
 }
 
 /// A handler failure: a message for the user, nothing internal.
-pub struct AppError(StatusCode, &'static str);
+pub struct AppError(Response);
+
+impl AppError {
+    fn new(status: StatusCode, message: &'static str) -> Self {
+        AppError((status, message).into_response())
+    }
+}
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        (self.0, self.1).into_response()
+        self.0
     }
 }
 
 impl From<sqlx::Error> for AppError {
     fn from(e: sqlx::Error) -> Self {
         eprintln!("database error: {e}");
-        AppError(StatusCode::INTERNAL_SERVER_ERROR, "database error")
+        AppError::new(StatusCode::INTERNAL_SERVER_ERROR, "database error")
+    }
+}
+
+impl From<rhtmx_sync::Error> for AppError {
+    fn from(e: rhtmx_sync::Error) -> Self {
+        AppError(e.into_response())
     }
 }
 
@@ -73,12 +101,16 @@ fn views(todos: &[Todo]) -> Vec<templates::TodoView<'_>> {
         .collect()
 }
 
-async fn index(State(pool): State<SqlitePool>) -> Result<Markup, AppError> {
-    Ok(templates::page(&views(&all(&pool).await?)))
+async fn index(State(s): State<AppState>) -> Result<Markup, AppError> {
+    // The version first, the rows after: an edit made on this page then merges against
+    // everything the page could have shown.
+    let version = s.engine.head().await?;
+    Ok(templates::page(&views(&all(&s.pool).await?), version))
 }
 
-async fn list(State(pool): State<SqlitePool>) -> Result<Markup, AppError> {
-    Ok(templates::list(&views(&all(&pool).await?)))
+async fn list(State(s): State<AppState>) -> Result<Markup, AppError> {
+    let version = s.engine.head().await?;
+    Ok(templates::list(&views(&all(&s.pool).await?), version))
 }
 
 /// The page's own script (pending, rejected and conflicting changes).
@@ -122,7 +154,7 @@ struct NewTodo {
 fn valid_title(title: &str) -> Result<&str, AppError> {
     let title = title.trim();
     if title.is_empty() || title.len() > 500 {
-        return Err(AppError(
+        return Err(AppError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
             "title must be 1 to 500 characters",
         ));
@@ -130,14 +162,16 @@ fn valid_title(title: &str) -> Result<&str, AppError> {
     Ok(title)
 }
 
-async fn create(
-    State(pool): State<SqlitePool>,
-    Form(new): Form<NewTodo>,
-) -> Result<Markup, AppError> {
+async fn create(State(s): State<AppState>, Form(new): Form<NewTodo>) -> Result<Markup, AppError> {
     let title = valid_title(&new.title)?;
     let id = match new.id.filter(|id| !id.is_empty()) {
         Some(id) if id.len() <= 64 => id,
-        Some(_) => return Err(AppError(StatusCode::UNPROCESSABLE_ENTITY, "id is too long")),
+        Some(_) => {
+            return Err(AppError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "id is too long",
+            ))
+        }
         None => uuid::Uuid::now_v7().to_string(),
     };
     sqlx::query!(
@@ -145,9 +179,9 @@ async fn create(
         id,
         title
     )
-    .execute(&pool)
+    .execute(&s.pool)
     .await?;
-    list(State(pool)).await
+    list(State(s)).await
 }
 
 #[derive(Deserialize)]
@@ -157,8 +191,9 @@ struct Toggle {
 }
 
 async fn toggle(
-    State(pool): State<SqlitePool>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
+    sync: SyncContext,
     form: Result<Form<Toggle>, FormRejection>,
 ) -> Result<Response, AppError> {
     // A bodiless POST flips; a malformed form is refused.
@@ -168,21 +203,23 @@ async fn toggle(
         Err(rejection) => return Ok(rejection.into_response()),
     };
     match wanted {
+        // Merged with concurrent edits by when the user acted.
         Some(completed) => {
-            sqlx::query!("UPDATE todos SET completed = ? WHERE id = ?", completed, id)
-                .execute(&pool)
-                .await?
+            s.engine
+                .write::<Todo>(&sync)
+                .update(&id, [("completed", json!(completed))])
+                .await?;
         }
         None => {
             sqlx::query!(
                 "UPDATE todos SET completed = NOT completed WHERE id = ?",
                 id
             )
-            .execute(&pool)
-            .await?
+            .execute(&s.pool)
+            .await?;
         }
-    };
-    Ok(list(State(pool)).await?.into_response())
+    }
+    Ok(list(State(s)).await?.into_response())
 }
 
 #[derive(Deserialize)]
@@ -191,27 +228,27 @@ struct Rename {
 }
 
 async fn rename(
-    State(pool): State<SqlitePool>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
+    sync: SyncContext,
     Form(form): Form<Rename>,
 ) -> Result<Markup, AppError> {
     let title = valid_title(&form.title)?;
-    sqlx::query!("UPDATE todos SET title = ? WHERE id = ?", title, id)
-        .execute(&pool)
+    s.engine
+        .write::<Todo>(&sync)
+        .update(&id, [("title", json!(title))])
         .await?;
-    list(State(pool)).await
+    list(State(s)).await
 }
 
 async fn remove(
-    State(pool): State<SqlitePool>,
+    State(s): State<AppState>,
     Path(id): Path<String>,
+    sync: SyncContext,
 ) -> Result<Markup, AppError> {
-    sqlx::query!("DELETE FROM todos WHERE id = ?", id)
-        .execute(&pool)
-        .await?;
-    list(State(pool)).await
+    s.engine.write::<Todo>(&sync).delete(&id).await?;
+    list(State(s)).await
 }
-
 /// Opens (creating if needed) the SQLite database in WAL mode and migrates it.
 pub async fn open_db(url: &str) -> Result<SqlitePool, Box<dyn std::error::Error>> {
     use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};

@@ -23,7 +23,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = app::open_db(&url).await?;
     let engine = app::engine(&pool).await?;
     // Replayed offline writes carry an Idempotency-Key: applied once, answered again.
-    let router = app::app(pool)
+    let router = app::app(engine.clone())
         .merge(engine.routes())
         .layer(engine.idempotency_layer());
 

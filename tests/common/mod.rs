@@ -53,7 +53,7 @@ pub async fn start_with(
         .build()
         .await
         .expect("engine");
-    let router = app::app(pool.clone())
+    let router = app::app(engine.clone())
         .merge(engine.routes())
         .layer(engine.idempotency_layer());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -51,8 +51,11 @@
 
   function conflict(e) {
     const d = e.detail || {};
-    const fields = (d.fields || []).join(", ");
-    $("#conflict-list").prepend(item(`“${fields}” was changed on two devices: kept ${d.outcome || "the later edit"}`));
+    const fields = Object.entries(d.fields || {});
+    const what = fields.length
+      ? fields.map(([name, f]) => `${name}: kept “${f.resolved ?? "(deleted)"}”` + (f.outcome === "server" ? `, not “${f.client}”` : f.server !== undefined ? `, not “${f.server}”` : "")).join("; ")
+      : d.reason === "deleted" ? "the todo was deleted elsewhere" : "";
+    $("#conflict-list").prepend(item(what));
     $("#conflict-panel").hidden = false;
   }
 

@@ -209,7 +209,14 @@
     }
     applying = null;
     const latest = {};
-    for (const c of batch) latest[c.entity] = { entity: c.entity, id: c.id, action: c.action, version: c.version };
+    for (const c of batch) {
+      latest[c.entity] = { entity: c.entity, id: c.id, action: c.action, version: c.version };
+      // A change that resolved a conflict carries it: every tab shows it.
+      if (c.conflict) {
+        emit("conflict", c.conflict);
+        tell({ type: "conflict", detail: c.conflict });
+      }
+    }
     for (const d of Object.values(latest)) markChanged(d);
     tell({ type: "changed", details: Object.values(latest) });
     if (queue.length) applying = flushQueue();
@@ -596,6 +603,7 @@
         emit(m.type, m.detail);
         refreshPending();
       } else if (m.type === "auth-required") emit("auth-required", { status: m.status });
+      else if (m.type === "conflict") emit("conflict", m.detail);
     };
   }
 
