@@ -6,6 +6,7 @@ export const EVENTS = [
 /** Opens the app in a new page of `context` and waits until the client is running. */
 export async function openApp(context, base) {
   const page = await context.newPage();
+  page.on("pageerror", (e) => console.log("PAGE ERROR", e.message));
   await page.addInitScript((names) => {
     window.__events = [];
     window.__changes = [];

@@ -139,8 +139,11 @@ test("422 goes to the dead letters with an event and the queue continues", async
   assert.equal(dead.length, 1);
   assert.equal(dead[0].status, 422);
   assert.deepEqual(rows().map((r) => r.title), ["fine"]);
-  // A dead letter can be discarded.
-  await page.evaluate((seq) => RhtmxSync.discard(seq), dead[0].seq);
+  // The page lists it with its reason, and the user can discard it.
+  await page.waitForSelector("#rejected-panel:not([hidden])");
+  assert.match(await page.textContent("#rejected-list"), /refused \(422\)/);
+  await page.click("#rejected-list button:has-text('Discard')");
+  await page.waitForSelector("#rejected-panel[hidden]", { state: "attached" });
   assert.equal((await page.evaluate(() => RhtmxSync.deadLetters())).length, 0);
 });
 

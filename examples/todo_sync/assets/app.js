@@ -40,7 +40,7 @@
     const dead = await RhtmxSync.deadLetters();
     $("#rejected-list").replaceChildren(
       ...dead.map((e) =>
-        item(`${describe(e)} — ${e.reason === "expired" ? "expired" : `refused (${e.status}): ${e.body || ""}`}`, [
+        item(`${describe(e)} — ${e.reason === "expired" ? "expired" : `refused (${e.status}): ${e.response || ""}`}`, [
           ["Retry", () => RhtmxSync.retry(e.seq).then(render)],
           ["Discard", () => RhtmxSync.discard(e.seq).then(render)],
         ]),

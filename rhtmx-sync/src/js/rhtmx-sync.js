@@ -444,7 +444,7 @@
         }
         backoff = 0;
         if (status >= 400) {
-          await deadLetter(entry, { reason: "rejected", status, body: (await res.text()).slice(0, 2000) });
+          await deadLetter(entry, { reason: "rejected", status, response: (await res.text()).slice(0, 2000) });
           continue;
         }
         const tx = db.transaction("_pending", "readwrite");
