@@ -33,19 +33,23 @@
   const channel = "BroadcastChannel" in window ? new BroadcastChannel("rhtmx-sync") : null;
   const tell = (message) => channel && channel.postMessage(message); // other tabs only
 
-  // `changed` events are coalesced: one per entity per frame, however many changes.
+  // `changed` events are coalesced: a burst (hundreds of changes arriving over some
+  // milliseconds) becomes one event per entity, sent once the burst has been quiet for
+  // 30 ms, and never later than 250 ms after its first change.
   const dirty = new Map();
-  let frame = 0;
+  let dirtySince = 0;
+  let dirtyTimer = 0;
   const markChanged = (detail) => {
     dirty.set(detail.entity, detail);
-    if (frame) return;
-    const flush = () => {
-      frame = 0;
+    const now = performance.now();
+    dirtySince ||= now;
+    clearTimeout(dirtyTimer);
+    dirtyTimer = setTimeout(() => {
+      dirtySince = 0;
       const all = [...dirty.values()];
       dirty.clear();
       for (const d of all) emit(d.entity + ":changed", d);
-    };
-    frame = document.hidden ? setTimeout(flush, 50) : requestAnimationFrame(flush);
+    }, Math.max(0, Math.min(30, dirtySince + 250 - now)));
   };
 
   // ---- IndexedDB ----------------------------------------------------------------------
