@@ -2,7 +2,7 @@
 //
 // One <script src="/api/sync/client.js" data-sync-entities="todos"> makes an htmx page:
 // - keep a mirror of the synced entities in IndexedDB (RhtmxSync.get('todos'));
-// - refresh live: `rhtmx:<entity>:changed` on document.body, coalesced per frame;
+// - refresh live: `rhtmx:<entity>:changed` on document.body, coalesced per burst;
 // - work offline: unsafe htmx requests made offline (or while earlier ones wait, or that
 //   fail on the network) go to a durable IndexedDB outbox and are replayed in order,
 //   exactly once (Idempotency-Key), by one tab per browser.
