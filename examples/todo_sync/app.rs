@@ -50,18 +50,19 @@ pub fn app(engine: SyncEngine) -> Router {
         .with_state(state)
 }
 
-/// A handler failure: a message for the user, nothing internal.
-pub struct AppError(Response);
+/// A handler failure: a message for the user, nothing internal. (Boxed: a `Response`
+/// is large, and errors travel through every `Result`.)
+pub struct AppError(Box<Response>);
 
 impl AppError {
     fn new(status: StatusCode, message: &'static str) -> Self {
-        AppError((status, message).into_response())
+        AppError(Box::new((status, message).into_response()))
     }
 }
 
 impl IntoResponse for AppError {
     fn into_response(self) -> Response {
-        self.0
+        *self.0
     }
 }
 
@@ -74,7 +75,7 @@ impl From<sqlx::Error> for AppError {
 
 impl From<rhtmx_sync::Error> for AppError {
     fn from(e: rhtmx_sync::Error) -> Self {
-        AppError(e.into_response())
+        AppError(Box::new(e.into_response()))
     }
 }
 
