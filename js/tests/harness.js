@@ -1,7 +1,7 @@
 // Test harness: the real todo_sync example binary on a free loopback port over a fresh
 // SQLite file, and Debian's headless Chromium driven by playwright-core.
 import { spawn, execFileSync } from "node:child_process";
-import { mkdtempSync, rmSync, existsSync } from "node:fs";
+import { mkdtempSync, rmSync, existsSync, openSync, appendFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -23,12 +23,14 @@ export async function startServer({ dir, port = 0, example = "todo_sync" } = {})
   dir ??= mkdtempSync(join(tmpdir(), "rhtmx-"));
   const dbPath = join(dir, "app.db");
   const child = spawn(bin, [], {
-    env: { ...process.env, PORT: String(port), DATABASE_URL: `sqlite://${dbPath}`, RUST_LOG: "warn" },
-    stdio: ["ignore", "pipe", "inherit"],
+    env: { ...process.env, PORT: String(port), DATABASE_URL: `sqlite://${dbPath}`, RUST_LOG: process.env.RUST_LOG ?? "warn" },
+    // SERVER_LOG=path keeps the server's log for debugging a failure.
+    stdio: ["ignore", "pipe", process.env.SERVER_LOG ? openSync(process.env.SERVER_LOG, "a") : "inherit"],
   });
   const base = await new Promise((ok, fail) => {
     let out = "";
     child.stdout.on("data", (chunk) => {
+      if (process.env.SERVER_LOG) appendFileSync(process.env.SERVER_LOG, chunk);
       out += chunk;
       const m = out.match(/listening on (http:\/\/\S+)/);
       if (m) ok(m[1]);

@@ -192,7 +192,13 @@ test("page closed mid-replay and reopened: one row", async () => {
   await page.close(); // mid-replay: the request is in flight
   hold.release(); // ...and reaches the server after all
   const again = await openApp(w.context, w.proxy.base);
-  await waitPending(again, 0);
+  await waitPending(again, 0).catch(async (e) => {
+    console.log("DEBUG", JSON.stringify({
+      state: await again.evaluate(() => [RhtmxSync.isLeader, RhtmxSync.pendingCount, window.__events.map((x) => x.name)]),
+      log: w.proxy.state.log.filter((r) => r.method === "POST").map((r) => `${r.method} ${r.url} ${r.status} ${r.headers["idempotency-key"]}`),
+    }));
+    throw e;
+  });
   assert.equal(rows().length, 1);
   const keys = new Set(replays().map((r) => r.headers["idempotency-key"]));
   assert.equal(keys.size, 1, "every attempt used the same key");

@@ -12,7 +12,9 @@ export async function startProxy(target) {
     sockets: new Set(),
   };
   const server = http.createServer((req, res) => {
-    state.log.push({ method: req.method, url: req.url, headers: req.headers });
+    const entry = { method: req.method, url: req.url, headers: req.headers, status: null };
+    req.logEntry = entry;
+    state.log.push(entry);
     const rule = state.rules.find((r) => r.match(req));
     if (rule) {
       if (rule.once) state.rules.splice(state.rules.indexOf(rule), 1);
@@ -33,6 +35,7 @@ export async function startProxy(target) {
         state.openStreams++;
         res.on("close", () => state.openStreams--);
       }
+      if (req.logEntry) req.logEntry.status = up.statusCode;
       res.writeHead(up.statusCode, up.headers);
       up.pipe(res);
     });

@@ -51,12 +51,13 @@ where
 
 /// One keyed request: admit it, run the inner service, keep or release the key.
 ///
-/// Once the key is claimed the request runs to completion in a task of its own, even if
-/// the client goes away: its handler may already have committed, and releasing the key
-/// then would let the replay apply it a second time. Its response is stored for the
-/// replay instead.
+/// All of it runs in a task of its own, so it finishes even if the client goes away:
+/// dropped between claiming the key and settling it, the request would leave the key
+/// "in flight" until its lease ran out; dropped after the handler committed, releasing
+/// the key would let the replay apply it a second time. The response is stored for
+/// the replay instead.
 async fn handle<S>(
-    mut inner: S,
+    inner: S,
     store: Store,
     config: Config,
     req: Request<Body>,
@@ -66,26 +67,35 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
-    let (claim, req) = match admit(store, config, req).await {
-        Admission::Answer(res) => return Ok(res),
-        Admission::Run(claim, req) => (claim, req),
-    };
-    let task = tokio::spawn(async move {
-        match inner.call(req).await {
-            Ok(res) => Ok(finish(claim, res, config.body_limit).await),
-            Err(e) => {
-                claim.release().await;
-                Err(e)
-            }
-        }
-    });
-    match task.await {
+    match tokio::spawn(run(inner, store, config, req)).await {
         Ok(result) => result,
         // The handler panicked: let the panic carry on as it would without the layer
         // (the claim was released while unwinding).
         Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
         // The runtime is shutting down.
         Err(_) => Ok(StatusCode::SERVICE_UNAVAILABLE.into_response()),
+    }
+}
+
+async fn run<S>(
+    mut inner: S,
+    store: Store,
+    config: Config,
+    req: Request<Body>,
+) -> Result<Response, S::Error>
+where
+    S: Service<Request<Body>, Response = Response>,
+{
+    let (claim, req) = match admit(store, config, req).await {
+        Admission::Answer(res) => return Ok(res),
+        Admission::Run(claim, req) => (claim, req),
+    };
+    match inner.call(req).await {
+        Ok(res) => Ok(finish(claim, res, config.body_limit).await),
+        Err(e) => {
+            claim.release().await;
+            Err(e)
+        }
     }
 }
 
