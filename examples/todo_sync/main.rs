@@ -7,6 +7,8 @@ mod app;
 
 use std::net::SocketAddr;
 
+use axum::serve::ListenerExt;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
@@ -29,6 +31,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     println!("todo_sync listening on http://{}", listener.local_addr()?);
+    // Small last chunks of streamed pulls must not wait for the client's delayed ACK
+    // (Nagle): measured 4–5× faster pulls, see BENCHMARKS.md.
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
