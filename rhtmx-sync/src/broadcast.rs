@@ -125,6 +125,11 @@ async fn tick(
         let rows = log::read_after(conn, *cursor, PAGE).await?;
         for row in &rows {
             *cursor = row.version;
+            // Nobody listening: skip the encoding. A stream that subscribes later reads
+            // the log from its own cursor, so nothing is lost.
+            if hub.tx.receiver_count() == 0 {
+                continue;
+            }
             let Some(entity) = entities.get(&row.entity) else {
                 continue;
             };
@@ -133,7 +138,7 @@ async fn tick(
                 entity: entity.name.clone(),
                 json: wire::encode(entity, row, true),
             };
-            // No receivers is fine: nobody is listening.
+            // Every receiver may have gone since the check: that is fine.
             let _ = hub.tx.send(Arc::new(event));
         }
         if (rows.len() as i64) < PAGE {
