@@ -149,7 +149,8 @@
   async function pull(entity) {
     for (;;) {
       const since = versions[entity] || 0;
-      const res = await fetch(`${base}/${encodeURIComponent(entity)}?since=${since}`, { credentials: "same-origin" });
+      // Big pages: each costs a round trip and an IndexedDB commit (the server caps it).
+      const res = await fetch(`${base}/${encodeURIComponent(entity)}?since=${since}&limit=5000`, { credentials: "same-origin" });
       if (!res.ok) throw new Error(`pull ${entity}: ${res.status}`);
       const page = await res.json();
       const changes = page.changes.map((c) => ({ ...c, entity }));
