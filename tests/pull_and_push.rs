@@ -43,12 +43,7 @@ async fn pull_pages_through_the_log_in_version_order() {
 #[tokio::test]
 async fn a_complete_page_skips_past_other_entities_versions() {
     let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
-    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let server = start_with(&db, |b| b.entity_named("notes")).await;
+    let (server, pool) = start_with_notes(&db).await;
     add_todo(&server, "t", "x").await;
     sqlx::query("INSERT INTO notes (body) VALUES ('a'), ('b')")
         .execute(&pool)

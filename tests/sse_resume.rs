@@ -136,12 +136,7 @@ async fn an_id_behind_the_compaction_horizon_gets_a_reset() {
 #[tokio::test]
 async fn the_entities_filter_keeps_other_entities_out_and_rejects_unknown_ones() {
     let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
-    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
-    let server = start_with(&db, |b| b.entity_named("notes")).await;
+    let (server, pool) = start_with_notes(&db).await;
     let mut todos_only = Sse::connect(&server.base, "?entities=todos", None).await;
     let mut notes_only = Sse::connect(&server.base, "?entities=notes", None).await;
     sqlx::query("INSERT INTO notes (id, body) VALUES (7, 'n')")

@@ -72,7 +72,7 @@ pub(crate) struct Entity {
     pub delete_wins: bool,
     /// The resolver of [`SyncStrategy::Custom`].
     pub resolver: Option<SharedResolver>,
-    #[allow(dead_code)] // read by the browser client's configuration
+    #[allow(dead_code)] // carried for the client's configuration; not enforced yet
     pub offline_writes: bool,
 }
 

@@ -69,6 +69,17 @@ pub async fn start_with(
     }
 }
 
+/// Starts the example with a second entity, `notes` (integer keys), registered by name;
+/// returns the server and a pool of its own on the same file.
+pub async fn start_with_notes(db: &Path) -> (Server, SqlitePool) {
+    let pool = app::open_db(&url(db)).await.expect("open db");
+    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    (start_with(db, |b| b.entity_named("notes")).await, pool)
+}
+
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))

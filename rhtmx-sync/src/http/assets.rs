@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
 
 /// The client source, shipped inside the crate so `cargo publish` keeps it.
-pub(crate) const CLIENT_JS: &str = include_str!("../js/rhtmx-sync.js");
+const CLIENT_JS: &str = include_str!("../js/rhtmx-sync.js");
 const SW_JS: &str = include_str!("../js/sw.js");
 
 /// A file and its validator.
