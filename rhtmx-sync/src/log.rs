@@ -94,7 +94,11 @@ macro_rules! effective_hlc {
 pub(crate) const EFFECTIVE_HLC: &str = effective_hlc!();
 
 /// One log entry as stored.
-#[derive(Debug, Clone, sqlx::FromRow)]
+///
+/// Text columns are read as bytes and decoded lossily: a value SQLite holds as invalid
+/// UTF-8 (a blob cast to text by an older trigger, a hand-edited row) must never make a
+/// row undecodable, or the broadcaster would retry it forever and pulls would end there.
+#[derive(Debug, Clone)]
 pub(crate) struct LogRow {
     pub version: i64,
     pub entity: String,
@@ -109,11 +113,37 @@ pub(crate) struct LogRow {
     pub conflict: Option<String>,
 }
 
-/// The columns of [`LogRow`], for `SELECT`s.
+impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for LogRow {
+    fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> sqlx::Result<Self> {
+        use sqlx::Row;
+        let text = |name: &str| -> sqlx::Result<Option<String>> {
+            let bytes: Option<Vec<u8>> = row.try_get(name)?;
+            Ok(bytes.map(|b| match String::from_utf8(b) {
+                Ok(s) => s,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            }))
+        };
+        Ok(LogRow {
+            version: row.try_get("version")?,
+            entity: text("entity")?.unwrap_or_default(),
+            entity_id: text("entity_id")?.unwrap_or_default(),
+            action: text("action")?.unwrap_or_default(),
+            data: text("data")?,
+            changed: text("changed")?,
+            client_id: text("client_id")?,
+            hlc: text("hlc")?,
+            conflict: text("conflict")?,
+        })
+    }
+}
+
+/// The columns of [`LogRow`], for `SELECT`s (text read as blobs, see [`LogRow`]).
 pub(crate) const ROW_COLUMNS: &str = concat!(
-    "version, entity, entity_id, action, data, changed, client_id, ",
+    "version, CAST(entity AS BLOB) AS entity, CAST(entity_id AS BLOB) AS entity_id, ",
+    "CAST(action AS BLOB) AS action, CAST(data AS BLOB) AS data, ",
+    "CAST(changed AS BLOB) AS changed, CAST(client_id AS BLOB) AS client_id, CAST(",
     effective_hlc!(),
-    " AS hlc, conflict"
+    " AS BLOB) AS hlc, CAST(conflict AS BLOB) AS conflict"
 );
 
 /// The highest version ever assigned (0 for an empty log); survives compaction.
@@ -145,6 +175,26 @@ pub(crate) async fn read_after(
         "SELECT {ROW_COLUMNS} FROM {LOG_TABLE} WHERE version > ? ORDER BY version LIMIT ?"
     ))
     .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// Up to `limit` entries of `entity` in `(after, upto]`, in version order.
+pub(crate) async fn read_entity(
+    conn: &mut SqliteConnection,
+    entity: &str,
+    after: i64,
+    upto: i64,
+    limit: i64,
+) -> Result<Vec<LogRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS} FROM {LOG_TABLE} \
+         WHERE entity = ? AND version > ? AND version <= ? ORDER BY version LIMIT ?"
+    ))
+    .bind(entity)
+    .bind(after)
+    .bind(upto)
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?)

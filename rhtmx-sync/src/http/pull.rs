@@ -1,8 +1,10 @@
 //! `GET {prefix}/{entity}?since=&limit=`: the entity's changes after a version.
 //!
-//! The body is streamed from one read transaction in version order, so the server's
-//! memory stays flat however many rows a page holds, and every page is a consistent
-//! snapshot.
+//! The body is streamed in version order, in batches read on a pooled connection that
+//! is returned before the batch is written: the server's memory stays flat however many
+//! rows a page holds, and a client that stops reading holds neither a connection nor a
+//! read snapshot. Every page covers exactly the versions up to the head read when it
+//! began; entries below the head never change, so batches add up to one snapshot.
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
@@ -13,7 +15,7 @@ use futures_util::TryStreamExt;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
-use crate::log::{self, LogRow, LOG_TABLE, ROW_COLUMNS};
+use crate::log;
 use crate::wire;
 use crate::SyncEngine;
 
@@ -25,6 +27,10 @@ pub(crate) struct PullQuery {
 
 /// Rows are flushed to the socket in chunks of about this many bytes.
 const CHUNK: usize = 16 * 1024;
+
+/// Rows read per pooled connection: bounds both how long a connection is held and the
+/// memory a pull uses, however slowly its client reads.
+const BATCH: i64 = 256;
 
 #[tracing::instrument(skip_all, fields(entity = %name))]
 pub(crate) async fn pull(
@@ -44,50 +50,59 @@ pub(crate) async fn pull(
         Some(n) if n >= 1 => n.min(options.max_pull_limit),
         Some(_) => return Err(Error::BadQuery("`limit` must be at least 1".into())),
     };
-    // Open the snapshot before answering, so a failing database still gets a 500.
-    let mut tx = engine.inner.pool.begin().await?;
-    let head = log::head(&mut tx).await?;
+    let pool = engine.inner.pool.clone();
+    // Read the head and the first batch before answering, so a failing database still
+    // gets a 500 rather than a truncated 200.
+    let (head, first) = {
+        let mut conn = pool.acquire().await?;
+        let head = log::head(&mut conn).await?;
+        let first = log::read_entity(&mut conn, &entity.name, since, head, BATCH.min(limit + 1));
+        (head, first.await?)
+    };
 
     let stream = async_stream::try_stream! {
         let mut buf = String::with_capacity(CHUNK + 1024);
         buf.push_str("{\"entity\":");
         buf.push_str(&serde_json::to_string(&*entity.name).unwrap_or_default());
         buf.push_str(",\"changes\":[");
-        let sql = format!(
-            "SELECT {ROW_COLUMNS} FROM {LOG_TABLE} \
-             WHERE entity = ? AND version > ? AND version <= ? ORDER BY version LIMIT ?"
-        );
-        let mut rows = sqlx::query_as::<_, LogRow>(&sql)
-            .bind(&*entity.name)
-            .bind(since)
-            .bind(head)
-            .bind(limit + 1)
-            .fetch(&mut *tx);
         let (mut count, mut last, mut has_more) = (0i64, since, false);
-        while let Some(row) = rows.try_next().await? {
-            if count == limit {
-                has_more = true;
+        let mut rows = first;
+        'pages: loop {
+            let full = rows.len() as i64 == BATCH.min(limit + 1 - count);
+            for row in &rows {
+                if count == limit {
+                    has_more = true;
+                    break 'pages;
+                }
+                if count > 0 {
+                    buf.push(',');
+                }
+                buf.push_str(&wire::encode(&entity, row, false));
+                count += 1;
+                last = row.version;
+                if buf.len() >= CHUNK {
+                    yield Bytes::from(std::mem::take(&mut buf));
+                }
+            }
+            if !full {
                 break;
             }
-            if count > 0 {
-                buf.push(',');
-            }
-            buf.push_str(&wire::encode(&entity, &row, false));
-            count += 1;
-            last = row.version;
-            if buf.len() >= CHUNK {
-                yield Bytes::from(std::mem::take(&mut buf));
-            }
+            // A connection per batch, returned before the next yield: a client that
+            // stops reading holds no connection and no snapshot. The log below `head`
+            // is append-only, so the batches read the same rows one snapshot would.
+            rows = {
+                let mut conn = pool.acquire().await?;
+                let want = BATCH.min(limit + 1 - count);
+                log::read_entity(&mut conn, &entity.name, last, head, want).await?
+            };
         }
-        drop(rows);
         // The next `since`: where this page stopped, or the head when it is complete,
         // so a client skips past other entities' versions too.
         let version = if has_more { last } else { head };
         buf.push_str(&format!("],\"version\":{version},\"has_more\":{has_more}}}"));
         yield Bytes::from(buf);
-        tx.rollback().await?;
     };
-    let stream = stream.map_err(|e: sqlx::Error| {
+    let stream = stream.map_err(|e: Error| {
         tracing::error!(error = %e, "pull failed mid-stream");
         e
     });
