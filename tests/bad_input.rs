@@ -87,6 +87,7 @@ async fn every_bad_input_answers_its_status_and_changes_nothing() {
     let res = client()
         .post(format!("{}/api/sync/todos", server.base))
         .header("x-rhtmx-client-id", "c".repeat(200))
+        .header("content-type", "application/json")
         .body(json!({"changes": []}).to_string())
         .send()
         .await
@@ -102,6 +103,144 @@ async fn every_bad_input_answers_its_status_and_changes_nothing() {
         todos(&server.pool).await,
         [("keep".into(), "existing".into(), false)]
     );
+}
+
+/// A `text/plain` body is what a form with `enctype="text/plain"` on another site, or a
+/// `no-cors` fetch, can send with the user's cookies: only JSON is ever applied.
+#[tokio::test]
+async fn a_push_that_is_not_json_answers_415_and_changes_nothing() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    add_todo(&server, "keep", "existing").await;
+    let before = snapshot(&db);
+    let body = json!({"changes": [{"id": "keep", "action": "delete"}]}).to_string();
+    for content_type in [
+        Some("text/plain"),
+        Some("text/plain;charset=UTF-8"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+        Some("application/jsonx"),
+        Some("text/json"),
+        None,
+    ] {
+        let mut req = client()
+            .post(format!("{}/api/sync/todos", server.base))
+            .body(body.clone());
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 415, "{content_type:?}");
+        let error: serde_json::Value = res.json().await.unwrap();
+        assert!(
+            error["error"]
+                .as_str()
+                .unwrap()
+                .contains("application/json"),
+            "{content_type:?}: {error}"
+        );
+    }
+    assert_eq!(snapshot(&db), before, "a refused push changed the database");
+    // JSON with parameters or a `+json` type is still JSON.
+    for content_type in [
+        "application/json; charset=utf-8",
+        "application/vnd.api+json",
+    ] {
+        let res = client()
+            .post(format!("{}/api/sync/todos", server.base))
+            .header("content-type", content_type)
+            .body(json!({"changes": []}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200, "{content_type}");
+    }
+}
+
+/// Whatever a client sends, an error message quotes at most a short prefix of it.
+#[tokio::test]
+async fn error_messages_quote_at_most_a_short_prefix_of_the_input() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    let long = "9".repeat(100_000);
+    let huge = "x".repeat(100_000);
+    // URLs are limited by the HTTP stack: a long but valid one.
+    let wide = "x".repeat(6_000);
+    let mut answers = Vec::new();
+    // A hostile cursor, in the header and the query.
+    let res = client()
+        .get(format!("{}/api/sync/events", server.base))
+        .header("last-event-id", format!("{long}x"))
+        .send()
+        .await
+        .unwrap();
+    answers.push((
+        "Last-Event-ID",
+        res.status().as_u16(),
+        res.text().await.unwrap(),
+    ));
+    let res = client()
+        .get(format!(
+            "{}/api/sync/events?last_event_id={wide}",
+            server.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    answers.push((
+        "last_event_id",
+        res.status().as_u16(),
+        res.text().await.unwrap(),
+    ));
+    let res = client()
+        .get(format!("{}/api/sync/events?entities={wide}", server.base))
+        .send()
+        .await
+        .unwrap();
+    answers.push(("entities", res.status().as_u16(), res.text().await.unwrap()));
+    let res = client()
+        .get(format!("{}/api/sync/todos?since={wide}", server.base))
+        .send()
+        .await
+        .unwrap();
+    answers.push(("since", res.status().as_u16(), res.text().await.unwrap()));
+    let res = client()
+        .get(format!("{}/api/sync/{wide}", server.base))
+        .send()
+        .await
+        .unwrap();
+    answers.push(("entity", res.status().as_u16(), res.text().await.unwrap()));
+    for (what, body) in [
+        (
+            "field name",
+            json!({"changes": [{"id": "a", "action": "create", "data": {huge.clone(): 1}}]}),
+        ),
+        (
+            "action",
+            json!({"changes": [{"id": "a", "action": huge.clone()}]}),
+        ),
+        (
+            "hlc",
+            json!({"changes": [{"id": "a", "action": "delete", "hlc": huge.clone()}]}),
+        ),
+        (
+            "id",
+            json!({"changes": [{"id": huge.clone(), "action": "delete", "client_version": -1}]}),
+        ),
+        ("top-level key", json!({"changes": [], huge.clone(): 1})),
+    ] {
+        let (status, res) = push_raw(&server.base, "todos", body.to_string()).await;
+        answers.push((what, status, res.to_string()));
+    }
+    for (what, status, body) in answers {
+        assert!((400..500).contains(&status), "{what}: {status}");
+        assert!(
+            body.len() < 400,
+            "{what}: {} bytes echoed: {}",
+            body.len(),
+            &body[..100]
+        );
+    }
 }
 
 #[tokio::test]

@@ -134,6 +134,7 @@ async fn the_client_id_header_is_recorded() {
     let res = client()
         .post(format!("{}/api/sync/todos", server.base))
         .header("x-rhtmx-client-id", "browser-9")
+        .header("content-type", "application/json")
         .body(
             json!({"changes": [{"id": "h", "action": "create", "data": {"title": "t"}}]})
                 .to_string(),

@@ -57,7 +57,8 @@ pub(crate) fn validate(entity: &Entity, clock: &HlcClock, c: Incoming<'_>) -> Re
         for (key, value) in data {
             let Some(column) = entity.column(key) else {
                 return Err(Error::invalid(format!(
-                    "unknown field `{key}` for `{}`",
+                    "unknown field `{}` for `{}`",
+                    crate::error::quote(key),
                     entity.name
                 )));
             };

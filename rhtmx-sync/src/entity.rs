@@ -225,7 +225,8 @@ impl Entity {
             _ => {
                 return Err(Error::invalid(format!(
                     "`{}` is not a valid id for `{}`",
-                    id, self.table
+                    crate::error::quote(&id.to_string()),
+                    self.table
                 )))
             }
         };

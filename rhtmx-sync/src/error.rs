@@ -20,12 +20,16 @@ pub enum Error {
     #[error("invalid query: {0}")]
     BadQuery(String),
     /// The entity named in the request is not registered with the engine (404).
-    #[error("unknown entity `{0}`")]
+    #[error("unknown entity `{}`", quote(.0))]
     UnknownEntity(String),
     /// The JSON is well-formed but does not describe valid changes: unknown field,
     /// wrong type, missing id (422).
     #[error("{0}")]
     Invalid(String),
+    /// The push body is not `application/json` (415). Only JSON is applied, so a
+    /// cross-site form (`enctype="text/plain"`) or a `no-cors` fetch cannot write.
+    #[error("the body must be `application/json`")]
+    UnsupportedMediaType,
     /// The request body is larger than the configured limit (413).
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -53,6 +57,7 @@ impl Error {
             Error::UnknownEntity(_) => StatusCode::NOT_FOUND,
             Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::Config(_) | Error::Resolver(_) | Error::Database(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -64,6 +69,22 @@ impl Error {
     }
 }
 
+/// The longest error message sent, in bytes.
+const MAX_MESSAGE: usize = 240;
+
+/// The longest prefix of client input quoted in an error message, in characters.
+const MAX_QUOTE: usize = 40;
+
+/// Client input as an error message quotes it: at most a short prefix, marked when cut.
+pub(crate) fn quote(input: &str) -> String {
+    let mut chars = input.chars();
+    let mut shown: String = chars.by_ref().take(MAX_QUOTE).collect();
+    if chars.next().is_some() {
+        shown.push('…');
+    }
+    shown
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
@@ -72,7 +93,18 @@ impl IntoResponse for Error {
             tracing::error!(error = %self, "sync request failed");
             "internal server error".to_owned()
         } else {
-            self.to_string()
+            // Messages quote client input through `quote`; this is the backstop for
+            // any that do not (serde's, say), so a hostile input is never echoed whole.
+            let mut message = self.to_string();
+            if message.len() > MAX_MESSAGE {
+                let cut = (0..=MAX_MESSAGE)
+                    .rev()
+                    .find(|&i| message.is_char_boundary(i))
+                    .unwrap_or(0);
+                message.truncate(cut);
+                message.push('…');
+            }
+            message
         };
         (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
     }

@@ -107,7 +107,7 @@ impl fmt::Debug for Hlc {
 
 /// Why a string is not an HLC.
 fn malformed(s: &str) -> Error {
-    let shown: String = s.chars().take(48).collect();
+    let shown = crate::error::quote(s);
     Error::invalid(format!(
         "`{shown}` is not an HLC: expected 15 digits, `-`, 5 digits, `-`, \
          16 lowercase hex digits (e.g. 001732345678901-00000-9f86d081884c7d65)"

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::engine::Entities;
-use crate::error::{Error, Result};
+use crate::error::{quote, Error, Result};
 use crate::log::{self, LogRow};
 use crate::wire;
 use crate::SyncEngine;
@@ -62,7 +62,10 @@ pub(crate) async fn events(
     {
         None | Some("") => None,
         Some(s) => Some(s.parse::<i64>().map_err(|_| {
-            Error::BadQuery(format!("the last event id `{s}` is not a version number"))
+            Error::BadQuery(format!(
+                "the last event id `{}` is not a version number",
+                quote(s)
+            ))
         })?),
     };
     let filter = match query.entities.as_deref() {

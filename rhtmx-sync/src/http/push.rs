@@ -31,6 +31,9 @@ pub(crate) async fn push(
     body: Body,
 ) -> Result<Json<PushResponse>> {
     let entity = engine.entity(&name)?;
+    if !is_json(&headers) {
+        return Err(Error::UnsupportedMediaType);
+    }
     let limit = engine.inner.options.body_limit;
     let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
         if is_too_large(&e) {
@@ -90,6 +93,23 @@ pub(crate) async fn push(
         conflicts,
         applied,
     }))
+}
+
+/// `application/json` or `application/*+json`, with any parameters (as axum's `Json`).
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    let Some((kind, subtype)) = essence.split_once('/') else {
+        return false;
+    };
+    kind.eq_ignore_ascii_case("application")
+        && (subtype.eq_ignore_ascii_case("json")
+            || subtype.len() > 5 && subtype[subtype.len() - 5..].eq_ignore_ascii_case("+json"))
 }
 
 fn is_too_large(e: &axum::Error) -> bool {
