@@ -37,8 +37,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let _ = tcp.set_nodelay(true);
     });
     axum::serve(listener, router)
-        .with_graceful_shutdown(async {
+        .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
+            // Open event streams would otherwise keep the server up until every tab
+            // closes; the browsers reconnect once the app is back.
+            engine.shutdown();
         })
         .await?;
     Ok(())

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
-use tokio::sync::{broadcast, Notify};
+use tokio::sync::{broadcast, watch, Notify};
 
 use crate::capture;
 use crate::engine::Entities;
@@ -32,6 +32,8 @@ pub(crate) struct Hub {
     pub tx: broadcast::Sender<Arc<LogEvent>>,
     /// Wakes the tailer at once after this process committed a change.
     pub wake: Notify,
+    /// Becomes `true` once, at shutdown: every event stream ends.
+    pub closing: watch::Sender<bool>,
 }
 
 impl Hub {
@@ -39,6 +41,7 @@ impl Hub {
         Hub {
             tx: broadcast::channel(capacity).0,
             wake: Notify::new(),
+            closing: watch::Sender::new(false),
         }
     }
 }

@@ -171,6 +171,29 @@ impl SyncEngine {
         &self.inner.clock
     }
 
+    /// Ends every open event stream now and refuses new ones with 503, so that a
+    /// server's graceful shutdown is not held up by browsers that keep a stream open
+    /// forever. Browsers reconnect by themselves (to another instance, or to this app
+    /// once it is back) and resume where they stopped; nothing is lost. Pulls, pushes
+    /// and the app's own routes are not affected. Idempotent.
+    ///
+    /// Call it when the shutdown signal arrives:
+    ///
+    /// ```no_run
+    /// # async fn run(engine: rhtmx_sync::SyncEngine, app: axum::Router) -> std::io::Result<()> {
+    /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+    /// axum::serve(listener, app)
+    ///     .with_graceful_shutdown(async move {
+    ///         let _ = tokio::signal::ctrl_c().await;
+    ///         engine.shutdown();
+    ///     })
+    ///     .await
+    /// # }
+    /// ```
+    pub fn shutdown(&self) {
+        self.inner.hub.closing.send_replace(true);
+    }
+
     /// The highest change version committed so far.
     pub async fn head(&self) -> Result<i64> {
         let mut conn = self.inner.pool.acquire().await?;

@@ -36,6 +36,11 @@ pub enum Error {
         /// The configured limit in bytes.
         limit: usize,
     },
+    /// The engine is shutting down ([`SyncEngine::shutdown`](crate::SyncEngine::shutdown))
+    /// and opens no new event stream (503); the client reconnects to another instance
+    /// or after the restart.
+    #[error("the server is shutting down")]
+    ShuttingDown,
     /// The engine was configured in a way the database cannot honour (raised when the
     /// engine is built, never from a request).
     #[error("sync configuration error: {0}")]
@@ -58,6 +63,7 @@ impl Error {
             Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Config(_) | Error::Resolver(_) | Error::Database(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -88,7 +94,9 @@ pub(crate) fn quote(input: &str) -> String {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
-        let message = if status.is_server_error() {
+        let message = if let Error::ShuttingDown = self {
+            self.to_string()
+        } else if status.is_server_error() {
             // Internals (SQL, file paths) stay in the server log.
             tracing::error!(error = %self, "sync request failed");
             "internal server error".to_owned()

@@ -80,6 +80,10 @@ pub(crate) async fn events(
     };
 
     let inner = engine.inner.clone();
+    let mut closing = inner.hub.closing.subscribe();
+    if *closing.borrow_and_update() {
+        return Err(Error::ShuttingDown);
+    }
     // Subscribe before reading the log: whatever commits after the read below is then
     // certain to arrive through the channel.
     let mut rx = inner.hub.tx.subscribe();
@@ -107,6 +111,9 @@ pub(crate) async fn events(
             if catch_up {
                 catch_up = false;
                 loop {
+                    if *closing.borrow() {
+                        return;
+                    }
                     let rows = match read_page(&inner.pool, cursor).await {
                         Ok(rows) => rows,
                         Err(error) => {
@@ -126,7 +133,14 @@ pub(crate) async fn events(
                     }
                 }
             }
-            match rx.recv().await {
+            let received = tokio::select! {
+                biased;
+                // Shutdown: end the response, so the server's graceful shutdown can
+                // finish; the browser reconnects, to another instance or after restart.
+                _ = closing.wait_for(|closing| *closing) => return,
+                received = rx.recv() => received,
+            };
+            match received {
                 Ok(event) => {
                     if event.version <= cursor {
                         continue;
