@@ -17,7 +17,7 @@ use sqlx::Sqlite;
 
 use crate::capture;
 use crate::conflict::{self, Change, Conflict, Decision, Entry, History, Row, Status, Write};
-use crate::entity::{convert, normalize, quote_ident, Entity, SqlValue};
+use crate::entity::{convert, normalize, quote_ident, Entity, Key, SqlValue};
 use crate::error::{Error, Result};
 use crate::hlc::{Hlc, HlcClock};
 use crate::log::{self, EFFECTIVE_HLC, LOG_TABLE};
@@ -30,8 +30,7 @@ pub(crate) struct Validated {
     /// The id as it travels on the wire.
     pub wire_id: Value,
     pub action: Action,
-    id_text: String,
-    id_value: SqlValue,
+    key: Key,
     /// The fields without the id, as the log would encode them.
     fields: Row,
     hlc: Option<Hlc>,
@@ -51,24 +50,24 @@ pub(crate) struct Incoming<'a> {
 /// Checks a change against the registered columns and its HLC against the clock's
 /// maximum drift; touches nothing.
 pub(crate) fn validate(entity: &Entity, clock: &HlcClock, c: Incoming<'_>) -> Result<Validated> {
-    let (id_text, id_value) = entity.parse_id(c.id)?;
+    let key = entity.parse_id(c.id)?;
     let mut fields = Row::new();
     if let Some(data) = c.data {
-        for (key, value) in data {
-            let Some(column) = entity.column(key) else {
+        for (field, value) in data {
+            let Some(column) = entity.column(field) else {
                 return Err(Error::invalid(format!(
                     "unknown field `{}` for `{}`",
-                    crate::error::quote(key),
+                    crate::error::quote(field),
                     entity.name
                 )));
             };
-            let value = convert(column, value)?;
             if column.name == entity.id {
-                if value != id_value {
+                if entity.parse_id(value)?.text != key.text {
                     return Err(Error::invalid("`data.id` differs from the change's `id`"));
                 }
                 continue;
             }
+            let value = convert(column, value)?;
             fields.insert(column.name.clone(), normalize(column, &value));
         }
     }
@@ -103,10 +102,9 @@ pub(crate) fn validate(entity: &Entity, clock: &HlcClock, c: Incoming<'_>) -> Re
         clock.check(hlc)?;
     }
     Ok(Validated {
-        wire_id: entity.wire_id(&id_text),
+        wire_id: entity.wire_id(&key.text),
         action: c.action,
-        id_text,
-        id_value,
+        key,
         fields,
         hlc: c.hlc,
         base: c.base,
@@ -158,17 +156,16 @@ pub(crate) async fn apply(
         client_id: client_id.map(str::to_owned),
         base: v.base,
     };
-    let raw_row: Option<String> = bind(
-        sqlx::query_scalar(&capture::row_select(entity)),
-        v.id_value.clone(),
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
+    let [value, alt] = v.key.lookup();
+    let select = capture::row_select(entity);
+    let raw_row: Option<String> = bind(bind(sqlx::query_scalar(&select), value), alt)
+        .fetch_optional(&mut *conn)
+        .await?;
     let current = raw_row.as_deref().map(|s| parse_row(entity, s));
     let history = read_history(
         conn,
         entity,
-        &v.id_text,
+        &v.key.text,
         &change,
         current.is_some(),
         v.hlc.is_some(),
@@ -199,6 +196,7 @@ fn bind<'q, O>(
         SqlValue::Int(n) => q.bind(n),
         SqlValue::Real(f) => q.bind(f),
         SqlValue::Text(s) => q.bind(s),
+        SqlValue::Blob(b) => q.bind(b),
     }
 }
 
@@ -211,6 +209,7 @@ fn bind_query<'q>(
         SqlValue::Int(n) => q.bind(n),
         SqlValue::Real(f) => q.bind(f),
         SqlValue::Text(s) => q.bind(s),
+        SqlValue::Blob(b) => q.bind(b),
     }
 }
 
@@ -360,7 +359,7 @@ async fn execute(
     let (sql, binds) = match write {
         Write::Insert(row) | Write::Restore(row) => {
             let mut cols = vec![id_col];
-            let mut binds = vec![v.id_value.clone()];
+            let mut binds = vec![v.key.value.clone()];
             for (field, value) in row {
                 if let Some((name, value)) = column_value(entity, field, value)? {
                     cols.push(quote_ident(&name));
@@ -380,13 +379,16 @@ async fn execute(
                     binds.push(value);
                 }
             }
-            binds.push(v.id_value.clone());
-            let sql = format!("UPDATE {table} SET {} WHERE {id_col} = ?", sets.join(", "));
+            binds.extend(v.key.lookup());
+            let sql = format!(
+                "UPDATE {table} SET {} WHERE {id_col} IN (?, ?)",
+                sets.join(", ")
+            );
             (sql, binds)
         }
         Write::Delete => (
-            format!("DELETE FROM {table} WHERE {id_col} = ?"),
-            vec![v.id_value.clone()],
+            format!("DELETE FROM {table} WHERE {id_col} IN (?, ?)"),
+            v.key.lookup().to_vec(),
         ),
         _ => return Ok(()),
     };
@@ -442,7 +444,7 @@ async fn record(
              VALUES (?, ?, ?, ?, ?) RETURNING version"
         ))
         .bind(&*entity.name)
-        .bind(&v.id_text)
+        .bind(&v.key.text)
         .bind(action)
         .bind(data)
         .bind(changed.clone())

@@ -18,6 +18,8 @@ pub(crate) fn triggers(entity: &Entity) -> [(String, String); 3] {
     let table = quote_ident(&entity.table);
     let ent = quote_literal(&entity.table);
     let id = quote_ident(&entity.id);
+    let old_key = key_text("OLD", &entity.id);
+    let new_key = key_text("NEW", &entity.id);
     let name = |suffix: &str| format!("{PREFIX}{}_{suffix}", entity.table);
     let others: Vec<&Column> = entity
         .columns
@@ -55,7 +57,7 @@ pub(crate) fn triggers(entity: &Entity) -> [(String, String); 3] {
     let ins = format!(
         "CREATE TRIGGER {n} AFTER INSERT ON {table} BEGIN \
          INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
-         VALUES ({ent}, CAST(NEW.{id} AS TEXT), 'create', {new_row}); END",
+         VALUES ({ent}, {new_key}, 'create', {new_row}); END",
         n = quote_ident(&name("insert")),
     );
     // A changed key is logged as the old row's delete and the new row's create; an
@@ -63,9 +65,9 @@ pub(crate) fn triggers(entity: &Entity) -> [(String, String); 3] {
     let upd = format!(
         "CREATE TRIGGER {n} AFTER UPDATE ON {table} WHEN {any_differs} BEGIN \
          INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
-         SELECT {ent}, CAST(OLD.{id} AS TEXT), 'delete', NULL WHERE OLD.{id} IS NOT NEW.{id}; \
+         SELECT {ent}, {old_key}, 'delete', NULL WHERE OLD.{id} IS NOT NEW.{id}; \
          INSERT INTO {LOG_TABLE} (entity, entity_id, action, data, changed) \
-         SELECT {ent}, CAST(NEW.{id} AS TEXT), \
+         SELECT {ent}, {new_key}, \
          CASE WHEN OLD.{id} IS NOT NEW.{id} THEN 'create' ELSE 'update' END, {new_row}, \
          CASE WHEN OLD.{id} IS NOT NEW.{id} THEN NULL ELSE {changed} END; END",
         n = quote_ident(&name("update")),
@@ -73,7 +75,7 @@ pub(crate) fn triggers(entity: &Entity) -> [(String, String); 3] {
     let del = format!(
         "CREATE TRIGGER {n} AFTER DELETE ON {table} BEGIN \
          INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
-         VALUES ({ent}, CAST(OLD.{id} AS TEXT), 'delete', NULL); END",
+         VALUES ({ent}, {old_key}, 'delete', NULL); END",
         n = quote_ident(&name("delete")),
     );
     [
@@ -83,19 +85,44 @@ pub(crate) fn triggers(entity: &Entity) -> [(String, String); 3] {
     ]
 }
 
-/// A query reading one row (bind its key) as the JSON the triggers log for it, so the
+/// A query reading one row (bind both values of [`Key::lookup`](crate::entity::Key)) as the JSON the triggers log for it, so the
 /// merge compares values exactly as the log encodes them.
 pub(crate) fn row_select(entity: &Entity) -> String {
     format!(
-        "SELECT {} FROM {} AS _row WHERE _row.{} = ?",
+        "SELECT {} FROM {} AS _row WHERE _row.{} IN (?, ?)",
         row_json(entity, "_row"),
         quote_ident(&entity.table),
         quote_ident(&entity.id)
     )
 }
 
+/// A key as the log stores it and the wire carries it: its text, except a blob (sqlx
+/// stores `uuid::Uuid` as 16 bytes) as [`blob_text`]. `CAST(blob AS TEXT)` would be
+/// arbitrary bytes, not UTF-8.
+fn key_text(row: &str, id: &str) -> String {
+    let v = format!("{row}.{}", quote_ident(id));
+    format!(
+        "CASE WHEN typeof({v}) = 'blob' THEN {} ELSE CAST({v} AS TEXT) END",
+        blob_text(&v)
+    )
+}
+
+/// The one text form of a blob: a 16-byte blob as a lowercase hyphenated UUID, any
+/// other as lowercase hex. [`crate::entity::parse_blob_text`] reads both back.
+fn blob_text(v: &str) -> String {
+    format!(
+        "CASE WHEN length({v}) = 16 THEN lower(substr(hex({v}), 1, 8) || '-' || \
+         substr(hex({v}), 9, 4) || '-' || substr(hex({v}), 13, 4) || '-' || \
+         substr(hex({v}), 17, 4) || '-' || substr(hex({v}), 21, 12)) ELSE lower(hex({v})) END"
+    )
+}
+
+/// Integers beyond ±(2^53 − 1) as text: a browser's JSON numbers would round them.
+const SAFE_INTEGER: &str = "9007199254740991";
+
 /// The JSON object of a row as clients see it (booleans as `true`/`false`, JSON columns
-/// inlined, blobs as hex so a stray blob can never make the app's write fail).
+/// inlined, blobs in their text form so a stray blob can never make the app's write
+/// fail, unsafe integers as strings).
 fn row_json(entity: &Entity, row: &str) -> String {
     let pairs: Vec<(String, String)> = entity
         .columns
@@ -130,7 +157,12 @@ fn value_json(c: &Column, row: &str) -> String {
             "CASE WHEN {v} IS NULL THEN NULL WHEN {v} THEN json('true') ELSE json('false') END"
         ),
         ColumnKind::Json => format!("CASE WHEN json_valid({v}) THEN json({v}) ELSE {v} END"),
-        _ => format!("CASE WHEN typeof({v}) = 'blob' THEN hex({v}) ELSE {v} END"),
+        _ => format!(
+            "CASE typeof({v}) WHEN 'blob' THEN {} WHEN 'integer' THEN \
+             CASE WHEN {v} > {SAFE_INTEGER} OR {v} < -{SAFE_INTEGER} THEN CAST({v} AS TEXT) \
+             ELSE {v} END ELSE {v} END",
+            blob_text(&v)
+        ),
     }
 }
 

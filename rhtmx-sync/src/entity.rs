@@ -58,6 +58,88 @@ pub(crate) struct Column {
     pub has_default: bool,
 }
 
+/// How the key column stores its values, from its declared type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyKind {
+    /// INTEGER affinity: numbers on the wire (strings beyond ±(2^53 − 1)).
+    Integer,
+    /// Declared `BLOB` or `UUID`: bytes, in their text form on the wire
+    /// ([`parse_blob_text`]).
+    Blob,
+    /// Anything else: text.
+    Text,
+}
+
+impl KeyKind {
+    fn from_column(column: &Column, declared: &str) -> KeyKind {
+        let t = declared.to_ascii_uppercase();
+        if column.kind == ColumnKind::Integer {
+            KeyKind::Integer
+        } else if t.contains("BLOB") || t.contains("UUID") {
+            KeyKind::Blob
+        } else {
+            KeyKind::Text
+        }
+    }
+}
+
+/// A client's id, ready to use: its text as the log stores it, the value to insert, and
+/// another representation the same row may be stored under (a UUID kept as a 16-byte
+/// blob in a TEXT column, or as text in a BLOB one), which lookups also match.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Key {
+    pub text: String,
+    pub value: SqlValue,
+    pub alt: Option<SqlValue>,
+}
+
+impl Key {
+    /// The two values a lookup binds for `column IN (?, ?)`.
+    pub(crate) fn lookup(&self) -> [SqlValue; 2] {
+        [
+            self.value.clone(),
+            self.alt.clone().unwrap_or_else(|| self.value.clone()),
+        ]
+    }
+}
+
+/// Bytes from the text form of a blob: a hyphenated UUID or hex, in either case.
+pub(crate) fn parse_blob_text(s: &str) -> Option<Vec<u8>> {
+    let hex: String = if s.len() == 36 && [8, 13, 18, 23].iter().all(|&i| s.as_bytes()[i] == b'-') {
+        s.chars().filter(|c| *c != '-').collect()
+    } else {
+        s.to_owned()
+    };
+    if hex.is_empty() || hex.len() % 2 != 0 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect()
+}
+
+/// The text form of a blob, as the capture triggers write it: 16 bytes as a lowercase
+/// hyphenated UUID, any other length as lowercase hex.
+pub(crate) fn blob_text(bytes: &[u8]) -> String {
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    if bytes.len() == 16 {
+        format!(
+            "{}-{}-{}-{}-{}",
+            &hex[..8],
+            &hex[8..12],
+            &hex[12..16],
+            &hex[16..20],
+            &hex[20..]
+        )
+    } else {
+        hex
+    }
+}
+
+/// The largest integer a browser's JSON numbers hold exactly (2^53 − 1).
+const MAX_SAFE_INTEGER: i64 = (1 << 53) - 1;
+
 /// A registered entity: the wire name is the table name.
 #[derive(Debug, Clone)]
 pub(crate) struct Entity {
@@ -65,6 +147,8 @@ pub(crate) struct Entity {
     pub name: std::sync::Arc<str>,
     pub table: String,
     pub id: String,
+    /// How the key is stored.
+    pub key: KeyKind,
     /// Synced columns in order, the id included.
     pub columns: Vec<Column>,
     pub strategy: SyncStrategy,
@@ -97,6 +181,7 @@ pub(crate) enum SqlValue {
     Int(i64),
     Real(f64),
     Text(String),
+    Blob(Vec<u8>),
 }
 
 /// Double-quotes an SQL identifier.
@@ -175,10 +260,22 @@ impl Entity {
                 has_default: c.dflt_value.is_some(),
             });
         }
+        let key = {
+            let column = columns
+                .iter()
+                .find(|c| c.name == id)
+                .expect("checked above");
+            let declared = info
+                .iter()
+                .find(|c| c.name == id)
+                .map(|c| c.declared.as_str());
+            KeyKind::from_column(column, declared.unwrap_or_default())
+        };
         Ok(Entity {
             name: spec.table.as_str().into(),
             table: spec.table,
             id,
+            key,
             columns,
             strategy: spec.strategy,
             delete_wins: spec.delete_wins,
@@ -204,33 +301,71 @@ impl Entity {
         self.column(&self.id).expect("id column is always synced")
     }
 
-    /// The id as it travels on the wire: a number for integer keys, else a string.
+    /// The id as it travels on the wire: a number for integer keys a browser can hold
+    /// exactly, else a string.
     pub(crate) fn wire_id(&self, entity_id: &str) -> serde_json::Value {
-        if self.id_column().kind == ColumnKind::Integer {
+        if self.key == KeyKind::Integer {
             if let Ok(n) = entity_id.parse::<i64>() {
-                return n.into();
+                if n.abs() <= MAX_SAFE_INTEGER {
+                    return n.into();
+                }
             }
         }
         entity_id.into()
     }
 
-    /// The id from a client as it is stored in the log (`CAST(id AS TEXT)`) and bound
-    /// to the key column.
-    pub(crate) fn parse_id(&self, id: &serde_json::Value) -> Result<(String, SqlValue)> {
-        let value = convert(self.id_column(), id)?;
-        let text = match &value {
-            SqlValue::Int(n) => n.to_string(),
-            SqlValue::Text(s) if !s.is_empty() => s.clone(),
-            SqlValue::Null => return Err(Error::invalid("missing id")),
-            _ => {
-                return Err(Error::invalid(format!(
-                    "`{}` is not a valid id for `{}`",
-                    crate::error::quote(&id.to_string()),
-                    self.table
-                )))
-            }
+    /// The id from a client: as the log stores it, and as the key column is matched.
+    pub(crate) fn parse_id(&self, id: &serde_json::Value) -> Result<Key> {
+        use serde_json::Value as J;
+        let invalid = || {
+            let expected = match self.key {
+                KeyKind::Integer => "an integer",
+                KeyKind::Blob => "a UUID or hex string",
+                KeyKind::Text => "a string, not empty",
+            };
+            Error::invalid(format!(
+                "`{}` is not a valid id for `{}`, which expects {expected}",
+                crate::error::quote(&id.to_string()),
+                self.table
+            ))
         };
-        Ok((text, value))
+        match (self.key, id) {
+            (KeyKind::Integer, J::Number(n)) => {
+                let n = n.as_i64().ok_or_else(invalid)?;
+                Ok(Key {
+                    text: n.to_string(),
+                    value: SqlValue::Int(n),
+                    alt: None,
+                })
+            }
+            (KeyKind::Integer, J::String(s)) => {
+                let n: i64 = s.parse().map_err(|_| invalid())?;
+                Ok(Key {
+                    text: n.to_string(),
+                    value: SqlValue::Int(n),
+                    alt: None,
+                })
+            }
+            (KeyKind::Blob, J::String(s)) => {
+                let bytes = parse_blob_text(s).ok_or_else(invalid)?;
+                let text = blob_text(&bytes);
+                Ok(Key {
+                    alt: Some(SqlValue::Text(text.clone())),
+                    text,
+                    value: SqlValue::Blob(bytes),
+                })
+            }
+            (KeyKind::Text, J::String(s)) if !s.is_empty() => Ok(Key {
+                text: s.clone(),
+                value: SqlValue::Text(s.clone()),
+                // An app that binds `uuid::Uuid` stores 16 bytes even in a TEXT column.
+                alt: parse_blob_text(s)
+                    .filter(|b| b.len() == 16 && s.len() == 36)
+                    .map(SqlValue::Blob),
+            }),
+            (_, J::String(_) | J::Number(_)) => Err(invalid()),
+            _ => Err(convert(self.id_column(), id).err().unwrap_or_else(invalid)),
+        }
     }
 }
 
@@ -260,6 +395,11 @@ pub(crate) fn convert(column: &Column, value: &serde_json::Value) -> Result<SqlV
             Some(i) => SqlValue::Int(i),
             None => return Err(wrong("an integer")),
         },
+        // Beyond ±(2^53 − 1) integers travel as strings (see `normalize`).
+        (ColumnKind::Integer, J::String(s)) => match s.parse::<i64>() {
+            Ok(i) => SqlValue::Int(i),
+            Err(_) => return Err(wrong("an integer")),
+        },
         (ColumnKind::Integer, _) => return Err(wrong("an integer")),
         (ColumnKind::Real, J::Number(n)) => SqlValue::Real(n.as_f64().unwrap_or_default()),
         (ColumnKind::Real, _) => return Err(wrong("a number")),
@@ -285,9 +425,11 @@ pub(crate) fn normalize(column: &Column, value: &SqlValue) -> serde_json::Value 
         (ColumnKind::Json, SqlValue::Text(s)) => {
             serde_json::from_str(s).unwrap_or_else(|_| J::String(s.clone()))
         }
+        (_, SqlValue::Int(i)) if i.abs() > MAX_SAFE_INTEGER => J::String(i.to_string()),
         (_, SqlValue::Int(i)) => (*i).into(),
         (_, SqlValue::Real(f)) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
         (_, SqlValue::Text(s)) => J::String(s.clone()),
+        (_, SqlValue::Blob(b)) => J::String(blob_text(b)),
     }
 }
 
