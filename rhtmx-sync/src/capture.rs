@@ -14,7 +14,7 @@ const PREFIX: &str = "_rhtmx_sync_";
 const PAIRS_PER_CALL: usize = 60;
 
 /// The triggers capturing `entity`, as `(name, CREATE statement)`.
-pub(crate) fn triggers(entity: &Entity) -> [(String, String); 3] {
+pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
     let table = quote_ident(&entity.table);
     let ent = quote_literal(&entity.table);
     let id = quote_ident(&entity.id);
@@ -54,8 +54,14 @@ pub(crate) fn triggers(entity: &Entity) -> [(String, String); 3] {
     };
     let new_row = row_json(entity, "NEW");
 
+    // Rows a REPLACE removed are logged before the row that replaced them.
+    let replaced = if entity.unique.is_empty() {
+        String::new()
+    } else {
+        log_replaced(entity)
+    };
     let ins = format!(
-        "CREATE TRIGGER {n} AFTER INSERT ON {table} BEGIN \
+        "CREATE TRIGGER {n} AFTER INSERT ON {table} BEGIN {replaced}\
          INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
          VALUES ({ent}, {new_key}, 'create', {new_row}); END",
         n = quote_ident(&name("insert")),
@@ -78,11 +84,117 @@ pub(crate) fn triggers(entity: &Entity) -> [(String, String); 3] {
          VALUES ({ent}, {old_key}, 'delete', NULL); END",
         n = quote_ident(&name("delete")),
     );
-    [
+    let mut all = vec![
         (name("insert"), ins),
         (name("update"), upd),
         (name("delete"), del),
+    ];
+    if !entity.unique.is_empty() {
+        all.extend(replace_triggers(entity));
+    }
+    all
+}
+
+/// The side table where a write's possible REPLACE victims wait for its AFTER trigger.
+const REPLACED: &str = "_rhtmx_sync_replaced";
+
+/// A REPLACE that collides on a UNIQUE column deletes the other row *without* firing its
+/// delete trigger (unless `PRAGMA recursive_triggers` is on, which the engine cannot set
+/// on the app's connections). So a BEFORE trigger notes the rows the new values collide
+/// with, and the AFTER trigger logs a delete for each that is gone. An upsert or an
+/// `OR IGNORE` leaves its candidates in place, so nothing is logged for them.
+fn replace_triggers(entity: &Entity) -> Vec<(String, String)> {
+    let table = quote_ident(&entity.table);
+    let name = |suffix: &str| format!("{PREFIX}{}_{suffix}", entity.table);
+    let mut columns: Vec<String> = entity.unique.iter().flatten().cloned().collect();
+    columns.push(entity.id.clone());
+    columns.sort();
+    columns.dedup();
+    let columns = columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let note_insert = note_candidates(entity, "");
+    // The updated row itself is no victim, whatever its key becomes.
+    let note_update = note_candidates(
+        entity,
+        &format!(
+            " AND _row.{id} IS NOT OLD.{id}",
+            id = quote_ident(&entity.id)
+        ),
+    );
+    vec![
+        (
+            name("before_insert"),
+            format!(
+                "CREATE TRIGGER {} BEFORE INSERT ON {table} BEGIN {note_insert} END",
+                quote_ident(&name("before_insert"))
+            ),
+        ),
+        (
+            name("before_update"),
+            format!(
+                "CREATE TRIGGER {} BEFORE UPDATE OF {columns} ON {table} BEGIN {note_update} END",
+                quote_ident(&name("before_update"))
+            ),
+        ),
+        (
+            name("replaced"),
+            format!(
+                "CREATE TRIGGER {} AFTER UPDATE OF {columns} ON {table} BEGIN {} END",
+                quote_ident(&name("replaced")),
+                log_replaced(entity)
+            ),
+        ),
     ]
+}
+
+/// Statements that note the rows NEW collides with on any UNIQUE constraint (`and`:
+/// a further condition on `_row`).
+fn note_candidates(entity: &Entity, and: &str) -> String {
+    let table = quote_ident(&entity.table);
+    let ent = quote_literal(&entity.table);
+    let id = quote_ident(&entity.id);
+    let key = key_text("_row", &entity.id);
+    // One SELECT per constraint, so each can use its own index.
+    let selects = entity
+        .unique
+        .iter()
+        .map(|cols| {
+            let matches = cols
+                .iter()
+                .map(|c| format!("_row.{q} = NEW.{q}", q = quote_ident(c)))
+                .collect::<Vec<_>>()
+                .join(" AND ");
+            format!(
+                "SELECT {ent}, {key}, _row.{id} FROM {table} AS _row \
+                 WHERE {matches} AND _row.{id} IS NOT NEW.{id}{and}"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ");
+    format!(
+        "DELETE FROM {REPLACED} WHERE entity = {ent}; \
+         INSERT INTO {REPLACED} (entity, entity_id, key) {selects};"
+    )
+}
+
+/// Statements that log a delete for each noted row that is gone, unless its delete was
+/// logged already (recursive triggers on), then forget the notes.
+fn log_replaced(entity: &Entity) -> String {
+    let table = quote_ident(&entity.table);
+    let ent = quote_literal(&entity.table);
+    let id = quote_ident(&entity.id);
+    format!(
+        "INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
+         SELECT {ent}, _gone.entity_id, 'delete', NULL FROM {REPLACED} AS _gone \
+         WHERE _gone.entity = {ent} \
+         AND NOT EXISTS (SELECT 1 FROM {table} WHERE {id} = _gone.key) \
+         AND (SELECT action FROM {LOG_TABLE} WHERE entity = {ent} \
+              AND entity_id = _gone.entity_id ORDER BY version DESC LIMIT 1) IS NOT 'delete'; \
+         DELETE FROM {REPLACED} WHERE entity = {ent}; "
+    )
 }
 
 /// A query reading one row (bind both values of [`Key::lookup`](crate::entity::Key)) as the JSON the triggers log for it, so the

@@ -149,6 +149,9 @@ pub(crate) struct Entity {
     pub id: String,
     /// How the key is stored.
     pub key: KeyKind,
+    /// The columns of each UNIQUE constraint or index other than the key: a REPLACE
+    /// that collides on one deletes a row without firing its delete trigger.
+    pub unique: Vec<Vec<String>>,
     /// Synced columns in order, the id included.
     pub columns: Vec<Column>,
     pub strategy: SyncStrategy,
@@ -271,11 +274,13 @@ impl Entity {
                 .map(|c| c.declared.as_str());
             KeyKind::from_column(column, declared.unwrap_or_default())
         };
+        let unique = unique_constraints(conn, &spec.table).await?;
         Ok(Entity {
             name: spec.table.as_str().into(),
             table: spec.table,
             id,
             key,
+            unique,
             columns,
             strategy: spec.strategy,
             delete_wins: spec.delete_wins,
@@ -367,6 +372,38 @@ impl Entity {
             _ => Err(convert(self.id_column(), id).err().unwrap_or_else(invalid)),
         }
     }
+}
+
+/// The column lists of `table`'s UNIQUE constraints and indexes, the primary key aside.
+/// An index on an expression cannot be matched by column and is left out (logged): a
+/// REPLACE colliding through it removes a row unseen (see docs/ARCHITECTURE.md).
+async fn unique_constraints(
+    conn: &mut sqlx::SqliteConnection,
+    table: &str,
+) -> Result<Vec<Vec<String>>> {
+    let indexes: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM pragma_index_list(?) WHERE \"unique\" = 1 AND origin != 'pk' ORDER BY name",
+    )
+    .bind(table)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut unique = Vec::with_capacity(indexes.len());
+    for index in indexes {
+        let columns: Vec<Option<String>> =
+            sqlx::query_scalar("SELECT name FROM pragma_index_info(?) ORDER BY seqno")
+                .bind(&index)
+                .fetch_all(&mut *conn)
+                .await?;
+        match columns.into_iter().collect::<Option<Vec<String>>>() {
+            Some(columns) if !columns.is_empty() => unique.push(columns),
+            _ => tracing::warn!(
+                table,
+                index,
+                "a REPLACE colliding on this expression index is not logged"
+            ),
+        }
+    }
+    Ok(unique)
 }
 
 /// Converts a client's JSON value for `column` into an SQL value, or says why not.

@@ -41,6 +41,11 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
 );
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_entity ON _rhtmx_sync_log (entity, version);
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_row ON _rhtmx_sync_log (entity, entity_id, version);
+CREATE TABLE IF NOT EXISTS _rhtmx_sync_replaced (
+    entity    TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    key
+);
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
