@@ -349,41 +349,140 @@ async fn a_replayed_push_changes_nothing() {
     .await;
     let head = server.engine.head().await.unwrap();
     // The first push arrives again (a retry whose answer was lost), without a client id:
-    // even under ClientWins it is recognised by its HLC alone and does not undo B's
-    // later change.
+    // even under ClientWins it is recognised by what it is and does not undo B's later
+    // change; it is reported as a duplicate, not as applied.
     let (status, res) =
         push_raw(&server.base, "todos", json!({"changes": first}).to_string()).await;
     assert_eq!(status, 200, "{res}");
     assert_eq!(
-        (&res["applied"], &res["conflicts"]),
-        (&json!(["r1"]), &json!([]))
+        (&res["applied"], &res["duplicates"], &res["conflicts"]),
+        (&json!([]), &json!(["r1"]), &json!([]))
     );
     assert_eq!(server.engine.head().await.unwrap(), head);
     assert_eq!(todos(&server.pool).await[0].1, "b");
 }
 
+/// A device whose clock is 20 h fast neither wins every conflict for 20 h nor drags
+/// the server's clock (and so every tab's) forward; at 36 h its queued edit is still
+/// applied, never refused.
 #[tokio::test]
-async fn an_hlc_too_far_ahead_is_refused_and_changes_nothing() {
+async fn an_hlc_far_ahead_is_clamped_to_the_server_clock_and_reported() {
     let (_dir, db) = temp_db();
-    let server = start_with(&db, |b| {
-        b.max_clock_drift(std::time::Duration::from_secs(3600))
-    })
+    let server = start(&db).await;
+    let v1 = create_r1(&server.base, &hlc(0, A)).await;
+    let hour = 3_600_000;
+    let res = push(
+        &server.base,
+        "todos",
+        "fast",
+        json!([{"id": "r1", "action": "update", "data": {"title": "from the fast device"},
+                "hlc": hlc(20 * hour, C), "client_version": v1}]),
+    )
     .await;
+    assert_eq!(res["applied"], json!(["r1"]), "{res}");
+    assert_eq!(res["clamped"], json!(["r1"]), "{res}");
+    let (_, page) = pull(&server.base, "todos", "").await;
+    let stamped: Hlc = page["changes"][1]["hlc"].as_str().unwrap().parse().unwrap();
+    let now = server.engine.clock().now();
+    assert!(
+        stamped.physical_ms() < now.physical_ms() + 60_000,
+        "the change carries the server's time, not the device's: {stamped}"
+    );
+    assert!(
+        now.physical_ms() < stamped.physical_ms() + hour as u64,
+        "the clock was not dragged"
+    );
+    // A later edit from a correct clock, made after it, wins the same field.
+    let later = server.engine.clock().now();
+    let res = push(
+        &server.base,
+        "todos",
+        "b",
+        json!([{"id": "r1", "action": "update", "data": {"title": "from b, later"},
+                "hlc": later.to_string(), "client_version": v1}]),
+    )
+    .await;
+    assert_eq!(res["applied"], json!(["r1"]), "{res}");
+    assert_eq!(todos(&server.pool).await[0].1, "from b, later");
+    // 36 h ahead, through the handler API too: applied and reported, not refused.
+    let ctx = SyncContext::new().with_hlc(hlc(36 * hour, C).parse().unwrap());
+    let done = server
+        .engine
+        .write::<app::Todo>(&ctx)
+        .update("r1", [("completed", true)])
+        .await
+        .unwrap();
+    assert!(done.applied());
+    assert!(done.clamped.unwrap() > std::time::Duration::from_secs(35 * 3600));
+    // A malformed HLC is still a bad request that changes nothing.
     let head = server.engine.head().await.unwrap();
-    let before = server.engine.clock().now();
-    for (at, status) in [(hlc(2 * 3_600_000, A), 422), ("tomorrow".to_owned(), 422)] {
-        let body = json!({"changes": [{"id": "r1", "action": "create", "data": {"title": "x"}, "hlc": at}]});
-        let (got, res) = push_raw(&server.base, "todos", body.to_string()).await;
-        assert_eq!(got, status, "{res}");
-        assert!(
-            res["error"].as_str().unwrap().starts_with("changes[0]: "),
-            "{res}"
-        );
-    }
+    let body = json!({"changes": [{"id": "r1", "action": "delete", "hlc": "tomorrow"}]});
+    let (got, res) = push_raw(&server.base, "todos", body.to_string()).await;
+    assert_eq!(got, 422, "{res}");
+    assert!(
+        res["error"].as_str().unwrap().starts_with("changes[0]: "),
+        "{res}"
+    );
     assert_eq!(server.engine.head().await.unwrap(), head);
-    // The server's clock was not dragged forward.
-    let after = server.engine.clock().now();
-    assert!(after.physical_ms() < before.physical_ms() + 3_600_000);
+}
+
+/// Two different writes that share an HLC — two `engine.write` calls in one handler, or
+/// a create and an update in one push — are both applied; only the very same change
+/// sent again is a duplicate, and it is reported as one, never as applied.
+#[tokio::test]
+async fn writes_sharing_an_hlc_are_all_applied_and_only_true_replays_are_duplicates() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    let at = hlc(5, A);
+    let batch = json!([
+        {"id": "r1", "action": "create", "data": {"title": "first"}, "hlc": at},
+        {"id": "r1", "action": "update", "data": {"title": "second"}, "hlc": at, "client_version": 0},
+        {"id": "r2", "action": "create", "data": {"title": "other"}, "hlc": at},
+        {"id": "r2", "action": "delete", "hlc": at, "client_version": 0},
+        {"id": "r2", "action": "create", "data": {"title": "again"}, "hlc": at},
+    ]);
+    let res = push(&server.base, "todos", "a", batch.clone()).await;
+    assert_eq!(
+        res["applied"],
+        json!(["r1", "r1", "r2", "r2", "r2"]),
+        "{res}"
+    );
+    assert_eq!(res["duplicates"], json!([]));
+    assert_eq!(
+        todos(&server.pool).await,
+        [
+            ("r1".into(), "second".into(), false),
+            ("r2".into(), "again".into(), false)
+        ]
+    );
+    // The same push again: every change is a duplicate, nothing is applied or logged.
+    let head = server.engine.head().await.unwrap();
+    let res = push(&server.base, "todos", "a", batch).await;
+    assert_eq!(res["applied"], json!([]), "{res}");
+    assert_eq!(res["duplicates"], json!(["r1", "r1", "r2", "r2", "r2"]));
+    assert_eq!(server.engine.head().await.unwrap(), head);
+    // The same HLC from another client is another change.
+    let res = push(
+        &server.base,
+        "todos",
+        "b",
+        json!([{"id": "r1", "action": "update", "data": {"title": "b's"}, "hlc": at}]),
+    )
+    .await;
+    assert_eq!(res["applied"], json!(["r1"]), "{res}");
+
+    // Two writes in one handler share the request's context, and so its HLC.
+    let ctx = SyncContext::new()
+        .with_hlc(hlc(6, A).parse().unwrap())
+        .with_client_id("tab")
+        .with_base_version(server.engine.head().await.unwrap());
+    let writer = server.engine.write::<app::Todo>(&ctx);
+    let first = writer.update("r1", [("title", "one")]).await.unwrap();
+    let second = writer.update("r1", [("title", "two")]).await.unwrap();
+    assert!(first.applied() && second.applied(), "{second:?}");
+    assert_eq!(todos(&server.pool).await[0].1, "two");
+    let again = writer.update("r1", [("title", "two")]).await.unwrap();
+    assert!(again.duplicate() && !again.applied(), "{again:?}");
 }
 
 #[tokio::test]

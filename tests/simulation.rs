@@ -154,13 +154,7 @@ impl Model {
         });
     }
 
-    fn push_one(
-        &mut self,
-        client_id: Option<&str>,
-        c: &Value,
-        applied: &mut Vec<Value>,
-        conflicts: &mut Vec<Value>,
-    ) {
+    fn push_one(&mut self, client_id: Option<&str>, c: &Value, answer: &mut Answer) {
         let id = c["id"].as_str().unwrap().to_owned();
         let action: Action = serde_json::from_value(c["action"].clone()).unwrap();
         let mut fields: Row = c
@@ -233,7 +227,8 @@ impl Model {
                     &id,
                     Action::Update,
                     current.clone(),
-                    Some(d.touched.clone()),
+                    // In column order, as every `changed` list.
+                    Some(with_touched(&[], &d.touched)),
                 );
             } else {
                 self.append(&id, Action::Delete, None, None);
@@ -256,14 +251,15 @@ impl Model {
             }
         }
         match d.status {
-            Status::NotFound => {
-                conflicts.push(json!({"id": id, "action": action, "reason": "not_found"}))
-            }
+            Status::NotFound => answer
+                .conflicts
+                .push(json!({"id": id, "action": action, "reason": "not_found"})),
             Status::Deleted => {}
-            _ => applied.push(json!(id)),
+            Status::Duplicate => answer.duplicates.push(json!(id)),
+            _ => answer.applied.push(json!(id)),
         }
         if let Some(c) = conflict {
-            conflicts.push(serde_json::to_value(c).unwrap());
+            answer.conflicts.push(serde_json::to_value(c).unwrap());
         }
     }
 
@@ -292,6 +288,14 @@ impl Model {
     }
 }
 
+/// The parts of a push answer the model builds change by change.
+#[derive(Default)]
+struct Answer {
+    applied: Vec<Value>,
+    duplicates: Vec<Value>,
+    conflicts: Vec<Value>,
+}
+
 /// The engine's rule: a field set to the value it had is still the change's.
 fn with_touched(changed: &[String], touched: &[String]) -> Vec<String> {
     if touched.iter().all(|t| changed.contains(t)) {
@@ -306,11 +310,13 @@ fn with_touched(changed: &[String], touched: &[String]) -> Vec<String> {
 
 impl Server for Model {
     async fn push(&mut self, client_id: Option<&str>, changes: &[Value]) -> Value {
-        let (mut applied, mut conflicts) = (Vec::new(), Vec::new());
+        let mut answer = Answer::default();
         for c in changes {
-            self.push_one(client_id, c, &mut applied, &mut conflicts);
+            self.push_one(client_id, c, &mut answer);
         }
-        json!({"version": self.log.len(), "conflicts": conflicts, "applied": applied})
+        // The simulation's clocks stay within the server's tolerance: nothing is clamped.
+        json!({"version": self.log.len(), "conflicts": answer.conflicts,
+               "applied": answer.applied, "duplicates": answer.duplicates, "clamped": []})
     }
 
     async fn pull(&mut self, since: i64) -> Value {

@@ -5,7 +5,7 @@
 
 use crate::entity::{quote_ident, quote_literal, Column, ColumnKind, Entity};
 use crate::error::Result;
-use crate::log::LOG_TABLE;
+use crate::log::{CONTEXT_TABLE, LOG_TABLE};
 
 /// Prefix of every trigger the engine owns.
 const PREFIX: &str = "_rhtmx_sync_";
@@ -36,15 +36,18 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
         .map(differs)
         .collect::<Vec<_>>()
         .join(" OR ");
+    // The fields whose value changed, and those the engine's change touched (set to
+    // the value they had, they are still this change's), in column order.
     let changed = if others.is_empty() {
         "'[]'".to_owned()
     } else {
         let arms = others
             .iter()
             .map(|c| {
+                let field = quote_literal(&c.name);
                 format!(
-                    "SELECT {} AS c WHERE {}",
-                    quote_literal(&c.name),
+                    "SELECT {field} AS c WHERE {} OR EXISTS \
+                     (SELECT 1 FROM json_each(_ctx.changed) WHERE value = {field})",
                     differs(c)
                 )
             })
@@ -60,29 +63,44 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
     } else {
         log_replaced(entity)
     };
+    // Every entry takes the context the engine left for *its* row, if any.
+    let context = |key: &str| {
+        format!(
+            "FROM (SELECT 1) LEFT JOIN {CONTEXT_TABLE} AS _ctx \
+             ON _ctx.entity = {ent} AND _ctx.entity_id = {key}"
+        )
+    };
+    let cols = "entity, entity_id, action, data, changed, client_id, hlc, conflict, digest";
+    let ctx_cols = "_ctx.client_id, _ctx.hlc, _ctx.conflict, _ctx.digest";
     let ins = format!(
         "CREATE TRIGGER {n} AFTER INSERT ON {table} BEGIN {replaced}\
-         INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
-         VALUES ({ent}, {new_key}, 'create', {new_row}); END",
+         INSERT INTO {LOG_TABLE} ({cols}) \
+         SELECT {ent}, {new_key}, 'create', {new_row}, NULL, {ctx_cols} {new_ctx}; END",
         n = quote_ident(&name("insert")),
+        new_ctx = context(&new_key),
     );
     // A changed key is logged as the old row's delete and the new row's create; an
     // update that changes no synced column is not logged at all.
     let upd = format!(
         "CREATE TRIGGER {n} AFTER UPDATE ON {table} WHEN {any_differs} BEGIN \
-         INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
-         SELECT {ent}, {old_key}, 'delete', NULL WHERE OLD.{id} IS NOT NEW.{id}; \
-         INSERT INTO {LOG_TABLE} (entity, entity_id, action, data, changed) \
+         INSERT INTO {LOG_TABLE} ({cols}) \
+         SELECT {ent}, {old_key}, 'delete', NULL, NULL, {ctx_cols} {old_ctx} \
+         WHERE OLD.{id} IS NOT NEW.{id}; \
+         INSERT INTO {LOG_TABLE} ({cols}) \
          SELECT {ent}, {new_key}, \
          CASE WHEN OLD.{id} IS NOT NEW.{id} THEN 'create' ELSE 'update' END, {new_row}, \
-         CASE WHEN OLD.{id} IS NOT NEW.{id} THEN NULL ELSE {changed} END; END",
+         CASE WHEN OLD.{id} IS NOT NEW.{id} THEN NULL ELSE {changed} END, \
+         {ctx_cols} {new_ctx}; END",
         n = quote_ident(&name("update")),
+        old_ctx = context(&old_key),
+        new_ctx = context(&new_key),
     );
     let del = format!(
         "CREATE TRIGGER {n} AFTER DELETE ON {table} BEGIN \
-         INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
-         VALUES ({ent}, {old_key}, 'delete', NULL); END",
+         INSERT INTO {LOG_TABLE} ({cols}) \
+         SELECT {ent}, {old_key}, 'delete', NULL, NULL, {ctx_cols} {old_ctx}; END",
         n = quote_ident(&name("delete")),
+        old_ctx = context(&old_key),
     );
     let mut all = vec![
         (name("insert"), ins),

@@ -13,7 +13,11 @@ use crate::capture;
 use crate::conflict::{ConflictResolver, SharedResolver};
 use crate::entity::{Entity, EntitySpec};
 use crate::error::{Error, Result};
-use crate::hlc::{HlcClock, DEFAULT_MAX_DRIFT};
+use crate::hlc::HlcClock;
+
+/// How far ahead of the server a client's HLC may be before the server's clock stamps
+/// its change instead (see [`SyncEngineBuilder::clock_tolerance`]).
+const DEFAULT_CLOCK_TOLERANCE: Duration = Duration::from_secs(5);
 use crate::log;
 use crate::syncable::{SyncStrategy, Syncable};
 
@@ -63,7 +67,8 @@ pub(crate) struct Options {
     pub event_buffer: usize,
     pub default_pull_limit: i64,
     pub max_pull_limit: i64,
-    pub max_clock_drift: Duration,
+    pub clock_tolerance: Duration,
+    pub max_push_changes: usize,
 }
 
 impl Default for Options {
@@ -77,7 +82,8 @@ impl Default for Options {
             event_buffer: 4096,
             default_pull_limit: 1000,
             max_pull_limit: 10_000,
-            max_clock_drift: DEFAULT_MAX_DRIFT,
+            clock_tolerance: DEFAULT_CLOCK_TOLERANCE,
+            max_push_changes: 1000,
         }
     }
 }
@@ -303,12 +309,22 @@ impl SyncEngineBuilder {
         self
     }
 
-    /// How far ahead of the server's clock a client's HLC may be (default 24 h); a
-    /// change with one further ahead is refused with 422, so that one client with a
-    /// wrong clock cannot drag the server's clock, and every later write, into the
-    /// future.
-    pub fn max_clock_drift(mut self, drift: Duration) -> Self {
-        self.options.max_clock_drift = drift;
+    /// How far ahead of the server's clock a client's HLC may be (default 5 s). A
+    /// change stamped further ahead comes from a device whose clock is wrong: it is
+    /// applied, stamped with the server's clock instead, and reported (a warning in the
+    /// log, `clamped` in the push response, [`WriteOutcome::clamped`](crate::WriteOutcome)).
+    /// It is never refused, and its HLC is never observed, so it cannot win every
+    /// conflict for hours or drag the server's clock, and every tab's, into the future.
+    pub fn clock_tolerance(mut self, tolerance: Duration) -> Self {
+        self.options.clock_tolerance = tolerance;
+        self
+    }
+
+    /// The most changes one push may carry (default 1000); more answers 413 and
+    /// changes nothing. It bounds how long a push holds the write lock: every app write
+    /// waits meanwhile. The browser client pushes fewer at a time.
+    pub fn max_push_changes(mut self, changes: usize) -> Self {
+        self.options.max_push_changes = changes.max(1);
         self
     }
 
@@ -419,7 +435,7 @@ impl SyncEngineBuilder {
             )
             .instrument(tracing::info_span!("rhtmx_sync_broadcaster")),
         );
-        let clock = HlcClock::new().max_drift(self.options.max_clock_drift);
+        let clock = HlcClock::new().max_drift(self.options.clock_tolerance);
         Ok(SyncEngine {
             inner: Arc::new(Inner {
                 pool: self.pool,

@@ -26,6 +26,17 @@ pub enum Error {
     /// wrong type, missing id (422).
     #[error("{0}")]
     Invalid(String),
+    /// A push carries more changes than the engine takes at once (413): it would hold
+    /// the write lock too long. Send them in several pushes.
+    #[error(
+        "a push carries at most {limit} changes, this one {sent}: send the rest in another push"
+    )]
+    TooManyChanges {
+        /// The configured limit ([`SyncEngineBuilder::max_push_changes`](crate::SyncEngineBuilder::max_push_changes)).
+        limit: usize,
+        /// How many the push carried.
+        sent: usize,
+    },
     /// The push body is not `application/json` (415). Only JSON is applied, so a
     /// cross-site form (`enctype="text/plain"`) or a `no-cors` fetch cannot write.
     #[error("the body must be `application/json`")]
@@ -49,6 +60,11 @@ pub enum Error {
     /// cannot hold (500; the write is rolled back).
     #[error("conflict resolver: {0}")]
     Resolver(String),
+    /// A row holds a value the merge cannot read as JSON (a number beyond `f64`,
+    /// nesting deeper than 128): the change is refused rather than merged against an
+    /// empty row, which would lose its fields (500; nothing is written).
+    #[error("unreadable row {0}")]
+    UnreadableRow(String),
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -61,12 +77,15 @@ impl Error {
             Error::MalformedJson(_) | Error::BadQuery(_) => StatusCode::BAD_REQUEST,
             Error::UnknownEntity(_) => StatusCode::NOT_FOUND,
             Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::PayloadTooLarge { .. } | Error::TooManyChanges { .. } => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Config(_) | Error::Resolver(_) | Error::Database(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Config(_)
+            | Error::Resolver(_)
+            | Error::UnreadableRow(_)
+            | Error::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

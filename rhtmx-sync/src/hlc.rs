@@ -181,6 +181,21 @@ impl fmt::Debug for HlcClock {
     }
 }
 
+/// What [`HlcClock::receive`] made of a client's timestamp.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Received {
+    /// Within the tolerance: the timestamp stands, and the clock observed it.
+    Observed(Hlc),
+    /// Too far ahead: the clock's own `now` stands in for it.
+    Clamped {
+        /// The server's timestamp that replaces the client's.
+        now: Hlc,
+        /// How far ahead of the server's physical clock the client's was.
+        ahead: Duration,
+    },
+}
+
 /// The default limit on how far ahead of this clock a received timestamp may be.
 pub const DEFAULT_MAX_DRIFT: Duration = Duration::from_secs(24 * 60 * 60);
 
@@ -244,6 +259,23 @@ impl HlcClock {
             )));
         }
         Ok(())
+    }
+
+    /// Takes a timestamp received from a client: within the maximum drift it is
+    /// [observed](Self::observe) and kept; further ahead, the device's clock is wrong,
+    /// so it is neither kept nor observed and [`now`](Self::now) stands in for it.
+    /// Never refuses: a queued edit from a device with a bad clock is still applied.
+    pub fn receive(&self, remote: Hlc) -> Received {
+        match self.observe(remote) {
+            Ok(_) => Received::Observed(remote),
+            Err(_) => {
+                let pt = (self.physical)();
+                Received::Clamped {
+                    now: self.now(),
+                    ahead: Duration::from_millis(remote.physical.saturating_sub(pt)),
+                }
+            }
+        }
     }
 
     /// Merges a received timestamp: every later [`now`](Self::now) is greater than it.

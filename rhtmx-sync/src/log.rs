@@ -23,8 +23,11 @@ use sqlx::SqliteConnection;
 /// The change log table.
 pub(crate) const LOG_TABLE: &str = "_rhtmx_sync_log";
 
-/// The version of the engine's own tables: 2 added `conflict`.
-const SCHEMA_VERSION: i64 = 2;
+/// The per-change context the capture triggers read (see `apply::execute`).
+pub(crate) const CONTEXT_TABLE: &str = "_rhtmx_sync_context";
+
+/// The version of the engine's own tables: 2 added `conflict`, 3 `digest`.
+const SCHEMA_VERSION: i64 = 3;
 
 const DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
@@ -37,10 +40,21 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
     client_id  TEXT,
     hlc        TEXT,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
-    conflict   TEXT
+    conflict   TEXT,
+    digest     TEXT
 );
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_entity ON _rhtmx_sync_log (entity, version);
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_row ON _rhtmx_sync_log (entity, entity_id, version);
+CREATE TABLE IF NOT EXISTS _rhtmx_sync_context (
+    entity    TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    hlc       TEXT,
+    client_id TEXT,
+    changed   TEXT,
+    conflict  TEXT,
+    digest    TEXT,
+    PRIMARY KEY (entity, entity_id)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_replaced (
     entity    TEXT NOT NULL,
     entity_id TEXT NOT NULL,
@@ -56,23 +70,32 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_meta (
 pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     sqlx::raw_sql(DDL).execute(&mut *tx).await?;
-    // Schema 1 logs lack `conflict`. Another process may add it first: a duplicate
+    // Older logs lack later columns. Another process may add one first: a duplicate
     // column is then fine.
-    let has_conflict: bool = sqlx::query_scalar(
-        "SELECT count(*) > 0 FROM pragma_table_info('_rhtmx_sync_log') WHERE name = 'conflict'",
-    )
-    .fetch_one(&mut *tx)
-    .await?;
-    if !has_conflict {
-        if let Err(e) = sqlx::query("ALTER TABLE _rhtmx_sync_log ADD COLUMN conflict TEXT")
-            .execute(&mut *tx)
-            .await
-        {
+    for column in ["conflict", "digest"] {
+        let has: bool = sqlx::query_scalar(
+            "SELECT count(*) > 0 FROM pragma_table_info('_rhtmx_sync_log') WHERE name = ?",
+        )
+        .bind(column)
+        .fetch_one(&mut *tx)
+        .await?;
+        if has {
+            continue;
+        }
+        let add = format!("ALTER TABLE _rhtmx_sync_log ADD COLUMN {column} TEXT");
+        if let Err(e) = sqlx::query(&add).execute(&mut *tx).await {
             if !e.to_string().contains("duplicate column") {
                 return Err(e.into());
             }
         }
     }
+    // A replay is found by its digest (see `apply`), never by scanning a row's log.
+    sqlx::query(
+        "CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_digest ON _rhtmx_sync_log (digest) \
+         WHERE digest IS NOT NULL",
+    )
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', ?1) \
          ON CONFLICT (key) DO UPDATE SET value = ?1 WHERE CAST(value AS INTEGER) < ?1",
@@ -148,7 +171,10 @@ pub(crate) const ROW_COLUMNS: &str = concat!(
     "CAST(action AS BLOB) AS action, CAST(data AS BLOB) AS data, ",
     "CAST(changed AS BLOB) AS changed, CAST(client_id AS BLOB) AS client_id, CAST(",
     effective_hlc!(),
-    " AS BLOB) AS hlc, CAST(conflict AS BLOB) AS conflict"
+    " AS BLOB) AS hlc, ",
+    // A conflict is stored without the version of the entry carrying it.
+    "CAST(CASE WHEN conflict IS NULL THEN NULL ",
+    "ELSE json_set(conflict, '$.version', version) END AS BLOB) AS conflict"
 );
 
 /// The highest version ever assigned (0 for an empty log); survives compaction.
@@ -266,9 +292,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_schema_1_log_gains_the_conflict_column() {
+    async fn a_schema_1_log_gains_the_later_columns() {
         let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
-        sqlx::raw_sql(&DDL.replace(",\n    conflict   TEXT", ""))
+        sqlx::raw_sql(&DDL.replace(",\n    conflict   TEXT,\n    digest     TEXT", ""))
             .execute(&mut conn)
             .await
             .unwrap();
@@ -279,7 +305,7 @@ mod tests {
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(version, "2");
+        assert_eq!(version, "3");
         assert!(read_after(&mut conn, 0, 1).await.unwrap().is_empty());
     }
 }

@@ -121,6 +121,12 @@ pub(crate) struct PushResponse {
     pub conflicts: Vec<PushConflict>,
     /// The ids of the changes applied (merged, possibly losing some fields).
     pub applied: Vec<Value>,
+    /// The ids of changes applied before (the same client, HLC and fields): replays
+    /// that did nothing.
+    pub duplicates: Vec<Value>,
+    /// The ids of changes whose HLC was too far ahead of the server's clock: they were
+    /// applied, stamped with the server's clock (check the device's clock).
+    pub clamped: Vec<Value>,
 }
 
 /// A change the server did not apply as sent.

@@ -17,7 +17,6 @@ use crate::apply::{self, Incoming};
 use crate::conflict::{Conflict, Status};
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
-use crate::log;
 use crate::syncable::Syncable;
 use crate::wire::Action;
 use crate::SyncEngine;
@@ -133,12 +132,22 @@ pub struct WriteOutcome {
     pub conflict: Option<Conflict>,
     /// The log's head after the write.
     pub version: i64,
+    /// Set when the context's HLC was further ahead of the server's clock than the
+    /// engine's tolerance: how far. The write was stamped with the server's clock.
+    pub clamped: Option<std::time::Duration>,
 }
 
 impl WriteOutcome {
-    /// Whether the change was applied now or before (a replay).
+    /// Whether the change was applied now (possibly losing fields to a conflict). A
+    /// replay of a change applied before is a [`duplicate`](Self::duplicate) instead.
     pub fn applied(&self) -> bool {
-        matches!(self.status, Status::Applied | Status::Duplicate)
+        self.status == Status::Applied
+    }
+
+    /// Whether this very change (same client, HLC, action and fields) was applied
+    /// before, so this write did nothing.
+    pub fn duplicate(&self) -> bool {
+        self.status == Status::Duplicate
     }
 }
 
@@ -200,8 +209,9 @@ impl SyncEngine {
 }
 
 impl Writer<'_> {
-    /// Creates the row (every required field must be given). A replay is recognised by
-    /// its HLC; a create older than the row's tombstone is refused.
+    /// Creates the row (every required field must be given). A replay (the same client,
+    /// HLC and fields) is recognised and does nothing; a create older than the row's
+    /// tombstone is refused.
     pub async fn create<I, K, V>(self, id: impl serde::Serialize, fields: I) -> Result<WriteOutcome>
     where
         I: IntoIterator<Item = (K, V)>,
@@ -244,17 +254,18 @@ impl Writer<'_> {
             hlc: self.context.hlc,
             base: self.context.base_version,
         };
-        let change = apply::validate(entity, &inner.clock, incoming)?;
-        let mut tx = apply::begin_write(&inner.pool).await?;
+        let change = apply::validate(entity, incoming)?;
         let client = self.context.client_id.as_deref();
-        let done = apply::apply(&mut tx, entity, &inner.clock, &change, client).await?;
-        let version = log::head(&mut tx).await?;
-        tx.commit().await?;
-        inner.hub.wake.notify_one();
+        let (mut done, version) =
+            apply::transaction(inner, entity, std::slice::from_ref(&change), client)
+                .await
+                .map_err(|failed| failed.error)?;
+        let done = done.pop().expect("one change, one outcome");
         Ok(WriteOutcome {
             status: done.status,
             conflict: done.conflict,
             version,
+            clamped: done.clamped,
         })
     }
 }

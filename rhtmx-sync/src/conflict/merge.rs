@@ -98,8 +98,8 @@ pub struct History {
     pub base_row: Option<Row>,
     /// The row's deletes, when the row is absent.
     pub tombstone: Option<Tombstone>,
-    /// Whether an entry of this row already has the change's HLC: the change was
-    /// applied before and this is a replay.
+    /// Whether this very change was applied before (the engine compares a digest of
+    /// client, HLC, action and fields): a replay, which does nothing.
     pub replayed: bool,
 }
 
@@ -145,6 +145,8 @@ impl History {
             since_base,
             base_row,
             tombstone,
+            // Entries carry no digest: a model whose every action has its own HLC can
+            // tell a replay by the HLC alone.
             replayed: log.iter().any(|e| e.hlc == change.hlc),
         }
     }
@@ -251,7 +253,8 @@ impl Decision {
 /// - A change without a base is a plain last-arrival write.
 /// - A delete beats concurrent updates (or, without `delete_wins`, the later by HLC
 ///   wins); an update of a deleted row is refused; a create older than the row's
-///   tombstone is refused; a change whose HLC is already in the row's log is a replay.
+///   tombstone is refused; a change already applied (`history.replayed`) is a replay.
+/// - Two writes with the same HLC are parts of one user action: the later wins.
 pub fn merge(
     change: &Change,
     current: Option<&Row>,
@@ -330,7 +333,7 @@ fn create_absent(change: &Change, history: &History) -> Decision {
     match &history.tombstone {
         // A create from before the delete (a late replay) must not bring the row back;
         // a newer one is a deliberate re-creation.
-        Some(t) if t.hlc >= change.hlc => {
+        Some(t) if t.hlc > change.hlc => {
             let mut c = conflict(
                 change,
                 Reason::Deleted,
@@ -360,7 +363,7 @@ fn update_absent(change: &Change, history: &History, policy: &Policy<'_>) -> Dec
     let mut c = conflict(change, Reason::Deleted, Outcome::Deleted, rule);
     c.server_hlc = t.hlc;
     c.fields = lost_to_delete(change);
-    let restorable = !policy.delete_wins && t.version > base && change.hlc > t.hlc;
+    let restorable = !policy.delete_wins && t.version > base && change.hlc >= t.hlc;
     if let (true, Some(last)) = (restorable, &t.last_row) {
         let mut row = last.clone();
         for (k, v) in &change.fields {
@@ -414,8 +417,9 @@ fn resolve(
             };
             return (resolved, outcome);
         }
-        // Ties cannot happen between two nodes; an identical HLC is the same event.
-        _ => change.hlc > server_hlc,
+        // Ties cannot happen between two nodes. An identical HLC is another write of the
+        // same user action (two writes in one handler, one push): the later one wins.
+        _ => change.hlc >= server_hlc,
     };
     if client_wins {
         (client.clone(), Outcome::Client)
@@ -435,7 +439,7 @@ fn merge_fields(change: &Change, row: &Row, history: &History, policy: &Policy<'
         for entry in history.since_base.iter().filter(|e| e.touches(field)) {
             if own(entry, change) {
                 // Its own earlier write it had seen; a later one of its own wins.
-                superseded |= entry.hlc >= change.hlc;
+                superseded |= entry.hlc > change.hlc;
             } else {
                 concurrent = concurrent.max(Some(entry.hlc));
             }
@@ -521,7 +525,7 @@ fn delete_present(change: &Change, row: &Row, history: &History, policy: &Policy
     let Some(latest) = concurrent.values().max().copied() else {
         return Decision::new(Status::Applied, Write::Delete);
     };
-    let deletes = policy.delete_wins || change.hlc > latest;
+    let deletes = policy.delete_wins || change.hlc >= latest;
     let outcome = if deletes {
         Outcome::Deleted
     } else {

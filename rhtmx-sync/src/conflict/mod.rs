@@ -16,7 +16,8 @@
 //! - a delete beats concurrent updates (configurable with `delete_wins`); a deleted row
 //!   leaves its delete in the log as a tombstone until compaction, so a late update or a
 //!   late replayed create with an older HLC cannot bring it back;
-//! - a change whose HLC is already in the row's log is a replay and does nothing;
+//! - a change applied before (the same client, HLC, action and fields) is a replay
+//!   and does nothing; two different writes with one HLC are both applied, in order;
 //! - a change without `client_version` is a plain last-arrival write, as before.
 //!
 //! Every conflict is reported as a [`Conflict`]: in the push response, to the app

@@ -15,7 +15,6 @@ use crate::apply::{self, Incoming};
 use crate::conflict::Status;
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
-use crate::log;
 use crate::wire::{PushConflict, PushRequest, PushResponse};
 use crate::SyncEngine;
 
@@ -44,8 +43,14 @@ pub(crate) async fn push(
     })?;
     let request: PushRequest = serde_json::from_slice(&bytes).map_err(json_error)?;
     tracing::Span::current().record("changes", request.changes.len());
+    let max = engine.inner.options.max_push_changes;
+    if request.changes.len() > max {
+        return Err(Error::TooManyChanges {
+            limit: max,
+            sent: request.changes.len(),
+        });
+    }
     let client_id = client_id(&headers, request.client_id)?;
-    let clock = &engine.inner.clock;
     let validated = request
         .changes
         .iter()
@@ -60,39 +65,44 @@ pub(crate) async fn push(
                     hlc,
                     base: c.client_version,
                 };
-                apply::validate(entity, clock, incoming)
+                apply::validate(entity, incoming)
             })
             .map_err(|e| Error::invalid(format!("changes[{i}]: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
 
-    let mut tx = apply::begin_write(&engine.inner.pool).await?;
-    let (mut applied, mut conflicts) = (Vec::new(), Vec::new());
-    for (i, change) in validated.into_iter().enumerate() {
-        let done = apply::apply(&mut tx, entity, clock, &change, client_id.as_deref())
+    let (outcomes, version) =
+        apply::transaction(&engine.inner, entity, &validated, client_id.as_deref())
             .await
-            .map_err(|e| constraint(e, i))?;
+            .map_err(|failed| constraint(failed.error, failed.index))?;
+    let mut response = PushResponse {
+        version,
+        conflicts: Vec::new(),
+        applied: Vec::new(),
+        duplicates: Vec::new(),
+        clamped: Vec::new(),
+    };
+    for (change, done) in validated.into_iter().zip(outcomes) {
+        if done.clamped.is_some() {
+            response.clamped.push(change.wire_id.clone());
+        }
         match done.status {
-            Status::NotFound => conflicts.push(PushConflict::NotFound {
+            Status::NotFound => response.conflicts.push(PushConflict::NotFound {
                 id: change.wire_id,
                 action: change.action,
                 reason: "not_found",
             }),
             Status::Deleted => {}
-            _ => applied.push(change.wire_id),
+            Status::Duplicate => response.duplicates.push(change.wire_id),
+            _ => response.applied.push(change.wire_id),
         }
         if let Some(conflict) = done.conflict {
-            conflicts.push(PushConflict::Resolved(Box::new(conflict)));
+            response
+                .conflicts
+                .push(PushConflict::Resolved(Box::new(conflict)));
         }
     }
-    let version = log::head(&mut tx).await?;
-    tx.commit().await?;
-    engine.inner.hub.wake.notify_one();
-    Ok(Json(PushResponse {
-        version,
-        conflicts,
-        applied,
-    }))
+    Ok(Json(response))
 }
 
 /// `application/json` or `application/*+json`, with any parameters (as axum's `Json`).

@@ -1,0 +1,223 @@
+//! What the merge needs of a row's log, read with indexed queries and kept for the
+//! rest of the push: a push of many changes to one row reads that row's log once and
+//! appends its own new entries, so its cost grows with the number of changes, not with
+//! their square.
+
+use std::collections::HashMap;
+
+use sqlx::SqliteConnection;
+
+use crate::conflict::{Change, Entry, History, Row, Tombstone};
+use crate::entity::Entity;
+use crate::error::Result;
+use crate::hlc::Hlc;
+use crate::log::{EFFECTIVE_HLC, LOG_TABLE};
+use crate::syncable::SyncStrategy;
+use crate::wire::Action;
+
+/// A row's JSON from the table or the log, without its key. SQLite wrote it, but it
+/// can still be beyond serde: a number beyond f64, nesting deeper than 128.
+pub(crate) fn parse_row(entity: &Entity, json: &str) -> serde_json::Result<Row> {
+    let mut row: Row = serde_json::from_str(json)?;
+    row.remove(&entity.id);
+    Ok(row)
+}
+
+/// A logged row's JSON; one that cannot be read counts as empty (it only feeds a
+/// restore's starting point), with a warning.
+fn parse_logged(entity: &Entity, json: &str) -> Row {
+    parse_row(entity, json).unwrap_or_else(|error| {
+        tracing::warn!(%error, "a logged row's JSON could not be read");
+        Row::new()
+    })
+}
+
+fn parse_hlc(s: &str) -> Hlc {
+    s.parse().unwrap_or_else(|_| {
+        // Only a hand-edited log can hold one; it sorts first rather than failing writes.
+        tracing::warn!(hlc = s, "malformed HLC in the change log");
+        Hlc::new(0, 0, 0)
+    })
+}
+
+#[derive(sqlx::FromRow)]
+struct EntryRow {
+    version: i64,
+    entity: String,
+    entity_id: String,
+    action: String,
+    data: Option<String>,
+    changed: Option<String>,
+    client_id: Option<String>,
+    hlc: String,
+}
+
+impl EntryRow {
+    fn entry(self, entity: &Entity) -> Entry {
+        Entry {
+            version: self.version,
+            action: Action::parse(&self.action).unwrap_or(Action::Update),
+            changed: self
+                .changed
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok()),
+            data: self.data.as_deref().map(|d| parse_logged(entity, d)),
+            hlc: parse_hlc(&self.hlc),
+            client_id: self.client_id,
+        }
+    }
+}
+
+/// The entries of one row after `after`, oldest first.
+#[derive(Debug, Default)]
+struct Cached {
+    after: i64,
+    entries: Vec<Entry>,
+}
+
+/// Row logs read during one write transaction, by `(entity, key text)`.
+#[derive(Debug, Default)]
+pub(crate) struct HistoryCache {
+    rows: HashMap<(String, String), Cached>,
+}
+
+impl HistoryCache {
+    /// What [`History::from_log`] would extract from the row's whole log.
+    pub(crate) async fn read(
+        &mut self,
+        conn: &mut SqliteConnection,
+        entity: &Entity,
+        id: &str,
+        change: &Change,
+        exists: bool,
+        digest: Option<&str>,
+    ) -> Result<History> {
+        let name = &*entity.name;
+        let mut history = History::default();
+        if let Some(floor) = History::floor(change) {
+            let cached = self
+                .rows
+                .entry((name.to_owned(), id.to_owned()))
+                .or_insert_with(|| Cached {
+                    after: i64::MAX,
+                    entries: Vec::new(),
+                });
+            if floor < cached.after {
+                // Read what the cache lacks: (floor, cached.after].
+                let rows: Vec<EntryRow> = sqlx::query_as(&format!(
+                    "SELECT version, entity, entity_id, action, data, changed, client_id, \
+                     {EFFECTIVE_HLC} AS hlc FROM {LOG_TABLE} \
+                     WHERE entity = ? AND entity_id = ? AND version > ? AND version <= ? \
+                     ORDER BY version"
+                ))
+                .bind(name)
+                .bind(id)
+                .bind(floor)
+                .bind(cached.after)
+                .fetch_all(&mut *conn)
+                .await?;
+                let mut older: Vec<Entry> = rows.into_iter().map(|r| r.entry(entity)).collect();
+                older.append(&mut cached.entries);
+                cached.entries = older;
+                cached.after = floor;
+            }
+            history.since_base = cached
+                .entries
+                .iter()
+                .filter(|e| e.version > floor)
+                .cloned()
+                .collect();
+        }
+        if let (Action::Update, Some(base), SyncStrategy::Custom) =
+            (change.action, change.base, entity.strategy)
+        {
+            let data: Option<Option<String>> = sqlx::query_scalar(&format!(
+                "SELECT data FROM {LOG_TABLE} WHERE entity = ? AND entity_id = ? AND version <= ? \
+                 ORDER BY version DESC LIMIT 1"
+            ))
+            .bind(name)
+            .bind(id)
+            .bind(base)
+            .fetch_optional(&mut *conn)
+            .await?;
+            history.base_row = data.flatten().map(|d| parse_logged(entity, &d));
+        }
+        if !exists {
+            history.tombstone = tombstone(conn, entity, id).await?;
+        }
+        if let Some(digest) = digest {
+            history.replayed = sqlx::query_scalar(&format!(
+                "SELECT EXISTS (SELECT 1 FROM {LOG_TABLE} WHERE digest = ?)"
+            ))
+            .bind(digest)
+            .fetch_one(&mut *conn)
+            .await?;
+        }
+        Ok(history)
+    }
+
+    /// Appends the entries logged after `before` to the rows they belong to, if cached.
+    pub(crate) async fn extend(
+        &mut self,
+        conn: &mut SqliteConnection,
+        entity: &Entity,
+        before: i64,
+    ) -> Result<()> {
+        if self.rows.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<EntryRow> = sqlx::query_as(&format!(
+            "SELECT version, entity, entity_id, action, data, changed, client_id, \
+             {EFFECTIVE_HLC} AS hlc FROM {LOG_TABLE} WHERE version > ? ORDER BY version"
+        ))
+        .bind(before)
+        .fetch_all(&mut *conn)
+        .await?;
+        for row in rows {
+            // Only this entity's rows are ever cached (one push is one entity).
+            if row.entity != *entity.name {
+                continue;
+            }
+            let key = (row.entity.clone(), row.entity_id.clone());
+            if let Some(cached) = self.rows.get_mut(&key) {
+                cached.entries.push(row.entry(entity));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The row's tombstone, when every entry after its last live one is a delete: the
+/// first of them removed it, the latest is when it was last deleted.
+async fn tombstone(
+    conn: &mut SqliteConnection,
+    entity: &Entity,
+    id: &str,
+) -> Result<Option<Tombstone>> {
+    let name = &*entity.name;
+    let live: Option<(i64, Option<String>)> = sqlx::query_as(&format!(
+        "SELECT version, data FROM {LOG_TABLE} WHERE entity = ? AND entity_id = ? \
+         AND action != 'delete' ORDER BY version DESC LIMIT 1"
+    ))
+    .bind(name)
+    .bind(id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let deletes: (Option<i64>, Option<String>) = sqlx::query_as(&format!(
+        "SELECT min(version), max({EFFECTIVE_HLC}) FROM {LOG_TABLE} \
+         WHERE entity = ? AND entity_id = ? AND version > ?"
+    ))
+    .bind(name)
+    .bind(id)
+    .bind(live.as_ref().map_or(0, |l| l.0))
+    .fetch_one(&mut *conn)
+    .await?;
+    Ok(match deletes {
+        (Some(version), Some(hlc)) => Some(Tombstone {
+            version,
+            hlc: parse_hlc(&hlc),
+            last_row: live.and_then(|l| l.1).map(|d| parse_logged(entity, &d)),
+        }),
+        _ => None,
+    })
+}
