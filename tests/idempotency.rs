@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use common::*;
@@ -34,7 +34,12 @@ struct Probe {
     release: Semaphore,
     /// `/slow` sends its call number if it is dropped before finishing.
     cancelled: mpsc::UnboundedSender<usize>,
+    /// What `/gate` answers: a status and headers, set by the test.
+    gate: std::sync::Mutex<Gate>,
 }
+
+/// The answer `/gate` gives, as `(status, [(header, value)])`.
+type Gate = (u16, Vec<(&'static str, String)>);
 
 impl Probe {
     fn call(&self) -> usize {
@@ -49,6 +54,7 @@ fn probe_routes(probe: Arc<Probe>) -> Router {
         .route("/flaky", post(flaky))
         .route("/big", post(big))
         .route("/stream", post(stream))
+        .route("/gate", post(gate))
         .with_state(probe)
 }
 
@@ -60,6 +66,18 @@ async fn count(State(probe): State<Arc<Probe>>) -> impl IntoResponse {
         [("hx-trigger", "counted"), ("x-first-only", "yes")],
         format!("call {n}"),
     )
+}
+
+/// Answers what the test set in `probe.gate`, with the call number as body.
+async fn gate(State(probe): State<Arc<Probe>>) -> Response {
+    let n = probe.call();
+    let (status, headers) = probe.gate.lock().unwrap().clone();
+    let mut res = (StatusCode::from_u16(status).unwrap(), format!("gate {n}")).into_response();
+    for (name, value) in headers {
+        res.headers_mut()
+            .append(name, HeaderValue::from_str(&value).unwrap());
+    }
+    res
 }
 
 /// Reports itself if dropped while armed.
@@ -139,6 +157,7 @@ impl Harness {
             entered: entered_tx,
             release: Semaphore::new(0),
             cancelled: cancelled_tx,
+            gate: std::sync::Mutex::new((200, Vec::new())),
         });
         let mut harness = Harness {
             base: String::new(),
@@ -170,6 +189,14 @@ impl Harness {
         base
     }
 
+    /// Sets what `/gate` answers from now on.
+    fn gate(&self, status: u16, headers: &[(&'static str, &str)]) {
+        *self.probe.gate.lock().unwrap() = (
+            status,
+            headers.iter().map(|(n, v)| (*n, (*v).to_owned())).collect(),
+        );
+    }
+
     fn calls(&self) -> usize {
         self.probe.calls.load(Ordering::SeqCst)
     }
@@ -197,7 +224,13 @@ impl Harness {
 }
 
 fn request_to(base: &str, method: Method, path: &str, key: Option<&str>) -> RequestBuilder {
-    let req = client().request(method, format!("{base}{path}"));
+    // Redirects are answers to check, not to follow.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(WAIT * 3)
+        .build()
+        .unwrap();
+    let req = client.request(method, format!("{base}{path}"));
     match key {
         Some(key) => req.header("idempotency-key", key),
         None => req,
@@ -615,4 +648,129 @@ async fn keys_older_than_the_retention_window_are_pruned() {
     let res = send(request_to(&base, Method::POST, "/count", Some("old"))).await;
     assert_eq!(res.body, format!("call {}", calls + 1));
     assert!(!res.replayed());
+}
+
+#[tokio::test]
+async fn a_refusal_that_is_not_final_is_not_stored_and_the_retry_runs_again() {
+    let h = Harness::start(|layer| layer).await;
+    // Each of these says "not now" (log in again, slow down, try later), not "no".
+    let refusals: &[(u16, &[(&str, &str)])] = &[
+        (401, &[("www-authenticate", "Bearer")]),
+        (403, &[]),
+        (419, &[]),
+        (408, &[]),
+        (425, &[]),
+        (429, &[]),
+        (429, &[("retry-after", "3")]),
+        (409, &[("retry-after", "2")]),
+        (503, &[("retry-after", "1")]),
+        // Any answer that asks to be retried, even a success.
+        (202, &[("retry-after", "5")]),
+        // A redirect to a login page, as a plain redirect or an htmx one.
+        (303, &[("location", "/login?next=/todos")]),
+        (302, &[("location", "http://127.0.0.1:1/auth/sign-in")]),
+        (307, &[("location", "/Signin")]),
+        (200, &[("hx-redirect", "/sign-in")]),
+        (
+            200,
+            &[("hx-location", r#"{"path": "/login", "target": "body"}"#)],
+        ),
+        (200, &[("hx-location", "/auth")]),
+    ];
+    for (i, (status, headers)) in refusals.iter().enumerate() {
+        let key = format!("refused-{i}");
+        let what = format!("{status} {headers:?}");
+        h.gate(*status, headers);
+        let calls = h.calls();
+        let refused = send(h.request(Method::POST, "/gate", Some(&key))).await;
+        assert_eq!(refused.status, *status, "{what}");
+        for (name, value) in *headers {
+            assert_eq!(
+                refused.header(name),
+                Some(*value),
+                "{what}: {name} reaches the client"
+            );
+        }
+        assert_eq!(
+            h.keys().await.iter().filter(|(k, _)| *k == key).count(),
+            0,
+            "{what}: stored"
+        );
+
+        // The user logs in again, or the server has room again: the same key runs.
+        h.gate(201, &[("hx-trigger", "saved")]);
+        let retry = send(h.request(Method::POST, "/gate", Some(&key))).await;
+        assert_eq!(
+            (retry.status, retry.replayed()),
+            (201, false),
+            "{what}: {retry:?}"
+        );
+        assert_eq!(retry.body, format!("gate {}", calls + 2), "{what}");
+        let replay = send(h.request(Method::POST, "/gate", Some(&key))).await;
+        assert_eq!(
+            (replay.status, replay.replayed()),
+            (201, true),
+            "{what}: {replay:?}"
+        );
+        assert_eq!(replay.body, retry.body, "{what}");
+        assert_eq!(h.calls(), calls + 2, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn final_answers_are_stored_with_the_headers_a_client_needs() {
+    let h = Harness::start(|layer| layer).await;
+    let finals: &[(u16, &[(&str, &str)])] = &[
+        // Post/Redirect/Get: the normal answer to a successful form post.
+        (303, &[("location", "/todos")]),
+        (302, &[("location", "/blog/authors")]),
+        (301, &[("location", "/loginhelp")]),
+        (303, &[("location", "/oauth2/callback")]),
+        (200, &[("hx-redirect", "/todos/1")]),
+        (409, &[]),
+        (400, &[]),
+        (404, &[]),
+        (410, &[]),
+        (413, &[]),
+        (
+            422,
+            &[("hx-retarget", "#errors"), ("hx-reswap", "innerHTML")],
+        ),
+        (
+            201,
+            &[
+                ("location", "/files/1"),
+                ("content-location", "/files/1"),
+                ("content-disposition", "attachment; filename=\"a.csv\""),
+                ("cache-control", "no-store"),
+                ("link", "</files/1>; rel=\"self\""),
+                ("etag", "\"v1\""),
+                ("last-modified", "Wed, 21 Oct 2026 07:28:00 GMT"),
+                ("content-language", "de"),
+                ("hx-trigger", "saved"),
+                ("hx-push-url", "/files/1"),
+            ],
+        ),
+    ];
+    for (i, (status, headers)) in finals.iter().enumerate() {
+        let key = format!("final-{i}");
+        let what = format!("{status} {headers:?}");
+        h.gate(*status, headers);
+        let calls = h.calls();
+        let first = send(h.request(Method::POST, "/gate", Some(&key))).await;
+        assert_eq!(first.status, *status, "{what}");
+        // The route would answer differently now; the replay must not ask it.
+        h.gate(200, &[]);
+        let replay = send(h.request(Method::POST, "/gate", Some(&key))).await;
+        assert_eq!(
+            (replay.status, replay.replayed()),
+            (*status, true),
+            "{what}"
+        );
+        assert_eq!(replay.body, first.body, "{what}");
+        for (name, value) in *headers {
+            assert_eq!(replay.header(name), Some(*value), "{what}: {name} replayed");
+        }
+        assert_eq!(h.calls(), calls + 1, "{what}");
+    }
 }

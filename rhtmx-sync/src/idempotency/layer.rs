@@ -2,8 +2,10 @@
 
 use std::time::Duration;
 
+use axum::http::{HeaderMap, StatusCode};
 use tower_layer::Layer;
 
+use super::finality;
 use super::service::Idempotency;
 use super::store::Store;
 use crate::SyncEngine;
@@ -14,6 +16,8 @@ pub(super) struct Config {
     pub retention: Duration,
     pub lease: Duration,
     pub body_limit: usize,
+    /// Recognises a login page's path (a redirect there is not a final answer).
+    pub login_page: fn(&str) -> bool,
 }
 
 impl Default for Config {
@@ -22,6 +26,7 @@ impl Default for Config {
             retention: Duration::from_secs(24 * 60 * 60),
             lease: Duration::from_secs(60),
             body_limit: 1024 * 1024,
+            login_page: finality::is_login_page,
         }
     }
 }
@@ -86,6 +91,56 @@ impl IdempotencyLayer {
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.config.body_limit = bytes;
         self
+    }
+
+    /// How a login page is recognised, from the path of a redirect's target (the path
+    /// only: no scheme, host or query). A response that redirects there — a 3xx
+    /// `Location`, or htmx's `HX-Redirect` or `HX-Location` — means "log in again", so
+    /// it is not stored and a retry with the same key runs the route again.
+    ///
+    /// The default is [`IdempotencyLayer::is_login_page`], which matches the browser
+    /// client's default `data-login-pattern`; if you change one, change the other.
+    ///
+    /// ```
+    /// # fn layer(engine: &rhtmx_sync::SyncEngine) -> rhtmx_sync::IdempotencyLayer {
+    /// engine
+    ///     .idempotency_layer()
+    ///     .login_page(|path| path == "/session/new")
+    /// # }
+    /// ```
+    pub fn login_page(mut self, is_login: fn(&str) -> bool) -> Self {
+        self.config.login_page = is_login;
+        self
+    }
+
+    /// The default login-page rule: a `/` followed by `login`, `signin`, `sign-in` or
+    /// `auth` (any case), then the end of the path or a character that is not a
+    /// letter, digit or `_`. So `/login`, `/auth/sign-in` and `/users/SignIn` are login
+    /// pages; `/loginhelp`, `/blog/authors` and `/oauth2/callback` are not. The same
+    /// rule as the browser client's default `data-login-pattern`,
+    /// `/(login|signin|sign-in|auth)\b`.
+    pub fn is_login_page(path: &str) -> bool {
+        finality::is_login_page(path)
+    }
+
+    /// Whether a response with `status` and `headers` is final, so stored and replayed
+    /// to every retry with its key. Not final, so not stored (the key is freed and a
+    /// retry runs the route again):
+    ///
+    /// - any response with a `Retry-After` header (it asks for a retry);
+    /// - 401, 403 and 419 (log in again, or a stale CSRF token);
+    /// - 408, 425 and 429 (too early, too many, too slow);
+    /// - every 5xx;
+    /// - a redirect to a login page (see [`login_page`](Self::login_page)): a 3xx whose
+    ///   `Location` is one, or any response whose `HX-Redirect` or `HX-Location` is.
+    ///
+    /// Everything else is final: 2xx, other 4xx (a 409 without `Retry-After` included),
+    /// and other redirects — a `303 See Other` after a successful `POST` is the usual
+    /// Post/Redirect/Get answer, and running that `POST` again would apply it twice.
+    /// These are the same classes the browser client uses to keep or drop a queued
+    /// write.
+    pub fn is_final(&self, status: StatusCode, headers: &HeaderMap) -> bool {
+        finality::is_final(status, headers, self.config.login_page)
     }
 }
 

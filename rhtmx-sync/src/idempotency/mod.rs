@@ -43,6 +43,7 @@
 //! longer than the lease can be run concurrently by a retry: keep the lease above the
 //! slowest handler.
 
+mod finality;
 mod layer;
 mod request;
 mod response;

@@ -1,7 +1,10 @@
 //! The response side: buffering it for storage, what is kept, and how it is replayed.
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::http::header::{CONTENT_TYPE, LOCATION, VARY};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_LOCATION,
+    CONTENT_TYPE, ETAG, LAST_MODIFIED, LINK, LOCATION, VARY,
+};
 use axum::http::{response, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use futures_util::{stream, StreamExt};
@@ -59,11 +62,28 @@ pub(super) struct Stored {
     pub body: Bytes,
 }
 
-/// The headers a replay needs: what the body is, where a create went, and every htmx
-/// instruction (`HX-Trigger`, `HX-Redirect`, ...). Others, such as `Set-Cookie` or
-/// `Date`, belong to the first exchange only.
+/// The headers a replay needs besides the `HX-*` ones (every htmx instruction:
+/// `HX-Trigger`, `HX-Redirect`, `HX-Retarget`, ...): what the body is and how it is
+/// encoded (a compressed body is stored compressed), where a create went or a redirect
+/// points, and how the answer may be cached. Others, such as `Set-Cookie` or `Date`,
+/// belong to the first exchange only; `Retry-After` never reaches the store, since an
+/// answer that carries it is not final.
+const KEPT: [HeaderName; 11] = [
+    CONTENT_TYPE,
+    CONTENT_ENCODING,
+    CONTENT_LANGUAGE,
+    CONTENT_DISPOSITION,
+    CONTENT_LOCATION,
+    LOCATION,
+    LINK,
+    CACHE_CONTROL,
+    ETAG,
+    LAST_MODIFIED,
+    VARY,
+];
+
 fn kept(name: &HeaderName) -> bool {
-    *name == CONTENT_TYPE || *name == LOCATION || *name == VARY || name.as_str().starts_with("hx-")
+    KEPT.contains(name) || name.as_str().starts_with("hx-")
 }
 
 impl Stored {

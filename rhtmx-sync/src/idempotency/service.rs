@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use tower_service::Service;
 
+use super::finality;
 use super::layer::Config;
 use super::request;
 use super::response::{self, Buffered, Stored};
@@ -91,7 +92,7 @@ where
         Admission::Run(claim, req) => (claim, req),
     };
     match inner.call(req).await {
-        Ok(res) => Ok(finish(claim, res, config.body_limit).await),
+        Ok(res) => Ok(finish(claim, res, config).await),
         Err(e) => {
             claim.release().await;
             Err(e)
@@ -144,12 +145,14 @@ async fn admit(store: Store, config: Config, req: Request<Body>) -> Admission {
 
 /// Stores the response for replay, or releases the key when a retry must run again:
 /// on a server error, or when the body is too large to store.
-async fn finish(claim: Held, res: Response, limit: usize) -> Response {
-    // The client retries a server error, and the retry must run the handler again.
-    if res.status().is_server_error() {
+async fn finish(claim: Held, res: Response, config: Config) -> Response {
+    // A refusal for now (log in again, slow down, server error) is no answer to the
+    // request: the retry, with the same key, must run the handler again.
+    if !finality::is_final(res.status(), res.headers(), config.login_page) {
         claim.release().await;
         return res;
     }
+    let limit = config.body_limit;
     let (parts, body) = res.into_parts();
     match response::buffer(body, limit).await {
         Buffered::Complete(body) => {
