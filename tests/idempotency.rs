@@ -55,6 +55,13 @@ fn probe_routes(probe: Arc<Probe>) -> Router {
         .route("/big", post(big))
         .route("/stream", post(stream))
         .route("/gate", post(gate))
+        // An upload route that accepts more than the layer buffers, and one that keeps
+        // axum's default limit (2 MB).
+        .route(
+            "/upload",
+            post(upload).layer(axum::extract::DefaultBodyLimit::max(8 * MIB)),
+        )
+        .route("/upload-small", post(upload))
         .with_state(probe)
 }
 
@@ -79,6 +86,27 @@ async fn gate(State(probe): State<Arc<Probe>>) -> Response {
     }
     res
 }
+
+/// Echoes what arrived: the call number, the length and a checksum of the body.
+async fn upload(State(probe): State<Arc<Probe>>, body: axum::body::Bytes) -> String {
+    let n = probe.call();
+    format!("upload {n}: {}", summary(&body))
+}
+
+/// Length and a position-dependent checksum, so a lost or reordered byte shows.
+fn summary(body: &[u8]) -> String {
+    let sum = body.iter().enumerate().fold(0u64, |acc, (i, &b)| {
+        acc.wrapping_mul(31).wrapping_add(u64::from(b) ^ (i as u64))
+    });
+    format!("{} bytes, {sum:x}", body.len())
+}
+
+/// `len` bytes that are not all alike.
+fn bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+const MIB: usize = 1024 * 1024;
 
 /// Reports itself if dropped while armed.
 struct Cancelled(Option<(mpsc::UnboundedSender<usize>, usize)>);
@@ -560,45 +588,31 @@ async fn a_malformed_key_answers_400_and_runs_nothing() {
 }
 
 #[tokio::test]
-async fn bodies_over_the_limit_answer_413_or_pass_through_unstored() {
+async fn a_request_body_over_the_layer_limit_is_streamed_to_the_route_and_applied_once() {
     let h = Harness::start(|layer| layer.body_limit(1024)).await;
-    assert_eq!(
-        send(h.request(Method::POST, "/count", Some("keyed")))
-            .await
-            .status,
-        201
-    );
-
     let large = "x".repeat(2000);
-    let res = send(
+    let keyed = || {
         h.request(Method::POST, "/count", Some("large"))
-            .body(large.clone()),
-    )
-    .await;
-    assert_eq!(res.status, 413, "{res:?}");
-    assert!(res.error().contains("larger than 1024 bytes"), "{res:?}");
-    assert_eq!(h.calls(), 1);
+            .body(large.clone())
+    };
+    let first = send(keyed()).await;
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (201, "call 1"),
+        "{first:?}"
+    );
+    let replay = send(keyed()).await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (201, true),
+        "{replay:?}"
+    );
+    assert_eq!(replay.body, "call 1");
     // Without a key the layer does not read the body at all.
-    let res = send(h.request(Method::POST, "/count", None).body(large)).await;
+    let res = send(h.request(Method::POST, "/count", None).body(large.clone())).await;
     assert_eq!(res.status, 201);
     assert_eq!(h.calls(), 2);
-
-    // A response too large to store reaches the client whole; its key is released,
-    // so the retry runs again.
-    let big = || h.request(Method::POST, "/big", Some("big"));
-    let res = send(big()).await;
-    assert_eq!(res.status, 200);
-    assert_eq!(res.body, format!("3 {}", "x".repeat(4096)));
-    let res = send(big()).await;
-    assert_eq!(res.body, format!("4 {}", "x".repeat(4096)));
-    assert!(!res.replayed());
-    // The same when the size is only found out while reading.
-    let streamed = || h.request(Method::POST, "/stream", Some("streamed"));
-    let res = send(streamed()).await;
-    assert_eq!(res.body, format!("5 {}", "x".repeat(4096)));
-    let res = send(streamed()).await;
-    assert_eq!(res.body, format!("6 {}", "x".repeat(4096)));
-    assert_eq!(h.keys().await, keys(&[("keyed", "completed")]));
+    assert_eq!(h.keys().await, keys(&[("large", "completed")]));
 }
 
 #[tokio::test]
@@ -773,4 +787,163 @@ async fn final_answers_are_stored_with_the_headers_a_client_needs() {
         }
         assert_eq!(h.calls(), calls + 1, "{what}");
     }
+}
+
+#[tokio::test]
+async fn a_keyed_upload_over_the_layer_limit_reaches_the_route_and_is_applied_once() {
+    let h = Harness::start(|layer| layer).await;
+    // A 3 MB photo: more than the layer buffers (1 MiB), less than the route accepts.
+    let photo = bytes(3_000_000);
+    let upload = |key: &str, body: Vec<u8>| {
+        h.request(Method::POST, "/upload", Some(key))
+            .header("content-type", "image/jpeg")
+            .body(body)
+    };
+    let first = send(upload("photo", photo.clone())).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.body, format!("upload 1: {}", summary(&photo)));
+    let replay = send(upload("photo", photo.clone())).await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (200, true),
+        "{replay:?}"
+    );
+    assert_eq!(replay.body, first.body);
+    assert_eq!(h.calls(), 1);
+
+    // The same key for another upload is still told apart.
+    let mut other = photo.clone();
+    other[10] ^= 1;
+    let res = send(upload("photo", other)).await;
+    assert_eq!(res.status, 422, "{res:?}");
+    assert_eq!(h.calls(), 1);
+
+    // Around the layer's limit, and well past it: each reaches the route whole, once.
+    for len in [MIB - 1, MIB, MIB + 1, 2 * MIB, 8 * MIB] {
+        let body = bytes(len);
+        let key = format!("len-{len}");
+        let calls = h.calls();
+        let res = send(upload(&key, body.clone())).await;
+        assert_eq!(res.status, 200, "{len}: {res:?}");
+        assert_eq!(
+            res.body,
+            format!("upload {}: {}", calls + 1, summary(&body))
+        );
+        let replay = send(upload(&key, body)).await;
+        assert_eq!((replay.status, replay.replayed()), (200, true), "{len}");
+        assert_eq!(replay.body, res.body, "{len}");
+        assert_eq!(h.calls(), calls + 1, "{len}");
+    }
+
+    // The route's own limit decides, with a key exactly as without one.
+    let calls = h.calls();
+    let too_large = bytes(8 * MIB + 1);
+    let keyless = send(
+        h.request(Method::POST, "/upload", None)
+            .body(too_large.clone()),
+    )
+    .await;
+    let keyed = send(upload("too-large", too_large)).await;
+    assert_eq!((keyless.status, keyed.status), (413, 413), "{keyed:?}");
+    assert_eq!(keyed.body, keyless.body);
+    let small_route = |key: Option<&str>| {
+        h.request(Method::POST, "/upload-small", key)
+            .body(bytes(3_000_000))
+    };
+    let keyless = send(small_route(None)).await;
+    let keyed = send(small_route(Some("small-route"))).await;
+    assert_eq!((keyless.status, keyed.status), (413, 413), "{keyed:?}");
+    assert_eq!(h.calls(), calls);
+}
+
+#[tokio::test]
+async fn a_large_form_re_encoded_by_the_browser_is_still_the_same_request() {
+    let h = Harness::start(|layer| layer).await;
+    // A form over the layer's limit, sent once as htmx encodes it and replayed as the
+    // browser client re-encodes it: another multipart boundary, `+` for `%20`.
+    let text = "a b ".repeat(400_000);
+    let multipart = |boundary: &str| {
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n{text}\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"p.jpg\"\r\n\
+             Content-Type: image/jpeg\r\n\r\n{text}\r\n--{boundary}--\r\n"
+        )
+    };
+    let send_multipart = |boundary: &str| {
+        send(
+            h.request(Method::POST, "/upload", Some("form"))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(multipart(boundary)),
+        )
+    };
+    let first = send_multipart("----WebKitFormBoundaryAAAAAAAAAAAAAAAA").await;
+    assert_eq!((first.status, first.replayed()), (200, false), "{first:?}");
+    let replay = send_multipart("----WebKitFormBoundaryBBBBBBBBBBBBBBBB").await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (200, true),
+        "{replay:?}"
+    );
+    assert_eq!(h.calls(), 1);
+
+    let urlencoded = |space: &str| {
+        h.request(Method::POST, "/upload", Some("urlencoded"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("title=x&note={}", text.replace(' ', space)))
+    };
+    let first = send(urlencoded("%20")).await;
+    assert_eq!((first.status, first.replayed()), (200, false), "{first:?}");
+    let replay = send(urlencoded("+").header(
+        "content-type",
+        "application/x-www-form-urlencoded;charset=UTF-8",
+    ))
+    .await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (200, true),
+        "{replay:?}"
+    );
+    assert_eq!(h.calls(), 2);
+}
+
+#[tokio::test]
+async fn an_upload_broken_off_mid_body_frees_its_key() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(|layer| layer).await;
+    let photo = bytes(3_000_000);
+    // Half the photo, then the connection drops: the route never saw the request
+    // whole, so its answer (a 400) is not an answer to the request.
+    let addr = h.base.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {addr}\r\nIdempotency-Key: photo\r\n\
+         Content-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+        photo.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&photo[..1_500_000]).await.unwrap();
+    drop(conn);
+
+    // The client retries with the same key; until the server has noticed the drop, it
+    // is told the first attempt is still in progress.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let retry = loop {
+        let res = send(
+            h.request(Method::POST, "/upload", Some("photo"))
+                .header("content-type", "image/jpeg")
+                .body(photo.clone()),
+        )
+        .await;
+        if res.status != 409 {
+            break res;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still in flight");
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert!(!retry.replayed());
+    assert_eq!(retry.body, format!("upload 1: {}", summary(&photo)));
 }

@@ -1,5 +1,7 @@
 //! [`Idempotency`]: claims the key, runs the inner service once, stores or releases.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -87,11 +89,18 @@ async fn run<S>(
 where
     S: Service<Request<Body>, Response = Response>,
 {
-    let (claim, req) = match admit(store, config, req).await {
+    let broken = Arc::new(AtomicBool::new(false));
+    let (claim, req) = match admit(store, config, req, broken.clone()).await {
         Admission::Answer(res) => return Ok(res),
         Admission::Run(claim, req) => (claim, req),
     };
     match inner.call(req).await {
+        // The client broke off mid-body, so the route answered a request it never saw
+        // whole (with a 400, typically): free the key for the client's retry.
+        Ok(res) if broken.load(Ordering::Relaxed) => {
+            claim.release().await;
+            Ok(res)
+        }
         Ok(res) => Ok(finish(claim, res, config).await),
         Err(e) => {
             claim.release().await;
@@ -108,18 +117,25 @@ enum Admission {
     Run(Held, Request<Body>),
 }
 
-/// Checks the key, buffers and fingerprints the body, and claims the key.
-async fn admit(store: Store, config: Config, req: Request<Body>) -> Admission {
+/// Checks the key, reads and fingerprints the body (up to the limit), and claims the
+/// key. The request to run gets the whole body back; `broken` is set if its unread
+/// rest fails.
+async fn admit(
+    store: Store,
+    config: Config,
+    req: Request<Body>,
+    broken: Arc<AtomicBool>,
+) -> Admission {
     let key = match request::key(req.headers()) {
         Ok(key) => key,
         Err(why) => return Admission::Answer(request::reject(StatusCode::BAD_REQUEST, why)),
     };
     let (parts, body) = req.into_parts();
-    let body = match request::buffer(body, config.body_limit).await {
+    let body = match request::read(body, config.body_limit).await {
         Ok(body) => body,
         Err(rejection) => return Admission::Answer(rejection),
     };
-    let fingerprint = request::fingerprint(&parts, &body);
+    let fingerprint = request::fingerprint(&parts, &body, config.body_limit);
     let now = now_ms();
     store.prune_if_due(now, config.retention).await;
     let answer = match store.claim(&key, &fingerprint, now, config.lease).await {
@@ -130,7 +146,7 @@ async fn admit(store: Store, config: Config, req: Request<Body>) -> Admission {
                 attempt,
                 armed: true,
             };
-            return Admission::Run(claim, Request::from_parts(parts, Body::from(body)));
+            return Admission::Run(claim, Request::from_parts(parts, body.into_body(broken)));
         }
         Ok(Claim::Completed(stored)) => stored.replay(),
         Ok(Claim::Mismatch) => {
