@@ -62,6 +62,9 @@ fn probe_routes(probe: Arc<Probe>) -> Router {
             post(upload).layer(axum::extract::DefaultBodyLimit::max(8 * MIB)),
         )
         .route("/upload-small", post(upload))
+        .route("/huge", post(huge))
+        .route("/huge-stream", post(huge_stream))
+        .route("/broken", post(broken))
         .with_state(probe)
 }
 
@@ -85,6 +88,35 @@ async fn gate(State(probe): State<Arc<Probe>>) -> Response {
             .append(name, HeaderValue::from_str(&value).unwrap());
     }
     res
+}
+
+/// 2 MiB and a bit, with an htmx header; the length is known up front.
+async fn huge(State(probe): State<Arc<Probe>>) -> impl IntoResponse {
+    let n = probe.call();
+    (
+        [("hx-trigger", "huge"), ("content-type", "text/html")],
+        format!("{n} {}", "x".repeat(2 * MIB)),
+    )
+}
+
+/// The same in chunks, with no length known up front.
+async fn huge_stream(State(probe): State<Arc<Probe>>) -> axum::body::Body {
+    let n = probe.call();
+    let chunks = std::iter::once(format!("{n} ")).chain((0..64).map(|_| "x".repeat(MIB / 32)));
+    axum::body::Body::from_stream(futures_util::stream::iter(
+        chunks.map(Ok::<_, std::io::Error>),
+    ))
+}
+
+/// A 200 whose body fails after its first chunk (a handler that committed, then broke
+/// while rendering).
+async fn broken(State(probe): State<Arc<Probe>>) -> axum::body::Body {
+    let n = probe.call();
+    let chunks = [
+        Ok(format!("broken {n} ")),
+        Err(std::io::Error::other("render failed")),
+    ];
+    axum::body::Body::from_stream(futures_util::stream::iter(chunks))
 }
 
 /// Echoes what arrived: the call number, the length and a checksum of the body.
@@ -946,4 +978,232 @@ async fn an_upload_broken_off_mid_body_frees_its_key() {
     assert_eq!(retry.status, 200, "{retry:?}");
     assert!(!retry.replayed());
     assert_eq!(retry.body, format!("upload 1: {}", summary(&photo)));
+}
+
+/// Adds `n` todos straight to the database (fast; the change log records them too).
+async fn add_todos(pool: &SqlitePool, n: usize) {
+    sqlx::query(
+        "WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM i WHERE n < ?)
+         INSERT INTO todos (id, title, completed)
+         SELECT printf('t%06d', n), printf('todo number %d', n), false FROM i",
+    )
+    .bind(n as i64)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The stored body's length per key: `None` when it was not kept.
+async fn stored_bodies(pool: &SqlitePool) -> Vec<(String, Option<i64>)> {
+    sqlx::query_as("SELECT key, length(body) FROM _rhtmx_sync_idempotency ORDER BY key")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_response_too_large_to_store_is_still_applied_once() {
+    let h = Harness::start(|layer| layer).await;
+    for (path, key) in [("/huge", "huge"), ("/huge-stream", "huge-stream")] {
+        let calls = h.calls();
+        let first = send(h.request(Method::POST, path, Some(key))).await;
+        assert_eq!(first.status, 200, "{path}");
+        assert_eq!(
+            first.body,
+            format!("{} {}", calls + 1, "x".repeat(2 * MIB)),
+            "{path}: the client gets the whole answer"
+        );
+        let replay = send(h.request(Method::POST, path, Some(key))).await;
+        assert_eq!((replay.status, replay.replayed()), (200, true), "{path}");
+        assert_eq!(h.calls(), calls + 1, "{path}: the route ran twice");
+        // The body was not kept: the replay says so, and tells htmx not to swap it.
+        assert_eq!(replay.body, "", "{path}");
+        assert_eq!(
+            replay.header("idempotent-body-omitted"),
+            Some("true"),
+            "{path}"
+        );
+        assert_eq!(replay.header("hx-reswap"), Some("none"), "{path}");
+        if path == "/huge" {
+            assert_eq!(replay.header("hx-trigger"), Some("huge"));
+            assert_eq!(replay.header("content-type"), Some("text/html"));
+        }
+    }
+    assert_eq!(
+        stored_bodies(&h.pool).await,
+        vec![("huge".to_owned(), None), ("huge-stream".to_owned(), None)]
+    );
+
+    // The example: its list passes 1 MiB at about 2,000 todos of these titles, and a
+    // bodiless toggle flips. Replayed with its key, it must flip once.
+    add_todos(&h.pool, 2500).await;
+    let toggle = || h.request(Method::POST, "/todos/t000001/toggle", Some("toggle"));
+    let first = send(toggle()).await;
+    assert_eq!(first.status, 200);
+    assert!(first.body.len() > MIB, "{} bytes", first.body.len());
+    let replay = send(toggle()).await;
+    assert_eq!((replay.status, replay.replayed()), (200, true));
+    let completed: bool = sqlx::query_scalar("SELECT completed FROM todos WHERE id = 't000001'")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert!(completed, "toggled twice");
+}
+
+#[tokio::test]
+async fn a_response_whose_body_fails_is_still_applied_once() {
+    let h = Harness::start(|layer| layer).await;
+    // The client sees the broken answer as a network error and retries with the key.
+    match h.request(Method::POST, "/broken", Some("k")).send().await {
+        Ok(first) => assert!(
+            first.text().await.is_err(),
+            "the failure reaches the client"
+        ),
+        Err(e) => assert!(!e.is_timeout(), "{e}"),
+    }
+    let replay = send(h.request(Method::POST, "/broken", Some("k"))).await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (200, true),
+        "{replay:?}"
+    );
+    assert_eq!(replay.header("idempotent-body-omitted"), Some("true"));
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test]
+async fn the_store_keeps_each_body_below_its_cap_by_default() {
+    let h = Harness::start(|layer| layer).await;
+    // 200 todos render to well over 64 KiB; only the first create's list is smaller.
+    let small = send(
+        h.request(Method::POST, "/todos", Some("small"))
+            .form(&[("title", "first")]),
+    )
+    .await;
+    add_todos(&h.pool, 200).await;
+    let large = send(
+        h.request(Method::POST, "/todos", Some("large"))
+            .form(&[("title", "milk")]),
+    )
+    .await;
+    assert!(large.body.len() > 64 * 1024, "{}", large.body.len());
+    assert_eq!(
+        stored_bodies(&h.pool).await,
+        vec![
+            ("large".to_owned(), None),
+            ("small".to_owned(), Some(small.body.len() as i64))
+        ]
+    );
+    let replay = send(
+        h.request(Method::POST, "/todos", Some("large"))
+            .form(&[("title", "milk")]),
+    )
+    .await;
+    assert!(replay.replayed());
+    assert_eq!(todos(&h.pool).await.len(), 202);
+}
+
+/// What the store holds, counted by SQL: `(keys, bytes)`.
+async fn counted(pool: &SqlitePool) -> (u64, u64) {
+    let (keys, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(length(key) + length(fingerprint)
+                + coalesce(length(headers), 0) + coalesce(length(body), 0)), 0)
+         FROM _rhtmx_sync_idempotency",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (keys as u64, bytes as u64)
+}
+
+#[tokio::test]
+async fn the_store_stays_within_its_byte_budget_and_keeps_every_key() {
+    const BUDGET: u64 = 1024 * 1024;
+    let h = Harness::start(|layer| layer.replay_body_limit(256 * 1024).max_bytes(BUDGET)).await;
+    // Keyed creates without a client id: only the layer stands between a replay and a
+    // second row. Each answer is the whole list, so stored answers grow with it.
+    let layer = h.engine.idempotency_layer();
+    for i in 0..300 {
+        let res = send(
+            h.request(Method::POST, "/todos", Some(&format!("create-{i:03}")))
+                .form(&[("title", format!("todo {i}"))]),
+        )
+        .await;
+        assert_eq!(res.status, 200);
+        let usage = layer.usage().await.unwrap();
+        assert_eq!(
+            (usage.keys, usage.bytes),
+            counted(&h.pool).await,
+            "after {i}"
+        );
+        assert!(usage.bytes <= BUDGET, "after {i}: {usage:?}");
+    }
+    let usage = layer.usage().await.unwrap();
+    assert_eq!(usage.keys, 300);
+
+    // Every key still answers without running again: the newest with their bodies,
+    // the oldest with status and headers only.
+    let bodies = stored_bodies(&h.pool).await;
+    assert_eq!(bodies[0].1, None, "the oldest body was dropped first");
+    assert!(bodies[299].1.is_some(), "the newest body is kept");
+    for i in [0, 150, 299] {
+        let replay = send(
+            h.request(Method::POST, "/todos", Some(&format!("create-{i:03}")))
+                .form(&[("title", format!("todo {i}"))]),
+        )
+        .await;
+        assert_eq!((replay.status, replay.replayed()), (200, true), "{i}");
+        assert_eq!(
+            replay.header("idempotent-body-omitted").is_some(),
+            bodies[i].1.is_none(),
+            "{i}"
+        );
+    }
+    assert_eq!(todos(&h.pool).await.len(), 300);
+
+    // A database from before the totals existed: they start from what it holds.
+    for statement in [
+        "DROP TRIGGER _rhtmx_sync_idempotency_usage_insert",
+        "DROP TRIGGER _rhtmx_sync_idempotency_usage_update",
+        "DROP TRIGGER _rhtmx_sync_idempotency_usage_delete",
+        "DROP TABLE _rhtmx_sync_idempotency_usage",
+    ] {
+        sqlx::query(statement).execute(&h.pool).await.unwrap();
+    }
+    let engine = app::engine(&h.pool).await.unwrap();
+    let usage = engine.idempotency_layer().usage().await.unwrap();
+    assert_eq!((usage.keys, usage.bytes), counted(&h.pool).await);
+}
+
+#[tokio::test]
+async fn past_the_key_budget_the_oldest_completed_keys_go_first() {
+    let mut h = Harness::start(|layer| layer.max_keys(10)).await;
+    let base = h.base.clone();
+    // A claim still in flight is never evicted.
+    let slow = tokio::spawn(send(
+        request_to(&base, Method::POST, "/slow", Some("slow")).body("a"),
+    ));
+    assert_eq!(h.entered().await, 1);
+    for i in 0..20 {
+        let res = send(h.request(Method::POST, "/count", Some(&format!("k{i:02}")))).await;
+        assert_eq!(res.status, 201);
+        let usage = h.engine.idempotency_layer().usage().await.unwrap();
+        assert!(usage.keys <= 10, "after {i}: {usage:?}");
+        assert_eq!((usage.keys, usage.bytes), counted(&h.pool).await);
+    }
+    let kept: Vec<String> = h.keys().await.into_iter().map(|(k, _)| k).collect();
+    assert!(kept.contains(&"slow".to_owned()), "{kept:?}");
+    assert!(kept.contains(&"k19".to_owned()), "{kept:?}");
+    assert!(!kept.contains(&"k00".to_owned()), "{kept:?}");
+    h.probe.release.add_permits(1);
+    assert_eq!(slow.await.unwrap().body, "slow 1: a");
+    // The newest keys still replay; an evicted one runs again (documented).
+    let calls = h.calls();
+    assert!(send(h.request(Method::POST, "/count", Some("k19")))
+        .await
+        .replayed());
+    assert!(!send(h.request(Method::POST, "/count", Some("k00")))
+        .await
+        .replayed());
+    assert_eq!(h.calls(), calls + 1);
 }

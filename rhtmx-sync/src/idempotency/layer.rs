@@ -5,6 +5,7 @@ use std::time::Duration;
 use axum::http::{HeaderMap, StatusCode};
 use tower_layer::Layer;
 
+use super::budget::{Budget, IdempotencyUsage};
 use super::finality;
 use super::service::Idempotency;
 use super::store::Store;
@@ -16,6 +17,8 @@ pub(super) struct Config {
     pub retention: Duration,
     pub lease: Duration,
     pub body_limit: usize,
+    pub replay_body_limit: usize,
+    pub budget: Budget,
     /// Recognises a login page's path (a redirect there is not a final answer).
     pub login_page: fn(&str) -> bool,
 }
@@ -26,6 +29,11 @@ impl Default for Config {
             retention: Duration::from_secs(24 * 60 * 60),
             lease: Duration::from_secs(60),
             body_limit: 1024 * 1024,
+            replay_body_limit: 64 * 1024,
+            budget: Budget {
+                max_keys: 100_000,
+                max_bytes: 64 * 1024 * 1024,
+            },
             login_page: finality::is_login_page,
         }
     }
@@ -85,12 +93,59 @@ impl IdempotencyLayer {
         self
     }
 
-    /// The largest request body, and the largest response body stored for replay, in
-    /// bytes (default 1 MiB). A larger request answers 413; a larger response is passed
-    /// through unstored and its key released, so a retry runs again.
+    /// How much of a keyed request body is read before the route runs, in bytes
+    /// (default 1 MiB). It is fingerprinted to tell a retry from another request with
+    /// the same key. A larger body is not refused: the route gets it whole, streamed,
+    /// and its own limit (axum's `DefaultBodyLimit`) decides, as without the layer.
+    /// Only its beginning is fingerprinted then (the first eighth of this limit, in
+    /// canonical form), so two large requests that differ only further on count as
+    /// the same request.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.config.body_limit = bytes;
         self
+    }
+
+    /// The largest response body stored with a key, in bytes (default 64 KiB). A
+    /// larger body still reaches the client whole, and its key is completed all the
+    /// same, so a replay never runs the route again; the replay then gets the status
+    /// and headers with an empty body, marked `Idempotent-Body-Omitted: true` and
+    /// `HX-Reswap: none` (so htmx does not swap the empty body in). The browser
+    /// client's replays only need the status and `HX-*` headers.
+    pub fn replay_body_limit(mut self, bytes: usize) -> Self {
+        self.config.replay_body_limit = bytes;
+        self
+    }
+
+    /// The most keys the store keeps (default 100 000), completed and in flight.
+    /// Past it, the oldest completed keys are deleted down to 90% of it, even within
+    /// their retention, and a replay of a deleted key runs the route again (logged as
+    /// a warning). Size it above the keyed writes of a retention period.
+    pub fn max_keys(mut self, keys: u64) -> Self {
+        self.config.budget.max_keys = keys;
+        self
+    }
+
+    /// The most bytes the store keeps (default 64 MiB), counting keys, fingerprints,
+    /// stored headers and bodies. Past it, the oldest completed keys first lose their
+    /// bodies (their replays get the answer described in
+    /// [`replay_body_limit`](Self::replay_body_limit)), down to 90% of it; only if the
+    /// rows alone are still over it are the oldest completed keys deleted, as
+    /// [`max_keys`](Self::max_keys) does.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.config.budget.max_bytes = bytes;
+        self
+    }
+
+    /// What the store holds now: keys and bytes, as counted against
+    /// [`max_keys`](Self::max_keys) and [`max_bytes`](Self::max_bytes). Counted by
+    /// database triggers as rows are written, so it covers every process using the
+    /// database and costs one read.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`](crate::Error::Database) if the database cannot be read.
+    pub async fn usage(&self) -> crate::Result<IdempotencyUsage> {
+        self.store.usage().await
     }
 
     /// How a login page is recognised, from the path of a redirect's target (the path

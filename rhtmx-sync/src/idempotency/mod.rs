@@ -43,6 +43,7 @@
 //! longer than the lease can be run concurrently by a retry: keep the lease above the
 //! slowest handler.
 
+mod budget;
 mod finality;
 mod layer;
 mod request;
@@ -50,6 +51,7 @@ mod response;
 mod service;
 mod store;
 
+pub use self::budget::IdempotencyUsage;
 pub use self::layer::IdempotencyLayer;
 pub use self::service::Idempotency;
 pub(crate) use self::store::migrate;

@@ -159,8 +159,10 @@ async fn admit(
     Admission::Answer(answer)
 }
 
-/// Stores the response for replay, or releases the key when a retry must run again:
-/// on a server error, or when the body is too large to store.
+/// Stores the response for replay, or releases the key when a retry must run again
+/// (the answer is not final). A body over the replay limit, or one that fails part-way,
+/// is not kept, but the key is completed all the same: the handler has run, and a
+/// replay must not run it again.
 async fn finish(claim: Held, res: Response, config: Config) -> Response {
     // A refusal for now (log in again, slow down, server error) is no answer to the
     // request: the retry, with the same key, must run the handler again.
@@ -168,18 +170,15 @@ async fn finish(claim: Held, res: Response, config: Config) -> Response {
         claim.release().await;
         return res;
     }
-    let limit = config.body_limit;
     let (parts, body) = res.into_parts();
-    match response::buffer(body, limit).await {
-        Buffered::Complete(body) => {
-            claim.complete(Stored::capture(&parts, body.clone())).await;
-            Response::from_parts(parts, Body::from(body))
-        }
-        Buffered::Unstored(body) => {
-            claim.release().await;
-            Response::from_parts(parts, body)
-        }
-    }
+    let (kept, body) = match response::buffer(body, config.replay_body_limit).await {
+        Buffered::Kept(body) => (Some(body.clone()), Body::from(body)),
+        Buffered::Omitted(body) => (None, body),
+    };
+    let store = claim.store.clone();
+    claim.complete(Stored::capture(&parts, kept)).await;
+    store.keep_within(config.budget).await;
+    Response::from_parts(parts, body)
 }
 
 /// 409: the first attempt with this key has not finished yet.
