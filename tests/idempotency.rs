@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::Router;
 use common::*;
@@ -34,7 +34,12 @@ struct Probe {
     release: Semaphore,
     /// `/slow` sends its call number if it is dropped before finishing.
     cancelled: mpsc::UnboundedSender<usize>,
+    /// What `/gate` answers: a status and headers, set by the test.
+    gate: std::sync::Mutex<Gate>,
 }
+
+/// The answer `/gate` gives, as `(status, [(header, value)])`.
+type Gate = (u16, Vec<(&'static str, String)>);
 
 impl Probe {
     fn call(&self) -> usize {
@@ -49,6 +54,17 @@ fn probe_routes(probe: Arc<Probe>) -> Router {
         .route("/flaky", post(flaky))
         .route("/big", post(big))
         .route("/stream", post(stream))
+        .route("/gate", post(gate))
+        // An upload route that accepts more than the layer buffers, and one that keeps
+        // axum's default limit (2 MB).
+        .route(
+            "/upload",
+            post(upload).layer(axum::extract::DefaultBodyLimit::max(8 * MIB)),
+        )
+        .route("/upload-small", post(upload))
+        .route("/huge", post(huge))
+        .route("/huge-stream", post(huge_stream))
+        .route("/broken", post(broken))
         .with_state(probe)
 }
 
@@ -61,6 +77,68 @@ async fn count(State(probe): State<Arc<Probe>>) -> impl IntoResponse {
         format!("call {n}"),
     )
 }
+
+/// Answers what the test set in `probe.gate`, with the call number as body.
+async fn gate(State(probe): State<Arc<Probe>>) -> Response {
+    let n = probe.call();
+    let (status, headers) = probe.gate.lock().unwrap().clone();
+    let mut res = (StatusCode::from_u16(status).unwrap(), format!("gate {n}")).into_response();
+    for (name, value) in headers {
+        res.headers_mut()
+            .append(name, HeaderValue::from_str(&value).unwrap());
+    }
+    res
+}
+
+/// 2 MiB and a bit, with an htmx header; the length is known up front.
+async fn huge(State(probe): State<Arc<Probe>>) -> impl IntoResponse {
+    let n = probe.call();
+    (
+        [("hx-trigger", "huge"), ("content-type", "text/html")],
+        format!("{n} {}", "x".repeat(2 * MIB)),
+    )
+}
+
+/// The same in chunks, with no length known up front.
+async fn huge_stream(State(probe): State<Arc<Probe>>) -> axum::body::Body {
+    let n = probe.call();
+    let chunks = std::iter::once(format!("{n} ")).chain((0..64).map(|_| "x".repeat(MIB / 32)));
+    axum::body::Body::from_stream(futures_util::stream::iter(
+        chunks.map(Ok::<_, std::io::Error>),
+    ))
+}
+
+/// A 200 whose body fails after its first chunk (a handler that committed, then broke
+/// while rendering).
+async fn broken(State(probe): State<Arc<Probe>>) -> axum::body::Body {
+    let n = probe.call();
+    let chunks = [
+        Ok(format!("broken {n} ")),
+        Err(std::io::Error::other("render failed")),
+    ];
+    axum::body::Body::from_stream(futures_util::stream::iter(chunks))
+}
+
+/// Echoes what arrived: the call number, the length and a checksum of the body.
+async fn upload(State(probe): State<Arc<Probe>>, body: axum::body::Bytes) -> String {
+    let n = probe.call();
+    format!("upload {n}: {}", summary(&body))
+}
+
+/// Length and a position-dependent checksum, so a lost or reordered byte shows.
+fn summary(body: &[u8]) -> String {
+    let sum = body.iter().enumerate().fold(0u64, |acc, (i, &b)| {
+        acc.wrapping_mul(31).wrapping_add(u64::from(b) ^ (i as u64))
+    });
+    format!("{} bytes, {sum:x}", body.len())
+}
+
+/// `len` bytes that are not all alike.
+fn bytes(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+const MIB: usize = 1024 * 1024;
 
 /// Reports itself if dropped while armed.
 struct Cancelled(Option<(mpsc::UnboundedSender<usize>, usize)>);
@@ -139,6 +217,7 @@ impl Harness {
             entered: entered_tx,
             release: Semaphore::new(0),
             cancelled: cancelled_tx,
+            gate: std::sync::Mutex::new((200, Vec::new())),
         });
         let mut harness = Harness {
             base: String::new(),
@@ -170,6 +249,14 @@ impl Harness {
         base
     }
 
+    /// Sets what `/gate` answers from now on.
+    fn gate(&self, status: u16, headers: &[(&'static str, &str)]) {
+        *self.probe.gate.lock().unwrap() = (
+            status,
+            headers.iter().map(|(n, v)| (*n, (*v).to_owned())).collect(),
+        );
+    }
+
     fn calls(&self) -> usize {
         self.probe.calls.load(Ordering::SeqCst)
     }
@@ -197,7 +284,13 @@ impl Harness {
 }
 
 fn request_to(base: &str, method: Method, path: &str, key: Option<&str>) -> RequestBuilder {
-    let req = client().request(method, format!("{base}{path}"));
+    // Redirects are answers to check, not to follow.
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(WAIT * 3)
+        .build()
+        .unwrap();
+    let req = client.request(method, format!("{base}{path}"));
     match key {
         Some(key) => req.header("idempotency-key", key),
         None => req,
@@ -527,45 +620,31 @@ async fn a_malformed_key_answers_400_and_runs_nothing() {
 }
 
 #[tokio::test]
-async fn bodies_over_the_limit_answer_413_or_pass_through_unstored() {
+async fn a_request_body_over_the_layer_limit_is_streamed_to_the_route_and_applied_once() {
     let h = Harness::start(|layer| layer.body_limit(1024)).await;
-    assert_eq!(
-        send(h.request(Method::POST, "/count", Some("keyed")))
-            .await
-            .status,
-        201
-    );
-
     let large = "x".repeat(2000);
-    let res = send(
+    let keyed = || {
         h.request(Method::POST, "/count", Some("large"))
-            .body(large.clone()),
-    )
-    .await;
-    assert_eq!(res.status, 413, "{res:?}");
-    assert!(res.error().contains("larger than 1024 bytes"), "{res:?}");
-    assert_eq!(h.calls(), 1);
+            .body(large.clone())
+    };
+    let first = send(keyed()).await;
+    assert_eq!(
+        (first.status, first.body.as_str()),
+        (201, "call 1"),
+        "{first:?}"
+    );
+    let replay = send(keyed()).await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (201, true),
+        "{replay:?}"
+    );
+    assert_eq!(replay.body, "call 1");
     // Without a key the layer does not read the body at all.
-    let res = send(h.request(Method::POST, "/count", None).body(large)).await;
+    let res = send(h.request(Method::POST, "/count", None).body(large.clone())).await;
     assert_eq!(res.status, 201);
     assert_eq!(h.calls(), 2);
-
-    // A response too large to store reaches the client whole; its key is released,
-    // so the retry runs again.
-    let big = || h.request(Method::POST, "/big", Some("big"));
-    let res = send(big()).await;
-    assert_eq!(res.status, 200);
-    assert_eq!(res.body, format!("3 {}", "x".repeat(4096)));
-    let res = send(big()).await;
-    assert_eq!(res.body, format!("4 {}", "x".repeat(4096)));
-    assert!(!res.replayed());
-    // The same when the size is only found out while reading.
-    let streamed = || h.request(Method::POST, "/stream", Some("streamed"));
-    let res = send(streamed()).await;
-    assert_eq!(res.body, format!("5 {}", "x".repeat(4096)));
-    let res = send(streamed()).await;
-    assert_eq!(res.body, format!("6 {}", "x".repeat(4096)));
-    assert_eq!(h.keys().await, keys(&[("keyed", "completed")]));
+    assert_eq!(h.keys().await, keys(&[("large", "completed")]));
 }
 
 #[tokio::test]
@@ -615,4 +694,516 @@ async fn keys_older_than_the_retention_window_are_pruned() {
     let res = send(request_to(&base, Method::POST, "/count", Some("old"))).await;
     assert_eq!(res.body, format!("call {}", calls + 1));
     assert!(!res.replayed());
+}
+
+#[tokio::test]
+async fn a_refusal_that_is_not_final_is_not_stored_and_the_retry_runs_again() {
+    let h = Harness::start(|layer| layer).await;
+    // Each of these says "not now" (log in again, slow down, try later), not "no".
+    let refusals: &[(u16, &[(&str, &str)])] = &[
+        (401, &[("www-authenticate", "Bearer")]),
+        (403, &[]),
+        (419, &[]),
+        (408, &[]),
+        (425, &[]),
+        (429, &[]),
+        (429, &[("retry-after", "3")]),
+        (409, &[("retry-after", "2")]),
+        (503, &[("retry-after", "1")]),
+        // Any answer that asks to be retried, even a success.
+        (202, &[("retry-after", "5")]),
+        // A redirect to a login page, as a plain redirect or an htmx one.
+        (303, &[("location", "/login?next=/todos")]),
+        (302, &[("location", "http://127.0.0.1:1/auth/sign-in")]),
+        (307, &[("location", "/Signin")]),
+        (200, &[("hx-redirect", "/sign-in")]),
+        (
+            200,
+            &[("hx-location", r#"{"path": "/login", "target": "body"}"#)],
+        ),
+        (200, &[("hx-location", "/auth")]),
+    ];
+    for (i, (status, headers)) in refusals.iter().enumerate() {
+        let key = format!("refused-{i}");
+        let what = format!("{status} {headers:?}");
+        h.gate(*status, headers);
+        let calls = h.calls();
+        let refused = send(h.request(Method::POST, "/gate", Some(&key))).await;
+        assert_eq!(refused.status, *status, "{what}");
+        for (name, value) in *headers {
+            assert_eq!(
+                refused.header(name),
+                Some(*value),
+                "{what}: {name} reaches the client"
+            );
+        }
+        assert_eq!(
+            h.keys().await.iter().filter(|(k, _)| *k == key).count(),
+            0,
+            "{what}: stored"
+        );
+
+        // The user logs in again, or the server has room again: the same key runs.
+        h.gate(201, &[("hx-trigger", "saved")]);
+        let retry = send(h.request(Method::POST, "/gate", Some(&key))).await;
+        assert_eq!(
+            (retry.status, retry.replayed()),
+            (201, false),
+            "{what}: {retry:?}"
+        );
+        assert_eq!(retry.body, format!("gate {}", calls + 2), "{what}");
+        let replay = send(h.request(Method::POST, "/gate", Some(&key))).await;
+        assert_eq!(
+            (replay.status, replay.replayed()),
+            (201, true),
+            "{what}: {replay:?}"
+        );
+        assert_eq!(replay.body, retry.body, "{what}");
+        assert_eq!(h.calls(), calls + 2, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn final_answers_are_stored_with_the_headers_a_client_needs() {
+    let h = Harness::start(|layer| layer).await;
+    let finals: &[(u16, &[(&str, &str)])] = &[
+        // Post/Redirect/Get: the normal answer to a successful form post.
+        (303, &[("location", "/todos")]),
+        (302, &[("location", "/blog/authors")]),
+        (301, &[("location", "/loginhelp")]),
+        (303, &[("location", "/oauth2/callback")]),
+        (200, &[("hx-redirect", "/todos/1")]),
+        (409, &[]),
+        (400, &[]),
+        (404, &[]),
+        (410, &[]),
+        (413, &[]),
+        (
+            422,
+            &[("hx-retarget", "#errors"), ("hx-reswap", "innerHTML")],
+        ),
+        (
+            201,
+            &[
+                ("location", "/files/1"),
+                ("content-location", "/files/1"),
+                ("content-disposition", "attachment; filename=\"a.csv\""),
+                ("cache-control", "no-store"),
+                ("link", "</files/1>; rel=\"self\""),
+                ("etag", "\"v1\""),
+                ("last-modified", "Wed, 21 Oct 2026 07:28:00 GMT"),
+                ("content-language", "de"),
+                ("hx-trigger", "saved"),
+                ("hx-push-url", "/files/1"),
+            ],
+        ),
+    ];
+    for (i, (status, headers)) in finals.iter().enumerate() {
+        let key = format!("final-{i}");
+        let what = format!("{status} {headers:?}");
+        h.gate(*status, headers);
+        let calls = h.calls();
+        let first = send(h.request(Method::POST, "/gate", Some(&key))).await;
+        assert_eq!(first.status, *status, "{what}");
+        // The route would answer differently now; the replay must not ask it.
+        h.gate(200, &[]);
+        let replay = send(h.request(Method::POST, "/gate", Some(&key))).await;
+        assert_eq!(
+            (replay.status, replay.replayed()),
+            (*status, true),
+            "{what}"
+        );
+        assert_eq!(replay.body, first.body, "{what}");
+        for (name, value) in *headers {
+            assert_eq!(replay.header(name), Some(*value), "{what}: {name} replayed");
+        }
+        assert_eq!(h.calls(), calls + 1, "{what}");
+    }
+}
+
+#[tokio::test]
+async fn a_keyed_upload_over_the_layer_limit_reaches_the_route_and_is_applied_once() {
+    let h = Harness::start(|layer| layer).await;
+    // A 3 MB photo: more than the layer buffers (1 MiB), less than the route accepts.
+    let photo = bytes(3_000_000);
+    let upload = |key: &str, body: Vec<u8>| {
+        h.request(Method::POST, "/upload", Some(key))
+            .header("content-type", "image/jpeg")
+            .body(body)
+    };
+    let first = send(upload("photo", photo.clone())).await;
+    assert_eq!(first.status, 200, "{first:?}");
+    assert_eq!(first.body, format!("upload 1: {}", summary(&photo)));
+    let replay = send(upload("photo", photo.clone())).await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (200, true),
+        "{replay:?}"
+    );
+    assert_eq!(replay.body, first.body);
+    assert_eq!(h.calls(), 1);
+
+    // The same key for another upload is still told apart.
+    let mut other = photo.clone();
+    other[10] ^= 1;
+    let res = send(upload("photo", other)).await;
+    assert_eq!(res.status, 422, "{res:?}");
+    assert_eq!(h.calls(), 1);
+
+    // Around the layer's limit, and well past it: each reaches the route whole, once.
+    for len in [MIB - 1, MIB, MIB + 1, 2 * MIB, 8 * MIB] {
+        let body = bytes(len);
+        let key = format!("len-{len}");
+        let calls = h.calls();
+        let res = send(upload(&key, body.clone())).await;
+        assert_eq!(res.status, 200, "{len}: {res:?}");
+        assert_eq!(
+            res.body,
+            format!("upload {}: {}", calls + 1, summary(&body))
+        );
+        let replay = send(upload(&key, body)).await;
+        assert_eq!((replay.status, replay.replayed()), (200, true), "{len}");
+        assert_eq!(replay.body, res.body, "{len}");
+        assert_eq!(h.calls(), calls + 1, "{len}");
+    }
+
+    // The route's own limit decides, with a key exactly as without one.
+    let calls = h.calls();
+    let too_large = bytes(8 * MIB + 1);
+    let keyless = send(
+        h.request(Method::POST, "/upload", None)
+            .body(too_large.clone()),
+    )
+    .await;
+    let keyed = send(upload("too-large", too_large)).await;
+    assert_eq!((keyless.status, keyed.status), (413, 413), "{keyed:?}");
+    assert_eq!(keyed.body, keyless.body);
+    let small_route = |key: Option<&str>| {
+        h.request(Method::POST, "/upload-small", key)
+            .body(bytes(3_000_000))
+    };
+    let keyless = send(small_route(None)).await;
+    let keyed = send(small_route(Some("small-route"))).await;
+    assert_eq!((keyless.status, keyed.status), (413, 413), "{keyed:?}");
+    assert_eq!(h.calls(), calls);
+}
+
+#[tokio::test]
+async fn a_large_form_re_encoded_by_the_browser_is_still_the_same_request() {
+    let h = Harness::start(|layer| layer).await;
+    // A form over the layer's limit, sent once as htmx encodes it and replayed as the
+    // browser client re-encodes it: another multipart boundary, `+` for `%20`.
+    let text = "a b ".repeat(400_000);
+    let multipart = |boundary: &str| {
+        format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"note\"\r\n\r\n{text}\r\n\
+             --{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"p.jpg\"\r\n\
+             Content-Type: image/jpeg\r\n\r\n{text}\r\n--{boundary}--\r\n"
+        )
+    };
+    let send_multipart = |boundary: &str| {
+        send(
+            h.request(Method::POST, "/upload", Some("form"))
+                .header(
+                    "content-type",
+                    format!("multipart/form-data; boundary={boundary}"),
+                )
+                .body(multipart(boundary)),
+        )
+    };
+    let first = send_multipart("----WebKitFormBoundaryAAAAAAAAAAAAAAAA").await;
+    assert_eq!((first.status, first.replayed()), (200, false), "{first:?}");
+    let replay = send_multipart("----WebKitFormBoundaryBBBBBBBBBBBBBBBB").await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (200, true),
+        "{replay:?}"
+    );
+    assert_eq!(h.calls(), 1);
+
+    let urlencoded = |space: &str| {
+        h.request(Method::POST, "/upload", Some("urlencoded"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("title=x&note={}", text.replace(' ', space)))
+    };
+    let first = send(urlencoded("%20")).await;
+    assert_eq!((first.status, first.replayed()), (200, false), "{first:?}");
+    let replay = send(urlencoded("+").header(
+        "content-type",
+        "application/x-www-form-urlencoded;charset=UTF-8",
+    ))
+    .await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (200, true),
+        "{replay:?}"
+    );
+    assert_eq!(h.calls(), 2);
+}
+
+#[tokio::test]
+async fn an_upload_broken_off_mid_body_frees_its_key() {
+    use tokio::io::AsyncWriteExt;
+    let h = Harness::start(|layer| layer).await;
+    let photo = bytes(3_000_000);
+    // Half the photo, then the connection drops: the route never saw the request
+    // whole, so its answer (a 400) is not an answer to the request.
+    let addr = h.base.trim_start_matches("http://").to_owned();
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /upload HTTP/1.1\r\nHost: {addr}\r\nIdempotency-Key: photo\r\n\
+         Content-Type: image/jpeg\r\nContent-Length: {}\r\n\r\n",
+        photo.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&photo[..1_500_000]).await.unwrap();
+    drop(conn);
+
+    // The client retries with the same key; until the server has noticed the drop, it
+    // is told the first attempt is still in progress.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let retry = loop {
+        let res = send(
+            h.request(Method::POST, "/upload", Some("photo"))
+                .header("content-type", "image/jpeg")
+                .body(photo.clone()),
+        )
+        .await;
+        if res.status != 409 {
+            break res;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still in flight");
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(retry.status, 200, "{retry:?}");
+    assert!(!retry.replayed());
+    assert_eq!(retry.body, format!("upload 1: {}", summary(&photo)));
+}
+
+/// Adds `n` todos straight to the database (fast; the change log records them too).
+async fn add_todos(pool: &SqlitePool, n: usize) {
+    sqlx::query(
+        "WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM i WHERE n < ?)
+         INSERT INTO todos (id, title, completed)
+         SELECT printf('t%06d', n), printf('todo number %d', n), false FROM i",
+    )
+    .bind(n as i64)
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+/// The stored body's length per key: `None` when it was not kept.
+async fn stored_bodies(pool: &SqlitePool) -> Vec<(String, Option<i64>)> {
+    sqlx::query_as("SELECT key, length(body) FROM _rhtmx_sync_idempotency ORDER BY key")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_response_too_large_to_store_is_still_applied_once() {
+    let h = Harness::start(|layer| layer).await;
+    for (path, key) in [("/huge", "huge"), ("/huge-stream", "huge-stream")] {
+        let calls = h.calls();
+        let first = send(h.request(Method::POST, path, Some(key))).await;
+        assert_eq!(first.status, 200, "{path}");
+        assert_eq!(
+            first.body,
+            format!("{} {}", calls + 1, "x".repeat(2 * MIB)),
+            "{path}: the client gets the whole answer"
+        );
+        let replay = send(h.request(Method::POST, path, Some(key))).await;
+        assert_eq!((replay.status, replay.replayed()), (200, true), "{path}");
+        assert_eq!(h.calls(), calls + 1, "{path}: the route ran twice");
+        // The body was not kept: the replay says so, and tells htmx not to swap it.
+        assert_eq!(replay.body, "", "{path}");
+        assert_eq!(
+            replay.header("idempotent-body-omitted"),
+            Some("true"),
+            "{path}"
+        );
+        assert_eq!(replay.header("hx-reswap"), Some("none"), "{path}");
+        if path == "/huge" {
+            assert_eq!(replay.header("hx-trigger"), Some("huge"));
+            assert_eq!(replay.header("content-type"), Some("text/html"));
+        }
+    }
+    assert_eq!(
+        stored_bodies(&h.pool).await,
+        vec![("huge".to_owned(), None), ("huge-stream".to_owned(), None)]
+    );
+
+    // The example: its list passes 1 MiB at about 2,000 todos of these titles, and a
+    // bodiless toggle flips. Replayed with its key, it must flip once.
+    add_todos(&h.pool, 2500).await;
+    let toggle = || h.request(Method::POST, "/todos/t000001/toggle", Some("toggle"));
+    let first = send(toggle()).await;
+    assert_eq!(first.status, 200);
+    assert!(first.body.len() > MIB, "{} bytes", first.body.len());
+    let replay = send(toggle()).await;
+    assert_eq!((replay.status, replay.replayed()), (200, true));
+    let completed: bool = sqlx::query_scalar("SELECT completed FROM todos WHERE id = 't000001'")
+        .fetch_one(&h.pool)
+        .await
+        .unwrap();
+    assert!(completed, "toggled twice");
+}
+
+#[tokio::test]
+async fn a_response_whose_body_fails_is_still_applied_once() {
+    let h = Harness::start(|layer| layer).await;
+    // The client sees the broken answer as a network error and retries with the key.
+    match h.request(Method::POST, "/broken", Some("k")).send().await {
+        Ok(first) => assert!(
+            first.text().await.is_err(),
+            "the failure reaches the client"
+        ),
+        Err(e) => assert!(!e.is_timeout(), "{e}"),
+    }
+    let replay = send(h.request(Method::POST, "/broken", Some("k"))).await;
+    assert_eq!(
+        (replay.status, replay.replayed()),
+        (200, true),
+        "{replay:?}"
+    );
+    assert_eq!(replay.header("idempotent-body-omitted"), Some("true"));
+    assert_eq!(h.calls(), 1);
+}
+
+#[tokio::test]
+async fn the_store_keeps_each_body_below_its_cap_by_default() {
+    let h = Harness::start(|layer| layer).await;
+    // 200 todos render to well over 64 KiB; only the first create's list is smaller.
+    let small = send(
+        h.request(Method::POST, "/todos", Some("small"))
+            .form(&[("title", "first")]),
+    )
+    .await;
+    add_todos(&h.pool, 200).await;
+    let large = send(
+        h.request(Method::POST, "/todos", Some("large"))
+            .form(&[("title", "milk")]),
+    )
+    .await;
+    assert!(large.body.len() > 64 * 1024, "{}", large.body.len());
+    assert_eq!(
+        stored_bodies(&h.pool).await,
+        vec![
+            ("large".to_owned(), None),
+            ("small".to_owned(), Some(small.body.len() as i64))
+        ]
+    );
+    let replay = send(
+        h.request(Method::POST, "/todos", Some("large"))
+            .form(&[("title", "milk")]),
+    )
+    .await;
+    assert!(replay.replayed());
+    assert_eq!(todos(&h.pool).await.len(), 202);
+}
+
+/// What the store holds, counted by SQL: `(keys, bytes)`.
+async fn counted(pool: &SqlitePool) -> (u64, u64) {
+    let (keys, bytes): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(length(key) + length(fingerprint)
+                + coalesce(length(headers), 0) + coalesce(length(body), 0)), 0)
+         FROM _rhtmx_sync_idempotency",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    (keys as u64, bytes as u64)
+}
+
+#[tokio::test]
+async fn the_store_stays_within_its_byte_budget_and_keeps_every_key() {
+    const BUDGET: u64 = 1024 * 1024;
+    let h = Harness::start(|layer| layer.replay_body_limit(256 * 1024).max_bytes(BUDGET)).await;
+    // Keyed creates without a client id: only the layer stands between a replay and a
+    // second row. Each answer is the whole list, so stored answers grow with it.
+    let layer = h.engine.idempotency_layer();
+    for i in 0..300 {
+        let res = send(
+            h.request(Method::POST, "/todos", Some(&format!("create-{i:03}")))
+                .form(&[("title", format!("todo {i}"))]),
+        )
+        .await;
+        assert_eq!(res.status, 200);
+        let usage = layer.usage().await.unwrap();
+        assert_eq!(
+            (usage.keys, usage.bytes),
+            counted(&h.pool).await,
+            "after {i}"
+        );
+        assert!(usage.bytes <= BUDGET, "after {i}: {usage:?}");
+    }
+    let usage = layer.usage().await.unwrap();
+    assert_eq!(usage.keys, 300);
+
+    // Every key still answers without running again: the newest with their bodies,
+    // the oldest with status and headers only.
+    let bodies = stored_bodies(&h.pool).await;
+    assert_eq!(bodies[0].1, None, "the oldest body was dropped first");
+    assert!(bodies[299].1.is_some(), "the newest body is kept");
+    for i in [0, 150, 299] {
+        let replay = send(
+            h.request(Method::POST, "/todos", Some(&format!("create-{i:03}")))
+                .form(&[("title", format!("todo {i}"))]),
+        )
+        .await;
+        assert_eq!((replay.status, replay.replayed()), (200, true), "{i}");
+        assert_eq!(
+            replay.header("idempotent-body-omitted").is_some(),
+            bodies[i].1.is_none(),
+            "{i}"
+        );
+    }
+    assert_eq!(todos(&h.pool).await.len(), 300);
+
+    // A database from before the totals existed: they start from what it holds.
+    for statement in [
+        "DROP TRIGGER _rhtmx_sync_idempotency_usage_insert",
+        "DROP TRIGGER _rhtmx_sync_idempotency_usage_update",
+        "DROP TRIGGER _rhtmx_sync_idempotency_usage_delete",
+        "DROP TABLE _rhtmx_sync_idempotency_usage",
+    ] {
+        sqlx::query(statement).execute(&h.pool).await.unwrap();
+    }
+    let engine = app::engine(&h.pool).await.unwrap();
+    let usage = engine.idempotency_layer().usage().await.unwrap();
+    assert_eq!((usage.keys, usage.bytes), counted(&h.pool).await);
+}
+
+#[tokio::test]
+async fn past_the_key_budget_the_oldest_completed_keys_go_first() {
+    let mut h = Harness::start(|layer| layer.max_keys(10)).await;
+    let base = h.base.clone();
+    // A claim still in flight is never evicted.
+    let slow = tokio::spawn(send(
+        request_to(&base, Method::POST, "/slow", Some("slow")).body("a"),
+    ));
+    assert_eq!(h.entered().await, 1);
+    for i in 0..20 {
+        let res = send(h.request(Method::POST, "/count", Some(&format!("k{i:02}")))).await;
+        assert_eq!(res.status, 201);
+        let usage = h.engine.idempotency_layer().usage().await.unwrap();
+        assert!(usage.keys <= 10, "after {i}: {usage:?}");
+        assert_eq!((usage.keys, usage.bytes), counted(&h.pool).await);
+    }
+    let kept: Vec<String> = h.keys().await.into_iter().map(|(k, _)| k).collect();
+    assert!(kept.contains(&"slow".to_owned()), "{kept:?}");
+    assert!(kept.contains(&"k19".to_owned()), "{kept:?}");
+    assert!(!kept.contains(&"k00".to_owned()), "{kept:?}");
+    h.probe.release.add_permits(1);
+    assert_eq!(slow.await.unwrap().body, "slow 1: a");
+    // The newest keys still replay; an evicted one runs again (documented).
+    let calls = h.calls();
+    assert!(send(h.request(Method::POST, "/count", Some("k19")))
+        .await
+        .replayed());
+    assert!(!send(h.request(Method::POST, "/count", Some("k00")))
+        .await
+        .replayed());
+    assert_eq!(h.calls(), calls + 1);
 }

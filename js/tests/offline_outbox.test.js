@@ -315,6 +315,23 @@ test("online/offline events fire, and data-rhtmx-offline=\"false\" writes are ne
   assert.deepEqual(rows(), []);
 });
 
+test("data-rhtmx-offline=\"false\" writes are sent without an Idempotency-Key, others with one", async () => {
+  const page = await openApp(w.context, w.proxy.base);
+  await inject(page, `<form id="own" hx-post="/todos" hx-swap="none" data-rhtmx-offline="false">
+      <input name="title" value="opted out"><button>go</button></form>
+    <div data-rhtmx-offline="false"><form id="inherited" hx-post="/todos" hx-swap="none">
+      <input name="title" value="opted out by an ancestor"><button>go</button></form></div>
+    <form id="keyed" hx-post="/todos" hx-swap="none">
+      <input name="title" value="keyed"><button>go</button></form>`);
+  for (const id of ["own", "inherited", "keyed"]) {
+    await page.click(`#${id} button`);
+    await eventually(() => rows().length === ["own", "inherited", "keyed"].indexOf(id) + 1, { what: id });
+  }
+  const posts = w.proxy.seen((r) => r.method === "POST" && r.url === "/todos");
+  assert.equal(posts.length, 3);
+  assert.deepEqual(posts.map((r) => "idempotency-key" in r.headers), [false, false, true]);
+});
+
 test("a write carries when the user acted (kept for the replay) and the row version the page showed", async () => {
   const page = await openApp(w.context, w.proxy.base);
   await inject(page, `<div data-rhtmx-version="42"><form id="v" hx-post="/todos" hx-swap="none">

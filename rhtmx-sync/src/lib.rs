@@ -27,7 +27,7 @@ pub use self::error::{Error, Result};
 #[doc(inline)]
 pub use self::hlc::{Hlc, HlcClock};
 #[doc(inline)]
-pub use self::idempotency::{Idempotency, IdempotencyLayer};
+pub use self::idempotency::{Idempotency, IdempotencyLayer, IdempotencyUsage};
 #[doc(inline)]
 pub use self::syncable::{SyncStrategy, Syncable};
 #[doc(inline)]

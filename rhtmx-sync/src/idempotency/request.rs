@@ -1,15 +1,16 @@
 //! What identifies a request: which requests are handled, their key and fingerprint.
 
 use std::borrow::Cow;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{request, HeaderMap, HeaderName, Method, Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use futures_util::{stream, StreamExt};
+use http_body_util::BodyExt;
 use sha2::{Digest, Sha256};
-
-use crate::error::Error;
 
 /// The request header carrying the client's key.
 pub(super) const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
@@ -40,23 +41,76 @@ pub(super) fn key(headers: &HeaderMap) -> Result<String, &'static str> {
     Ok(bytes.iter().map(|&b| char::from(b)).collect())
 }
 
-/// Reads the whole body, or answers 413 past `limit` (400 if the client broke off).
-pub(super) async fn buffer(body: Body, limit: usize) -> Result<Bytes, Response> {
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => {
-            Err(Error::PayloadTooLarge { limit }.into_response())
+/// A keyed request's body, read up to the layer's limit.
+pub(super) enum Incoming {
+    /// The whole body, within the limit.
+    Whole(Bytes),
+    /// A body larger than the limit: what was read (at least `limit + 1` bytes), and
+    /// the rest, not read yet.
+    Large {
+        /// The bytes read so far.
+        head: Bytes,
+        /// The rest of the body.
+        rest: Body,
+    },
+}
+
+/// Reads `body` whole if it fits in `limit` bytes; otherwise stops past the limit and
+/// hands back what was read and the rest, so the route still gets the whole body and
+/// its own limit decides. A body the client broke off within the limit answers 400.
+pub(super) async fn read(mut body: Body, limit: usize) -> Result<Incoming, Response> {
+    let mut read = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else {
+            return Err(reject(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            ));
+        };
+        // Trailers are not part of the request a form or upload makes.
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        read.extend_from_slice(&data);
+        if read.len() > limit {
+            return Ok(Incoming::Large {
+                head: Bytes::from(read),
+                rest: body,
+            });
         }
-        Err(_) => Err(reject(
-            StatusCode::BAD_REQUEST,
-            "the request body could not be read",
-        )),
+    }
+    Ok(Incoming::Whole(Bytes::from(read)))
+}
+
+impl Incoming {
+    /// The body for the route: the same bytes, in order. A failure of the rest (the
+    /// client broke off mid-upload) is passed on to the route as it would be without
+    /// the layer, and recorded in `broken`.
+    pub(super) fn into_body(self, broken: Arc<AtomicBool>) -> Body {
+        match self {
+            Incoming::Whole(bytes) => Body::from(bytes),
+            Incoming::Large { head, rest } => {
+                let rest = rest.into_data_stream().inspect(move |frame| {
+                    if frame.is_err() {
+                        broken.store(true, Ordering::Relaxed);
+                    }
+                });
+                Body::from_stream(stream::once(async { Ok(head) }).chain(rest))
+            }
+        }
     }
 }
 
 /// SHA-256 (hex) over what makes two requests "the same": method, path and query,
-/// content type and body. Other headers (cookies, user agent) may differ on a replay.
-pub(super) fn fingerprint(parts: &request::Parts, body: &[u8]) -> String {
+/// media type and body. Other headers (cookies, user agent) may differ on a replay.
+///
+/// A body over `limit` is not held whole, so only its beginning counts: the first
+/// `limit / 8` bytes of the canonical form of its first `limit` bytes. The margin is
+/// for forms: a re-encoded form (`%20` or `+`, another multipart boundary) covers less
+/// or more content in the same number of bytes, but at least an eighth as much, and
+/// only the last few canonical bytes of a cut prefix can differ. Two large requests
+/// that differ only further on are taken as the same request.
+pub(super) fn fingerprint(parts: &request::Parts, body: &Incoming, limit: usize) -> String {
     let target = parts
         .uri
         .path_and_query()
@@ -66,13 +120,32 @@ pub(super) fn fingerprint(parts: &request::Parts, body: &[u8]) -> String {
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default();
-    let (media_type, body) = canonical(content_type, body);
+    let (extent, media_type, canonical_body) = match body {
+        Incoming::Whole(bytes) => {
+            let (media_type, body) = canonical(content_type, bytes);
+            ("whole", media_type, body)
+        }
+        Incoming::Large { head, .. } => {
+            let (media_type, body) = canonical(content_type, &head[..limit]);
+            let kept = body.len().min(limit / 8);
+            let body = match body {
+                Cow::Borrowed(b) => Cow::Borrowed(&b[..kept]),
+                Cow::Owned(mut b) => {
+                    b.truncate(kept);
+                    Cow::Owned(b)
+                }
+            };
+            ("head", media_type, body)
+        }
+    };
     let mut hash = Sha256::new();
     for field in [
         parts.method.as_str().as_bytes(),
         target.as_bytes(),
         media_type.as_bytes(),
-        &body,
+        // A whole body never matches the head of a larger one.
+        extent.as_bytes(),
+        &canonical_body,
     ] {
         // Length-prefixed, so moving bytes from one field to the next changes the hash.
         hash.update((field.len() as u64).to_be_bytes());
@@ -141,7 +214,11 @@ mod tests {
             .body(())
             .unwrap()
             .into_parts();
-        fingerprint(&parts, body.as_bytes())
+        fingerprint(
+            &parts,
+            &Incoming::Whole(Bytes::from(body.to_owned())),
+            1 << 20,
+        )
     }
 
     #[test]

@@ -1,7 +1,10 @@
 //! The response side: buffering it for storage, what is kept, and how it is replayed.
 
 use axum::body::{Body, Bytes, HttpBody};
-use axum::http::header::{CONTENT_TYPE, LOCATION, VARY};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_ENCODING, CONTENT_LANGUAGE, CONTENT_LOCATION,
+    CONTENT_TYPE, ETAG, LAST_MODIFIED, LINK, LOCATION, VARY,
+};
 use axum::http::{response, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use futures_util::{stream, StreamExt};
@@ -9,20 +12,25 @@ use http_body_util::BodyExt;
 
 /// The header that marks a replayed response.
 const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
+/// The header that marks a replay whose body was not kept.
+const BODY_OMITTED: HeaderName = HeaderName::from_static("idempotent-body-omitted");
+/// htmx's swap override: `none` leaves the page as it is.
+const HX_RESWAP: HeaderName = HeaderName::from_static("hx-reswap");
 
 /// A response body after trying to buffer it.
 pub(super) enum Buffered {
-    /// The whole body, within the limit.
-    Complete(Bytes),
-    /// Too large, or it failed part-way: the same bytes, to stream on unstored.
-    Unstored(Body),
+    /// The whole body, within the limit: kept for replay.
+    Kept(Bytes),
+    /// Too large, or it failed part-way: the same bytes, to stream on; the replay will
+    /// go without it.
+    Omitted(Body),
 }
 
-/// Reads `body` whole if it fits in `limit`; otherwise hands back an equivalent body
-/// (what was read, then the rest) so the client still gets the full response.
+/// Reads `body` whole if it fits in `limit` bytes; otherwise hands back an equivalent
+/// body (what was read, then the rest) so the client still gets the full response.
 pub(super) async fn buffer(mut body: Body, limit: usize) -> Buffered {
     if body.size_hint().lower() > limit as u64 {
-        return Buffered::Unstored(body);
+        return Buffered::Omitted(body);
     }
     let mut read = Vec::new();
     while let Some(frame) = body.frame().await {
@@ -34,7 +42,7 @@ pub(super) async fn buffer(mut body: Body, limit: usize) -> Buffered {
                 };
                 if read.len() + data.len() > limit {
                     let head = stream::iter([Ok(Bytes::from(read)), Ok(data)]);
-                    return Buffered::Unstored(Body::from_stream(
+                    return Buffered::Omitted(Body::from_stream(
                         head.chain(body.into_data_stream()),
                     ));
                 }
@@ -44,11 +52,11 @@ pub(super) async fn buffer(mut body: Body, limit: usize) -> Buffered {
             // without the layer.
             Err(e) => {
                 let items = stream::iter([Ok(Bytes::from(read)), Err(e)]);
-                return Buffered::Unstored(Body::from_stream(items));
+                return Buffered::Omitted(Body::from_stream(items));
             }
         }
     }
-    Buffered::Complete(Bytes::from(read))
+    Buffered::Kept(Bytes::from(read))
 }
 
 /// A response as stored for replay.
@@ -56,19 +64,38 @@ pub(super) async fn buffer(mut body: Body, limit: usize) -> Buffered {
 pub(super) struct Stored {
     pub status: StatusCode,
     pub headers: HeaderMap,
-    pub body: Bytes,
+    /// `None` when the body was too large to keep, failed, or was dropped to keep the
+    /// store within its budget.
+    pub body: Option<Bytes>,
 }
 
-/// The headers a replay needs: what the body is, where a create went, and every htmx
-/// instruction (`HX-Trigger`, `HX-Redirect`, ...). Others, such as `Set-Cookie` or
-/// `Date`, belong to the first exchange only.
+/// The headers a replay needs besides the `HX-*` ones (every htmx instruction:
+/// `HX-Trigger`, `HX-Redirect`, `HX-Retarget`, ...): what the body is and how it is
+/// encoded (a compressed body is stored compressed), where a create went or a redirect
+/// points, and how the answer may be cached. Others, such as `Set-Cookie` or `Date`,
+/// belong to the first exchange only; `Retry-After` never reaches the store, since an
+/// answer that carries it is not final.
+const KEPT: [HeaderName; 11] = [
+    CONTENT_TYPE,
+    CONTENT_ENCODING,
+    CONTENT_LANGUAGE,
+    CONTENT_DISPOSITION,
+    CONTENT_LOCATION,
+    LOCATION,
+    LINK,
+    CACHE_CONTROL,
+    ETAG,
+    LAST_MODIFIED,
+    VARY,
+];
+
 fn kept(name: &HeaderName) -> bool {
-    *name == CONTENT_TYPE || *name == LOCATION || *name == VARY || name.as_str().starts_with("hx-")
+    KEPT.contains(name) || name.as_str().starts_with("hx-")
 }
 
 impl Stored {
-    /// What to store of a response whose body is `body`.
-    pub(super) fn capture(parts: &response::Parts, body: Bytes) -> Stored {
+    /// What to store of a response whose body is `body` (`None`: not kept).
+    pub(super) fn capture(parts: &response::Parts, body: Option<Bytes>) -> Stored {
         let mut headers = HeaderMap::new();
         for (name, value) in &parts.headers {
             if kept(name) {
@@ -101,7 +128,11 @@ impl Stored {
     }
 
     /// Rebuilds a stored response from its columns.
-    pub(super) fn decode(status: i64, headers: &str, body: Vec<u8>) -> crate::Result<Stored> {
+    pub(super) fn decode(
+        status: i64,
+        headers: &str,
+        body: Option<Vec<u8>>,
+    ) -> crate::Result<Stored> {
         let bad = |what: String| sqlx::Error::Decode(what.into());
         let status = u16::try_from(status)
             .ok()
@@ -118,15 +149,31 @@ impl Stored {
         Ok(Stored {
             status,
             headers: map,
-            body: Bytes::from(body),
+            body: body.map(Bytes::from),
         })
     }
 
     /// The response a retry gets, marked `Idempotent-Replayed: true`.
+    ///
+    /// Without its body it is the stored status and headers with an empty body, marked
+    /// `Idempotent-Body-Omitted: true`, and `HX-Reswap: none` so htmx does not swap
+    /// the empty body over the target; headers that describe the missing bytes
+    /// (`Content-Encoding`, `ETag`) are left out.
     pub(super) fn replay(self) -> Response {
-        let mut res = Response::new(Body::from(self.body));
+        let mut headers = self.headers;
+        let body = match self.body {
+            Some(body) => Body::from(body),
+            None => {
+                headers.remove(CONTENT_ENCODING);
+                headers.remove(ETAG);
+                headers.insert(HX_RESWAP, HeaderValue::from_static("none"));
+                headers.insert(BODY_OMITTED, HeaderValue::from_static("true"));
+                Body::empty()
+            }
+        };
+        let mut res = Response::new(body);
         *res.status_mut() = self.status;
-        *res.headers_mut() = self.headers;
+        *res.headers_mut() = headers;
         res.headers_mut()
             .insert(REPLAYED, HeaderValue::from_static("true"));
         res

@@ -1,5 +1,7 @@
 //! [`Idempotency`]: claims the key, runs the inner service once, stores or releases.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -9,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::future::BoxFuture;
 use tower_service::Service;
 
+use super::finality;
 use super::layer::Config;
 use super::request;
 use super::response::{self, Buffered, Stored};
@@ -86,12 +89,19 @@ async fn run<S>(
 where
     S: Service<Request<Body>, Response = Response>,
 {
-    let (claim, req) = match admit(store, config, req).await {
+    let broken = Arc::new(AtomicBool::new(false));
+    let (claim, req) = match admit(store, config, req, broken.clone()).await {
         Admission::Answer(res) => return Ok(res),
         Admission::Run(claim, req) => (claim, req),
     };
     match inner.call(req).await {
-        Ok(res) => Ok(finish(claim, res, config.body_limit).await),
+        // The client broke off mid-body, so the route answered a request it never saw
+        // whole (with a 400, typically): free the key for the client's retry.
+        Ok(res) if broken.load(Ordering::Relaxed) => {
+            claim.release().await;
+            Ok(res)
+        }
+        Ok(res) => Ok(finish(claim, res, config).await),
         Err(e) => {
             claim.release().await;
             Err(e)
@@ -107,18 +117,25 @@ enum Admission {
     Run(Held, Request<Body>),
 }
 
-/// Checks the key, buffers and fingerprints the body, and claims the key.
-async fn admit(store: Store, config: Config, req: Request<Body>) -> Admission {
+/// Checks the key, reads and fingerprints the body (up to the limit), and claims the
+/// key. The request to run gets the whole body back; `broken` is set if its unread
+/// rest fails.
+async fn admit(
+    store: Store,
+    config: Config,
+    req: Request<Body>,
+    broken: Arc<AtomicBool>,
+) -> Admission {
     let key = match request::key(req.headers()) {
         Ok(key) => key,
         Err(why) => return Admission::Answer(request::reject(StatusCode::BAD_REQUEST, why)),
     };
     let (parts, body) = req.into_parts();
-    let body = match request::buffer(body, config.body_limit).await {
+    let body = match request::read(body, config.body_limit).await {
         Ok(body) => body,
         Err(rejection) => return Admission::Answer(rejection),
     };
-    let fingerprint = request::fingerprint(&parts, &body);
+    let fingerprint = request::fingerprint(&parts, &body, config.body_limit);
     let now = now_ms();
     store.prune_if_due(now, config.retention).await;
     let answer = match store.claim(&key, &fingerprint, now, config.lease).await {
@@ -129,7 +146,7 @@ async fn admit(store: Store, config: Config, req: Request<Body>) -> Admission {
                 attempt,
                 armed: true,
             };
-            return Admission::Run(claim, Request::from_parts(parts, Body::from(body)));
+            return Admission::Run(claim, Request::from_parts(parts, body.into_body(broken)));
         }
         Ok(Claim::Completed(stored)) => stored.replay(),
         Ok(Claim::Mismatch) => {
@@ -142,25 +159,26 @@ async fn admit(store: Store, config: Config, req: Request<Body>) -> Admission {
     Admission::Answer(answer)
 }
 
-/// Stores the response for replay, or releases the key when a retry must run again:
-/// on a server error, or when the body is too large to store.
-async fn finish(claim: Held, res: Response, limit: usize) -> Response {
-    // The client retries a server error, and the retry must run the handler again.
-    if res.status().is_server_error() {
+/// Stores the response for replay, or releases the key when a retry must run again
+/// (the answer is not final). A body over the replay limit, or one that fails part-way,
+/// is not kept, but the key is completed all the same: the handler has run, and a
+/// replay must not run it again.
+async fn finish(claim: Held, res: Response, config: Config) -> Response {
+    // A refusal for now (log in again, slow down, server error) is no answer to the
+    // request: the retry, with the same key, must run the handler again.
+    if !finality::is_final(res.status(), res.headers(), config.login_page) {
         claim.release().await;
         return res;
     }
     let (parts, body) = res.into_parts();
-    match response::buffer(body, limit).await {
-        Buffered::Complete(body) => {
-            claim.complete(Stored::capture(&parts, body.clone())).await;
-            Response::from_parts(parts, Body::from(body))
-        }
-        Buffered::Unstored(body) => {
-            claim.release().await;
-            Response::from_parts(parts, body)
-        }
-    }
+    let (kept, body) = match response::buffer(body, config.replay_body_limit).await {
+        Buffered::Kept(body) => (Some(body.clone()), Body::from(body)),
+        Buffered::Omitted(body) => (None, body),
+    };
+    let store = claim.store.clone();
+    claim.complete(Stored::capture(&parts, kept)).await;
+    store.keep_within(config.budget).await;
+    Response::from_parts(parts, body)
 }
 
 /// 409: the first attempt with this key has not finished yet.

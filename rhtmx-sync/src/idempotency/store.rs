@@ -8,13 +8,14 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use super::response::Stored;
 use crate::error::Result;
 
-/// The key table and its pruning index, one statement each.
-const DDL: [&str; 2] = [
+/// The key table, its pruning index, and its running totals (kept by triggers, so
+/// every writer and every process counts), one statement each.
+const DDL: [&str; 7] = [
     "CREATE TABLE IF NOT EXISTS _rhtmx_sync_idempotency (
         key          TEXT PRIMARY KEY NOT NULL,
         fingerprint  TEXT NOT NULL,
@@ -28,13 +29,48 @@ const DDL: [&str; 2] = [
     )",
     "CREATE INDEX IF NOT EXISTS _rhtmx_sync_idempotency_created
         ON _rhtmx_sync_idempotency (created_at)",
+    "CREATE TABLE IF NOT EXISTS _rhtmx_sync_idempotency_usage (
+        id    INTEGER PRIMARY KEY CHECK (id = 0),
+        keys  INTEGER NOT NULL,
+        bytes INTEGER NOT NULL
+    )",
+    // Started from what the table holds when the totals are first created (a table
+    // from before they existed). Inside the migration's transaction, so no write
+    // falls between this count and the triggers.
+    "INSERT OR IGNORE INTO _rhtmx_sync_idempotency_usage (id, keys, bytes)
+        SELECT 0, count(*), coalesce(sum(length(key) + length(fingerprint)
+            + coalesce(length(headers), 0) + coalesce(length(body), 0)), 0)
+        FROM _rhtmx_sync_idempotency",
+    "CREATE TRIGGER IF NOT EXISTS _rhtmx_sync_idempotency_usage_insert
+        AFTER INSERT ON _rhtmx_sync_idempotency BEGIN
+        UPDATE _rhtmx_sync_idempotency_usage SET keys = keys + 1, bytes = bytes
+            + length(NEW.key) + length(NEW.fingerprint)
+            + coalesce(length(NEW.headers), 0) + coalesce(length(NEW.body), 0);
+    END",
+    "CREATE TRIGGER IF NOT EXISTS _rhtmx_sync_idempotency_usage_update
+        AFTER UPDATE ON _rhtmx_sync_idempotency BEGIN
+        UPDATE _rhtmx_sync_idempotency_usage SET bytes = bytes
+            + length(NEW.key) + length(NEW.fingerprint)
+            + coalesce(length(NEW.headers), 0) + coalesce(length(NEW.body), 0)
+            - length(OLD.key) - length(OLD.fingerprint)
+            - coalesce(length(OLD.headers), 0) - coalesce(length(OLD.body), 0);
+    END",
+    "CREATE TRIGGER IF NOT EXISTS _rhtmx_sync_idempotency_usage_delete
+        AFTER DELETE ON _rhtmx_sync_idempotency BEGIN
+        UPDATE _rhtmx_sync_idempotency_usage SET keys = keys - 1, bytes = bytes
+            - length(OLD.key) - length(OLD.fingerprint)
+            - coalesce(length(OLD.headers), 0) - coalesce(length(OLD.body), 0);
+    END",
 ];
 
-/// Creates the key table if it is missing; safe to run from several processes.
+/// Creates the key table and its totals if they are missing; safe to run from several
+/// processes.
 pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
+    let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     for statement in DDL {
-        sqlx::query(statement).execute(&mut *conn).await?;
+        sqlx::query(statement).execute(&mut *tx).await?;
     }
+    tx.commit().await?;
     Ok(())
 }
 
@@ -85,6 +121,16 @@ impl Store {
         }
     }
 
+    /// The running totals of the table.
+    pub(super) async fn usage(&self) -> Result<super::IdempotencyUsage> {
+        super::budget::usage(&self.pool).await
+    }
+
+    /// Brings the table back within `budget` if it is over.
+    pub(super) async fn keep_within(&self, budget: super::budget::Budget) {
+        super::budget::keep_within(&self.pool, budget).await;
+    }
+
     /// Claims `key` for a request with `fingerprint`, or reports why not.
     pub(super) async fn claim(
         &self,
@@ -125,7 +171,7 @@ impl Store {
                     Claim::Completed(Stored::decode(
                         status.unwrap_or_default(),
                         headers.as_deref().unwrap_or("[]"),
-                        body.unwrap_or_default(),
+                        body,
                     )?)
                 } else {
                     Claim::InFlight
@@ -145,7 +191,7 @@ impl Store {
         )
         .bind(i64::from(stored.status.as_u16()))
         .bind(stored.headers_json())
-        .bind(&stored.body[..])
+        .bind(stored.body.as_deref())
         .bind(key)
         .bind(attempt)
         .execute(&self.pool)

@@ -550,8 +550,10 @@
       const field = named.getAttribute("data-rhtmx-new-id") || "id";
       if (!e.detail.parameters[field]) e.detail.parameters[field] = uuid();
     }
-    // One key per user action, created before the first attempt, reused on replay.
-    e.detail.headers["Idempotency-Key"] ||= crypto.randomUUID();
+    // One key per user action, created before the first attempt, reused on replay. An
+    // opted-out write is never queued or replayed, so it gets none: the server then
+    // treats it exactly as it would without rhtmx-sync.
+    if (!optedOut(e.detail.elt)) e.detail.headers["Idempotency-Key"] ||= crypto.randomUUID();
     if (clientId) e.detail.headers["X-Rhtmx-Client-Id"] = clientId;
     // When the user acted (kept for a replay), and the row version the page showed, so
     // the server can merge a late write field by field instead of by arrival.
