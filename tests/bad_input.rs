@@ -18,7 +18,7 @@ fn snapshot(db: &Path) -> Vec<Vec<u8>> {
 async fn every_bad_input_answers_its_status_and_changes_nothing() {
     let (_dir, db) = temp_db();
     let server = start_with(&db, |b| b.body_limit(4096)).await;
-    add_todo(&server, "keep", "existing").await;
+    add_todo(&server, &todo_id("keep"), "existing").await;
     let before = snapshot(&db);
 
     let push_cases: Vec<(&str, String, u16, &str)> = vec![
@@ -100,7 +100,7 @@ async fn every_bad_input_answers_its_status_and_changes_nothing() {
     );
     assert_eq!(
         todos(&server.pool).await,
-        [("keep".into(), "existing".into(), false)]
+        [(todo_id("keep"), "existing".into(), false)]
     );
 }
 

@@ -22,7 +22,7 @@ after(async () => {
 });
 
 test("offline reload shows the last-known page from the service worker; the queue survives and drains", async () => {
-  await postForm(server.base, "/todos", { id: "known", title: "seen before going offline" });
+  await postForm(server.base, "/todos", { id: "0192f0a0-0000-7000-8000-00000000000a", title: "seen before going offline" });
   const context = await browser.newContext();
   const page = await openApp(context, proxy.base);
   await page.waitForFunction(async () => {
