@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use sqlx::SqlitePool;
 
 /// A model whose table computes two of its columns.
-#[derive(Debug, sqlx::FromRow, Syncable)]
+#[derive(Debug, PartialEq, sqlx::FromRow, Syncable)]
 #[sync(table = "people")]
 struct Person {
     id: String,
@@ -37,8 +37,9 @@ async fn people_db(db: &std::path::Path) -> SqlitePool {
     pool
 }
 
-async fn rows(pool: &SqlitePool) -> Vec<(String, String, String, String, String)> {
-    sqlx::query_as("SELECT id, first, last, full_name, initials FROM people ORDER BY id")
+/// The rows, read through the model.
+async fn rows(pool: &SqlitePool) -> Vec<Person> {
+    sqlx::query_as("SELECT * FROM people ORDER BY id")
         .fetch_all(pool)
         .await
         .unwrap()
@@ -165,12 +166,12 @@ async fn an_update_newer_than_a_delete_restores_the_row_without_writing_generate
     assert_eq!(status, 200, "{res}");
     assert_eq!(
         rows(&pool).await,
-        [(
-            "p1".into(),
-            "Ada".into(),
-            "King".into(),
-            "Ada King".into(),
-            "AK".into()
-        )]
+        [Person {
+            id: "p1".into(),
+            first: "Ada".into(),
+            last: "King".into(),
+            full_name: "Ada King".into(),
+            initials: "AK".into(),
+        }]
     );
 }
