@@ -4,6 +4,28 @@
 //! `data-rhtmx-*` hooks for the pending count and client-generated ids.
 
 use maud::{html, Markup, PreEscaped, DOCTYPE};
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+
+/// What a path segment may hold as it is: RFC 3986's unreserved characters. Everything
+/// else, `/`, `?`, `#` and `%` included, is percent-encoded.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// The URL of a todo, `/todos/{id}{rest}`, with the id as one percent-encoded path
+/// segment. maud escapes HTML, not URLs: `hx-put="/todos/(id)"` with the id
+/// `../todos/<other>#` would rename the other todo.
+///
+/// `None` for the ids no URL can name: empty, `.` and `..` (browsers read `%2E%2E` as
+/// `..` too). The app never creates them (its ids are UUIDs); another writer might.
+pub fn todo_url(id: &str, rest: &str) -> Option<String> {
+    if matches!(id, "" | "." | "..") {
+        return None;
+    }
+    Some(format!("/todos/{}{rest}", utf8_percent_encode(id, SEGMENT)))
+}
 
 /// A row as the templates need it.
 pub struct TodoView<'a> {
@@ -72,19 +94,26 @@ pub fn list(todos: &[TodoView<'_>], version: i64) -> Markup {
     }
 }
 
-/// One todo with its toggle, rename and delete controls.
+/// One todo with its toggle, rename and delete controls (none for an id no URL can
+/// name, see [`todo_url`]).
 pub fn item(todo: &TodoView<'_>) -> Markup {
     let toggle_to = if todo.completed { "false" } else { "true" };
+    let (Some(url), Some(toggle_url)) = (todo_url(todo.id, ""), todo_url(todo.id, "/toggle"))
+    else {
+        return html! {
+            li .todo .done[todo.completed] data-id=(todo.id) { span { (todo.title) } }
+        };
+    };
     html! {
         li .todo .done[todo.completed] data-id=(todo.id) {
-            button .toggle hx-post={ "/todos/" (todo.id) "/toggle" }
+            button .toggle hx-post=(toggle_url)
                 hx-vals={ "{\"completed\": \"" (toggle_to) "\"}" }
                 hx-target="#todo-list" hx-swap="outerHTML"
                 aria-label="toggle" { @if todo.completed { "✓" } @else { "○" } }
-            form .rename hx-put={ "/todos/" (todo.id) } hx-target="#todo-list" hx-swap="outerHTML" {
+            form .rename hx-put=(url) hx-target="#todo-list" hx-swap="outerHTML" {
                 input name="title" value=(todo.title) aria-label="title";
             }
-            button .delete hx-delete={ "/todos/" (todo.id) } hx-target="#todo-list"
+            button .delete hx-delete=(url) hx-target="#todo-list"
                 hx-swap="outerHTML" aria-label="delete" { "×" }
         }
     }

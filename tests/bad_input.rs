@@ -18,7 +18,7 @@ fn snapshot(db: &Path) -> Vec<Vec<u8>> {
 async fn every_bad_input_answers_its_status_and_changes_nothing() {
     let (_dir, db) = temp_db();
     let server = start_with(&db, |b| b.body_limit(4096)).await;
-    add_todo(&server, "keep", "existing").await;
+    add_todo(&server, &todo_id("keep"), "existing").await;
     let before = snapshot(&db);
 
     let push_cases: Vec<(&str, String, u16, &str)> = vec![
@@ -101,7 +101,7 @@ async fn every_bad_input_answers_its_status_and_changes_nothing() {
     );
     assert_eq!(
         todos(&server.pool).await,
-        [("keep".into(), "existing".into(), false)]
+        [(todo_id("keep"), "existing".into(), false)]
     );
 }
 
@@ -111,9 +111,9 @@ async fn every_bad_input_answers_its_status_and_changes_nothing() {
 async fn a_push_that_is_not_json_answers_415_and_changes_nothing() {
     let (_dir, db) = temp_db();
     let server = start(&db).await;
-    add_todo(&server, "keep", "existing").await;
+    add_todo(&server, &todo_id("keep"), "existing").await;
     let before = snapshot(&db);
-    let body = json!({"changes": [{"id": "keep", "action": "delete"}]}).to_string();
+    let body = json!({"changes": [{"id": todo_id("keep"), "action": "delete"}]}).to_string();
     for content_type in [
         Some("text/plain"),
         Some("text/plain;charset=UTF-8"),

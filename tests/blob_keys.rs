@@ -38,8 +38,8 @@ async fn a_uuid_blob_key_travels_as_its_hyphenated_text() {
     assert_eq!(event.data["id"], id.to_string());
     assert_eq!(event.data["data"]["id"], id.to_string());
     // Live updates of every other entity keep flowing after it.
-    add_todo(&server, "after", "still live").await;
-    assert_eq!(events.next().await.data["id"], "after");
+    add_todo(&server, &todo_id("after"), "still live").await;
+    assert_eq!(events.next().await.data["id"], todo_id("after"));
 
     let (status, page) = pull(&server.base, "things", "").await;
     assert_eq!(status, 200);
@@ -149,8 +149,8 @@ async fn an_undecodable_log_row_stalls_nothing() {
     let (_dir, db) = temp_db();
     let server = start(&db).await;
     let mut events = Sse::connect(&server.base, "", None).await;
-    add_todo(&server, "a", "before").await;
-    assert_eq!(events.next().await.data["id"], "a");
+    add_todo(&server, &todo_id("a"), "before").await;
+    assert_eq!(events.next().await.data["id"], todo_id("a"));
     sqlx::query(
         "INSERT INTO _rhtmx_sync_log (entity, entity_id, action, data) \
          VALUES ('todos', CAST(x'ff00fe' AS TEXT), 'delete', NULL)",
@@ -158,14 +158,14 @@ async fn an_undecodable_log_row_stalls_nothing() {
     .execute(&server.pool)
     .await
     .unwrap();
-    add_todo(&server, "b", "after").await;
+    add_todo(&server, &todo_id("b"), "after").await;
     let bad = events.next().await;
     assert_eq!(bad.data["action"], "delete");
-    assert_eq!(events.next().await.data["id"], "b");
+    assert_eq!(events.next().await.data["id"], todo_id("b"));
     let (status, page) = pull(&server.base, "todos", "").await;
     assert_eq!(status, 200);
     assert_eq!(page["changes"].as_array().unwrap().len(), 3, "{page}");
-    assert_eq!(page["changes"][2]["id"], "b");
+    assert_eq!(page["changes"][2]["id"], todo_id("b"));
 }
 
 /// Integer keys beyond 2^53 cannot be JSON numbers in a browser: they travel as strings,

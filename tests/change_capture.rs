@@ -12,12 +12,13 @@ async fn a_plain_sqlx_handler_write_appears_in_pull_and_on_sse() {
     let mut sse = Sse::connect(&server.base, "", None).await;
 
     // POST /todos is the example's own handler: `sqlx::query!("INSERT ...")`, no sync code.
-    add_todo(&server, "a1", "buy milk").await;
+    let a1 = todo_id("a1");
+    add_todo(&server, &a1, "buy milk").await;
 
     let event = sse.next().await;
     assert_eq!(event.data["entity"], "todos");
     assert_eq!(event.data["action"], "create");
-    assert_eq!(event.data["id"], "a1");
+    assert_eq!(event.data["id"], a1);
     assert_eq!(event.data["data"]["title"], "buy milk");
     assert_eq!(event.data["data"]["completed"], false);
     assert_eq!(event.data["version"].as_i64(), Some(event.version()));
@@ -26,23 +27,23 @@ async fn a_plain_sqlx_handler_write_appears_in_pull_and_on_sse() {
     assert_eq!(status, 200);
     let changes = body["changes"].as_array().unwrap();
     assert_eq!(changes.len(), 1);
-    assert_eq!(changes[0]["id"], "a1");
+    assert_eq!(changes[0]["id"], a1);
     assert_eq!(changes[0]["data"]["title"], "buy milk");
     assert_eq!(body["version"].as_i64(), Some(event.version()));
     assert_eq!(body["has_more"], false);
 
     // Toggle, rename and delete go through plain `sqlx::query!` too.
     let c = client();
-    c.post(format!("{}/todos/a1/toggle", server.base))
+    c.post(format!("{}/todos/{a1}/toggle", server.base))
         .send()
         .await
         .unwrap();
-    c.put(format!("{}/todos/a1", server.base))
+    c.put(format!("{}/todos/{a1}", server.base))
         .form(&[("title", "buy oat milk")])
         .send()
         .await
         .unwrap();
-    c.delete(format!("{}/todos/a1", server.base))
+    c.delete(format!("{}/todos/{a1}", server.base))
         .send()
         .await
         .unwrap();
@@ -155,8 +156,8 @@ async fn triggers_come_back_when_a_migration_recreates_the_table() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    add_todo(&server, "m1", "after migration").await;
-    assert_eq!(sse.next().await.data["id"], "m1");
+    add_todo(&server, &todo_id("m1"), "after migration").await;
+    assert_eq!(sse.next().await.data["id"], todo_id("m1"));
 }
 
 #[tokio::test]

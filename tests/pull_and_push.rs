@@ -10,7 +10,7 @@ async fn pull_pages_through_the_log_in_version_order() {
     let (_dir, db) = temp_db();
     let server = start(&db).await;
     for i in 0..25 {
-        add_todo(&server, &format!("p{i:02}"), "x").await;
+        add_todo(&server, &todo_id(&format!("p{i:02}")), "x").await;
     }
     let mut since = 0;
     let mut seen = Vec::new();
@@ -31,7 +31,7 @@ async fn pull_pages_through_the_log_in_version_order() {
         assert_eq!(page["changes"].as_array().unwrap().len(), 10);
     }
     assert_eq!(pages, 3);
-    let expected: Vec<String> = (0..25).map(|i| format!("p{i:02}")).collect();
+    let expected: Vec<String> = (0..25).map(|i| todo_id(&format!("p{i:02}"))).collect();
     assert_eq!(seen, expected);
     assert_eq!(since, server.engine.head().await.unwrap());
     // Caught up: an empty page at the same version.
@@ -44,7 +44,7 @@ async fn pull_pages_through_the_log_in_version_order() {
 async fn a_complete_page_skips_past_other_entities_versions() {
     let (_dir, db) = temp_db();
     let (server, pool) = start_with_notes(&db).await;
-    add_todo(&server, "t", "x").await;
+    add_todo(&server, &todo_id("t"), "x").await;
     sqlx::query("INSERT INTO notes (body) VALUES ('a'), ('b')")
         .execute(&pool)
         .await
@@ -89,20 +89,21 @@ async fn pull_streams_a_large_page() {
 async fn push_applies_creates_updates_and_deletes_and_reports_them() {
     let (_dir, db) = temp_db();
     let server = start(&db).await;
-    add_todo(&server, "old", "to delete").await;
+    let old = todo_id("old");
+    add_todo(&server, &old, "to delete").await;
     let mut sse = Sse::connect(&server.base, "", None).await;
     let body = json!({
         "client_id": "tab-1",
         "changes": [
             {"id": "n1", "action": "create", "data": {"title": "new", "completed": false}, "client_version": 0},
             {"id": "n1", "action": "update", "data": {"completed": true}},
-            {"id": "old", "action": "delete"},
+            {"id": old, "action": "delete"},
             {"id": "ghost", "action": "update", "data": {"title": "nobody"}},
         ]
     });
     let (status, res) = push_raw(&server.base, "todos", body.to_string()).await;
     assert_eq!(status, 200, "{res}");
-    assert_eq!(res["applied"], json!(["n1", "n1", "old"]));
+    assert_eq!(res["applied"], json!(["n1", "n1", old]));
     assert_eq!(
         res["conflicts"],
         json!([{"id": "ghost", "action": "update", "reason": "not_found"}])
@@ -184,7 +185,7 @@ async fn client_js_is_served_with_an_etag_and_revalidates() {
 async fn routes_live_under_a_custom_prefix() {
     let (_dir, db) = temp_db();
     let server = start_with(&db, |b| b.prefix("/sync/")).await;
-    add_todo(&server, "t", "x").await;
+    add_todo(&server, &todo_id("t"), "x").await;
     assert_eq!(
         get_status(&format!("{}/sync/todos", server.base)).await,
         200

@@ -39,12 +39,12 @@ async fn graceful_shutdown_ends_open_event_streams() {
     assert_eq!(quiet.status(), 200);
     let res = client()
         .post(format!("{base}/todos"))
-        .form(&[("id", "a"), ("title", "before shutdown")])
+        .form(&[("id", todo_id("a").as_str()), ("title", "before shutdown")])
         .send()
         .await
         .unwrap();
     assert!(res.status().is_success());
-    assert_eq!(live.next().await.data["id"], "a");
+    assert_eq!(live.next().await.data["id"], todo_id("a"));
 
     stop.send(()).unwrap();
     // Without `shutdown` the server waits for every stream to close, forever; the
@@ -76,10 +76,10 @@ async fn after_shutdown_new_streams_get_503_and_other_routes_still_work() {
     assert_eq!(res.status(), 503);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"], "the server is shutting down");
-    add_todo(&server, "b", "still written").await;
+    add_todo(&server, &todo_id("b"), "still written").await;
     let (status, page) = pull(&server.base, "todos", "").await;
     assert_eq!(
         (status, page["changes"][0]["id"].as_str()),
-        (200, Some("b"))
+        (200, Some(todo_id("b").as_str()))
     );
 }

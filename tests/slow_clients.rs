@@ -60,7 +60,8 @@ async fn stalled_pulls_do_not_block_the_app_or_the_sync_api() {
     let list_url = format!("{}/todos", server.base);
     let list = tokio::time::timeout(deadline, get_status(&list_url));
     assert_eq!(list.await.expect("GET /todos answered"), 200);
-    let create = tokio::time::timeout(deadline, add_todo(&server, "fresh", "still works"));
+    let fresh = todo_id("fresh");
+    let create = tokio::time::timeout(deadline, add_todo(&server, &fresh, "still works"));
     create.await.expect("POST /todos answered");
     let pull = tokio::time::timeout(deadline, pull(&server.base, "todos", "?since=0&limit=5"));
     let (status, page) = pull.await.expect("a new pull answered");

@@ -23,26 +23,29 @@ async fn resume_with_last_event_id_has_no_gap_and_no_duplicate() {
     let server = start(&db).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
     for i in 0..3 {
-        add_todo(&server, &format!("t{i}"), "x").await;
+        add_todo(&server, &todo_id(&format!("t{i}")), "x").await;
     }
     let first = sse.take(3).await;
     drop(sse);
     // Written while disconnected.
     for i in 3..6 {
-        add_todo(&server, &format!("t{i}"), "x").await;
+        add_todo(&server, &todo_id(&format!("t{i}")), "x").await;
     }
     let last = first[1].id.clone(); // resume mid-way: t2 must come again, once
     let mut resumed = Sse::connect(&server.base, "", Some(&last)).await;
     let again = resumed.take(4).await;
-    assert_eq!(ids(&again), ["t2", "t3", "t4", "t5"]);
+    assert_eq!(ids(&again), ["t2", "t3", "t4", "t5"].map(todo_id));
     assert_eq!(again[0].version(), first[2].version());
-    add_todo(&server, "t6", "x").await;
-    assert_eq!(resumed.next().await.data["id"], "t6");
+    add_todo(&server, &todo_id("t6"), "x").await;
+    assert_eq!(resumed.next().await.data["id"], todo_id("t6"));
     resumed.assert_quiet(Duration::from_millis(300)).await;
 
     // The query parameter does the same for a fresh EventSource.
     let mut by_query = Sse::connect(&server.base, &format!("?last_event_id={last}"), None).await;
-    assert_eq!(ids(&by_query.take(5).await), ["t2", "t3", "t4", "t5", "t6"]);
+    assert_eq!(
+        ids(&by_query.take(5).await),
+        ["t2", "t3", "t4", "t5", "t6"].map(todo_id)
+    );
 }
 
 #[tokio::test]
@@ -52,7 +55,7 @@ async fn the_header_wins_over_a_stale_query_parameter() {
     let server = start(&db).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
     for i in 0..3 {
-        add_todo(&server, &format!("t{i}"), "x").await;
+        add_todo(&server, &todo_id(&format!("t{i}")), "x").await;
     }
     let events = sse.take(3).await;
     let mut resumed = Sse::connect(
@@ -61,7 +64,7 @@ async fn the_header_wins_over_a_stale_query_parameter() {
         Some(&events[1].id),
     )
     .await;
-    assert_eq!(ids(&resumed.take(1).await), ["t2"]);
+    assert_eq!(ids(&resumed.take(1).await), ["t2"].map(todo_id));
     resumed.assert_quiet(Duration::from_millis(300)).await;
 }
 
@@ -71,7 +74,7 @@ async fn resume_works_across_a_server_restart() {
     let server = start(&db).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
     for i in 0..3 {
-        add_todo(&server, &format!("t{i}"), "x").await;
+        add_todo(&server, &todo_id(&format!("t{i}")), "x").await;
     }
     let seen = sse.take(3).await;
     drop(sse);
@@ -79,17 +82,18 @@ async fn resume_works_across_a_server_restart() {
     drop(server);
     // While no server runs, another writer changes the data: the triggers live in the
     // database file, so the log still records it.
-    sqlx::query("UPDATE todos SET completed = true WHERE id = 't1'")
+    sqlx::query("UPDATE todos SET completed = true WHERE id = ?")
+        .bind(todo_id("t1"))
         .execute(&pool)
         .await
         .unwrap();
     pool.close().await;
 
     let restarted = start(&db).await;
-    add_todo(&restarted, "t3", "x").await;
+    add_todo(&restarted, &todo_id("t3"), "x").await;
     let mut resumed = Sse::connect(&restarted.base, "", Some(&seen[2].id)).await;
     let events = resumed.take(2).await;
-    assert_eq!(ids(&events), ["t1", "t3"]);
+    assert_eq!(ids(&events), ["t1", "t3"].map(todo_id));
     assert_eq!(events[0].data["action"], "update");
     assert!(events[0].version() > seen[2].version());
     assert!(versions(&events).windows(2).all(|w| w[0] < w[1]));
@@ -100,7 +104,7 @@ async fn resume_works_across_a_server_restart() {
 async fn an_id_the_log_never_had_gets_a_reset() {
     let (_dir, db) = temp_db();
     let server = start(&db).await;
-    add_todo(&server, "t0", "x").await;
+    add_todo(&server, &todo_id("t0"), "x").await;
     let mut sse = Sse::connect(&server.base, "", Some("999")).await;
     let reset = sse.next().await;
     assert_eq!(reset.event, "reset");
@@ -108,8 +112,8 @@ async fn an_id_the_log_never_had_gets_a_reset() {
     let head = server.engine.head().await.unwrap();
     assert_eq!(reset.version(), head);
     // After the reset the stream carries on live.
-    add_todo(&server, "t1", "x").await;
-    assert_eq!(sse.next().await.data["id"], "t1");
+    add_todo(&server, &todo_id("t1"), "x").await;
+    assert_eq!(sse.next().await.data["id"], todo_id("t1"));
 }
 
 #[tokio::test]
@@ -117,7 +121,7 @@ async fn an_id_behind_the_compaction_horizon_gets_a_reset() {
     let (_dir, db) = temp_db();
     let server = start(&db).await;
     for i in 0..3 {
-        add_todo(&server, &format!("t{i}"), "x").await;
+        add_todo(&server, &todo_id(&format!("t{i}")), "x").await;
     }
     // What compaction records once it has collapsed versions up to 2.
     sqlx::query("INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('horizon', '2')")
@@ -130,7 +134,7 @@ async fn an_id_behind_the_compaction_horizon_gets_a_reset() {
     assert_eq!(reset.data["reason"], "behind_horizon");
     // At the horizon itself nothing is missing.
     let mut ok = Sse::connect(&server.base, "", Some("2")).await;
-    assert_eq!(ok.next().await.data["id"], "t2");
+    assert_eq!(ok.next().await.data["id"], todo_id("t2"));
 }
 
 #[tokio::test]
@@ -143,7 +147,7 @@ async fn the_entities_filter_keeps_other_entities_out_and_rejects_unknown_ones()
         .execute(&pool)
         .await
         .unwrap();
-    add_todo(&server, "t0", "x").await;
+    add_todo(&server, &todo_id("t0"), "x").await;
     let todo = todos_only.next().await;
     assert_eq!(todo.data["entity"], "todos");
     let note = notes_only.next().await;

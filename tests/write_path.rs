@@ -115,13 +115,14 @@ async fn side_effects_are_not_stamped_with_the_change_that_caused_them() {
 async fn a_push_with_more_changes_than_the_cap_answers_413_and_changes_nothing() {
     let (_dir, db) = temp_db();
     let server = start_with(&db, |b| b.max_push_changes(100)).await;
-    add_todo(&server, "r1", "start").await;
+    let r1 = todo_id("r1");
+    add_todo(&server, &r1, "start").await;
     let head = server.engine.head().await.unwrap();
     let updates = |n: usize| -> Vec<Value> {
         (0..n)
             .map(|i| {
                 let at = Hlc::new(1_750_000_000_000 + i as u64, 0, 0xa).to_string();
-                json!({"id": "r1", "action": "update", "data": {"title": format!("t{i}")},
+                json!({"id": r1, "action": "update", "data": {"title": format!("t{i}")},
                        "hlc": at, "client_version": head})
             })
             .collect()

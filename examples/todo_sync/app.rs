@@ -163,16 +163,23 @@ fn valid_title(title: &str) -> Result<&str, AppError> {
     Ok(title)
 }
 
+/// A client-chosen id, accepted only as a UUID in its 8-4-4-4-12 form (what
+/// `data-rhtmx-new-id` generates) and stored in lowercase. Ids go into URLs, the change
+/// log and other clients' pages: `../todos/<other id>#` must not become a row.
+fn valid_id(id: &str) -> Result<String, AppError> {
+    match uuid::Uuid::try_parse(id) {
+        Ok(uuid) if id.len() == 36 => Ok(uuid.hyphenated().to_string()),
+        _ => Err(AppError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "id must be a UUID (8-4-4-4-12 hexadecimal digits)",
+        )),
+    }
+}
+
 async fn create(State(s): State<AppState>, Form(new): Form<NewTodo>) -> Result<Markup, AppError> {
     let title = valid_title(&new.title)?;
     let id = match new.id.filter(|id| !id.is_empty()) {
-        Some(id) if id.len() <= 64 => id,
-        Some(_) => {
-            return Err(AppError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "id is too long",
-            ))
-        }
+        Some(id) => valid_id(&id)?,
         None => uuid::Uuid::now_v7().to_string(),
     };
     sqlx::query!(

@@ -31,11 +31,12 @@ async function openPage() {
 
 test("a change made by another client fires rhtmx:todos:changed", async () => {
   const page = await openPage();
-  await postForm(server.base, "/todos", { id: "from-node", title: "hello" });
+  const id = "0192f0a0-0000-7000-8000-00000000f00d"; // the example takes UUIDs only
+  await postForm(server.base, "/todos", { id, title: "hello" });
   await page.waitForFunction(() => window.__changes.length > 0);
   const [detail] = await page.evaluate(() => window.__changes);
   assert.equal(detail.entity, "todos");
-  assert.equal(detail.id, "from-node");
+  assert.equal(detail.id, id);
   assert.equal(detail.action, "create");
   await page.close();
 });

@@ -21,8 +21,11 @@ after(async () => {
   await server?.stop();
 });
 
+// A row made before going offline (the example takes UUIDs only as ids).
+const KNOWN = "0192f0a0-0000-7000-8000-00000000000a";
+
 test("offline reload shows the last-known page from the service worker; the queue survives and drains", async () => {
-  await postForm(server.base, "/todos", { id: "known", title: "seen before going offline" });
+  await postForm(server.base, "/todos", { id: KNOWN, title: "seen before going offline" });
   const context = await browser.newContext();
   const page = await openApp(context, proxy.base);
   await page.waitForFunction(async () => {
@@ -43,7 +46,7 @@ test("offline reload shows the last-known page from the service worker; the queu
   await page.reload();
   await page.waitForFunction(() => window.RhtmxSync && RhtmxSync.clientId);
   assert.ok(await page.evaluate(() => document.documentElement.classList.contains("rhtmx-stale")));
-  assert.equal(await page.inputValue('li[data-id="known"] input'), "seen before going offline");
+  assert.equal(await page.inputValue(`li[data-id="${KNOWN}"] input`), "seen before going offline");
   await waitPending(page, 1);
   assert.equal(dbTodos(server.dbPath).length, 1);
 

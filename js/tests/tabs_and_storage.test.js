@@ -6,6 +6,10 @@ import { freshWorldPerTest, dbTodos, eventually, postForm } from "./harness.js";
 import { openApp, events, addTodo, waitPending } from "./app.js";
 
 const w = freshWorldPerTest();
+// Rows made by "another browser" (the example takes UUIDs only as ids).
+const ELSEWHERE = "0192f0a0-0000-7000-8000-0000000000e1";
+const AFTER_TAKEOVER = "0192f0a0-0000-7000-8000-0000000000e2";
+const MIRRORED = "0192f0a0-0000-7000-8000-0000000000e3";
 
 const streams = () => w.proxy.seen((r) => r.url.startsWith("/api/sync/events"));
 const leaders = (pages) => Promise.all(pages.map((p) => p.evaluate(() => RhtmxSync.isLeader)));
@@ -27,9 +31,9 @@ test("two tabs: one event stream, one replay, both refresh; the other takes over
   assert.equal(dbTodos(w.server.dbPath).length, 1);
   await second.waitForFunction(() => window.__events.some((e) => e.name === "replayed"));
   // Both tabs hear about changes made elsewhere.
-  await postForm(w.server.base, "/todos", { id: "elsewhere", title: "from another browser" });
+  await postForm(w.server.base, "/todos", { id: ELSEWHERE, title: "from another browser" });
   for (const page of [first, second]) {
-    await page.waitForFunction(() => window.__changes.some((c) => c.id === "elsewhere"));
+    await page.waitForFunction((id) => window.__changes.some((c) => c.id === id), ELSEWHERE);
   }
   assert.equal(w.proxy.state.openStreams, 1);
 
@@ -38,8 +42,8 @@ test("two tabs: one event stream, one replay, both refresh; the other takes over
   await second.waitForFunction(() => RhtmxSync.isLeader, null, { timeout: 1000 });
   assert.ok(Date.now() - closedAt < 1000);
   await eventually(() => w.proxy.state.openStreams === 1, { what: "the new leader's stream" });
-  await postForm(w.server.base, "/todos", { id: "after-takeover", title: "still live" });
-  await second.waitForFunction(() => window.__changes.some((c) => c.id === "after-takeover"));
+  await postForm(w.server.base, "/todos", { id: AFTER_TAKEOVER, title: "still live" });
+  await second.waitForFunction((id) => window.__changes.some((c) => c.id === id), AFTER_TAKEOVER);
 });
 
 test("seven tabs open and work without hanging", async () => {
@@ -54,12 +58,12 @@ test("seven tabs open and work without hanging", async () => {
 });
 
 test("the mirror follows the server: RhtmxSync.get", async () => {
-  await postForm(w.server.base, "/todos", { id: "m1", title: "mirrored" });
+  await postForm(w.server.base, "/todos", { id: MIRRORED, title: "mirrored" });
   const page = await openApp(w.context, w.proxy.base);
   await page.waitForFunction(async () => (await RhtmxSync.get("todos")).length === 1);
-  await postForm(w.server.base, "/todos/m1/toggle", { completed: "true" });
+  await postForm(w.server.base, `/todos/${MIRRORED}/toggle`, { completed: "true" });
   await page.waitForFunction(async () => (await RhtmxSync.get("todos"))[0]?.completed === true);
-  await fetch(w.server.base + "/todos/m1", { method: "DELETE" });
+  await fetch(w.server.base + `/todos/${MIRRORED}`, { method: "DELETE" });
   await page.waitForFunction(async () => (await RhtmxSync.get("todos")).length === 0);
 });
 

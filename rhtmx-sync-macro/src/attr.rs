@@ -1,4 +1,5 @@
-//! Parsing `#[sync(...)]` and `#[sqlx(rename = "...")]` into typed structs.
+//! Parsing `#[sync(...)]` and the keys of `#[sqlx(...)]` that decide which columns
+//! `sqlx::FromRow` reads (`rename_all`, `rename`, `skip`, `flatten`) into typed structs.
 //!
 //! A bad key or value is recorded and parsing goes on with the next key, so that one
 //! expansion reports every mistake in the attributes.
@@ -9,6 +10,7 @@ use syn::meta::ParseNestedMeta;
 use syn::{Attribute, Error, Expr, ExprLit, Lit, LitBool, LitStr, Path, Token};
 
 use crate::errors::Errors;
+use crate::naming::RenameAll;
 
 /// The keys `#[sync(...)]` takes on the struct.
 const CONTAINER_KEYS: [&str; 5] = ["table", "id", "strategy", "offline_writes", "delete_wins"];
@@ -26,6 +28,8 @@ pub(crate) struct Container {
     pub(crate) offline_writes: Option<bool>,
     /// `delete_wins = ...`.
     pub(crate) delete_wins: Option<bool>,
+    /// sqlx's `#[sqlx(rename_all = "...")]`.
+    pub(crate) rename_all: Option<RenameAll>,
 }
 
 /// A field's attributes as far as syncing cares.
@@ -35,6 +39,10 @@ pub(crate) struct FieldAttrs {
     pub(crate) skip: Option<Path>,
     /// The value of `#[sqlx(rename = "...")]`.
     pub(crate) rename: Option<LitStr>,
+    /// The `skip` of `#[sqlx(skip)]`: sqlx does not read the field, so it is no column.
+    pub(crate) sqlx_skip: Option<Path>,
+    /// The `flatten` of `#[sqlx(flatten)]`: its columns are another type's.
+    pub(crate) flatten: Option<Path>,
 }
 
 /// The value of `strategy = ...`.
@@ -125,7 +133,42 @@ impl Container {
                 errors.push(error);
             }
         }
+        for attr in attrs.iter().filter(|attr| attr.path().is_ident("sqlx")) {
+            let _ = attr.parse_nested_meta(|meta| container.parse_sqlx(&meta, errors));
+        }
         container
+    }
+
+    /// Parses one key of the struct's `#[sqlx(...)]`, keeping `rename_all = "..."`.
+    ///
+    /// The attribute is sqlx's, which reports its own mistakes when `sqlx::FromRow` is
+    /// derived, so every other key is passed over; but a case this derive does not know
+    /// would name the columns wrongly, so it is an error here too.
+    fn parse_sqlx(&mut self, meta: &ParseNestedMeta, errors: &mut Errors) -> syn::Result<()> {
+        if !(meta.path.is_ident("rename_all") && meta.input.peek(Token![=])) {
+            return skip_value(meta);
+        }
+        let value: Expr = meta.value()?.parse()?;
+        if let Expr::Lit(ExprLit {
+            lit: Lit::Str(case),
+            ..
+        }) = ungroup(&value)
+        {
+            match RenameAll::from_name(&case.value()) {
+                Some(rename_all) => self.rename_all = self.rename_all.or(Some(rename_all)),
+                None => {
+                    let known = RenameAll::ALL
+                        .map(|(name, _)| format!("\"{name}\""))
+                        .join(", ");
+                    let msg = format!(
+                        "unknown `rename_all` case {:?}; sqlx takes one of {known}",
+                        case.value()
+                    );
+                    errors.push(Error::new_spanned(case, msg));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Parses the `= value` after `key` into its slot.
@@ -158,7 +201,8 @@ impl FieldAttrs {
     /// Parses a field's `#[sync(...)]` and `#[sqlx(...)]`, recording problems in `errors`.
     ///
     /// `#[sqlx(...)]` belongs to sqlx, which reports its mistakes itself, so it is read
-    /// leniently: only `rename = "..."` is taken and everything else is passed over.
+    /// leniently: only `rename = "..."`, `skip` and `flatten` are taken and everything
+    /// else is passed over.
     pub(crate) fn from_attrs(attrs: &[Attribute], errors: &mut Errors) -> Self {
         let mut field = FieldAttrs::default();
         for attr in attrs {
@@ -189,8 +233,18 @@ impl FieldAttrs {
         skip_value(meta)
     }
 
-    /// Parses one key of a field's `#[sqlx(...)]`, keeping `rename = "..."`.
+    /// Parses one key of a field's `#[sqlx(...)]`, keeping `rename = "..."`, `skip` and
+    /// `flatten`.
     fn parse_sqlx(&mut self, meta: &ParseNestedMeta) -> syn::Result<()> {
+        let bare = meta.input.is_empty() || meta.input.peek(Token![,]);
+        if bare && meta.path.is_ident("skip") {
+            self.sqlx_skip.get_or_insert_with(|| meta.path.clone());
+            return Ok(());
+        }
+        if bare && meta.path.is_ident("flatten") {
+            self.flatten.get_or_insert_with(|| meta.path.clone());
+            return Ok(());
+        }
         if meta.path.is_ident("rename") && meta.input.peek(Token![=]) {
             let value: Expr = meta.value()?.parse()?;
             if let Expr::Lit(ExprLit {

@@ -36,10 +36,13 @@ use syn::{parse_macro_input, DeriveInput};
 ///
 /// On the struct, `#[sync(table = "...", id = "...", strategy = ..., offline_writes = ...,
 /// delete_wins = ...)]`, every key optional and the keys free to be split across several
-/// `#[sync(...)]` attributes. On a field, `#[sync(skip)]` leaves it out of the synced columns, and
-/// `#[sqlx(rename = "...")]` (sqlx's own attribute, every other sqlx key ignored) names its
-/// column. `sqlx` is registered as a helper too, as both of serde's derives register
-/// `serde`, so the rename can be read with or without `sqlx::FromRow` next to it.
+/// `#[sync(...)]` attributes. On a field, `#[sync(skip)]` leaves it out of the synced columns.
+/// The columns are the ones `sqlx::FromRow` reads, from sqlx's own attributes: the
+/// struct's `#[sqlx(rename_all = "...")]` and a field's `#[sqlx(rename = "...")]` name
+/// them, a `#[sqlx(skip)]` field is none, and `#[sqlx(flatten)]` is an error unless the
+/// field is `#[sync(skip)]` (its columns are another type's); every other sqlx key is
+/// ignored. `sqlx` is registered as a helper too, as both of serde's derives register
+/// `serde`, so these can be read with or without `sqlx::FromRow` next to it.
 #[proc_macro_derive(Syncable, attributes(sync, sqlx))]
 pub fn derive_syncable(input: TokenStream) -> TokenStream {
     let input = parse_macro_input!(input as DeriveInput);

@@ -3,9 +3,7 @@
 use quote::{quote, ToTokens};
 use syn::ext::IdentExt;
 use syn::punctuated::Punctuated;
-use syn::{
-    Data, DataEnum, DataStruct, DataUnion, DeriveInput, Error, Field, Fields, Ident, LitStr, Token,
-};
+use syn::{Data, DataEnum, DataStruct, DataUnion, DeriveInput, Error, Field, Fields, Ident, Token};
 
 use crate::attr::{Container, FieldAttrs, StrategyAttr};
 use crate::errors::Errors;
@@ -31,13 +29,20 @@ pub(crate) struct Model {
 struct Column<'a> {
     /// The field's name.
     ident: &'a Ident,
-    /// The column: the `#[sqlx(rename = "...")]` or else the field's name without `r#`.
+    /// The column, as `sqlx::FromRow` reads it: the `#[sqlx(rename = "...")]`, or else
+    /// the field's name without `r#` in the struct's `#[sqlx(rename_all = "...")]` case.
     name: String,
     /// The field's attributes.
     attrs: FieldAttrs,
 }
 
 impl Column<'_> {
+    /// The token that leaves the field out of the columns, if any: `#[sync(skip)]` or
+    /// sqlx's `#[sqlx(skip)]` (sqlx does not read the field).
+    fn skip(&self) -> Option<&syn::Path> {
+        self.attrs.skip.as_ref().or(self.attrs.sqlx_skip.as_ref())
+    }
+
     /// The token that sets the column's name, to point errors at.
     fn name_token(&self) -> &dyn ToTokens {
         match &self.attrs.rename {
@@ -60,10 +65,14 @@ pub(crate) fn check(input: &DeriveInput) -> syn::Result<Model> {
     for field in fields {
         let ident = field.ident.as_ref().expect("named fields have names");
         let attrs = FieldAttrs::from_attrs(&field.attrs, &mut errors);
-        let name = attrs
-            .rename
-            .as_ref()
-            .map_or_else(|| ident.unraw().to_string(), LitStr::value);
+        let name = match (&attrs.rename, container.rename_all) {
+            (Some(rename), _) => rename.value(),
+            (None, Some(case)) => case.apply(&ident.unraw().to_string()),
+            (None, None) => ident.unraw().to_string(),
+        };
+        if let (Some(flatten), None) = (&attrs.flatten, attrs.skip.as_ref()) {
+            errors.push(flattened(ident, flatten));
+        }
         columns.push(Column { ident, name, attrs });
     }
 
@@ -75,7 +84,7 @@ pub(crate) fn check(input: &DeriveInput) -> syn::Result<Model> {
         }
     };
     if let Some(id) = id {
-        if let Some(skip) = &id.attrs.skip {
+        if let Some(skip) = id.skip() {
             errors.push(skipped_id(id, skip, container.id.is_some()));
         }
     }
@@ -98,7 +107,7 @@ pub(crate) fn check(input: &DeriveInput) -> syn::Result<Model> {
         id: id.expect("no error, so the id was found").name.clone(),
         columns: columns
             .iter()
-            .filter(|c| c.attrs.skip.is_none())
+            .filter(|c| c.skip().is_none() && c.attrs.flatten.is_none())
             .map(|c| c.name.clone())
             .collect(),
         strategy: strategy.unwrap_or_default(),
@@ -152,7 +161,11 @@ fn find_id<'c, 'a>(
         let mut msg = format!("no field has the column name `{wanted}`");
         if let Some(renamed) = columns.iter().find(|c| c.ident.unraw() == wanted) {
             let column = &renamed.name;
-            msg += &format!("; field `{wanted}` is renamed to `{column}` by `#[sqlx(rename)]`");
+            let by = match renamed.attrs.rename {
+                Some(_) => "`#[sqlx(rename)]`",
+                None => "`#[sqlx(rename_all)]`",
+            };
+            msg += &format!("; field `{wanted}` is renamed to `{column}` by {by}");
         }
         Error::new_spanned(id, msg)
     })
@@ -167,9 +180,23 @@ fn skipped_id(id: &Column, skip: &syn::Path, explicit: bool) -> Error {
     Error::new_spanned(skip, msg)
 }
 
+/// The error for `#[sqlx(flatten)]` on a synced field: its columns are those of the
+/// field's type, which a derive cannot see.
+fn flattened(field: &Ident, flatten: &syn::Path) -> Error {
+    let msg = format!(
+        "cannot sync the flattened field `{}`: its columns are those of its type, which \
+         `#[derive(Syncable)]` cannot see; implement `Syncable` by hand and list the \
+         columns in `COLUMNS`, or register the table by name with \
+         `SyncEngineBuilder::entity_named`, which reads its columns from the schema \
+         (or add `#[sync(skip)]` to leave those columns unsynced)",
+        field.unraw()
+    );
+    Error::new_spanned(flatten, msg)
+}
+
 /// Records an error for each synced field whose column an earlier synced field already has.
 fn check_duplicate_columns(columns: &[Column], errors: &mut Errors) {
-    let synced: Vec<&Column> = columns.iter().filter(|c| c.attrs.skip.is_none()).collect();
+    let synced: Vec<&Column> = columns.iter().filter(|c| c.skip().is_none()).collect();
     for (i, column) in synced.iter().enumerate() {
         if let Some(first) = synced[..i].iter().find(|c| c.name == column.name) {
             let msg = format!(

@@ -56,6 +56,8 @@ pub(crate) struct Column {
     pub kind: ColumnKind,
     pub not_null: bool,
     pub has_default: bool,
+    /// `GENERATED ALWAYS AS (...)`, virtual or stored: synced read-only.
+    pub generated: bool,
 }
 
 /// How the key column stores its values, from its declared type.
@@ -205,6 +207,9 @@ struct TableInfo {
     notnull: i64,
     dflt_value: Option<String>,
     pk: i64,
+    /// `pragma_table_xinfo`: 0 an ordinary column, 1 hidden (virtual tables), 2 or 3
+    /// generated (virtual or stored).
+    hidden: i64,
 }
 
 impl Entity {
@@ -214,7 +219,9 @@ impl Entity {
         spec: EntitySpec,
     ) -> Result<Entity> {
         let info: Vec<TableInfo> = sqlx::query_as(
-            r#"SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(?) ORDER BY cid"#,
+            // `_xinfo`: `pragma_table_info` leaves generated columns out.
+            r#"SELECT name, type, "notnull", dflt_value, pk, hidden FROM pragma_table_xinfo(?)
+               WHERE hidden <> 1 ORDER BY cid"#,
         )
         .bind(&spec.table)
         .fetch_all(&mut *conn)
@@ -261,6 +268,7 @@ impl Entity {
                 kind: ColumnKind::from_declared(&c.declared),
                 not_null: c.notnull != 0,
                 has_default: c.dflt_value.is_some(),
+                generated: matches!(c.hidden, 2 | 3),
             });
         }
         let key = {
@@ -493,6 +501,7 @@ mod tests {
             kind,
             not_null,
             has_default: false,
+            generated: false,
         }
     }
 

@@ -66,7 +66,9 @@ pub trait Syncable {
     /// The primary-key column (`#[sync(id = "...")]`; default: the field named `id`).
     const ID: &'static str;
     /// The synced columns in field order, the id included and `#[sync(skip)]` fields left
-    /// out. A field's column is its name, or its `#[sqlx(rename = "...")]`.
+    /// out. A field's column is the one `sqlx::FromRow` reads: its `#[sqlx(rename = "...")]`,
+    /// or its name in the struct's `#[sqlx(rename_all = "...")]` case; `#[sqlx(skip)]`
+    /// fields are left out too.
     const COLUMNS: &'static [&'static str];
     /// The conflict strategy (`#[sync(strategy = ...)]`).
     const STRATEGY: SyncStrategy;

@@ -145,7 +145,7 @@ struct Renamed {
     #[sqlx(default, rename = "done", try_from = "i64", json(nullable))]
     completed: bool,
     #[sqlx(default)]
-    #[sqlx(flatten)]
+    #[sqlx(json)]
     title: String,
 }
 
@@ -244,6 +244,137 @@ syncable_with_strategy!(FromMacro, SyncStrategy::ClientWins, false);
 fn attribute_values_from_a_macro() {
     assert_eq!(FromMacro::STRATEGY, SyncStrategy::ClientWins);
     assert!(!offline_writes::<FromMacro>());
+}
+
+/// A model of every sqlx key that decides which columns `sqlx::FromRow` reads, under
+/// the container's `rename_all = $case`.
+macro_rules! cased {
+    ($name:ident, $case:literal) => {
+        #[derive(Debug, sqlx::FromRow, Syncable)]
+        #[sqlx(rename_all = $case)]
+        struct $name {
+            id: i64,
+            due_date: String,
+            r#type: String,
+            /// `rename` wins over `rename_all`.
+            #[sqlx(rename = "Explicit")]
+            renamed: String,
+            /// Not read by sqlx: not a column.
+            #[sqlx(skip)]
+            cache: Option<String>,
+            /// Read when present: still a column.
+            #[sqlx(default)]
+            note: String,
+        }
+    };
+}
+
+cased!(Lower, "lowercase");
+cased!(Snake, "snake_case");
+cased!(Upper, "UPPERCASE");
+cased!(ScreamingSnake, "SCREAMING_SNAKE_CASE");
+cased!(Kebab, "kebab-case");
+cased!(Camel, "camelCase");
+cased!(Pascal, "PascalCase");
+
+#[test]
+fn sqlx_rename_all_names_every_column_rename_wins_and_skip_is_no_column() {
+    let lower = ["id", "due_date", "type", "Explicit", "note"];
+    assert_eq!(Lower::COLUMNS, &lower);
+    assert_eq!(Snake::COLUMNS, &lower);
+    let upper = ["ID", "DUE_DATE", "TYPE", "Explicit", "NOTE"];
+    assert_eq!(Upper::COLUMNS, &upper);
+    assert_eq!(ScreamingSnake::COLUMNS, &upper);
+    assert_eq!(
+        Kebab::COLUMNS,
+        &["id", "due-date", "type", "Explicit", "note"]
+    );
+    assert_eq!(
+        Camel::COLUMNS,
+        &["id", "dueDate", "type", "Explicit", "note"]
+    );
+    assert_eq!(
+        Pascal::COLUMNS,
+        &["Id", "DueDate", "Type", "Explicit", "Note"]
+    );
+    assert_eq!(Pascal::ID, "Id");
+}
+
+#[derive(sqlx::FromRow)]
+struct Audit {
+    created_by: String,
+}
+
+#[derive(sqlx::FromRow, Syncable)]
+#[sqlx(default)]
+#[sqlx(rename_all = "camelCase")]
+#[sync(id = "todoId")]
+struct FlattenSkipped {
+    todo_id: String,
+    /// Flattened columns are unknown to the derive; skipped, they are simply not synced.
+    #[sync(skip)]
+    #[sqlx(flatten)]
+    audit: Audit,
+    /// A skipped field's name is no column, so it cannot collide with one.
+    #[sqlx(skip)]
+    #[sqlx(rename = "todoId")]
+    shadow: String,
+}
+
+impl Default for FlattenSkipped {
+    fn default() -> Self {
+        FlattenSkipped {
+            todo_id: String::new(),
+            audit: Audit {
+                created_by: String::new(),
+            },
+            shadow: String::new(),
+        }
+    }
+}
+
+#[test]
+fn skipped_flatten_and_a_rename_all_id() {
+    assert_eq!(FlattenSkipped::ID, "todoId");
+    assert_eq!(FlattenSkipped::COLUMNS, &["todoId"]);
+}
+
+/// Reads one row of a table whose columns are exactly `T::COLUMNS` through sqlx's own
+/// `FromRow`: it fails if sqlx looks for any column under another name.
+async fn sqlx_reads_exactly_the_columns<T>() -> T
+where
+    T: Syncable + for<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> + Send + Unpin,
+{
+    use sqlx::Connection;
+    let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+        .await
+        .unwrap();
+    let quoted: Vec<String> = T::COLUMNS.iter().map(|c| format!("\"{c}\"")).collect();
+    let create = format!("CREATE TABLE t ({})", quoted.join(", "));
+    sqlx::query(&create).execute(&mut conn).await.unwrap();
+    let values: Vec<&str> = T::COLUMNS
+        .iter()
+        .map(|c| if *c == T::ID { "1" } else { "'1'" })
+        .collect();
+    let values = values.join(", ");
+    let insert = format!("INSERT INTO t VALUES ({values})");
+    sqlx::query(&insert).execute(&mut conn).await.unwrap();
+    sqlx::query_as::<_, T>("SELECT * FROM t")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap_or_else(|e| panic!("sqlx reads other columns than {:?}: {e}", T::COLUMNS))
+}
+
+#[tokio::test]
+async fn the_columns_are_the_ones_sqlx_from_row_reads() {
+    assert_eq!(sqlx_reads_exactly_the_columns::<Lower>().await.id, 1);
+    sqlx_reads_exactly_the_columns::<Snake>().await;
+    sqlx_reads_exactly_the_columns::<Upper>().await;
+    sqlx_reads_exactly_the_columns::<ScreamingSnake>().await;
+    sqlx_reads_exactly_the_columns::<Kebab>().await;
+    sqlx_reads_exactly_the_columns::<Camel>().await;
+    let pascal = sqlx_reads_exactly_the_columns::<Pascal>().await;
+    assert_eq!((pascal.due_date.as_str(), pascal.cache), ("1", None));
 }
 
 /// Read through a function so the assertions are not on constants.

@@ -92,6 +92,14 @@ pub async fn get_status(url: &str) -> u16 {
     client().get(url).send().await.unwrap().status().as_u16()
 }
 
+/// The UUID standing for the todo called `name` (at most 6 ASCII bytes) in a test: the
+/// example takes only UUIDs as ids, and names keep tests readable.
+pub fn todo_id(name: &str) -> String {
+    assert!(name.is_ascii() && name.len() <= 6, "name {name:?} too long");
+    let hex: String = name.bytes().map(|b| format!("{b:02x}")).collect();
+    format!("00000000-0000-7000-8000-{hex:0>12}")
+}
+
 /// Adds a todo through the app's own handler (a plain `sqlx::query!`).
 pub async fn add_todo(server: &Server, id: &str, title: &str) {
     let res = client()

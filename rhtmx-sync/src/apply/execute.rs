@@ -158,8 +158,9 @@ fn in_column_order<'a>(entity: &Entity, fields: impl Iterator<Item = &'a String>
 /// Converts a decided value for its column; only a resolver (or a restored row) can
 /// produce one that does not fit.
 fn column_value(entity: &Entity, field: &str, value: &Value) -> Result<Option<(String, SqlValue)>> {
-    let Some(column) = entity.column(field) else {
-        // A restored row may hold a column that is no longer synced.
+    let Some(column) = entity.column(field).filter(|c| !c.generated) else {
+        // A restored row may hold a column that is no longer synced, and holds the
+        // generated ones, which the database computes again.
         return Ok(None);
     };
     let value = convert(column, value).map_err(|e| {
