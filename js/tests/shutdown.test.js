@@ -18,11 +18,16 @@ after(async () => {
 
 test("SIGINT stops the example with two tabs open", async () => {
   const context = await browser.newContext();
+  const pages = [];
   for (let i = 0; i < 2; i++) {
     const page = await context.newPage();
     await page.goto(server.base + "/");
-    await page.waitForFunction(() => window.RhtmxSync?.source?.readyState === EventSource.OPEN);
+    pages.push(page);
   }
+  // One tab leads and holds the stream for both (Web Locks); wait until it is open.
+  await Promise.any(
+    pages.map((p) => p.waitForFunction(() => window.RhtmxSync?.source?.readyState === EventSource.OPEN)),
+  );
   const exited = new Promise((resolve) => server.child.once("exit", (code, signal) => resolve({ code, signal })));
   const sent = Date.now();
   server.child.kill("SIGINT");
