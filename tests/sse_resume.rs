@@ -138,7 +138,7 @@ async fn an_id_behind_the_compaction_horizon_gets_a_reset() {
 }
 
 #[tokio::test]
-async fn the_entities_filter_keeps_other_entities_out_and_rejects_unknown_ones() {
+async fn the_entities_filter_keeps_other_entities_out_and_names_unknown_ones() {
     let (_dir, db) = temp_db();
     let (server, pool) = start_with_notes(&db).await;
     let mut todos_only = Sse::connect(&server.base, "?entities=todos", None).await;
@@ -155,12 +155,19 @@ async fn the_entities_filter_keeps_other_entities_out_and_rejects_unknown_ones()
     assert_eq!(note.data["id"], 7, "integer keys travel as numbers");
     notes_only.assert_quiet(Duration::from_millis(200)).await;
 
+    // A typo in one name leaves the others live, and the stream says which it lacks.
+    let mut mixed = Sse::connect(&server.base, "?entities=todos,nope", None).await;
+    let warning = mixed.next().await;
+    assert_eq!(warning.event, "warning");
     assert_eq!(
-        get_status(&format!(
-            "{}/api/sync/events?entities=todos,nope",
-            server.base
-        ))
-        .await,
+        warning.data["unknown_entities"],
+        serde_json::json!(["nope"])
+    );
+    add_todo(&server, &todo_id("t1"), "y").await;
+    assert_eq!(mixed.next().await.data["id"], todo_id("t1"));
+    // Only unknown names: nothing to stream.
+    assert_eq!(
+        get_status(&format!("{}/api/sync/events?entities=nope", server.base)).await,
         404
     );
     assert_eq!(

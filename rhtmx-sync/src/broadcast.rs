@@ -14,17 +14,27 @@ use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{broadcast, watch, Notify};
 
 use crate::capture;
+use crate::cursor;
 use crate::engine::Entities;
 use crate::log;
 use crate::wire;
 
-/// A committed change, encoded once for every stream.
+/// What the tailer sends every stream.
 #[derive(Debug)]
-pub(crate) struct LogEvent {
-    pub version: i64,
-    pub entity: Arc<str>,
-    /// The event's `data:` JSON.
-    pub json: String,
+pub(crate) enum LogEvent {
+    /// A committed change, encoded once for every stream.
+    Change {
+        version: i64,
+        /// The event's `id:`, a cursor (`"{version}.{tag}"`).
+        id: String,
+        entity: Arc<str>,
+        /// The event's `data:` JSON.
+        json: String,
+    },
+    /// The log is no longer the history the streams follow (its head went back, or the
+    /// entry at the tailer's cursor changed: the database was restored or replaced).
+    /// Every stream sends its client a reset to `head`.
+    Reset { head: i64, id: String },
 }
 
 /// Shared between the tailer, the streams and the push handler.
@@ -46,6 +56,12 @@ impl Hub {
     }
 }
 
+/// Where the tailer stands: the last version it read, and that entry's tag.
+struct Position {
+    version: i64,
+    token: String,
+}
+
 /// Tails the log from `cursor` until the task is aborted.
 ///
 /// Each tick costs one `PRAGMA data_version` (answered from shared memory, no disk read);
@@ -56,16 +72,28 @@ pub(crate) async fn tail(
     hub: Arc<Hub>,
     entities: Arc<Entities>,
     poll: Duration,
-    mut cursor: i64,
+    cursor: i64,
+    log_id: Arc<str>,
 ) {
     let mut data_version = -1i64;
     let mut schema_version = -1i64;
+    let mut at = Position {
+        version: cursor,
+        token: String::new(),
+    };
     loop {
+        if at.token.is_empty() {
+            match cursor::token(&mut conn, &log_id, at.version).await {
+                Ok(token) => at.token = token,
+                Err(error) => tracing::warn!(%error, "change-log tailer cannot read its cursor"),
+            }
+        }
         match tick(
             &mut conn,
             &hub,
             &entities,
-            &mut cursor,
+            &log_id,
+            &mut at,
             &mut data_version,
             &mut schema_version,
         )
@@ -95,7 +123,8 @@ async fn tick(
     conn: &mut SqliteConnection,
     hub: &Hub,
     entities: &Entities,
-    cursor: &mut i64,
+    log_id: &str,
+    at: &mut Position,
     data_version: &mut i64,
     schema_version: &mut i64,
 ) -> crate::Result<()> {
@@ -122,31 +151,58 @@ async fn tick(
             .fetch_one(&mut *conn)
             .await?;
     }
+    // Is the log still the history we follow? Its head must not be behind us, and the
+    // entry we stand on must be the one we read (a restored copy may have reused it).
+    let head = log::head(conn).await?;
+    if head < at.version || cursor::token(conn, log_id, at.version).await? != at.token {
+        let id = cursor::token(conn, log_id, head).await?;
+        tracing::warn!(
+            from = at.version,
+            head,
+            "the change log is not the history it was (the database was restored or \
+             replaced): every event stream resets"
+        );
+        *at = Position {
+            version: head,
+            token: id.clone(),
+        };
+        let _ = hub.tx.send(Arc::new(LogEvent::Reset { head, id }));
+        return Ok(());
+    }
     const PAGE: i64 = 1000;
-    let from = *cursor;
+    let from = at.version;
     loop {
-        let rows = log::read_after(conn, *cursor, PAGE).await?;
+        let rows = log::read_after(conn, at.version, PAGE).await?;
         for row in &rows {
-            *cursor = row.version;
+            at.version = row.version;
             // Nobody listening: skip the encoding. A stream that subscribes later reads
             // the log from its own cursor, so nothing is lost.
             if hub.tx.receiver_count() == 0 {
+                at.token.clear();
                 continue;
             }
+            let id = cursor::token_of(log_id, row);
+            at.token = id.clone();
             let Some(entity) = entities.get(&row.entity) else {
                 continue;
             };
-            let event = LogEvent {
+            let event = LogEvent::Change {
                 version: row.version,
+                id,
                 entity: entity.name.clone(),
                 json: wire::encode(entity, row, true),
             };
             // Every receiver may have gone since the check: that is fine.
             let _ = hub.tx.send(Arc::new(event));
         }
+        if at.token.is_empty() {
+            if let Some(last) = rows.last() {
+                at.token = cursor::token_of(log_id, last);
+            }
+        }
         if (rows.len() as i64) < PAGE {
-            if *cursor > from {
-                tracing::debug!(from, to = *cursor, "broadcast committed changes");
+            if at.version > from {
+                tracing::debug!(from, to = at.version, "broadcast committed changes");
             }
             return Ok(());
         }

@@ -105,6 +105,8 @@ pub(crate) struct Inner {
     pub hub: Arc<Hub>,
     pub options: Options,
     pub clock: HlcClock,
+    /// The log's identity, which every cursor is tagged with.
+    pub log_id: Arc<str>,
     tailer: JoinHandle<()>,
 }
 
@@ -422,6 +424,7 @@ impl SyncEngineBuilder {
         }
         capture::ensure(&mut conn, &entities).await?;
         let head = log::head(&mut conn).await?;
+        let log_id: Arc<str> = log::log_id(&mut conn).await?.into();
         let entities = Arc::new(Entities(entities));
         let hub = Arc::new(Hub::new(self.options.event_buffer));
         let tailer = tokio::spawn(
@@ -432,6 +435,7 @@ impl SyncEngineBuilder {
                 entities.clone(),
                 self.options.poll_interval,
                 head,
+                log_id.clone(),
             )
             .instrument(tracing::info_span!("rhtmx_sync_broadcaster")),
         );
@@ -443,6 +447,7 @@ impl SyncEngineBuilder {
                 hub,
                 options: self.options,
                 clock,
+                log_id,
                 tailer,
             }),
         })

@@ -7,6 +7,7 @@ mod apply;
 mod broadcast;
 mod capture;
 pub mod conflict;
+mod cursor;
 mod engine;
 mod entity;
 mod error;

@@ -96,6 +96,13 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
     )
     .execute(&mut *tx)
     .await?;
+    // The log's identity, made once with it; cursors are tagged with it (`cursor`).
+    sqlx::query(
+        "INSERT OR IGNORE INTO _rhtmx_sync_meta (key, value) \
+         VALUES ('log_id', lower(hex(randomblob(8))))",
+    )
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', ?1) \
          ON CONFLICT (key) DO UPDATE SET value = ?1 WHERE CAST(value AS INTEGER) < ?1",
@@ -184,6 +191,15 @@ pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<i64> {
             .fetch_optional(&mut *conn)
             .await?;
     Ok(head.unwrap_or(0))
+}
+
+/// The log's identity (see [`crate::cursor`]).
+pub(crate) async fn log_id(conn: &mut SqliteConnection) -> Result<String> {
+    Ok(
+        sqlx::query_scalar("SELECT value FROM _rhtmx_sync_meta WHERE key = 'log_id'")
+            .fetch_one(&mut *conn)
+            .await?,
+    )
 }
 
 /// Versions at or below the horizon may have been compacted away: a client resuming from

@@ -120,8 +120,12 @@ pub struct SseEvent {
 }
 
 impl SseEvent {
+    /// The version part of the event's id (`"{version}.{tag}"`).
     pub fn version(&self) -> i64 {
-        self.id.parse().expect("numeric event id")
+        let version = self.id.split('.').next().unwrap_or_default();
+        version
+            .parse()
+            .expect("an event id starts with its version")
     }
 }
 

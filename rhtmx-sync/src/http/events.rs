@@ -20,6 +20,8 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 
+use crate::broadcast::LogEvent;
+use crate::cursor::{self, Cursor};
 use crate::engine::Entities;
 use crate::error::{quote, Error, Result};
 use crate::log::{self, LogRow};
@@ -61,21 +63,31 @@ pub(crate) async fn events(
         .map(str::trim)
     {
         None | Some("") => None,
-        Some(s) => Some(s.parse::<i64>().map_err(|_| {
+        Some(s) => Some(Cursor::parse(s).ok_or_else(|| {
             Error::BadQuery(format!(
-                "the last event id `{}` is not a version number",
+                "the last event id `{}` is not a cursor (a version, or `version.tag`)",
                 quote(s)
             ))
         })?),
     };
-    let filter = match query.entities.as_deref() {
-        None => Filter(None),
+    // Unknown names must not take the stream down for every entity the page wants: the
+    // stream carries the known ones and says which were not found.
+    let (filter, unknown) = match query.entities.as_deref() {
+        None => (Filter(None), Vec::new()),
         Some(list) => {
-            let mut set = HashSet::new();
+            let (mut set, mut unknown) = (HashSet::new(), Vec::new());
             for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-                set.insert(engine.entity(name)?.name.clone());
+                match engine.entity(name) {
+                    Ok(entity) => {
+                        set.insert(entity.name.clone());
+                    }
+                    Err(_) => unknown.push(quote(name)),
+                }
             }
-            Filter(Some(set))
+            if set.is_empty() && !unknown.is_empty() {
+                return Err(Error::UnknownEntity(list.to_owned()));
+            }
+            (Filter(Some(set)), unknown)
         }
     };
 
@@ -87,24 +99,36 @@ pub(crate) async fn events(
     // Subscribe before reading the log: whatever commits after the read below is then
     // certain to arrive through the channel.
     let mut rx = inner.hub.tx.subscribe();
-    let (head, horizon) = {
+    let (head, head_id, verdict) = {
         let mut conn = inner.pool.acquire().await?;
-        (log::head(&mut conn).await?, log::horizon(&mut conn).await?)
+        let head = log::head(&mut conn).await?;
+        let head_id = cursor::token(&mut conn, &inner.log_id, head).await?;
+        let verdict = match &last_id {
+            Some(last) => cursor::check(&mut conn, &inner.log_id, last, head).await?,
+            None => None,
+        };
+        (head, head_id, verdict)
     };
     let retry = inner.options.sse_retry;
     let keep_alive = inner.options.keep_alive;
 
     let stream = async_stream::stream! {
         yield Ok::<_, Infallible>(Event::default().retry(retry).comment("rhtmx-sync"));
-        let mut cursor = match last_id {
-            None => head,
-            Some(id) if id < horizon || id > head => {
-                let reason = if id > head { "ahead_of_log" } else { "behind_horizon" };
-                tracing::debug!(id, head, horizon, reason, "event stream reset");
-                yield Ok(reset(head, reason));
+        if !unknown.is_empty() {
+            let warning = serde_json::json!({
+                "unknown_entities": unknown,
+                "message": "these entities are not synced by the server; their pages get no live updates",
+            });
+            yield Ok(Event::default().event("warning").data(warning.to_string()));
+        }
+        let mut cursor = match (&last_id, verdict) {
+            (None, _) => head,
+            (Some(last), Some(why)) => {
+                tracing::debug!(last = last.version, head, reason = why.reason(), "event stream reset");
+                yield Ok(reset(&head_id, head, why.reason()));
                 head
             }
-            Some(id) => id,
+            (Some(last), None) => last.version,
         };
         let mut catch_up = last_id.is_some();
         loop {
@@ -124,7 +148,7 @@ pub(crate) async fn events(
                     };
                     for row in &rows {
                         cursor = row.version;
-                        if let Some(event) = encode(&inner.entities, &filter, row) {
+                        if let Some(event) = encode(&inner.entities, &filter, row, &inner.log_id) {
                             yield Ok(event);
                         }
                     }
@@ -141,15 +165,21 @@ pub(crate) async fn events(
                 received = rx.recv() => received,
             };
             match received {
-                Ok(event) => {
-                    if event.version <= cursor {
-                        continue;
+                Ok(event) => match &*event {
+                    LogEvent::Change { version, id, entity, json } => {
+                        if *version <= cursor {
+                            continue;
+                        }
+                        cursor = *version;
+                        if filter.wants(entity) {
+                            yield Ok(Event::default().id(id).data(json));
+                        }
                     }
-                    cursor = event.version;
-                    if filter.wants(&event.entity) {
-                        yield Ok(Event::default().id(event.version.to_string()).data(&event.json));
+                    LogEvent::Reset { head, id } => {
+                        cursor = *head;
+                        yield Ok(reset(id, *head, "log_replaced"));
                     }
-                }
+                },
                 // Fell behind the channel: the log still has everything.
                 Err(RecvError::Lagged(skipped)) => {
                     tracing::debug!(skipped, "slow event stream catches up from the log");
@@ -169,18 +199,20 @@ pub(crate) async fn events(
     Ok(response)
 }
 
-fn reset(head: i64, reason: &str) -> Event {
+/// `reset` to `head`: the client drops what it holds and pulls from scratch.
+fn reset(id: &str, head: i64, reason: &str) -> Event {
+    let data = serde_json::json!({ "version": head, "cursor": id, "reason": reason });
     Event::default()
         .event("reset")
-        .id(head.to_string())
-        .data(serde_json::json!({ "version": head, "reason": reason }).to_string())
+        .id(id)
+        .data(data.to_string())
 }
 
-fn encode(entities: &Entities, filter: &Filter, row: &LogRow) -> Option<Event> {
+fn encode(entities: &Entities, filter: &Filter, row: &LogRow, log_id: &str) -> Option<Event> {
     let entity = entities.get(&row.entity)?;
     filter.wants(&entity.name).then(|| {
         Event::default()
-            .id(row.version.to_string())
+            .id(cursor::token_of(log_id, row))
             .data(wire::encode(entity, row, true))
     })
 }

@@ -9,19 +9,21 @@
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
-use axum::http::header;
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::cursor::{self, Cursor, Reset};
+use crate::error::{quote, Error, Result};
 use crate::log;
 use crate::wire;
 use crate::SyncEngine;
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct PullQuery {
-    since: Option<i64>,
+    /// A cursor (`version.tag`, or a bare version).
+    since: Option<String>,
     limit: Option<i64>,
 }
 
@@ -32,6 +34,17 @@ const CHUNK: usize = 16 * 1024;
 /// memory a pull uses, however slowly its client reads.
 const BATCH: i64 = 256;
 
+/// 409 with the reset the client must make: its cursor is from another history of the
+/// log (or beyond it). It drops what it holds and pulls from 0.
+fn reset(head_id: &str, head: i64, why: Reset) -> Response {
+    tracing::debug!(head, reason = why.reason(), "pull reset");
+    let body = serde_json::json!({
+        "error": "the cursor is not from this history of the log: pull again from 0",
+        "reset": { "version": head, "cursor": head_id, "reason": why.reason() },
+    });
+    (StatusCode::CONFLICT, axum::Json(body)).into_response()
+}
+
 #[tracing::instrument(skip_all, fields(entity = %name))]
 pub(crate) async fn pull(
     State(engine): State<SyncEngine>,
@@ -40,10 +53,18 @@ pub(crate) async fn pull(
 ) -> Result<Response> {
     let entity = engine.entity(&name)?.clone();
     let Query(query) = query.map_err(|e| Error::BadQuery(e.body_text()))?;
-    let since = query.since.unwrap_or(0);
-    if since < 0 {
-        return Err(Error::BadQuery("`since` must not be negative".into()));
-    }
+    let since = match query.since.as_deref().map(str::trim) {
+        None | Some("") => Cursor {
+            version: 0,
+            tag: None,
+        },
+        Some(s) => Cursor::parse(s).ok_or_else(|| {
+            Error::BadQuery(format!(
+                "`since` must be a cursor (a version, or `version.tag`), not `{}`",
+                quote(s)
+            ))
+        })?,
+    };
     let options = &engine.inner.options;
     let limit = match query.limit {
         None => options.default_pull_limit,
@@ -53,12 +74,24 @@ pub(crate) async fn pull(
     let pool = engine.inner.pool.clone();
     // Read the head and the first batch before answering, so a failing database still
     // gets a 500 rather than a truncated 200.
-    let (head, first) = {
+    let log_id = engine.inner.log_id.clone();
+    let (head, head_id, first) = {
         let mut conn = pool.acquire().await?;
         let head = log::head(&mut conn).await?;
-        let first = log::read_entity(&mut conn, &entity.name, since, head, BATCH.min(limit + 1));
-        (head, first.await?)
+        let head_id = cursor::token(&mut conn, &log_id, head).await?;
+        if let Some(why) = cursor::check(&mut conn, &log_id, &since, head).await? {
+            return Ok(reset(&head_id, head, why));
+        }
+        let first = log::read_entity(
+            &mut conn,
+            &entity.name,
+            since.version,
+            head,
+            BATCH.min(limit + 1),
+        );
+        (head, head_id, first.await?)
     };
+    let since = since.version;
 
     let stream = async_stream::try_stream! {
         let mut buf = String::with_capacity(CHUNK + 1024);
@@ -66,6 +99,7 @@ pub(crate) async fn pull(
         buf.push_str(&serde_json::to_string(&*entity.name).unwrap_or_default());
         buf.push_str(",\"changes\":[");
         let (mut count, mut last, mut has_more) = (0i64, since, false);
+        let mut last_id = String::new();
         let mut rows = first;
         'pages: loop {
             let full = rows.len() as i64 == BATCH.min(limit + 1 - count);
@@ -80,6 +114,7 @@ pub(crate) async fn pull(
                 buf.push_str(&wire::encode(&entity, row, false));
                 count += 1;
                 last = row.version;
+                last_id = cursor::token_of(&log_id, row);
                 if buf.len() >= CHUNK {
                     yield Bytes::from(std::mem::take(&mut buf));
                 }
@@ -98,8 +133,10 @@ pub(crate) async fn pull(
         }
         // The next `since`: where this page stopped, or the head when it is complete,
         // so a client skips past other entities' versions too.
-        let version = if has_more { last } else { head };
-        buf.push_str(&format!("],\"version\":{version},\"has_more\":{has_more}}}"));
+        let (version, cursor) = if has_more { (last, last_id) } else { (head, head_id) };
+        buf.push_str(&format!(
+            "],\"version\":{version},\"cursor\":\"{cursor}\",\"has_more\":{has_more}}}"
+        ));
         yield Bytes::from(buf);
     };
     let stream = stream.map_err(|e: Error| {

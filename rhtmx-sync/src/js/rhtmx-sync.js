@@ -127,8 +127,11 @@
   }
 
   // ---- mirror: pull, apply, read --------------------------------------------------------
-  const versions = {}; // entity -> highest version applied
-  let lastEventId = null;
+  // Cursors are "version.tag" strings from the server (the tag ties them to one history
+  // of its log); compare them by version.
+  const versions = {}; // entity -> cursor of the highest version applied
+  let lastEventId = null; // cursor of the last event
+  const num = (cursor) => parseInt(String(cursor ?? 0), 10) || 0;
 
   /** Applies changes of possibly several entities in one transaction. */
   async function applyChanges(changes, meta) {
@@ -148,20 +151,23 @@
 
   async function pull(entity) {
     for (;;) {
-      const since = versions[entity] || 0;
+      const since = encodeURIComponent(versions[entity] || 0);
       // Big pages: each costs a round trip and an IndexedDB commit (the server caps it).
       const res = await fetch(`${base}/${encodeURIComponent(entity)}?since=${since}&limit=5000`, { credentials: "same-origin" });
+      // 409 + reset: our cursor is from another history (the database was restored).
+      if (res.status === 409) throw { reset: (await res.json()).reset };
       if (!res.ok) throw new Error(`pull ${entity}: ${res.status}`);
       const page = await res.json();
       const changes = page.changes.map((c) => ({ ...c, entity }));
-      await applyChanges(changes, { ["version:" + entity]: page.version });
-      versions[entity] = page.version;
+      const cursor = page.cursor ?? page.version;
+      await applyChanges(changes, { ["version:" + entity]: cursor });
+      versions[entity] = cursor;
       if (changes.length) {
         const detail = { entity, action: "pull", version: page.version };
         markChanged(detail);
         tell({ type: "changed", details: [detail] });
       }
-      if (!page.has_more) return page.version;
+      if (!page.has_more) return cursor;
     }
   }
 
@@ -191,13 +197,12 @@
   function onChange(message) {
     if (resyncing) return void held.push(message);
     const change = JSON.parse(message.data);
-    const id = Number(message.lastEventId);
     // Delivery is at-least-once: anything not newer than what we hold is a duplicate.
-    if (lastEventId !== null && id <= lastEventId) return;
-    lastEventId = id;
+    if (lastEventId !== null && num(message.lastEventId) <= num(lastEventId)) return;
+    lastEventId = message.lastEventId;
     observe(change.hlc);
-    if (change.version <= (versions[change.entity] || 0)) return;
-    versions[change.entity] = change.version;
+    if (change.version <= num(versions[change.entity])) return;
+    versions[change.entity] = message.lastEventId;
     queue.push(change);
     applying ||= new Promise((r) => setTimeout(r, 10)).then(flushQueue);
   }
@@ -234,16 +239,24 @@
     if (resyncing) return resyncing;
     let done;
     resyncing = new Promise((r) => (done = r));
+    let reset = null;
     try {
       const heads = await Promise.all(entities.map(pull));
       synced = true;
       // Everything up to the lowest head is held now.
-      if (heads.length) lastEventId = Math.max(lastEventId ?? 0, Math.min(...heads));
+      const lowest = heads.reduce((a, b) => (num(b) < num(a) ? b : a), heads[0]);
+      if (heads.length && num(lowest) > num(lastEventId)) lastEventId = lowest;
     } catch (error) {
-      log("pull failed", error);
+      if (error && error.reset) reset = error.reset;
+      else log("pull failed", error);
     } finally {
       resyncing = null;
       done();
+    }
+    if (reset) {
+      held = [];
+      lastEventId = reset.cursor;
+      return onReset();
     }
     const waiting = held;
     held = [];
@@ -273,8 +286,14 @@
       if (!synced) syncAll();
     };
     source.onmessage = onChange;
+    // Entities the server does not sync: said always, not only in debug mode.
+    source.addEventListener("warning", (e) => {
+      const detail = JSON.parse(e.data);
+      console.warn("[rhtmx-sync]", detail.message, detail.unknown_entities);
+      emit("warning", detail);
+    });
     source.addEventListener("reset", (e) => {
-      lastEventId = Number(e.lastEventId);
+      lastEventId = e.lastEventId;
       synced = false;
       onReset();
     });

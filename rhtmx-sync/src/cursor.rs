@@ -1,0 +1,189 @@
+//! Cursors: a log version tied to one history of the log.
+//!
+//! A version alone cannot tell two histories apart: restore an older copy of the
+//! database (or point the app at another file), make a few writes, and version 5 names
+//! another change. So every cursor the engine hands out — an event's `id:`, a pull's
+//! `cursor` — is `"{version}.{tag}"`, where the tag is a short hash of the log's
+//! identity (a random id made with the log) and of the entry at that version (entity,
+//! key, HLC). A cursor whose tag no longer matches its entry comes from another
+//! history, and gets exactly one reset. A restored copy that still holds the cursor's
+//! entry unchanged *is* a continuation of that history, and resumes normally.
+//!
+//! A bare version (`5`) is accepted too, unverified, for tools such as curl.
+
+use sha2::{Digest, Sha256};
+use sqlx::SqliteConnection;
+
+use crate::error::Result;
+use crate::log::{self, LogRow, LOG_TABLE, ROW_COLUMNS};
+
+/// A cursor as a client sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub version: i64,
+    /// Absent for a bare version.
+    pub tag: Option<String>,
+}
+
+impl Cursor {
+    /// Parses `V` or `V.tag`; `None` if it is neither.
+    pub(crate) fn parse(s: &str) -> Option<Cursor> {
+        let (version, tag) = match s.split_once('.') {
+            Some((v, t)) => (v, Some(t)),
+            None => (s, None),
+        };
+        let version: i64 = version.parse().ok().filter(|v| *v >= 0)?;
+        if tag.is_some_and(|t| t.len() != 8 || !t.bytes().all(|b| b.is_ascii_hexdigit())) {
+            return None;
+        }
+        Some(Cursor {
+            version,
+            tag: tag.map(str::to_ascii_lowercase),
+        })
+    }
+}
+
+/// Why a cursor cannot be resumed: the client must resync from scratch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reset {
+    /// Newer than anything the log has held: the database was replaced or restored.
+    AheadOfLog,
+    /// Older than what compaction kept.
+    BehindHorizon,
+    /// The entry at the cursor is another change: another history of the log.
+    OtherHistory,
+}
+
+impl Reset {
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Reset::AheadOfLog => "ahead_of_log",
+            Reset::BehindHorizon => "behind_horizon",
+            Reset::OtherHistory => "other_history",
+        }
+    }
+}
+
+/// The tag of `version` given the entry there (absent: compacted, or the empty log).
+pub(crate) fn tag(log_id: &str, version: i64, entry: Option<&LogRow>) -> String {
+    let mut hash = Sha256::new();
+    for part in [
+        log_id,
+        &version.to_string(),
+        entry.map_or("", |e| e.entity.as_str()),
+        entry.map_or("", |e| e.entity_id.as_str()),
+        entry.and_then(|e| e.hlc.as_deref()).unwrap_or(""),
+    ] {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    hash.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `"{version}.{tag}"` for a row just read.
+pub(crate) fn token_of(log_id: &str, row: &LogRow) -> String {
+    format!("{}.{}", row.version, tag(log_id, row.version, Some(row)))
+}
+
+/// `"{version}.{tag}"`, reading the entry at `version`.
+pub(crate) async fn token(
+    conn: &mut SqliteConnection,
+    log_id: &str,
+    version: i64,
+) -> Result<String> {
+    let entry = entry_at(conn, version).await?;
+    Ok(format!(
+        "{version}.{}",
+        tag(log_id, version, entry.as_ref())
+    ))
+}
+
+async fn entry_at(conn: &mut SqliteConnection, version: i64) -> Result<Option<LogRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS} FROM {LOG_TABLE} WHERE version = ?"
+    ))
+    .bind(version)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
+/// Whether `cursor` can be resumed against the log as it is now (`head` read by the
+/// caller, in the same connection).
+pub(crate) async fn check(
+    conn: &mut SqliteConnection,
+    log_id: &str,
+    cursor: &Cursor,
+    head: i64,
+) -> Result<Option<Reset>> {
+    if cursor.version > head {
+        return Ok(Some(Reset::AheadOfLog));
+    }
+    // From 0 is always whole: compaction keeps every row's latest entry.
+    if cursor.version > 0 && cursor.version < log::horizon(conn).await? {
+        return Ok(Some(Reset::BehindHorizon));
+    }
+    // Version 0 is the start of every history.
+    if let (Some(sent), true) = (&cursor.tag, cursor.version > 0) {
+        let entry = entry_at(conn, cursor.version).await?;
+        if *sent != tag(log_id, cursor.version, entry.as_ref()) {
+            return Ok(Some(Reset::OtherHistory));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursors_parse_bare_or_tagged() {
+        assert_eq!(
+            Cursor::parse("42"),
+            Some(Cursor {
+                version: 42,
+                tag: None
+            })
+        );
+        assert_eq!(
+            Cursor::parse("42.00AbCdEf").unwrap().tag.as_deref(),
+            Some("00abcdef")
+        );
+        for bad in [
+            "",
+            "-1",
+            "x",
+            "4.2",
+            "42.",
+            "42.0123456789",
+            "42.zzzzzzzz",
+            "1.2.3",
+        ] {
+            assert_eq!(Cursor::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_tag_depends_on_the_log_and_the_entry() {
+        let row = |hlc: &str| LogRow {
+            version: 5,
+            entity: "todos".into(),
+            entity_id: "a".into(),
+            action: "create".into(),
+            data: None,
+            changed: None,
+            client_id: None,
+            hlc: Some(hlc.into()),
+            conflict: None,
+        };
+        let one = tag("log-1", 5, Some(&row("h1")));
+        assert_eq!(one, tag("log-1", 5, Some(&row("h1"))));
+        assert_eq!(one.len(), 8);
+        assert_ne!(one, tag("log-1", 5, Some(&row("h2"))));
+        assert_ne!(one, tag("log-2", 5, Some(&row("h1"))));
+        assert_ne!(one, tag("log-1", 5, None));
+    }
+}

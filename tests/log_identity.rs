@@ -1,0 +1,147 @@
+//! A cursor names a point in one history of the log: after the database is restored
+//! from an older copy (or replaced), a cursor from the other history gets exactly one
+//! reset, on the stream and on pull; one the restored log still continues resumes.
+
+mod common;
+
+use common::*;
+
+/// Writes `names` as todos.
+async fn add(server: &Server, names: &[&str]) {
+    for name in names {
+        add_todo(server, &todo_id(name), name).await;
+    }
+}
+
+/// Stops the server and closes its pool, so the database file can be swapped.
+async fn stop(server: Server) {
+    let pool = server.pool.clone();
+    drop(server);
+    pool.close().await;
+}
+
+/// The cursor a pull of everything ends at.
+async fn pulled_cursor(server: &Server) -> String {
+    let (status, page) = pull(&server.base, "todos", "?since=0").await;
+    assert_eq!(status, 200, "{page}");
+    page["cursor"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn a_cursor_from_a_restored_database_gets_exactly_one_reset() {
+    let (dir, db) = temp_db();
+    let server = start(&db).await;
+    add(&server, &["a", "b"]).await;
+    let before_backup = pulled_cursor(&server).await;
+    let backup = dir.path().join("backup.db");
+    sqlx::query(&format!("VACUUM INTO '{}'", backup.display()))
+        .execute(&server.pool)
+        .await
+        .unwrap();
+    add(&server, &["c", "d", "e"]).await;
+    // A browser holds version 5 of this history.
+    let held = pulled_cursor(&server).await;
+    assert!(held.starts_with("5."), "{held}");
+    let mut events = Sse::connect(&server.base, "", Some(&before_backup)).await;
+    let caught_up = events.take(3).await;
+    assert_eq!(caught_up[2].id, held, "stream ids and pull cursors agree");
+    stop(server).await;
+
+    // Restore the older copy and write again: versions 3 to 5 now name other changes.
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
+    }
+    std::fs::copy(&backup, &db).unwrap();
+    let server = start(&db).await;
+    add(&server, &["x", "y", "z"]).await;
+    assert_eq!(server.engine.head().await.unwrap(), 5);
+
+    // On the stream: one reset to the new head, then live changes as usual.
+    let mut sse = Sse::connect(&server.base, "", Some(&held)).await;
+    let reset = sse.next().await;
+    assert_eq!(
+        (reset.event.as_str(), &reset.data["reason"]),
+        ("reset", &serde_json::json!("other_history"))
+    );
+    assert_eq!(reset.version(), 5);
+    add(&server, &["w"]).await;
+    let next = sse.next().await;
+    assert_eq!((next.event.as_str(), next.version()), ("message", 6));
+    // Resuming from the reset's own id is resuming, not another reset.
+    let mut again = Sse::connect(&server.base, "", Some(&reset.id)).await;
+    assert_eq!(again.next().await.data["id"], todo_id("w"));
+
+    // On pull: 409 with the reset, then a pull from 0 is the whole new history.
+    let (status, res) = pull(&server.base, "todos", &format!("?since={held}")).await;
+    assert_eq!(status, 409, "{res}");
+    assert_eq!(res["reset"]["reason"], "other_history");
+    let (status, page) = pull(&server.base, "todos", "?since=0").await;
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["data"]["title"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["a", "b", "x", "y", "z", "w"]);
+
+    // A cursor from before the backup is still this history: it resumes.
+    let (status, page) = pull(&server.base, "todos", &format!("?since={before_backup}")).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["changes"].as_array().unwrap().len(), 4);
+    let mut resumed = Sse::connect(&server.base, "", Some(&before_backup)).await;
+    assert_eq!(resumed.next().await.version(), 3);
+}
+
+#[tokio::test]
+async fn a_cursor_beyond_the_log_or_from_another_database_is_reset() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    add(&server, &["a", "b"]).await;
+    let cursor = pulled_cursor(&server).await;
+    let (_dir2, other_db) = temp_db();
+    let other = start(&other_db).await;
+    add(&other, &["p", "q", "r"]).await;
+    // The same version in another database is another history.
+    let (status, res) = pull(&other.base, "todos", &format!("?since={cursor}")).await;
+    assert_eq!(
+        (status, &res["reset"]["reason"]),
+        (409, &serde_json::json!("other_history"))
+    );
+    // Beyond the head, tagged or not: reset, never "all is well".
+    for beyond in ["9", "9.0a0b0c0d"] {
+        let (status, res) = pull(&server.base, "todos", &format!("?since={beyond}")).await;
+        assert_eq!(
+            (status, &res["reset"]["reason"]),
+            (409, &serde_json::json!("ahead_of_log")),
+            "{beyond}"
+        );
+        let mut sse = Sse::connect(&server.base, "", Some(beyond)).await;
+        assert_eq!(sse.next().await.data["reason"], "ahead_of_log");
+    }
+}
+
+/// The history changes under a running server (here: the log is cut back and versions
+/// reused, as a restore does): the broadcaster notices and resets every open stream.
+#[tokio::test]
+async fn the_broadcaster_resets_open_streams_when_the_head_goes_back() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    add(&server, &["a", "b", "c"]).await;
+    let mut sse = Sse::connect(&server.base, "", None).await;
+    add(&server, &["d"]).await;
+    assert_eq!(sse.next().await.version(), 4);
+    sqlx::raw_sql(
+        "DELETE FROM _rhtmx_sync_log WHERE version > 2;
+         UPDATE sqlite_sequence SET seq = 2 WHERE name = '_rhtmx_sync_log';",
+    )
+    .execute(&server.pool)
+    .await
+    .unwrap();
+    let reset = sse.next().await;
+    assert_eq!((reset.event.as_str(), reset.version()), ("reset", 2));
+    add(&server, &["e"]).await;
+    let next = sse.next().await;
+    assert_eq!((next.event.as_str(), next.version()), ("message", 3));
+    assert_eq!(next.data["id"], todo_id("e"));
+}
