@@ -154,3 +154,61 @@ async fn a_push_with_more_changes_than_the_cap_answers_413_and_changes_nothing()
     assert_eq!(todos(&server.pool).await[0].1, "t99");
     assert_eq!(server.engine.head().await.unwrap(), head + 100);
 }
+
+/// A stored value serde cannot read (nesting deeper than 128, a number beyond f64) must
+/// not make the merge see an empty row and overwrite the others with nothing.
+#[tokio::test]
+async fn a_row_the_merge_cannot_read_is_refused_and_left_as_it_is() {
+    let (_dir, db) = temp_db();
+    let pool = app::open_db(&url(&db)).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE docs (id TEXT PRIMARY KEY NOT NULL, body JSON, size REAL, title TEXT)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let server = start_with(&db, |b| b.entity_named("docs")).await;
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    sqlx::query("INSERT INTO docs VALUES ('deep', ?, 1, 'a'), ('huge', '[]', 1e308 * 10, 'b')")
+        .bind(&deep)
+        .execute(&pool)
+        .await
+        .unwrap();
+    for id in ["deep", "huge"] {
+        let before: (String, String) =
+            sqlx::query_as("SELECT id, json_object('b', body, 't', title) FROM docs WHERE id = ?")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        let (status, res) = push_raw(
+            &server.base,
+            "docs",
+            json!({"changes": [{"id": id, "action": "update", "data": {"title": "new"},
+                                "client_version": 0, "hlc": Hlc::new(1_750_000_000_000, 0, 1).to_string()}]})
+            .to_string(),
+        )
+        .await;
+        assert_eq!(status, 422, "{id}: {res}");
+        assert!(
+            res["error"].as_str().unwrap().contains("cannot read"),
+            "{res}"
+        );
+        let after: (String, String) =
+            sqlx::query_as("SELECT id, json_object('b', body, 't', title) FROM docs WHERE id = ?")
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+        assert_eq!(before, after, "{id} was changed");
+    }
+    // Pulls still deliver such rows as SQLite wrote them (too deep for serde here too).
+    let res = client()
+        .get(format!("{}/api/sync/docs", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.text().await.unwrap();
+    assert!(body.contains(&deep) && body.contains("\"huge\""));
+}

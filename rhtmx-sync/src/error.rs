@@ -62,8 +62,10 @@ pub enum Error {
     Resolver(String),
     /// A row holds a value the merge cannot read as JSON (a number beyond `f64`,
     /// nesting deeper than 128): the change is refused rather than merged against an
-    /// empty row, which would lose its fields (500; nothing is written).
-    #[error("unreadable row {0}")]
+    /// empty row, which would lose its fields (422, so a client reports the write as
+    /// rejected instead of retrying it forever; nothing is written). Write such rows with
+    /// plain SQL.
+    #[error("the stored row {0} holds a value the merge cannot read; it was not changed")]
     UnreadableRow(String),
     /// The database failed.
     #[error("database error: {0}")]
@@ -82,10 +84,10 @@ impl Error {
             }
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Config(_)
-            | Error::Resolver(_)
-            | Error::UnreadableRow(_)
-            | Error::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Config(_) | Error::Resolver(_) | Error::Database(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+            Error::UnreadableRow(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 

@@ -212,7 +212,13 @@ async fn apply(
         .as_deref()
         .map(|s| history::parse_row(entity, s))
         .transpose()
-        .map_err(|e| Error::UnreadableRow(format!("`{}` {}: {e}", entity.name, v.key.text)))?;
+        .map_err(|e| {
+            Error::UnreadableRow(format!(
+                "`{}` of `{}` ({e})",
+                quote(&v.key.text),
+                entity.name
+            ))
+        })?;
     let history = cache
         .read(
             conn,
