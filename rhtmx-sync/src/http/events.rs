@@ -1,12 +1,14 @@
 //! `GET {prefix}/events`: the live change stream (Server-Sent Events).
 //!
-//! Every event's `id:` is its log version. A stream resumes after the id in the
-//! `Last-Event-ID` header (sent by the browser when it reconnects by itself) or the
-//! `last_event_id` query parameter (for a fresh `EventSource` after a page load); the
-//! header wins because a reconnecting browser keeps the old query string. Resuming reads
-//! the log, so there is no gap; ids not newer than the cursor are dropped, so there is no
-//! duplicate. When the id is older than the log keeps (or newer than it has ever been),
-//! the stream sends a `reset` event instead.
+//! Every event's `id:` is its cursor, `"{version}.{tag}"` ([`crate::cursor`]). A stream
+//! resumes after the cursor in the `Last-Event-ID` header (sent by the browser when it
+//! reconnects by itself) or the `last_event_id` query parameter (for a fresh
+//! `EventSource` after a page load); the header wins because a reconnecting browser
+//! keeps the old query string. Resuming reads the log, so there is no gap; versions not
+//! newer than the cursor are dropped, so there is no duplicate. A cursor older than the
+//! log keeps, newer than it has ever been, or from another history of it gets one
+//! `reset` event instead; so does every open stream when the broadcaster finds the log
+//! restored or replaced under it.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
