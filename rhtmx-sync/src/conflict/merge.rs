@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::report::{Conflict, FieldReport, Outcome, Reason};
+use super::report::{Conflict, FieldReport, Outcome, Reason, Rule};
 use super::resolver::{ConflictResolver, FieldConflict};
 use crate::hlc::Hlc;
 use crate::syncable::SyncStrategy;
@@ -294,14 +294,14 @@ fn own(entry: &Entry, change: &Change) -> bool {
     matches!((&entry.client_id, &change.client_id), (Some(a), Some(b)) if a == b)
 }
 
-fn conflict(change: &Change, reason: Reason, outcome: Outcome, strategy: &str) -> Conflict {
+fn conflict(change: &Change, reason: Reason, outcome: Outcome, strategy: Rule) -> Conflict {
     Conflict {
         entity: change.entity.clone(),
         id: change.id.clone(),
         action: change.action,
         reason,
         outcome,
-        strategy: strategy.to_owned(),
+        strategy,
         fields: BTreeMap::new(),
         client_hlc: change.hlc,
         server_hlc: change.hlc,
@@ -338,7 +338,7 @@ fn create_absent(change: &Change, history: &History) -> Decision {
                 change,
                 Reason::Deleted,
                 Outcome::Deleted,
-                SyncStrategy::LastWriteWins.name(),
+                Rule::LastWriteWins,
             );
             c.server_hlc = t.hlc;
             c.fields = lost_to_delete(change);
@@ -356,9 +356,9 @@ fn update_absent(change: &Change, history: &History, policy: &Policy<'_>) -> Dec
         return Decision::new(Status::NotFound, Write::Nothing);
     };
     let rule = if policy.delete_wins {
-        "delete_wins"
+        Rule::DeleteWins
     } else {
-        SyncStrategy::LastWriteWins.name()
+        Rule::LastWriteWins
     };
     let mut c = conflict(change, Reason::Deleted, Outcome::Deleted, rule);
     c.server_hlc = t.hlc;
@@ -496,7 +496,7 @@ fn merge_fields(change: &Change, row: &Row, history: &History, policy: &Policy<'
             change,
             Reason::ConcurrentUpdate,
             overall,
-            policy.strategy.name(),
+            policy.strategy.into(),
         );
         c.server_hlc = server_hlc;
         c.fields = reports;
@@ -532,9 +532,9 @@ fn delete_present(change: &Change, row: &Row, history: &History, policy: &Policy
         Outcome::Server
     };
     let rule = if policy.delete_wins {
-        "delete_wins"
+        Rule::DeleteWins
     } else {
-        SyncStrategy::LastWriteWins.name()
+        Rule::LastWriteWins
     };
     let mut c = conflict(change, Reason::ConcurrentUpdate, outcome, rule);
     c.server_hlc = latest;
@@ -675,7 +675,7 @@ mod tests {
             (c.reason, c.outcome),
             (Reason::ConcurrentUpdate, Outcome::Client)
         );
-        assert_eq!(c.strategy, "last_write_wins");
+        assert_eq!(c.strategy, Rule::LastWriteWins);
         assert_eq!((c.client_hlc, c.server_hlc), (hlc(30, 1), hlc(20, 2)));
         assert_eq!(c.fields.keys().collect::<Vec<_>>(), ["title"]);
         let f = &c.fields["title"];
@@ -715,7 +715,7 @@ mod tests {
             strategy(SyncStrategy::ClientWins),
         );
         assert_eq!(d.write, Write::Update(row(json!({"title": "c"}))));
-        assert_eq!(d.conflict.unwrap().strategy, "client_wins");
+        assert_eq!(d.conflict.unwrap().strategy, Rule::ClientWins);
         let c = update(json!({"title": "c"}), hlc(99, 1), A, 1);
         let d = run(
             &c,
@@ -726,10 +726,7 @@ mod tests {
         assert_eq!(d.write, Write::Nothing);
         assert!(d.touched.is_empty());
         let c = d.conflict.unwrap();
-        assert_eq!(
-            (c.outcome, c.strategy.as_str()),
-            (Outcome::Server, "server_wins")
-        );
+        assert_eq!((c.outcome, c.strategy), (Outcome::Server, Rule::ServerWins));
     }
 
     #[test]
@@ -759,10 +756,7 @@ mod tests {
         let d = run(&c, &log, Some(&now), policy);
         assert_eq!(d.write, Write::Update(row(json!({"n": 8}))));
         let c = d.conflict.unwrap();
-        assert_eq!(
-            (c.outcome, c.strategy.as_str()),
-            (Outcome::Merged, "custom")
-        );
+        assert_eq!((c.outcome, c.strategy), (Outcome::Merged, Rule::Custom));
         assert_eq!(c.fields["n"].resolved, Some(json!(8)));
     }
 
@@ -849,10 +843,7 @@ mod tests {
             );
             let c = d.conflict.unwrap();
             assert_eq!((c.reason, c.outcome), (Reason::Deleted, Outcome::Deleted));
-            assert_eq!(
-                (c.strategy.as_str(), c.server_hlc),
-                ("delete_wins", hlc(40, 3))
-            );
+            assert_eq!((c.strategy, c.server_hlc), (Rule::DeleteWins, hlc(40, 3)));
         }
         // Without a base it is a plain update of a missing row.
         let c = change(
@@ -966,8 +957,8 @@ mod tests {
         assert_eq!(d.write, Write::Delete);
         let c = d.conflict.unwrap();
         assert_eq!(
-            (c.reason, c.outcome, c.strategy.as_str()),
-            (Reason::ConcurrentUpdate, Outcome::Deleted, "delete_wins")
+            (c.reason, c.outcome, c.strategy),
+            (Reason::ConcurrentUpdate, Outcome::Deleted, Rule::DeleteWins)
         );
         assert_eq!(c.fields["title"].server, Some(json!("b")));
         // Last write wins instead: the newer update keeps the row.

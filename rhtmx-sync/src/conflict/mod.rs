@@ -36,7 +36,7 @@ mod resolver;
 pub use self::merge::{
     merge, Change, Decision, Entry, History, Policy, Row, Status, Tombstone, Write,
 };
-pub use self::report::{Conflict, FieldReport, Outcome, Reason};
+pub use self::report::{Conflict, FieldReport, Outcome, Reason, Rule};
 pub use self::resolver::{ConflictResolver, FieldConflict};
 
 pub(crate) use self::resolver::SharedResolver;

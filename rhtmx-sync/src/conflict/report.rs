@@ -21,6 +21,37 @@ pub enum Reason {
     Deleted,
 }
 
+/// The rule that decided a conflict: the entity's
+/// [`SyncStrategy`](crate::SyncStrategy), or a delete beating concurrent updates. On the
+/// wire, snake case (`"last_write_wins"`, `"delete_wins"`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Rule {
+    /// [`SyncStrategy::LastWriteWins`](crate::SyncStrategy::LastWriteWins).
+    LastWriteWins,
+    /// [`SyncStrategy::ClientWins`](crate::SyncStrategy::ClientWins).
+    ClientWins,
+    /// [`SyncStrategy::ServerWins`](crate::SyncStrategy::ServerWins).
+    ServerWins,
+    /// [`SyncStrategy::Custom`](crate::SyncStrategy::Custom): the entity's resolver.
+    Custom,
+    /// The entity's `delete_wins`: a delete beats concurrent updates.
+    DeleteWins,
+}
+
+impl From<crate::SyncStrategy> for Rule {
+    fn from(strategy: crate::SyncStrategy) -> Rule {
+        use crate::SyncStrategy as S;
+        match strategy {
+            S::LastWriteWins => Rule::LastWriteWins,
+            S::ClientWins => Rule::ClientWins,
+            S::ServerWins => Rule::ServerWins,
+            S::Custom => Rule::Custom,
+        }
+    }
+}
+
 /// Who won.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -93,9 +124,8 @@ pub struct Conflict {
     pub reason: Reason,
     /// Who won overall: every field the same way, or [`Outcome::Merged`].
     pub outcome: Outcome,
-    /// The rule that decided: a [`SyncStrategy`](crate::SyncStrategy) name
-    /// (`last_write_wins`, `client_wins`, `server_wins`, `custom`) or `delete_wins`.
-    pub strategy: String,
+    /// The rule that decided: the entity's strategy, or `delete_wins`.
+    pub strategy: Rule,
     /// The fields involved, by name.
     pub fields: BTreeMap<String, FieldReport>,
     /// When the client's user acted.
