@@ -208,3 +208,117 @@ async fn tick(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entity::{Entity, EntitySpec};
+    use crate::SyncStrategy;
+
+    async fn setup() -> (SqliteConnection, Hub, Entities, String) {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        log::migrate(&mut conn).await.unwrap();
+        sqlx::query("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let spec = EntitySpec {
+            table: "t".into(),
+            id: None,
+            columns: None,
+            strategy: SyncStrategy::default(),
+            delete_wins: true,
+            resolver: None,
+            offline_writes: true,
+        };
+        let entities = Entities(vec![Entity::resolve(&mut conn, spec).await.unwrap()]);
+        capture::ensure(&mut conn, entities.list()).await.unwrap();
+        let log_id = log::log_id(&mut conn).await.unwrap();
+        (conn, Hub::new(16), entities, log_id)
+    }
+
+    #[tokio::test]
+    async fn a_tick_sends_each_committed_change_once_with_its_cursor() {
+        let (mut conn, hub, entities, log_id) = setup().await;
+        let mut rx = hub.tx.subscribe();
+        let mut at = Position {
+            version: 0,
+            token: cursor::token(&mut conn, &log_id, 0).await.unwrap(),
+        };
+        let (mut dv, mut sv) = (-1, -1);
+        sqlx::query("INSERT INTO t VALUES ('a', '1'), ('b', '2')")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        tick(
+            &mut conn, &hub, &entities, &log_id, &mut at, &mut dv, &mut sv,
+        )
+        .await
+        .unwrap();
+        for expected in [1, 2] {
+            match &*rx.try_recv().unwrap() {
+                LogEvent::Change { version, id, .. } => {
+                    assert_eq!(*version, expected);
+                    assert_eq!(
+                        *id,
+                        cursor::token(&mut conn, &log_id, expected).await.unwrap()
+                    );
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(rx.try_recv().is_err(), "nothing twice");
+        assert_eq!(at.version, 2);
+    }
+
+    #[tokio::test]
+    async fn a_log_cut_back_and_reused_sends_one_reset() {
+        let (mut conn, hub, entities, log_id) = setup().await;
+        sqlx::query("INSERT INTO t VALUES ('a', '1'), ('b', '2'), ('c', '3')")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let mut at = Position {
+            version: 3,
+            token: cursor::token(&mut conn, &log_id, 3).await.unwrap(),
+        };
+        let mut rx = hub.tx.subscribe();
+        // What a restore does: versions 2 and 3 now name other changes (the deletes of
+        // b and c, then x and y at 4 and 5).
+        sqlx::raw_sql(
+            "DELETE FROM _rhtmx_sync_log WHERE version > 1;
+             UPDATE sqlite_sequence SET seq = 1 WHERE name = '_rhtmx_sync_log';
+             DELETE FROM t WHERE id != 'a';
+             INSERT INTO t VALUES ('x', '9'), ('y', '9');",
+        )
+        .execute(&mut conn)
+        .await
+        .unwrap();
+        let (mut dv, mut sv) = (-1, -1);
+        tick(
+            &mut conn, &hub, &entities, &log_id, &mut at, &mut dv, &mut sv,
+        )
+        .await
+        .unwrap();
+        match &*rx.try_recv().unwrap() {
+            LogEvent::Reset { head, .. } => assert_eq!(*head, 5),
+            other => panic!("{other:?}"),
+        }
+        assert!(rx.try_recv().is_err(), "exactly one reset");
+        // It follows the new history from there.
+        sqlx::query("INSERT INTO t VALUES ('z', '0')")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        dv = -1;
+        tick(
+            &mut conn, &hub, &entities, &log_id, &mut at, &mut dv, &mut sv,
+        )
+        .await
+        .unwrap();
+        assert!(matches!(
+            &*rx.try_recv().unwrap(),
+            LogEvent::Change { version: 6, .. }
+        ));
+    }
+}

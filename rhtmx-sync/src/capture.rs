@@ -328,3 +328,77 @@ pub(crate) async fn ensure(
     tracing::debug!(count = stale.len(), "installed change-capture triggers");
     Ok(stale.len())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sqlx::{Connection, SqliteConnection};
+
+    async fn eval(conn: &mut SqliteConnection, expr: &str, value: &[u8]) -> String {
+        sqlx::query_scalar(&format!("SELECT {expr} FROM (SELECT ? AS \"id\") AS r"))
+            .bind(value)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_blob_key_has_one_text_form() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let uuid: Vec<u8> = (0u8..16).collect();
+        assert_eq!(
+            eval(&mut conn, &key_text("r", "id"), &uuid).await,
+            "00010203-0405-0607-0809-0a0b0c0d0e0f"
+        );
+        assert_eq!(
+            eval(&mut conn, &key_text("r", "id"), &[0xab, 0x01]).await,
+            "ab01"
+        );
+        // The engine reads both back to the same bytes.
+        for bytes in [uuid.clone(), vec![0xab, 0x01]] {
+            let text = crate::entity::blob_text(&bytes);
+            assert_eq!(crate::entity::parse_blob_text(&text), Some(bytes.clone()));
+            assert_eq!(
+                crate::entity::parse_blob_text(&text.to_uppercase()),
+                Some(bytes)
+            );
+        }
+        // Text keys are their text.
+        let text: String = sqlx::query_scalar(&format!(
+            "SELECT {} FROM (SELECT 'row-1' AS \"id\") AS r",
+            key_text("r", "id")
+        ))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(text, "row-1");
+    }
+
+    #[tokio::test]
+    async fn integers_a_browser_would_round_are_logged_as_strings() {
+        let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
+        let column = Column {
+            name: "n".into(),
+            kind: ColumnKind::Integer,
+            not_null: false,
+            has_default: false,
+            generated: false,
+        };
+        for (n, json) in [
+            (9_007_199_254_740_991_i64, "9007199254740991"),
+            (9_007_199_254_740_992, "\"9007199254740992\""),
+            (-9_007_199_254_740_992, "\"-9007199254740992\""),
+            (i64::MAX, "\"9223372036854775807\""),
+        ] {
+            let got: String = sqlx::query_scalar(&format!(
+                "SELECT json_array({}) FROM (SELECT ? AS \"n\") AS r",
+                value_json(&column, "r")
+            ))
+            .bind(n)
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+            assert_eq!(got, format!("[{json}]"), "{n}");
+        }
+    }
+}

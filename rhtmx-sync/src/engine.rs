@@ -44,7 +44,7 @@ pub struct SyncConfig {
 
 /// Registered entities, looked up by wire name.
 #[derive(Debug)]
-pub(crate) struct Entities(Vec<Entity>);
+pub(crate) struct Entities(pub(crate) Vec<Entity>);
 
 impl Entities {
     pub(crate) fn get(&self, name: &str) -> Option<&Entity> {
