@@ -14,7 +14,7 @@ use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{broadcast, watch, Notify};
 
 use crate::capture;
-use crate::engine::Entities;
+use crate::engine::Registry;
 use crate::log;
 use crate::wire;
 
@@ -54,7 +54,8 @@ pub(crate) async fn tail(
     options: SqliteConnectOptions,
     mut conn: SqliteConnection,
     hub: Arc<Hub>,
-    entities: Arc<Entities>,
+    entities: Arc<Registry>,
+    generation: i64,
     poll: Duration,
     mut cursor: i64,
 ) {
@@ -65,6 +66,7 @@ pub(crate) async fn tail(
             &mut conn,
             &hub,
             &entities,
+            generation,
             &mut cursor,
             &mut data_version,
             &mut schema_version,
@@ -94,7 +96,8 @@ pub(crate) async fn tail(
 async fn tick(
     conn: &mut SqliteConnection,
     hub: &Hub,
-    entities: &Entities,
+    registry: &Registry,
+    generation: i64,
     cursor: &mut i64,
     data_version: &mut i64,
     schema_version: &mut i64,
@@ -110,18 +113,21 @@ async fn tick(
         .fetch_one(&mut *conn)
         .await?;
     if sv != *schema_version {
-        // A migration may have recreated a table, and its triggers with it.
-        let reinstalled = capture::ensure(conn, entities.list()).await?;
-        if reinstalled > 0 {
-            tracing::warn!(
-                reinstalled,
-                "change-capture triggers were missing and are back"
+        // A migration may have added a column (an entity registered by name syncs it)
+        // or recreated a table, and dropped its triggers with it.
+        let matching = registry.refresh(conn).await?;
+        let steps = capture::refresh(conn, &matching, generation).await?;
+        if steps > 0 {
+            tracing::info!(
+                steps,
+                "change-capture triggers rewritten after a schema change"
             );
         }
         *schema_version = sqlx::query_scalar("PRAGMA schema_version")
             .fetch_one(&mut *conn)
             .await?;
     }
+    let entities = registry.load();
     const PAGE: i64 = 1000;
     let from = *cursor;
     loop {

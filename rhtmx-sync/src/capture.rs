@@ -3,8 +3,12 @@
 //! plain `sqlx::query!`, a migration, another process), and a rolled-back write leaves
 //! no entry. A derive cannot wrap arbitrary handler code; a trigger can.
 
+mod install;
+
+pub use self::install::drop_triggers;
+pub(crate) use self::install::{claim, refresh};
+
 use crate::entity::{quote_ident, quote_literal, Column, ColumnKind, Entity};
-use crate::error::Result;
 use crate::log::{CONTEXT_TABLE, LOG_TABLE};
 
 /// Prefix of every trigger the engine owns.
@@ -334,37 +338,4 @@ fn value_json(c: &Column, row: &str) -> String {
             blob_text(&v)
         ),
     }
-}
-
-/// Creates or replaces the triggers of `entities` whose definition is missing or
-/// differs; idempotent, and a no-op (one read of `sqlite_master`) when all are current.
-/// Returns how many were (re)created.
-pub(crate) async fn ensure(
-    conn: &mut sqlx::SqliteConnection,
-    entities: &[Entity],
-) -> Result<usize> {
-    let existing: Vec<(String, String)> = sqlx::query_as(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?",
-    )
-    .bind(format!("{PREFIX}%"))
-    .fetch_all(&mut *conn)
-    .await?;
-    let stale: Vec<(String, String)> = entities
-        .iter()
-        .flat_map(triggers)
-        .filter(|(name, sql)| !existing.iter().any(|(n, s)| n == name && s == sql))
-        .collect();
-    if stale.is_empty() {
-        return Ok(0);
-    }
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    for (name, sql) in &stale {
-        sqlx::query(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(name)))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql).execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    tracing::debug!(count = stale.len(), "installed change-capture triggers");
-    Ok(stale.len())
 }

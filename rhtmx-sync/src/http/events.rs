@@ -124,7 +124,7 @@ pub(crate) async fn events(
                     };
                     for row in &rows {
                         cursor = row.version;
-                        if let Some(event) = encode(&inner.entities, &filter, row) {
+                        if let Some(event) = encode(&inner.entities.load(), &filter, row) {
                             yield Ok(event);
                         }
                     }
