@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, watch, Notify};
 
 use crate::capture;
 use crate::cursor;
-use crate::engine::Entities;
+use crate::engine::Registry;
 use crate::log;
 use crate::wire;
 
@@ -70,7 +70,8 @@ pub(crate) async fn tail(
     options: SqliteConnectOptions,
     mut conn: SqliteConnection,
     hub: Arc<Hub>,
-    entities: Arc<Entities>,
+    entities: Arc<Registry>,
+    generation: i64,
     poll: Duration,
     cursor: i64,
     log_id: Arc<str>,
@@ -92,6 +93,7 @@ pub(crate) async fn tail(
             &mut conn,
             &hub,
             &entities,
+            generation,
             &log_id,
             &mut at,
             &mut data_version,
@@ -122,7 +124,8 @@ pub(crate) async fn tail(
 async fn tick(
     conn: &mut SqliteConnection,
     hub: &Hub,
-    entities: &Entities,
+    registry: &Registry,
+    generation: i64,
     log_id: &str,
     at: &mut Position,
     data_version: &mut i64,
@@ -139,12 +142,14 @@ async fn tick(
         .fetch_one(&mut *conn)
         .await?;
     if sv != *schema_version {
-        // A migration may have recreated a table, and its triggers with it.
-        let reinstalled = capture::ensure(conn, entities.list()).await?;
-        if reinstalled > 0 {
-            tracing::warn!(
-                reinstalled,
-                "change-capture triggers were missing and are back"
+        // A migration may have added a column (an entity registered by name syncs it)
+        // or recreated a table, and dropped its triggers with it.
+        let matching = registry.refresh(conn).await?;
+        let steps = capture::refresh(conn, &matching, generation).await?;
+        if steps > 0 {
+            tracing::info!(
+                steps,
+                "change-capture triggers rewritten after a schema change"
             );
         }
         *schema_version = sqlx::query_scalar("PRAGMA schema_version")
@@ -169,6 +174,7 @@ async fn tick(
         let _ = hub.tx.send(Arc::new(LogEvent::Reset { head, id }));
         return Ok(());
     }
+    let entities = registry.load();
     const PAGE: i64 = 1000;
     let from = at.version;
     loop {
@@ -212,10 +218,11 @@ async fn tick(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Registry;
     use crate::entity::{Entity, EntitySpec};
     use crate::SyncStrategy;
 
-    async fn setup() -> (SqliteConnection, Hub, Entities, String) {
+    async fn setup() -> (SqliteConnection, Hub, Registry, i64, String) {
         let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
         log::migrate(&mut conn).await.unwrap();
         sqlx::query("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
@@ -231,15 +238,18 @@ mod tests {
             resolver: None,
             offline_writes: true,
         };
-        let entities = Entities(vec![Entity::resolve(&mut conn, spec).await.unwrap()]);
-        capture::ensure(&mut conn, entities.list()).await.unwrap();
+        let entity = Arc::new(Entity::resolve(&mut conn, spec.clone()).await.unwrap());
+        let generation = capture::claim(&mut conn, std::slice::from_ref(&entity))
+            .await
+            .unwrap();
         let log_id = log::log_id(&mut conn).await.unwrap();
-        (conn, Hub::new(16), entities, log_id)
+        let registry = Registry::new(vec![spec], vec![entity]);
+        (conn, Hub::new(16), registry, generation, log_id)
     }
 
     #[tokio::test]
     async fn a_tick_sends_each_committed_change_once_with_its_cursor() {
-        let (mut conn, hub, entities, log_id) = setup().await;
+        let (mut conn, hub, entities, generation, log_id) = setup().await;
         let mut rx = hub.tx.subscribe();
         let mut at = Position {
             version: 0,
@@ -251,14 +261,14 @@ mod tests {
             .await
             .unwrap();
         tick(
-            &mut conn, &hub, &entities, &log_id, &mut at, &mut dv, &mut sv,
+            &mut conn, &hub, &entities, generation, &log_id, &mut at, &mut dv, &mut sv,
         )
         .await
         .unwrap();
         for expected in [1, 2] {
             match &*rx.try_recv().unwrap() {
                 LogEvent::Change { version, id, .. } => {
-                    assert_eq!(*version, expected);
+                    assert_eq!(*version, expected as i64);
                     assert_eq!(
                         *id,
                         cursor::token(&mut conn, &log_id, expected).await.unwrap()
@@ -273,7 +283,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_log_cut_back_and_reused_sends_one_reset() {
-        let (mut conn, hub, entities, log_id) = setup().await;
+        let (mut conn, hub, entities, generation, log_id) = setup().await;
         sqlx::query("INSERT INTO t VALUES ('a', '1'), ('b', '2'), ('c', '3')")
             .execute(&mut conn)
             .await
@@ -296,7 +306,7 @@ mod tests {
         .unwrap();
         let (mut dv, mut sv) = (-1, -1);
         tick(
-            &mut conn, &hub, &entities, &log_id, &mut at, &mut dv, &mut sv,
+            &mut conn, &hub, &entities, generation, &log_id, &mut at, &mut dv, &mut sv,
         )
         .await
         .unwrap();
@@ -312,7 +322,7 @@ mod tests {
             .unwrap();
         dv = -1;
         tick(
-            &mut conn, &hub, &entities, &log_id, &mut at, &mut dv, &mut sv,
+            &mut conn, &hub, &entities, generation, &log_id, &mut at, &mut dv, &mut sv,
         )
         .await
         .unwrap();

@@ -3,8 +3,12 @@
 //! plain `sqlx::query!`, a migration, another process), and a rolled-back write leaves
 //! no entry. A derive cannot wrap arbitrary handler code; a trigger can.
 
+mod install;
+
+pub use self::install::drop_triggers;
+pub(crate) use self::install::{claim, refresh};
+
 use crate::entity::{quote_ident, quote_literal, Column, ColumnKind, Entity};
-use crate::error::Result;
 use crate::log::{CONTEXT_TABLE, LOG_TABLE};
 
 /// Prefix of every trigger the engine owns.
@@ -12,6 +16,21 @@ const PREFIX: &str = "_rhtmx_sync_";
 
 /// SQLite's default `SQLITE_MAX_FUNCTION_ARG` is 127: at most 63 pairs per call.
 const PAIRS_PER_CALL: usize = 60;
+
+/// `terms` joined by the binary operator `op`; past [`PAIRS_PER_CALL`] terms, in
+/// parenthesised groups, so that the expression's depth (SQLite allows 1000) grows with
+/// the group size plus the number of groups rather than with the number of terms.
+/// Up to that size the text is the plain join, as it has always been.
+fn balanced(terms: Vec<String>, op: &str) -> String {
+    if terms.len() <= PAIRS_PER_CALL {
+        return terms.join(op);
+    }
+    terms
+        .chunks(PAIRS_PER_CALL)
+        .map(|group| format!("({})", group.join(op)))
+        .collect::<Vec<_>>()
+        .join(op)
+}
 
 /// The triggers capturing `entity`, as `(name, CREATE statement)`.
 pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
@@ -30,30 +49,45 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
         let q = quote_ident(&c.name);
         format!("OLD.{q} IS NOT NEW.{q}")
     };
-    let any_differs = entity
-        .columns
-        .iter()
-        .map(differs)
-        .collect::<Vec<_>>()
-        .join(" OR ");
+    let any_differs = balanced(entity.columns.iter().map(differs).collect(), " OR ");
     // The fields whose value changed, and those the engine's change touched (set to
     // the value they had, they are still this change's), in column order.
+    let touched = |c: &Column| {
+        format!(
+            "{} OR EXISTS (SELECT 1 FROM json_each(_ctx.changed) WHERE value = {})",
+            differs(c),
+            quote_literal(&c.name)
+        )
+    };
     let changed = if others.is_empty() {
         "'[]'".to_owned()
-    } else {
+    } else if others.len() <= PAIRS_PER_CALL {
         let arms = others
             .iter()
             .map(|c| {
-                let field = quote_literal(&c.name);
                 format!(
-                    "SELECT {field} AS c WHERE {} OR EXISTS \
-                     (SELECT 1 FROM json_each(_ctx.changed) WHERE value = {field})",
-                    differs(c)
+                    "SELECT {} AS c WHERE {}",
+                    quote_literal(&c.name),
+                    touched(c)
                 )
             })
             .collect::<Vec<_>>()
             .join(" UNION ALL ");
         format!("(SELECT json_group_array(c) FROM ({arms}))")
+    } else {
+        // A compound SELECT holds at most 500 arms: a wide table's list is text.
+        let items = others
+            .iter()
+            .map(|c| {
+                let name = serde_json::to_string(&c.name).expect("a string serializes");
+                format!(
+                    "CASE WHEN {} THEN {} ELSE '' END",
+                    touched(c),
+                    quote_literal(&format!(",{name}"))
+                )
+            })
+            .collect();
+        format!("json('[' || substr({}, 2) || ']')", balanced(items, " || "))
     };
     let new_row = row_json(entity, "NEW");
 
@@ -253,31 +287,41 @@ const SAFE_INTEGER: &str = "9007199254740991";
 /// The JSON object of a row as clients see it (booleans as `true`/`false`, JSON columns
 /// inlined, blobs in their text form so a stray blob can never make the app's write
 /// fail, unsafe integers as strings).
+///
+/// Up to [`PAIRS_PER_CALL`] columns this is one `json_object` call. A wider table would
+/// pass more arguments than SQLite allows, so its object is spelled out as text: each
+/// key a JSON string literal made here, each value `json_quote`d (which renders a value
+/// exactly as `json_object` does and leaves a JSON value as it is), parsed once by
+/// `json`. No JSON path is involved, so a column name may hold any character; paths
+/// (`'$."name"'`) cannot name a key containing `"`, and misread `.`, `[` or `$`.
 fn row_json(entity: &Entity, row: &str) -> String {
-    let pairs: Vec<(String, String)> = entity
+    let pairs: Vec<(&str, String)> = entity
         .columns
         .iter()
-        .map(|c| (c.name.clone(), value_json(c, row)))
+        .map(|c| (c.name.as_str(), value_json(c, row)))
         .collect();
-    let mut chunks = pairs.chunks(PAIRS_PER_CALL);
-    let first = chunks.next().unwrap_or_default();
-    let mut expr = format!(
-        "json_object({})",
-        first
+    if pairs.len() <= PAIRS_PER_CALL {
+        let args = pairs
             .iter()
             .map(|(k, v)| format!("{}, {v}", quote_literal(k)))
             .collect::<Vec<_>>()
-            .join(", ")
-    );
-    for chunk in chunks {
-        let args = chunk
-            .iter()
-            .map(|(k, v)| format!("{}, {v}", quote_literal(&format!("$.\"{k}\""))))
-            .collect::<Vec<_>>()
             .join(", ");
-        expr = format!("json_insert({expr}, {args})");
+        return format!("json_object({args})");
     }
-    expr
+    let parts = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (k, v))| {
+            let comma = if i == 0 { "" } else { "," };
+            let key = serde_json::to_string(k).expect("a string serializes");
+            format!(
+                "{} || json_quote({v})",
+                quote_literal(&format!("{comma}{key}:"))
+            )
+        })
+        .collect();
+    let chunks = balanced(parts, " || ");
+    format!("json('{{' || {chunks} || '}}')")
 }
 
 fn value_json(c: &Column, row: &str) -> String {
@@ -294,39 +338,6 @@ fn value_json(c: &Column, row: &str) -> String {
             blob_text(&v)
         ),
     }
-}
-
-/// Creates or replaces the triggers of `entities` whose definition is missing or
-/// differs; idempotent, and a no-op (one read of `sqlite_master`) when all are current.
-/// Returns how many were (re)created.
-pub(crate) async fn ensure(
-    conn: &mut sqlx::SqliteConnection,
-    entities: &[Entity],
-) -> Result<usize> {
-    let existing: Vec<(String, String)> = sqlx::query_as(
-        "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE ?",
-    )
-    .bind(format!("{PREFIX}%"))
-    .fetch_all(&mut *conn)
-    .await?;
-    let stale: Vec<(String, String)> = entities
-        .iter()
-        .flat_map(triggers)
-        .filter(|(name, sql)| !existing.iter().any(|(n, s)| n == name && s == sql))
-        .collect();
-    if stale.is_empty() {
-        return Ok(0);
-    }
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-    for (name, sql) in &stale {
-        sqlx::query(&format!("DROP TRIGGER IF EXISTS {}", quote_ident(name)))
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(sql).execute(&mut *tx).await?;
-    }
-    tx.commit().await?;
-    tracing::debug!(count = stale.len(), "installed change-capture triggers");
-    Ok(stale.len())
 }
 
 #[cfg(test)]

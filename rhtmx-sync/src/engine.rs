@@ -1,6 +1,6 @@
 //! [`SyncEngine`]: registration, start-up, and the routes it hands out.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -42,17 +42,104 @@ pub struct SyncConfig {
     pub entities: Vec<&'static str>,
 }
 
-/// Registered entities, looked up by wire name.
+/// One snapshot of the registered entities, looked up by wire name.
 #[derive(Debug)]
-pub(crate) struct Entities(pub(crate) Vec<Entity>);
+pub(crate) struct Entities(Vec<Arc<Entity>>);
 
 impl Entities {
     pub(crate) fn get(&self, name: &str) -> Option<&Entity> {
+        self.shared(name).map(|e| &**e)
+    }
+
+    /// The entity as a handle that outlives this snapshot.
+    pub(crate) fn shared(&self, name: &str) -> Option<&Arc<Entity>> {
         self.0.iter().find(|e| &*e.name == name)
     }
 
-    pub(crate) fn list(&self) -> &[Entity] {
-        &self.0
+    pub(crate) fn list(&self) -> impl Iterator<Item = &Entity> {
+        self.0.iter().map(|e| &**e)
+    }
+}
+
+/// The registrations and what the schema makes of them now.
+///
+/// Read once at build, and again by the broadcaster whenever `PRAGMA schema_version`
+/// changes ([`Registry::refresh`]): an entity registered by name then gains the columns
+/// a migration added, and every entity's column types and UNIQUE constraints follow the
+/// table. Requests load the current snapshot; one that began before a refresh finishes
+/// with the snapshot it loaded.
+#[derive(Debug)]
+pub(crate) struct Registry {
+    /// As registered, with the builder's conflict settings applied.
+    specs: Vec<EntitySpec>,
+    current: RwLock<Arc<Entities>>,
+}
+
+impl Registry {
+    /// A registry of `entities`, resolved from `specs`.
+    pub(crate) fn new(specs: Vec<EntitySpec>, entities: Vec<Arc<Entity>>) -> Registry {
+        Registry {
+            specs,
+            current: RwLock::new(Arc::new(Entities(entities))),
+        }
+    }
+
+    /// The current snapshot.
+    pub(crate) fn load(&self) -> Arc<Entities> {
+        self.current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// Reads every registration against the schema again and makes the result current.
+    /// Returns the entities that match their table now. One that no longer does (its
+    /// table is gone, or lost a column its model names) keeps its previous definition for
+    /// requests, is logged, and is left out of the result, so that no trigger naming a
+    /// missing column is installed for it.
+    pub(crate) async fn refresh(&self, conn: &mut SqliteConnection) -> Result<Vec<Arc<Entity>>> {
+        let before = self.load();
+        let mut next = Vec::with_capacity(self.specs.len());
+        let mut matching = Vec::with_capacity(self.specs.len());
+        for spec in &self.specs {
+            let previous = before.shared(&spec.table);
+            match Entity::resolve(conn, spec.clone()).await {
+                Ok(entity) => {
+                    if let Some(previous) = previous {
+                        let names = |e: &Entity| {
+                            e.columns.iter().map(|c| c.name.clone()).collect::<Vec<_>>()
+                        };
+                        if names(previous) != names(&entity) {
+                            tracing::info!(
+                                entity = spec.table,
+                                columns = ?names(&entity),
+                                "the table's columns changed; syncing them"
+                            );
+                        }
+                    }
+                    let entity = Arc::new(entity);
+                    matching.push(entity.clone());
+                    next.push(entity);
+                }
+                Err(Error::Database(error)) => return Err(Error::Database(error)),
+                Err(error) => {
+                    tracing::error!(
+                        entity = spec.table,
+                        %error,
+                        "the entity no longer matches its table: its changes are not captured \
+                         until it does"
+                    );
+                    if let Some(previous) = previous {
+                        next.push(previous.clone());
+                    }
+                }
+            }
+        }
+        *self
+            .current
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(Entities(next));
+        Ok(matching)
     }
 }
 
@@ -101,7 +188,7 @@ pub struct SyncEngine {
 
 pub(crate) struct Inner {
     pub pool: SqlitePool,
-    pub entities: Arc<Entities>,
+    pub entities: Arc<Registry>,
     pub hub: Arc<Hub>,
     pub options: Options,
     pub clock: HlcClock,
@@ -124,9 +211,9 @@ impl std::fmt::Debug for SyncEngine {
                 &self
                     .inner
                     .entities
+                    .load()
                     .list()
-                    .iter()
-                    .map(|e| &*e.name)
+                    .map(|e| e.name.to_string())
                     .collect::<Vec<_>>(),
             )
             .field("prefix", &self.inner.options.prefix)
@@ -208,10 +295,13 @@ impl SyncEngine {
         log::head(&mut conn).await
     }
 
-    pub(crate) fn entity(&self, name: &str) -> Result<&Entity> {
+    /// The entity registered as `name`, as the schema defines it now.
+    pub(crate) fn entity(&self, name: &str) -> Result<Arc<Entity>> {
         self.inner
             .entities
-            .get(name)
+            .load()
+            .shared(name)
+            .cloned()
             .ok_or_else(|| Error::UnknownEntity(name.to_owned()))
     }
 }
@@ -399,8 +489,8 @@ impl SyncEngineBuilder {
                 Override::DeleteWins(wins) => spec.delete_wins = wins,
             }
         }
-        let mut entities: Vec<Entity> = Vec::with_capacity(specs.len());
-        for spec in specs {
+        let mut entities: Vec<Arc<Entity>> = Vec::with_capacity(specs.len());
+        for spec in &specs {
             if spec.strategy == SyncStrategy::Custom && spec.resolver.is_none() {
                 return Err(Error::Config(format!(
                     "`{}` uses SyncStrategy::Custom but has no resolver; register one with \
@@ -420,12 +510,12 @@ impl SyncEngineBuilder {
                     spec.table
                 )));
             }
-            entities.push(Entity::resolve(&mut conn, spec).await?);
+            entities.push(Arc::new(Entity::resolve(&mut conn, spec.clone()).await?));
         }
-        capture::ensure(&mut conn, &entities).await?;
+        let generation = capture::claim(&mut conn, &entities).await?;
         let head = log::head(&mut conn).await?;
         let log_id: Arc<str> = log::log_id(&mut conn).await?.into();
-        let entities = Arc::new(Entities(entities));
+        let entities = Arc::new(Registry::new(specs, entities));
         let hub = Arc::new(Hub::new(self.options.event_buffer));
         let tailer = tokio::spawn(
             broadcast::tail(
@@ -433,6 +523,7 @@ impl SyncEngineBuilder {
                 conn,
                 hub.clone(),
                 entities.clone(),
+                generation,
                 self.options.poll_interval,
                 head,
                 log_id.clone(),

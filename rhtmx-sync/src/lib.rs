@@ -20,6 +20,8 @@ mod wire;
 mod write;
 
 #[doc(inline)]
+pub use self::capture::drop_triggers;
+#[doc(inline)]
 pub use self::conflict::{Conflict, ConflictResolver};
 #[doc(inline)]
 pub use self::engine::{SyncConfig, SyncEngine, SyncEngineBuilder};

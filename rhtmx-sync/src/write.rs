@@ -245,7 +245,7 @@ impl Writer<'_> {
         data: Option<serde_json::Map<String, Value>>,
     ) -> Result<WriteOutcome> {
         let inner = &self.engine.inner;
-        let entity = self.engine.entity(self.entity)?;
+        let entity = &*self.engine.entity(self.entity)?;
         let id = serde_json::to_value(id).map_err(|e| Error::invalid(e.to_string()))?;
         let incoming = Incoming {
             id: &id,

@@ -150,7 +150,7 @@ pub(crate) async fn events(
                     };
                     for row in &rows {
                         cursor = row.version;
-                        if let Some(event) = encode(&inner.entities, &filter, row, &inner.log_id) {
+                        if let Some(event) = encode(&inner.entities.load(), &filter, row, &inner.log_id) {
                             yield Ok(event);
                         }
                     }

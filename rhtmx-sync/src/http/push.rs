@@ -29,7 +29,7 @@ pub(crate) async fn push(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<PushResponse>> {
-    let entity = engine.entity(&name)?;
+    let entity = &*engine.entity(&name)?;
     if !is_json(&headers) {
         return Err(Error::UnsupportedMediaType);
     }
