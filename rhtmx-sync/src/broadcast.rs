@@ -62,6 +62,20 @@ struct Position {
     token: String,
 }
 
+/// What the tailer follows: the entities (and the trigger generation it installed them
+/// with) and the log's identity its cursors are tagged with.
+pub(crate) struct Follow {
+    pub registry: Arc<Registry>,
+    pub generation: i64,
+    pub log_id: Arc<str>,
+}
+
+/// The last `PRAGMA data_version` and `schema_version` a tick saw (-1: none yet).
+struct Seen {
+    data_version: i64,
+    schema_version: i64,
+}
+
 /// Tails the log from `cursor` until the task is aborted.
 ///
 /// Each tick costs one `PRAGMA data_version` (answered from shared memory, no disk read);
@@ -70,14 +84,15 @@ pub(crate) async fn tail(
     options: SqliteConnectOptions,
     mut conn: SqliteConnection,
     hub: Arc<Hub>,
-    entities: Arc<Registry>,
-    generation: i64,
+    follow: Follow,
     poll: Duration,
     cursor: i64,
-    log_id: Arc<str>,
 ) {
-    let mut data_version = -1i64;
-    let mut schema_version = -1i64;
+    let log_id = follow.log_id.clone();
+    let mut seen = Seen {
+        data_version: -1,
+        schema_version: -1,
+    };
     let mut at = Position {
         version: cursor,
         token: String::new(),
@@ -89,22 +104,11 @@ pub(crate) async fn tail(
                 Err(error) => tracing::warn!(%error, "change-log tailer cannot read its cursor"),
             }
         }
-        match tick(
-            &mut conn,
-            &hub,
-            &entities,
-            generation,
-            &log_id,
-            &mut at,
-            &mut data_version,
-            &mut schema_version,
-        )
-        .await
-        {
+        match tick(&mut conn, &hub, &follow, &mut at, &mut seen).await {
             Ok(()) => {}
             Err(error) => {
                 tracing::warn!(%error, "change-log tailer failed; retrying");
-                data_version = -1;
+                seen.data_version = -1;
                 if conn.ping().await.is_err() {
                     // Keep the old connection until a new one can be had.
                     match SqliteConnection::connect_with(&options).await {
@@ -124,24 +128,22 @@ pub(crate) async fn tail(
 async fn tick(
     conn: &mut SqliteConnection,
     hub: &Hub,
-    registry: &Registry,
-    generation: i64,
-    log_id: &str,
+    follow: &Follow,
     at: &mut Position,
-    data_version: &mut i64,
-    schema_version: &mut i64,
+    seen: &mut Seen,
 ) -> crate::Result<()> {
+    let (registry, generation, log_id) = (&follow.registry, follow.generation, &*follow.log_id);
     let dv: i64 = sqlx::query_scalar("PRAGMA data_version")
         .fetch_one(&mut *conn)
         .await?;
-    if dv == *data_version {
+    if dv == seen.data_version {
         return Ok(());
     }
-    *data_version = dv;
+    seen.data_version = dv;
     let sv: i64 = sqlx::query_scalar("PRAGMA schema_version")
         .fetch_one(&mut *conn)
         .await?;
-    if sv != *schema_version {
+    if sv != seen.schema_version {
         // A migration may have added a column (an entity registered by name syncs it)
         // or recreated a table, and dropped its triggers with it.
         let matching = registry.refresh(conn).await?;
@@ -152,7 +154,7 @@ async fn tick(
                 "change-capture triggers rewritten after a schema change"
             );
         }
-        *schema_version = sqlx::query_scalar("PRAGMA schema_version")
+        seen.schema_version = sqlx::query_scalar("PRAGMA schema_version")
             .fetch_one(&mut *conn)
             .await?;
     }
@@ -222,7 +224,7 @@ mod tests {
     use crate::entity::{Entity, EntitySpec};
     use crate::SyncStrategy;
 
-    async fn setup() -> (SqliteConnection, Hub, Registry, i64, String) {
+    async fn setup() -> (SqliteConnection, Hub, Follow) {
         let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
         log::migrate(&mut conn).await.unwrap();
         sqlx::query("CREATE TABLE t (id TEXT PRIMARY KEY, v TEXT)")
@@ -243,32 +245,38 @@ mod tests {
             .await
             .unwrap();
         let log_id = log::log_id(&mut conn).await.unwrap();
-        let registry = Registry::new(vec![spec], vec![entity]);
-        (conn, Hub::new(16), registry, generation, log_id)
+        let follow = Follow {
+            registry: Arc::new(Registry::new(vec![spec], vec![entity])),
+            generation,
+            log_id: log_id.into(),
+        };
+        (conn, Hub::new(16), follow)
     }
 
     #[tokio::test]
     async fn a_tick_sends_each_committed_change_once_with_its_cursor() {
-        let (mut conn, hub, entities, generation, log_id) = setup().await;
+        let (mut conn, hub, follow) = setup().await;
+        let log_id = follow.log_id.clone();
+        let mut seen = Seen {
+            data_version: -1,
+            schema_version: -1,
+        };
         let mut rx = hub.tx.subscribe();
         let mut at = Position {
             version: 0,
             token: cursor::token(&mut conn, &log_id, 0).await.unwrap(),
         };
-        let (mut dv, mut sv) = (-1, -1);
         sqlx::query("INSERT INTO t VALUES ('a', '1'), ('b', '2')")
             .execute(&mut conn)
             .await
             .unwrap();
-        tick(
-            &mut conn, &hub, &entities, generation, &log_id, &mut at, &mut dv, &mut sv,
-        )
-        .await
-        .unwrap();
+        tick(&mut conn, &hub, &follow, &mut at, &mut seen)
+            .await
+            .unwrap();
         for expected in [1, 2] {
             match &*rx.try_recv().unwrap() {
                 LogEvent::Change { version, id, .. } => {
-                    assert_eq!(*version, expected as i64);
+                    assert_eq!(*version, expected);
                     assert_eq!(
                         *id,
                         cursor::token(&mut conn, &log_id, expected).await.unwrap()
@@ -283,7 +291,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_log_cut_back_and_reused_sends_one_reset() {
-        let (mut conn, hub, entities, generation, log_id) = setup().await;
+        let (mut conn, hub, follow) = setup().await;
+        let log_id = follow.log_id.clone();
+        let mut seen = Seen {
+            data_version: -1,
+            schema_version: -1,
+        };
         sqlx::query("INSERT INTO t VALUES ('a', '1'), ('b', '2'), ('c', '3')")
             .execute(&mut conn)
             .await
@@ -304,12 +317,9 @@ mod tests {
         .execute(&mut conn)
         .await
         .unwrap();
-        let (mut dv, mut sv) = (-1, -1);
-        tick(
-            &mut conn, &hub, &entities, generation, &log_id, &mut at, &mut dv, &mut sv,
-        )
-        .await
-        .unwrap();
+        tick(&mut conn, &hub, &follow, &mut at, &mut seen)
+            .await
+            .unwrap();
         match &*rx.try_recv().unwrap() {
             LogEvent::Reset { head, .. } => assert_eq!(*head, 5),
             other => panic!("{other:?}"),
@@ -320,12 +330,10 @@ mod tests {
             .execute(&mut conn)
             .await
             .unwrap();
-        dv = -1;
-        tick(
-            &mut conn, &hub, &entities, generation, &log_id, &mut at, &mut dv, &mut sv,
-        )
-        .await
-        .unwrap();
+        seen.data_version = -1;
+        tick(&mut conn, &hub, &follow, &mut at, &mut seen)
+            .await
+            .unwrap();
         assert!(matches!(
             &*rx.try_recv().unwrap(),
             LogEvent::Change { version: 6, .. }

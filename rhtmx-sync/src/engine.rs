@@ -522,11 +522,13 @@ impl SyncEngineBuilder {
                 (*options).clone(),
                 conn,
                 hub.clone(),
-                entities.clone(),
-                generation,
+                broadcast::Follow {
+                    registry: entities.clone(),
+                    generation,
+                    log_id: log_id.clone(),
+                },
                 self.options.poll_interval,
                 head,
-                log_id.clone(),
             )
             .instrument(tracing::info_span!("rhtmx_sync_broadcaster")),
         );
