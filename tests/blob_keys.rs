@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use rhtmx_sync::SyncContext;
-use serde_json::json;
+use serde_json::{json, Value};
 
 /// `things` keyed by a BLOB, `bins` by a BLOB that is not a UUID, and todos.
 async fn start_with_blobs(db: &std::path::Path) -> Server {
@@ -175,11 +175,13 @@ async fn integer_keys_beyond_2_pow_53_travel_as_strings() {
     let (_dir, db) = temp_db();
     let (server, pool) = start_with_notes(&db).await;
     let big: i64 = (1 << 53) + 1;
+    let mut events = Sse::connect(&server.base, "?entities=notes", None).await;
     sqlx::query("INSERT INTO notes (id, body) VALUES (?, 'big'), (7, 'small')")
         .bind(big)
         .execute(&pool)
         .await
         .unwrap();
+    assert_eq!(events.next().await.data["id"], big.to_string());
     let (_, page) = pull(&server.base, "notes", "").await;
     assert_eq!(page["changes"][0]["id"], big.to_string());
     assert_eq!(page["changes"][0]["data"]["id"], big.to_string());
@@ -202,4 +204,55 @@ async fn integer_keys_beyond_2_pow_53_travel_as_strings() {
         .await
         .unwrap();
     assert_eq!(body, "B");
+}
+
+/// The extremes of i64 (where `abs` overflows) travel as strings, through the app's SQL,
+/// the event stream, pulls and pushes; nothing panics or stalls.
+#[tokio::test]
+async fn the_smallest_and_largest_integers_are_keys_like_any_other() {
+    let (_dir, db) = temp_db();
+    let (server, pool) = start_with_notes(&db).await;
+    let mut events = Sse::connect(&server.base, "?entities=notes", None).await;
+    sqlx::query("INSERT INTO notes (id, body) VALUES (?, 'min')")
+        .bind(i64::MIN)
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(events.next().await.data["id"], i64::MIN.to_string());
+    for id in [json!(i64::MAX), json!(i64::MIN.to_string())] {
+        let (status, res) = push_raw(
+            &server.base,
+            "notes",
+            json!({"changes": [{"id": id, "action": "create", "data": {"body": "pushed"}}]})
+                .to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{id}: {res}");
+    }
+    let (status, page) = pull(&server.base, "notes", "").await;
+    assert_eq!(status, 200);
+    let ids: Vec<&Value> = page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| &c["id"])
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            &json!(i64::MIN.to_string()),
+            &json!(i64::MAX.to_string()),
+            &json!(i64::MIN.to_string())
+        ]
+    );
+    // Live updates go on.
+    sqlx::query("INSERT INTO notes (id, body) VALUES (8, 'after')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(events.next().await.data["id"].clone());
+    }
+    assert_eq!(seen.last(), Some(&json!(8)));
 }

@@ -319,7 +319,7 @@ impl Entity {
     pub(crate) fn wire_id(&self, entity_id: &str) -> serde_json::Value {
         if self.key == KeyKind::Integer {
             if let Ok(n) = entity_id.parse::<i64>() {
-                if n.abs() <= MAX_SAFE_INTEGER {
+                if n.unsigned_abs() <= MAX_SAFE_INTEGER.unsigned_abs() {
                     return n.into();
                 }
             }
@@ -470,7 +470,9 @@ pub(crate) fn normalize(column: &Column, value: &SqlValue) -> serde_json::Value 
         (ColumnKind::Json, SqlValue::Text(s)) => {
             serde_json::from_str(s).unwrap_or_else(|_| J::String(s.clone()))
         }
-        (_, SqlValue::Int(i)) if i.abs() > MAX_SAFE_INTEGER => J::String(i.to_string()),
+        (_, SqlValue::Int(i)) if i.unsigned_abs() > MAX_SAFE_INTEGER.unsigned_abs() => {
+            J::String(i.to_string())
+        }
         (_, SqlValue::Int(i)) => (*i).into(),
         (_, SqlValue::Real(f)) => serde_json::Number::from_f64(*f).map_or(J::Null, J::Number),
         (_, SqlValue::Text(s)) => J::String(s.clone()),
