@@ -179,6 +179,33 @@ test("403 pauses the queue until the token is refreshed, then replays with the n
   assert.ok(replays().slice(1).every((r) => r.headers["x-csrf-token"] === "fresh"));
 });
 
+test("a replay answered with HX-Location to a login page waits for the login and is not lost", async () => {
+  let loggedIn = false;
+  for (const location of ['{"path": "/login?next=/todos", "target": "body"}', "/sign-in"]) {
+    w.proxy.rule({
+      match: (r) => r.headers["x-rhtmx-replay"] === "1" && !loggedIn && r.url.includes("/todos"),
+      once: true,
+      respond: answer(200, "", { "HX-Location": location }),
+    });
+  }
+  const page = await openApp(w.context, w.proxy.base);
+  await w.context.setOffline(true);
+  await addTodo(page, "kept through a login");
+  await waitPending(page, 1);
+  await w.context.setOffline(false);
+  await page.waitForFunction(() => window.__events.some((e) => e.name === "auth-required"));
+  assert.equal(await page.evaluate(() => RhtmxSync.pendingCount), 1, "still queued");
+  assert.deepEqual(rows(), []);
+  // Once more with the plain-path form, then the user logs in.
+  await page.evaluate(() => RhtmxSync.replay());
+  await page.waitForFunction(() => window.__events.filter((e) => e.name === "auth-required").length >= 2);
+  assert.equal(await page.evaluate(() => RhtmxSync.pendingCount), 1, "still queued");
+  loggedIn = true;
+  await page.evaluate(() => RhtmxSync.replay());
+  await waitPending(page, 0);
+  assert.deepEqual(rows().map((r) => r.title), ["kept through a login"]);
+});
+
 test("page closed mid-replay and reopened: one row", async () => {
   const page = await openApp(w.context, w.proxy.base);
   await inject(page, plainForm("f", "survives a closed tab"));

@@ -454,8 +454,14 @@
           return retryLater(null);
         }
         const status = res.status;
+        // A login page, however it is named: a followed redirect, HX-Redirect, or
+        // HX-Location (a path, or JSON with `path`) — the same rule as the server's.
+        let location = res.headers.get("HX-Location") || "";
+        try {
+          if (location.startsWith("{")) location = JSON.parse(location).path || "";
+        } catch {}
         const login = (res.redirected && loginPattern.test(new URL(res.url).pathname)) ||
-          loginPattern.test(res.headers.get("HX-Redirect") || "\u0000");
+          [res.headers.get("HX-Redirect"), location].some((to) => to && loginPattern.test(to));
         if (login || status === 401 || status === 403 || status === 419) {
           paused = csrfToken() || "";
           emit("auth-required", { entry, status });
