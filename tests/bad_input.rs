@@ -277,14 +277,23 @@ async fn a_constraint_violation_mid_push_rolls_everything_back() {
 async fn misconfiguration_is_refused_when_the_engine_is_built() {
     let (_dir, db) = temp_db();
     let pool = app::open_db(&url(&db)).await.unwrap();
-    sqlx::query("CREATE TABLE events (id INTEGER PRIMARY KEY); CREATE TABLE pairs (a INT, b INT, PRIMARY KEY (a, b))")
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "CREATE TABLE events (id INTEGER PRIMARY KEY); \
+         CREATE TABLE pairs (a INT, b INT, PRIMARY KEY (a, b)); \
+         CREATE TABLE nocase (id TEXT PRIMARY KEY COLLATE NOCASE, v TEXT); \
+         CREATE TABLE rtrim (id TEXT COLLATE RTRIM, v TEXT, PRIMARY KEY (id)) WITHOUT ROWID; \
+         CREATE TABLE binary_key (id TEXT PRIMARY KEY COLLATE BINARY, v TEXT)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
     let cases = [
         ("missing_table", "does not exist"),
         ("events", "route is taken"),
         ("pairs", "single-column PRIMARY KEY"),
+        // Keys that compare equal but differ in text would be logged as different rows.
+        ("nocase", "COLLATE NOCASE"),
+        ("rtrim", "COLLATE RTRIM"),
     ];
     for (table, message) in cases {
         let err = rhtmx_sync::SyncEngine::builder(pool.clone())
@@ -301,4 +310,9 @@ async fn misconfiguration_is_refused_when_the_engine_is_built() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("registered twice"), "{err}");
+    rhtmx_sync::SyncEngine::builder(pool.clone())
+        .entity_named("binary_key")
+        .build()
+        .await
+        .expect("an explicit BINARY key is fine");
 }

@@ -241,6 +241,22 @@ impl Entity {
                 )))
             }
         };
+        // The log names a row by its key's text, and clients compare keys byte for byte:
+        // under another collation `abc` and `ABC` are one row in the table but two in
+        // every mirror (a REPLACE or a push by the other spelling leaves a phantom).
+        let collation: Option<String> = sqlx::query_scalar(
+            "SELECT x.coll FROM pragma_index_list(?1) AS l, pragma_index_xinfo(l.name) AS x \
+             WHERE l.origin = 'pk' AND x.key = 1 AND upper(x.coll) != 'BINARY' LIMIT 1",
+        )
+        .bind(table)
+        .fetch_optional(&mut *conn)
+        .await?;
+        if let Some(collation) = collation {
+            return Err(Error::Config(format!(
+                "the primary key of `{table}` uses COLLATE {collation}: keys it treats as equal \
+                 would be synced as different rows; use the default BINARY collation for the key"
+            )));
+        }
         let id = spec.id.unwrap_or_else(|| pk.clone());
         if id != pk {
             return Err(Error::Config(format!(
