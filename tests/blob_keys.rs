@@ -256,3 +256,30 @@ async fn the_smallest_and_largest_integers_are_keys_like_any_other() {
     }
     assert_eq!(seen.last(), Some(&json!(8)));
 }
+
+/// A blob in a JSON column (not JSON text) must never make the app's own write fail.
+#[tokio::test]
+async fn a_blob_in_a_json_column_does_not_fail_the_apps_write() {
+    let (_dir, db) = temp_db();
+    let pool = app::open_db(&url(&db)).await.unwrap();
+    sqlx::query("CREATE TABLE docs (id TEXT PRIMARY KEY NOT NULL, doc JSON)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let server = start_with(&db, |b| b.entity_named("docs")).await;
+    sqlx::raw_sql(
+        "INSERT INTO docs VALUES ('bad', x'0badc0de'), ('random', randomblob(8)), \
+         ('text', '{\"a\": 1}'), ('zero', x'00');
+         UPDATE docs SET doc = x'ff' WHERE id = 'text';",
+    )
+    .execute(&server.pool)
+    .await
+    .expect("the app's writes succeed");
+    let (status, page) = pull(&server.base, "docs", "").await;
+    assert_eq!(status, 200);
+    let changes = page["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 5);
+    assert_eq!(changes[0]["data"]["doc"], "0badc0de");
+    assert_eq!(changes[2]["data"]["doc"], json!({"a": 1}));
+    assert_eq!(changes[4]["data"]["doc"], "ff");
+}

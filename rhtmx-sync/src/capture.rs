@@ -330,7 +330,13 @@ fn value_json(c: &Column, row: &str) -> String {
         ColumnKind::Bool => format!(
             "CASE WHEN {v} IS NULL THEN NULL WHEN {v} THEN json('true') ELSE json('false') END"
         ),
-        ColumnKind::Json => format!("CASE WHEN json_valid({v}) THEN json({v}) ELSE {v} END"),
+        // A blob is not JSON text (and json() raises on one that is not JSONB, which
+        // would fail the app's write): it travels in the blob text form.
+        ColumnKind::Json => format!(
+            "CASE WHEN typeof({v}) = 'blob' THEN {} WHEN json_valid({v}) THEN json({v}) \
+             ELSE {v} END",
+            blob_text(&v)
+        ),
         _ => format!(
             "CASE typeof({v}) WHEN 'blob' THEN {} WHEN 'integer' THEN \
              CASE WHEN {v} > {SAFE_INTEGER} OR {v} < -{SAFE_INTEGER} THEN CAST({v} AS TEXT) \
