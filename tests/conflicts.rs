@@ -481,8 +481,37 @@ async fn writes_sharing_an_hlc_are_all_applied_and_only_true_replays_are_duplica
     let second = writer.update("r1", [("title", "two")]).await.unwrap();
     assert!(first.applied() && second.applied(), "{second:?}");
     assert_eq!(todos(&server.pool).await[0].1, "two");
-    let again = writer.update("r1", [("title", "two")]).await.unwrap();
-    assert!(again.duplicate() && !again.applied(), "{again:?}");
+    let back = writer.update("r1", [("title", "one")]).await.unwrap();
+    assert!(
+        back.applied(),
+        "the same write again later in a request is a write: {back:?}"
+    );
+    assert_eq!(todos(&server.pool).await[0].1, "one");
+    // The request replayed: a new context from the same headers, the same writes.
+    let replayed = SyncContext::new()
+        .with_hlc(hlc(6, A).parse().unwrap())
+        .with_client_id("tab")
+        .with_base_version(ctx.base_version.unwrap());
+    let writer = server.engine.write::<app::Todo>(&replayed);
+    for title in ["one", "two", "one"] {
+        let again = writer.update("r1", [("title", title)]).await.unwrap();
+        assert!(again.duplicate() && !again.applied(), "{again:?}");
+    }
+    assert_eq!(todos(&server.pool).await[0].1, "one");
+
+    // In one push: [a, b, a] with one HLC ends at a; the same push again changes nothing.
+    let at = hlc(7, A);
+    let batch = json!([
+        {"id": "r1", "action": "update", "data": {"title": "a"}, "hlc": at},
+        {"id": "r1", "action": "update", "data": {"title": "b"}, "hlc": at},
+        {"id": "r1", "action": "update", "data": {"title": "a"}, "hlc": at},
+    ]);
+    let res = push(&server.base, "todos", "a", batch.clone()).await;
+    assert_eq!(res["applied"], json!(["r1", "r1", "r1"]), "{res}");
+    assert_eq!(todos(&server.pool).await[0].1, "a");
+    let res = push(&server.base, "todos", "a", batch).await;
+    assert_eq!(res["duplicates"], json!(["r1", "r1", "r1"]), "{res}");
+    assert_eq!(todos(&server.pool).await[0].1, "a");
 }
 
 #[tokio::test]

@@ -49,7 +49,29 @@ pub struct SyncContext {
     pub hlc: Option<Hlc>,
     /// The client; its own earlier writes never conflict with its later ones.
     pub client_id: Option<String>,
+    /// How many writes were made with this context (and its clones): the n-th write of
+    /// a request is told apart from an identical earlier one (same HLC and fields), and
+    /// a replayed request, whose new context counts again from 0, is recognised.
+    writes: Sequence,
 }
+
+/// A counter shared by a context's clones; it takes no part in comparisons.
+#[derive(Debug, Clone, Default)]
+struct Sequence(std::sync::Arc<std::sync::atomic::AtomicU32>);
+
+impl Sequence {
+    fn next(&self) -> u32 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl PartialEq for Sequence {
+    fn eq(&self, _: &Sequence) -> bool {
+        true
+    }
+}
+
+impl Eq for Sequence {}
 
 impl SyncContext {
     /// An empty context: a plain last-arrival write stamped by the server's clock.
@@ -91,6 +113,7 @@ impl SyncContext {
             base_version,
             hlc,
             client_id,
+            writes: Sequence::default(),
         })
     }
 
@@ -254,7 +277,8 @@ impl Writer<'_> {
             hlc: self.context.hlc,
             base: self.context.base_version,
         };
-        let change = apply::validate(entity, incoming)?;
+        let mut change = apply::validate(entity, incoming)?;
+        change.occurrence = self.context.writes.next();
         let client = self.context.client_id.as_deref();
         let (mut done, version) =
             apply::transaction(inner, entity, std::slice::from_ref(&change), client)

@@ -37,6 +37,10 @@ pub(crate) struct Validated {
     fields: Row,
     hlc: Option<Hlc>,
     base: Option<i64>,
+    /// Which of several identical changes (same row, HLC, action and fields) this is, in
+    /// the order they were sent: the third of `[a, b, a]` in one push, or of three
+    /// writes in one handler, is not a replay of the first.
+    pub occurrence: u32,
 }
 
 /// A change as a client sends it.
@@ -114,7 +118,16 @@ pub(crate) fn validate(entity: &Entity, c: Incoming<'_>) -> Result<Validated> {
         fields,
         hlc: c.hlc,
         base: c.base,
+        occurrence: 0,
     })
+}
+
+impl Validated {
+    /// What makes two changes identical, the occurrence aside.
+    pub(crate) fn identity(&self) -> String {
+        serde_json::json!([self.key.text, self.action, self.fields, self.base, self.hlc])
+            .to_string()
+    }
 }
 
 /// What became of one change.
@@ -264,6 +277,7 @@ fn digest(entity: &Entity, v: &Validated, hlc: Hlc) -> String {
         v.fields,
         v.base,
         hlc.to_string(),
+        v.occurrence,
     ]);
     let hash = Sha256::digest(what.to_string().as_bytes());
     hash[..16].iter().map(|b| format!("{b:02x}")).collect()

@@ -51,7 +51,7 @@ pub(crate) async fn push(
         });
     }
     let client_id = client_id(&headers, request.client_id)?;
-    let validated = request
+    let mut validated = request
         .changes
         .iter()
         .enumerate()
@@ -70,6 +70,13 @@ pub(crate) async fn push(
             .map_err(|e| Error::invalid(format!("changes[{i}]: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
+    // Number identical changes in the order sent (see `Validated::occurrence`).
+    let mut seen = std::collections::HashMap::new();
+    for change in &mut validated {
+        let count = seen.entry(change.identity()).or_insert(0u32);
+        change.occurrence = *count;
+        *count += 1;
+    }
 
     let (outcomes, version) =
         apply::transaction(&engine.inner, entity, &validated, client_id.as_deref())
