@@ -21,7 +21,7 @@ const DEFAULT_CLOCK_TOLERANCE: Duration = Duration::from_secs(5);
 use crate::log;
 use crate::syncable::{SyncStrategy, Syncable};
 
-/// The seed's one-liner configuration: a pool and the tables to sync.
+/// The one-line configuration: a pool and the tables to sync.
 ///
 /// ```no_run
 /// # async fn run(db_pool: sqlx::SqlitePool) -> rhtmx_sync::Result<()> {
