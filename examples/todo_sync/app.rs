@@ -273,7 +273,7 @@ pub async fn open_db(url: &str) -> Result<SqlitePool, Box<dyn std::error::Error>
 }
 
 /// The engine for this app: one typed entity.
-pub async fn engine(pool: &SqlitePool) -> rhtmx_sync::Result<rhtmx_sync::SyncEngine> {
+pub async fn engine(pool: &SqlitePool) -> Result<rhtmx_sync::SyncEngine, rhtmx_sync::BuildError> {
     rhtmx_sync::SyncEngine::builder(pool.clone())
         .entity::<Todo>()
         .build()

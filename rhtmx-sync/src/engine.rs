@@ -12,7 +12,7 @@ use crate::broadcast::{self, Hub};
 use crate::capture;
 use crate::conflict::{ConflictResolver, SharedResolver};
 use crate::entity::{Entity, EntitySpec};
-use crate::error::{Error, Result};
+use crate::error::{BuildError, Error, Result};
 use crate::hlc::HlcClock;
 
 /// How far ahead of the server a client's HLC may be before the server's clock stamps
@@ -24,7 +24,7 @@ use crate::syncable::{SyncStrategy, Syncable};
 /// The one-line configuration: a pool and the tables to sync.
 ///
 /// ```no_run
-/// # async fn run(db_pool: sqlx::SqlitePool) -> rhtmx_sync::Result<()> {
+/// # async fn run(db_pool: sqlx::SqlitePool) -> Result<(), rhtmx_sync::BuildError> {
 /// use rhtmx_sync::{SyncConfig, SyncEngine};
 ///
 /// let engine = SyncEngine::new(SyncConfig { db_pool, entities: vec!["todos"] }).await?;
@@ -121,7 +121,7 @@ impl Registry {
                     matching.push(entity.clone());
                     next.push(entity);
                 }
-                Err(Error::Database(error)) => return Err(Error::Database(error)),
+                Err(BuildError::Database(error)) => return Err(Error::Database(error)),
                 Err(error) => {
                     tracing::error!(
                         entity = spec.table,
@@ -223,7 +223,7 @@ impl std::fmt::Debug for SyncEngine {
 
 impl SyncEngine {
     /// Builds an engine for the tables named in `config`.
-    pub async fn new(config: SyncConfig) -> Result<SyncEngine> {
+    pub async fn new(config: SyncConfig) -> Result<SyncEngine, BuildError> {
         config
             .entities
             .into_iter()
@@ -369,7 +369,7 @@ impl SyncEngineBuilder {
     /// Resolves `entity`'s conflicts with `resolver` ([`SyncStrategy::Custom`]).
     ///
     /// ```no_run
-    /// # async fn run(pool: sqlx::SqlitePool) -> rhtmx_sync::Result<()> {
+    /// # async fn run(pool: sqlx::SqlitePool) -> Result<(), rhtmx_sync::BuildError> {
     /// use rhtmx_sync::conflict::FieldConflict;
     /// use serde_json::{json, Value};
     ///
@@ -467,7 +467,7 @@ impl SyncEngineBuilder {
     }
 
     /// Creates the engine's tables, installs the triggers, and starts broadcasting.
-    pub async fn build(self) -> Result<SyncEngine> {
+    pub async fn build(self) -> Result<SyncEngine, BuildError> {
         let options = self.pool.connect_options();
         // A connection of its own: the broadcaster must not hold one of the app's.
         let mut conn = SqliteConnection::connect_with(&options).await?;
@@ -476,9 +476,7 @@ impl SyncEngineBuilder {
         let mut specs = self.specs;
         for (name, setting) in self.overrides {
             let Some(spec) = specs.iter_mut().find(|s| s.table == name) else {
-                return Err(Error::Config(format!(
-                    "conflict settings were given for `{name}`, which is not registered"
-                )));
+                return Err(BuildError::NotRegistered { table: name });
             };
             match setting {
                 Override::Strategy(strategy) => spec.strategy = strategy,
@@ -492,23 +490,19 @@ impl SyncEngineBuilder {
         let mut entities: Vec<Arc<Entity>> = Vec::with_capacity(specs.len());
         for spec in &specs {
             if spec.strategy == SyncStrategy::Custom && spec.resolver.is_none() {
-                return Err(Error::Config(format!(
-                    "`{}` uses SyncStrategy::Custom but has no resolver; register one with \
-                     SyncEngineBuilder::resolver",
-                    spec.table
-                )));
+                return Err(BuildError::NoResolver {
+                    table: spec.table.clone(),
+                });
             }
             if RESERVED.contains(&spec.table.as_str()) {
-                return Err(Error::Config(format!(
-                    "an entity cannot be named `{}`: the route is taken by the engine",
-                    spec.table
-                )));
+                return Err(BuildError::ReservedName {
+                    table: spec.table.clone(),
+                });
             }
             if entities.iter().any(|e| e.table == spec.table) {
-                return Err(Error::Config(format!(
-                    "entity `{}` is registered twice",
-                    spec.table
-                )));
+                return Err(BuildError::Duplicate {
+                    table: spec.table.clone(),
+                });
             }
             entities.push(Arc::new(Entity::resolve(&mut conn, spec.clone()).await?));
         }

@@ -4,7 +4,7 @@
 //! Table and column names reach SQL only from here (the registered whitelist), quoted.
 
 use crate::conflict::{Policy, SharedResolver};
-use crate::error::{Error, Result};
+use crate::error::{BuildError, Error, Result};
 use crate::syncable::SyncStrategy;
 
 /// How a column's values travel as JSON, derived from its declared SQL type.
@@ -217,7 +217,7 @@ impl Entity {
     pub(crate) async fn resolve(
         conn: &mut sqlx::SqliteConnection,
         spec: EntitySpec,
-    ) -> Result<Entity> {
+    ) -> Result<Entity, BuildError> {
         let info: Vec<TableInfo> = sqlx::query_as(
             // `_xinfo`: `pragma_table_info` leaves generated columns out.
             r#"SELECT name, type, "notnull", dflt_value, pk, hidden FROM pragma_table_xinfo(?)
@@ -228,17 +228,17 @@ impl Entity {
         .await?;
         let table = &spec.table;
         if info.is_empty() {
-            return Err(Error::Config(format!(
-                "table `{table}` does not exist; create it before building the SyncEngine"
-            )));
+            return Err(BuildError::NoSuchTable {
+                table: table.clone(),
+            });
         }
         let pks: Vec<&TableInfo> = info.iter().filter(|c| c.pk > 0).collect();
         let pk = match pks.as_slice() {
             [one] => one.name.clone(),
             _ => {
-                return Err(Error::Config(format!(
-                    "table `{table}` needs a single-column PRIMARY KEY to be synced"
-                )))
+                return Err(BuildError::NoSingleColumnKey {
+                    table: table.clone(),
+                })
             }
         };
         // The log names a row by its key's text, and clients compare keys byte for byte:
@@ -252,32 +252,36 @@ impl Entity {
         .fetch_optional(&mut *conn)
         .await?;
         if let Some(collation) = collation {
-            return Err(Error::Config(format!(
-                "the primary key of `{table}` uses COLLATE {collation}: keys it treats as equal \
-                 would be synced as different rows; use the default BINARY collation for the key"
-            )));
+            return Err(BuildError::KeyCollation {
+                table: table.clone(),
+                collation,
+            });
         }
         let id = spec.id.unwrap_or_else(|| pk.clone());
         if id != pk {
-            return Err(Error::Config(format!(
-                "the id of `{table}` is `{id}` but its primary key is `{pk}`"
-            )));
+            return Err(BuildError::WrongKey {
+                table: table.clone(),
+                id,
+                key: pk,
+            });
         }
         let wanted: Vec<String> = match spec.columns {
             Some(cols) => cols,
             None => info.iter().map(|c| c.name.clone()).collect(),
         };
         if !wanted.contains(&id) {
-            return Err(Error::Config(format!(
-                "the id column `{id}` of `{table}` must be synced"
-            )));
+            return Err(BuildError::KeyNotSynced {
+                table: table.clone(),
+                id,
+            });
         }
         let mut columns = Vec::with_capacity(wanted.len());
         for name in wanted {
             let Some(c) = info.iter().find(|c| c.name == name) else {
-                return Err(Error::Config(format!(
-                    "column `{name}` is not in table `{table}`"
-                )));
+                return Err(BuildError::NoSuchColumn {
+                    table: table.clone(),
+                    column: name,
+                });
             };
             columns.push(Column {
                 name,

@@ -1,4 +1,6 @@
-//! The one error type of the crate and how it answers over HTTP.
+//! The crate's errors: [`Error`], what a request (or a write) can meet and how it
+//! answers over HTTP, and [`BuildError`], why an engine could not be built — a
+//! configuration or schema mistake, never an HTTP answer.
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -52,10 +54,6 @@ pub enum Error {
     /// or after the restart.
     #[error("the server is shutting down")]
     ShuttingDown,
-    /// The engine was configured in a way the database cannot honour (raised when the
-    /// engine is built, never from a request).
-    #[error("sync configuration error: {0}")]
-    Config(String),
     /// A [`ConflictResolver`](crate::ConflictResolver) returned a value its column
     /// cannot hold (500; the write is rolled back).
     #[error("conflict resolver: {0}")]
@@ -84,15 +82,113 @@ impl Error {
             }
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Config(_) | Error::Resolver(_) | Error::Database(_) => {
-                StatusCode::INTERNAL_SERVER_ERROR
-            }
+            Error::Resolver(_) | Error::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::UnreadableRow(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
 
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
+    }
+}
+
+/// Why [`SyncEngineBuilder::build`](crate::SyncEngineBuilder::build) (or
+/// [`SyncEngine::new`](crate::SyncEngine::new)) failed: the registration does not fit
+/// the schema, or the database failed. Each names the table (and column) at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BuildError {
+    /// A registered table does not exist.
+    #[error("table `{table}` does not exist; create it before building the SyncEngine")]
+    NoSuchTable {
+        /// The table.
+        table: String,
+    },
+    /// A registered table has no primary key, or one of several columns.
+    #[error("table `{table}` needs a single-column PRIMARY KEY to be synced")]
+    NoSingleColumnKey {
+        /// The table.
+        table: String,
+    },
+    /// The key uses a collation other than `BINARY`: keys it treats as equal would be
+    /// synced as different rows.
+    #[error(
+        "the primary key of `{table}` uses COLLATE {collation}: keys it treats as equal would \
+         be synced as different rows; use the default BINARY collation for the key"
+    )]
+    KeyCollation {
+        /// The table.
+        table: String,
+        /// The key's collation, as declared.
+        collation: String,
+    },
+    /// The model's `id` is not the table's primary key.
+    #[error("the id of `{table}` is `{id}` but its primary key is `{key}`")]
+    WrongKey {
+        /// The table.
+        table: String,
+        /// The id the model names.
+        id: String,
+        /// The table's primary key.
+        key: String,
+    },
+    /// The key column is not among the synced columns.
+    #[error("the id column `{id}` of `{table}` must be synced")]
+    KeyNotSynced {
+        /// The table.
+        table: String,
+        /// The key column.
+        id: String,
+    },
+    /// A synced column is not in the table.
+    #[error("column `{column}` is not in table `{table}`")]
+    NoSuchColumn {
+        /// The table.
+        table: String,
+        /// The column the model names.
+        column: String,
+    },
+    /// An entity is named like a route of the engine (`events`, `client.js`, `sw.js`).
+    #[error("an entity cannot be named `{table}`: the route is taken by the engine")]
+    ReservedName {
+        /// The table.
+        table: String,
+    },
+    /// The same table is registered twice.
+    #[error("entity `{table}` is registered twice")]
+    Duplicate {
+        /// The table.
+        table: String,
+    },
+    /// Conflict settings name an entity that is not registered.
+    #[error("conflict settings were given for `{table}`, which is not registered")]
+    NotRegistered {
+        /// The name given.
+        table: String,
+    },
+    /// [`SyncStrategy::Custom`](crate::SyncStrategy::Custom) without a resolver.
+    #[error(
+        "`{table}` uses SyncStrategy::Custom but has no resolver; register one with \
+         SyncEngineBuilder::resolver"
+    )]
+    NoResolver {
+        /// The table.
+        table: String,
+    },
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Another step of the engine failed while it was being built.
+    #[error("{0}")]
+    Engine(Box<Error>),
+}
+
+impl From<Error> for BuildError {
+    fn from(error: Error) -> BuildError {
+        match error {
+            Error::Database(e) => BuildError::Database(e),
+            other => BuildError::Engine(Box::new(other)),
+        }
     }
 }
 

@@ -26,7 +26,7 @@ pub use self::conflict::{Conflict, ConflictResolver};
 #[doc(inline)]
 pub use self::engine::{SyncConfig, SyncEngine, SyncEngineBuilder};
 #[doc(inline)]
-pub use self::error::{Error, Result};
+pub use self::error::{BuildError, Error, Result};
 #[doc(inline)]
 pub use self::hlc::{Hlc, HlcClock};
 #[doc(inline)]

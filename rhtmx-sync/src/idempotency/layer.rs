@@ -59,7 +59,7 @@ impl SyncEngine {
     /// Apply it to the whole router, after the routes, so it sees the original path:
     ///
     /// ```no_run
-    /// # async fn run(pool: sqlx::SqlitePool, app: axum::Router) -> rhtmx_sync::Result<()> {
+    /// # async fn run(pool: sqlx::SqlitePool, app: axum::Router) -> Result<(), rhtmx_sync::BuildError> {
     /// let engine = rhtmx_sync::SyncEngine::builder(pool)
     ///     .entity_named("todos")
     ///     .build()
