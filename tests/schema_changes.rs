@@ -71,7 +71,7 @@ async fn a_column_added_while_running_is_synced_for_an_entity_registered_by_name
         triggers(&pool, "notes")
             .await
             .iter()
-            .any(|(n, sql)| n == "_rhtmx_sync_notes_update" && sql.contains("\"color\""))
+            .any(|(n, sql)| n == "_rhtmx_sync_update_notes" && sql.contains("\"color\""))
     })
     .await;
 
@@ -195,7 +195,7 @@ async fn running_engines_leave_dropped_triggers_dropped_until_the_next_build() {
     assert_eq!(notes.len(), 3);
     assert!(notes
         .iter()
-        .any(|(n, sql)| n == "_rhtmx_sync_notes_update" && sql.contains("\"color\"")));
+        .any(|(n, sql)| n == "_rhtmx_sync_update_notes" && sql.contains("\"color\"")));
     drop((server, next));
 }
 
@@ -259,9 +259,9 @@ async fn the_replace_triggers_follow_the_unique_constraints() {
     assert_eq!(
         names,
         [
-            "_rhtmx_sync_tags_delete",
-            "_rhtmx_sync_tags_insert",
-            "_rhtmx_sync_tags_update"
+            "_rhtmx_sync_delete_tags",
+            "_rhtmx_sync_insert_tags",
+            "_rhtmx_sync_update_tags"
         ]
     );
     // While running, a constraint that comes brings them, one that goes takes them.
@@ -320,7 +320,7 @@ async fn round_trip(pool: &SqlitePool, a: &mut Sse, b: &mut Sse) -> i64 {
 }
 
 async fn update_trigger(pool: &SqlitePool) -> String {
-    sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = '_rhtmx_sync_todos_update'")
+    sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE name = '_rhtmx_sync_update_todos'")
         .fetch_one(pool)
         .await
         .unwrap()

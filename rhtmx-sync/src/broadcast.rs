@@ -74,7 +74,13 @@ pub(crate) struct Follow {
 struct Seen {
     data_version: i64,
     schema_version: i64,
+    /// When the triggers were last checked against the claims.
+    checked: std::time::Instant,
 }
+
+/// How often the triggers are checked even without a schema change: a pause left by
+/// `drop_triggers` ends without one (the migration that should follow it failed).
+const RECHECK: Duration = Duration::from_secs(30);
 
 /// Tails the log from `cursor` until the task is aborted.
 ///
@@ -92,6 +98,7 @@ pub(crate) async fn tail(
     let mut seen = Seen {
         data_version: -1,
         schema_version: -1,
+        checked: std::time::Instant::now(),
     };
     let mut at = Position {
         version: cursor,
@@ -136,14 +143,16 @@ async fn tick(
     let dv: i64 = sqlx::query_scalar("PRAGMA data_version")
         .fetch_one(&mut *conn)
         .await?;
-    if dv == seen.data_version {
+    let due = seen.checked.elapsed() >= RECHECK;
+    if dv == seen.data_version && !due {
         return Ok(());
     }
     seen.data_version = dv;
     let sv: i64 = sqlx::query_scalar("PRAGMA schema_version")
         .fetch_one(&mut *conn)
         .await?;
-    if sv != seen.schema_version {
+    if sv != seen.schema_version || due {
+        seen.checked = std::time::Instant::now();
         // A migration may have added a column (an entity registered by name syncs it)
         // or recreated a table, and dropped its triggers with it.
         let matching = registry.refresh(conn).await?;
@@ -260,6 +269,7 @@ mod tests {
         let mut seen = Seen {
             data_version: -1,
             schema_version: -1,
+            checked: std::time::Instant::now(),
         };
         let mut rx = hub.tx.subscribe();
         let mut at = Position {
@@ -296,6 +306,7 @@ mod tests {
         let mut seen = Seen {
             data_version: -1,
             schema_version: -1,
+            checked: std::time::Instant::now(),
         };
         sqlx::query("INSERT INTO t VALUES ('a', '1'), ('b', '2'), ('c', '3')")
             .execute(&mut conn)

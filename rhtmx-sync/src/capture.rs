@@ -4,15 +4,44 @@
 //! no entry. A derive cannot wrap arbitrary handler code; a trigger can.
 
 mod install;
+mod reconcile;
 
-pub use self::install::drop_triggers;
 pub(crate) use self::install::{claim, refresh};
+pub use self::install::{drop_triggers, drop_triggers_for, DROP_TRIGGERS_PAUSE};
 
 use crate::entity::{quote_ident, quote_literal, Column, ColumnKind, Entity};
 use crate::log::{CONTEXT_TABLE, LOG_TABLE};
 
 /// Prefix of every trigger the engine owns.
 const PREFIX: &str = "_rhtmx_sync_";
+
+/// The kinds of trigger the engine installs on a table.
+const KINDS: [&str; 6] = [
+    "insert",
+    "update",
+    "delete",
+    "before_insert",
+    "before_update",
+    "replaced",
+];
+
+/// `_rhtmx_sync_<kind>_<table>`: the kind first, so that no table name can make two
+/// tables' trigger names meet (`x` + `before_insert` once met `x_before` + `insert`).
+fn trigger_name(kind: &str, table: &str) -> String {
+    format!("{PREFIX}{kind}_{table}")
+}
+
+/// The table a trigger of the engine was made for, from its name (`None`: not one of
+/// the engine's current names, e.g. from an older version).
+pub(crate) fn table_of(name: &str) -> Option<&str> {
+    let rest = name.strip_prefix(PREFIX)?;
+    // Longest kinds first: `before_insert_x` is not `insert` of `before_...`.
+    let mut kinds = KINDS;
+    kinds.sort_by_key(|k| std::cmp::Reverse(k.len()));
+    kinds
+        .iter()
+        .find_map(|k| rest.strip_prefix(k)?.strip_prefix('_'))
+}
 
 /// SQLite's default `SQLITE_MAX_FUNCTION_ARG` is 127: at most 63 pairs per call.
 const PAIRS_PER_CALL: usize = 60;
@@ -39,7 +68,7 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
     let id = quote_ident(&entity.id);
     let old_key = key_text("OLD", &entity.id);
     let new_key = key_text("NEW", &entity.id);
-    let name = |suffix: &str| format!("{PREFIX}{}_{suffix}", entity.table);
+    let name = |kind: &str| trigger_name(kind, &entity.table);
     let others: Vec<&Column> = entity
         .columns
         .iter()
@@ -157,7 +186,7 @@ const REPLACED: &str = "_rhtmx_sync_replaced";
 /// `OR IGNORE` leaves its candidates in place, so nothing is logged for them.
 fn replace_triggers(entity: &Entity) -> Vec<(String, String)> {
     let table = quote_ident(&entity.table);
-    let name = |suffix: &str| format!("{PREFIX}{}_{suffix}", entity.table);
+    let name = |kind: &str| trigger_name(kind, &entity.table);
     let mut columns: Vec<String> = entity.unique.iter().flatten().cloned().collect();
     columns.push(entity.id.clone());
     columns.sort();
@@ -263,7 +292,7 @@ pub(crate) fn row_select(entity: &Entity) -> String {
 /// A key as the log stores it and the wire carries it: its text, except a blob (sqlx
 /// stores `uuid::Uuid` as 16 bytes) as [`blob_text`]. `CAST(blob AS TEXT)` would be
 /// arbitrary bytes, not UTF-8.
-fn key_text(row: &str, id: &str) -> String {
+pub(super) fn key_text(row: &str, id: &str) -> String {
     let v = format!("{row}.{}", quote_ident(id));
     format!(
         "CASE WHEN typeof({v}) = 'blob' THEN {} ELSE CAST({v} AS TEXT) END",
@@ -294,7 +323,7 @@ const SAFE_INTEGER: &str = "9007199254740991";
 /// exactly as `json_object` does and leaves a JSON value as it is), parsed once by
 /// `json`. No JSON path is involved, so a column name may hold any character; paths
 /// (`'$."name"'`) cannot name a key containing `"`, and misread `.`, `[` or `$`.
-fn row_json(entity: &Entity, row: &str) -> String {
+pub(super) fn row_json(entity: &Entity, row: &str) -> String {
     let pairs: Vec<(&str, String)> = entity
         .columns
         .iter()

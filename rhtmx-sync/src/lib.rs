@@ -20,7 +20,7 @@ mod wire;
 mod write;
 
 #[doc(inline)]
-pub use self::capture::drop_triggers;
+pub use self::capture::{drop_triggers, drop_triggers_for, DROP_TRIGGERS_PAUSE};
 #[doc(inline)]
 pub use self::conflict::{Conflict, ConflictResolver};
 #[doc(inline)]

@@ -1,34 +1,46 @@
 //! Installing, handing over and removing the capture triggers.
 //!
-//! Several engines may capture one database: processes of one deploy, and during a
-//! rolling deploy processes of two versions that register a table with different
-//! columns. Each build takes the next **generation** (a counter in `_rhtmx_sync_meta`)
-//! and records, per table, a **claim**: the generation that last decided the table's
-//! triggers and whether it installed or removed them (`triggers:<table>` →
-//! `"<generation> installed"` or `"<generation> removed"`). The rule:
+//! Several engines may capture one database: processes of one deploy, a worker that
+//! registers fewer tables, and during a rolling deploy processes of two versions that
+//! register a table with different columns. Each build takes the next **generation** (a
+//! counter in `_rhtmx_sync_meta`) and records, per table, a **claim**: the generation
+//! that last decided the table's triggers, and what it decided (`triggers:<table>` →
+//! `"<generation> installed <registration>"`, `"<generation> removed"` or
+//! `"<generation> paused <until, Unix ms>"`). The rules:
 //!
 //! - A build installs its definitions for every table it registers, removes every
-//!   engine trigger it does not want (tables no longer registered, the REPLACE triggers
-//!   of a table that lost its UNIQUE constraints), and claims all those tables. The
-//!   newest build therefore wins, deterministically.
-//! - When the schema changes, an engine rewrites the triggers of a table only while its
-//!   own generation holds the claim. An older engine leaves a newer one's triggers
-//!   alone, so two versions never rewrite each other's on every poll. It installs its own
-//!   only when the table has none at all and the claim says "installed" (a migration
-//!   recreated the table and the newest engine may be gone); a newer engine still
-//!   running puts its own back at its next poll.
-//! - [`drop_triggers`] removes every engine trigger and claims every table as removed
-//!   with a generation newer than every running engine: none of them reinstalls
-//!   anything, so a migration can run. The next build installs again.
+//!   engine trigger it does not want (tables it does not register, the REPLACE triggers
+//!   of a table that lost its UNIQUE constraints), claims all those tables, and
+//!   reconciles the log with each of its tables (`reconcile`). The newest build wins.
+//! - When the schema changes, an engine rewrites the triggers of each table it
+//!   registers unless a newer generation claimed it with another registration and the
+//!   table still has triggers: two versions never rewrite each other's on every poll,
+//!   and an engine that registers a table exactly as the claim's does acts for it even
+//!   when that build has exited (a column added at runtime is then still picked up).
+//!   A table left with no triggers is always given its own back — a build that did not
+//!   register it (a worker, an admin tool) must not switch capture off for a process
+//!   that does — except while a pause holds.
+//! - [`drop_triggers`] removes every engine trigger and pauses every table for
+//!   [`DROP_TRIGGERS_PAUSE`] with a generation newer than every running engine: none of them
+//!   reinstalls anything meanwhile, so a migration can run. The next build installs
+//!   again; if none comes (the migration failed), running engines put their triggers
+//!   back when the pause ends, and reconcile what was written meanwhile.
+//! - Whenever triggers are put back, the table is reconciled with the log in the same
+//!   transaction.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use sqlx::{Acquire, Connection, Sqlite, SqliteConnection};
 
-use super::triggers;
+use super::reconcile::reconcile;
+use super::{table_of, triggers};
 use crate::entity::{quote_ident, Entity};
 use crate::error::Result;
+
+/// How long [`drop_triggers`] keeps running engines from putting triggers back: time
+/// for the migration that follows it (10 minutes).
+pub const DROP_TRIGGERS_PAUSE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The engine's key-value table (created by `log::migrate`).
 const META: &str = "_rhtmx_sync_meta";
@@ -42,11 +54,21 @@ const GENERATION: &str = "trigger_generation";
 const EXISTING: &str = "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' \
      AND name GLOB '_rhtmx_sync_*' AND tbl_name NOT GLOB '_rhtmx_sync_*' ORDER BY name";
 
-/// Who last decided a table's triggers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Who last decided a table's triggers, and what.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct Claim {
     generation: i64,
-    installed: bool,
+    state: State,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum State {
+    /// Installed for this registration (`None`: recorded before registrations were).
+    Installed(Option<String>),
+    /// Removed by a build that does not register the table.
+    Removed,
+    /// Removed by `drop_triggers`; nobody reinstalls before this Unix time in ms.
+    Paused(i64),
 }
 
 impl Claim {
@@ -55,24 +77,28 @@ impl Claim {
     }
 
     fn parse(value: &str) -> Option<Claim> {
-        let (generation, state) = value.split_once(' ')?;
-        Some(Claim {
-            generation: generation.parse().ok()?,
-            installed: match state {
-                "installed" => true,
-                "removed" => false,
-                _ => return None,
-            },
-        })
+        let mut parts = value.split(' ');
+        let generation = parts.next()?.parse().ok()?;
+        let state = match (parts.next()?, parts.next()) {
+            ("installed", registration) => State::Installed(registration.map(str::to_owned)),
+            ("removed", None) => State::Removed,
+            ("paused", Some(until)) => State::Paused(until.parse().ok()?),
+            _ => return None,
+        };
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Claim { generation, state })
     }
 
-    fn text(self) -> String {
-        let state = if self.installed {
-            "installed"
-        } else {
-            "removed"
-        };
-        format!("{} {state}", self.generation)
+    fn text(&self) -> String {
+        let g = self.generation;
+        match &self.state {
+            State::Installed(Some(registration)) => format!("{g} installed {registration}"),
+            State::Installed(None) => format!("{g} installed"),
+            State::Removed => format!("{g} removed"),
+            State::Paused(until) => format!("{g} paused {until}"),
+        }
     }
 }
 
@@ -91,13 +117,21 @@ enum Step {
     Create { name: String, sql: String },
 }
 
-/// The triggers one entity wants, by table.
-type Wanted = Vec<(String, Vec<(String, String)>)>;
+/// What one entity wants: its table, its registration, its triggers.
+struct Want {
+    table: String,
+    registration: String,
+    triggers: Vec<(String, String)>,
+}
 
-fn wanted<'a>(entities: impl IntoIterator<Item = &'a Entity>) -> Wanted {
+fn wanted<'a>(entities: impl IntoIterator<Item = &'a Entity>) -> Vec<Want> {
     entities
         .into_iter()
-        .map(|e| (e.table.clone(), triggers(e)))
+        .map(|e| Want {
+            table: e.table.clone(),
+            registration: e.registration.clone(),
+            triggers: triggers(e),
+        })
         .collect()
 }
 
@@ -121,38 +155,69 @@ fn converge(existing: &[Existing], table: &str, want: &[(String, String)]) -> Ve
 }
 
 /// A build: its tables get exactly its triggers; every other table loses the engine's.
-fn plan_build(existing: &[Existing], wanted: &Wanted) -> Vec<Step> {
+fn plan_build(existing: &[Existing], wanted: &[Want]) -> Vec<Step> {
     let mut steps: Vec<Step> = existing
         .iter()
-        .filter(|e| !wanted.iter().any(|(t, _)| *t == e.tbl_name))
+        .filter(|e| !wanted.iter().any(|w| w.table == e.tbl_name))
         .map(|e| Step::Drop(e.name.clone()))
         .collect();
-    for (table, want) in wanted {
-        steps.extend(converge(existing, table, want));
+    for want in wanted {
+        steps.extend(converge(existing, &want.table, &want.triggers));
     }
     steps
 }
 
-/// A schema change seen by the engine of `generation` (see the module docs).
+/// A schema change seen by the engine of `generation` at `now` (Unix ms; see the
+/// module docs).
 fn plan_refresh(
     existing: &[Existing],
     claims: &HashMap<String, Claim>,
-    wanted: &Wanted,
+    wanted: &[Want],
     generation: i64,
+    now: i64,
 ) -> Vec<Step> {
-    let mut steps = Vec::new();
-    for (table, want) in wanted {
-        match claims.get(table) {
-            Some(claim) if claim.generation > generation => {
-                let none = !existing.iter().any(|e| e.tbl_name == *table);
-                if claim.installed && none {
-                    steps.extend(converge(existing, table, want));
-                }
+    // A trigger that moved with a renamed table logs under the old name: drop it.
+    let mut steps: Vec<Step> = existing
+        .iter()
+        .filter(|e| table_of(&e.name).is_some_and(|t| t != e.tbl_name))
+        .map(|e| Step::Drop(e.name.clone()))
+        .collect();
+    for want in wanted {
+        let none = !existing.iter().any(|e| e.tbl_name == want.table);
+        let act = match claims.get(&want.table) {
+            Some(Claim {
+                state: State::Paused(until),
+                ..
+            }) => now >= *until,
+            Some(Claim {
+                generation: newer,
+                state: State::Installed(registration),
+            }) if *newer > generation => {
+                none || registration.as_deref() == Some(want.registration.as_str())
             }
-            _ => steps.extend(converge(existing, table, want)),
+            Some(Claim {
+                generation: newer,
+                state: State::Removed,
+            }) if *newer > generation => none,
+            _ => true,
+        };
+        if act {
+            steps.extend(converge(existing, &want.table, &want.triggers));
         }
     }
     steps
+}
+
+/// The tables a plan creates triggers on: the ones to reconcile.
+fn created_on<'a>(steps: &'a [Step], wanted: &'a [Want]) -> Vec<&'a Want> {
+    wanted
+        .iter()
+        .filter(|w| {
+            steps.iter().any(|s| {
+                matches!(s, Step::Create { name, .. } if table_of(name) == Some(w.table.as_str()))
+            })
+        })
+        .collect()
 }
 
 async fn read_existing(conn: &mut SqliteConnection) -> Result<Vec<Existing>> {
@@ -182,7 +247,7 @@ async fn next_generation(conn: &mut SqliteConnection) -> Result<i64> {
     .await?)
 }
 
-async fn set_claim(conn: &mut SqliteConnection, table: &str, claim: Claim) -> Result<()> {
+async fn set_claim(conn: &mut SqliteConnection, table: &str, claim: &Claim) -> Result<()> {
     sqlx::query(&format!(
         "INSERT INTO {META} (key, value) VALUES (?1, ?2) \
          ON CONFLICT (key) DO UPDATE SET value = ?2"
@@ -222,24 +287,29 @@ pub(crate) async fn claim(conn: &mut SqliteConnection, entities: &[Arc<Entity>])
     let existing = read_existing(&mut tx).await?;
     let steps = plan_build(&existing, &wanted);
     apply(&mut tx, &steps).await?;
-    let installed = Claim {
-        generation,
-        installed: true,
-    };
-    for (table, _) in &wanted {
-        set_claim(&mut tx, table, installed).await?;
+    for want in &wanted {
+        let installed = Claim {
+            generation,
+            state: State::Installed(Some(want.registration.clone())),
+        };
+        set_claim(&mut tx, &want.table, &installed).await?;
     }
     let orphans: BTreeSet<&str> = existing
         .iter()
         .map(|e| e.tbl_name.as_str())
-        .filter(|t| !wanted.iter().any(|(w, _)| w == t))
+        .filter(|t| !wanted.iter().any(|w| w.table == *t))
         .collect();
     for table in &orphans {
         let removed = Claim {
             generation,
-            installed: false,
+            state: State::Removed,
         };
-        set_claim(&mut tx, table, removed).await?;
+        set_claim(&mut tx, table, &removed).await?;
+    }
+    // What the triggers never saw (rows from before adoption, writes made while they
+    // were removed) is logged now, before any write can come between.
+    for entity in entities {
+        reconcile(&mut tx, entity).await?;
     }
     tx.commit().await?;
     if !orphans.is_empty() {
@@ -267,8 +337,9 @@ pub(crate) async fn refresh(
     generation: i64,
 ) -> Result<usize> {
     let wanted = wanted(entities.iter().map(|e| &**e));
+    let now = crate::hlc::system_ms() as i64;
     let plan = |existing: &[Existing], claims: &HashMap<String, Claim>| {
-        plan_refresh(existing, claims, &wanted, generation)
+        plan_refresh(existing, claims, &wanted, generation, now)
     };
     let (existing, claims) = (read_existing(conn).await?, read_claims(conn).await?);
     if plan(&existing, &claims).is_empty() {
@@ -279,6 +350,11 @@ pub(crate) async fn refresh(
     let (existing, claims) = (read_existing(&mut tx).await?, read_claims(&mut tx).await?);
     let steps = plan(&existing, &claims);
     apply(&mut tx, &steps).await?;
+    for want in created_on(&steps, &wanted) {
+        if let Some(entity) = entities.iter().find(|e| e.table == want.table) {
+            reconcile(&mut tx, entity).await?;
+        }
+    }
     tx.commit().await?;
     Ok(steps.len())
 }
@@ -312,9 +388,11 @@ pub(crate) async fn refresh(
 /// built (it then removes nothing and returns 0).
 ///
 /// Until an engine is built again, writes are **not captured**: engines still running
-/// (another process, an older deploy) see that a newer generation removed the
-/// triggers and leave them removed, so they cannot put them back between this call and
-/// the migration. Only the engine's own triggers are touched: those named
+/// (another process, an older deploy) leave the triggers removed for [`DROP_TRIGGERS_PAUSE`]
+/// (10 minutes), so they cannot put them back between this call and the migration.
+/// Nothing is lost for good: the next engine built — or, if none is built within the
+/// pause (the migration failed), each running engine when it puts its triggers back —
+/// logs every row the triggers did not see. Only the engine's own triggers are touched: those named
 /// `_rhtmx_sync_<table>_*` on the app's tables; the app's triggers and the engine's
 /// tables are left alone.
 ///
@@ -324,6 +402,20 @@ pub(crate) async fn refresh(
 /// `SQLITE_BUSY` when the write lock cannot be had within the connection's busy
 /// timeout.
 pub async fn drop_triggers<'c, A>(conn: A) -> Result<usize>
+where
+    A: Acquire<'c, Database = Sqlite>,
+{
+    drop_triggers_for(conn, DROP_TRIGGERS_PAUSE).await
+}
+
+/// [`drop_triggers`] with another pause than [`DROP_TRIGGERS_PAUSE`]: how long engines still running
+/// leave the triggers removed when no engine is built meanwhile (a migration longer
+/// than 10 minutes needs a longer one).
+///
+/// # Errors
+///
+/// As [`drop_triggers`].
+pub async fn drop_triggers_for<'c, A>(conn: A, pause: std::time::Duration) -> Result<usize>
 where
     A: Acquire<'c, Database = Sqlite>,
 {
@@ -352,12 +444,14 @@ where
         let generation = next_generation(&mut tx).await?;
         let mut tables: BTreeSet<String> = read_claims(&mut tx).await?.into_keys().collect();
         tables.extend(existing.iter().map(|e| e.tbl_name.clone()));
-        let removed = Claim {
+        let pause = i64::try_from(pause.as_millis()).unwrap_or(i64::MAX);
+        let until = (crate::hlc::system_ms() as i64).saturating_add(pause);
+        let paused = Claim {
             generation,
-            installed: false,
+            state: State::Paused(until),
         };
         for table in &tables {
-            set_claim(&mut tx, table, removed).await?;
+            set_claim(&mut tx, table, &paused).await?;
         }
     }
     tx.commit().await?;
@@ -380,105 +474,118 @@ mod tests {
         }
     }
 
-    fn want(table: &str, triggers: &[(&str, &str)]) -> (String, Vec<(String, String)>) {
-        (
-            table.into(),
-            triggers
+    fn want(table: &str, registration: &str, triggers: &[(&str, &str)]) -> Want {
+        Want {
+            table: table.into(),
+            registration: registration.into(),
+            triggers: triggers
                 .iter()
                 .map(|(n, s)| (n.to_string(), s.to_string()))
                 .collect(),
-        )
+        }
     }
 
-    fn claims(list: &[(&str, i64, bool)]) -> HashMap<String, Claim> {
+    fn claims(list: &[(&str, &str)]) -> HashMap<String, Claim> {
         list.iter()
-            .map(|(t, generation, installed)| {
-                (
-                    t.to_string(),
-                    Claim {
-                        generation: *generation,
-                        installed: *installed,
-                    },
-                )
-            })
+            .map(|(t, text)| (t.to_string(), Claim::parse(text).unwrap()))
             .collect()
     }
 
     #[test]
     fn claims_round_trip_and_refuse_anything_else() {
-        for installed in [true, false] {
-            let c = Claim {
-                generation: 42,
-                installed,
-            };
-            assert_eq!(Claim::parse(&c.text()), Some(c));
+        for text in [
+            "42 installed ab12",
+            "42 installed",
+            "42 removed",
+            "42 paused 1700000000000",
+        ] {
+            assert_eq!(Claim::parse(text).unwrap().text(), text);
         }
-        assert_eq!(Claim::parse("42"), None);
-        assert_eq!(Claim::parse("x installed"), None);
-        assert_eq!(Claim::parse("4 maybe"), None);
+        for bad in [
+            "42",
+            "x installed",
+            "4 maybe",
+            "4 removed x",
+            "4 paused",
+            "4 paused soon",
+        ] {
+            assert_eq!(Claim::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn trigger_names_name_their_table_unambiguously() {
+        assert_eq!(table_of("_rhtmx_sync_insert_x_before"), Some("x_before"));
+        assert_eq!(table_of("_rhtmx_sync_before_insert_x"), Some("x"));
+        assert_eq!(table_of("_rhtmx_sync_replaced_a b"), Some("a b"));
+        assert_eq!(table_of("_rhtmx_sync_todos_insert"), None, "the old naming");
     }
 
     #[test]
     fn a_build_keeps_what_matches_and_removes_what_it_does_not_register() {
         let existing = [
-            ex("_rhtmx_sync_a_insert", "a", "same"),
-            ex("_rhtmx_sync_a_update", "a", "old"),
-            ex("_rhtmx_sync_a_replaced", "a", "unique is gone"),
-            ex("_rhtmx_sync_gone_insert", "gone", "x"),
+            ex("_rhtmx_sync_insert_a", "a", "same"),
+            ex("_rhtmx_sync_update_a", "a", "old"),
+            ex("_rhtmx_sync_replaced_a", "a", "unique is gone"),
+            ex("_rhtmx_sync_insert_gone", "gone", "x"),
         ];
-        let wanted = vec![want(
+        let wanted = [want(
             "a",
+            "r",
             &[
-                ("_rhtmx_sync_a_insert", "same"),
-                ("_rhtmx_sync_a_update", "new"),
+                ("_rhtmx_sync_insert_a", "same"),
+                ("_rhtmx_sync_update_a", "new"),
             ],
         )];
         let steps = plan_build(&existing, &wanted);
         assert_eq!(
             steps,
             [
-                Step::Drop("_rhtmx_sync_gone_insert".into()),
-                Step::Drop("_rhtmx_sync_a_update".into()),
-                Step::Drop("_rhtmx_sync_a_replaced".into()),
+                Step::Drop("_rhtmx_sync_insert_gone".into()),
+                Step::Drop("_rhtmx_sync_update_a".into()),
+                Step::Drop("_rhtmx_sync_replaced_a".into()),
                 Step::Create {
-                    name: "_rhtmx_sync_a_update".into(),
+                    name: "_rhtmx_sync_update_a".into(),
                     sql: "new".into()
                 },
             ]
         );
+        assert_eq!(created_on(&steps, &wanted).len(), 1);
     }
 
     #[test]
-    fn an_older_engine_leaves_a_newer_ones_triggers_alone() {
-        let existing = [ex("_rhtmx_sync_a_insert", "a", "newer")];
-        let wanted = vec![want("a", &[("_rhtmx_sync_a_insert", "older")])];
-        // Claimed by generation 5; this engine is 4.
-        assert!(plan_refresh(&existing, &claims(&[("a", 5, true)]), &wanted, 4).is_empty());
-        // Its own claim: it converges.
-        assert_eq!(
-            plan_refresh(&existing, &claims(&[("a", 4, true)]), &wanted, 4).len(),
-            2
-        );
-        // No claim yet (a database from before claims): it converges too.
-        assert_eq!(
-            plan_refresh(&existing, &HashMap::new(), &wanted, 4).len(),
-            2
-        );
+    fn an_older_engine_leaves_a_newer_ones_other_triggers_alone() {
+        let existing = [ex("_rhtmx_sync_insert_a", "a", "newer")];
+        let mine = [want("a", "mine", &[("_rhtmx_sync_insert_a", "older")])];
+        let plan = |c: &[(&str, &str)]| plan_refresh(&existing, &claims(c), &mine, 4, 0).len();
+        // Claimed by generation 5 with another registration: left alone.
+        assert_eq!(plan(&[("a", "5 installed theirs")]), 0);
+        // With the same registration it installs what the newer build would: it acts.
+        assert_eq!(plan(&[("a", "5 installed mine")]), 2);
+        // Its own claim, or none (a database from before claims): it converges.
+        assert_eq!(plan(&[("a", "4 installed mine")]), 2);
+        assert_eq!(plan(&[]), 2);
     }
 
     #[test]
-    fn an_older_engine_restores_a_table_left_with_no_triggers_unless_they_were_removed() {
-        let wanted = vec![want("a", &[("_rhtmx_sync_a_insert", "older")])];
-        let restored = plan_refresh(&[], &claims(&[("a", 5, true)]), &wanted, 4);
+    fn a_table_left_without_triggers_gets_them_back_unless_paused() {
+        let mine = [want("a", "mine", &[("_rhtmx_sync_insert_a", "sql")])];
+        let plan = |c: &[(&str, &str)], now| plan_refresh(&[], &claims(c), &mine, 4, now).len();
+        // A newer build with another registration, one that did not register the table
+        // at all (a worker): a running engine that registers it must not lose capture.
+        assert_eq!(plan(&[("a", "5 installed theirs")], 0), 1);
+        assert_eq!(plan(&[("a", "5 removed")], 0), 1);
+        // `drop_triggers`: not before the pause ends, then yes.
+        assert_eq!(plan(&[("a", "5 paused 1000")], 999), 0);
+        assert_eq!(plan(&[("a", "5 paused 1000")], 1000), 1);
+    }
+
+    #[test]
+    fn a_trigger_moved_by_a_table_rename_is_dropped() {
+        let existing = [ex("_rhtmx_sync_insert_todos", "tasks", "old")];
         assert_eq!(
-            restored,
-            [Step::Create {
-                name: "_rhtmx_sync_a_insert".into(),
-                sql: "older".into()
-            }]
+            plan_refresh(&existing, &HashMap::new(), &[], 1, 0),
+            [Step::Drop("_rhtmx_sync_insert_todos".into())]
         );
-        assert!(plan_refresh(&[], &claims(&[("a", 5, false)]), &wanted, 4).is_empty());
-        // Nor does an engine restore what a later `drop_triggers` removed from its own.
-        assert!(plan_refresh(&[], &claims(&[("a", 5, false)]), &wanted, 3).is_empty());
     }
 }

@@ -35,6 +35,9 @@ pub(crate) struct Entity {
     pub resolver: Option<SharedResolver>,
     #[allow(dead_code)] // carried for the client's configuration; not enforced yet
     pub offline_writes: bool,
+    /// What was registered (key and column list, or "every column"), as a short hash:
+    /// two engines with the same registration install the same triggers.
+    pub registration: String,
 }
 
 /// What a registration asks for before the schema is read.
@@ -89,6 +92,14 @@ impl Entity {
         .fetch_all(&mut *conn)
         .await?;
         let table = &spec.table;
+        let registration = {
+            use sha2::{Digest, Sha256};
+            let what = format!("{:?}|{:?}|{:?}", spec.table, spec.id, spec.columns);
+            Sha256::digest(what.as_bytes())[..6]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
         if info.is_empty() {
             return Err(BuildError::NoSuchTable {
                 table: table.clone(),
@@ -176,6 +187,7 @@ impl Entity {
             delete_wins: spec.delete_wins,
             resolver: spec.resolver,
             offline_writes: spec.offline_writes,
+            registration,
         })
     }
 

@@ -1,0 +1,238 @@
+//! Several engines on one database file must never switch each other's capture off, and
+//! whatever the triggers did not see (rows from before adoption, writes made while they
+//! were removed for a migration, renamed or dropped columns) is logged when they are
+//! back: replaying the log from version 0 gives the table.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
+
+use rhtmx_sync::SyncEngine;
+use serde_json::Value;
+use sqlx::SqlitePool;
+
+use common::*;
+
+/// Waits until `check` holds (the broadcaster acts within a poll interval of a commit);
+/// fails the test after 10 s.
+async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn exec(pool: &SqlitePool, sql: &str) {
+    if let Err(e) = sqlx::raw_sql(sql).execute(pool).await {
+        panic!("{sql}: {e}");
+    }
+}
+
+async fn pool_on(db: &std::path::Path) -> SqlitePool {
+    app::open_db(&url(db)).await.unwrap()
+}
+
+async fn engine(pool: &SqlitePool, tables: &[&str]) -> SyncEngine {
+    tables
+        .iter()
+        .fold(SyncEngine::builder(pool.clone()), |b, t| b.entity_named(*t))
+        .build()
+        .await
+        .unwrap()
+}
+
+/// `table` replayed from its log, as `id -> row`.
+async fn replayed(pool: &SqlitePool, table: &str) -> BTreeMap<String, Value> {
+    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT entity_id, action, data FROM _rhtmx_sync_log WHERE entity = ? ORDER BY version",
+    )
+    .bind(table)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut state = BTreeMap::new();
+    for (id, action, data) in rows {
+        match data {
+            Some(d) if action != "delete" => {
+                state.insert(id, serde_json::from_str(&d).unwrap());
+            }
+            _ => {
+                state.remove(&id);
+            }
+        }
+    }
+    state
+}
+
+/// The table as rows of JSON (text columns only in these tests), `id -> row`.
+async fn table(pool: &SqlitePool, table: &str) -> BTreeMap<String, Value> {
+    let columns: Vec<String> =
+        sqlx::query_scalar("SELECT name FROM pragma_table_info(?) ORDER BY cid")
+            .bind(table)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    let pairs = columns
+        .iter()
+        .map(|c| format!("'{c}', \"{c}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows: Vec<(String, String)> = sqlx::query_as(&format!(
+        "SELECT CAST(id AS TEXT), json_object({pairs}) FROM \"{table}\""
+    ))
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    rows.into_iter()
+        .map(|(id, j)| (id, serde_json::from_str(&j).unwrap()))
+        .collect()
+}
+
+async fn assert_replay_is_table(pool: &SqlitePool, name: &str, after: &str) {
+    assert_eq!(
+        replayed(pool, name).await,
+        table(pool, name).await,
+        "{name} after {after}"
+    );
+}
+
+async fn trigger_count(pool: &SqlitePool, table: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ? \
+         AND name GLOB '_rhtmx_sync_*'",
+    )
+    .bind(table)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+const TABLES: &str = "CREATE TABLE lists (id TEXT PRIMARY KEY, name TEXT);
+                      CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT);";
+
+#[tokio::test]
+async fn an_engine_that_registers_fewer_tables_does_not_switch_capture_off_for_another() {
+    let (_dir, db) = temp_db();
+    let pool = pool_on(&db).await;
+    exec(&pool, TABLES).await;
+    let app = engine(&pool, &["lists", "notes"]).await;
+    // A worker or an admin tool builds an engine for `notes` only, and exits.
+    let worker_pool = pool_on(&db).await;
+    drop(engine(&worker_pool, &["notes"]).await);
+    worker_pool.close().await;
+    // The running app puts its `lists` triggers back and nothing it writes is lost.
+    wait_until("the app's triggers are back", || async {
+        trigger_count(&pool, "lists").await == 3
+    })
+    .await;
+    exec(&pool, "INSERT INTO lists VALUES ('l1', 'kept')").await;
+    assert_replay_is_table(&pool, "lists", "the worker's build").await;
+    drop(app);
+}
+
+#[tokio::test]
+async fn rows_the_triggers_never_saw_are_logged_when_an_engine_is_built() {
+    let (_dir, db) = temp_db();
+    let pool = pool_on(&db).await;
+    exec(&pool, TABLES).await;
+    // Rows from before the app adopted sync.
+    exec(
+        &pool,
+        "ALTER TABLE lists ADD COLUMN extra TEXT;
+         INSERT INTO lists VALUES ('old', 'from before', 'x'), ('old2', 'too', 'y');",
+    )
+    .await;
+    let first = engine(&pool, &["lists"]).await;
+    assert_replay_is_table(&pool, "lists", "adoption").await;
+    drop(first);
+    // A migration: triggers dropped, rows written meanwhile, a column dropped, another
+    // renamed; the next build logs all of it.
+    rhtmx_sync::drop_triggers(&pool).await.unwrap();
+    exec(
+        &pool,
+        "INSERT INTO lists VALUES ('during', 'the migration', 'z');
+         UPDATE lists SET name = 'changed unseen' WHERE id = 'old';
+         DELETE FROM lists WHERE id = 'old2';
+         ALTER TABLE lists DROP COLUMN extra;
+         ALTER TABLE lists ADD COLUMN colour TEXT DEFAULT 'red';
+         ALTER TABLE lists RENAME COLUMN name TO title;",
+    )
+    .await;
+    let second = engine(&pool, &["lists"]).await;
+    assert_replay_is_table(&pool, "lists", "the migration").await;
+    let head = second.head().await.unwrap();
+    drop(second);
+    // A restart with nothing new writes nothing.
+    let third = engine(&pool, &["lists"]).await;
+    assert_eq!(third.head().await.unwrap(), head, "nothing to reconcile");
+}
+
+#[tokio::test]
+async fn a_running_engine_follows_a_column_added_after_a_newer_build_exited() {
+    let (_dir, db) = temp_db();
+    let pool = pool_on(&db).await;
+    exec(&pool, TABLES).await;
+    let app = engine(&pool, &["notes"]).await;
+    // Another process of the same app started and stopped: the newest build is gone.
+    let other = pool_on(&db).await;
+    drop(engine(&other, &["notes"]).await);
+    other.close().await;
+    exec(&pool, "ALTER TABLE notes ADD COLUMN prio TEXT").await;
+    wait_until("the triggers log the new column", || async {
+        let sql: String = sqlx::query_scalar(
+            "SELECT sql FROM sqlite_master WHERE name = '_rhtmx_sync_update_notes'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        sql.contains("'prio'")
+    })
+    .await;
+    exec(
+        &pool,
+        "INSERT INTO notes VALUES ('n1', 'b', 'high'); UPDATE notes SET prio = 'low'",
+    )
+    .await;
+    assert_replay_is_table(&pool, "notes", "the new column").await;
+    drop(app);
+}
+
+#[tokio::test]
+async fn tables_whose_names_extend_each_other_keep_their_own_triggers() {
+    let (_dir, db) = temp_db();
+    let pool = pool_on(&db).await;
+    exec(
+        &pool,
+        "CREATE TABLE x (id TEXT PRIMARY KEY, slug TEXT UNIQUE);
+         CREATE TABLE x_before (id TEXT PRIMARY KEY, v TEXT);",
+    )
+    .await;
+    let app = engine(&pool, &["x", "x_before"]).await;
+    assert_eq!(trigger_count(&pool, "x").await, 6);
+    assert_eq!(trigger_count(&pool, "x_before").await, 3);
+    exec(
+        &pool,
+        "INSERT INTO x VALUES ('r1', 'a');
+         INSERT OR REPLACE INTO x VALUES ('r2', 'a');
+         INSERT INTO x_before VALUES ('b1', 'v');
+         CREATE TABLE unrelated (id INTEGER PRIMARY KEY);",
+    )
+    .await;
+    // Whatever schema change comes, each table keeps its own.
+    wait_until("a poll after the schema change", || async {
+        app.head().await.unwrap() >= 3
+    })
+    .await;
+    assert_eq!(trigger_count(&pool, "x").await, 6);
+    assert_eq!(trigger_count(&pool, "x_before").await, 3);
+    exec(&pool, "INSERT INTO x_before VALUES ('b2', 'w')").await;
+    assert_replay_is_table(&pool, "x", "REPLACE").await;
+    assert_replay_is_table(&pool, "x_before", "inserts").await;
+}
