@@ -279,11 +279,13 @@
     if (entities.length) params.set("entities", entities.join(","));
     if (lastEventId !== null) params.set("last_event_id", String(lastEventId));
     source = new EventSource(`${base}/events?${params}`);
+    // Made before the first pull finished, the URL names no resume point: whenever the
+    // browser (re)opens such a stream before an event arrived, it starts at the head,
+    // and a write committed while it was down (a replayed offline form) would be missed.
+    const resumable = lastEventId !== null;
     source.onopen = () => {
       sourceRetry = 0;
-      // Opened without a resume point (the first pull failed): the stream starts now, so
-      // pull what came before it.
-      if (!synced) syncAll();
+      if (!synced || !resumable) syncAll();
     };
     source.onmessage = onChange;
     // Entities the server does not sync: said always, not only in debug mode.
