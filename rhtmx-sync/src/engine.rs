@@ -540,3 +540,59 @@ impl SyncEngineBuilder {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pool(dir: &tempfile::TempDir) -> SqlitePool {
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display());
+        let pool = SqlitePool::connect(&url).await.unwrap();
+        sqlx::query("CREATE TABLE todos (id TEXT PRIMARY KEY, title TEXT)")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool
+    }
+
+    #[tokio::test]
+    async fn a_build_names_what_does_not_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let pool = pool(&dir).await;
+        let err = SyncEngine::builder(pool.clone())
+            .entity_named("todos")
+            .strategy("notes", SyncStrategy::ServerWins)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, BuildError::NotRegistered { table } if table == "notes"),
+            "{err}"
+        );
+        let err = SyncEngine::builder(pool.clone())
+            .entity_named("todos")
+            .strategy("todos", SyncStrategy::Custom)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, BuildError::NoResolver { table } if table == "todos"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_refuses_new_streams_and_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SyncEngine::builder(pool(&dir).await)
+            .entity_named("todos")
+            .build()
+            .await
+            .unwrap();
+        assert!(!*engine.inner.hub.closing.borrow());
+        engine.shutdown();
+        engine.shutdown();
+        assert!(*engine.inner.hub.closing.borrow());
+        assert_eq!(engine.head().await.unwrap(), 0);
+    }
+}

@@ -282,3 +282,103 @@ fn digest(entity: &Entity, v: &Validated, hlc: Hlc) -> String {
     let hash = Sha256::digest(what.to_string().as_bytes());
     hash[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entity::EntitySpec;
+    use sqlx::Connection;
+
+    async fn todos() -> Entity {
+        let mut conn = sqlx::SqliteConnection::connect("sqlite::memory:")
+            .await
+            .unwrap();
+        sqlx::query("CREATE TABLE todos (id TEXT PRIMARY KEY, title TEXT NOT NULL, done BOOLEAN)")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        let spec = EntitySpec {
+            table: "todos".into(),
+            id: None,
+            columns: None,
+            strategy: Default::default(),
+            delete_wins: true,
+            resolver: None,
+            offline_writes: true,
+        };
+        Entity::resolve(&mut conn, spec).await.unwrap()
+    }
+
+    fn change<'a>(
+        id: &'a Value,
+        action: Action,
+        data: Option<&'a serde_json::Map<String, Value>>,
+    ) -> Incoming<'a> {
+        Incoming {
+            id,
+            action,
+            data,
+            hlc: Some(Hlc::new(1_750_000_000_000, 0, 7)),
+            base: Some(3),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_digest_is_what_the_change_does_and_its_place_among_equals() {
+        let entity = todos().await;
+        let id = serde_json::json!("r1");
+        let a = serde_json::json!({"title": "a"});
+        let b = serde_json::json!({"title": "b"});
+        let (a, b) = (a.as_object().unwrap(), b.as_object().unwrap());
+        let v = |data, action| validate(&entity, change(&id, action, data)).unwrap();
+        let hlc = Hlc::new(1_750_000_000_000, 0, 7);
+        let first = v(Some(a), Action::Update);
+        assert_eq!(
+            digest(&entity, &first, hlc),
+            digest(&entity, &v(Some(a), Action::Update), hlc)
+        );
+        assert_ne!(
+            digest(&entity, &first, hlc),
+            digest(&entity, &v(Some(b), Action::Update), hlc)
+        );
+        assert_ne!(
+            digest(&entity, &first, hlc),
+            digest(&entity, &v(Some(a), Action::Create), hlc)
+        );
+        assert_ne!(
+            digest(&entity, &first, hlc),
+            digest(&entity, &first, Hlc::new(1_750_000_000_000, 1, 7))
+        );
+        let mut again = first.clone();
+        again.occurrence = 1;
+        assert_ne!(digest(&entity, &first, hlc), digest(&entity, &again, hlc));
+        assert_eq!(first.identity(), again.identity());
+    }
+
+    #[tokio::test]
+    async fn validation_refuses_what_the_table_cannot_take_before_touching_it() {
+        let entity = todos().await;
+        let id = serde_json::json!("r1");
+        for (data, action, message) in [
+            (
+                serde_json::json!({"colour": "red"}),
+                Action::Update,
+                "unknown field",
+            ),
+            (
+                serde_json::json!({"done": true}),
+                Action::Create,
+                "`title` is required",
+            ),
+            (serde_json::json!({}), Action::Update, "at least one field"),
+            (
+                serde_json::json!({"id": "r2", "title": "x"}),
+                Action::Create,
+                "differs",
+            ),
+        ] {
+            let err = validate(&entity, change(&id, action, data.as_object())).unwrap_err();
+            assert!(err.to_string().contains(message), "{data}: {err}");
+        }
+    }
+}
