@@ -4,27 +4,11 @@
 
 mod common;
 
-use std::future::Future;
-use std::time::Duration;
 
 use common::*;
 use rhtmx_sync::SyncEngine;
 use serde_json::json;
 use sqlx::SqlitePool;
-
-/// Waits until `check` holds, polling the database (the broadcaster acts within one
-/// poll interval of a commit); fails the test after 10 s.
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 /// The engine's triggers on `table`, by name.
 async fn triggers(pool: &SqlitePool, table: &str) -> Vec<(String, String)> {

@@ -47,29 +47,6 @@ async fn table(pool: &SqlitePool, entity: &str) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// The log of `entity` replayed from version 0.
-async fn replayed(pool: &SqlitePool, entity: &str) -> BTreeMap<String, Value> {
-    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT entity_id, action, data FROM _rhtmx_sync_log WHERE entity = ? ORDER BY version",
-    )
-    .bind(entity)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let mut state = BTreeMap::new();
-    for (id, action, data) in rows {
-        match data {
-            Some(data) if action != "delete" => {
-                state.insert(id, serde_json::from_str(&data).unwrap());
-            }
-            _ => {
-                state.remove(&id);
-            }
-        }
-    }
-    state
-}
-
 async fn assert_log_matches(pool: &SqlitePool, after: &str) {
     for entity in ["tags", "items"] {
         assert_eq!(

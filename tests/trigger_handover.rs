@@ -6,28 +6,12 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::future::Future;
-use std::time::Duration;
 
 use rhtmx_sync::SyncEngine;
 use serde_json::Value;
 use sqlx::SqlitePool;
 
 use common::*;
-
-/// Waits until `check` holds (the broadcaster acts within a poll interval of a commit);
-/// fails the test after 10 s.
-async fn wait_until<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
 
 async fn exec(pool: &SqlitePool, sql: &str) {
     if let Err(e) = sqlx::raw_sql(sql).execute(pool).await {
@@ -46,29 +30,6 @@ async fn engine(pool: &SqlitePool, tables: &[&str]) -> SyncEngine {
         .build()
         .await
         .unwrap()
-}
-
-/// `table` replayed from its log, as `id -> row`.
-async fn replayed(pool: &SqlitePool, table: &str) -> BTreeMap<String, Value> {
-    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT entity_id, action, data FROM _rhtmx_sync_log WHERE entity = ? ORDER BY version",
-    )
-    .bind(table)
-    .fetch_all(pool)
-    .await
-    .unwrap();
-    let mut state = BTreeMap::new();
-    for (id, action, data) in rows {
-        match data {
-            Some(d) if action != "delete" => {
-                state.insert(id, serde_json::from_str(&d).unwrap());
-            }
-            _ => {
-                state.remove(&id);
-            }
-        }
-    }
-    state
 }
 
 /// The table as rows of JSON (text columns only in these tests), `id -> row`.

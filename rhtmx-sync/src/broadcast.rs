@@ -231,7 +231,6 @@ mod tests {
     use super::*;
     use crate::engine::Registry;
     use crate::entity::{Entity, EntitySpec};
-    use crate::SyncStrategy;
 
     async fn setup() -> (SqliteConnection, Hub, Follow) {
         let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
@@ -240,15 +239,7 @@ mod tests {
             .execute(&mut conn)
             .await
             .unwrap();
-        let spec = EntitySpec {
-            table: "t".into(),
-            id: None,
-            columns: None,
-            strategy: SyncStrategy::default(),
-            delete_wins: true,
-            resolver: None,
-            offline_writes: true,
-        };
+        let spec = EntitySpec::named("t");
         let entity = Arc::new(Entity::resolve(&mut conn, spec.clone()).await.unwrap());
         let generation = capture::claim(&mut conn, std::slice::from_ref(&entity))
             .await

@@ -346,15 +346,7 @@ impl SyncEngineBuilder {
 
     /// Syncs every column of `table`, keyed by its primary key.
     pub fn entity_named(mut self, table: impl Into<String>) -> Self {
-        self.specs.push(EntitySpec {
-            table: table.into(),
-            id: None,
-            columns: None,
-            strategy: SyncStrategy::default(),
-            delete_wins: true,
-            resolver: None,
-            offline_writes: true,
-        });
+        self.specs.push(EntitySpec::named(table));
         self
     }
 

@@ -252,3 +252,44 @@ pub async fn replay_log(pool: &SqlitePool) -> Vec<(String, String, bool)> {
     }
     state.into_iter().map(|(id, (t, c))| (id, t, c)).collect()
 }
+
+/// The log of `entity` replayed from version 0, as `entity_id -> row`: must equal the
+/// table (see each test's own reading of the table).
+pub async fn replayed(
+    pool: &SqlitePool,
+    entity: &str,
+) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
+        "SELECT entity_id, action, data FROM _rhtmx_sync_log WHERE entity = ? ORDER BY version",
+    )
+    .bind(entity)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut state = std::collections::BTreeMap::new();
+    for (id, action, data) in rows {
+        match data {
+            Some(data) if action != "delete" => {
+                state.insert(id, serde_json::from_str(&data).unwrap());
+            }
+            _ => {
+                state.remove(&id);
+            }
+        }
+    }
+    state
+}
+
+/// Waits until `check` holds, polling (the broadcaster acts within one poll interval of
+/// a commit); fails the test after 10 s.
+pub async fn wait_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}

@@ -297,15 +297,7 @@ mod tests {
             .execute(&mut conn)
             .await
             .unwrap();
-        let spec = EntitySpec {
-            table: "todos".into(),
-            id: None,
-            columns: None,
-            strategy: Default::default(),
-            delete_wins: true,
-            resolver: None,
-            offline_writes: true,
-        };
+        let spec = EntitySpec::named("todos");
         Entity::resolve(&mut conn, spec).await.unwrap()
     }
 

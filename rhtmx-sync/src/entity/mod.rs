@@ -54,6 +54,21 @@ pub(crate) struct EntitySpec {
     pub offline_writes: bool,
 }
 
+impl EntitySpec {
+    /// Every column of `table`, keyed by its primary key, with the default policy.
+    pub(crate) fn named(table: impl Into<String>) -> EntitySpec {
+        EntitySpec {
+            table: table.into(),
+            id: None,
+            columns: None,
+            strategy: SyncStrategy::default(),
+            delete_wins: true,
+            resolver: None,
+            offline_writes: true,
+        }
+    }
+}
+
 /// Double-quotes an SQL identifier.
 pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
