@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use common::*;
 use rhtmx_sync::SyncEngine;
 use serde_json::json;
