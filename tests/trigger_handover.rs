@@ -128,6 +128,16 @@ async fn rows_the_triggers_never_saw_are_logged_when_an_engine_is_built() {
     .await;
     let second = engine(&pool, &["lists"]).await;
     assert_replay_is_table(&pool, "lists", "the migration").await;
+    // The reconciled update of `old` names what changed unseen: every field but the id
+    // (renamed, added), not fields it did not have before.
+    let changed: Option<String> = sqlx::query_scalar(
+        "SELECT changed FROM _rhtmx_sync_log WHERE entity = 'lists' AND entity_id = 'old' \
+         ORDER BY version DESC LIMIT 1",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(changed.as_deref(), Some(r#"["title","colour"]"#));
     let head = second.head().await.unwrap();
     drop(second);
     // A restart with nothing new writes nothing.

@@ -51,12 +51,23 @@ pub(crate) async fn reconcile(conn: &mut SqliteConnection, entity: &Entity) -> R
                     WHERE _was.key NOT IN (SELECT name FROM pragma_table_xinfo({ent}))) \
          ELSE 1 END"
     );
+    // An update lists the fields whose value differs (in column order), so a later merge
+    // sees exactly what changed unseen, not every field.
+    let changed = format!(
+        "(SELECT json_group_array(_now.key) FROM json_each(_cur.j) AS _now \
+          LEFT JOIN json_each(_entry.data) AS _was ON _was.key = _now.key \
+          WHERE _now.key != {id} AND (_was.key IS NULL OR _now.type IS NOT _was.type \
+          OR _now.value IS NOT _was.value))",
+        id = quote_literal(&entity.id)
+    );
     // The same expressions the triggers use, so a row logged as it is compares equal.
     let unseen = sqlx::query(&format!(
-        "INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
+        "INSERT INTO {LOG_TABLE} (entity, entity_id, action, data, changed) \
          SELECT {ent}, _cur.k, \
          CASE WHEN _entry.action IS NULL OR _entry.action = 'delete' \
-         THEN 'create' ELSE 'update' END, _cur.j \
+         THEN 'create' ELSE 'update' END, _cur.j, \
+         CASE WHEN _entry.action IS NULL OR _entry.action = 'delete' THEN NULL \
+         WHEN json_valid(_entry.data) THEN {changed} ELSE NULL END \
          FROM (SELECT {key} AS k, {json} AS j, \
                (SELECT version FROM {LOG_TABLE} WHERE entity = {ent} AND entity_id = {key} \
                 ORDER BY version DESC LIMIT 1) AS v \
