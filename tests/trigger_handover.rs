@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use rhtmx_sync::SyncEngine;
 use serde_json::Value;
@@ -206,4 +207,168 @@ async fn tables_whose_names_extend_each_other_keep_their_own_triggers() {
     exec(&pool, "INSERT INTO x_before VALUES ('b2', 'w')").await;
     assert_replay_is_table(&pool, "x", "REPLACE").await;
     assert_replay_is_table(&pool, "x_before", "inserts").await;
+}
+
+async fn log_len(pool: &SqlitePool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM _rhtmx_sync_log")
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_null_key_is_not_synced_and_fails_nothing() {
+    let (_dir, db) = temp_db();
+    let pool = pool_on(&db).await;
+    exec(&pool, TABLES).await;
+    let app = engine(&pool, &["notes"]).await;
+    // SQLite takes NULL in a TEXT primary key: the app's write must still succeed.
+    exec(
+        &pool,
+        "INSERT INTO notes VALUES (NULL, 'legacy'), ('n1', 'b')",
+    )
+    .await;
+    exec(&pool, "UPDATE notes SET body = 'c' WHERE id IS NULL").await;
+    drop(app);
+    // A build over it succeeds, and restarts write nothing.
+    let again = engine(&pool, &["notes"]).await;
+    let head = again.head().await.unwrap();
+    drop(again);
+    let third = engine(&pool, &["notes"]).await;
+    assert_eq!(third.head().await.unwrap(), head);
+    exec(&pool, "DELETE FROM notes WHERE id IS NULL").await;
+    assert_eq!(replayed(&pool, "notes").await.len(), 1);
+}
+
+#[tokio::test]
+async fn rows_whose_keys_share_a_text_form_are_not_logged_again_at_each_restart() {
+    let (_dir, db) = temp_db();
+    let pool = pool_on(&db).await;
+    exec(
+        &pool,
+        "CREATE TABLE mix (id PRIMARY KEY, v TEXT);
+         INSERT INTO mix VALUES (1, 'int'), ('1', 'text'),
+           (x'0190f6a2b3c47d8e9fa0b1c2d3e4f506', 'blob'),
+           ('0190f6a2-b3c4-7d8e-9fa0-b1c2d3e4f506', 'uuid text');",
+    )
+    .await;
+    drop(engine(&pool, &["mix"]).await);
+    let after_first = log_len(&pool).await;
+    for _ in 0..3 {
+        drop(engine(&pool, &["mix"]).await);
+        assert_eq!(log_len(&pool).await, after_first, "a restart logged again");
+    }
+}
+
+#[tokio::test]
+async fn after_a_pause_ends_two_registrations_do_not_take_a_table_from_each_other() {
+    let (_dir, db) = temp_db();
+    let pool = pool_on(&db).await;
+    exec(
+        &pool,
+        "CREATE TABLE notes (id TEXT PRIMARY KEY, title TEXT, body TEXT);
+         INSERT INTO notes VALUES ('n1', 't', 'b');",
+    )
+    .await;
+    // One version syncs every column, the other only the title.
+    let all = engine(&pool, &["notes"]).await;
+    let some = SyncEngine::builder(pool.clone())
+        .entity::<TitleOnly>()
+        .build()
+        .await
+        .unwrap();
+    // A migration that never came: the pause ends at once.
+    rhtmx_sync::drop_triggers_for(&pool, Duration::ZERO)
+        .await
+        .unwrap();
+    wait_until("someone put the triggers back", || async {
+        trigger_count(&pool, "notes").await == 3
+    })
+    .await;
+    let version = |pool: SqlitePool| async move {
+        sqlx::query_scalar::<_, i64>("PRAGMA schema_version")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // Each write reaches both streams only after both broadcasters handled every schema
+    // change before it: then nobody may rewrite any more.
+    let mut streams = Vec::new();
+    for engine in [&all, &some] {
+        let router: axum::Router = engine.routes();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+        streams.push(Sse::connect(&base, "", None).await);
+    }
+    let mut settled = None;
+    for n in 0..4 {
+        exec(&pool, &format!("UPDATE notes SET title = 't{n}'")).await;
+        for stream in &mut streams {
+            assert_eq!(stream.next().await.data["data"]["title"], format!("t{n}"));
+        }
+        let now = version(pool.clone()).await;
+        if n > 0 {
+            assert_eq!(Some(now), settled, "the triggers were rewritten again");
+        }
+        settled = Some(now);
+    }
+    // Whoever won, what it syncs replays as the table.
+    assert_eq!(replayed(&pool, "notes").await["n1"]["title"], "t3");
+}
+
+#[derive(rhtmx_sync::Syncable)]
+#[sync(table = "notes")]
+#[allow(dead_code)]
+struct TitleOnly {
+    id: String,
+    title: String,
+}
+
+#[tokio::test]
+async fn a_reconciled_row_conflicts_only_on_what_changed_unseen() {
+    let (_dir, db) = temp_db();
+    let pool = pool_on(&db).await;
+    exec(
+        &pool,
+        "CREATE TABLE notes (id TEXT PRIMARY KEY, title TEXT, body TEXT);
+         INSERT INTO notes VALUES ('n1', 'orig title', 'orig body');",
+    )
+    .await;
+    let first = engine(&pool, &["notes"]).await;
+    let base = first.head().await.unwrap();
+    drop(first);
+    // A column added without a default: no row changes for a client, nothing is logged.
+    exec(&pool, "ALTER TABLE notes ADD COLUMN tag TEXT").await;
+    let second = engine(&pool, &["notes"]).await;
+    assert_eq!(
+        second.head().await.unwrap(),
+        base,
+        "nothing changed for clients"
+    );
+    drop(second);
+    // One with a default changes every row: logged, naming only that field.
+    rhtmx_sync::drop_triggers(&pool).await.unwrap();
+    exec(
+        &pool,
+        "ALTER TABLE notes ADD COLUMN colour TEXT DEFAULT 'red'",
+    )
+    .await;
+    let third = engine(&pool, &["notes"]).await;
+    let ctx = rhtmx_sync::SyncContext::new()
+        .with_hlc(third.clock().now())
+        .with_base_version(base)
+        .with_client_id("tab");
+    // An offline edit of the title, made against the old base, meets no conflict.
+    let done = third
+        .write_to("notes", &ctx)
+        .update("n1", [("title", "client title")])
+        .await
+        .unwrap();
+    assert!(done.applied() && done.conflict.is_none(), "{done:?}");
+    let title: String = sqlx::query_scalar("SELECT title FROM notes")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(title, "client title");
 }

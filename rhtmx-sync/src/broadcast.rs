@@ -154,14 +154,23 @@ async fn tick(
     if sv != seen.schema_version || due {
         seen.checked = std::time::Instant::now();
         // A migration may have added a column (an entity registered by name syncs it)
-        // or recreated a table, and dropped its triggers with it.
-        let matching = registry.refresh(conn).await?;
-        let steps = capture::refresh(conn, &matching, generation).await?;
-        if steps > 0 {
-            tracing::info!(
+        // or recreated a table, and dropped its triggers with it. A failure here must
+        // not stop the events of every entity: it is logged and tried again at the next
+        // check.
+        let refreshed = async {
+            let matching = registry.refresh(conn).await?;
+            capture::refresh(conn, &matching, generation).await
+        };
+        match refreshed.await {
+            Ok(0) => {}
+            Ok(steps) => tracing::info!(
                 steps,
                 "change-capture triggers rewritten after a schema change"
-            );
+            ),
+            Err(error) => tracing::error!(
+                %error,
+                "change-capture triggers could not be put back; tried again in 30 s"
+            ),
         }
         seen.schema_version = sqlx::query_scalar("PRAGMA schema_version")
             .fetch_one(&mut *conn)

@@ -126,7 +126,9 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
     } else {
         log_replaced(entity)
     };
-    // Every entry takes the context the engine left for *its* row, if any.
+    // Every entry takes the context the engine left for *its* row, if any. A row whose
+    // key is NULL (SQLite allows it outside INTEGER PRIMARY KEY) cannot be named by a
+    // client: it is not synced, and its write must not fail on the log's NOT NULL.
     let context = |key: &str| {
         format!(
             "FROM (SELECT 1) LEFT JOIN {CONTEXT_TABLE} AS _ctx \
@@ -138,7 +140,8 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
     let ins = format!(
         "CREATE TRIGGER {n} AFTER INSERT ON {table} BEGIN {replaced}\
          INSERT INTO {LOG_TABLE} ({cols}) \
-         SELECT {ent}, {new_key}, 'create', {new_row}, NULL, {ctx_cols} {new_ctx}; END",
+         SELECT {ent}, {new_key}, 'create', {new_row}, NULL, {ctx_cols} {new_ctx} \
+         WHERE NEW.{id} IS NOT NULL; END",
         n = quote_ident(&name("insert")),
         new_ctx = context(&new_key),
     );
@@ -148,12 +151,12 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
         "CREATE TRIGGER {n} AFTER UPDATE ON {table} WHEN {any_differs} BEGIN \
          INSERT INTO {LOG_TABLE} ({cols}) \
          SELECT {ent}, {old_key}, 'delete', NULL, NULL, {ctx_cols} {old_ctx} \
-         WHERE OLD.{id} IS NOT NEW.{id}; \
+         WHERE OLD.{id} IS NOT NEW.{id} AND OLD.{id} IS NOT NULL; \
          INSERT INTO {LOG_TABLE} ({cols}) \
          SELECT {ent}, {new_key}, \
          CASE WHEN OLD.{id} IS NOT NEW.{id} THEN 'create' ELSE 'update' END, {new_row}, \
          CASE WHEN OLD.{id} IS NOT NEW.{id} THEN NULL ELSE {changed} END, \
-         {ctx_cols} {new_ctx}; END",
+         {ctx_cols} {new_ctx} WHERE NEW.{id} IS NOT NULL; END",
         n = quote_ident(&name("update")),
         old_ctx = context(&old_key),
         new_ctx = context(&new_key),
@@ -161,7 +164,8 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
     let del = format!(
         "CREATE TRIGGER {n} AFTER DELETE ON {table} BEGIN \
          INSERT INTO {LOG_TABLE} ({cols}) \
-         SELECT {ent}, {old_key}, 'delete', NULL, NULL, {ctx_cols} {old_ctx}; END",
+         SELECT {ent}, {old_key}, 'delete', NULL, NULL, {ctx_cols} {old_ctx} \
+         WHERE OLD.{id} IS NOT NULL; END",
         n = quote_ident(&name("delete")),
         old_ctx = context(&old_key),
     );

@@ -168,44 +168,52 @@ fn plan_build(existing: &[Existing], wanted: &[Want]) -> Vec<Step> {
 }
 
 /// A schema change seen by the engine of `generation` at `now` (Unix ms; see the
-/// module docs).
+/// module docs): the steps, and the tables it takes over — acting where a newer claim or
+/// an ended pause stood, it must claim them anew, or another engine with another
+/// registration would take them back at its next check, and so on forever.
 fn plan_refresh(
     existing: &[Existing],
     claims: &HashMap<String, Claim>,
     wanted: &[Want],
     generation: i64,
     now: i64,
-) -> Vec<Step> {
+) -> (Vec<Step>, Vec<String>) {
     // A trigger that moved with a renamed table logs under the old name: drop it.
     let mut steps: Vec<Step> = existing
         .iter()
         .filter(|e| table_of(&e.name).is_some_and(|t| t != e.tbl_name))
         .map(|e| Step::Drop(e.name.clone()))
         .collect();
+    let mut taken = Vec::new();
     for want in wanted {
         let none = !existing.iter().any(|e| e.tbl_name == want.table);
-        let act = match claims.get(&want.table) {
+        let (act, take) = match claims.get(&want.table) {
             Some(Claim {
                 state: State::Paused(until),
                 ..
-            }) => now >= *until,
+            }) => (now >= *until, true),
             Some(Claim {
                 generation: newer,
                 state: State::Installed(registration),
             }) if *newer > generation => {
-                none || registration.as_deref() == Some(want.registration.as_str())
+                let same = registration.as_deref() == Some(want.registration.as_str());
+                (none || same, !same)
             }
             Some(Claim {
                 generation: newer,
                 state: State::Removed,
-            }) if *newer > generation => none,
-            _ => true,
+            }) if *newer > generation => (none, true),
+            _ => (true, false),
         };
         if act {
-            steps.extend(converge(existing, &want.table, &want.triggers));
+            let mine = converge(existing, &want.table, &want.triggers);
+            if take && !mine.is_empty() {
+                taken.push(want.table.clone());
+            }
+            steps.extend(mine);
         }
     }
-    steps
+    (steps, taken)
 }
 
 /// The tables a plan creates triggers on: the ones to reconcile.
@@ -342,14 +350,25 @@ pub(crate) async fn refresh(
         plan_refresh(existing, claims, &wanted, generation, now)
     };
     let (existing, claims) = (read_existing(conn).await?, read_claims(conn).await?);
-    if plan(&existing, &claims).is_empty() {
+    if plan(&existing, &claims).0.is_empty() {
         return Ok(0);
     }
     // Decide again under the write lock: another engine may have acted meanwhile.
     let mut tx = conn.begin_with("BEGIN IMMEDIATE").await?;
     let (existing, claims) = (read_existing(&mut tx).await?, read_claims(&mut tx).await?);
-    let steps = plan(&existing, &claims);
+    let (steps, taken) = plan(&existing, &claims);
     apply(&mut tx, &steps).await?;
+    if !taken.is_empty() {
+        let fresh = next_generation(&mut tx).await?;
+        for table in &taken {
+            let want = wanted.iter().find(|w| w.table == *table).expect("planned");
+            let claim = Claim {
+                generation: fresh,
+                state: State::Installed(Some(want.registration.clone())),
+            };
+            set_claim(&mut tx, table, &claim).await?;
+        }
+    }
     for want in created_on(&steps, &wanted) {
         if let Some(entity) = entities.iter().find(|e| e.table == want.table) {
             reconcile(&mut tx, entity).await?;
@@ -557,7 +576,7 @@ mod tests {
     fn an_older_engine_leaves_a_newer_ones_other_triggers_alone() {
         let existing = [ex("_rhtmx_sync_insert_a", "a", "newer")];
         let mine = [want("a", "mine", &[("_rhtmx_sync_insert_a", "older")])];
-        let plan = |c: &[(&str, &str)]| plan_refresh(&existing, &claims(c), &mine, 4, 0).len();
+        let plan = |c: &[(&str, &str)]| plan_refresh(&existing, &claims(c), &mine, 4, 0).0.len();
         // Claimed by generation 5 with another registration: left alone.
         assert_eq!(plan(&[("a", "5 installed theirs")]), 0);
         // With the same registration it installs what the newer build would: it acts.
@@ -570,7 +589,7 @@ mod tests {
     #[test]
     fn a_table_left_without_triggers_gets_them_back_unless_paused() {
         let mine = [want("a", "mine", &[("_rhtmx_sync_insert_a", "sql")])];
-        let plan = |c: &[(&str, &str)], now| plan_refresh(&[], &claims(c), &mine, 4, now).len();
+        let plan = |c: &[(&str, &str)], now| plan_refresh(&[], &claims(c), &mine, 4, now).0.len();
         // A newer build with another registration, one that did not register the table
         // at all (a worker): a running engine that registers it must not lose capture.
         assert_eq!(plan(&[("a", "5 installed theirs")], 0), 1);
@@ -578,13 +597,21 @@ mod tests {
         // `drop_triggers`: not before the pause ends, then yes.
         assert_eq!(plan(&[("a", "5 paused 1000")], 999), 0);
         assert_eq!(plan(&[("a", "5 paused 1000")], 1000), 1);
+        // Acting there, it takes the table over: claimed anew, so another registration's
+        // engine leaves it alone instead of taking it back.
+        let taken = |c: &[(&str, &str)]| plan_refresh(&[], &claims(c), &mine, 4, 1000).1;
+        assert_eq!(taken(&[("a", "5 paused 1000")]), ["a"]);
+        assert_eq!(taken(&[("a", "5 removed")]), ["a"]);
+        assert_eq!(taken(&[("a", "5 installed theirs")]), ["a"]);
+        assert!(taken(&[("a", "5 installed mine")]).is_empty());
+        assert!(taken(&[("a", "3 installed theirs")]).is_empty());
     }
 
     #[test]
     fn a_trigger_moved_by_a_table_rename_is_dropped() {
         let existing = [ex("_rhtmx_sync_insert_todos", "tasks", "old")];
         assert_eq!(
-            plan_refresh(&existing, &HashMap::new(), &[], 1, 0),
+            plan_refresh(&existing, &HashMap::new(), &[], 1, 0).0,
             [Step::Drop("_rhtmx_sync_insert_todos".into())]
         );
     }

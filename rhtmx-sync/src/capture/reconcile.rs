@@ -4,6 +4,10 @@
 //! last logged — is logged now, so that replaying the log from version 0 gives the
 //! table again.
 //!
+//! Rows whose keys share one text form (a UUID stored once as text and once as bytes;
+//! `1` and `'1'` in an untyped column) are one row to clients: only one of them — the
+//! same one every time — is compared, so a restart never logs them again.
+//!
 //! Runs inside the transaction that installs the triggers (at build, and when the
 //! broadcaster puts triggers back), so no write falls between the two. It costs a scan
 //! of the table and of the log's `(entity, entity_id, version)` index; when the log is
@@ -21,6 +25,7 @@ use crate::log::LOG_TABLE;
 /// entries were written.
 pub(crate) async fn reconcile(conn: &mut SqliteConnection, entity: &Entity) -> Result<u64> {
     let table = quote_ident(&entity.table);
+    let id = quote_ident(&entity.id);
     let ent = quote_literal(&entity.table);
     let key = key_text("_row", &entity.id);
     let json = row_json(entity, "_row");
@@ -31,12 +36,17 @@ pub(crate) async fn reconcile(conn: &mut SqliteConnection, entity: &Entity) -> R
           WHERE entity = {ent} GROUP BY entity_id) AS _last \
          JOIN {LOG_TABLE} AS _entry ON _entry.version = _last.version \
          WHERE _entry.action != 'delete' \
-         AND _last.entity_id NOT IN (SELECT {key} FROM {table} AS _row) \
+         AND _last.entity_id NOT IN \
+         (SELECT {key} FROM {table} AS _row WHERE _row.{id} IS NOT NULL) \
          ORDER BY _last.version"
     ))
     .execute(&mut *conn)
     .await?
     .rows_affected();
+    // A field the logged row lacks is new; when it is null (a column added without a
+    // default) the client's view does not change, so a runtime `ADD COLUMN` does not log
+    // the whole table again.
+    let new_field = "(_was.key IS NULL AND _now.type != 'null')";
     // A logged row differs when a synced field has another value (or is missing), or
     // when it holds a column the table no longer has. A column the table has but this
     // registration does not sync (another version of the app syncs it) is no reason:
@@ -45,8 +55,8 @@ pub(crate) async fn reconcile(conn: &mut SqliteConnection, entity: &Entity) -> R
         "CASE WHEN json_valid(_entry.data) THEN \
          EXISTS (SELECT 1 FROM json_each(_cur.j) AS _now \
                  LEFT JOIN json_each(_entry.data) AS _was ON _was.key = _now.key \
-                 WHERE _was.key IS NULL OR _now.type IS NOT _was.type \
-                 OR _now.value IS NOT _was.value) \
+                 WHERE {new_field} OR (_was.key IS NOT NULL \
+                 AND (_now.type IS NOT _was.type OR _now.value IS NOT _was.value))) \
          OR EXISTS (SELECT 1 FROM json_each(_entry.data) AS _was \
                     WHERE _was.key NOT IN (SELECT name FROM pragma_table_xinfo({ent}))) \
          ELSE 1 END"
@@ -56,8 +66,8 @@ pub(crate) async fn reconcile(conn: &mut SqliteConnection, entity: &Entity) -> R
     let changed = format!(
         "(SELECT json_group_array(_now.key) FROM json_each(_cur.j) AS _now \
           LEFT JOIN json_each(_entry.data) AS _was ON _was.key = _now.key \
-          WHERE _now.key != {id} AND (_was.key IS NULL OR _now.type IS NOT _was.type \
-          OR _now.value IS NOT _was.value))",
+          WHERE _now.key != {id} AND ({new_field} OR (_was.key IS NOT NULL \
+          AND (_now.type IS NOT _was.type OR _now.value IS NOT _was.value))))",
         id = quote_literal(&entity.id)
     );
     // The same expressions the triggers use, so a row logged as it is compares equal.
@@ -68,10 +78,11 @@ pub(crate) async fn reconcile(conn: &mut SqliteConnection, entity: &Entity) -> R
          THEN 'create' ELSE 'update' END, _cur.j, \
          CASE WHEN _entry.action IS NULL OR _entry.action = 'delete' THEN NULL \
          WHEN json_valid(_entry.data) THEN {changed} ELSE NULL END \
-         FROM (SELECT {key} AS k, {json} AS j, \
-               (SELECT version FROM {LOG_TABLE} WHERE entity = {ent} AND entity_id = {key} \
+         FROM (SELECT _one.k, _one.j, \
+               (SELECT version FROM {LOG_TABLE} WHERE entity = {ent} AND entity_id = _one.k \
                 ORDER BY version DESC LIMIT 1) AS v \
-               FROM {table} AS _row) AS _cur \
+               FROM (SELECT {key} AS k, max({json}) AS j FROM {table} AS _row \
+                     WHERE _row.{id} IS NOT NULL GROUP BY 1) AS _one) AS _cur \
          LEFT JOIN {LOG_TABLE} AS _entry ON _entry.version = _cur.v \
          WHERE _entry.action IS NULL OR _entry.action = 'delete' \
          OR (_entry.data IS NOT _cur.j AND {differs}) \
