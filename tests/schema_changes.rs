@@ -108,7 +108,7 @@ async fn a_typed_entity_keeps_its_declared_columns_when_one_is_added() {
 #[tokio::test]
 async fn a_column_the_triggers_name_can_be_dropped_after_drop_triggers() {
     let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
+    let pool = single_pool(&db).await;
     exec(&pool, "ALTER TABLE todos ADD COLUMN notes TEXT").await;
     // The previous deploy synced every column, `notes` included.
     let old = SyncEngine::builder(pool.clone())
@@ -138,7 +138,7 @@ async fn a_column_the_triggers_name_can_be_dropped_after_drop_triggers() {
 #[tokio::test]
 async fn drop_triggers_inside_a_transaction_is_undone_with_it() {
     let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
+    let pool = single_pool(&db).await;
     // Never built: nothing to remove, nothing created.
     assert_eq!(rhtmx_sync::drop_triggers(&pool).await.unwrap(), 0);
     let server = start(&db).await;
@@ -221,7 +221,7 @@ async fn triggers_of_entities_no_longer_registered_are_removed_at_build() {
 #[tokio::test]
 async fn the_replace_triggers_follow_the_unique_constraints() {
     let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
+    let pool = single_pool(&db).await;
     exec(
         &pool,
         "CREATE TABLE tags (id INTEGER PRIMARY KEY, name TEXT)",

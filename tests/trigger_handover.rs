@@ -21,7 +21,7 @@ async fn exec(pool: &SqlitePool, sql: &str) {
 }
 
 async fn pool_on(db: &std::path::Path) -> SqlitePool {
-    app::open_db(&url(db)).await.unwrap()
+    single_pool(db).await
 }
 
 async fn engine(pool: &SqlitePool, tables: &[&str]) -> SyncEngine {

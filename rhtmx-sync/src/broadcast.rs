@@ -76,11 +76,16 @@ struct Seen {
     schema_version: i64,
     /// When the triggers were last checked against the claims.
     checked: std::time::Instant,
+    /// Failed checks in a row: the next one comes after a backoff, not at the next poll.
+    failures: u32,
 }
 
 /// How often the triggers are checked even without a schema change: a pause left by
 /// `drop_triggers` ends without one (the migration that should follow it failed).
 const RECHECK: Duration = Duration::from_secs(30);
+
+/// How soon after a schema change the triggers are checked a second time.
+const SECOND_LOOK: Duration = Duration::from_millis(250);
 
 /// Tails the log from `cursor` until the task is aborted.
 ///
@@ -99,6 +104,7 @@ pub(crate) async fn tail(
         data_version: -1,
         schema_version: -1,
         checked: std::time::Instant::now(),
+        failures: 0,
     };
     let mut at = Position {
         version: cursor,
@@ -162,15 +168,33 @@ async fn tick(
             capture::refresh(conn, &matching, generation).await
         };
         match refreshed.await {
-            Ok(0) => {}
-            Ok(steps) => tracing::info!(
-                steps,
-                "change-capture triggers rewritten after a schema change"
-            ),
-            Err(error) => tracing::error!(
-                %error,
-                "change-capture triggers could not be put back; tried again in 30 s"
-            ),
+            Ok(steps) => {
+                seen.failures = 0;
+                if sv != seen.schema_version {
+                    // Check once more shortly after a schema change: a connection can
+                    // still read part of the schema from before it for a moment.
+                    let now = std::time::Instant::now();
+                    seen.checked = now.checked_sub(RECHECK - SECOND_LOOK).unwrap_or(now);
+                }
+                if steps > 0 {
+                    tracing::info!(
+                        steps,
+                        "change-capture triggers rewritten after a schema change"
+                    );
+                }
+            }
+            Err(error) => {
+                // Often transient (the lock was busy); retried soon, then less often.
+                let wait = Duration::from_millis(250u64 << seen.failures.min(7)).min(RECHECK);
+                seen.failures += 1;
+                let now = std::time::Instant::now();
+                seen.checked = now.checked_sub(RECHECK - wait).unwrap_or(now);
+                tracing::warn!(
+                    %error,
+                    retry_ms = wait.as_millis() as u64,
+                    "change-capture triggers could not be checked; trying again"
+                );
+            }
         }
         seen.schema_version = sqlx::query_scalar("PRAGMA schema_version")
             .fetch_one(&mut *conn)
@@ -270,6 +294,7 @@ mod tests {
             data_version: -1,
             schema_version: -1,
             checked: std::time::Instant::now(),
+            failures: 0,
         };
         let mut rx = hub.tx.subscribe();
         let mut at = Position {
@@ -307,6 +332,7 @@ mod tests {
             data_version: -1,
             schema_version: -1,
             checked: std::time::Instant::now(),
+            failures: 0,
         };
         sqlx::query("INSERT INTO t VALUES ('a', '1'), ('b', '2'), ('c', '3')")
             .execute(&mut conn)

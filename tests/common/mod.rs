@@ -293,3 +293,17 @@ where
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
+
+/// A one-connection pool over `db` (the example's migrations run first), for tests that
+/// change the schema while engines run: statements of the test then never go through a
+/// pooled connection that still holds the schema from before its own earlier change
+/// (seen: "index already exists" right after `DROP INDEX` on another pooled connection).
+pub async fn single_pool(db: &Path) -> SqlitePool {
+    app::open_db(&url(db)).await.expect("open db").close().await;
+    let options: sqlx::sqlite::SqliteConnectOptions = url(db).parse().expect("url");
+    sqlx::sqlite::SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options.busy_timeout(Duration::from_secs(5)))
+        .await
+        .expect("single pool")
+}

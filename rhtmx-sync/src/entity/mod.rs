@@ -98,6 +98,13 @@ impl Entity {
         conn: &mut sqlx::SqliteConnection,
         spec: EntitySpec,
     ) -> Result<Entity, BuildError> {
+        // The `pragma_*` functions answer from the connection's in-memory schema, which
+        // is reloaded only when a statement reads a table and finds the schema cookie
+        // changed: after another connection's `CREATE INDEX`, say, they could still
+        // answer from before it. Reading `sqlite_master` reloads it first.
+        sqlx::query("SELECT 1 FROM sqlite_master LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await?;
         let info: Vec<TableInfo> = sqlx::query_as(
             // `_xinfo`: `pragma_table_info` leaves generated columns out.
             r#"SELECT name, type, "notnull", dflt_value, pk, hidden FROM pragma_table_xinfo(?)
