@@ -182,6 +182,16 @@ pub(crate) async fn transaction(
     let version = log::head(&mut tx).await?;
     tx.commit().await?;
     inner.hub.wake.notify_one();
+    // One warning per transaction, not per change: a device with a bad clock pushing a
+    // queue of a thousand edits must not flood the log.
+    if let Some(ahead) = done.iter().filter_map(|d| d.clamped).max() {
+        tracing::warn!(
+            entity = %entity.name,
+            changes = done.iter().filter(|d| d.clamped.is_some()).count(),
+            ahead_ms = ahead.as_millis() as u64,
+            "a client's HLC is ahead of the server clock; stamped with the server's"
+        );
+    }
     Ok((done, version))
 }
 
@@ -198,14 +208,7 @@ async fn apply(
     // the server's clock stamps the change instead, and the clock is not dragged along.
     let (hlc, clamped) = match v.hlc.map(|h| clock.receive(h)) {
         Some(Received::Observed(hlc)) => (hlc, None),
-        Some(Received::Clamped { now, ahead }) => {
-            tracing::warn!(
-                entity = %entity.name,
-                ahead_ms = ahead.as_millis() as u64,
-                "a client's HLC is ahead of the server clock; stamped with the server's"
-            );
-            (now, Some(ahead))
-        }
+        Some(Received::Clamped { now, ahead }) => (now, Some(ahead)),
         None => (clock.now(), None),
     };
     let change = Change {
