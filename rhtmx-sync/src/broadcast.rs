@@ -80,6 +80,18 @@ struct Seen {
     failures: u32,
 }
 
+impl Seen {
+    /// Nothing seen yet: the first tick checks everything.
+    fn new() -> Seen {
+        Seen {
+            data_version: -1,
+            schema_version: -1,
+            checked: std::time::Instant::now(),
+            failures: 0,
+        }
+    }
+}
+
 /// How often the triggers are checked even without a schema change: a pause left by
 /// `drop_triggers` ends without one (the migration that should follow it failed).
 const RECHECK: Duration = Duration::from_secs(30);
@@ -100,12 +112,7 @@ pub(crate) async fn tail(
     cursor: i64,
 ) {
     let log_id = follow.log_id.clone();
-    let mut seen = Seen {
-        data_version: -1,
-        schema_version: -1,
-        checked: std::time::Instant::now(),
-        failures: 0,
-    };
+    let mut seen = Seen::new();
     let mut at = Position {
         version: cursor,
         token: String::new(),
@@ -290,12 +297,7 @@ mod tests {
     async fn a_tick_sends_each_committed_change_once_with_its_cursor() {
         let (mut conn, hub, follow) = setup().await;
         let log_id = follow.log_id.clone();
-        let mut seen = Seen {
-            data_version: -1,
-            schema_version: -1,
-            checked: std::time::Instant::now(),
-            failures: 0,
-        };
+        let mut seen = Seen::new();
         let mut rx = hub.tx.subscribe();
         let mut at = Position {
             version: 0,
@@ -328,12 +330,7 @@ mod tests {
     async fn a_log_cut_back_and_reused_sends_one_reset() {
         let (mut conn, hub, follow) = setup().await;
         let log_id = follow.log_id.clone();
-        let mut seen = Seen {
-            data_version: -1,
-            schema_version: -1,
-            checked: std::time::Instant::now(),
-            failures: 0,
-        };
+        let mut seen = Seen::new();
         sqlx::query("INSERT INTO t VALUES ('a', '1'), ('b', '2'), ('c', '3')")
             .execute(&mut conn)
             .await

@@ -99,7 +99,6 @@ pub(crate) async fn pull(
         buf.push_str(&serde_json::to_string(&*entity.name).unwrap_or_default());
         buf.push_str(",\"changes\":[");
         let (mut count, mut last, mut has_more) = (0i64, since, false);
-        let mut last_id = String::new();
         let mut rows = first;
         'pages: loop {
             let full = rows.len() as i64 == BATCH.min(limit + 1 - count);
@@ -114,7 +113,6 @@ pub(crate) async fn pull(
                 buf.push_str(&wire::encode(&entity, row, false));
                 count += 1;
                 last = row.version;
-                last_id = cursor::token_of(&log_id, row);
                 if buf.len() >= CHUNK {
                     yield Bytes::from(std::mem::take(&mut buf));
                 }
@@ -133,7 +131,13 @@ pub(crate) async fn pull(
         }
         // The next `since`: where this page stopped, or the head when it is complete,
         // so a client skips past other entities' versions too.
-        let (version, cursor) = if has_more { (last, last_id) } else { (head, head_id) };
+        // A page cut short ends at its last row: one lookup for its tag, not a hash per row.
+        let (version, cursor) = if has_more {
+            let mut conn = pool.acquire().await?;
+            (last, cursor::token(&mut conn, &log_id, last).await?)
+        } else {
+            (head, head_id)
+        };
         buf.push_str(&format!(
             "],\"version\":{version},\"cursor\":\"{cursor}\",\"has_more\":{has_more}}}"
         ));
