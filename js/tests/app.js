@@ -1,11 +1,12 @@
 // Page helpers shared by the browser tests.
 export const EVENTS = [
   "queued", "replayed", "rejected", "online", "offline", "auth-required", "storage-error", "stale",
+  "principal-changed", "warning",
 ];
 
 /** Opens the app in a new page of `context` and waits until the client is running. */
-export async function openApp(context, base) {
-  const page = await context.newPage();
+export async function openApp(context, base, page = null) {
+  page ??= await context.newPage();
   page.on("pageerror", (e) => console.log("PAGE ERROR", e.message));
   await page.addInitScript((names) => {
     window.__events = [];
@@ -53,3 +54,29 @@ export const plainForm = (id, title) =>
 
 export const waitPending = (page, n) =>
   page.waitForFunction((count) => RhtmxSync.pendingCount === count, n);
+
+/** Opens the app with its page's HTML rewritten by `rewrite` (html -> html), as an app
+ *  that renders other attributes would serve it. */
+export async function openRewritten(context, base, rewrite) {
+  const page = await context.newPage();
+  await page.route(base + "/", async (route) => {
+    const response = await route.fetch();
+    route.fulfill({ response, body: rewrite(await response.text()) });
+  });
+  return openApp(context, base, page);
+}
+
+/** Waits until the async `fn` (run in the page, with `arg`) resolves truthy. Playwright's waitForFunction does not await a promise: an async predicate
+ *  passes at once, so conditions on IndexedDB or caches are polled here instead. */
+export function waitInPage(page, fn, arg, { timeout = 30000 } = {}) {
+  return page.evaluate(async ([source, a, ms]) => {
+    const f = (0, eval)(`(${source})`);
+    const end = Date.now() + ms;
+    for (;;) {
+      const value = await f(a);
+      if (value) return true;
+      if (Date.now() > end) throw new Error(`timed out waiting for ${source}`);
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  }, [fn.toString(), arg, timeout]);
+}

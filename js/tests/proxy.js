@@ -7,14 +7,23 @@ export async function startProxy(target) {
   const state = {
     target, // e.g. "http://127.0.0.1:4567"
     rules: [], // { match(req) -> bool, respond(req, res) -> true if handled, once }
-    log: [], // every request: { method, url, headers }
+    log: [], // every request: { method, url, headers, body (a Buffer), status }
     openStreams: 0,
     sockets: new Set(),
   };
-  const server = http.createServer((req, res) => {
-    const entry = { method: req.method, url: req.url, headers: req.headers, status: null };
+  const server = http.createServer(async (req, res) => {
+    const entry = { method: req.method, url: req.url, headers: req.headers, body: null, status: null };
     req.logEntry = entry;
     state.log.push(entry);
+    // The body is read whole first, so the log has it and a held request can be
+    // forwarded later (`req.body`).
+    const chunks = [];
+    try {
+      for await (const chunk of req) chunks.push(chunk);
+    } catch {
+      return res.destroy();
+    }
+    req.body = entry.body = Buffer.concat(chunks);
     const rule = state.rules.find((r) => r.match(req));
     if (rule) {
       if (rule.once) state.rules.splice(state.rules.indexOf(rule), 1);
@@ -40,7 +49,7 @@ export async function startProxy(target) {
       up.pipe(res);
     });
     upstream.on("error", () => res.destroy()); // server down: the browser sees a network error
-    req.pipe(upstream);
+    upstream.end(req.body);
     res.on("close", () => upstream.destroy());
   }
 

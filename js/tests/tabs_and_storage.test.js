@@ -3,7 +3,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { freshWorldPerTest, dbTodos, eventually, postForm } from "./harness.js";
-import { openApp, events, addTodo, waitPending } from "./app.js";
+import { openApp, events, addTodo, waitPending, waitInPage } from "./app.js";
 
 const w = freshWorldPerTest();
 // Rows made by "another browser" (the example takes UUIDs only as ids).
@@ -60,11 +60,11 @@ test("seven tabs open and work without hanging", async () => {
 test("the mirror follows the server: RhtmxSync.get", async () => {
   await postForm(w.server.base, "/todos", { id: MIRRORED, title: "mirrored" });
   const page = await openApp(w.context, w.proxy.base);
-  await page.waitForFunction(async () => (await RhtmxSync.get("todos")).length === 1);
+  await waitInPage(page, async () => (await RhtmxSync.get("todos")).length === 1);
   await postForm(w.server.base, `/todos/${MIRRORED}/toggle`, { completed: "true" });
-  await page.waitForFunction(async () => (await RhtmxSync.get("todos"))[0]?.completed === true);
+  await waitInPage(page, async () => (await RhtmxSync.get("todos"))[0]?.completed === true);
   await fetch(w.server.base + `/todos/${MIRRORED}`, { method: "DELETE" });
-  await page.waitForFunction(async () => (await RhtmxSync.get("todos")).length === 0);
+  await waitInPage(page, async () => (await RhtmxSync.get("todos")).length === 0);
 });
 
 test("IndexedDB failing: the write goes through to the network, with an event", async () => {
