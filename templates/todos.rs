@@ -57,8 +57,11 @@ pub fn page(todos: &[TodoView<'_>], version: i64) -> Markup {
                         span .pending data-rhtmx-pending-count="0" { " changes waiting to sync" }
                     }
                 }
+                // Kept offline, the form is cleared by the client and the write listed below
+                // in the words of `data-rhtmx-label`; online, cleared once it succeeded.
                 form #new-todo hx-post="/todos" hx-target="#todo-list" hx-swap="outerHTML"
-                    data-rhtmx-new-id="id" "hx-on::after-request"="this.reset()" {
+                    data-rhtmx-new-id="id" data-rhtmx-label="Add “{title}”"
+                    "hx-on::after-request"="if (event.detail.successful) this.reset()" {
                     input name="title" placeholder="What needs doing?" required autocomplete="off";
                     button type="submit" { "Add" }
                 }
@@ -67,7 +70,7 @@ pub fn page(todos: &[TodoView<'_>], version: i64) -> Markup {
                 }
                 section #pending-panel .panel hidden {
                     h2 { "Waiting to sync" }
-                    ul #pending-list {}
+                    ul #pending-list data-rhtmx-pending-list {}
                 }
                 section #rejected-panel .panel .warn hidden {
                     h2 { "Not accepted by the server" }
@@ -108,13 +111,16 @@ pub fn item(todo: &TodoView<'_>) -> Markup {
         li .todo .done[todo.completed] data-id=(todo.id) {
             button .toggle hx-post=(toggle_url)
                 hx-vals={ "{\"completed\": \"" (toggle_to) "\"}" }
+                data-rhtmx-label=(if todo.completed { "Mark not done" } else { "Mark done" })
                 hx-target="#todo-list" hx-swap="outerHTML"
                 aria-label="toggle" { @if todo.completed { "✓" } @else { "○" } }
-            form .rename hx-put=(url) hx-target="#todo-list" hx-swap="outerHTML" {
+            form .rename hx-put=(url) hx-target="#todo-list" hx-swap="outerHTML"
+                data-rhtmx-label="Rename to “{title}”" {
                 input name="title" value=(todo.title) aria-label="title";
             }
             button .delete hx-delete=(url) hx-target="#todo-list"
-                hx-swap="outerHTML" aria-label="delete" { "×" }
+                hx-swap="outerHTML" aria-label="delete"
+                data-rhtmx-label={ "Delete “" (todo.title) "”" } { "×" }
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The smallest existing axum + htmx + sqlx app, given offline writes and live refresh by
-//! the five migration steps of the README — and nothing else. Every handler below is
-//! plain sqlx; the lines added for sync are marked `STEP n`.
+//! the migration steps of the README (1 to 6; it has no sign-in) — and nothing else.
+//! Every handler below is plain sqlx; the lines added for sync are marked `STEP n`.
 //!
 //! Run with: `cargo run --example minimal_notes` (`PORT`, `DATABASE_URL` as todo_sync).
 
@@ -13,10 +13,11 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 
 // STEP 1 is the dependency in Cargo.toml: `rhtmx-sync = "0.1"`.
 
-// STEP 2: the model gets the derive.
+// STEP 2: the model gets the derive (told its key, as the column is not named `id`).
 #[derive(sqlx::FromRow, rhtmx_sync::Syncable)]
+#[sync(id = "note_id")]
 struct Note {
-    id: i64,
+    note_id: i64,
     body: String,
 }
 
@@ -27,6 +28,7 @@ async fn page(State(pool): State<SqlitePool>) -> Result<Html<String>, String> {
 <script src="/api/sync/client.js" data-sync-entities="notes"></script><!-- STEP 4 -->
 </head><body><h1>Notes</h1>
 <form hx-post="/notes" hx-target="#notes"><input name="body" required><button>Add</button></form>
+<ul data-rhtmx-pending-list></ul><!-- STEP 6 -->
 <div id="notes" hx-get="/notes" hx-trigger="rhtmx:notes:changed from:body">{}</div><!-- STEP 5 -->
 </body></html>"##,
         list(State(pool)).await?.0
@@ -34,13 +36,19 @@ async fn page(State(pool): State<SqlitePool>) -> Result<Html<String>, String> {
 }
 
 async fn list(State(pool): State<SqlitePool>) -> Result<Html<String>, String> {
-    let notes: Vec<Note> = sqlx::query_as("SELECT id, body FROM notes ORDER BY id")
+    let notes: Vec<Note> = sqlx::query_as("SELECT note_id, body FROM notes ORDER BY note_id")
         .fetch_all(&pool)
         .await
         .map_err(|e| e.to_string())?;
     let items: String = notes
         .iter()
-        .map(|n| format!("<li data-id=\"{}\">{}</li>", n.id, html_escape(&n.body)))
+        .map(|n| {
+            format!(
+                "<li data-id=\"{}\">{}</li>",
+                n.note_id,
+                html_escape(&n.body)
+            )
+        })
         .collect();
     Ok(Html(format!("<ul>{items}</ul>")))
 }
@@ -78,9 +86,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal);
     let pool = SqlitePool::connect_with(options).await?;
-    sqlx::query("CREATE TABLE IF NOT EXISTS notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)")
-        .execute(&pool)
-        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS notes (note_id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+    )
+    .execute(&pool)
+    .await?;
 
     // STEP 3: build the engine on the app's pool and merge its routes.
     let engine = rhtmx_sync::SyncEngine::builder(pool.clone())

@@ -1,4 +1,4 @@
-// The README's five migration steps, applied to an app that is not the showcase
+// The README's migration steps, applied to an app that is not the showcase
 // (examples/minimal_notes: plain sqlx handlers, integer keys, no client-generated ids),
 // give it offline writes and live refresh with no change to its handlers.
 import { test, before, after } from "node:test";
@@ -17,7 +17,7 @@ after(async () => {
   await server?.stop();
 });
 
-const notes = () => dbQuery(server.dbPath, "SELECT body FROM notes ORDER BY id").map((r) => r.body);
+const notes = () => dbQuery(server.dbPath, "SELECT body FROM notes ORDER BY note_id").map((r) => r.body);
 
 test("an unchanged app gets offline writes (applied once) and live refresh", async () => {
   const a = await browser.newContext();

@@ -3,8 +3,9 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { startServer, launchBrowser, dbTodos, postForm } from "./harness.js";
-import { startProxy, cut } from "./proxy.js";
-import { openApp, addTodo, waitPending } from "./app.js";
+import { readFileSync } from "node:fs";
+import { startProxy, cut, answer } from "./proxy.js";
+import { openApp, addTodo, waitPending, waitInPage } from "./app.js";
 
 let browser;
 let server;
@@ -28,7 +29,7 @@ test("offline reload shows the last-known page from the service worker; the queu
   await postForm(server.base, "/todos", { id: KNOWN, title: "seen before going offline" });
   const context = await browser.newContext();
   const page = await openApp(context, proxy.base);
-  await page.waitForFunction(async () => {
+  await waitInPage(page, async () => {
     const reg = await navigator.serviceWorker.getRegistration();
     return reg && reg.active && navigator.serviceWorker.controller;
   });
@@ -64,4 +65,56 @@ test("the worker is served with Service-Worker-Allowed and leaves the sync API a
   assert.match(res.headers.get("content-type"), /^text\/javascript/);
   const body = await res.text();
   assert.match(body, /^const VERSION = "[0-9a-f]{16}";/);
+});
+
+test("offline, a cached image arrives byte for byte and a no-store page is never shown", async () => {
+  const png = readFileSync(new URL("../../docs/screenshots/offline-pending.png", import.meta.url));
+  const image = proxy.rule({
+    match: (r) => r.url === "/assets/logo.png",
+    respond: (req, res) => {
+      // no-cache: offline, the browser's own cache cannot answer, the worker must.
+      res.writeHead(200, { "Content-Type": "image/png", "Cache-Control": "no-cache" });
+      res.end(png);
+      return true;
+    },
+  });
+  const secret = proxy.rule({
+    match: (r) => r.url === "/account",
+    respond: answer(200, "<!doctype html><html><head></head><body>alice's account</body></html>",
+      { "Content-Type": "text/html", "Cache-Control": "no-store" }),
+  });
+  const context = await browser.newContext();
+  const page = await openApp(context, proxy.base);
+  await page.waitForFunction(() => navigator.serviceWorker.controller);
+  const show = (p, src) => p.evaluate((s) => new Promise((ok, fail) => {
+    const img = new Image();
+    img.onload = () => ok(img.naturalWidth);
+    img.onerror = () => fail(new Error("image failed"));
+    img.src = s;
+    document.body.append(img);
+  }), src);
+  assert.ok((await show(page, "/assets/logo.png")) > 0);
+  const account = await context.newPage();
+  await account.goto(proxy.base + "/account");
+  assert.match(await account.content(), /alice's account/);
+
+  await context.setOffline(true);
+  // First in line: the rules above must not answer for the network now.
+  const down = { match: () => true, respond: cut() };
+  proxy.state.rules.unshift(down);
+  // A new page (no image in memory) loads the image from the worker's cache.
+  const viewer = await context.newPage();
+  await viewer.goto(proxy.base + "/");
+  const served = viewer.waitForResponse((r) => r.url().endsWith("/assets/logo.png"));
+  const width = show(viewer, "/assets/logo.png");
+  const response = await served;
+  assert.ok(Buffer.from(await response.body()).equals(png), "the offline copy is the same bytes");
+  assert.ok((await width) > 0);
+  const again = await context.newPage();
+  await again.goto(proxy.base + "/account").catch(() => {});
+  assert.doesNotMatch(await again.content(), /alice's account/);
+
+  for (const rule of [down, image, secret]) proxy.state.rules.splice(proxy.state.rules.indexOf(rule), 1);
+  await context.setOffline(false);
+  await context.close();
 });

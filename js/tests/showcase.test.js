@@ -86,7 +86,7 @@ test("two browsers, one offline: everything converges with no duplicate", async 
   await waitPending(a2, 4); // the other tab of the same browser knows too
   assert.equal(await a1.$$eval("#pending-list li", (lis) => lis.length), 4);
   assert.deepEqual(await a1.$$eval("#pending-list li", (lis) => lis.map((l) => l.textContent)),
-    ["Add “Buy bread”", "Rename to “Walk the dog”", "Mark done", "Delete a todo"]);
+    ["Add “Buy bread”", "Rename to “Walk the dog”", "Mark done", "Delete “Call mom”"]);
   assert.equal(await a1.getAttribute("html", "data-rhtmx-pending-count"), "4");
   await a1.screenshot({ path: join(shots, "offline-pending.png") });
 

@@ -5,17 +5,8 @@
   "use strict";
   const $ = (sel) => document.querySelector(sel);
 
-  /** A one-line description of a queued request, in the user's terms. */
-  function describe(entry) {
-    const fields = Object.fromEntries(entry.body || []);
-    const path = new URL(entry.url).pathname;
-    const title = (fields.title || "").trim();
-    if (entry.method === "POST" && path === "/todos") return `Add “${title}”`;
-    if (entry.method === "PUT") return `Rename to “${title}”`;
-    if (path.endsWith("/toggle")) return fields.completed === "true" ? "Mark done" : "Mark not done";
-    if (entry.method === "DELETE") return "Delete a todo";
-    return `${entry.method} ${path}`;
-  }
+  /** A queued request in the user's terms: its `data-rhtmx-label`, filled in by the client. */
+  const describe = (entry) => entry.label || `${entry.method} ${new URL(entry.url).pathname}`;
 
   function item(text, actions = []) {
     const li = document.createElement("li");
@@ -34,9 +25,8 @@
 
   async function render() {
     if (!window.RhtmxSync) return;
-    const pending = await RhtmxSync.pending();
-    $("#pending-list").replaceChildren(...pending.map((e) => item(describe(e))));
-    $("#pending-panel").hidden = pending.length === 0;
+    // The list itself is the client's (`data-rhtmx-pending-list`); the panel shows it.
+    $("#pending-panel").hidden = (await RhtmxSync.pending()).length === 0;
     const dead = await RhtmxSync.deadLetters();
     $("#rejected-list").replaceChildren(
       ...dead.map((e) =>
@@ -64,11 +54,6 @@
       document.body.addEventListener("rhtmx:" + name, render);
     }
     document.body.addEventListener("rhtmx:conflict", conflict);
-    // A write kept for later is as good as sent: clear the form it came from.
-    document.body.addEventListener("rhtmx:queued", (e) => {
-      const form = e.detail.entry.source && document.querySelector(e.detail.entry.source);
-      if (form && form.id === "new-todo") form.reset();
-    });
     render();
   });
 })();

@@ -21,7 +21,6 @@
   const csrfHeader = data.csrfHeader || "X-CSRF-Token";
   const loginPattern = new RegExp(data.loginPattern || "/(login|signin|sign-in|auth)\\b", "i");
   const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
-  const DB_NAME = "rhtmx-sync";
   const SYSTEM_STORES = ["_meta", "_pending", "_dead"];
   const log = (...args) => debug && console.debug("[rhtmx-sync]", ...args);
 
@@ -30,7 +29,7 @@
     const fire = () => document.body.dispatchEvent(new CustomEvent("rhtmx:" + name, { detail }));
     document.body ? fire() : addEventListener("DOMContentLoaded", fire, { once: true });
   };
-  const channel = "BroadcastChannel" in window ? new BroadcastChannel("rhtmx-sync") : null;
+  let channel = null; // one per principal, opened at start
   const tell = (message) => channel && channel.postMessage(message); // other tabs only
 
   // `changed` events are coalesced: a burst (hundreds of changes arriving over some
@@ -49,8 +48,33 @@
       const all = [...dirty.values()];
       dirty.clear();
       for (const d of all) emit(d.entity + ":changed", d);
+      dropSent(); // the changes replayed writes made have arrived
     }, Math.max(0, Math.min(30, dirtySince + 250 - now)));
   };
+
+  // ---- whose data: the principal -------------------------------------------------------
+  // The app names the signed-in user (<meta name="rhtmx-principal" content="...">, or
+  // data-principal on this script; none means one shared scope). Each principal has its
+  // own database, leader and channel; the last principal to load a page is recorded in
+  // localStorage, and a page of any other principal stops sending (its cookies are gone).
+  const principalMeta = document.querySelector('meta[name="rhtmx-principal"]');
+  const principal = data.principal ?? (principalMeta ? principalMeta.content : "");
+  const PRINCIPAL_KEY = "rhtmx-sync:principal";
+  let scope = ""; // "" or a hash of the principal: names the database, lock and channel
+  let retired = false; // another principal's page loaded after this one
+  let started = false; // the scope is known
+  const dbName = (s) => "rhtmx-sync" + (s ? "-" + s : "");
+  const lastPrincipal = () => { try { return localStorage.getItem(PRINCIPAL_KEY); } catch { return null; } };
+
+  async function scopeOf(name) {
+    if (!name) return "";
+    try {
+      const digest = await crypto.subtle.digest("SHA-256", new TextEncoder().encode(name));
+      return [...new Uint8Array(digest).slice(0, 8)].map((b) => b.toString(16).padStart(2, "0")).join("");
+    } catch {
+      return encodeURIComponent(name); // no SubtleCrypto outside secure contexts
+    }
+  }
 
   // ---- IndexedDB ----------------------------------------------------------------------
   const promised = (r) => new Promise((ok, fail) => { r.onsuccess = () => ok(r.result); r.onerror = () => fail(r.error); });
@@ -61,16 +85,24 @@
   let dbPromise = null;
   let storageBroken = null;
 
-  function openVersion(version, create) {
+  // Entity stores are keyed out of line by the change's `id` (the key column may have any
+  // name); a store of an older client keyed by an `id` field is made again at upgrade.
+  const inline = (db, name) => db.transaction(name).objectStore(name).keyPath !== null;
+
+  function openVersion(name, version, create) {
     return new Promise((ok, fail) => {
-      const r = version ? indexedDB.open(DB_NAME, version) : indexedDB.open(DB_NAME);
+      const r = version ? indexedDB.open(name, version) : indexedDB.open(name);
       r.onupgradeneeded = () => {
         const db = r.result;
-        for (const name of create) {
-          if (db.objectStoreNames.contains(name)) continue;
-          if (name === "_meta") db.createObjectStore(name, { keyPath: "key" });
-          else if (name[0] === "_") db.createObjectStore(name, { keyPath: "seq", autoIncrement: true });
-          else db.createObjectStore(name, { keyPath: "id" });
+        for (const store of create) {
+          if (db.objectStoreNames.contains(store)) {
+            if (store[0] === "_") continue;
+            db.deleteObjectStore(store);
+            if (db.objectStoreNames.contains("_meta")) r.transaction.objectStore("_meta").delete("version:" + store);
+          }
+          if (store === "_meta") db.createObjectStore(store, { keyPath: "key" });
+          else if (store[0] === "_") db.createObjectStore(store, { keyPath: "seq", autoIncrement: true });
+          else db.createObjectStore(store);
         }
       };
       r.onsuccess = () => ok(r.result);
@@ -80,27 +112,42 @@
   }
 
   async function openDb() {
-    if (!("indexedDB" in window) || !indexedDB) throw new Error("IndexedDB is unavailable");
+    if (!window.indexedDB) throw new Error("IndexedDB is unavailable");
     const wanted = [...SYSTEM_STORES, ...entities];
-    for (let attempt = 0; attempt < 5; attempt++) {
-      let db = await openVersion(0, []);
-      const missing = wanted.filter((s) => !db.objectStoreNames.contains(s));
-      if (missing.length) {
-        const next = db.version + 1;
-        db.close();
-        try {
-          db = await openVersion(next, missing);
-        } catch (e) {
-          if (e && e.name === "VersionError") continue; // another tab upgraded first
-          throw e;
-        }
+    // Another tab may upgrade between our look and our upgrade, without our stores:
+    // look again until everything is there.
+    for (let attempt = 0; attempt < 10; attempt++) {
+      const db = await openVersion(dbName(scope), 0, []);
+      const names = db.objectStoreNames;
+      const missing = wanted.filter((s) => !names.contains(s) || (s[0] !== "_" && inline(db, s)));
+      if (!missing.length) {
+        // Another tab needs a newer schema: let it, and reopen on next use.
+        db.onversionchange = () => { db.close(); dbPromise = null; };
+        db.onclose = () => { dbPromise = null; }; // the browser closed it (data cleared, say)
+        await noticeWipe(db);
+        return db;
       }
-      // Another tab needs a newer schema: let it, and reopen on next use.
-      db.onversionchange = () => { db.close(); dbPromise = null; };
-      db.onclose = () => { dbPromise = null; }; // e.g. WebKit dropped the connection
-      return db;
+      db.close();
+      try {
+        (await openVersion(dbName(scope), db.version + 1, missing)).close();
+      } catch (e) {
+        if (!e || (e.name !== "VersionError" && e.name !== "AbortError")) throw e;
+      }
     }
     throw new Error("could not open IndexedDB");
+  }
+
+  /** A database without our client id was made anew (site data cleared): the mirror it
+   *  held is gone and must be pulled again. */
+  async function noticeWipe(db) {
+    if (!clientId) return;
+    const tx = db.transaction("_meta", "readwrite");
+    const seen = await promised(tx.objectStore("_meta").get("clientId"));
+    if (seen) return;
+    tx.objectStore("_meta").put({ key: "clientId", value: clientId });
+    await finished(tx);
+    log("database wiped: pulling everything again");
+    setTimeout(() => isLeader && onReset(), 0);
   }
 
   /** The database, or null when storage does not work here (the event says why). */
@@ -115,15 +162,65 @@
     }
   }
 
+  // A closed or replaced connection, or a store another tab's upgrade has not made yet:
+  // reopen and run the transaction again (an aborted one committed nothing).
+  const REOPEN = new Set(["InvalidStateError", "TransactionInactiveError", "AbortError", "NotFoundError", "VersionError", "UnknownError"]);
+
+  /** Runs `fn(tx)` in a transaction over `stores`; resolves with what it returned (an
+   *  IDBRequest's result, or a value) once committed. Null without storage. */
+  async function run(stores, mode, fn) {
+    for (let attempt = 0; ; attempt++) {
+      const db = await getDb();
+      if (!db) return null;
+      try {
+        const tx = db.transaction(stores, mode);
+        const done = finished(tx);
+        const out = fn(tx);
+        await done;
+        return out instanceof IDBRequest ? out.result : out;
+      } catch (error) {
+        if (attempt > 3 || !REOPEN.has(error && error.name)) throw error;
+        log("reopening storage after", error.name);
+        db.close();
+        dbPromise = null;
+      }
+    }
+  }
+
   function storageFailed(error) {
     storageBroken = storageBroken || error;
     console.warn("[rhtmx-sync] storage unavailable:", error);
     emit("storage-error", { error: String(error && error.message || error) });
   }
 
-  async function metaGet(db, key) {
-    const row = await promised(db.transaction("_meta").objectStore("_meta").get(key));
-    return row ? row.value : undefined;
+  const metaGet = (key) => run("_meta", "readonly", (tx) => tx.objectStore("_meta").get(key)).then((row) => row && row.value);
+
+  /** Empties the mirror of a scope (and, with `outbox`, its queue): its rows are readable
+   *  by whoever uses the browser next. */
+  async function forget(db, outbox) {
+    const stores = [...db.objectStoreNames].filter((s) => s !== "_meta" && (outbox || s[0] !== "_"));
+    const tx = db.transaction([...stores, "_meta"], "readwrite");
+    for (const s of stores) tx.objectStore(s).clear();
+    const meta = tx.objectStore("_meta");
+    const keys = await promised(meta.getAllKeys());
+    for (const key of keys) if (key !== "clientId") meta.delete(key);
+    await finished(tx);
+  }
+
+  /** Forgets another scope's mirror, if that database exists (never creates one). */
+  function forgetScope(other) {
+    return new Promise((ok) => {
+      const r = indexedDB.open(dbName(other));
+      r.onupgradeneeded = () => r.transaction.abort(); // did not exist: leave it so
+      r.onsuccess = () => forget(r.result, false).catch(log).finally(() => { r.result.close(); ok(); });
+      r.onerror = () => ok();
+    });
+  }
+
+  /** Deletes the offline shell's cached pages (they show one principal's data). */
+  async function forgetPages() {
+    if (!window.caches) return;
+    for (const key of await caches.keys()) if (key.startsWith("rhtmx-shell-")) await caches.delete(key);
   }
 
   // ---- mirror: pull, apply, read --------------------------------------------------------
@@ -134,20 +231,20 @@
   const num = (cursor) => parseInt(String(cursor ?? 0), 10) || 0;
 
   /** Applies changes of possibly several entities in one transaction. */
-  async function applyChanges(changes, meta) {
-    const db = await getDb();
-    if (!db) return;
+  function applyChanges(changes, meta) {
     const names = [...new Set(changes.map((c) => c.entity))].filter((e) => entities.includes(e));
-    const tx = db.transaction([...names, "_meta"], "readwrite");
-    for (const c of changes) {
-      if (!names.includes(c.entity)) continue;
-      const store = tx.objectStore(c.entity);
-      // Deletes leave a tombstone so a late older change cannot resurrect the row.
-      store.put(c.action === "delete" ? { id: c.id, _deleted: true, _version: c.version } : { ...c.data, _version: c.version });
-    }
-    for (const [key, value] of Object.entries(meta)) tx.objectStore("_meta").put({ key, value });
-    await finished(tx);
+    return run([...names, "_meta"], "readwrite", (tx) => {
+      for (const c of changes) {
+        if (!names.includes(c.entity)) continue;
+        // Deletes leave a tombstone so a late older change cannot resurrect the row.
+        const row = c.action === "delete" ? { _deleted: true, _version: c.version } : { ...c.data, _version: c.version };
+        tx.objectStore(c.entity).put(row, c.id);
+      }
+      for (const [key, value] of Object.entries(meta)) tx.objectStore("_meta").put({ key, value });
+    });
   }
+
+  const unknown = new Set(); // entities the server does not sync (the stream says so)
 
   async function pull(entity) {
     for (;;) {
@@ -156,6 +253,7 @@
       const res = await fetch(`${base}/${encodeURIComponent(entity)}?since=${since}&limit=5000`, { credentials: "same-origin" });
       // 409 + reset: our cursor is from another history (the database was restored).
       if (res.status === 409) throw { reset: (await res.json()).reset };
+      if (res.status === 404) return void unknown.add(entity); // not synced: the others still are
       if (!res.ok) throw new Error(`pull ${entity}: ${res.status}`);
       const page = await res.json();
       const changes = page.changes.map((c) => ({ ...c, entity }));
@@ -172,15 +270,12 @@
   }
 
   async function resetMirror() {
-    const db = await getDb();
-    if (db) {
-      const tx = db.transaction([...entities, "_meta"], "readwrite");
+    await run([...entities, "_meta"], "readwrite", (tx) => {
       for (const e of entities) {
         tx.objectStore(e).clear();
         tx.objectStore("_meta").delete("version:" + e);
       }
-      await finished(tx);
-    }
+    });
     for (const e of entities) versions[e] = 0;
   }
 
@@ -241,7 +336,7 @@
     resyncing = new Promise((r) => (done = r));
     let reset = null;
     try {
-      const heads = await Promise.all(entities.map(pull));
+      const heads = (await Promise.all(entities.filter((e) => !unknown.has(e)).map(pull))).filter(Boolean);
       synced = true;
       // Everything up to the lowest head is held now.
       const lowest = heads.reduce((a, b) => (num(b) < num(a) ? b : a), heads[0]);
@@ -274,7 +369,7 @@
   }
 
   function connect() {
-    if (source || !isLeader) return;
+    if (source || !isLeader || retired) return;
     const params = new URLSearchParams();
     if (entities.length) params.set("entities", entities.join(","));
     if (lastEventId !== null) params.set("last_event_id", String(lastEventId));
@@ -323,68 +418,86 @@
     return meta ? meta.content : null;
   }
 
-  /** What htmx was about to send, as a storable entry (FormData cannot be stored). */
-  function entryFrom(detail, key) {
-    const config = detail.requestConfig;
-    const headers = {};
-    for (const [name, value] of Object.entries(config.headers || {})) {
-      const lower = name.toLowerCase();
-      // Re-read at replay time, never replayed stale.
-      if (lower === csrfHeader.toLowerCase() || lower === "idempotency-key") continue;
-      headers[name] = value;
-    }
-    const elt = detail.elt || config.elt;
-    const multipart = headers["Content-Type"] === undefined && !config.useUrlParams;
-    const params = config.parameters || config.formData;
+  /** The request's parameters as [name, text] pairs (files by name): for labels. */
+  function fieldsOf(params) {
+    if (!params) return [];
     const pairs = typeof params[Symbol.iterator] === "function"
       ? [...params]
       : Object.entries(params).flatMap(([k, v]) => (Array.isArray(v) ? v : [v]).map((x) => [k, x]));
-    const body = config.useUrlParams ? null : pairs;
+    return pairs.map(([k, v]) => [k, v instanceof Blob ? v.name || "file" : String(v)]);
+  }
+
+  /** What the user did, in words: the `data-rhtmx-label` template of the element (or an
+   *  ancestor) with `{field}` filled in, or else the values sent. */
+  function labelOf(elt, fields, method, url) {
+    const labelled = elt && elt.closest && elt.closest("[data-rhtmx-label]");
+    const values = Object.fromEntries(fields);
+    if (labelled) return labelled.getAttribute("data-rhtmx-label").replace(/\{([^}]+)\}/g, (_, k) => values[k] ?? "");
+    const newId = elt && elt.closest && elt.closest("[data-rhtmx-new-id]");
+    const skip = newId && (newId.getAttribute("data-rhtmx-new-id") || "id");
+    const shown = fields.filter(([k, v]) => k !== skip && v.trim()).map(([, v]) => v);
+    return shown.length ? shown.join(" · ") : `${method} ${new URL(url).pathname}`;
+  }
+
+  /** The request exactly as it went (or would have gone) on the wire, storable: the
+   *  body an extension encoded (json-enc's JSON, say) is kept as it is, a FormData as
+   *  pairs (files included). */
+  function entryFrom(d, headers, body) {
+    const config = d.requestConfig;
+    const kept = {};
+    for (const [name, value] of Object.entries(headers)) {
+      const lower = name.toLowerCase();
+      // Re-read at replay time, never replayed stale; a form's boundary is the browser's.
+      if (lower === csrfHeader.toLowerCase() || lower === "idempotency-key") continue;
+      if (lower === "content-type" && body instanceof FormData) continue;
+      kept[name] = value;
+    }
+    const method = config.verb.toUpperCase();
+    const url = new URL(d.pathInfo.finalRequestPath, location.href).href;
+    const fields = fieldsOf(config.parameters || config.formData);
     return {
-      key,
-      method: config.verb.toUpperCase(),
-      url: new URL(detail.pathInfo.finalRequestPath, location.href).href,
-      encoding: multipart ? "multipart" : "urlencoded",
-      headers,
-      body,
+      key: config.headers["Idempotency-Key"],
+      method,
+      url,
+      headers: kept,
+      form: body instanceof FormData,
+      body: body instanceof FormData ? [...body] : body instanceof URLSearchParams ? body.toString() : body ?? null,
+      fields,
+      label: labelOf(d.elt, fields, method, url),
       created: Date.now(),
       attempts: 0,
-      source: elt && elt.id ? "#" + elt.id : null,
+      source: d.elt && d.elt.id ? "#" + d.elt.id : null,
     };
   }
 
-  async function enqueue(entry) {
-    const db = await getDb();
-    if (!db) throw storageBroken || new Error("no storage");
-    const tx = db.transaction("_pending", "readwrite");
-    entry.seq = await promised(tx.objectStore("_pending").add(entry));
-    await finished(tx);
+  async function enqueue(entry, elt) {
+    entry.seq = await run("_pending", "readwrite", (tx) => tx.objectStore("_pending").add(entry));
+    if (entry.seq == null) throw storageBroken || new Error("no storage");
     log("queued", entry);
+    // Kept is as good as sent: clear the form (unless it says data-rhtmx-reset="false"),
+    // so the user neither loses it nor sends it twice.
+    const form = elt && elt.closest && elt.closest("form");
+    if (form && !form.closest('[data-rhtmx-reset="false"]')) form.reset();
+    await refreshPending(); // the count includes it when the event fires
     emit("queued", { entry });
     tell({ type: "queued", detail: { entry } });
-    await refreshPending();
     kick();
-  }
-
-  /** Sends an entry now, as htmx would have, when it cannot be kept. */
-  function sendDirect(entry) {
-    return fetch(entry.url, request(entry)).catch((e) => log("direct send failed", e));
   }
 
   function request(entry) {
     const headers = { ...entry.headers, "Idempotency-Key": entry.key, "X-Rhtmx-Replay": "1" };
     if (clientId) headers["X-Rhtmx-Client-Id"] = clientId;
+    if (principal) headers["X-Rhtmx-Principal"] = encodeURIComponent(principal);
     const token = csrfToken();
     if (token) headers[csrfHeader] = token;
-    let body = null;
-    if (entry.body) {
-      if (entry.encoding === "multipart") {
-        body = new FormData();
-        for (const [k, v] of entry.body) body.append(k, v);
-        delete headers["Content-Type"];
-      } else {
-        body = new URLSearchParams(entry.body.map(([k, v]) => [k, String(v)]));
-      }
+    let body = entry.body;
+    // Entries of older clients: `encoding` and the parameters as pairs.
+    if (entry.form || entry.encoding === "multipart") {
+      body = new FormData();
+      for (const [k, v] of entry.body) body.append(k, v);
+      delete headers["Content-Type"];
+    } else if (entry.encoding === "urlencoded" && body) {
+      body = new URLSearchParams(body.map(([k, v]) => [k, String(v)]));
     }
     const init = { method: entry.method, headers, body, credentials: "same-origin", redirect: "follow" };
     const detail = { entry, init };
@@ -392,15 +505,35 @@
     return detail.init;
   }
 
+  /** What an answer means for a write, the same for a first attempt and a replay: "done",
+   *  "retry" (later, same key), "auth" (log in again, then retry) or "refused" (for good).
+   *  A login page is recognised however it is reached: a followed redirect to a login
+   *  path or to another origin, HX-Redirect, or HX-Location (a path or JSON with `path`). */
+  function verdict(status, header, redirectedTo) {
+    let to = header("HX-Location") || "";
+    try {
+      if (to.startsWith("{")) to = JSON.parse(to).path || "";
+    } catch {}
+    const away = redirectedTo && new URL(redirectedTo);
+    const login = (away && (away.origin !== location.origin || loginPattern.test(away.pathname))) ||
+      [header("HX-Redirect"), to].some((path) => path && loginPattern.test(path));
+    if (login || status === 401 || status === 403 || status === 419) return "auth";
+    if (status === 408 || status === 429 || status === 425 || status >= 500 ||
+        (status === 409 && header("Retry-After") !== null)) return "retry";
+    return status >= 400 ? "refused" : "done";
+  }
+
+  const sentItems = new Map(); // key -> label: replayed, shown until the server's change arrives
+  let sentTimer = 0;
+
   async function refreshPending() {
-    const db = await getDb();
-    if (db) {
-      try {
-        pendingCount = await promised(db.transaction("_pending").objectStore("_pending").count());
-      } catch (error) {
-        storageFailed(error);
-      }
+    let entries = [];
+    try {
+      entries = (await run("_pending", "readonly", (tx) => tx.objectStore("_pending").getAll())) || [];
+    } catch (error) {
+      storageFailed(error);
     }
+    pendingCount = entries.length;
     const root = document.documentElement;
     root.classList.toggle("rhtmx-pending", pendingCount > 0);
     root.classList.toggle("rhtmx-offline", !online());
@@ -408,18 +541,52 @@
     for (const el of document.querySelectorAll("[data-rhtmx-pending-count]")) {
       if (el !== root) el.setAttribute("data-rhtmx-pending-count", String(pendingCount));
     }
+    // <ul data-rhtmx-pending-list>: what waits, in words, oldest first.
+    const items = new Map(entries.map((e) => [e.key, e.label || `${e.method} ${e.url}`]));
+    for (const [key, label] of sentItems) if (!items.has(key)) items.set(key, label);
+    for (const list of document.querySelectorAll("[data-rhtmx-pending-list]")) {
+      list.replaceChildren(...[...items].map(([key, label]) => {
+        const li = document.createElement("li");
+        li.textContent = label;
+        li.dataset.rhtmxKey = key;
+        if (sentItems.has(key)) li.className = "rhtmx-sent";
+        return li;
+      }));
+    }
+  }
+
+  /** A replayed write stays listed (as sent) until the change it made reaches this tab. */
+  function sentUntilChanged(entry) {
+    sentItems.set(entry.key, entry.label || `${entry.method} ${entry.url}`);
+    clearTimeout(sentTimer);
+    sentTimer = setTimeout(dropSent, 5000); // a write that changed nothing
+  }
+  function dropSent() {
+    if (!sentItems.size) return;
+    sentItems.clear();
+    refreshPending();
   }
 
   // ---- outbox: replay (leader only; strict FIFO; one request in flight) -------------------
-  let replaying = false;
-  let paused = null; // the CSRF token that was refused, while paused for auth
+  let replaying = null; // the running replay
+  let paused; // while paused for a login: the CSRF token then (null without one)
+  let isPaused = false;
   let backoff = 0;
   let timer = 0;
 
+  /** Still this browser's current principal? (Another's cookies would go with a replay.) */
+  function current() {
+    if (!started) return true;
+    const last = lastPrincipal();
+    if (!retired && last !== null && last !== scope) retire();
+    return !retired;
+  }
+
   function kick() {
     if (!isLeader) return tell({ type: "kick" });
-    if (paused !== null && csrfToken() !== paused) paused = null; // token refreshed
-    if (!replaying && paused === null && online()) replay();
+    if (isPaused && csrfToken() !== paused) isPaused = false; // token refreshed
+    if (!replaying && !isPaused && online() && current()) replaying = replay().finally(() => (replaying = null));
+    return replaying;
   }
 
   function retryLater(res) {
@@ -435,78 +602,76 @@
     log("retrying in", Math.round(delay), "ms");
   }
 
+  /** Sends an entry; a redirect that could not be followed (to a login on another
+   *  origin) comes back as "auth", never as a network error. */
+  async function send(entry) {
+    try {
+      return await fetch(entry.url, request(entry));
+    } catch (error) {
+      // A redirect to another origin fails like a network error: ask once more without
+      // following redirects to tell them apart (the key makes a second ask safe).
+      const res = await fetch(entry.url, { ...request(entry), redirect: "manual" });
+      if (res.type === "opaqueredirect") return { auth: true, status: 0 };
+      return res;
+    }
+  }
+
   async function replay() {
-    replaying = true;
     try {
       for (;;) {
-        const db = await getDb();
-        if (!db) return;
-        const cursor = await promised(db.transaction("_pending").objectStore("_pending").openCursor());
-        if (!cursor) return;
-        const entry = cursor.value;
+        const entry = await run("_pending", "readonly", (tx) => tx.objectStore("_pending").openCursor())
+          .then((cursor) => cursor && cursor.value);
+        if (!entry || !current()) return;
         if (Date.now() - entry.created > retentionMs) {
           await deadLetter(entry, { reason: "expired" });
           continue;
         }
         let res;
         try {
-          res = await fetch(entry.url, request(entry));
+          res = await send(entry);
         } catch (error) {
           log("replay: network error", error);
           return retryLater(null);
         }
         const status = res.status;
-        // A login page, however it is named: a followed redirect, HX-Redirect, or
-        // HX-Location (a path, or JSON with `path`) — the same rule as the server's.
-        let location = res.headers.get("HX-Location") || "";
-        try {
-          if (location.startsWith("{")) location = JSON.parse(location).path || "";
-        } catch {}
-        const login = (res.redirected && loginPattern.test(new URL(res.url).pathname)) ||
-          [res.headers.get("HX-Redirect"), location].some((to) => to && loginPattern.test(to));
-        if (login || status === 401 || status === 403 || status === 419) {
-          paused = csrfToken() || "";
+        const v = res.auth ? "auth" : verdict(status, (h) => res.headers.get(h), res.redirected && res.url);
+        if (v === "auth") {
+          paused = csrfToken();
+          isPaused = true;
           emit("auth-required", { entry, status });
           tell({ type: "auth-required", status });
           return;
         }
-        if (status === 408 || status === 429 || status === 425 || status >= 500 ||
-            (status === 409 && res.headers.has("Retry-After"))) {
-          return retryLater(res);
-        }
+        if (v === "retry") return retryLater(res);
         backoff = 0;
-        if (status >= 400) {
+        if (v === "refused") {
           await deadLetter(entry, { reason: "rejected", status, response: (await res.text()).slice(0, 2000) });
           continue;
         }
-        const tx = db.transaction("_pending", "readwrite");
-        tx.objectStore("_pending").delete(entry.seq);
-        await finished(tx);
+        await run("_pending", "readwrite", (tx) => tx.objectStore("_pending").delete(entry.seq));
         dispatchTriggers(res.headers.get("HX-Trigger"));
         const detail = { entry, status };
+        sentUntilChanged(entry);
+        await refreshPending();
         emit("replayed", detail);
         tell({ type: "replayed", detail });
-        await refreshPending();
       }
     } catch (error) {
       storageFailed(error);
-    } finally {
-      replaying = false;
     }
   }
 
   async function deadLetter(entry, why) {
-    const db = await getDb();
-    const tx = db.transaction(["_pending", "_dead"], "readwrite");
-    tx.objectStore("_pending").delete(entry.seq);
     const dead = { ...entry, ...why, failed: Date.now() };
     delete dead.seq;
-    tx.objectStore("_dead").add(dead);
-    await finished(tx);
+    await run(["_pending", "_dead"], "readwrite", (tx) => {
+      tx.objectStore("_pending").delete(entry.seq);
+      tx.objectStore("_dead").add(dead);
+    });
     const detail = { entry, ...why };
+    await refreshPending();
     emit("rejected", detail);
     tell({ type: "rejected", detail });
-    await refreshPending();
   }
 
   function dispatchTriggers(header) {
@@ -582,6 +747,7 @@
     // treats it exactly as it would without rhtmx-sync.
     if (!optedOut(e.detail.elt)) e.detail.headers["Idempotency-Key"] ||= crypto.randomUUID();
     if (clientId) e.detail.headers["X-Rhtmx-Client-Id"] = clientId;
+    if (principal) e.detail.headers["X-Rhtmx-Principal"] = encodeURIComponent(principal);
     // When the user acted (kept for a replay), and the row version the page showed, so
     // the server can merge a late write field by field instead of by arrival.
     e.detail.headers["X-Rhtmx-Hlc"] ||= tick();
@@ -589,80 +755,120 @@
     if (versioned) e.detail.headers["X-Rhtmx-Base-Version"] = versioned.getAttribute("data-rhtmx-version");
   });
 
+  // Every unsafe request is watched at the wire: htmx's XMLHttpRequest `send` is wrapped
+  // so the body kept is the one an extension encoded, with every header set on it.
   document.addEventListener("htmx:beforeRequest", (e) => {
     const d = e.detail;
-    if (!UNSAFE.has(verbOf(d)) || optedOut(d.elt) || storageBroken) return;
-    if (online() && pendingCount === 0) return; // straight to the network
-    e.preventDefault();
-    const entry = entryFrom(d, d.requestConfig.headers["Idempotency-Key"]);
-    enqueue(entry).catch((error) => {
-      storageFailed(error);
-      sendDirect(entry); // nothing is lost silently
-    });
+    if (!UNSAFE.has(verbOf(d)) || optedOut(d.elt) || storageBroken || !d.xhr) return;
+    // Offline, behind earlier writes, or in a tab whose user has changed: queue it.
+    const queue = !online() || pendingCount > 0 || !current();
+    const xhr = d.xhr;
+    const native = xhr.send;
+    const setHeader = xhr.setRequestHeader;
+    const headers = { ...d.requestConfig.headers };
+    xhr.setRequestHeader = function (name, value) {
+      headers[name] = value;
+      return setHeader.call(this, name, value);
+    };
+    xhr.send = function (body) {
+      const entry = entryFrom(d, headers, body);
+      if (queue) {
+        // Queued is done, as far as htmx is concerned: end its request (indicators,
+        // hx-sync) as an abort would, `htmx:sendAbort` (an empty `error` keeps htmx from
+        // logging it as one). Without storage it goes to the network after all.
+        return void enqueue(entry, d.elt).then(() => {
+          d.error = "";
+          if (xhr.onabort) xhr.onabort();
+        }, (error) => {
+          storageFailed(error);
+          native.call(xhr, body);
+        });
+      }
+      // No answer, or one the replay loop would retry: kept with its key. The request may
+      // or may not have arrived; the same key lets the server tell.
+      const keep = () => enqueue(entry, d.elt).catch(storageFailed);
+      xhr.addEventListener("error", keep);
+      xhr.addEventListener("timeout", keep);
+      xhr.addEventListener("load", () => {
+        const redirected = xhr.responseURL && xhr.responseURL !== entry.url && xhr.responseURL;
+        if (verdict(xhr.status, (h) => xhr.getResponseHeader(h), redirected).match(/retry|auth/)) keep();
+      });
+      native.call(xhr, body);
+    };
   });
 
-  const requeue = (e) => {
-    const d = e.detail;
-    if (!UNSAFE.has(verbOf(d)) || optedOut(d.elt) || storageBroken || !d.pathInfo) return;
-    // A network error is no answer: the request may or may not have arrived, and the
-    // same key lets the server tell.
-    enqueue(entryFrom(d, d.requestConfig.headers["Idempotency-Key"])).catch(storageFailed);
-  };
-  document.addEventListener("htmx:sendError", requeue);
-  document.addEventListener("htmx:timeout", requeue);
-
-  // ---- leadership (Web Locks), tabs (BroadcastChannel) ---------------------------------------
+  // ---- leadership (Web Locks), tabs (BroadcastChannel), principal changes -------------------
   let isLeader = false;
   let clientId = null;
+  let resign = null; // ends this tab's leadership: the next tab in line takes over
 
   async function lead() {
     isLeader = true;
     log("leader");
-    const db = await getDb();
-    if (db) {
-      for (const e of entities) versions[e] = (await metaGet(db, "version:" + e)) || 0;
-      const stored = await metaGet(db, "lastEventId");
-      if (stored !== undefined) lastEventId = stored;
-    }
+    for (const e of entities) versions[e] = (await metaGet("version:" + e)) || 0;
+    const stored = await metaGet("lastEventId");
+    if (stored != null) lastEventId = stored;
     await syncAll();
     connect();
     kick();
   }
 
-  if (channel) {
-    channel.onmessage = ({ data: m }) => {
-      if (m.type === "changed") m.details.forEach(markChanged);
-      else if (m.type === "kick") isLeader && kick();
-      else if (m.type === "queued" || m.type === "replayed" || m.type === "rejected") {
-        emit(m.type, m.detail);
-        refreshPending();
-      } else if (m.type === "auth-required") emit("auth-required", { status: m.status });
-      else if (m.type === "conflict") emit("conflict", m.detail);
-    };
+  /** This tab's user is no longer the browser's: stop streaming and sending. Its queue is
+   *  kept for its user's next page; new writes made here are queued too. */
+  function retire() {
+    if (retired) return;
+    retired = true;
+    isLeader = false;
+    disconnect();
+    clearTimeout(timer);
+    clearTimeout(sourceTimer);
+    if (resign) resign();
+    emit("principal-changed", { principal });
+  }
+
+  function onMessage({ data: m }) {
+    if (m.type === "changed") m.details.forEach(markChanged);
+    else if (m.type === "kick") isLeader && kick();
+    else if (m.type === "queued" || m.type === "replayed" || m.type === "rejected") {
+      if (m.type === "replayed") sentUntilChanged(m.detail.entry);
+      refreshPending().then(() => emit(m.type, m.detail));
+    } else if (m.type === "auth-required") emit("auth-required", { status: m.status });
+    else if (m.type === "conflict") emit("conflict", m.detail);
   }
 
   async function start() {
-    const db = await getDb();
-    if (db) {
-      clientId = await metaGet(db, "clientId");
-      if (!clientId) {
-        clientId = crypto.randomUUID();
-        const tx = db.transaction("_meta", "readwrite");
-        tx.objectStore("_meta").put({ key: "clientId", value: clientId });
-        await finished(tx).catch(storageFailed);
-      }
+    scope = await scopeOf(principal);
+    // The newest page names the browser's user; what an earlier user left readable (the
+    // mirror, the offline pages) goes. Their queue stays for their next visit.
+    const last = lastPrincipal();
+    try {
+      localStorage.setItem(PRINCIPAL_KEY, scope);
+    } catch {}
+    if (last !== null && last !== scope) {
+      await forgetScope(last);
+      await forgetPages();
+    }
+    addEventListener("storage", (e) => e.key === PRINCIPAL_KEY && e.newValue !== scope && retire());
+    started = true;
+    registerWorker();
+    if ("BroadcastChannel" in window) {
+      channel = new BroadcastChannel(dbName(scope));
+      channel.onmessage = onMessage;
+    }
+    clientId = await metaGet("clientId");
+    if (!clientId && !storageBroken) {
+      clientId = crypto.randomUUID();
+      await run("_meta", "readwrite", (tx) => tx.objectStore("_meta").put({ key: "clientId", value: clientId })).catch(storageFailed);
     }
     await refreshPending();
     if (window.htmx && String(htmx.version || "").startsWith("4")) {
       console.error("[rhtmx-sync] htmx 4 is not supported yet: pin htmx 2.x. Offline writes are off.");
       storageBroken = new Error("htmx 4");
     }
-    if (navigator.locks) {
-      // Held until the tab goes away; the next tab in line takes over at once.
-      navigator.locks.request("rhtmx-sync-leader", () => lead().then(() => new Promise(() => {})));
-    } else {
-      lead();
-    }
+    if (!navigator.locks) return lead();
+    // Held until the tab goes away (or its user changes); the next tab takes over at once.
+    navigator.locks.request(dbName(scope) + "-leader", () =>
+      retired ? null : lead().then(() => retired || new Promise((r) => (resign = r))));
   }
 
   // ---- offline app shell (opt-in service worker) ----------------------------------------------
@@ -670,7 +876,8 @@
     document.documentElement.classList.add("rhtmx-stale");
     emit("stale", { since });
   }
-  if (data.serviceWorker !== undefined && data.serviceWorker !== "false" && "serviceWorker" in navigator) {
+  function registerWorker() {
+    if (data.serviceWorker === undefined || data.serviceWorker === "false" || !("serviceWorker" in navigator)) return;
     navigator.serviceWorker
       .register(base + "/sw.js", { scope: data.serviceWorkerScope || "/" })
       .then(() => navigator.serviceWorker.ready)
@@ -712,13 +919,12 @@
   addEventListener("pageshow", (e) => e.persisted && isLeader && connect());
 
   // ---- public API ----------------------------------------------------------------------------
-  async function all(store) {
-    const db = await getDb();
-    return db ? promised(db.transaction(store).objectStore(store).getAll()) : [];
-  }
+  const all = async (store) => (await run(store, "readonly", (tx) => tx.objectStore(store).getAll())) || [];
 
   window.RhtmxSync = {
     entities,
+    /** The principal this page was served for ("" when the app names none). */
+    principal,
     get clientId() { return clientId; },
     get isLeader() { return isLeader; },
     get source() { return source; },
@@ -734,27 +940,38 @@
     deadLetters: () => all("_dead"),
     /** Moves a dead letter back to the end of the queue. */
     async retry(seq) {
-      const db = await getDb();
-      const tx = db.transaction(["_pending", "_dead"], "readwrite");
-      const entry = await promised(tx.objectStore("_dead").get(seq));
-      if (entry) {
-        tx.objectStore("_dead").delete(seq);
-        delete entry.seq;
-        tx.objectStore("_pending").add({ ...entry, created: Date.now(), attempts: 0 });
-      }
-      await finished(tx);
+      await run(["_pending", "_dead"], "readwrite", (tx) => {
+        const r = tx.objectStore("_dead").get(seq);
+        r.onsuccess = () => {
+          const entry = r.result;
+          if (!entry) return;
+          tx.objectStore("_dead").delete(seq);
+          delete entry.seq;
+          tx.objectStore("_pending").add({ ...entry, created: Date.now(), attempts: 0 });
+        };
+      });
       await refreshPending();
       kick();
     },
     /** Deletes a dead letter. */
-    async discard(seq) {
-      const db = await getDb();
-      const tx = db.transaction("_dead", "readwrite");
-      tx.objectStore("_dead").delete(seq);
-      await finished(tx);
+    discard: (seq) => run("_dead", "readwrite", (tx) => tx.objectStore("_dead").delete(seq)),
+    /** Tries the queue now (after a login, say); resolves when this tab's run ends. */
+    replay() {
+      isPaused = false;
+      backoff = 0;
+      return Promise.resolve(kick());
     },
-    /** Tries the queue now (after a login, say). */
-    replay() { paused = null; backoff = 0; kick(); },
+    /** At logout: forgets the mirror and the offline pages, and this page stops syncing.
+     *  The queue is kept for the user's next visit unless `{ outbox: true }`. Resolves
+     *  with `{ pending }`, the writes still kept. */
+    async clear({ outbox = false } = {}) {
+      retire();
+      const db = await getDb();
+      if (db) await forget(db, outbox);
+      await forgetPages();
+      await refreshPending();
+      return { pending: pendingCount };
+    },
   };
 
   start().catch((error) => storageFailed(error));

@@ -5,7 +5,10 @@
 // and without a network the last good one is served, marked stale (a <meta> in pages, an
 // `X-Rhtmx-Stale` header on fragments) so the page can say so. The sync API, the event
 // stream and every non-GET request pass through untouched: the client's outbox owns
-// writes. `VERSION` is prepended by the server; a new version deletes older caches.
+// writes. A response marked `Cache-Control: no-store` is never kept (and drops an older
+// copy); bodies are kept and served byte for byte. The client deletes these caches when
+// the browser's user changes and at `RhtmxSync.clear()`. `VERSION` is prepended by the
+// server; a new version deletes older caches.
 /* global VERSION */
 const CACHE = "rhtmx-shell-" + VERSION;
 const SYNC_PREFIX = new URL(self.location.href).pathname.replace(/\/sw\.js$/, "");
@@ -47,7 +50,8 @@ async function networkFirst(request, url) {
   const key = keyFor(request, url);
   try {
     const response = await fetch(request);
-    if (response.ok && response.type === "basic") await cache.put(key, response.clone());
+    if (noStore(response)) await cache.delete(key);
+    else if (response.ok && response.type === "basic") await cache.put(key, response.clone());
     return response;
   } catch (error) {
     const hit = await cache.match(key, { ignoreVary: true });
@@ -62,13 +66,18 @@ async function networkFirst(request, url) {
   }
 }
 
+const noStore = (response) => /no-store/i.test(response.headers.get("Cache-Control") || "");
+
 async function stale(hit, page) {
   const since = hit.headers.get("Date") || "";
   const headers = new Headers(hit.headers);
   headers.set("X-Rhtmx-Stale", since || "unknown");
-  let body = await hit.text();
-  if (page) {
+  // Only an HTML page is read as text (to mark it); anything else (images, fonts) is
+  // passed on as the bytes it was.
+  let body = hit.body;
+  if (page && /html/i.test(hit.headers.get("Content-Type") || "")) {
     const meta = `<meta name="rhtmx-stale" content="${since.replace(/"/g, "")}">`;
+    body = await hit.text();
     body = /<head[^>]*>/i.test(body) ? body.replace(/<head[^>]*>/i, (m) => m + meta) : meta + body;
   }
   return new Response(body, { status: hit.status, statusText: hit.statusText, headers });
@@ -84,7 +93,7 @@ self.addEventListener("message", (event) => {
       if (url.origin !== self.location.origin) continue;
       try {
         const response = await fetch(url.href, { credentials: "same-origin" });
-        if (response.ok) await cache.put(url.href, response);
+        if (response.ok && !noStore(response)) await cache.put(url.href, response);
       } catch (_) {
         // offline already: nothing to warm
       }
