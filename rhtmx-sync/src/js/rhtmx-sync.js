@@ -432,7 +432,9 @@
   function labelOf(elt, fields, method, url) {
     const labelled = elt && elt.closest && elt.closest("[data-rhtmx-label]");
     const values = Object.fromEntries(fields);
-    if (labelled) return labelled.getAttribute("data-rhtmx-label").replace(/\{([^}]+)\}/g, (_, k) => values[k] ?? "");
+    if (labelled) {
+      return labelled.getAttribute("data-rhtmx-label").replace(/\{([^}]+)\}/g, (_, k) => (Object.hasOwn(values, k) ? values[k] : ""));
+    }
     const newId = elt && elt.closest && elt.closest("[data-rhtmx-new-id]");
     const skip = newId && (newId.getAttribute("data-rhtmx-new-id") || "id");
     const shown = fields.filter(([k, v]) => k !== skip && v.trim()).map(([, v]) => v);
@@ -527,13 +529,16 @@
   let sentTimer = 0;
 
   async function refreshPending() {
+    // The entries themselves only where a list shows them (a long queue is read whole).
+    const lists = document.querySelectorAll("[data-rhtmx-pending-list]");
     let entries = [];
     try {
-      entries = (await run("_pending", "readonly", (tx) => tx.objectStore("_pending").getAll())) || [];
+      const store = (tx) => tx.objectStore("_pending");
+      if (lists.length) entries = (await run("_pending", "readonly", (tx) => store(tx).getAll())) || [];
+      pendingCount = lists.length ? entries.length : (await run("_pending", "readonly", (tx) => store(tx).count())) || 0;
     } catch (error) {
       storageFailed(error);
     }
-    pendingCount = entries.length;
     const root = document.documentElement;
     root.classList.toggle("rhtmx-pending", pendingCount > 0);
     root.classList.toggle("rhtmx-offline", !online());
@@ -544,7 +549,7 @@
     // <ul data-rhtmx-pending-list>: what waits, in words, oldest first.
     const items = new Map(entries.map((e) => [e.key, e.label || `${e.method} ${e.url}`]));
     for (const [key, label] of sentItems) if (!items.has(key)) items.set(key, label);
-    for (const list of document.querySelectorAll("[data-rhtmx-pending-list]")) {
+    for (const list of lists) {
       list.replaceChildren(...[...items].map(([key, label]) => {
         const li = document.createElement("li");
         li.textContent = label;
