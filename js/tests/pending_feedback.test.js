@@ -49,6 +49,15 @@ test("todo_sync lists queued writes by what they do, and drops each when it is s
     assert.deepEqual(await listed(page), ["Add “written offline”"]);
     await context.setOffline(false);
     await page.waitForSelector('li.todo input[value="written offline"]');
+    // An edit kept offline leaves the form showing what the user typed.
+    await context.setOffline(true);
+    await page.fill("li.todo form.rename input", "renamed offline");
+    await page.press("li.todo form.rename input", "Enter");
+    await waitPending(page, 1);
+    assert.equal(await page.inputValue("li.todo form.rename input"), "renamed offline");
+    assert.deepEqual(await listed(page), ["Rename to “renamed offline”"]);
+    await context.setOffline(false);
+    await page.waitForSelector('li.todo input[value="renamed offline"]');
     await page.waitForFunction(() => document.querySelectorAll("[data-rhtmx-pending-list] li").length === 0);
   } finally {
     await context.close();

@@ -476,10 +476,12 @@
     entry.seq = await run("_pending", "readwrite", (tx) => tx.objectStore("_pending").add(entry));
     if (entry.seq == null) throw storageBroken || new Error("no storage");
     log("queued", entry);
-    // Kept is as good as sent: clear the form (unless it says data-rhtmx-reset="false"),
-    // so the user neither loses it nor sends it twice.
+    // Kept is as good as sent: a form that adds (POST) is cleared, so the user neither
+    // loses it nor sends it twice; one that edits keeps the new values on show.
+    // data-rhtmx-reset="true|false" says otherwise.
     const form = elt && elt.closest && elt.closest("form");
-    if (form && !form.closest('[data-rhtmx-reset="false"]')) form.reset();
+    const reset = form && form.closest("[data-rhtmx-reset]");
+    if (form && (reset ? reset.getAttribute("data-rhtmx-reset") !== "false" : entry.method === "POST")) form.reset();
     await refreshPending(); // the count includes it when the event fires
     emit("queued", { entry });
     tell({ type: "queued", detail: { entry } });
