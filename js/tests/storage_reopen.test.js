@@ -102,3 +102,26 @@ test("two tabs needing different new stores at once both end with theirs", async
   await outboxStillWorks(b, "queued by the second tab");
   for (const page of [a, b]) assert.deepEqual(await events(page, "storage-error"), []);
 });
+
+test("a write to the mirror that fails (a full disk) fails alone: the row comes again, the outbox works", async () => {
+  const page = await w.context.newPage();
+  // The first mirror write of a live change fails as a full disk would.
+  await page.addInitScript(() => {
+    const put = IDBObjectStore.prototype.put;
+    let failed = false;
+    IDBObjectStore.prototype.put = function (...args) {
+      if (!failed && this.name === "todos" && window.__failMirror) {
+        failed = true;
+        throw new DOMException("simulated full disk", "QuotaExceededError");
+      }
+      return put.apply(this, args);
+    };
+  });
+  await openApp(w.context, w.proxy.base, page);
+  await page.waitForFunction(() => RhtmxSync.source?.readyState === EventSource.OPEN);
+  await page.evaluate(() => (window.__failMirror = true));
+  await postForm(w.server.base, "/todos", { id: id(200), title: "after a failed write" });
+  await page.waitForFunction(() => window.__events.some((e) => e.name === "storage-error"));
+  await waitInPage(page, async () => (await RhtmxSync.get("todos")).length === 1);
+  await outboxStillWorks(page, "queued after a failed write");
+});

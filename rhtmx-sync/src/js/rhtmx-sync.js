@@ -157,6 +157,7 @@
       return await (dbPromise ||= openDb());
     } catch (error) {
       dbPromise = null;
+      storageBroken = error; // cannot be opened at all: writes go to the network
       storageFailed(error);
       return null;
     }
@@ -187,8 +188,9 @@
     }
   }
 
+  /** Says that storage failed. Only an `open` that fails turns storage off (above); a
+   *  failed write (a full disk, say) fails that write alone. */
   function storageFailed(error) {
-    storageBroken = storageBroken || error;
     console.warn("[rhtmx-sync] storage unavailable:", error);
     emit("storage-error", { error: String(error && error.message || error) });
   }
@@ -311,6 +313,9 @@
       await applyChanges(batch, meta);
     } catch (error) {
       storageFailed(error);
+      // Nothing of the batch was stored: pull it again from the stored cursors.
+      for (const e of entities) versions[e] = (await metaGet("version:" + e).catch(() => 0)) || 0;
+      syncAll();
     }
     applying = null;
     const latest = {};
