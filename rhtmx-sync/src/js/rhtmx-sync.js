@@ -771,7 +771,11 @@
   // so the body kept is the one an extension encoded, with every header set on it.
   document.addEventListener("htmx:beforeRequest", (e) => {
     const d = e.detail;
-    if (!UNSAFE.has(verbOf(d)) || optedOut(d.elt) || storageBroken || !d.xhr) return;
+    if (!UNSAFE.has(verbOf(d)) || optedOut(d.elt)) return;
+    // Another user's page loaded since this one: with nowhere to keep it, the write is
+    // stopped rather than sent with that user's cookies.
+    if ((storageBroken || !d.xhr) && !current()) return void e.preventDefault();
+    if (storageBroken || !d.xhr) return;
     // Offline, behind earlier writes, or in a tab whose user has changed: queue it.
     const queue = !online() || pendingCount > 0 || !current();
     const xhr = d.xhr;
