@@ -7,7 +7,7 @@ import http from "node:http";
 import { createRequire } from "node:module";
 import { freshWorldPerTest, dbTodos, eventually } from "./harness.js";
 import { answer, cut, holder } from "./proxy.js";
-import { openApp, events, addTodo, inject, plainForm, waitPending } from "./app.js";
+import { openApp, openRewritten, events, addTodo, inject, plainForm, waitPending } from "./app.js";
 
 const w = freshWorldPerTest();
 const require = createRequire(import.meta.url);
@@ -166,4 +166,118 @@ test("a json-enc request made offline is replayed as JSON, and a url-encoded one
   assert.match(form.headers["content-type"], /^application\/x-www-form-urlencoded/);
   assert.equal(new URLSearchParams(form.body.toString()).get("title"), "offline form");
   assert.deepEqual(titles(), ["offline form"]); // the example takes forms only
+});
+
+test("a sign-in form is never queued behind the writes that wait for it, nor its password stored", async () => {
+  let loggedIn = false;
+  w.proxy.rule({ match: (r) => r.headers["x-rhtmx-replay"] === "1" && !loggedIn, respond: answer(401, "log in") });
+  w.proxy.rule({
+    match: (r) => r.method === "POST" && r.url === "/login",
+    respond: (req, res) => {
+      loggedIn = true;
+      return answer(200, "welcome")(req, res);
+    },
+  });
+  const page = await openApp(w.context, w.proxy.base);
+  await w.context.setOffline(true);
+  await addTodo(page, "waits for the login");
+  await waitPending(page, 1);
+  await w.context.setOffline(false);
+  await page.waitForFunction(() => window.__events.some((e) => e.name === "auth-required"));
+  await inject(page, `<form id="login" hx-post="/login" hx-swap="none"><input name="user" value="alice">
+    <input type="password" name="password" value="hunter2"><button>log in</button></form>`);
+  await page.click("#login button");
+  await eventually(() => loggedIn, { what: "the login to reach the app" });
+  const stored = JSON.stringify(await page.evaluate(() => RhtmxSync.pending()));
+  assert.ok(!stored.includes("hunter2"), "no password in the outbox");
+  assert.equal(await page.evaluate(() => RhtmxSync.pendingCount), 1);
+  assert.equal(w.proxy.seen((r) => r.url === "/login")[0].headers["idempotency-key"], undefined);
+  await page.evaluate(() => RhtmxSync.replay());
+  await waitPending(page, 0);
+  assert.deepEqual(titles(), ["waits for the login"]);
+});
+
+test("a first attempt redirected to a login page is kept, and the login page is not swapped in", async () => {
+  let loggedIn = false;
+  w.proxy.rule({
+    match: (r) => r.method === "POST" && r.url === "/todos" && !loggedIn,
+    respond: answer(302, "", { Location: "/login?next=/" }),
+  });
+  w.proxy.rule({ match: (r) => r.url.startsWith("/login"), respond: answer(200, "<p id=login-page>log in</p>", { "Content-Type": "text/html" }) });
+  const page = await openApp(w.context, w.proxy.base);
+  await addTodo(page, "made before the session ran out");
+  await page.waitForFunction(() => window.__events.some((e) => e.name === "auth-required"));
+  assert.ok(await page.$("#todo-list"), "the list is still on the page");
+  assert.equal(await page.$("#login-page"), null);
+  assert.equal(await page.evaluate(() => RhtmxSync.pendingCount), 1);
+  loggedIn = true;
+  await page.evaluate(() => RhtmxSync.replay());
+  await waitPending(page, 0);
+  assert.deepEqual(titles(), ["made before the session ran out"]);
+});
+
+test("a replay that hangs is given up after data-replay-timeout and sent again, applied once", async () => {
+  const held = holder();
+  w.proxy.rule({ match: (r) => r.headers["x-rhtmx-replay"] === "1", once: true, respond: held.respond(w.proxy.forward) });
+  const page = await openRewritten(w.context, w.proxy.base, (html) => html.replace("data-sync-entities=", 'data-replay-timeout="1" data-sync-entities='));
+  await w.context.setOffline(true);
+  await addTodo(page, "sent while the first try hangs");
+  await waitPending(page, 1);
+  await w.context.setOffline(false);
+  await held.arrived;
+  await waitPending(page, 0);
+  held.release(); // the hung first try arrives at last: the key makes it a no-op
+  await eventually(() => w.proxy.seen((r) => r.headers["x-rhtmx-replay"] === "1" && r.status).length >= 2, { what: "both tries answered" });
+  assert.deepEqual(titles(), ["sent while the first try hangs"]);
+});
+
+test("a refusal whose body is cut short is still a dead letter, and storage keeps working", async () => {
+  w.proxy.rule({
+    match: (r) => r.headers["x-rhtmx-replay"] === "1",
+    once: true,
+    respond: (req, res) => {
+      res.writeHead(422, { "Content-Type": "text/plain", "Content-Length": "100" });
+      res.write("title is ");
+      setImmediate(() => req.socket.destroy());
+      return true;
+    },
+  });
+  const page = await openApp(w.context, w.proxy.base);
+  await w.context.setOffline(true);
+  await addTodo(page, "refused, answer cut");
+  await addTodo(page, "next in line");
+  await waitPending(page, 2);
+  await w.context.setOffline(false);
+  await waitPending(page, 0);
+  const dead = await page.evaluate(() => RhtmxSync.deadLetters());
+  assert.deepEqual(dead.map((d) => d.status), [422]);
+  assert.deepEqual(titles(), ["next in line"]);
+  assert.deepEqual(await events(page, "storage-error"), []);
+});
+
+test("a leader in a background tab paused for a login resumes when another tab has the new token", async () => {
+  w.proxy.rule({
+    match: (r) => r.headers["x-rhtmx-replay"] === "1" && r.headers["x-csrf-token"] !== "fresh",
+    respond: answer(403, "bad token"),
+  });
+  const addToken = (p, token) => p.evaluate((t) => {
+    const meta = document.createElement("meta");
+    meta.name = "csrf-token";
+    meta.content = t;
+    document.head.append(meta);
+  }, token);
+  const background = await openApp(w.context, w.proxy.base);
+  await addToken(background, "stale");
+  const front = await openApp(w.context, w.proxy.base);
+  assert.equal(await background.evaluate(() => RhtmxSync.isLeader), true);
+  await w.context.setOffline(true);
+  await addTodo(front, "waits for the new token");
+  await waitPending(front, 1);
+  await w.context.setOffline(false);
+  await front.waitForFunction(() => window.__events.some((e) => e.name === "auth-required"));
+  // The user logs in again in the front tab: its page has the new token.
+  await addToken(front, "fresh");
+  await front.evaluate(() => RhtmxSync.replay());
+  await waitPending(front, 0);
+  assert.deepEqual(titles(), ["waits for the new token"]);
 });

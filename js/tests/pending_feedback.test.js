@@ -47,6 +47,19 @@ test("todo_sync lists queued writes by what they do, and drops each when it is s
     await addTodo(page, "written offline");
     await waitPending(page, 1);
     assert.deepEqual(await listed(page), ["Add “written offline”"]);
+    // Without a label, what the user typed is shown, never hidden fields (tokens).
+    await page.evaluate(() => {
+      const holder = document.createElement("div");
+      holder.innerHTML = `<form id="n" hx-post="/notes-elsewhere" hx-swap="none"><input type="hidden" name="_csrf" value="s3cr3t">
+        <input name="note" value="call the bank"><button>go</button></form>`;
+      document.body.append(holder);
+      htmx.process(holder);
+    });
+    await page.click("#n button");
+    await waitPending(page, 2);
+    assert.deepEqual(await listed(page), ["Add “written offline”", "call the bank"]);
+    await page.evaluate(async () => RhtmxSync.skip((await RhtmxSync.pending())[1].seq));
+    await waitPending(page, 1);
     await context.setOffline(false);
     await page.waitForSelector('li.todo input[value="written offline"]');
     // An edit kept offline leaves the form showing what the user typed.

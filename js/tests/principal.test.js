@@ -5,7 +5,7 @@ import { test, beforeEach } from "node:test";
 import assert from "node:assert/strict";
 import { freshWorldPerTest, dbTodos, eventually, postForm } from "./harness.js";
 import { cut } from "./proxy.js";
-import { openApp, events, addTodo, waitPending, waitInPage } from "./app.js";
+import { openApp, inject, events, addTodo, waitPending, waitInPage } from "./app.js";
 
 const w = freshWorldPerTest();
 beforeEach(namePrincipalInPages);
@@ -22,7 +22,9 @@ function namePrincipalInPages() {
         const user = /session=(\w+)/.exec(req.headers.cookie || "")?.[1];
         const html = await up.text();
         res.writeHead(200, { "Content-Type": "text/html; charset=utf-8" });
-        res.end(user ? html.replace("<head>", `<head><meta name="rhtmx-principal" content="${user}">`) : html);
+        // In the head for full loads; inside the body too, where an hx-boost swap sees it.
+        res.end(user ? html.replace("<head>", `<head><meta name="rhtmx-principal" content="${user}">`)
+          .replace("<body>", `<body><div hidden data-rhtmx-principal="${user}"></div>`) : html);
       });
       return true;
     },
@@ -131,4 +133,45 @@ test("RhtmxSync.clear() at logout forgets the mirror and the offline pages, keep
   assert.deepEqual(await alice.evaluate(async () => (await caches.keys()).filter((k) => k.startsWith("rhtmx-shell-"))), []);
   assert.equal(await alice.evaluate(() => RhtmxSync.pendingCount), 1);
   assert.deepEqual(await events(alice, "storage-error"), []);
+});
+
+test("an hx-boost navigation to another user's page starts the client again as that user", async () => {
+  await login("alice");
+  const page = await openApp(w.context, w.proxy.base);
+  assert.equal(await page.evaluate(() => RhtmxSync.principal), "alice");
+  // Bob signs in; the app answers with a boosted navigation (the body is swapped).
+  await login("bob");
+  await inject(page, '<a id="home" href="/" hx-boost="true">home</a>');
+  await page.click("#home");
+  await page.waitForFunction(() => window.RhtmxSync?.principal === "bob" && RhtmxSync.clientId);
+  await w.context.setOffline(true);
+  await addTodo(page, "bob, after a boosted login");
+  await waitPending(page, 1);
+  await w.context.setOffline(false);
+  await waitPending(page, 0);
+  assert.deepEqual(replays().map((r) => [sentAs(r), decodeURIComponent(r.headers["x-rhtmx-principal"])]), [["bob", "bob"]]);
+});
+
+test("RhtmxSync.clear() in one tab stops the user's other tabs and empties their mirror", async () => {
+  await postForm(w.server.base, "/todos", { id: SHARED, title: "private to alice" });
+  await login("alice");
+  const leader = await openApp(w.context, w.proxy.base);
+  const other = await openApp(w.context, w.proxy.base);
+  await waitInPage(leader, async () => (await RhtmxSync.get("todos")).length === 1);
+  assert.equal(await leader.evaluate(() => RhtmxSync.isLeader), true);
+  await other.evaluate(() => RhtmxSync.clear());
+  await leader.waitForFunction(() => window.__events.some((e) => e.name === "principal-changed"));
+  await waitInPage(other, async () => {
+    for (const { name } of await indexedDB.databases()) {
+      const db = await new Promise((ok) => { const r = indexedDB.open(name); r.onsuccess = () => ok(r.result); });
+      const n = db.objectStoreNames.contains("todos")
+        ? await new Promise((ok) => { const r = db.transaction("todos").objectStore("todos").count(); r.onsuccess = () => ok(r.result); })
+        : 0;
+      db.close();
+      if (n) return false;
+    }
+    return true;
+  });
+  assert.equal(await leader.evaluate(() => RhtmxSync.isLeader), false);
+  assert.equal(w.proxy.state.openStreams, 0);
 });

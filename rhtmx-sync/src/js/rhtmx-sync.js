@@ -20,6 +20,11 @@
   const csrfMeta = data.csrfMeta || "csrf-token";
   const csrfHeader = data.csrfHeader || "X-CSRF-Token";
   const loginPattern = new RegExp(data.loginPattern || "/(login|signin|sign-in|auth)\\b", "i");
+  // Requests that change who is signed in are never queued (a login queued behind the
+  // writes that wait for it would never be sent); nor is a form with a password.
+  const sessionPattern = new RegExp(data.sessionPattern || "/(log-?in|log-?out|sign-?in|sign-?out|auth)\\b", "i");
+  const replayTimeout = Number(data.replayTimeout || 30) * 1000;
+  const keyRetentionMs = Number(data.keyRetentionHours || 24) * 36e5;
   const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
   const SYSTEM_STORES = ["_meta", "_pending", "_dead"];
   const log = (...args) => debug && console.debug("[rhtmx-sync]", ...args);
@@ -57,8 +62,14 @@
   // data-principal on this script; none means one shared scope). Each principal has its
   // own database, leader and channel; the last principal to load a page is recorded in
   // localStorage, and a page of any other principal stops sending (its cookies are gone).
-  const principalMeta = document.querySelector('meta[name="rhtmx-principal"]');
-  const principal = data.principal ?? (principalMeta ? principalMeta.content : "");
+  // With hx-boost the body is swapped but the head is not: name it on the body then.
+  function readPrincipal() {
+    const el = document.querySelector("[data-rhtmx-principal]");
+    const meta = document.querySelector('meta[name="rhtmx-principal"]');
+    return el ? el.getAttribute("data-rhtmx-principal") : meta ? meta.content : data.principal ?? "";
+  }
+  let principal = "";
+  const LOGGED_OUT = "-"; // the marker after RhtmxSync.clear(): nobody's
   const PRINCIPAL_KEY = "rhtmx-sync:principal";
   let scope = ""; // "" or a hash of the principal: names the database, lock and channel
   let retired = false; // another principal's page loaded after this one
@@ -219,6 +230,36 @@
     });
   }
 
+  /** Moves another scope's queue (if that database exists) to the end of ours. */
+  function adopt(other) {
+    return new Promise((ok) => {
+      const r = indexedDB.open(dbName(other));
+      r.onupgradeneeded = () => r.transaction.abort();
+      r.onerror = () => ok();
+      r.onsuccess = async () => {
+        const db = r.result;
+        try {
+          if (db.objectStoreNames.contains("_pending")) {
+            const tx = db.transaction("_pending");
+            const entries = await promised(tx.objectStore("_pending").getAll());
+            await run("_pending", "readwrite", (ours) => {
+              for (const { seq, ...entry } of entries) ours.objectStore("_pending").add(entry);
+            });
+            // Our copy is committed: theirs can go (a crash in between keeps both; the
+            // keys make a second replay harmless).
+            const done = db.transaction("_pending", "readwrite");
+            done.objectStore("_pending").clear();
+            await finished(done);
+          }
+        } catch (error) {
+          log("could not adopt the shared queue", error);
+        }
+        db.close();
+        ok();
+      };
+    });
+  }
+
   /** Deletes the offline shell's cached pages (they show one principal's data). */
   async function forgetPages() {
     if (!window.caches) return;
@@ -234,6 +275,7 @@
 
   /** Applies changes of possibly several entities in one transaction. */
   function applyChanges(changes, meta) {
+    if (retired) return Promise.resolve(); // this page's user is gone: keep nothing
     const names = [...new Set(changes.map((c) => c.entity))].filter((e) => entities.includes(e));
     return run([...names, "_meta"], "readwrite", (tx) => {
       for (const c of changes) {
@@ -418,9 +460,17 @@
   let pendingCount = 0;
   const online = () => navigator.onLine !== false;
 
-  function csrfToken() {
+  // The leader may be a background tab whose page holds an old token: a tab that asks
+  // for a replay sends its own, and the leader uses the one it heard last.
+  let heardToken = null;
+  let ownWhenHeard = null;
+  const ownToken = () => {
     const meta = document.querySelector(`meta[name="${csrfMeta}"]`);
     return meta ? meta.content : null;
+  };
+  function csrfToken() {
+    if (heardToken !== null && ownToken() !== ownWhenHeard) heardToken = null; // ours is newer
+    return heardToken ?? ownToken();
   }
 
   /** The request's parameters as [name, text] pairs (files by name): for labels. */
@@ -440,9 +490,12 @@
     if (labelled) {
       return labelled.getAttribute("data-rhtmx-label").replace(/\{([^}]+)\}/g, (_, k) => (Object.hasOwn(values, k) ? values[k] : ""));
     }
+    // What the user typed or chose, not hidden fields (tokens, the new row's id).
+    const form = elt && elt.closest && elt.closest("form");
+    const hidden = (k) => form && [...form.querySelectorAll("[name]")].some((c) => c.name === k && c.type === "hidden");
     const newId = elt && elt.closest && elt.closest("[data-rhtmx-new-id]");
     const skip = newId && (newId.getAttribute("data-rhtmx-new-id") || "id");
-    const shown = fields.filter(([k, v]) => k !== skip && v.trim()).map(([, v]) => v);
+    const shown = fields.filter(([k, v]) => k !== skip && !hidden(k) && v.trim()).map(([, v]) => v);
     return shown.length ? shown.join(" · ") : `${method} ${new URL(url).pathname}`;
   }
 
@@ -595,7 +648,7 @@
   }
 
   function kick() {
-    if (!isLeader) return tell({ type: "kick" });
+    if (!isLeader) return tell({ type: "kick", token: ownToken() });
     if (isPaused && csrfToken() !== paused) isPaused = false; // token refreshed
     if (!replaying && !isPaused && online() && current()) replaying = replay().finally(() => (replaying = null));
     return replaying;
@@ -617,14 +670,22 @@
   /** Sends an entry; a redirect that could not be followed (to a login on another
    *  origin) comes back as "auth", never as a network error. */
   async function send(entry) {
+    // A replay that hangs would hold the queue: it is given up after the timeout and
+    // retried like a network error (the key makes that safe).
+    const ask = (redirect) => fetch(entry.url, { ...request(entry), redirect, signal: AbortSignal.timeout && AbortSignal.timeout(replayTimeout) });
     try {
-      return await fetch(entry.url, request(entry));
+      return await ask("follow");
     } catch (error) {
-      // A redirect to another origin fails like a network error: ask once more without
-      // following redirects to tell them apart (the key makes a second ask safe).
-      const res = await fetch(entry.url, { ...request(entry), redirect: "manual" });
-      if (res.type === "opaqueredirect") return { auth: true, status: 0 };
-      return res;
+      // A redirect to another origin fails like a network error. Ask without following
+      // redirects, and if that is a redirect, once more following it: a same-origin one
+      // (a post answered 303 once the network is back) then succeeds; one we still
+      // cannot follow is a login elsewhere.
+      if ((await ask("manual")).type !== "opaqueredirect") throw error;
+      try {
+        return await ask("follow");
+      } catch {
+        return { auth: true, status: 0 };
+      }
     }
   }
 
@@ -634,9 +695,16 @@
         const entry = await run("_pending", "readonly", (tx) => tx.objectStore("_pending").openCursor())
           .then((cursor) => cursor && cursor.value);
         if (!entry || !current()) return;
-        if (Date.now() - entry.created > retentionMs) {
+        // A write that may have reached the server is replayed only while the server
+        // still remembers its key (its idempotency retention): after that a replay could
+        // apply it twice, so it goes to the dead letters for the user to decide.
+        if (entry.attempted ? Date.now() - entry.attempted > keyRetentionMs : Date.now() - entry.created > retentionMs) {
           await deadLetter(entry, { reason: "expired" });
           continue;
+        }
+        if (!entry.attempted) {
+          entry.attempted = Date.now();
+          await run("_pending", "readwrite", (tx) => tx.objectStore("_pending").put(entry));
         }
         let res;
         try {
@@ -657,7 +725,8 @@
         if (v === "retry") return retryLater(res);
         backoff = 0;
         if (v === "refused") {
-          await deadLetter(entry, { reason: "rejected", status, response: (await res.text()).slice(0, 2000) });
+          const response = await res.text().catch(() => ""); // the body may be cut short
+          await deadLetter(entry, { reason: "rejected", status, response: response.slice(0, 2000) });
           continue;
         }
         await run("_pending", "readwrite", (tx) => tx.objectStore("_pending").delete(entry.seq));
@@ -732,7 +801,15 @@
 
   // ---- htmx integration --------------------------------------------------------------------
   const verbOf = (detail) => String((detail.requestConfig || detail).verb || "").toUpperCase();
-  const optedOut = (elt) => elt && elt.closest && elt.closest('[data-rhtmx-offline="false"]');
+  /** Whether a write may be kept and replayed: not opted out, not a sign-in or sign-out
+   *  (see `sessionPattern`), no password in it (never stored). */
+  function keepable(elt, path) {
+    const el = elt && elt.closest ? elt : null;
+    if (el && (el.closest('[data-rhtmx-offline="false"]') || el.matches("input[type=password]"))) return false;
+    const form = el && el.closest("form");
+    if (form && form.querySelector("input[type=password]")) return false;
+    return !sessionPattern.test(new URL(path || "", location.href).pathname);
+  }
 
   /** A UUIDv7: time-ordered, so client-generated ids sort by creation. */
   function uuid() {
@@ -757,7 +834,7 @@
     // One key per user action, created before the first attempt, reused on replay. An
     // opted-out write is never queued or replayed, so it gets none: the server then
     // treats it exactly as it would without rhtmx-sync.
-    if (!optedOut(e.detail.elt)) e.detail.headers["Idempotency-Key"] ||= crypto.randomUUID();
+    if (keepable(e.detail.elt, e.detail.path)) e.detail.headers["Idempotency-Key"] ||= uuid();
     if (clientId) e.detail.headers["X-Rhtmx-Client-Id"] = clientId;
     if (principal) e.detail.headers["X-Rhtmx-Principal"] = encodeURIComponent(principal);
     // When the user acted (kept for a replay), and the row version the page showed, so
@@ -767,11 +844,29 @@
     if (versioned) e.detail.headers["X-Rhtmx-Base-Version"] = versioned.getAttribute("data-rhtmx-version");
   });
 
+  // A direct attempt whose answer the queue would retry or pause on is kept, and that
+  // answer (an error page, a login page) is not swapped into the page. Only the status
+  // and a followed redirect decide here: a 2xx that names a login page (`HX-Redirect`)
+  // was handled by the app, and htmx follows it.
+  const kept = new WeakMap(); // xhr -> keep()
+  /** Keeps the answered write if need be; true when it did. Once per request. */
+  function decide(xhr) {
+    const keep = xhr && kept.get(xhr);
+    if (!keep) return false;
+    kept.delete(xhr);
+    const v = verdict(xhr.status, (h) => (h === "Retry-After" ? xhr.getResponseHeader(h) : null), xhr.responseURL);
+    return (v === "retry" || v === "auth") && (keep(), true);
+  }
+  document.addEventListener("htmx:beforeSwap", (e) => decide(e.detail.xhr) && (e.detail.shouldSwap = false));
+
   // Every unsafe request is watched at the wire: htmx's XMLHttpRequest `send` is wrapped
   // so the body kept is the one an extension encoded, with every header set on it.
   document.addEventListener("htmx:beforeRequest", (e) => {
     const d = e.detail;
-    if (!UNSAFE.has(verbOf(d)) || optedOut(d.elt)) return;
+    if (!UNSAFE.has(verbOf(d)) || !keepable(d.elt, d.requestConfig.path)) return;
+    // The page now names another user (an hx-boost navigation swapped the body): start
+    // again as that user rather than keep this write for the previous one.
+    if (started && readPrincipal() !== principal) return void (e.preventDefault(), location.reload());
     // Another user's page loaded since this one: with nowhere to keep it, the write is
     // stopped rather than sent with that user's cookies.
     if ((storageBroken || !d.xhr) && !current()) return void e.preventDefault();
@@ -805,10 +900,8 @@
       const keep = () => enqueue(entry, d.elt).catch(storageFailed);
       xhr.addEventListener("error", keep);
       xhr.addEventListener("timeout", keep);
-      xhr.addEventListener("load", () => {
-        const redirected = xhr.responseURL && xhr.responseURL !== entry.url && xhr.responseURL;
-        if (verdict(xhr.status, (h) => xhr.getResponseHeader(h), redirected).match(/retry|auth/)) keep();
-      });
+      kept.set(xhr, keep);
+      xhr.addEventListener("load", () => decide(xhr)); // when htmx swapped nothing
       native.call(xhr, body);
     };
   });
@@ -839,12 +932,19 @@
     clearTimeout(timer);
     clearTimeout(sourceTimer);
     if (resign) resign();
+    // What this user's mirror holds is not the next user's to read.
+    getDb().then((db) => db && forget(db, false)).catch(log);
     emit("principal-changed", { principal });
   }
 
   function onMessage({ data: m }) {
     if (m.type === "changed") m.details.forEach(markChanged);
-    else if (m.type === "kick") isLeader && kick();
+    else if (m.type === "kick" || m.type === "resume") {
+      if (!isLeader) return;
+      if (m.token != null) (heardToken = m.token), (ownWhenHeard = ownToken());
+      if (m.type === "resume") (isPaused = false), (backoff = 0);
+      kick();
+    }
     else if (m.type === "queued" || m.type === "replayed" || m.type === "rejected") {
       if (m.type === "replayed") sentUntilChanged(m.detail.entry);
       refreshPending().then(() => emit(m.type, m.detail));
@@ -853,6 +953,9 @@
   }
 
   async function start() {
+    // The principal may be named on the body: wait for it to be parsed.
+    if (document.readyState === "loading") await new Promise((r) => addEventListener("DOMContentLoaded", r, { once: true }));
+    principal = readPrincipal();
     scope = await scopeOf(principal);
     // The newest page names the browser's user; what an earlier user left readable (the
     // mirror, the offline pages) goes. Their queue stays for their next visit.
@@ -864,6 +967,9 @@
       await forgetScope(last);
       await forgetPages();
     }
+    // Writes queued before the app named its users (one shared outbox) are this
+    // user's now, as they would have been the next page's: not stranded.
+    if (scope && !last) await adopt("");
     addEventListener("storage", (e) => e.key === PRINCIPAL_KEY && e.newValue !== scope && retire());
     started = true;
     registerWorker();
@@ -873,7 +979,7 @@
     }
     clientId = await metaGet("clientId");
     if (!clientId && !storageBroken) {
-      clientId = crypto.randomUUID();
+      clientId = uuid(); // crypto.randomUUID exists in secure contexts only
       await run("_meta", "readwrite", (tx) => tx.objectStore("_meta").put({ key: "clientId", value: clientId })).catch(storageFailed);
     }
     await refreshPending();
@@ -934,13 +1040,16 @@
   addEventListener("pagehide", disconnect);
   addEventListener("pageshow", (e) => e.persisted && isLeader && connect());
 
+  // An hx-boost navigation (a login, a logout) may swap in a body naming another user.
+  document.addEventListener("htmx:afterSettle", () => started && readPrincipal() !== principal && location.reload());
+
   // ---- public API ----------------------------------------------------------------------------
   const all = async (store) => (await run(store, "readonly", (tx) => tx.objectStore(store).getAll())) || [];
 
   window.RhtmxSync = {
     entities,
     /** The principal this page was served for ("" when the app names none). */
-    principal,
+    get principal() { return principal; },
     get clientId() { return clientId; },
     get isLeader() { return isLeader; },
     get source() { return source; },
@@ -975,12 +1084,24 @@
     replay() {
       isPaused = false;
       backoff = 0;
-      return Promise.resolve(kick());
+      if (!isLeader) tell({ type: "resume", token: ownToken() });
+      return Promise.resolve(isLeader && kick());
+    },
+    /** Moves a queued write that cannot go through (the server keeps refusing it) to
+     *  the dead letters, so the writes behind it can go. */
+    async skip(seq) {
+      const entry = await run("_pending", "readonly", (tx) => tx.objectStore("_pending").get(seq));
+      if (entry) await deadLetter(entry, { reason: "skipped" });
+      kick();
     },
     /** At logout: forgets the mirror and the offline pages, and this page stops syncing.
      *  The queue is kept for the user's next visit unless `{ outbox: true }`. Resolves
      *  with `{ pending }`, the writes still kept. */
     async clear({ outbox = false } = {}) {
+      // Nobody's now: this user's other tabs stop too (and forget their mirror).
+      try {
+        localStorage.setItem(PRINCIPAL_KEY, LOGGED_OUT);
+      } catch {}
       retire();
       const db = await getDb();
       if (db) await forget(db, outbox);
