@@ -52,3 +52,85 @@ async fn row_data_is_never_cached_and_the_client_files_are_revalidated() {
     .await;
     assert_eq!((status, value.as_str()), (200, "no-cache"));
 }
+
+/// Request headers a case adds.
+type Headers = Vec<(&'static str, String)>;
+
+#[tokio::test]
+async fn a_push_from_another_site_is_refused_and_changes_nothing() {
+    let (_dir, db) = temp_db();
+    let server = start_with(&db, |b| b.allowed_origins(["https://partner.example"])).await;
+    let http = client();
+    let host = server.base.trim_start_matches("http://").to_owned();
+    let push = |id: &str, title: &str, headers: Headers| {
+        let mut req = http
+            .post(format!("{}/api/sync/todos", server.base))
+            .header("content-type", "application/json")
+            .body(json!({"changes": [{"id": todo_id(id), "action": "create", "data": {"title": title}}]}).to_string());
+        for (name, value) in headers {
+            req = req.header(name, value);
+        }
+        req.send()
+    };
+    let cases: Vec<(&str, Headers, u16)> = vec![
+        (
+            "cross-site fetch",
+            vec![
+                ("sec-fetch-site", "cross-site".into()),
+                ("origin", "https://evil.example".into()),
+            ],
+            403,
+        ),
+        (
+            "same-site sibling",
+            vec![
+                ("sec-fetch-site", "same-site".into()),
+                ("origin", "https://other.example".into()),
+            ],
+            403,
+        ),
+        (
+            "Origin only, another host",
+            vec![("origin", "https://evil.example".into())],
+            403,
+        ),
+        ("opaque origin", vec![("origin", "null".into())], 403),
+        (
+            "same origin",
+            vec![
+                ("sec-fetch-site", "same-origin".into()),
+                ("origin", format!("http://{host}")),
+            ],
+            200,
+        ),
+        (
+            "Origin only, this host",
+            vec![("origin", format!("http://{host}"))],
+            200,
+        ),
+        (
+            "an allowed origin",
+            vec![
+                ("sec-fetch-site", "cross-site".into()),
+                ("origin", "https://PARTNER.example".into()),
+            ],
+            200,
+        ),
+        ("not from a browser", vec![], 200),
+    ];
+    for (i, (what, headers, status)) in cases.into_iter().enumerate() {
+        let res = push(&format!("o{i}"), what, headers).await.expect(what);
+        assert_eq!(res.status().as_u16(), status, "{what}");
+    }
+    let titles: Vec<String> = todos(&server.pool).await.into_iter().map(|t| t.1).collect();
+    let mut expected = vec![
+        "same origin",
+        "Origin only, this host",
+        "an allowed origin",
+        "not from a browser",
+    ];
+    expected.sort();
+    let mut titles = titles;
+    titles.sort();
+    assert_eq!(titles, expected);
+}

@@ -156,6 +156,7 @@ pub(crate) struct Options {
     pub max_pull_limit: i64,
     pub clock_tolerance: Duration,
     pub max_push_changes: usize,
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for Options {
@@ -171,6 +172,7 @@ impl Default for Options {
             max_pull_limit: 10_000,
             clock_tolerance: DEFAULT_CLOCK_TOLERANCE,
             max_push_changes: 1000,
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -409,6 +411,20 @@ impl SyncEngineBuilder {
     /// waits meanwhile. The browser client pushes fewer at a time.
     pub fn max_push_changes(mut self, changes: usize) -> Self {
         self.options.max_push_changes = changes.max(1);
+        self
+    }
+
+    /// Other origins whose pages may push (`scheme://host[:port]`, as browsers send
+    /// `Origin`; compared without regard to case). By default a push is applied only
+    /// from the app's own origin: a browser request from any other site answers 403
+    /// ([`Error::CrossSite`](crate::Error::CrossSite)). Requests that carry neither
+    /// `Origin` nor `Sec-Fetch-Site` (not from a browser page) are not affected.
+    pub fn allowed_origins<I, O>(mut self, origins: I) -> Self
+    where
+        I: IntoIterator<Item = O>,
+        O: Into<String>,
+    {
+        self.options.allowed_origins = origins.into_iter().map(Into::into).collect();
         self
     }
 

@@ -43,6 +43,11 @@ pub enum Error {
     /// cross-site form (`enctype="text/plain"`) or a `no-cors` fetch cannot write.
     #[error("the body must be `application/json`")]
     UnsupportedMediaType,
+    /// An unsafe request from another site or origin, as the browser tells it
+    /// (`Sec-Fetch-Site`, `Origin`), that the app did not allow (403): nothing is
+    /// written. See [`SyncEngineBuilder::allowed_origins`](crate::SyncEngineBuilder::allowed_origins).
+    #[error("writes from another site are refused")]
+    CrossSite,
     /// The request body is larger than the configured limit (413).
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -81,6 +86,7 @@ impl Error {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::CrossSite => StatusCode::FORBIDDEN,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Resolver(_) | Error::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::UnreadableRow(_) => StatusCode::UNPROCESSABLE_ENTITY,

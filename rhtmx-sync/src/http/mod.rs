@@ -2,6 +2,7 @@
 
 mod assets;
 mod events;
+mod origin;
 mod pull;
 mod push;
 

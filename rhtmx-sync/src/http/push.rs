@@ -30,6 +30,7 @@ pub(crate) async fn push(
     body: Body,
 ) -> Result<Json<PushResponse>> {
     let entity = &*engine.entity(&name)?;
+    super::origin::same_origin(&headers, &engine.inner.options.allowed_origins)?;
     if !is_json(&headers) {
         return Err(Error::UnsupportedMediaType);
     }
