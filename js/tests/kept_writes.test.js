@@ -281,3 +281,41 @@ test("a leader in a background tab paused for a login resumes when another tab h
   await waitPending(front, 0);
   assert.deepEqual(titles(), ["waits for the new token"]);
 });
+
+test("a kept write that may have reached the server expires with the server's key; a retry sends it afresh", async () => {
+  w.proxy.rule({
+    match: (r) => r.method === "POST" && r.url === "/todos" && !r.headers["x-rhtmx-replay"],
+    respond: cut(),
+  });
+  const busy = w.proxy.rule({ match: (r) => r.headers["x-rhtmx-replay"] === "1", respond: answer(503, "busy", { "Retry-After": "1" }) });
+  // The server forgets keys after 0.36 s here (data-key-retention-hours).
+  const page = await openRewritten(w.context, w.proxy.base, (html) => html.replace("data-sync-entities=", 'data-key-retention-hours="0.0001" data-sync-entities='));
+  await inject(page, plainForm("f", "sent once, answer lost"));
+  await page.click("#f button");
+  await page.waitForFunction(() => window.__events.some((e) => e.name === "rejected" && e.detail.reason === "expired"));
+  const [dead] = await page.evaluate(() => RhtmxSync.deadLetters());
+  assert.equal(typeof dead.attempted, "number");
+  // The user decides to send it again: a new key, since the old one may be forgotten.
+  w.proxy.state.rules.splice(w.proxy.state.rules.indexOf(busy), 1);
+  await page.evaluate((seq) => RhtmxSync.retry(seq), dead.seq);
+  await eventually(() => titles().length === 1, { what: "the retried write" });
+  const keys = new Set(replays().map((r) => r.headers["idempotency-key"]));
+  assert.equal(keys.size, 2);
+  assert.deepEqual(titles(), ["sent once, answer lost"]);
+});
+
+test("a direct write answered 200 with HX-Redirect to a login is kept, then the login opens", async () => {
+  let loggedIn = false;
+  w.proxy.rule({
+    match: (r) => r.method === "POST" && r.url === "/todos" && !loggedIn,
+    respond: answer(200, "", { "HX-Redirect": "/login" }),
+  });
+  w.proxy.rule({ match: (r) => r.url.startsWith("/login"), respond: answer(200, "<p id=login-page>log in</p>", { "Content-Type": "text/html" }) });
+  const page = await openApp(w.context, w.proxy.base);
+  await addTodo(page, "made as the session ran out");
+  await page.waitForURL(/\/login$/);
+  loggedIn = true;
+  await page.goto(w.proxy.base + "/");
+  await eventually(() => titles().length === 1, { what: "the kept write" });
+  assert.deepEqual(titles(), ["made as the session ran out"]);
+});

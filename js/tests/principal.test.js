@@ -175,3 +175,33 @@ test("RhtmxSync.clear() in one tab stops the user's other tabs and empties their
   assert.equal(await leader.evaluate(() => RhtmxSync.isLeader), false);
   assert.equal(w.proxy.state.openStreams, 0);
 });
+
+test("after a page that named nobody (a login page), each user's writes still stay theirs", async () => {
+  // The sign-in page loads the client too: the shared database exists, with its stores.
+  const anonymous = await openApp(w.context, w.proxy.base);
+  assert.equal(await anonymous.evaluate(() => RhtmxSync.principal), "");
+  await anonymous.close();
+  await login("alice");
+  const alice = await openApp(w.context, w.proxy.base); // its app.js reads the queue at once
+  await w.context.setOffline(true);
+  await addTodo(alice, "alice, private");
+  await waitPending(alice, 1);
+  await alice.close();
+  await login("bob");
+  await w.context.setOffline(false);
+  const bob = await openApp(w.context, w.proxy.base);
+  assert.equal(await bob.evaluate(() => RhtmxSync.principal), "bob");
+  assert.deepEqual(await bob.evaluate(() => RhtmxSync.pending()), []);
+  await w.context.setOffline(true);
+  await addTodo(bob, "bob's");
+  await waitPending(bob, 1);
+  await w.context.setOffline(false);
+  await waitPending(bob, 0);
+  assert.deepEqual(replays().map((r) => [sentAs(r), r.body.toString().includes("alice")]), [["bob", false]]);
+  await bob.close();
+  await login("alice");
+  const again = await openApp(w.context, w.proxy.base);
+  await waitInPage(again, async () => (await RhtmxSync.pending()).length === 0);
+  await eventually(() => titles().includes("alice, private"), { what: "alice's write, sent as alice" });
+  assert.deepEqual(replays().map(sentAs), ["bob", "alice"]);
+});

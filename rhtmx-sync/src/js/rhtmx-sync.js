@@ -22,7 +22,7 @@
   const loginPattern = new RegExp(data.loginPattern || "/(login|signin|sign-in|auth)\\b", "i");
   // Requests that change who is signed in are never queued (a login queued behind the
   // writes that wait for it would never be sent); nor is a form with a password.
-  const sessionPattern = new RegExp(data.sessionPattern || "/(log-?in|log-?out|sign-?in|sign-?out|auth)\\b", "i");
+  const sessionPattern = new RegExp(data.sessionPattern || "/(log[-_]?(in|out)|sign[-_]?(in|out)|sessions?|auth)\\b", "i");
   const replayTimeout = Number(data.replayTimeout || 30) * 1000;
   const keyRetentionMs = Number(data.keyRetentionHours || 24) * 36e5;
   const UNSAFE = new Set(["POST", "PUT", "PATCH", "DELETE"]);
@@ -72,6 +72,10 @@
   const LOGGED_OUT = "-"; // the marker after RhtmxSync.clear(): nobody's
   const PRINCIPAL_KEY = "rhtmx-sync:principal";
   let scope = ""; // "" or a hash of the principal: names the database, lock and channel
+  let scopeKnown;
+  // Nothing opens a database before the scope is known (an early RhtmxSync.pending()
+  // would otherwise open the shared one for good).
+  const scoped = new Promise((r) => (scopeKnown = r));
   let retired = false; // another principal's page loaded after this one
   let started = false; // the scope is known
   const dbName = (s) => "rhtmx-sync" + (s ? "-" + s : "");
@@ -163,6 +167,7 @@
 
   /** The database, or null when storage does not work here (the event says why). */
   async function getDb() {
+    await scoped;
     if (storageBroken) return null;
     try {
       return await (dbPromise ||= openDb());
@@ -232,6 +237,7 @@
 
   /** Moves another scope's queue (if that database exists) to the end of ours. */
   function adopt(other) {
+    if (other === scope) return Promise.resolve();
     return new Promise((ok) => {
       const r = indexedDB.open(dbName(other));
       r.onupgradeneeded = () => r.transaction.abort();
@@ -508,7 +514,9 @@
     for (const [name, value] of Object.entries(headers)) {
       const lower = name.toLowerCase();
       // Re-read at replay time, never replayed stale; a form's boundary is the browser's.
-      if (lower === csrfHeader.toLowerCase() || lower === "idempotency-key") continue;
+      // Credentials (Authorization) are not stored: the app sets them again in
+      // `rhtmx:replay-request`.
+      if (lower === csrfHeader.toLowerCase() || lower === "idempotency-key" || lower === "authorization") continue;
       if (lower === "content-type" && body instanceof FormData) continue;
       kept[name] = value;
     }
@@ -849,15 +857,22 @@
   // and a followed redirect decide here: a 2xx that names a login page (`HX-Redirect`)
   // was handled by the app, and htmx follows it.
   const kept = new WeakMap(); // xhr -> keep()
-  /** Keeps the answered write if need be; true when it did. Once per request. */
+  /** Keeps the answered write if need be (then htmx does nothing with the answer, and a
+   *  login page it names is opened once the write is stored); true when it did. */
   function decide(xhr) {
     const keep = xhr && kept.get(xhr);
     if (!keep) return false;
     kept.delete(xhr);
-    const v = verdict(xhr.status, (h) => (h === "Retry-After" ? xhr.getResponseHeader(h) : null), xhr.responseURL);
-    return (v === "retry" || v === "auth") && (keep(), true);
+    const v = verdict(xhr.status, (h) => xhr.getResponseHeader(h), xhr.responseURL);
+    if (v !== "retry" && v !== "auth") return false;
+    let to = xhr.getResponseHeader("HX-Redirect") || xhr.getResponseHeader("HX-Location") || "";
+    try {
+      if (to.startsWith("{")) to = JSON.parse(to).path || "";
+    } catch {}
+    keep().then(() => to && location.assign(to));
+    return true;
   }
-  document.addEventListener("htmx:beforeSwap", (e) => decide(e.detail.xhr) && (e.detail.shouldSwap = false));
+  document.addEventListener("htmx:beforeOnLoad", (e) => decide(e.detail.xhr) && e.preventDefault());
 
   // Every unsafe request is watched at the wire: htmx's XMLHttpRequest `send` is wrapped
   // so the body kept is the one an extension encoded, with every header set on it.
@@ -897,7 +912,9 @@
       }
       // No answer, or one the replay loop would retry: kept with its key. The request may
       // or may not have arrived; the same key lets the server tell.
-      const keep = () => enqueue(entry, d.elt).catch(storageFailed);
+      // Sent once already: it may have been applied, so it is replayed only while the
+      // server remembers its key.
+      const keep = () => enqueue({ ...entry, attempted: Date.now() }, d.elt).catch(storageFailed);
       xhr.addEventListener("error", keep);
       xhr.addEventListener("timeout", keep);
       kept.set(xhr, keep);
@@ -957,6 +974,7 @@
     if (document.readyState === "loading") await new Promise((r) => addEventListener("DOMContentLoaded", r, { once: true }));
     principal = readPrincipal();
     scope = await scopeOf(principal);
+    scopeKnown();
     // The newest page names the browser's user; what an earlier user left readable (the
     // mirror, the offline pages) goes. Their queue stays for their next visit.
     const last = lastPrincipal();
@@ -1072,7 +1090,10 @@
           if (!entry) return;
           tx.objectStore("_dead").delete(seq);
           delete entry.seq;
-          tx.objectStore("_pending").add({ ...entry, created: Date.now(), attempts: 0 });
+          // The user's decision to send it again: a fresh key (the server may have forgotten
+          // the old one, or refused it for good).
+          delete entry.attempted;
+          tx.objectStore("_pending").add({ ...entry, key: uuid(), created: Date.now(), attempts: 0 });
         };
       });
       await refreshPending();
