@@ -58,10 +58,10 @@ pub fn page(todos: &[TodoView<'_>], version: i64) -> Markup {
                     }
                 }
                 // Kept offline, the form is cleared by the client and the write listed below
-                // in the words of `data-rhtmx-label`; online, cleared once it succeeded.
+                // in the words of `data-rhtmx-label`; online, app.js clears it once it
+                // succeeded.
                 form #new-todo hx-post="/todos" hx-target="#todo-list" hx-swap="outerHTML"
-                    data-rhtmx-new-id="id" data-rhtmx-label="Add “{title}”"
-                    "hx-on::after-request"="if (event.detail.successful) this.reset()" {
+                    data-rhtmx-new-id="id" data-rhtmx-label="Add “{title}”" {
                     input name="title" placeholder="What needs doing?" required autocomplete="off";
                     button type="submit" { "Add" }
                 }

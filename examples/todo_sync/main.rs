@@ -25,9 +25,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = app::open_db(&url).await?;
     let engine = app::engine(&pool).await?;
     // Replayed offline writes carry an Idempotency-Key: applied once, answered again.
-    let router = app::app(engine.clone())
-        .merge(engine.routes())
-        .layer(engine.idempotency_layer());
+    let router = app::protective_headers(
+        app::app(engine.clone())
+            .merge(engine.routes())
+            .layer(engine.idempotency_layer()),
+    );
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     println!("todo_sync listening on http://{}", listener.local_addr()?);

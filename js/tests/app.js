@@ -66,17 +66,14 @@ export async function openRewritten(context, base, rewrite) {
   return openApp(context, base, page);
 }
 
-/** Waits until the async `fn` (run in the page, with `arg`) resolves truthy. Playwright's waitForFunction does not await a promise: an async predicate
- *  passes at once, so conditions on IndexedDB or caches are polled here instead. */
-export function waitInPage(page, fn, arg, { timeout = 30000 } = {}) {
-  return page.evaluate(async ([source, a, ms]) => {
-    const f = (0, eval)(`(${source})`);
-    const end = Date.now() + ms;
-    for (;;) {
-      const value = await f(a);
-      if (value) return true;
-      if (Date.now() > end) throw new Error(`timed out waiting for ${source}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  }, [fn.toString(), arg, timeout]);
+/** Waits until the async `fn` (run in the page, with `arg`) resolves truthy. Playwright's
+ *  waitForFunction does not await a promise: an async predicate passes at once, so
+ *  conditions on IndexedDB or caches are polled from here instead. */
+export async function waitInPage(page, fn, arg, { timeout = 30000 } = {}) {
+  const end = Date.now() + timeout;
+  for (;;) {
+    if (await page.evaluate(fn, arg)) return true;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${fn}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }

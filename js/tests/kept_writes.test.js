@@ -5,6 +5,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
 import { createRequire } from "node:module";
+import { readFileSync } from "node:fs";
 import { freshWorldPerTest, dbTodos, eventually } from "./harness.js";
 import { answer, cut, holder } from "./proxy.js";
 import { openApp, openRewritten, events, addTodo, inject, plainForm, waitPending } from "./app.js";
@@ -121,9 +122,15 @@ test("a replay redirected to a login on another origin pauses the queue instead 
   }
 });
 
-/** Loads the json-enc extension (htmx 2's, from npm) into the page. */
+/** Loads the json-enc extension (htmx 2's, from npm) into the page, served from the
+ *  app's origin as an app would (its CSP allows no inline script). */
 async function withJsonEnc(page) {
-  await page.addScriptTag({ path: require.resolve("htmx-ext-json-enc/json-enc.js") });
+  const source = readFileSync(require.resolve("htmx-ext-json-enc/json-enc.js"));
+  w.proxy.rule({
+    match: (r) => r.url === "/assets/json-enc.js",
+    respond: answer(200, source, { "Content-Type": "text/javascript" }),
+  });
+  await page.addScriptTag({ url: "/assets/json-enc.js" });
 }
 
 const jsonForm = (id, title) =>

@@ -54,6 +54,10 @@
       document.body.addEventListener("rhtmx:" + name, render);
     }
     document.body.addEventListener("rhtmx:conflict", conflict);
+    // A todo added online clears its form once the server took it.
+    document.body.addEventListener("htmx:afterRequest", (e) => {
+      if (e.detail.elt.id === "new-todo" && e.detail.successful) e.detail.elt.reset();
+    });
     render();
   });
 })();
