@@ -49,7 +49,13 @@ pub async fn serve(db: PathBuf, opts: ServeOptions) {
     // Untracked: the same app and middleware with an engine that syncs no table (the
     // example's router needs an engine), so no trigger fires and nothing is broadcast.
     let engine = if opts.tracked {
-        app::engine(&pool).await
+        // The example's engine, with room for the fan-out's 10,000 streams (the default
+        // budget keeps 512 for a small app).
+        rhtmx_sync::SyncEngine::builder(pool.clone())
+            .entity::<app::Todo>()
+            .max_event_streams(20_000)
+            .build()
+            .await
     } else {
         rhtmx_sync::SyncEngine::builder(pool.clone()).build().await
     }

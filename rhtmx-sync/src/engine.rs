@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use axum::Router;
 use sqlx::{Connection, SqliteConnection, SqlitePool};
+use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -157,6 +158,8 @@ pub(crate) struct Options {
     pub clock_tolerance: Duration,
     pub max_push_changes: usize,
     pub allowed_origins: Vec<String>,
+    pub max_event_streams: usize,
+    pub max_concurrent_pulls: usize,
 }
 
 impl Default for Options {
@@ -173,6 +176,8 @@ impl Default for Options {
             clock_tolerance: DEFAULT_CLOCK_TOLERANCE,
             max_push_changes: 1000,
             allowed_origins: Vec::new(),
+            max_event_streams: 512,
+            max_concurrent_pulls: 32,
         }
     }
 }
@@ -196,6 +201,9 @@ pub(crate) struct Inner {
     pub clock: HlcClock,
     /// The log's identity, which every cursor is tagged with.
     pub log_id: Arc<str>,
+    /// Places for open event streams and running pulls (see the options).
+    pub streams: Arc<Semaphore>,
+    pub pulls: Arc<Semaphore>,
     tailer: JoinHandle<()>,
 }
 
@@ -428,6 +436,24 @@ impl SyncEngineBuilder {
         self
     }
 
+    /// The most event streams open at once (default 512); one more answers 429 with
+    /// `Retry-After` ([`Error::Busy`](crate::Error::Busy)) and the browser client tries
+    /// again with backoff. Each stream holds a socket and about 30 KB: keep this well
+    /// under the process's descriptor limit (`ulimit -n`), so the app's own pages always
+    /// have room. The client opens one stream per browser, not per tab.
+    pub fn max_event_streams(mut self, streams: usize) -> Self {
+        self.options.max_event_streams = streams.max(1);
+        self
+    }
+
+    /// The most pulls running at once (default 32); one more answers 429 with
+    /// `Retry-After`. A pull holds its place until its whole body is written, however
+    /// slowly its client reads.
+    pub fn max_concurrent_pulls(mut self, pulls: usize) -> Self {
+        self.options.max_concurrent_pulls = pulls.max(1);
+        self
+    }
+
     /// Where the routes live (default `/api/sync`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.options.prefix = prefix.into().trim_end_matches('/').to_owned();
@@ -540,6 +566,8 @@ impl SyncEngineBuilder {
                 pool: self.pool,
                 entities,
                 hub,
+                streams: Arc::new(Semaphore::new(self.options.max_event_streams)),
+                pulls: Arc::new(Semaphore::new(self.options.max_concurrent_pulls)),
                 options: self.options,
                 clock,
                 log_id,

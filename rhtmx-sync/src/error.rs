@@ -48,6 +48,17 @@ pub enum Error {
     /// written. See [`SyncEngineBuilder::allowed_origins`](crate::SyncEngineBuilder::allowed_origins).
     #[error("writes from another site are refused")]
     CrossSite,
+    /// More event streams or pulls are open than the engine's budget allows (429 with
+    /// `Retry-After`): the server keeps descriptors and memory for the app's own pages.
+    /// See [`SyncEngineBuilder::max_event_streams`](crate::SyncEngineBuilder::max_event_streams)
+    /// and [`max_concurrent_pulls`](crate::SyncEngineBuilder::max_concurrent_pulls).
+    #[error("too many {what} are open: try again in {retry_after} s")]
+    Busy {
+        /// "event streams" or "pulls".
+        what: &'static str,
+        /// Seconds to wait, sent as `Retry-After`.
+        retry_after: u64,
+    },
     /// The request body is larger than the configured limit (413).
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -87,6 +98,7 @@ impl Error {
             }
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::CrossSite => StatusCode::FORBIDDEN,
+            Error::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Resolver(_) | Error::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::UnreadableRow(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -237,6 +249,13 @@ impl IntoResponse for Error {
             }
             message
         };
-        (status, axum::Json(serde_json::json!({ "error": message }))).into_response()
+        let mut response =
+            (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+        if let Error::Busy { retry_after, .. } = self {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, retry_after.into());
+        }
+        response
     }
 }

@@ -98,6 +98,15 @@ pub(crate) async fn events(
     if *closing.borrow_and_update() {
         return Err(Error::ShuttingDown);
     }
+    // A place in the budget, held by the stream until its client goes.
+    let place = inner
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Error::Busy {
+            what: "event streams",
+            retry_after: 5,
+        })?;
     // Subscribe before reading the log: whatever commits after the read below is then
     // certain to arrive through the channel.
     let mut rx = inner.hub.tx.subscribe();
@@ -115,6 +124,7 @@ pub(crate) async fn events(
     let keep_alive = inner.options.keep_alive;
 
     let stream = async_stream::stream! {
+        let _place = place;
         yield Ok::<_, Infallible>(Event::default().retry(retry).comment("rhtmx-sync"));
         if !unknown.is_empty() {
             let warning = serde_json::json!({

@@ -71,6 +71,16 @@ pub(crate) async fn pull(
         Some(n) if n >= 1 => n.min(options.max_pull_limit),
         Some(_) => return Err(Error::BadQuery("`limit` must be at least 1".into())),
     };
+    // A place in the budget, held until the whole body is written.
+    let place = engine
+        .inner
+        .pulls
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| Error::Busy {
+            what: "pulls",
+            retry_after: 1,
+        })?;
     let pool = engine.inner.pool.clone();
     // Read the head and the first batch before answering, so a failing database still
     // gets a 500 rather than a truncated 200.
@@ -94,6 +104,7 @@ pub(crate) async fn pull(
     let since = since.version;
 
     let stream = async_stream::try_stream! {
+        let _place = place;
         let mut buf = String::with_capacity(CHUNK + 1024);
         buf.push_str("{\"entity\":");
         buf.push_str(&serde_json::to_string(&*entity.name).unwrap_or_default());

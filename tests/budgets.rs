@@ -1,0 +1,102 @@
+//! Event streams and pulls have budgets: past them a request answers 429 with
+//! `Retry-After` at once (never a hang, never unbounded memory or descriptors), and a
+//! freed place is taken again.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn event_streams_past_the_budget_answer_429_and_a_closed_one_frees_its_place() {
+    let (_dir, db) = temp_db();
+    let server = start_with(&db, |b| b.max_event_streams(3)).await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        open.push(Sse::connect(&server.base, "", None).await);
+    }
+    let refused = client()
+        .get(format!("{}/api/sync/events", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(
+        refused.headers()["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+            >= 1
+    );
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert!(
+        body["error"].as_str().unwrap().contains("event streams"),
+        "{body}"
+    );
+    // The app's own pages still answer.
+    assert_eq!(get_status(&format!("{}/todos", server.base)).await, 200);
+
+    drop(open.pop());
+    wait_until("a closed stream frees its place", || async {
+        client()
+            .get(format!("{}/api/sync/events", server.base))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+}
+
+/// About 12 MB of log, written by the app's own SQL: more than socket buffers hold.
+async fn fill_log(server: &Server) {
+    let title = "t".repeat(1000);
+    let mut tx = server.pool.begin().await.unwrap();
+    for i in 0..12_000 {
+        sqlx::query("INSERT INTO todos (id, title) VALUES (?, ?)")
+            .bind(format!("row-{i:05}"))
+            .bind(&title)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+/// A pull on a socket with a tiny receive buffer whose answer is never read past its
+/// status line: the server cannot finish it.
+async fn stalled_pull(base: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = "GET /api/sync/todos?since=0&limit=10000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut first = [0u8; 12];
+    stream.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200", "the pull started");
+    stream
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pulls_past_the_budget_answer_429_until_one_ends() {
+    let (_dir, db) = temp_db();
+    let server = start_with(&db, |b| b.max_concurrent_pulls(2)).await;
+    fill_log(&server).await;
+    let mut stalled = vec![
+        stalled_pull(&server.base).await,
+        stalled_pull(&server.base).await,
+    ];
+    let refused = client()
+        .get(format!("{}/api/sync/todos?since=0&limit=1", server.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    drop(stalled.pop());
+    wait_until("the ended pull frees its place", || async {
+        pull(&server.base, "todos", "?since=0&limit=1").await.0 == 200
+    })
+    .await;
+}
