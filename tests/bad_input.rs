@@ -253,7 +253,7 @@ async fn a_constraint_violation_mid_push_rolls_everything_back() {
     .execute(&pool)
     .await
     .unwrap();
-    let server = start_with(&db, |b| b.entity_named("scores")).await;
+    let server = start_with(&db, |b| b.entity_named("scores").writable("scores")).await;
     let before = snapshot(&db);
     let body = json!({"changes": [
         {"id": 1, "action": "create", "data": {"points": 3}},

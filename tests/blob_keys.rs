@@ -18,7 +18,13 @@ async fn start_with_blobs(db: &std::path::Path) -> Server {
     .execute(&pool)
     .await
     .unwrap();
-    start_with(db, |b| b.entity_named("things").entity_named("bins")).await
+    start_with(db, |b| {
+        b.entity_named("things")
+            .entity_named("bins")
+            .writable("things")
+            .writable("bins")
+    })
+    .await
 }
 
 #[tokio::test]
@@ -266,7 +272,7 @@ async fn a_blob_in_a_json_column_does_not_fail_the_apps_write() {
         .execute(&pool)
         .await
         .unwrap();
-    let server = start_with(&db, |b| b.entity_named("docs")).await;
+    let server = start_with(&db, |b| b.entity_named("docs").writable("docs")).await;
     sqlx::raw_sql(
         "INSERT INTO docs VALUES ('bad', x'0badc0de'), ('random', randomblob(8)), \
          ('text', '{\"a\": 1}'), ('zero', x'00');

@@ -167,7 +167,12 @@ async fn a_custom_resolver_merges_counters_and_text() {
         (_, Value::String(s), Value::String(k)) => json!(format!("{s} / {k}")),
         _ => c.client.clone(),
     };
-    let server = start_with(&db, |b| b.entity_named("notes").resolver("notes", merge)).await;
+    let server = start_with(&db, |b| {
+        b.entity_named("notes")
+            .writable("notes")
+            .resolver("notes", merge)
+    })
+    .await;
     let res = push(
         &server.base,
         "notes",
@@ -202,7 +207,12 @@ async fn a_custom_resolver_merges_counters_and_text() {
     .execute(&pool2)
     .await
     .unwrap();
-    let server = start_with(&db2, |b| b.entity_named("notes").resolver("notes", bad)).await;
+    let server = start_with(&db2, |b| {
+        b.entity_named("notes")
+            .writable("notes")
+            .resolver("notes", bad)
+    })
+    .await;
     let res = push(
         &server.base,
         "notes",
@@ -619,6 +629,7 @@ async fn replayed_forms_get_the_same_merge_through_the_handler_api() {
     let pool = app::open_db(&url(&db)).await.unwrap();
     let engine = SyncEngine::builder(pool.clone())
         .entity::<app::Todo>()
+        .writable("todos")
         .build()
         .await
         .unwrap();

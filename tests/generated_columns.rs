@@ -49,7 +49,7 @@ async fn rows(pool: &SqlitePool) -> Vec<Person> {
 async fn a_model_with_generated_columns_builds_and_syncs_them_read_only() {
     let (_dir, db) = temp_db();
     let pool = people_db(&db).await;
-    let server = start_with(&db, |b| b.entity::<Person>()).await;
+    let server = start_with(&db, |b| b.entity::<Person>().writable("people")).await;
 
     // Written by the app's own SQL: the log carries the computed values.
     sqlx::query("INSERT INTO people (id, first, last) VALUES ('p1', 'Ada', 'Lovelace')")
@@ -114,7 +114,7 @@ async fn a_model_with_generated_columns_builds_and_syncs_them_read_only() {
 async fn a_table_registered_by_name_syncs_its_generated_columns_too() {
     let (_dir, db) = temp_db();
     let pool = people_db(&db).await;
-    let server = start_with(&db, |b| b.entity_named("people")).await;
+    let server = start_with(&db, |b| b.entity_named("people").writable("people")).await;
     sqlx::query("INSERT INTO people (id, first, last) VALUES ('p1', 'Ada', 'Lovelace')")
         .execute(&pool)
         .await
@@ -130,7 +130,12 @@ async fn an_update_newer_than_a_delete_restores_the_row_without_writing_generate
     // holds the generated values: they must not be inserted.
     let (_dir, db) = temp_db();
     let pool = people_db(&db).await;
-    let server = start_with(&db, |b| b.entity::<Person>().delete_wins("people", false)).await;
+    let server = start_with(&db, |b| {
+        b.entity::<Person>()
+            .writable("people")
+            .delete_wins("people", false)
+    })
+    .await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()

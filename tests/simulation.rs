@@ -364,6 +364,7 @@ impl Engine {
         sqlx::query(TABLE).execute(&pool).await.unwrap();
         let mut builder = SyncEngine::builder(pool.clone())
             .entity_named("items")
+            .writable("items")
             .delete_wins("items", config.delete_wins);
         builder = match config.strategy {
             SyncStrategy::Custom => builder.resolver("items", larger),

@@ -52,7 +52,7 @@ async fn odd_column_names_past_the_argument_limit_are_logged() {
     let (_dir, db) = temp_db();
     let pool = app::open_db(&url(&db)).await.unwrap();
     let names = create_wide(&pool).await;
-    let server = start_with(&db, |b| b.entity_named("wide")).await;
+    let server = start_with(&db, |b| b.entity_named("wide").writable("wide")).await;
 
     // A plain insert naming every column: it used to fail with "bad JSON path".
     let texts: Vec<&String> = names
@@ -132,7 +132,7 @@ async fn a_table_of_1500_columns_is_logged_whole() {
     .execute(&pool)
     .await
     .unwrap();
-    let server = start_with(&db, |b| b.entity_named("huge")).await;
+    let server = start_with(&db, |b| b.entity_named("huge").writable("huge")).await;
     sqlx::query("INSERT INTO huge (id, \"x.1499\") VALUES (7, 42)")
         .execute(&pool)
         .await

@@ -30,6 +30,9 @@ async fn start_lists(db: &std::path::Path) -> Server {
         b.entity_named("lists")
             .entity_named("items")
             .entity_named("stats")
+            .writable("lists")
+            .writable("items")
+            .writable("stats")
     })
     .await
 }
@@ -167,7 +170,7 @@ async fn a_row_the_merge_cannot_read_is_refused_and_left_as_it_is() {
     .execute(&pool)
     .await
     .unwrap();
-    let server = start_with(&db, |b| b.entity_named("docs")).await;
+    let server = start_with(&db, |b| b.entity_named("docs").writable("docs")).await;
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
     sqlx::query("INSERT INTO docs VALUES ('deep', ?, 1, 'a'), ('huge', '[]', 1e308 * 10, 'b')")
         .bind(&deep)

@@ -53,6 +53,7 @@ pub async fn serve(db: PathBuf, opts: ServeOptions) {
         // budget keeps 512 for a small app).
         rhtmx_sync::SyncEngine::builder(pool.clone())
             .entity::<app::Todo>()
+            .writable("todos") // the ingest bench pushes
             .max_event_streams(20_000)
             .build()
             .await

@@ -20,6 +20,7 @@ use crate::hlc::HlcClock;
 /// its change instead (see [`SyncEngineBuilder::clock_tolerance`]).
 const DEFAULT_CLOCK_TOLERANCE: Duration = Duration::from_secs(5);
 use crate::log;
+use crate::permission::{Push, ValidatePush};
 use crate::syncable::{SyncStrategy, Syncable};
 
 /// The one-line configuration: a pool and the tables to sync.
@@ -333,6 +334,7 @@ enum Override {
     Strategy(SyncStrategy),
     Resolver(SharedResolver),
     DeleteWins(bool),
+    Push(Push),
 }
 
 /// Route segments the engine uses itself, so no entity may be named after them.
@@ -350,6 +352,7 @@ impl SyncEngineBuilder {
             delete_wins: T::DELETE_WINS,
             resolver: None,
             offline_writes: T::OFFLINE_WRITES,
+            push: Push::Refused,
         });
         self
     }
@@ -391,6 +394,30 @@ impl SyncEngineBuilder {
         let resolver = SharedResolver(Arc::new(resolver));
         self.overrides
             .push((entity.into(), Override::Resolver(resolver)));
+        self
+    }
+
+    /// Lets the push API (`POST {prefix}/{entity}`) write `entity`: any change that fits
+    /// the table (known columns, types, key, constraints). Without this (or
+    /// [`validate`](Self::validate)) every push to it answers 403
+    /// ([`Error::NotWritable`](crate::Error::NotWritable)): the browser client does not
+    /// need the push API (it replays the app's own requests), so it stays closed unless
+    /// the app asks. A model with `#[sync(offline_writes = false)]` cannot be made
+    /// writable ([`BuildError::NotWritable`]).
+    pub fn writable(mut self, entity: impl Into<String>) -> Self {
+        self.overrides
+            .push((entity.into(), Override::Push(Push::Allowed)));
+        self
+    }
+
+    /// Lets the push API write `entity`, each pushed change checked by `validator` first
+    /// (the rules the app's own handlers enforce, say). A refusal answers 422 with
+    /// `changes[i]: message` and writes nothing of the push. See [`writable`](Self::writable).
+    pub fn validate(mut self, entity: impl Into<String>, validator: impl ValidatePush) -> Self {
+        self.overrides.push((
+            entity.into(),
+            Override::Push(Push::Validated(Arc::new(validator))),
+        ));
         self
     }
 
@@ -519,6 +546,10 @@ impl SyncEngineBuilder {
                     spec.resolver = Some(resolver);
                 }
                 Override::DeleteWins(wins) => spec.delete_wins = wins,
+                Override::Push(_) if !spec.offline_writes => {
+                    return Err(BuildError::NotWritable { table: name });
+                }
+                Override::Push(push) => spec.push = push,
             }
         }
         let mut entities: Vec<Arc<Entity>> = Vec::with_capacity(specs.len());

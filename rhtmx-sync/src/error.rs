@@ -43,6 +43,10 @@ pub enum Error {
     /// cross-site form (`enctype="text/plain"`) or a `no-cors` fetch cannot write.
     #[error("the body must be `application/json`")]
     UnsupportedMediaType,
+    /// The app did not make this entity writable through the push API (403); nothing is
+    /// written. See [`SyncEngineBuilder::writable`](crate::SyncEngineBuilder::writable).
+    #[error("`{}` is not writable through the push API", quote(.0))]
+    NotWritable(String),
     /// An unsafe request from another site or origin, as the browser tells it
     /// (`Sec-Fetch-Site`, `Origin`), that the app did not allow (403): nothing is
     /// written. See [`SyncEngineBuilder::allowed_origins`](crate::SyncEngineBuilder::allowed_origins).
@@ -97,7 +101,7 @@ impl Error {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::CrossSite => StatusCode::FORBIDDEN,
+            Error::CrossSite | Error::NotWritable(_) => StatusCode::FORBIDDEN,
             Error::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Resolver(_) | Error::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -178,10 +182,20 @@ pub enum BuildError {
         /// The table.
         table: String,
     },
-    /// Conflict settings name an entity that is not registered.
-    #[error("conflict settings were given for `{table}`, which is not registered")]
+    /// Settings (conflicts, push permission) name an entity that is not registered.
+    #[error("settings were given for `{table}`, which is not registered")]
     NotRegistered {
         /// The name given.
+        table: String,
+    },
+    /// An entity whose model says `#[sync(offline_writes = false)]` was made writable
+    /// through the push API ([`writable`](crate::SyncEngineBuilder::writable),
+    /// [`validate`](crate::SyncEngineBuilder::validate)).
+    #[error(
+        "`{table}` takes no offline writes (`offline_writes = false`): it cannot be made writable"
+    )]
+    NotWritable {
+        /// The table.
         table: String,
     },
     /// [`SyncStrategy::Custom`](crate::SyncStrategy::Custom) without a resolver.

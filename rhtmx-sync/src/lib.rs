@@ -15,6 +15,7 @@ pub mod hlc;
 mod http;
 mod idempotency;
 mod log;
+mod permission;
 mod syncable;
 mod wire;
 mod write;
@@ -32,8 +33,9 @@ pub use self::hlc::{Hlc, HlcClock};
 #[doc(inline)]
 pub use self::idempotency::{Idempotency, IdempotencyLayer, IdempotencyUsage};
 #[doc(inline)]
-pub use self::syncable::{SyncStrategy, Syncable};
+pub use self::permission::{PushedChange, ValidatePush};
 #[doc(inline)]
+pub use self::syncable::{SyncStrategy, Syncable};
 pub use self::wire::Action;
 #[doc(inline)]
 pub use self::write::{

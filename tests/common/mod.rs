@@ -48,6 +48,19 @@ pub async fn start_with(
     db: &Path,
     configure: impl FnOnce(SyncEngineBuilder) -> SyncEngineBuilder,
 ) -> Server {
+    // Tests use the push API: the app allows it for todos.
+    start_built(db, |b| configure(b.writable("todos"))).await
+}
+
+/// Starts the example with the push API closed (nothing made writable).
+pub async fn start_without_push(db: &Path) -> Server {
+    start_built(db, |b| b).await
+}
+
+async fn start_built(
+    db: &Path,
+    configure: impl FnOnce(SyncEngineBuilder) -> SyncEngineBuilder,
+) -> Server {
     let pool = app::open_db(&url(db)).await.expect("open db");
     let engine = configure(SyncEngine::builder(pool.clone()).entity::<app::Todo>())
         .build()
@@ -77,7 +90,10 @@ pub async fn start_with_notes(db: &Path) -> (Server, SqlitePool) {
         .execute(&pool)
         .await
         .unwrap();
-    (start_with(db, |b| b.entity_named("notes")).await, pool)
+    (
+        start_with(db, |b| b.entity_named("notes").writable("notes")).await,
+        pool,
+    )
 }
 
 pub fn client() -> reqwest::Client {

@@ -12,6 +12,7 @@ pub(crate) use self::value::{convert, normalize, Column, ColumnKind, SqlValue};
 use self::value::MAX_SAFE_INTEGER;
 use crate::conflict::{Policy, SharedResolver};
 use crate::error::{BuildError, Error, Result};
+use crate::permission::Push;
 use crate::syncable::SyncStrategy;
 
 /// A registered entity: the wire name is the table name.
@@ -33,8 +34,8 @@ pub(crate) struct Entity {
     pub delete_wins: bool,
     /// The resolver of [`SyncStrategy::Custom`].
     pub resolver: Option<SharedResolver>,
-    #[allow(dead_code)] // carried for the client's configuration; not enforced yet
-    pub offline_writes: bool,
+    /// What the push API may write (see [`crate::permission`]).
+    pub push: Push,
     /// What was registered (key and column list, or "every column"), as a short hash:
     /// two engines with the same registration install the same triggers.
     pub registration: String,
@@ -51,7 +52,9 @@ pub(crate) struct EntitySpec {
     pub strategy: SyncStrategy,
     pub delete_wins: bool,
     pub resolver: Option<SharedResolver>,
+    /// `#[sync(offline_writes = false)]`: never writable through the push API.
     pub offline_writes: bool,
+    pub push: Push,
 }
 
 impl EntitySpec {
@@ -65,6 +68,7 @@ impl EntitySpec {
             delete_wins: true,
             resolver: None,
             offline_writes: true,
+            push: Push::Refused,
         }
     }
 }
@@ -208,7 +212,7 @@ impl Entity {
             strategy: spec.strategy,
             delete_wins: spec.delete_wins,
             resolver: spec.resolver,
-            offline_writes: spec.offline_writes,
+            push: spec.push,
             registration,
         })
     }

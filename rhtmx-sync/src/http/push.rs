@@ -15,6 +15,7 @@ use crate::apply::{self, Incoming};
 use crate::conflict::Status;
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
+use crate::permission::{Push, PushedChange};
 use crate::wire::{PushConflict, PushRequest, PushResponse};
 use crate::SyncEngine;
 
@@ -31,6 +32,9 @@ pub(crate) async fn push(
 ) -> Result<Json<PushResponse>> {
     let entity = &*engine.entity(&name)?;
     super::origin::same_origin(&headers, &engine.inner.options.allowed_origins)?;
+    if matches!(entity.push, Push::Refused) {
+        return Err(Error::NotWritable(name));
+    }
     if !is_json(&headers) {
         return Err(Error::UnsupportedMediaType);
     }
@@ -71,6 +75,20 @@ pub(crate) async fn push(
             .map_err(|e| Error::invalid(format!("changes[{i}]: {e}")))
         })
         .collect::<Result<Vec<_>>>()?;
+    // The app's own rules, on changes that fit the table, before anything is written.
+    if let Push::Validated(validator) = &entity.push {
+        for (i, c) in request.changes.iter().enumerate() {
+            let change = PushedChange {
+                entity: &entity.name,
+                id: &c.id,
+                action: c.action,
+                data: c.data.as_ref(),
+            };
+            validator
+                .validate(&change)
+                .map_err(|why| Error::invalid(format!("changes[{i}]: {why}")))?;
+        }
+    }
     // Number identical changes in the order sent (see `Validated::occurrence`).
     let mut seen = std::collections::HashMap::new();
     for change in &mut validated {

@@ -1,0 +1,109 @@
+//! The push API writes only what the app allows: no entity is writable unless the app
+//! says so, the app's validation runs on every pushed change, and an entity whose model
+//! says `offline_writes = false` cannot be made writable.
+
+mod common;
+
+use common::*;
+use rhtmx_sync::{Action, BuildError, PushedChange, SyncEngine};
+use serde_json::json;
+
+fn create(id: &str, title: &str) -> serde_json::Value {
+    json!({"id": todo_id(id), "action": "create", "data": {"title": title}})
+}
+
+#[tokio::test]
+async fn an_entity_the_app_did_not_make_writable_refuses_every_push() {
+    let (_dir, db) = temp_db();
+    let server = start_without_push(&db).await;
+    let (status, body) = push_raw(
+        &server.base,
+        "todos",
+        json!({"changes": [create("a", "t")]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("not writable"),
+        "{body}"
+    );
+    assert!(todos(&server.pool).await.is_empty());
+    // Reads still work.
+    assert_eq!(pull(&server.base, "todos", "?since=0").await.0, 200);
+}
+
+#[tokio::test]
+async fn the_apps_validation_runs_on_every_pushed_change_all_or_nothing() {
+    let (_dir, db) = temp_db();
+    let server = start_with(&db, |b| {
+        b.validate("todos", |change: &PushedChange<'_>| {
+            let title = change
+                .data
+                .and_then(|d| d.get("title"))
+                .and_then(|t| t.as_str());
+            match (change.action, title) {
+                (Action::Create | Action::Update, Some(t)) if t.trim().is_empty() => {
+                    Err("title must be 1 to 500 characters".to_owned())
+                }
+                _ => Ok(()),
+            }
+        })
+    })
+    .await;
+    let (status, body) = push_raw(
+        &server.base,
+        "todos",
+        json!({"changes": [create("a", "fine"), create("b", "   ")]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(
+        body["error"],
+        "changes[1]: title must be 1 to 500 characters"
+    );
+    assert!(todos(&server.pool).await.is_empty(), "all or nothing");
+    let (status, body) = push_raw(
+        &server.base,
+        "todos",
+        json!({"changes": [create("a", "fine")]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(todos(&server.pool).await.len(), 1);
+}
+
+#[derive(sqlx::FromRow, rhtmx_sync::Syncable)]
+#[sync(table = "audit", offline_writes = false)]
+#[allow(dead_code)]
+struct Audit {
+    id: i64,
+    what: String,
+}
+
+#[tokio::test]
+async fn an_entity_that_takes_no_offline_writes_cannot_be_made_writable() {
+    let (_dir, db) = temp_db();
+    let pool = app::open_db(&url(&db)).await.unwrap();
+    sqlx::query("CREATE TABLE audit (id INTEGER PRIMARY KEY, what TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let built = SyncEngine::builder(pool.clone())
+        .entity::<Audit>()
+        .writable("audit")
+        .build()
+        .await;
+    assert!(
+        matches!(built, Err(BuildError::NotWritable { ref table }) if table == "audit"),
+        "{built:?}"
+    );
+    let unknown = SyncEngine::builder(pool)
+        .entity::<Audit>()
+        .writable("nope")
+        .build()
+        .await;
+    assert!(
+        matches!(unknown, Err(BuildError::NotRegistered { .. })),
+        "{unknown:?}"
+    );
+}
