@@ -107,3 +107,45 @@ async fn an_entity_that_takes_no_offline_writes_cannot_be_made_writable() {
         "{unknown:?}"
     );
 }
+
+/// The example's push API obeys its handlers' rules (a blank title is refused by both).
+#[tokio::test]
+async fn the_example_holds_pushed_todos_to_its_handlers_rules() {
+    let (_dir, db) = temp_db();
+    let pool = app::open_db(&url(&db)).await.unwrap();
+    let engine = app::engine(&pool).await.unwrap();
+    let router = app::app(engine.clone()).merge(engine.routes());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let cases = [
+        (
+            json!({"id": todo_id("a"), "action": "create", "data": {"title": "   "}}),
+            422,
+            "changes[0]: title must be 1 to 500 characters",
+        ),
+        (
+            json!({"id": "not-a-uuid", "action": "create", "data": {"title": "t"}}),
+            422,
+            "changes[0]: id must be a UUID (8-4-4-4-12 hexadecimal digits)",
+        ),
+        (
+            json!({"id": "0192F0A0-0000-7000-8000-0000000000AB", "action": "create", "data": {"title": "t"}}),
+            422,
+            "changes[0]: id must be a UUID (8-4-4-4-12 hexadecimal digits)",
+        ),
+        (
+            json!({"id": todo_id("a"), "action": "create", "data": {"title": "fine"}}),
+            200,
+            "",
+        ),
+    ];
+    for (change, status, error) in cases {
+        let (got, body) = push_raw(&base, "todos", json!({"changes": [change]}).to_string()).await;
+        assert_eq!(got, status, "{body}");
+        if status != 200 {
+            assert_eq!(body["error"], error);
+        }
+    }
+    assert_eq!(todos(&pool).await.len(), 1);
+}

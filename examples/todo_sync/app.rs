@@ -177,13 +177,13 @@ struct NewTodo {
     id: Option<String>,
 }
 
+const TITLE_RULE: &str = "title must be 1 to 500 characters";
+const ID_RULE: &str = "id must be a UUID (8-4-4-4-12 hexadecimal digits)";
+
 fn valid_title(title: &str) -> Result<&str, AppError> {
     let title = title.trim();
     if title.is_empty() || title.len() > 500 {
-        return Err(AppError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "title must be 1 to 500 characters",
-        ));
+        return Err(AppError::new(StatusCode::UNPROCESSABLE_ENTITY, TITLE_RULE));
     }
     Ok(title)
 }
@@ -194,10 +194,7 @@ fn valid_title(title: &str) -> Result<&str, AppError> {
 fn valid_id(id: &str) -> Result<String, AppError> {
     match uuid::Uuid::try_parse(id) {
         Ok(uuid) if id.len() == 36 => Ok(uuid.hyphenated().to_string()),
-        _ => Err(AppError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "id must be a UUID (8-4-4-4-12 hexadecimal digits)",
-        )),
+        _ => Err(AppError::new(StatusCode::UNPROCESSABLE_ENTITY, ID_RULE)),
     }
 }
 
@@ -297,10 +294,27 @@ pub async fn open_db(url: &str) -> Result<SqlitePool, Box<dyn std::error::Error>
     Ok(pool)
 }
 
-/// The engine for this app: one typed entity.
+/// The engine for this app: one typed entity, writable through the push API (for
+/// scripts and other services) under the same rules as the handlers.
 pub async fn engine(pool: &SqlitePool) -> Result<rhtmx_sync::SyncEngine, rhtmx_sync::BuildError> {
     rhtmx_sync::SyncEngine::builder(pool.clone())
         .entity::<Todo>()
+        .validate("todos", pushed_todo)
         .build()
         .await
+}
+
+/// A pushed todo obeys the handlers' rules: a UUID id (in its lowercase hyphenated
+/// form, as the handlers store it) and a title of 1 to 500 characters.
+fn pushed_todo(change: &rhtmx_sync::PushedChange<'_>) -> Result<(), String> {
+    let id = change.id.as_str().unwrap_or_default();
+    if valid_id(id).ok().as_deref() != Some(id) {
+        return Err(ID_RULE.to_owned());
+    }
+    match change.data.and_then(|d| d.get("title")) {
+        Some(title) if title.as_str().and_then(|t| valid_title(t).ok()).is_none() => {
+            Err(TITLE_RULE.to_owned())
+        }
+        _ => Ok(()),
+    }
 }

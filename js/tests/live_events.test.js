@@ -44,7 +44,7 @@ test("a change made by another client fires rhtmx:todos:changed", async () => {
 test("a burst of 500 changes causes at most 2 refresh events", async () => {
   const page = await openPage();
   const changes = Array.from({ length: 500 }, (_, i) => ({
-    id: `burst-${i}`,
+    id: `00000000-0000-7000-8000-${String(i).padStart(12, "0")}`,
     action: "create",
     data: { title: `t${i}` },
   }));
