@@ -907,7 +907,9 @@
           if (xhr.onabort) xhr.onabort();
         }, (error) => {
           storageFailed(error);
-          native.call(xhr, body);
+          // Sent as the page's user only: another user's cookies are the browser's now.
+          if (current()) native.call(xhr, body);
+          else if (xhr.onabort) xhr.onabort();
         });
       }
       // No answer, or one the replay loop would retry: kept with its key. The request may
