@@ -100,3 +100,29 @@ async fn pulls_past_the_budget_answer_429_until_one_ends() {
     })
     .await;
 }
+
+/// A push whose body trickles in (or stops) is answered 408 once the body timeout
+/// passes, and writes nothing; the connection is not held forever.
+#[tokio::test]
+async fn a_push_body_that_trickles_is_cut_off_with_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, db) = temp_db();
+    let server = start_with(&db, |b| {
+        b.body_timeout(std::time::Duration::from_millis(300))
+    })
+    .await;
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /api/sync/todos HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"changes\": [";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the server never answered a stalled body");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(todos(&server.pool).await.is_empty());
+}

@@ -161,6 +161,7 @@ pub(crate) struct Options {
     pub allowed_origins: Vec<String>,
     pub max_event_streams: usize,
     pub max_concurrent_pulls: usize,
+    pub body_timeout: Duration,
 }
 
 impl Default for Options {
@@ -179,6 +180,7 @@ impl Default for Options {
             allowed_origins: Vec::new(),
             max_event_streams: 512,
             max_concurrent_pulls: 32,
+            body_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -484,6 +486,14 @@ impl SyncEngineBuilder {
     /// Where the routes live (default `/api/sync`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.options.prefix = prefix.into().trim_end_matches('/').to_owned();
+        self
+    }
+
+    /// How long a push body may take to arrive (default 30 s); a slower one (a client
+    /// trickling it, or one that stopped) answers 408, writes nothing and closes the
+    /// connection, instead of holding it for as long as the client likes.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.options.body_timeout = timeout;
         self
     }
 

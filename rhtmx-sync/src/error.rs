@@ -63,6 +63,10 @@ pub enum Error {
         /// Seconds to wait, sent as `Retry-After`.
         retry_after: u64,
     },
+    /// The push body did not arrive within the body timeout (408; the connection is
+    /// closed). See [`SyncEngineBuilder::body_timeout`](crate::SyncEngineBuilder::body_timeout).
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
     /// The request body is larger than the configured limit (413).
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge {
@@ -103,6 +107,7 @@ impl Error {
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::CrossSite | Error::NotWritable(_) => StatusCode::FORBIDDEN,
             Error::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             Error::Resolver(_) | Error::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Error::UnreadableRow(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -269,6 +274,13 @@ impl IntoResponse for Error {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, retry_after.into());
+        }
+        if let Error::BodyTimeout = self {
+            // The rest of the body may never come: do not wait for it on this connection.
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
         }
         response
     }

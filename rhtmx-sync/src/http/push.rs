@@ -39,13 +39,17 @@ pub(crate) async fn push(
         return Err(Error::UnsupportedMediaType);
     }
     let limit = engine.inner.options.body_limit;
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        if is_too_large(&e) {
-            Error::PayloadTooLarge { limit }
-        } else {
-            Error::MalformedJson("the request body could not be read".into())
-        }
-    })?;
+    let read = axum::body::to_bytes(body, limit);
+    let bytes = tokio::time::timeout(engine.inner.options.body_timeout, read)
+        .await
+        .map_err(|_| Error::BodyTimeout)?
+        .map_err(|e| {
+            if is_too_large(&e) {
+                Error::PayloadTooLarge { limit }
+            } else {
+                Error::MalformedJson("the request body could not be read".into())
+            }
+        })?;
     let request: PushRequest = serde_json::from_slice(&bytes).map_err(json_error)?;
     tracing::Span::current().record("changes", request.changes.len());
     let max = engine.inner.options.max_push_changes;
