@@ -126,3 +126,33 @@ async fn a_push_body_that_trickles_is_cut_off_with_408() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(todos(&server.pool).await.is_empty());
 }
+
+/// The idempotency layer reads a keyed request's body before the route: a body that
+/// trickles is cut off with 408 there too, and the key is not claimed.
+#[tokio::test]
+async fn a_keyed_body_that_trickles_is_cut_off_by_the_idempotency_layer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, db) = temp_db();
+    let pool = app::open_db(&url(&db)).await.unwrap();
+    let engine = app::engine(&pool).await.unwrap();
+    let layer = engine
+        .idempotency_layer()
+        .body_timeout(std::time::Duration::from_millis(300));
+    let router = app::app(engine.clone()).merge(engine.routes()).layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = "POST /todos HTTP/1.1\r\nHost: 127.0.0.1\r\nIdempotency-Key: k-1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntitle=slo";
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the server never answered a stalled body");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(todos(&pool).await.is_empty());
+}

@@ -17,6 +17,7 @@ pub(super) struct Config {
     pub retention: Duration,
     pub lease: Duration,
     pub body_limit: usize,
+    pub body_timeout: Duration,
     pub replay_body_limit: usize,
     pub budget: Budget,
     /// Recognises a login page's path (a redirect there is not a final answer).
@@ -29,6 +30,7 @@ impl Default for Config {
             retention: Duration::from_secs(24 * 60 * 60),
             lease: Duration::from_secs(60),
             body_limit: 1024 * 1024,
+            body_timeout: Duration::from_secs(30),
             replay_body_limit: 64 * 1024,
             budget: Budget {
                 max_keys: 100_000,
@@ -102,6 +104,14 @@ impl IdempotencyLayer {
     /// the same request.
     pub fn body_limit(mut self, bytes: usize) -> Self {
         self.config.body_limit = bytes;
+        self
+    }
+
+    /// How long a keyed request's body may take to arrive before the route runs (default
+    /// 30 s). A slower one (trickled, or stopped) answers 408 and closes the connection;
+    /// the key is not claimed, so the client's retry runs normally.
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.config.body_timeout = timeout;
         self
     }
 

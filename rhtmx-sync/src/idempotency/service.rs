@@ -131,9 +131,22 @@ async fn admit(
         Err(why) => return Admission::Answer(request::reject(StatusCode::BAD_REQUEST, why)),
     };
     let (parts, body) = req.into_parts();
-    let body = match request::read(body, config.body_limit).await {
-        Ok(body) => body,
-        Err(rejection) => return Admission::Answer(rejection),
+    let read = request::read(body, config.body_limit);
+    let body = match tokio::time::timeout(config.body_timeout, read).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(rejection)) => return Admission::Answer(rejection),
+        Err(_) => {
+            let mut res = request::reject(
+                StatusCode::REQUEST_TIMEOUT,
+                "the request body did not arrive in time",
+            );
+            // The rest may never come: do not wait for it on this connection.
+            res.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return Admission::Answer(res);
+        }
     };
     let fingerprint = request::fingerprint(&parts, &body, config.body_limit);
     let now = now_ms();
