@@ -21,6 +21,7 @@ use crate::hlc::HlcClock;
 const DEFAULT_CLOCK_TOLERANCE: Duration = Duration::from_secs(5);
 use crate::log;
 use crate::permission::{Push, ValidatePush};
+use crate::principal::{self, Authenticate};
 use crate::syncable::{SyncStrategy, Syncable};
 
 /// The one-line configuration: a pool and the tables to sync.
@@ -207,6 +208,8 @@ pub(crate) struct Inner {
     /// Places for open event streams and running pulls (see the options).
     pub streams: Arc<Semaphore>,
     pub pulls: Arc<Semaphore>,
+    /// The app's extractor of who is asking, if it gave one.
+    pub authenticate: Option<Authenticate>,
     tailer: JoinHandle<()>,
 }
 
@@ -254,6 +257,7 @@ impl SyncEngine {
             specs: Vec::new(),
             overrides: Vec::new(),
             options: Options::default(),
+            authenticate: None,
         }
     }
 
@@ -328,6 +332,7 @@ pub struct SyncEngineBuilder {
     /// Per-entity conflict settings, applied to the registrations at build time.
     overrides: Vec<(String, Override)>,
     options: Options,
+    authenticate: Option<Authenticate>,
 }
 
 /// A per-entity conflict setting given on the builder.
@@ -396,6 +401,21 @@ impl SyncEngineBuilder {
         let resolver = SharedResolver(Arc::new(resolver));
         self.overrides
             .push((entity.into(), Override::Resolver(resolver)));
+        self
+    }
+
+    /// How the engine learns who a request is from: an axum extractor of the app's own
+    /// (its session or auth crate's type, or a header) that converts into a
+    /// [`Principal`](crate::Principal); a rejection counts as anonymous. With it, the
+    /// [idempotency layer](SyncEngine::idempotency_layer) refuses (403, nothing run) a
+    /// replayed write whose `X-Rhtmx-Principal` (the user the browser client queued it
+    /// for) is not the request's user, so a queued write is never applied as someone
+    /// else whatever cookies the browser holds by then.
+    pub fn authenticate<E>(mut self) -> Self
+    where
+        E: axum::extract::FromRequestParts<()> + Into<crate::Principal> + 'static,
+    {
+        self.authenticate = Some(Authenticate(principal::authenticator::<E>()));
         self
     }
 
@@ -609,6 +629,7 @@ impl SyncEngineBuilder {
                 hub,
                 streams: Arc::new(Semaphore::new(self.options.max_event_streams)),
                 pulls: Arc::new(Semaphore::new(self.options.max_concurrent_pulls)),
+                authenticate: self.authenticate,
                 options: self.options,
                 clock,
                 log_id,

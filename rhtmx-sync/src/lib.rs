@@ -16,6 +16,7 @@ mod http;
 mod idempotency;
 mod log;
 mod permission;
+mod principal;
 mod syncable;
 mod wire;
 mod write;
@@ -34,6 +35,7 @@ pub use self::hlc::{Hlc, HlcClock};
 pub use self::idempotency::{Idempotency, IdempotencyLayer, IdempotencyUsage};
 #[doc(inline)]
 pub use self::permission::{PushedChange, ValidatePush};
+pub use self::principal::Principal;
 #[doc(inline)]
 pub use self::syncable::{SyncStrategy, Syncable};
 pub use self::wire::Action;

@@ -9,6 +9,7 @@ use super::budget::{Budget, IdempotencyUsage};
 use super::finality;
 use super::service::Idempotency;
 use super::store::Store;
+use crate::principal::Authenticate;
 use crate::SyncEngine;
 
 /// The tunables, shared by every service the layer wraps.
@@ -51,6 +52,7 @@ impl Default for Config {
 pub struct IdempotencyLayer {
     store: Store,
     config: Config,
+    authenticate: Option<Authenticate>,
 }
 
 impl SyncEngine {
@@ -75,6 +77,7 @@ impl SyncEngine {
         IdempotencyLayer {
             store: Store::new(self.inner.pool.clone()),
             config: Config::default(),
+            authenticate: self.inner.authenticate.clone(),
         }
     }
 }
@@ -217,6 +220,7 @@ impl<S> Layer<S> for IdempotencyLayer {
             inner,
             store: self.store.clone(),
             config: self.config,
+            authenticate: self.authenticate.clone(),
         }
     }
 }

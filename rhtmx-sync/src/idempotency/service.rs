@@ -17,6 +17,7 @@ use super::request;
 use super::response::{self, Buffered, Stored};
 use super::store::{now_ms, Claim, Store};
 use crate::error::Error;
+use crate::principal::{self, Authenticate};
 
 /// The service [`IdempotencyLayer`](super::IdempotencyLayer) wraps around a route:
 /// applies each `Idempotency-Key` once and replays the stored response to retries.
@@ -25,6 +26,7 @@ pub struct Idempotency<S> {
     pub(super) inner: S,
     pub(super) store: Store,
     pub(super) config: Config,
+    pub(super) authenticate: Option<Authenticate>,
 }
 
 impl<S> Service<Request<Body>> for Idempotency<S>
@@ -48,7 +50,14 @@ where
         if !request::applies(&req) {
             return Box::pin(inner.call(req));
         }
-        Box::pin(handle(inner, self.store.clone(), self.config, req))
+        let authenticate = self.authenticate.clone();
+        Box::pin(handle(
+            inner,
+            self.store.clone(),
+            self.config,
+            authenticate,
+            req,
+        ))
     }
 }
 
@@ -63,6 +72,7 @@ async fn handle<S>(
     inner: S,
     store: Store,
     config: Config,
+    authenticate: Option<Authenticate>,
     req: Request<Body>,
 ) -> Result<Response, S::Error>
 where
@@ -70,7 +80,7 @@ where
     S::Future: Send + 'static,
     S::Error: Send + 'static,
 {
-    match tokio::spawn(run(inner, store, config, req)).await {
+    match tokio::spawn(run(inner, store, config, authenticate, req)).await {
         Ok(result) => result,
         // The handler panicked: let the panic carry on as it would without the layer
         // (the claim was released while unwinding).
@@ -84,11 +94,24 @@ async fn run<S>(
     mut inner: S,
     store: Store,
     config: Config,
-    req: Request<Body>,
+    authenticate: Option<Authenticate>,
+    mut req: Request<Body>,
 ) -> Result<Response, S::Error>
 where
     S: Service<Request<Body>, Response = Response>,
 {
+    // A write queued for one user, replayed while another is signed in: refused before
+    // the key is claimed, so the right user's replay still runs it.
+    if let (Some(authenticate), Some(by)) = (authenticate, principal::made_by(req.headers())) {
+        let (mut parts, body) = req.into_parts();
+        if (authenticate.0)(&mut parts).await.user.as_deref() != Some(by.as_str()) {
+            return Ok(request::reject(
+                StatusCode::FORBIDDEN,
+                "this write was made by another user than the one signed in",
+            ));
+        }
+        req = Request::from_parts(parts, body);
+    }
     let broken = Arc::new(AtomicBool::new(false));
     let (claim, req) = match admit(store, config, req, broken.clone()).await {
         Admission::Answer(res) => return Ok(res),

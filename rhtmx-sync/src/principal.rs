@@ -1,0 +1,84 @@
+//! Who a request is from, as the app knows it.
+//!
+//! The app tells the engine with an axum extractor of its own
+//! ([`SyncEngineBuilder::authenticate`](crate::SyncEngineBuilder::authenticate)): its
+//! session or auth crate's type, or a header. Today the idempotency layer uses it to
+//! refuse a replayed write made by another user than the request's (the browser client
+//! names the user a queued write was made by in `X-Rhtmx-Principal`); per-user and
+//! per-tenant scopes of reads and writes will use the same principal.
+
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use futures_util::future::BoxFuture;
+
+/// Who a request is from: a user and, in multi-tenant apps, their tenant. Both `None`
+/// is anonymous.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Principal {
+    /// The signed-in user's id, as the app names it in its pages
+    /// (`<meta name="rhtmx-principal">`).
+    pub user: Option<String>,
+    /// The user's tenant (organisation, team), if the app has them.
+    pub tenant: Option<String>,
+}
+
+impl Principal {
+    /// Nobody signed in.
+    pub fn anonymous() -> Principal {
+        Principal::default()
+    }
+
+    /// The signed-in user `id`.
+    pub fn user(id: impl Into<String>) -> Principal {
+        Principal {
+            user: Some(id.into()),
+            tenant: None,
+        }
+    }
+
+    /// The same principal in `tenant`.
+    pub fn in_tenant(mut self, tenant: impl Into<String>) -> Principal {
+        self.tenant = Some(tenant.into());
+        self
+    }
+}
+
+/// Runs the app's extractor on a request's parts; a rejection is anonymous.
+pub(crate) type Authenticator =
+    Arc<dyn for<'a> Fn(&'a mut Parts) -> BoxFuture<'a, Principal> + Send + Sync>;
+
+pub(crate) fn authenticator<E>() -> Authenticator
+where
+    E: FromRequestParts<()> + Into<Principal> + 'static,
+{
+    Arc::new(|parts: &mut Parts| {
+        Box::pin(async move {
+            E::from_request_parts(parts, &())
+                .await
+                .map_or_else(|_| Principal::anonymous(), Into::into)
+        })
+    })
+}
+
+/// [`Authenticator`] with a `Debug` for the types that carry it.
+#[derive(Clone)]
+pub(crate) struct Authenticate(pub Authenticator);
+
+impl std::fmt::Debug for Authenticate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Authenticate")
+    }
+}
+
+/// The user a replayed write says it was made by (`X-Rhtmx-Principal`, percent-encoded
+/// by the client), if it says.
+pub(crate) fn made_by(headers: &axum::http::HeaderMap) -> Option<String> {
+    let value = headers.get("x-rhtmx-principal")?.to_str().ok()?;
+    // encodeURIComponent never writes `+`, so form decoding is percent decoding here.
+    let pair = format!("p={value}");
+    let (_, decoded) = form_urlencoded::parse(pair.as_bytes()).next()?;
+    Some(decoded.into_owned())
+}
