@@ -47,35 +47,27 @@ async fn event_streams_past_the_budget_answer_429_and_a_closed_one_frees_its_pla
     .await;
 }
 
-/// About 12 MB of log, written by the app's own SQL: more than socket buffers hold.
-async fn fill_log(server: &Server) {
-    let title = "t".repeat(1000);
-    let mut tx = server.pool.begin().await.unwrap();
-    for i in 0..12_000 {
-        sqlx::query("INSERT INTO todos (id, title) VALUES (?, ?)")
-            .bind(format!("row-{i:05}"))
-            .bind(&title)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-    }
-    tx.commit().await.unwrap();
+/// A pull whose answer is never read past its status line: the server cannot finish it.
+async fn stalled_pull(base: &str) -> tokio::net::TcpStream {
+    let addr = base.trim_start_matches("http://").parse().unwrap();
+    stalled_request(addr, "/api/sync/todos?since=0&limit=10000").await
 }
 
-/// A pull on a socket with a tiny receive buffer whose answer is never read past its
-/// status line: the server cannot finish it.
-async fn stalled_pull(base: &str) -> tokio::net::TcpStream {
+/// Sends `head` (a request whose body stops short) and returns the whole answer, failing
+/// if the server never gives one.
+async fn answer_to_stalled_body(base: &str, head: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr: std::net::SocketAddr = base.trim_start_matches("http://").parse().unwrap();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let request = "GET /api/sync/todos?since=0&limit=10000 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut first = [0u8; 12];
-    stream.read_exact(&mut first).await.unwrap();
-    assert_eq!(&first, b"HTTP/1.1 200", "the pull started");
-    stream
+    let addr = base.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        stream.read_to_end(&mut answer),
+    )
+    .await;
+    assert!(read.is_ok(), "the server never answered a stalled body");
+    String::from_utf8_lossy(&answer).into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -105,24 +97,13 @@ async fn pulls_past_the_budget_answer_429_until_one_ends() {
 /// passes, and writes nothing; the connection is not held forever.
 #[tokio::test]
 async fn a_push_body_that_trickles_is_cut_off_with_408() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (_dir, db) = temp_db();
     let server = start_with(&db, |b| {
         b.body_timeout(std::time::Duration::from_millis(300))
     })
     .await;
-    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let head = "POST /api/sync/todos HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"changes\": [";
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_to_end(&mut answer),
-    )
-    .await;
-    assert!(read.is_ok(), "the server never answered a stalled body");
-    let text = String::from_utf8_lossy(&answer);
+    let text = answer_to_stalled_body(&server.base, head).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(todos(&server.pool).await.is_empty());
 }
@@ -131,28 +112,15 @@ async fn a_push_body_that_trickles_is_cut_off_with_408() {
 /// trickles is cut off with 408 there too, and the key is not claimed.
 #[tokio::test]
 async fn a_keyed_body_that_trickles_is_cut_off_by_the_idempotency_layer() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let (_dir, db) = temp_db();
     let pool = app::open_db(&url(&db)).await.unwrap();
     let engine = app::engine(&pool).await.unwrap();
     let layer = engine
         .idempotency_layer()
         .body_timeout(std::time::Duration::from_millis(300));
-    let router = app::app(engine.clone()).merge(engine.routes()).layer(layer);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (base, _task) = serve(app::app(engine.clone()).merge(engine.routes()).layer(layer)).await;
     let head = "POST /todos HTTP/1.1\r\nHost: 127.0.0.1\r\nIdempotency-Key: k-1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntitle=slo";
-    stream.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = Vec::new();
-    let read = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        stream.read_to_end(&mut answer),
-    )
-    .await;
-    assert!(read.is_ok(), "the server never answered a stalled body");
-    let text = String::from_utf8_lossy(&answer);
+    let text = answer_to_stalled_body(&base, head).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(todos(&pool).await.is_empty());
 }

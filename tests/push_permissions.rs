@@ -114,10 +114,7 @@ async fn the_example_holds_pushed_todos_to_its_handlers_rules() {
     let (_dir, db) = temp_db();
     let pool = app::open_db(&url(&db)).await.unwrap();
     let engine = app::engine(&pool).await.unwrap();
-    let router = app::app(engine.clone()).merge(engine.routes());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let (base, _task) = serve(app::app(engine.clone()).merge(engine.routes())).await;
     let cases = [
         (
             json!({"id": todo_id("a"), "action": "create", "data": {"title": "   "}}),

@@ -6,37 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpSocket;
-
-/// About 12 MB of log: 12,000 todos with 1 KB titles, written by the app's own SQL.
-async fn fill_log(server: &Server) {
-    let title = "t".repeat(1000);
-    let mut tx = server.pool.begin().await.unwrap();
-    for i in 0..12_000 {
-        sqlx::query("INSERT INTO todos (id, title) VALUES (?, ?)")
-            .bind(format!("row-{i:05}"))
-            .bind(&title)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-    }
-    tx.commit().await.unwrap();
-}
-
-/// Sends a request on a socket with a tiny receive buffer and never reads the answer
-/// beyond its first bytes (enough to know the server started streaming).
-async fn stalled_request(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.set_recv_buffer_size(4096).unwrap();
-    let mut stream = socket.connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut first = [0u8; 12];
-    stream.read_exact(&mut first).await.unwrap();
-    assert_eq!(&first, b"HTTP/1.1 200", "the pull started");
-    stream
-}
+use tokio::io::AsyncReadExt;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_pulls_do_not_block_the_app_or_the_sync_api() {

@@ -161,17 +161,7 @@ test("RhtmxSync.clear() in one tab stops the user's other tabs and empties their
   assert.equal(await leader.evaluate(() => RhtmxSync.isLeader), true);
   await other.evaluate(() => RhtmxSync.clear());
   await leader.waitForFunction(() => window.__events.some((e) => e.name === "principal-changed"));
-  await waitInPage(other, async () => {
-    for (const { name } of await indexedDB.databases()) {
-      const db = await new Promise((ok) => { const r = indexedDB.open(name); r.onsuccess = () => ok(r.result); });
-      const n = db.objectStoreNames.contains("todos")
-        ? await new Promise((ok) => { const r = db.transaction("todos").objectStore("todos").count(); r.onsuccess = () => ok(r.result); })
-        : 0;
-      db.close();
-      if (n) return false;
-    }
-    return true;
-  });
+  await eventually(async () => (await mirrorsWithRows(other)).length === 0, { what: "every mirror emptied" });
   assert.equal(await leader.evaluate(() => RhtmxSync.isLeader), false);
   assert.equal(w.proxy.state.openStreams, 0);
 });

@@ -69,11 +69,7 @@ async fn start_built(
     let router = app::app(engine.clone())
         .merge(engine.routes())
         .layer(engine.idempotency_layer());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let task = tokio::spawn(async move {
-        axum::serve(listener, router).await.unwrap();
-    });
+    let (base, task) = serve(router).await;
     Server {
         base,
         pool,
@@ -322,4 +318,47 @@ pub async fn single_pool(db: &Path) -> SqlitePool {
         .connect_with(options.busy_timeout(Duration::from_secs(5)))
         .await
         .expect("single pool")
+}
+
+/// About 12 MB of log: 12,000 todos with 1 KB titles, written by the app's own SQL.
+pub async fn fill_log(server: &Server) {
+    let title = "t".repeat(1000);
+    let mut tx = server.pool.begin().await.unwrap();
+    for i in 0..12_000 {
+        sqlx::query("INSERT INTO todos (id, title) VALUES (?, ?)")
+            .bind(format!("row-{i:05}"))
+            .bind(&title)
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    tx.commit().await.unwrap();
+}
+
+/// Sends a request on a socket with a tiny receive buffer and never reads the answer
+/// beyond its first bytes (enough to know the server started streaming).
+pub async fn stalled_request(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut stream, &mut first)
+        .await
+        .unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200", "the pull started");
+    stream
+}
+
+/// Serves `router` on a free loopback port; returns its base URL and the server task.
+pub async fn serve(router: axum::Router) -> (String, JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let task = tokio::spawn(async move {
+        axum::serve(listener, router).await.unwrap();
+    });
+    (base, task)
 }

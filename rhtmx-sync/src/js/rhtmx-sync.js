@@ -225,44 +225,33 @@
     await finished(tx);
   }
 
-  /** Forgets another scope's mirror, if that database exists (never creates one). */
-  function forgetScope(other) {
+  /** Runs `fn(db)` on another scope's database if it exists (never creating one). */
+  function withExisting(other, fn) {
     return new Promise((ok) => {
       const r = indexedDB.open(dbName(other));
       r.onupgradeneeded = () => r.transaction.abort(); // did not exist: leave it so
-      r.onsuccess = () => forget(r.result, false).catch(log).finally(() => { r.result.close(); ok(); });
       r.onerror = () => ok();
+      r.onsuccess = () => Promise.resolve().then(() => fn(r.result)).catch(log).finally(() => { r.result.close(); ok(); });
     });
   }
 
-  /** Moves another scope's queue (if that database exists) to the end of ours. */
+  /** Forgets another scope's mirror: its rows are readable by whoever uses the browser. */
+  const forgetScope = (other) => withExisting(other, (db) => forget(db, false));
+
+  /** Moves another scope's queue to the end of ours. */
   function adopt(other) {
     if (other === scope) return Promise.resolve();
-    return new Promise((ok) => {
-      const r = indexedDB.open(dbName(other));
-      r.onupgradeneeded = () => r.transaction.abort();
-      r.onerror = () => ok();
-      r.onsuccess = async () => {
-        const db = r.result;
-        try {
-          if (db.objectStoreNames.contains("_pending")) {
-            const tx = db.transaction("_pending");
-            const entries = await promised(tx.objectStore("_pending").getAll());
-            await run("_pending", "readwrite", (ours) => {
-              for (const { seq, ...entry } of entries) ours.objectStore("_pending").add(entry);
-            });
-            // Our copy is committed: theirs can go (a crash in between keeps both; the
-            // keys make a second replay harmless).
-            const done = db.transaction("_pending", "readwrite");
-            done.objectStore("_pending").clear();
-            await finished(done);
-          }
-        } catch (error) {
-          log("could not adopt the shared queue", error);
-        }
-        db.close();
-        ok();
-      };
+    return withExisting(other, async (db) => {
+      if (!db.objectStoreNames.contains("_pending")) return;
+      const entries = await promised(db.transaction("_pending").objectStore("_pending").getAll());
+      await run("_pending", "readwrite", (ours) => {
+        for (const { seq, ...entry } of entries) ours.objectStore("_pending").add(entry);
+      });
+      // Our copy is committed: theirs can go (a crash in between keeps both; the keys
+      // make a second replay harmless).
+      const done = db.transaction("_pending", "readwrite");
+      done.objectStore("_pending").clear();
+      await finished(done);
     });
   }
 
