@@ -17,6 +17,7 @@ use crate::capture;
 use crate::cursor;
 use crate::engine::Registry;
 use crate::log;
+use crate::scope::{Read, View};
 use crate::wire;
 
 /// What the tailer sends every stream.
@@ -30,11 +31,52 @@ pub(crate) enum LogEvent {
         entity: Arc<str>,
         /// The event's `data:` JSON.
         json: String,
+        /// Who may see it, for a scoped entity's entry (see [`crate::scope`]).
+        scoped: Option<Box<Scoped>>,
     },
     /// The log is no longer the history the streams follow (its head went back, or the
     /// entry at the tailer's cursor changed: the database was restored or replaced).
     /// Every stream sends its client a reset to `head`.
     Reset { head: i64, id: String },
+}
+
+/// A scoped entity's change: its scopes, and how it reads to those it moved away
+/// from or towards, encoded once for every stream.
+#[derive(Debug)]
+pub(crate) struct Scoped {
+    pub action: String,
+    pub before: Option<String>,
+    pub after: Option<String>,
+    /// `(removal, entering)` JSON, when the change moved the row to another scope.
+    pub moved: Option<(String, String)>,
+}
+
+impl Scoped {
+    fn of(entity: &crate::entity::Entity, row: &log::LogRow) -> Option<Box<Scoped>> {
+        entity.scope_column()?;
+        let moved = (row.action == "update" && row.scope_before != row.scope_after).then(|| {
+            (
+                wire::encode_as(entity, row, true, View::Removal),
+                wire::encode_as(entity, row, true, View::Entering),
+            )
+        });
+        Some(Box::new(Scoped {
+            action: row.action.clone(),
+            before: row.scope_before.clone(),
+            after: row.scope_after.clone(),
+            moved,
+        }))
+    }
+
+    /// The `data:` a reader with `read` gets (`None`: nothing).
+    pub(crate) fn data<'a>(&'a self, read: &Read, json: &'a str) -> Option<&'a str> {
+        match read.view(&self.action, self.before.as_deref(), self.after.as_deref()) {
+            View::Hidden => None,
+            View::AsIs => Some(json),
+            View::Removal => self.moved.as_ref().map(|m| m.0.as_str()),
+            View::Entering => self.moved.as_ref().map(|m| m.1.as_str()),
+        }
+    }
 }
 
 /// Shared between the tailer, the streams and the push handler.
@@ -44,6 +86,9 @@ pub(crate) struct Hub {
     pub wake: Notify,
     /// Becomes `true` once, at shutdown: every event stream ends.
     pub closing: watch::Sender<bool>,
+    /// Counts [`SyncEngine::access_changed`](crate::SyncEngine::access_changed) calls:
+    /// every stream asks again what its client may read.
+    pub access: watch::Sender<u64>,
 }
 
 impl Hub {
@@ -52,6 +97,7 @@ impl Hub {
             tx: broadcast::channel(capacity).0,
             wake: Notify::new(),
             closing: watch::Sender::new(false),
+            access: watch::Sender::new(0),
         }
     }
 }
@@ -248,6 +294,7 @@ async fn tick(
                 id,
                 entity: entity.name.clone(),
                 json: wire::encode(entity, row, true),
+                scoped: Scoped::of(entity, row),
             };
             // Every receiver may have gone since the check: that is fine.
             let _ = hub.tx.send(Arc::new(event));

@@ -135,39 +135,74 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
              ON _ctx.entity = {ent} AND _ctx.entity_id = {key}"
         )
     };
-    let cols = "entity, entity_id, action, data, changed, client_id, hlc, conflict, digest";
-    let ctx_cols = "_ctx.client_id, _ctx.hlc, _ctx.conflict, _ctx.digest";
+    // A scoped entity's entries record the row's scope before and after the change
+    // (`crate::scope`); an unscoped one's triggers are exactly as they always were.
+    let scope = entity.scope_column();
+    let (cols, ctx_cols) = match scope {
+        Some(_) => (
+            "entity, entity_id, action, data, changed, client_id, hlc, conflict, digest, \
+             scope_before, scope_after",
+            "_ctx.client_id, _ctx.hlc, _ctx.conflict, _ctx.digest, ",
+        ),
+        None => (
+            "entity, entity_id, action, data, changed, client_id, hlc, conflict, digest",
+            "_ctx.client_id, _ctx.hlc, _ctx.conflict, _ctx.digest",
+        ),
+    };
+    let scopes = |before: &str, after: &str| match scope {
+        Some(column) => {
+            let of = |row: &str| match row {
+                "" => "NULL".to_owned(),
+                row => key_text(row, column),
+            };
+            format!("{}, {}", of(before), of(after))
+        }
+        None => String::new(),
+    };
     let ins = format!(
         "CREATE TRIGGER {n} AFTER INSERT ON {table} BEGIN {replaced}\
          INSERT INTO {LOG_TABLE} ({cols}) \
-         SELECT {ent}, {new_key}, 'create', {new_row}, NULL, {ctx_cols} {new_ctx} \
+         SELECT {ent}, {new_key}, 'create', {new_row}, NULL, {ctx_cols}{s} {new_ctx} \
          WHERE NEW.{id} IS NOT NULL; END",
         n = quote_ident(&name("insert")),
         new_ctx = context(&new_key),
+        s = scopes("", "NEW"),
     );
     // A changed key is logged as the old row's delete and the new row's create; an
     // update that changes no synced column is not logged at all.
     let upd = format!(
         "CREATE TRIGGER {n} AFTER UPDATE ON {table} WHEN {any_differs} BEGIN \
          INSERT INTO {LOG_TABLE} ({cols}) \
-         SELECT {ent}, {old_key}, 'delete', NULL, NULL, {ctx_cols} {old_ctx} \
+         SELECT {ent}, {old_key}, 'delete', NULL, NULL, {ctx_cols}{s_gone} {old_ctx} \
          WHERE OLD.{id} IS NOT NEW.{id} AND OLD.{id} IS NOT NULL; \
          INSERT INTO {LOG_TABLE} ({cols}) \
          SELECT {ent}, {new_key}, \
          CASE WHEN OLD.{id} IS NOT NEW.{id} THEN 'create' ELSE 'update' END, {new_row}, \
          CASE WHEN OLD.{id} IS NOT NEW.{id} THEN NULL ELSE {changed} END, \
-         {ctx_cols} {new_ctx} WHERE NEW.{id} IS NOT NULL; END",
+         {ctx_cols}{s_new} {new_ctx} WHERE NEW.{id} IS NOT NULL; END",
         n = quote_ident(&name("update")),
         old_ctx = context(&old_key),
         new_ctx = context(&new_key),
+        s_gone = scopes("OLD", ""),
+        // A row under a new key is a new row: it had no scope before.
+        s_new = if scope.is_some() {
+            format!(
+                "CASE WHEN OLD.{id} IS NOT NEW.{id} THEN NULL ELSE {} END, {}",
+                key_text("OLD", scope.unwrap_or_default()),
+                key_text("NEW", scope.unwrap_or_default())
+            )
+        } else {
+            String::new()
+        },
     );
     let del = format!(
         "CREATE TRIGGER {n} AFTER DELETE ON {table} BEGIN \
          INSERT INTO {LOG_TABLE} ({cols}) \
-         SELECT {ent}, {old_key}, 'delete', NULL, NULL, {ctx_cols} {old_ctx} \
+         SELECT {ent}, {old_key}, 'delete', NULL, NULL, {ctx_cols}{s} {old_ctx} \
          WHERE OLD.{id} IS NOT NULL; END",
         n = quote_ident(&name("delete")),
         old_ctx = context(&old_key),
+        s = scopes("OLD", ""),
     );
     let mut all = vec![
         (name("insert"), ins),
@@ -242,6 +277,11 @@ fn note_candidates(entity: &Entity, and: &str) -> String {
     let ent = quote_literal(&entity.table);
     let id = quote_ident(&entity.id);
     let key = key_text("_row", &entity.id);
+    // A victim's delete carries the scope it had (unscoped: the notes as they were).
+    let (scope, scope_col) = match entity.scope_column() {
+        Some(column) => (format!(", {}", key_text("_row", column)), ", scope"),
+        None => (String::new(), ""),
+    };
     // One SELECT per constraint, so each can use its own index.
     let selects = entity
         .unique
@@ -253,7 +293,7 @@ fn note_candidates(entity: &Entity, and: &str) -> String {
                 .collect::<Vec<_>>()
                 .join(" AND ");
             format!(
-                "SELECT {ent}, {key}, _row.{id} FROM {table} AS _row \
+                "SELECT {ent}, {key}, _row.{id}{scope} FROM {table} AS _row \
                  WHERE {matches} AND _row.{id} IS NOT NEW.{id}{and}"
             )
         })
@@ -261,7 +301,7 @@ fn note_candidates(entity: &Entity, and: &str) -> String {
         .join(" UNION ");
     format!(
         "DELETE FROM {REPLACED} WHERE entity = {ent}; \
-         INSERT INTO {REPLACED} (entity, entity_id, key) {selects};"
+         INSERT INTO {REPLACED} (entity, entity_id, key{scope_col}) {selects};"
     )
 }
 
@@ -271,9 +311,13 @@ fn log_replaced(entity: &Entity) -> String {
     let table = quote_ident(&entity.table);
     let ent = quote_literal(&entity.table);
     let id = quote_ident(&entity.id);
+    let (cols, scope) = match entity.scope_column() {
+        Some(_) => (", scope_before", ", _gone.scope"),
+        None => ("", ""),
+    };
     format!(
-        "INSERT INTO {LOG_TABLE} (entity, entity_id, action, data) \
-         SELECT {ent}, _gone.entity_id, 'delete', NULL FROM {REPLACED} AS _gone \
+        "INSERT INTO {LOG_TABLE} (entity, entity_id, action, data{cols}) \
+         SELECT {ent}, _gone.entity_id, 'delete', NULL{scope} FROM {REPLACED} AS _gone \
          WHERE _gone.entity = {ent} \
          AND NOT EXISTS (SELECT 1 FROM {table} WHERE {id} = _gone.key) \
          AND (SELECT action FROM {LOG_TABLE} WHERE entity = {ent} \
@@ -296,7 +340,7 @@ pub(crate) fn row_select(entity: &Entity) -> String {
 /// A key as the log stores it and the wire carries it: its text, except a blob (sqlx
 /// stores `uuid::Uuid` as 16 bytes) as [`blob_text`]. `CAST(blob AS TEXT)` would be
 /// arbitrary bytes, not UTF-8.
-pub(super) fn key_text(row: &str, id: &str) -> String {
+pub(crate) fn key_text(row: &str, id: &str) -> String {
     let v = format!("{row}.{}", quote_ident(id));
     format!(
         "CASE WHEN typeof({v}) = 'blob' THEN {} ELSE CAST({v} AS TEXT) END",

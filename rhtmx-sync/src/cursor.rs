@@ -9,6 +9,11 @@
 //! history, and gets exactly one reset. A restored copy that still holds the cursor's
 //! entry unchanged *is* a continuation of that history, and resumes normally.
 //!
+//! In an engine with scopes ([`crate::scope`]), the tag goes on with the fingerprint of
+//! what the principal may read (8 more hex digits). A cursor made under other access —
+//! the user left a tenant, lost a membership, signed out — gets a reset too, so the
+//! client drops rows it may no longer read and pulls what it may now.
+//!
 //! A bare version (`5`) is accepted too, unverified, for tools such as curl.
 
 use sha2::{Digest, Sha256};
@@ -23,6 +28,8 @@ pub(crate) struct Cursor {
     pub version: i64,
     /// Absent for a bare version.
     pub tag: Option<String>,
+    /// The access fingerprint it was made under, if any.
+    pub access: Option<String>,
 }
 
 impl Cursor {
@@ -33,12 +40,20 @@ impl Cursor {
             None => (s, None),
         };
         let version: i64 = version.parse().ok().filter(|v| *v >= 0)?;
-        if tag.is_some_and(|t| t.len() != 8 || !t.bytes().all(|b| b.is_ascii_hexdigit())) {
+        if tag.is_some_and(|t| {
+            !matches!(t.len(), 8 | 16) || !t.bytes().all(|b| b.is_ascii_hexdigit())
+        }) {
             return None;
         }
+        let tag = tag.map(str::to_ascii_lowercase);
+        let (tag, access) = match tag {
+            Some(t) if t.len() == 16 => (Some(t[..8].to_owned()), Some(t[8..].to_owned())),
+            other => (other, None),
+        };
         Some(Cursor {
             version,
-            tag: tag.map(str::to_ascii_lowercase),
+            tag,
+            access,
         })
     }
 }
@@ -52,6 +67,8 @@ pub(crate) enum Reset {
     BehindHorizon,
     /// The entry at the cursor is another change: another history of the log.
     OtherHistory,
+    /// Made under other access: the principal may read more or less than it could.
+    AccessChanged,
 }
 
 impl Reset {
@@ -60,6 +77,7 @@ impl Reset {
             Reset::AheadOfLog => "ahead_of_log",
             Reset::BehindHorizon => "behind_horizon",
             Reset::OtherHistory => "other_history",
+            Reset::AccessChanged => "access_changed",
         }
     }
 }
@@ -83,7 +101,8 @@ pub(crate) fn tag(log_id: &str, version: i64, entry: Option<&LogRow>) -> String 
         .collect()
 }
 
-/// `"{version}.{tag}"` for a row just read.
+/// `"{version}.{tag}"` for a row just read (followed by the access fingerprint where
+/// there is one, see [`Access::suffix`](crate::scope::Access::suffix)).
 pub(crate) fn token_of(log_id: &str, row: &LogRow) -> String {
     format!("{}.{}", row.version, tag(log_id, row.version, Some(row)))
 }
@@ -111,12 +130,13 @@ async fn entry_at(conn: &mut SqliteConnection, version: i64) -> Result<Option<Lo
 }
 
 /// Whether `cursor` can be resumed against the log as it is now (`head` read by the
-/// caller, in the same connection).
+/// caller, in the same connection) by a principal whose access fingerprint is `access`.
 pub(crate) async fn check(
     conn: &mut SqliteConnection,
     log_id: &str,
     cursor: &Cursor,
     head: i64,
+    access: Option<&str>,
 ) -> Result<Option<Reset>> {
     if cursor.version > head {
         return Ok(Some(Reset::AheadOfLog));
@@ -132,6 +152,11 @@ pub(crate) async fn check(
             return Ok(Some(Reset::OtherHistory));
         }
     }
+    // A tagged cursor from before the access it is used under (a bare version is the
+    // caller's own business: it can only miss changes, never see more).
+    if cursor.tag.is_some() && cursor.access.as_deref() != access {
+        return Ok(Some(Reset::AccessChanged));
+    }
     Ok(None)
 }
 
@@ -145,9 +170,13 @@ mod tests {
             Cursor::parse("42"),
             Some(Cursor {
                 version: 42,
-                tag: None
+                tag: None,
+                access: None,
             })
         );
+        let scoped = Cursor::parse("42.00abcdefDEADbeef").unwrap();
+        assert_eq!(scoped.tag.as_deref(), Some("00abcdef"));
+        assert_eq!(scoped.access.as_deref(), Some("deadbeef"));
         assert_eq!(
             Cursor::parse("42.00AbCdEf").unwrap().tag.as_deref(),
             Some("00abcdef")
@@ -159,6 +188,7 @@ mod tests {
             "4.2",
             "42.",
             "42.0123456789",
+            "42.0123456789abcdef0",
             "42.zzzzzzzz",
             "1.2.3",
         ] {
@@ -178,6 +208,8 @@ mod tests {
             client_id: None,
             hlc: Some(hlc.into()),
             conflict: None,
+            scope_before: None,
+            scope_after: None,
         };
         let one = tag("log-1", 5, Some(&row("h1")));
         assert_eq!(one, tag("log-1", 5, Some(&row("h1"))));

@@ -21,7 +21,8 @@ use crate::hlc::HlcClock;
 const DEFAULT_CLOCK_TOLERANCE: Duration = Duration::from_secs(5);
 use crate::log;
 use crate::permission::{Push, ValidatePush};
-use crate::principal::{self, Authenticate};
+use crate::principal::{self, Authenticate, Principal};
+use crate::scope::{Access, Rule, Scope};
 use crate::syncable::{SyncStrategy, Syncable};
 
 /// The one-line configuration: a pool and the tables to sync.
@@ -210,6 +211,8 @@ pub(crate) struct Inner {
     pub pulls: Arc<Semaphore>,
     /// The app's extractor of who is asking, if it gave one.
     pub authenticate: Option<Authenticate>,
+    /// Whether any entity has a scope (then one without is readable by nobody).
+    pub scoped: bool,
     tailer: JoinHandle<()>,
 }
 
@@ -306,6 +309,28 @@ impl SyncEngine {
         self.inner.hub.closing.send_replace(true);
     }
 
+    /// Tells the engine that what some principal may read has changed in a way it
+    /// cannot see in a row of a synced table: a membership removed, a user moved to
+    /// another tenant, a session ended. Every open event stream asks again who its
+    /// client is and what it may read (the app's extractor and [`ScopeKeys`](crate::ScopeKeys)
+    /// run once per stream); a stream whose access changed sends its client a `reset`,
+    /// and the client drops its mirror and pulls what it may read now. Pulls always ask
+    /// afresh, and a client that was offline meanwhile resets at its next pull.
+    ///
+    /// A change of a row's scope column needs no call: the row reaches those who may
+    /// now read it, and leaves those who no longer may, as a change.
+    pub fn access_changed(&self) {
+        self.inner
+            .hub
+            .access
+            .send_modify(|generation| *generation += 1);
+    }
+
+    /// What `principal` may read now.
+    pub(crate) async fn access(&self, principal: Principal) -> Result<Access> {
+        Access::of(principal, &self.inner.entities.load(), self.inner.scoped).await
+    }
+
     /// The highest change version committed so far.
     pub async fn head(&self) -> Result<i64> {
         let mut conn = self.inner.pool.acquire().await?;
@@ -342,6 +367,7 @@ enum Override {
     Resolver(SharedResolver),
     DeleteWins(bool),
     Push(Push),
+    Scope(Scope),
 }
 
 /// Route segments the engine uses itself, so no entity may be named after them.
@@ -360,6 +386,7 @@ impl SyncEngineBuilder {
             resolver: None,
             offline_writes: T::OFFLINE_WRITES,
             push: Push::Refused,
+            scope: None,
         });
         self
     }
@@ -440,6 +467,23 @@ impl SyncEngineBuilder {
             entity.into(),
             Override::Push(Push::Validated(Arc::new(validator))),
         ));
+        self
+    }
+
+    /// Which rows of `entity` a principal may read, and so pull, receive on the event
+    /// stream and write through the push API (see [`Scope`]). Once any entity has a
+    /// scope, an entity without one is readable by nobody
+    /// ([`Error::NotReadable`](crate::Error::NotReadable)); give it [`Scope::public`]
+    /// to open it. A scope by principal needs [`authenticate`](Self::authenticate)
+    /// ([`BuildError::NoAuthenticator`]); its column must be synced
+    /// ([`BuildError::ScopeColumn`]).
+    ///
+    /// A push that would write a row outside the principal's scope — one it may not
+    /// read, or a change of the scope column that moves a row out of its reach or into
+    /// another's — answers 403 ([`Error::OutOfScope`](crate::Error::OutOfScope)) and
+    /// writes nothing. The app's own handlers are the app's to check.
+    pub fn scope(mut self, entity: impl Into<String>, scope: Scope) -> Self {
+        self.overrides.push((entity.into(), Override::Scope(scope)));
         self
     }
 
@@ -580,8 +624,15 @@ impl SyncEngineBuilder {
                     return Err(BuildError::NotWritable { table: name });
                 }
                 Override::Push(push) => spec.push = push,
+                Override::Scope(scope) => {
+                    if matches!(scope.rule, Rule::Column { .. }) && self.authenticate.is_none() {
+                        return Err(BuildError::NoAuthenticator { table: name });
+                    }
+                    spec.scope = Some(scope);
+                }
             }
         }
+        let scoped = specs.iter().any(|s| s.scope.is_some());
         let mut entities: Vec<Arc<Entity>> = Vec::with_capacity(specs.len());
         for spec in &specs {
             if spec.strategy == SyncStrategy::Custom && spec.resolver.is_none() {
@@ -630,6 +681,7 @@ impl SyncEngineBuilder {
                 streams: Arc::new(Semaphore::new(self.options.max_event_streams)),
                 pulls: Arc::new(Semaphore::new(self.options.max_concurrent_pulls)),
                 authenticate: self.authenticate,
+                scoped,
                 options: self.options,
                 clock,
                 log_id,

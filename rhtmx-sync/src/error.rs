@@ -89,6 +89,18 @@ pub enum Error {
     /// plain SQL.
     #[error("the stored row {0} holds a value the merge cannot read; it was not changed")]
     UnreadableRow(String),
+    /// The entity is not readable by this request's principal (403): the engine has
+    /// scopes and this entity has none. See [`Scope`](crate::Scope).
+    #[error("`{}` is not readable", quote(.0))]
+    NotReadable(String),
+    /// A pushed change would write a row outside the principal's scope: a row it may
+    /// not read, or one moved out of its reach or into another's (403; nothing is
+    /// written). See [`Scope`](crate::Scope).
+    #[error("changes[{0}] writes a row outside what you may write")]
+    OutOfScope(usize),
+    /// The app's [`ScopeKeys`](crate::ScopeKeys) failed (500; logged, not sent).
+    #[error("scope keys: {0}")]
+    Scope(String),
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
@@ -105,11 +117,16 @@ impl Error {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
             Error::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Error::CrossSite | Error::NotWritable(_) => StatusCode::FORBIDDEN,
+            Error::CrossSite
+            | Error::NotWritable(_)
+            | Error::NotReadable(_)
+            | Error::OutOfScope(_) => StatusCode::FORBIDDEN,
             Error::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-            Error::Resolver(_) | Error::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Resolver(_) | Error::Scope(_) | Error::Database(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             Error::UnreadableRow(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
     }
@@ -200,6 +217,28 @@ pub enum BuildError {
         "`{table}` takes no offline writes (`offline_writes = false`): it cannot be made writable"
     )]
     NotWritable {
+        /// The table.
+        table: String,
+    },
+    /// A scope's column is not a synced column of the table, or is its key.
+    #[error(
+        "the scope column `{column}` of `{table}` must be a synced column of the table, \
+         other than its key"
+    )]
+    ScopeColumn {
+        /// The table.
+        table: String,
+        /// The column the scope names.
+        column: String,
+    },
+    /// A scope that reads the principal was given, but not the extractor that tells
+    /// the engine who is asking ([`authenticate`](crate::SyncEngineBuilder::authenticate)):
+    /// every request would be anonymous and read nothing.
+    #[error(
+        "`{table}` has a scope by principal, but the engine cannot tell who is asking: \
+         call SyncEngineBuilder::authenticate"
+    )]
+    NoAuthenticator {
         /// The table.
         table: String,
     },

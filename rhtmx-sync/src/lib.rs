@@ -17,6 +17,7 @@ mod idempotency;
 mod log;
 mod permission;
 mod principal;
+mod scope;
 mod syncable;
 mod wire;
 mod write;
@@ -36,6 +37,8 @@ pub use self::idempotency::{Idempotency, IdempotencyLayer, IdempotencyUsage};
 #[doc(inline)]
 pub use self::permission::{PushedChange, ValidatePush};
 pub use self::principal::Principal;
+#[doc(inline)]
+pub use self::scope::{BoxError, Scope, ScopeKeys};
 #[doc(inline)]
 pub use self::syncable::{SyncStrategy, Syncable};
 pub use self::wire::Action;

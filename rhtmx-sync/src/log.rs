@@ -26,8 +26,9 @@ pub(crate) const LOG_TABLE: &str = "_rhtmx_sync_log";
 /// The per-change context the capture triggers read (see `apply::execute`).
 pub(crate) const CONTEXT_TABLE: &str = "_rhtmx_sync_context";
 
-/// The version of the engine's own tables: 2 added `conflict`, 3 `digest`.
-const SCHEMA_VERSION: i64 = 3;
+/// The version of the engine's own tables: 2 added `conflict`, 3 `digest`, 4 the
+/// scopes (`scope_before`, `scope_after`, and the REPLACE victims' `scope`).
+const SCHEMA_VERSION: i64 = 4;
 
 const DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
@@ -41,7 +42,9 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
     hlc        TEXT,
     created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
     conflict   TEXT,
-    digest     TEXT
+    digest     TEXT,
+    scope_before TEXT,
+    scope_after  TEXT
 );
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_entity ON _rhtmx_sync_log (entity, version);
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_row ON _rhtmx_sync_log (entity, entity_id, version);
@@ -58,7 +61,8 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_context (
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_replaced (
     entity    TEXT NOT NULL,
     entity_id TEXT NOT NULL,
-    key
+    key,
+    scope     TEXT
 );
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_meta (
     key   TEXT PRIMARY KEY,
@@ -72,17 +76,23 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
     sqlx::raw_sql(DDL).execute(&mut *tx).await?;
     // Older logs lack later columns. Another process may add one first: a duplicate
     // column is then fine.
-    for column in ["conflict", "digest"] {
-        let has: bool = sqlx::query_scalar(
-            "SELECT count(*) > 0 FROM pragma_table_info('_rhtmx_sync_log') WHERE name = ?",
-        )
-        .bind(column)
-        .fetch_one(&mut *tx)
-        .await?;
+    for (table, column) in [
+        (LOG_TABLE, "conflict"),
+        (LOG_TABLE, "digest"),
+        (LOG_TABLE, "scope_before"),
+        (LOG_TABLE, "scope_after"),
+        ("_rhtmx_sync_replaced", "scope"),
+    ] {
+        let has: bool =
+            sqlx::query_scalar("SELECT count(*) > 0 FROM pragma_table_info(?) WHERE name = ?")
+                .bind(table)
+                .bind(column)
+                .fetch_one(&mut *tx)
+                .await?;
         if has {
             continue;
         }
-        let add = format!("ALTER TABLE _rhtmx_sync_log ADD COLUMN {column} TEXT");
+        let add = format!("ALTER TABLE {table} ADD COLUMN {column} TEXT");
         if let Err(e) = sqlx::query(&add).execute(&mut *tx).await {
             if !e.to_string().contains("duplicate column") {
                 return Err(e.into());
@@ -146,6 +156,10 @@ pub(crate) struct LogRow {
     pub hlc: Option<String>,
     /// The conflict this entry resolved, as JSON.
     pub conflict: Option<String>,
+    /// The row's scope before and after the change (see [`crate::scope`]); `None`
+    /// where the row did not exist, and for entities without a scope column.
+    pub scope_before: Option<String>,
+    pub scope_after: Option<String>,
 }
 
 impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for LogRow {
@@ -168,6 +182,8 @@ impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for LogRow {
             client_id: text("client_id")?,
             hlc: text("hlc")?,
             conflict: text("conflict")?,
+            scope_before: text("scope_before")?,
+            scope_after: text("scope_after")?,
         })
     }
 }
@@ -181,7 +197,8 @@ pub(crate) const ROW_COLUMNS: &str = concat!(
     " AS BLOB) AS hlc, ",
     // A conflict is stored without the version of the entry carrying it.
     "CAST(CASE WHEN conflict IS NULL THEN NULL ",
-    "ELSE json_set(conflict, '$.version', version) END AS BLOB) AS conflict"
+    "ELSE json_set(conflict, '$.version', version) END AS BLOB) AS conflict, ",
+    "CAST(scope_before AS BLOB) AS scope_before, CAST(scope_after AS BLOB) AS scope_after"
 );
 
 /// The highest version ever assigned (0 for an empty log); survives compaction.
@@ -227,24 +244,35 @@ pub(crate) async fn read_after(
     .await?)
 }
 
-/// Up to `limit` entries of `entity` in `(after, upto]`, in version order.
+/// Up to `limit` entries of `entity` in `(after, upto]`, in version order; with `keys`
+/// (a JSON array of scope keys), only those whose scope before or after is one of them.
 pub(crate) async fn read_entity(
     conn: &mut SqliteConnection,
     entity: &str,
-    after: i64,
-    upto: i64,
+    (after, upto): (i64, i64),
+    keys: Option<&str>,
     limit: i64,
 ) -> Result<Vec<LogRow>> {
-    Ok(sqlx::query_as(&format!(
+    let scoped = if keys.is_some() {
+        " AND (scope_before IN (SELECT value FROM json_each(?5)) \
+         OR scope_after IN (SELECT value FROM json_each(?5)))"
+    } else {
+        ""
+    };
+    let sql = format!(
         "SELECT {ROW_COLUMNS} FROM {LOG_TABLE} \
-         WHERE entity = ? AND version > ? AND version <= ? ORDER BY version LIMIT ?"
-    ))
-    .bind(entity)
-    .bind(after)
-    .bind(upto)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?)
+         WHERE entity = ?1 AND version > ?2 AND version <= ?3{scoped} ORDER BY version LIMIT ?4"
+    );
+    let query = sqlx::query_as(&sql)
+        .bind(entity)
+        .bind(after)
+        .bind(upto)
+        .bind(limit);
+    let query = match keys {
+        Some(keys) => query.bind(keys),
+        None => query,
+    };
+    Ok(query.fetch_all(&mut *conn).await?)
 }
 
 #[cfg(test)]
@@ -310,7 +338,10 @@ mod tests {
     #[tokio::test]
     async fn a_schema_1_log_gains_the_later_columns() {
         let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
-        sqlx::raw_sql(&DDL.replace(",\n    conflict   TEXT,\n    digest     TEXT", ""))
+        sqlx::raw_sql(&DDL.replace(
+            ",\n    conflict   TEXT,\n    digest     TEXT,\n    scope_before TEXT,\n    scope_after  TEXT",
+            "",
+        ))
             .execute(&mut conn)
             .await
             .unwrap();
@@ -321,7 +352,7 @@ mod tests {
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(version, "3");
+        assert_eq!(version, "4");
         assert!(read_after(&mut conn, 0, 1).await.unwrap().is_empty());
     }
 }

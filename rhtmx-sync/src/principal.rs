@@ -4,8 +4,8 @@
 //! ([`SyncEngineBuilder::authenticate`](crate::SyncEngineBuilder::authenticate)): its
 //! session or auth crate's type, or a header. Today the idempotency layer uses it to
 //! refuse a replayed write made by another user than the request's (the browser client
-//! names the user a queued write was made by in `X-Rhtmx-Principal`); per-user and
-//! per-tenant scopes of reads and writes will use the same principal.
+//! names the user a queued write was made by in `X-Rhtmx-Principal`), and the engine's
+//! routes read and write within the principal's scopes ([`crate::scope`]).
 
 use std::sync::Arc;
 
@@ -81,4 +81,28 @@ pub(crate) fn made_by(headers: &axum::http::HeaderMap) -> Option<String> {
     let pair = format!("p={value}");
     let (_, decoded) = form_urlencoded::parse(pair.as_bytes()).next()?;
     Some(decoded.into_owned())
+}
+
+/// Who a request to the engine's routes is from (anonymous when the app gave no
+/// extractor), with what they may read.
+pub(crate) struct Asking(pub crate::scope::Access);
+
+impl FromRequestParts<crate::SyncEngine> for Asking {
+    type Rejection = crate::Error;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        engine: &crate::SyncEngine,
+    ) -> Result<Self, Self::Rejection> {
+        let principal = principal_of(engine, parts).await;
+        Ok(Asking(engine.access(principal).await?))
+    }
+}
+
+/// Runs the app's extractor, if it gave one, on a request's parts.
+pub(crate) async fn principal_of(engine: &crate::SyncEngine, parts: &mut Parts) -> Principal {
+    match &engine.inner.authenticate {
+        Some(Authenticate(authenticate)) => authenticate(parts).await,
+        None => Principal::anonymous(),
+    }
 }

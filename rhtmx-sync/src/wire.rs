@@ -10,6 +10,7 @@ use serde_json::Value;
 
 use crate::entity::Entity;
 use crate::log::LogRow;
+use crate::scope::View;
 
 /// What happened to a row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +61,37 @@ pub(crate) struct WireChange<'a> {
     /// The conflict this change resolved, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflict: Option<&'a RawValue>,
+}
+
+/// Renders a log row as a reader with this [`View`] sees it: as logged, as the delete
+/// of a row that left its scope (the key and version only), or as the create of the
+/// whole row that entered it. `View::Hidden` rows are never rendered; as logged if asked.
+pub(crate) fn encode_as(entity: &Entity, row: &LogRow, with_entity: bool, view: View) -> String {
+    let action = match view {
+        View::Hidden | View::AsIs => return encode(entity, row, with_entity),
+        View::Removal => Action::Delete,
+        View::Entering => Action::Create,
+    };
+    let data = match view {
+        View::Entering => row
+            .data
+            .as_deref()
+            .and_then(|s| RawValue::from_string(s.to_owned()).ok()),
+        _ => None,
+    };
+    let change = WireChange {
+        entity: with_entity.then_some(row.entity.as_str()),
+        id: entity.wire_id(&row.entity_id),
+        action,
+        data: data.as_deref(),
+        version: row.version,
+        changed: None,
+        // Who wrote it, and any conflict, belong to a scope the reader did not share.
+        client_id: None,
+        hlc: row.hlc.as_deref(),
+        conflict: None,
+    };
+    serde_json::to_string(&change).expect("a change always serializes")
 }
 
 /// Renders a log row; `with_entity` adds the entity name (event stream).

@@ -17,6 +17,7 @@ use crate::apply::{self, Incoming};
 use crate::conflict::{Conflict, Status};
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
+use crate::scope::Read;
 use crate::syncable::Syncable;
 use crate::wire::Action;
 use crate::SyncEngine;
@@ -281,7 +282,8 @@ impl Writer<'_> {
         change.occurrence = self.context.writes.next();
         let client = self.context.client_id.as_deref();
         let (mut done, version) =
-            apply::transaction(inner, entity, std::slice::from_ref(&change), client)
+            // The app's own write: its code decides what it may write.
+            apply::transaction(inner, entity, std::slice::from_ref(&change), client, &Read::All)
                 .await
                 .map_err(|failed| failed.error)?;
         let done = done.pop().expect("one change, one outcome");

@@ -153,6 +153,11 @@ impl Sse {
         if let Some(id) = last_event_id {
             req = req.header("Last-Event-ID", id);
         }
+        Sse::open(req).await
+    }
+
+    /// Opens the stream `req` asks for (headers of the test's choosing).
+    pub async fn open(req: reqwest::RequestBuilder) -> Sse {
         let res = reqwest::Client::new()
             .execute(req.build().unwrap())
             .await

@@ -46,6 +46,31 @@ pub(super) async fn read_row(
     Ok(row.map(|r| r.get::<String, _>(0)))
 }
 
+/// The scope of the row (see [`crate::scope`]) as the triggers record it: `None` if
+/// the row does not exist or the entity has no scope column, `Some(None)` for a row
+/// whose scope column is null.
+pub(super) async fn read_scope(
+    conn: &mut SqliteConnection,
+    entity: &Entity,
+    key: &Key,
+) -> Result<Option<Option<String>>> {
+    let Some(column) = entity.scope_column() else {
+        return Ok(None);
+    };
+    let [value, alt] = key.lookup();
+    let select = format!(
+        "SELECT {} FROM {} AS _row WHERE _row.{} IN (?, ?)",
+        capture::key_text("_row", column),
+        quote_ident(&entity.table),
+        quote_ident(&entity.id)
+    );
+    use sqlx::Row as _;
+    let row = bind(bind(sqlx::query(&select), value), alt)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(row.map(|r| r.get::<Option<String>, _>(0)))
+}
+
 /// Executes the decision and returns its conflict, carrying the version of the log
 /// entry that records it.
 #[allow(clippy::too_many_arguments)] // one change's parts, all needed here
@@ -110,10 +135,16 @@ pub(super) async fn write(
                 Some(row) if exists => ("update", Some(row), changed),
                 _ => ("delete", None, None),
             };
+            // The row stays where it is: its scope before and after is the one it has.
+            let scope = match exists {
+                true => read_scope(conn, entity, key).await?.flatten(),
+                false => None,
+            };
             let version: i64 = sqlx::query_scalar(&format!(
                 "INSERT INTO {LOG_TABLE} \
-                 (entity, entity_id, action, data, changed, client_id, hlc, conflict, digest) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING version"
+                 (entity, entity_id, action, data, changed, client_id, hlc, conflict, digest, \
+                 scope_before, scope_after) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?10, ?10) RETURNING version"
             ))
             .bind(name)
             .bind(&key.text)
@@ -124,6 +155,7 @@ pub(super) async fn write(
             .bind(change.hlc.to_string())
             .bind(conflict_json.as_deref())
             .bind(digest)
+            .bind(scope)
             .fetch_one(&mut *conn)
             .await?;
             Some(version)

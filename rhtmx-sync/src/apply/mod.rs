@@ -22,6 +22,7 @@ use crate::entity::{convert, normalize, Entity, Key};
 use crate::error::{quote, Error, Result};
 use crate::hlc::{Hlc, HlcClock, Received};
 use crate::log;
+use crate::scope::Read;
 use crate::wire::Action;
 
 use self::history::HistoryCache;
@@ -162,22 +163,66 @@ impl From<sqlx::Error> for Failed {
 
 /// Applies `changes` to `entity` in one write transaction, all or nothing, and wakes
 /// the broadcaster. Returns each change's outcome and the log's head after the commit.
+///
+/// The writer may read `read` of the entity (see [`crate::scope`]): a change of a row
+/// outside it, or one that takes a row out of it or into another scope, fails the whole
+/// transaction with [`Error::OutOfScope`] before anything is committed or anything
+/// about the row (a conflict report) is answered.
 pub(crate) async fn transaction(
     inner: &Inner,
     entity: &Entity,
     changes: &[Validated],
     client_id: Option<&str>,
+    read: &Read,
 ) -> std::result::Result<(Vec<Applied>, i64), Failed> {
     // BEGIN IMMEDIATE takes the write lock at once: a deferred transaction that reads
     // first can fail with SQLITE_BUSY_SNAPSHOT when another writer commits in between.
     let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+    let start = log::head(&mut tx).await?;
+    let scoped = matches!(read, Read::Keys(_));
     let mut cache = HistoryCache::default();
     let mut done = Vec::with_capacity(changes.len());
     for (index, change) in changes.iter().enumerate() {
+        let out_of_scope = || Failed {
+            index,
+            error: Error::OutOfScope(index),
+        };
+        // A row the writer may not read is not theirs to write, nor to learn anything
+        // about from a merge.
+        if scoped {
+            if let Some(scope) = execute::read_scope(&mut tx, entity, &change.key).await? {
+                if !read.has(scope.as_deref()) {
+                    return Err(out_of_scope());
+                }
+            }
+        }
         let applied = apply(&mut tx, entity, &inner.clock, change, client_id, &mut cache)
             .await
             .map_err(|error| Failed { index, error })?;
         done.push(applied);
+    }
+    if scoped {
+        // What the writes did, as the log recorded it: every row they touched must stay
+        // within the writer's scope (none moved out of its reach or into another's).
+        let effects: Vec<(String, String, Option<String>, Option<String>)> =
+            sqlx::query_as(&format!(
+                "SELECT entity_id, action, scope_before, scope_after FROM {} \
+                 WHERE version > ? AND entity = ? ORDER BY version",
+                log::LOG_TABLE
+            ))
+            .bind(start)
+            .bind(&entity.table)
+            .fetch_all(&mut *tx)
+            .await?;
+        for (id, action, before, after) in effects {
+            if !read.may_write(&action, before.as_deref(), after.as_deref()) {
+                let index = changes.iter().position(|c| c.key.text == id).unwrap_or(0);
+                return Err(Failed {
+                    index,
+                    error: Error::OutOfScope(index),
+                });
+            }
+        }
     }
     let version = log::head(&mut tx).await?;
     tx.commit().await?;

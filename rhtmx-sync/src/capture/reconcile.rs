@@ -29,9 +29,25 @@ pub(crate) async fn reconcile(conn: &mut SqliteConnection, entity: &Entity) -> R
     let ent = quote_literal(&entity.table);
     let key = key_text("_row", &entity.id);
     let json = row_json(entity, "_row");
+    let scope = entity.scope_column();
+    match scope {
+        Some(column) => backfill(conn, entity, column).await?,
+        // Entries written while unscoped carry no scope: a later scope fills them in.
+        None => {
+            sqlx::query("DELETE FROM _rhtmx_sync_meta WHERE key = ?")
+                .bind(scope_key(entity))
+                .execute(&mut *conn)
+                .await?;
+        }
+    }
+    // A scoped entity's entries carry the scope the row had and has (`crate::scope`).
+    let (gone_cols, gone_scope) = match scope {
+        Some(_) => (", scope_before", ", _entry.scope_after"),
+        None => ("", ""),
+    };
     let gone = sqlx::query(&format!(
-        "INSERT INTO {LOG_TABLE} (entity, entity_id, action) \
-         SELECT {ent}, _last.entity_id, 'delete' FROM \
+        "INSERT INTO {LOG_TABLE} (entity, entity_id, action{gone_cols}) \
+         SELECT {ent}, _last.entity_id, 'delete'{gone_scope} FROM \
          (SELECT entity_id, max(version) AS version FROM {LOG_TABLE} \
           WHERE entity = {ent} GROUP BY entity_id) AS _last \
          JOIN {LOG_TABLE} AS _entry ON _entry.version = _last.version \
@@ -71,17 +87,27 @@ pub(crate) async fn reconcile(conn: &mut SqliteConnection, entity: &Entity) -> R
         id = quote_literal(&entity.id)
     );
     // The same expressions the triggers use, so a row logged as it is compares equal.
+    let (cur_cols, cur_scope, one_scope) = match scope {
+        Some(column) => (
+            ", scope_before, scope_after",
+            ", CASE WHEN _entry.action IS NULL OR _entry.action = 'delete' THEN NULL \
+             ELSE _entry.scope_after END, _cur.s",
+            format!(", max({}) AS s", key_text("_row", column)),
+        ),
+        None => ("", "", String::new()),
+    };
+    let one_s = if scope.is_some() { ", _one.s" } else { "" };
     let unseen = sqlx::query(&format!(
-        "INSERT INTO {LOG_TABLE} (entity, entity_id, action, data, changed) \
+        "INSERT INTO {LOG_TABLE} (entity, entity_id, action, data, changed{cur_cols}) \
          SELECT {ent}, _cur.k, \
          CASE WHEN _entry.action IS NULL OR _entry.action = 'delete' \
          THEN 'create' ELSE 'update' END, _cur.j, \
          CASE WHEN _entry.action IS NULL OR _entry.action = 'delete' THEN NULL \
-         WHEN json_valid(_entry.data) THEN {changed} ELSE NULL END \
-         FROM (SELECT _one.k, _one.j, \
+         WHEN json_valid(_entry.data) THEN {changed} ELSE NULL END{cur_scope} \
+         FROM (SELECT _one.k, _one.j{one_s}, \
                (SELECT version FROM {LOG_TABLE} WHERE entity = {ent} AND entity_id = _one.k \
                 ORDER BY version DESC LIMIT 1) AS v \
-               FROM (SELECT {key} AS k, max({json}) AS j FROM {table} AS _row \
+               FROM (SELECT {key} AS k, max({json}) AS j{one_scope} FROM {table} AS _row \
                      WHERE _row.{id} IS NOT NULL GROUP BY 1) AS _one) AS _cur \
          LEFT JOIN {LOG_TABLE} AS _entry ON _entry.version = _cur.v \
          WHERE _entry.action IS NULL OR _entry.action = 'delete' \
@@ -101,4 +127,65 @@ pub(crate) async fn reconcile(conn: &mut SqliteConnection, entity: &Entity) -> R
         );
     }
     Ok(written)
+}
+
+/// The meta key recording which column a table's log entries carry the scope of.
+fn scope_key(entity: &Entity) -> String {
+    format!("scope:{}", entity.table)
+}
+
+/// When a table is first scoped by `column` (or by another column than before), its
+/// entries do not carry that scope: each is given the scope its row has now (a deleted
+/// row's entries, none: they reach nobody). Clients reset at the change anyway (their
+/// cursors carry what they may read), so they pull this history from the start.
+async fn backfill(conn: &mut SqliteConnection, entity: &Entity, column: &str) -> Result<()> {
+    let recorded: Option<String> =
+        sqlx::query_scalar("SELECT value FROM _rhtmx_sync_meta WHERE key = ?")
+            .bind(scope_key(entity))
+            .fetch_optional(&mut *conn)
+            .await?;
+    if recorded.as_deref() == Some(column) {
+        return Ok(());
+    }
+    let table = quote_ident(&entity.table);
+    // The rows' scopes by key text, indexed: one lookup per entry, not a table scan.
+    sqlx::query("DROP TABLE IF EXISTS temp._rhtmx_sync_scopes")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("CREATE TEMP TABLE _rhtmx_sync_scopes (k TEXT PRIMARY KEY, s TEXT) WITHOUT ROWID")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(&format!(
+        "INSERT OR IGNORE INTO temp._rhtmx_sync_scopes SELECT {}, {} FROM {table} AS _row \
+         WHERE _row.{} IS NOT NULL",
+        key_text("_row", &entity.id),
+        key_text("_row", column),
+        quote_ident(&entity.id),
+    ))
+    .execute(&mut *conn)
+    .await?;
+    let now = format!("(SELECT s FROM temp._rhtmx_sync_scopes WHERE k = {LOG_TABLE}.entity_id)");
+    let filled = sqlx::query(&format!(
+        "UPDATE {LOG_TABLE} SET \
+         scope_before = CASE WHEN action = 'create' THEN NULL ELSE {now} END, \
+         scope_after = CASE WHEN action = 'delete' THEN NULL ELSE {now} END \
+         WHERE entity = ?"
+    ))
+    .bind(&entity.table)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    sqlx::query("DROP TABLE temp._rhtmx_sync_scopes")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query(
+        "INSERT INTO _rhtmx_sync_meta (key, value) VALUES (?1, ?2) \
+         ON CONFLICT (key) DO UPDATE SET value = ?2",
+    )
+    .bind(scope_key(entity))
+    .bind(column)
+    .execute(&mut *conn)
+    .await?;
+    tracing::info!(entity = %entity.name, column, entries = filled, "the log now carries the scope of each entry");
+    Ok(())
 }

@@ -13,6 +13,7 @@ use self::value::MAX_SAFE_INTEGER;
 use crate::conflict::{Policy, SharedResolver};
 use crate::error::{BuildError, Error, Result};
 use crate::permission::Push;
+use crate::scope::Scope;
 use crate::syncable::SyncStrategy;
 
 /// A registered entity: the wire name is the table name.
@@ -36,6 +37,8 @@ pub(crate) struct Entity {
     pub resolver: Option<SharedResolver>,
     /// What the push API may write (see [`crate::permission`]).
     pub push: Push,
+    /// Which rows a principal may read (see [`crate::scope`]).
+    pub scope: Option<Scope>,
     /// What was registered (key and column list, or "every column"), as a short hash:
     /// two engines with the same registration install the same triggers.
     pub registration: String,
@@ -55,6 +58,7 @@ pub(crate) struct EntitySpec {
     /// `#[sync(offline_writes = false)]`: never writable through the push API.
     pub offline_writes: bool,
     pub push: Push,
+    pub scope: Option<Scope>,
 }
 
 impl EntitySpec {
@@ -69,6 +73,7 @@ impl EntitySpec {
             resolver: None,
             offline_writes: true,
             push: Push::Refused,
+            scope: None,
         }
     }
 }
@@ -120,7 +125,12 @@ impl Entity {
         let table = &spec.table;
         let registration = {
             use sha2::{Digest, Sha256};
-            let what = format!("{:?}|{:?}|{:?}", spec.table, spec.id, spec.columns);
+            let mut what = format!("{:?}|{:?}|{:?}", spec.table, spec.id, spec.columns);
+            // Only a scoped entity's triggers record scopes: an unscoped one keeps the
+            // registration (and the triggers) of versions that had no scopes.
+            if let Some(column) = spec.scope.as_ref().and_then(Scope::scope_column) {
+                what.push_str(&format!("|scope {column:?}"));
+            }
             Sha256::digest(what.as_bytes())[..6]
                 .iter()
                 .map(|b| format!("{b:02x}"))
@@ -201,6 +211,14 @@ impl Entity {
                 .map(|c| c.declared.as_str());
             KeyKind::from_column(column, declared.unwrap_or_default())
         };
+        if let Some(column) = spec.scope.as_ref().and_then(Scope::scope_column) {
+            if column == id || !columns.iter().any(|c| c.name == column) {
+                return Err(BuildError::ScopeColumn {
+                    table: table.clone(),
+                    column: column.to_owned(),
+                });
+            }
+        }
         let unique = unique_constraints(conn, &spec.table).await?;
         Ok(Entity {
             name: spec.table.as_str().into(),
@@ -213,6 +231,7 @@ impl Entity {
             delete_wins: spec.delete_wins,
             resolver: spec.resolver,
             push: spec.push,
+            scope: spec.scope,
             registration,
         })
     }
@@ -224,6 +243,11 @@ impl Entity {
             resolver: self.resolver.as_ref().map(|r| &*r.0),
             delete_wins: self.delete_wins,
         }
+    }
+
+    /// The scope column, if the entity has one.
+    pub(crate) fn scope_column(&self) -> Option<&str> {
+        self.scope.as_ref().and_then(Scope::scope_column)
     }
 
     pub(crate) fn column(&self, name: &str) -> Option<&Column> {

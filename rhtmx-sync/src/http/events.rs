@@ -9,6 +9,12 @@
 //! log keeps, newer than it has ever been, or from another history of it gets one
 //! `reset` event instead; so does every open stream when the broadcaster finds the log
 //! restored or replaced under it.
+//!
+//! A stream carries only what its principal may read ([`crate::scope`]): each change is
+//! judged by its scopes against the keys looked up when the stream opened, never by a
+//! query per change. At [`SyncEngine::access_changed`](crate::SyncEngine::access_changed)
+//! the stream asks again (running the app's extractor on the request it was opened
+//! with); when the answer differs its client gets a `reset`.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -16,7 +22,8 @@ use std::sync::Arc;
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderMap, HeaderValue};
+use axum::http::request::Parts;
+use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -27,6 +34,8 @@ use crate::cursor::{self, Cursor};
 use crate::engine::Entities;
 use crate::error::{quote, Error, Result};
 use crate::log::{self, LogRow};
+use crate::principal::principal_of;
+use crate::scope::{Access, Read, View};
 use crate::wire;
 use crate::SyncEngine;
 
@@ -52,10 +61,16 @@ const CATCH_UP_PAGE: i64 = 500;
 #[tracing::instrument(skip_all)]
 pub(crate) async fn events(
     State(engine): State<SyncEngine>,
-    headers: HeaderMap,
+    mut parts: Parts,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Result<Response> {
     let Query(query) = query.map_err(|e| Error::BadQuery(e.body_text()))?;
+    let headers = parts.headers.clone();
+    let mut access = engine
+        .access(principal_of(&engine, &mut parts).await)
+        .await?;
+    let mut access_seen = engine.inner.hub.access.subscribe();
+    access_seen.mark_unchanged();
     let from_header = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("invalid").to_owned());
@@ -113,9 +128,10 @@ pub(crate) async fn events(
     let (head, head_id, verdict) = {
         let mut conn = inner.pool.acquire().await?;
         let head = log::head(&mut conn).await?;
-        let head_id = cursor::token(&mut conn, &inner.log_id, head).await?;
+        let head_id = cursor::token(&mut conn, &inner.log_id, head).await? + access.suffix();
+        let fingerprint = access.fingerprint.as_deref();
         let verdict = match &last_id {
-            Some(last) => cursor::check(&mut conn, &inner.log_id, last, head).await?,
+            Some(last) => cursor::check(&mut conn, &inner.log_id, last, head, fingerprint).await?,
             None => None,
         };
         (head, head_id, verdict)
@@ -158,9 +174,10 @@ pub(crate) async fn events(
                             return;
                         }
                     };
+                    let entities = inner.entities.load();
                     for row in &rows {
                         cursor = row.version;
-                        if let Some(event) = encode(&inner.entities.load(), &filter, row, &inner.log_id) {
+                        if let Some(event) = encode(&entities, &filter, &access, row, &inner.log_id) {
                             yield Ok(event);
                         }
                     }
@@ -174,22 +191,47 @@ pub(crate) async fn events(
                 // Shutdown: end the response, so the server's graceful shutdown can
                 // finish; the browser reconnects, to another instance or after restart.
                 _ = closing.wait_for(|closing| *closing) => return,
-                received = rx.recv() => received,
+                changed = access_seen.changed() => match changed {
+                    Ok(()) => None,
+                    Err(_) => return,
+                },
+                received = rx.recv() => Some(received),
+            };
+            let Some(received) = received else {
+                access_seen.mark_unchanged();
+                // Who is this, and what may they read, now? A failure closes the
+                // stream: the browser reconnects and asks afresh.
+                let principal = principal_of(&engine, &mut parts.clone()).await;
+                let Ok(now) = engine.access(principal).await else { return };
+                if now.fingerprint != access.fingerprint {
+                    access = now;
+                    let Ok(id) = token(&inner.pool, &inner.log_id, cursor).await else { return };
+                    yield Ok(reset(&(id + access.suffix()), cursor, "access_changed"));
+                }
+                continue;
             };
             match received {
                 Ok(event) => match &*event {
-                    LogEvent::Change { version, id, entity, json } => {
+                    LogEvent::Change { version, id, entity, json, scoped } => {
                         if *version <= cursor {
                             continue;
                         }
                         cursor = *version;
-                        if filter.wants(entity) {
-                            yield Ok(Event::default().id(id).data(json));
+                        if !filter.wants(entity) {
+                            continue;
+                        }
+                        let read = access.read(entity);
+                        let data = match scoped {
+                            Some(scoped) => scoped.data(read, json),
+                            None => (*read != Read::Nothing).then_some(json.as_str()),
+                        };
+                        if let Some(data) = data {
+                            yield Ok(Event::default().id(format!("{id}{}", access.suffix())).data(data));
                         }
                     }
                     LogEvent::Reset { head, id } => {
                         cursor = *head;
-                        yield Ok(reset(id, *head, "log_replaced"));
+                        yield Ok(reset(&format!("{id}{}", access.suffix()), *head, "log_replaced"));
                     }
                 },
                 // Fell behind the channel: the log still has everything.
@@ -220,16 +262,35 @@ fn reset(id: &str, head: i64, reason: &str) -> Event {
         .data(data.to_string())
 }
 
-fn encode(entities: &Entities, filter: &Filter, row: &LogRow, log_id: &str) -> Option<Event> {
+fn encode(
+    entities: &Entities,
+    filter: &Filter,
+    access: &Access,
+    row: &LogRow,
+    log_id: &str,
+) -> Option<Event> {
     let entity = entities.get(&row.entity)?;
-    filter.wants(&entity.name).then(|| {
+    if !filter.wants(&entity.name) {
+        return None;
+    }
+    let view = access.read(&entity.name).view_row(row);
+    (view != View::Hidden).then(|| {
         Event::default()
-            .id(cursor::token_of(log_id, row))
-            .data(wire::encode(entity, row, true))
+            .id(format!(
+                "{}{}",
+                cursor::token_of(log_id, row),
+                access.suffix()
+            ))
+            .data(wire::encode_as(entity, row, true, view))
     })
 }
 
 async fn read_page(pool: &sqlx::SqlitePool, after: i64) -> Result<Vec<LogRow>> {
     let mut conn = pool.acquire().await?;
     log::read_after(&mut conn, after, CATCH_UP_PAGE).await
+}
+
+async fn token(pool: &sqlx::SqlitePool, log_id: &str, version: i64) -> Result<String> {
+    let mut conn = pool.acquire().await?;
+    cursor::token(&mut conn, log_id, version).await
 }

@@ -17,6 +17,8 @@ use serde::Deserialize;
 use crate::cursor::{self, Cursor, Reset};
 use crate::error::{quote, Error, Result};
 use crate::log;
+use crate::principal::Asking;
+use crate::scope::Read;
 use crate::wire;
 use crate::SyncEngine;
 
@@ -49,14 +51,24 @@ fn reset(head_id: &str, head: i64, why: Reset) -> Response {
 pub(crate) async fn pull(
     State(engine): State<SyncEngine>,
     Path(name): Path<String>,
+    Asking(access): Asking,
     query: Result<Query<PullQuery>, QueryRejection>,
 ) -> Result<Response> {
     let entity = engine.entity(&name)?.clone();
+    // Only the rows the principal may read, and of those that left its scope, only
+    // that they left (see `crate::scope`).
+    let read = access.read(&entity.name).clone();
+    if read == Read::Nothing {
+        return Err(Error::NotReadable(name));
+    }
+    let keys = read.keys_json();
+    let suffix = access.suffix().to_owned();
     let Query(query) = query.map_err(|e| Error::BadQuery(e.body_text()))?;
     let since = match query.since.as_deref().map(str::trim) {
         None | Some("") => Cursor {
             version: 0,
             tag: None,
+            access: None,
         },
         Some(s) => Cursor::parse(s).ok_or_else(|| {
             Error::BadQuery(format!(
@@ -88,15 +100,16 @@ pub(crate) async fn pull(
     let (head, head_id, first) = {
         let mut conn = pool.acquire().await?;
         let head = log::head(&mut conn).await?;
-        let head_id = cursor::token(&mut conn, &log_id, head).await?;
-        if let Some(why) = cursor::check(&mut conn, &log_id, &since, head).await? {
+        let head_id = cursor::token(&mut conn, &log_id, head).await? + &suffix;
+        let fingerprint = access.fingerprint.as_deref();
+        if let Some(why) = cursor::check(&mut conn, &log_id, &since, head, fingerprint).await? {
             return Ok(reset(&head_id, head, why));
         }
         let first = log::read_entity(
             &mut conn,
             &entity.name,
-            since.version,
-            head,
+            (since.version, head),
+            keys.as_deref(),
             BATCH.min(limit + 1),
         );
         (head, head_id, first.await?)
@@ -121,7 +134,7 @@ pub(crate) async fn pull(
                 if count > 0 {
                     buf.push(',');
                 }
-                buf.push_str(&wire::encode(&entity, row, false));
+                buf.push_str(&wire::encode_as(&entity, row, false, read.view_row(row)));
                 count += 1;
                 last = row.version;
                 if buf.len() >= CHUNK {
@@ -137,7 +150,8 @@ pub(crate) async fn pull(
             rows = {
                 let mut conn = pool.acquire().await?;
                 let want = BATCH.min(limit + 1 - count);
-                log::read_entity(&mut conn, &entity.name, last, head, want).await?
+                log::read_entity(&mut conn, &entity.name, (last, head), keys.as_deref(), want)
+                    .await?
             };
         }
         // The next `since`: where this page stopped, or the head when it is complete,
@@ -145,7 +159,7 @@ pub(crate) async fn pull(
         // A page cut short ends at its last row: one lookup for its tag, not a hash per row.
         let (version, cursor) = if has_more {
             let mut conn = pool.acquire().await?;
-            (last, cursor::token(&mut conn, &log_id, last).await?)
+            (last, cursor::token(&mut conn, &log_id, last).await? + &suffix)
         } else {
             (head, head_id)
         };

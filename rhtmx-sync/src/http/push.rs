@@ -16,6 +16,9 @@ use crate::conflict::Status;
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::permission::{Push, PushedChange};
+use crate::principal::Asking;
+use crate::scope::{Access, Keys, Rule};
+use crate::wire::Action;
 use crate::wire::{PushConflict, PushRequest, PushResponse};
 use crate::SyncEngine;
 
@@ -27,6 +30,7 @@ const MAX_CLIENT_ID: usize = 128;
 pub(crate) async fn push(
     State(engine): State<SyncEngine>,
     Path(name): Path<String>,
+    Asking(access): Asking,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<PushResponse>> {
@@ -50,7 +54,7 @@ pub(crate) async fn push(
                 Error::MalformedJson("the request body could not be read".into())
             }
         })?;
-    let request: PushRequest = serde_json::from_slice(&bytes).map_err(json_error)?;
+    let mut request: PushRequest = serde_json::from_slice(&bytes).map_err(json_error)?;
     tracing::Span::current().record("changes", request.changes.len());
     let max = engine.inner.options.max_push_changes;
     if request.changes.len() > max {
@@ -59,7 +63,17 @@ pub(crate) async fn push(
             sent: request.changes.len(),
         });
     }
-    let client_id = client_id(&headers, request.client_id)?;
+    let client_id = client_id(&headers, request.client_id.take())?;
+    let read = access.read(&entity.name);
+    // A row created without its scope column lands in the principal's own scope.
+    if let (Some(column), Some(own)) = (entity.scope_column(), own_scope(entity, &access)) {
+        for change in &mut request.changes {
+            if let (Action::Create, Some(data)) = (change.action, change.data.as_mut()) {
+                data.entry(column)
+                    .or_insert_with(|| serde_json::Value::String(own.clone()));
+            }
+        }
+    }
     let mut validated = request
         .changes
         .iter()
@@ -101,10 +115,15 @@ pub(crate) async fn push(
         *count += 1;
     }
 
-    let (outcomes, version) =
-        apply::transaction(&engine.inner, entity, &validated, client_id.as_deref())
-            .await
-            .map_err(|failed| constraint(failed.error, failed.index))?;
+    let (outcomes, version) = apply::transaction(
+        &engine.inner,
+        entity,
+        &validated,
+        client_id.as_deref(),
+        read,
+    )
+    .await
+    .map_err(|failed| constraint(failed.error, failed.index))?;
     let mut response = PushResponse {
         version,
         conflicts: Vec::new(),
@@ -133,6 +152,19 @@ pub(crate) async fn push(
         }
     }
     Ok(Json(response))
+}
+
+/// The scope a principal's new rows belong to, for a scope by user or tenant.
+fn own_scope(entity: &crate::entity::Entity, access: &Access) -> Option<String> {
+    match &entity.scope.as_ref()?.rule {
+        Rule::Column {
+            keys: Keys::User, ..
+        } => access.principal.user.clone(),
+        Rule::Column {
+            keys: Keys::Tenant, ..
+        } => access.principal.tenant.clone(),
+        _ => None,
+    }
 }
 
 /// `application/json` or `application/*+json`, with any parameters (as axum's `Json`).

@@ -1,0 +1,811 @@
+//! Scopes: every principal pulls, streams and pushes only the rows its scope holds.
+//! Two tenants with two users each; `docs` scoped by tenant, `notes` by owner, `news`
+//! public, `secrets` given no scope (so readable by nobody). Each test tries the other
+//! principals' rows through every endpoint and checks that no row, change or id leaks and
+//! that nothing is written.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use common::*;
+use rhtmx_sync::{BuildError, Principal, Scope, SyncEngine};
+use serde_json::{json, Value};
+use sqlx::SqlitePool;
+
+/// Which tenant each user is in now; a test moves users by editing it.
+static DIRECTORY: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
+
+fn set_tenant(user: &str, tenant: Option<&str>) {
+    let mut dir = DIRECTORY.lock().unwrap();
+    let dir = dir.get_or_insert_with(HashMap::new);
+    match tenant {
+        Some(t) => dir.insert(user.to_owned(), t.to_owned()),
+        None => dir.remove(user),
+    };
+}
+
+/// The app's notion of who is asking: the `x-user` header (its session, in an app) and
+/// the tenant the directory has for that user.
+struct Session(Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Session {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(user) = parts.headers.get("x-user") else {
+            return Ok(Session(Principal::anonymous()));
+        };
+        let user = String::from_utf8_lossy(user.as_bytes()).into_owned();
+        let tenant = DIRECTORY
+            .lock()
+            .unwrap()
+            .as_ref()
+            .and_then(|d| d.get(&user).cloned());
+        let principal = Principal::user(user);
+        Ok(Session(match tenant {
+            Some(t) => principal.in_tenant(t),
+            None => principal,
+        }))
+    }
+}
+
+impl From<Session> for Principal {
+    fn from(s: Session) -> Principal {
+        s.0
+    }
+}
+
+/// Users are named per test (`{prefix}-alice`): tests share the directory.
+struct World {
+    server_base: String,
+    pool: SqlitePool,
+    engine: SyncEngine,
+    users: [String; 4],
+    _task: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+const TENANT_OF: [usize; 4] = [0, 0, 1, 1];
+
+impl World {
+    async fn new(prefix: &str) -> World {
+        let (dir, db) = temp_db();
+        let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT);
+             CREATE TABLE notes (id TEXT PRIMARY KEY, owner_id TEXT, body TEXT);
+             CREATE TABLE news (id TEXT PRIMARY KEY, body TEXT);
+             CREATE TABLE secrets (id TEXT PRIMARY KEY, body TEXT);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let users = ["alice", "amy", "bob", "bea"].map(|u| format!("{prefix}-{u}"));
+        for (i, user) in users.iter().enumerate() {
+            set_tenant(user, Some(&tenant(prefix, TENANT_OF[i])));
+        }
+        let engine = SyncEngine::builder(pool.clone())
+            .entity_named("docs")
+            .entity_named("notes")
+            .entity_named("news")
+            .entity_named("secrets")
+            .authenticate::<Session>()
+            .scope("docs", Scope::tenant("tenant_id"))
+            .scope("notes", Scope::owner("owner_id"))
+            .scope("news", Scope::public())
+            .writable("docs")
+            .writable("notes")
+            .writable("secrets")
+            .build()
+            .await
+            .unwrap();
+        let (server_base, task) = serve(engine.routes()).await;
+        World {
+            server_base,
+            pool,
+            engine,
+            users,
+            _task: task,
+            _dir: dir,
+        }
+    }
+
+    fn user(&self, i: usize) -> &str {
+        &self.users[i]
+    }
+
+    async fn pull_as(&self, user: &str, entity: &str, since: &str) -> (u16, String) {
+        let res = client()
+            .get(format!(
+                "{}/api/sync/{entity}?since={since}",
+                self.server_base
+            ))
+            .header("x-user", user)
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.text().await.unwrap())
+    }
+
+    async fn push_as(&self, user: &str, entity: &str, changes: Value) -> (u16, Value) {
+        let res = client()
+            .post(format!("{}/api/sync/{entity}", self.server_base))
+            .header("x-user", user)
+            .header("content-type", "application/json")
+            .body(json!({ "changes": changes }).to_string())
+            .send()
+            .await
+            .unwrap();
+        (res.status().as_u16(), res.json().await.unwrap())
+    }
+
+    async fn stream_as(&self, user: &str, last_event_id: Option<&str>) -> Sse {
+        let mut req = client()
+            .get(format!("{}/api/sync/events", self.server_base))
+            .header("x-user", user);
+        if let Some(id) = last_event_id {
+            req = req.header("last-event-id", id);
+        }
+        Sse::open(req).await
+    }
+
+    /// Every table and the whole log, to show a refused write changed nothing.
+    async fn dump(&self) -> String {
+        let mut out = String::new();
+        let log: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT version, entity, entity_id, data FROM _rhtmx_sync_log ORDER BY version",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        out.push_str(&format!("{log:?}"));
+        let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+            "SELECT id, tenant_id, body FROM docs UNION ALL SELECT id, owner_id, body FROM notes \
+             UNION ALL SELECT id, NULL, body FROM secrets ORDER BY 1",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .unwrap();
+        out.push_str(&format!("{rows:?}"));
+        out
+    }
+}
+
+fn tenant(prefix: &str, i: usize) -> String {
+    format!("{prefix}-tenant-{i}")
+}
+
+/// Each user's own note, and one doc per tenant, written by the app's own SQL.
+async fn seed(w: &World, prefix: &str) {
+    for (i, user) in w.users.iter().enumerate() {
+        sqlx::query("INSERT INTO notes VALUES (?, ?, 'private')")
+            .bind(format!("note-of-{i}"))
+            .bind(user)
+            .execute(&w.pool)
+            .await
+            .unwrap();
+    }
+    for t in 0..2 {
+        sqlx::query("INSERT INTO docs VALUES (?, ?, 'internal')")
+            .bind(format!("doc-of-{t}"))
+            .bind(tenant(prefix, t))
+            .execute(&w.pool)
+            .await
+            .unwrap();
+    }
+    sqlx::query("INSERT INTO secrets VALUES ('secret-1', 'nobody reads this')")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO news VALUES ('news-1', 'everybody reads this')")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+}
+
+fn ids(page: &str) -> BTreeSet<String> {
+    let page: Value = serde_json::from_str(page).unwrap();
+    page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// The ids of rows nobody but `i` may read: the other users' notes, the other
+/// tenant's doc, the secret.
+fn foreign(i: usize) -> Vec<String> {
+    let mut out: Vec<String> = (0..4)
+        .filter(|j| *j != i)
+        .map(|j| format!("note-of-{j}"))
+        .collect();
+    out.push(format!("doc-of-{}", 1 - TENANT_OF[i]));
+    out.push("secret-1".into());
+    out
+}
+
+#[tokio::test]
+async fn each_principal_pulls_and_streams_only_its_scope() {
+    let w = World::new("pull").await;
+    seed(&w, "pull").await;
+    for (i, user) in w.users.iter().enumerate() {
+        let (status, notes) = w.pull_as(user, "notes", "0").await;
+        assert_eq!(status, 200, "{notes}");
+        assert_eq!(ids(&notes), BTreeSet::from([format!("note-of-{i}")]));
+        let (status, docs) = w.pull_as(user, "docs", "0").await;
+        assert_eq!(status, 200, "{docs}");
+        assert_eq!(
+            ids(&docs),
+            BTreeSet::from([format!("doc-of-{}", TENANT_OF[i])])
+        );
+        let (status, news) = w.pull_as(user, "news", "0").await;
+        assert_eq!(
+            (status, ids(&news)),
+            (200, BTreeSet::from(["news-1".into()]))
+        );
+        // Nobody reads an entity the app gave no scope, once others have one.
+        let (status, secrets) = w.pull_as(user, "secrets", "0").await;
+        assert_eq!(status, 403, "{secrets}");
+        for body in [&notes, &docs, &news, &secrets] {
+            for id in foreign(i) {
+                assert!(!body.contains(&id), "{user} got {id}: {body}");
+            }
+        }
+    }
+    // Anonymous: nothing scoped, only the public entity.
+    let res = client()
+        .get(format!("{}/api/sync/docs?since=0", w.server_base))
+        .send()
+        .await
+        .unwrap();
+    let body = res.text().await.unwrap();
+    assert_eq!(ids(&body), BTreeSet::new(), "{body}");
+
+    // The event stream, caught up from version 0 and then live.
+    let mut streams = Vec::new();
+    for i in 0..4 {
+        streams.push(w.stream_as(w.user(i), Some("0")).await);
+    }
+    sqlx::query("UPDATE docs SET body = 'edited'")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE notes SET body = 'edited'")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE secrets SET body = 'edited'")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    // Everybody reads news: its last change ends what each stream gets.
+    sqlx::query("INSERT INTO news VALUES ('news-end', 'end')")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    for (i, stream) in streams.iter_mut().enumerate() {
+        let mut seen = Vec::new();
+        loop {
+            let event = stream.next().await;
+            assert_eq!(event.event, "message", "{event:?}");
+            let id = event.data["id"].as_str().unwrap().to_owned();
+            for other in foreign(i) {
+                assert_ne!(id, other, "{} got {other}", w.user(i));
+            }
+            seen.push((
+                event.data["entity"].as_str().unwrap().to_owned(),
+                id.clone(),
+            ));
+            if id == "news-end" {
+                break;
+            }
+        }
+        let note = ("notes".to_owned(), format!("note-of-{i}"));
+        let doc = ("docs".to_owned(), format!("doc-of-{}", TENANT_OF[i]));
+        // Created (caught up from 0), then edited (live).
+        assert_eq!(seen.iter().filter(|s| **s == note).count(), 2, "{seen:?}");
+        assert_eq!(seen.iter().filter(|s| **s == doc).count(), 2, "{seen:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_push_outside_the_principals_scope_is_refused_and_writes_nothing() {
+    let w = World::new("push").await;
+    seed(&w, "push").await;
+    let bob = w.user(2);
+    let a = tenant("push", 0);
+    let before = w.dump().await;
+    let attempts = [
+        // Another tenant's doc: edit, delete, edit against an old version (a conflict
+        // report would show the row), take it over.
+        (
+            "docs",
+            json!([{"id": "doc-of-0", "action": "update", "data": {"body": "x"}}]),
+        ),
+        ("docs", json!([{"id": "doc-of-0", "action": "delete"}])),
+        (
+            "docs",
+            json!([{"id": "doc-of-0", "action": "update", "data": {"body": "x"}, "client_version": 1}]),
+        ),
+        (
+            "docs",
+            json!([{"id": "doc-of-0", "action": "update", "data": {"tenant_id": tenant("push", 1)}}]),
+        ),
+        // A create over another tenant's key; a create into another tenant.
+        (
+            "docs",
+            json!([{"id": "doc-of-0", "action": "create", "data": {"body": "mine"}}]),
+        ),
+        (
+            "docs",
+            json!([{"id": "new-doc", "action": "create", "data": {"tenant_id": a, "body": "x"}}]),
+        ),
+        // Moving one's own doc out of reach, alone or after a fine change.
+        (
+            "docs",
+            json!([{"id": "doc-of-1", "action": "update", "data": {"tenant_id": a}}]),
+        ),
+        (
+            "docs",
+            json!([
+                {"id": "fine", "action": "create", "data": {"body": "ok"}},
+                {"id": "doc-of-1", "action": "update", "data": {"tenant_id": null}}
+            ]),
+        ),
+        // Notes: another user's, and one made for another user.
+        (
+            "notes",
+            json!([{"id": "note-of-0", "action": "update", "data": {"body": "x"}}]),
+        ),
+        ("notes", json!([{"id": "note-of-0", "action": "delete"}])),
+        (
+            "notes",
+            json!([{"id": "forged", "action": "create", "data": {"owner_id": w.user(0), "body": "x"}}]),
+        ),
+    ];
+    for (entity, changes) in &attempts {
+        let (status, body) = w.push_as(bob, entity, changes.clone()).await;
+        assert_eq!(status, 403, "{entity} {changes}: {body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap()
+                .contains("outside what you may write"),
+            "{body}"
+        );
+        for id in foreign(2) {
+            assert!(!body.to_string().contains(&id) || changes.to_string().contains(&id));
+        }
+        assert_eq!(
+            w.dump().await,
+            before,
+            "{entity} {changes} changed something"
+        );
+    }
+    // Anonymous writes nothing scoped either.
+    let res = client()
+        .post(format!("{}/api/sync/notes", w.server_base))
+        .header("content-type", "application/json")
+        .body(
+            json!({"changes": [{"id": "anon", "action": "create", "data": {"body": "x"}}]})
+                .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(w.dump().await, before);
+
+    // What is bob's goes through; a create without the scope column lands in his scope.
+    let (status, body) = w
+        .push_as(
+            bob,
+            "docs",
+            json!([
+                {"id": "doc-of-1", "action": "update", "data": {"body": "bob was here"}},
+                {"id": "bobs-new", "action": "create", "data": {"body": "new"}}
+            ]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let tenant_of_new: String =
+        sqlx::query_scalar("SELECT tenant_id FROM docs WHERE id = 'bobs-new'")
+            .fetch_one(&w.pool)
+            .await
+            .unwrap();
+    assert_eq!(tenant_of_new, tenant("push", 1));
+    let (status, body) = w
+        .push_as(
+            bob,
+            "notes",
+            json!([{"id": "bobs-note", "action": "create", "data": {"body": "n"}}]),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // bea, in bob's tenant, sees his new doc; alice does not.
+    assert!(ids(&w.pull_as(w.user(3), "docs", "0").await.1).contains("bobs-new"));
+    assert!(!w
+        .pull_as(w.user(0), "docs", "0")
+        .await
+        .1
+        .contains("bobs-new"));
+}
+
+#[tokio::test]
+async fn a_row_moved_to_another_scope_leaves_one_mirror_and_enters_the_other() {
+    let w = World::new("move").await;
+    seed(&w, "move").await;
+    let (alice, bob) = (w.user(0), w.user(2));
+    let cursor_of = |page: &str| {
+        let page: Value = serde_json::from_str(page).unwrap();
+        page["cursor"].as_str().unwrap().to_owned()
+    };
+    let alice_cursor = cursor_of(&w.pull_as(alice, "docs", "0").await.1);
+    let bob_cursor = cursor_of(&w.pull_as(bob, "docs", "0").await.1);
+    let mut alice_sse = w.stream_as(alice, None).await;
+    let mut bob_sse = w.stream_as(bob, None).await;
+    sqlx::query("UPDATE docs SET tenant_id = ?, body = 'moved' WHERE id = 'doc-of-0'")
+        .bind(tenant("move", 1))
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    let gone = alice_sse.next().await;
+    assert_eq!(gone.data["id"], "doc-of-0");
+    assert_eq!(gone.data["action"], "delete", "{gone:?}");
+    assert!(gone.data.get("data").is_none(), "{gone:?}");
+    let came = bob_sse.next().await;
+    assert_eq!(came.data["id"], "doc-of-0");
+    assert_eq!(came.data["action"], "create", "{came:?}");
+    assert_eq!(came.data["data"]["body"], "moved");
+    assert_eq!(came.data["data"]["tenant_id"], tenant("move", 1));
+    // The same by pull, from the cursors of before.
+    let page: Value =
+        serde_json::from_str(&w.pull_as(alice, "docs", &alice_cursor).await.1).unwrap();
+    assert_eq!(page["changes"][0]["action"], "delete", "{page}");
+    assert_eq!(page["changes"].as_array().unwrap().len(), 1, "{page}");
+    let page: Value = serde_json::from_str(&w.pull_as(bob, "docs", &bob_cursor).await.1).unwrap();
+    assert_eq!(page["changes"][0]["action"], "create", "{page}");
+    assert_eq!(page["changes"][0]["data"]["body"], "moved", "{page}");
+    // A later edit reaches bob only; a delete too.
+    sqlx::query("UPDATE docs SET body = 'again' WHERE id = 'doc-of-0'")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM docs WHERE id = 'doc-of-0'")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO news VALUES ('end', '')")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    let bob_saw: Vec<String> = bob_sse
+        .take(3)
+        .await
+        .iter()
+        .map(|e| format!("{} {}", e.data["id"], e.data["action"]))
+        .collect();
+    assert_eq!(
+        bob_saw,
+        [
+            "\"doc-of-0\" \"update\"",
+            "\"doc-of-0\" \"delete\"",
+            "\"end\" \"create\""
+        ]
+    );
+    assert_eq!(alice_sse.next().await.data["id"], "end");
+}
+
+#[tokio::test]
+async fn a_principal_whose_access_changed_resets_by_pull_and_on_its_open_stream() {
+    let w = World::new("revoke").await;
+    seed(&w, "revoke").await;
+    let alice = w.user(0);
+    let page: Value = serde_json::from_str(&w.pull_as(alice, "docs", "0").await.1).unwrap();
+    let cursor = page["cursor"].as_str().unwrap().to_owned();
+    let mut open = w.stream_as(alice, Some(&cursor)).await;
+    // Alice leaves her tenant.
+    set_tenant(alice, None);
+    // Offline meanwhile: her next pull from the old cursor resets, and from 0 she
+    // gets nothing of the tenant.
+    let (status, body) = w.pull_as(alice, "docs", &cursor).await;
+    assert_eq!(status, 409, "{body}");
+    let reset: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(reset["reset"]["reason"], "access_changed");
+    let fresh = reset["reset"]["cursor"].as_str().unwrap();
+    assert!(ids(&w.pull_as(alice, "docs", "0").await.1).is_empty());
+    // The fresh cursor resumes.
+    assert_eq!(w.pull_as(alice, "docs", fresh).await.0, 200);
+    // Online: the app says access changed; her open stream resets, and then carries
+    // nothing of the tenant.
+    w.engine.access_changed();
+    let event = open.next().await;
+    assert_eq!(event.event, "reset", "{event:?}");
+    assert_eq!(event.data["reason"], "access_changed");
+    sqlx::query("UPDATE docs SET body = 'after' WHERE id = 'doc-of-0'")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO news VALUES ('end', '')")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    assert_eq!(open.next().await.data["id"], "end");
+    // A stream whose access did not change is not reset.
+    let mut amy = w.stream_as(w.user(1), None).await;
+    w.engine.access_changed();
+    sqlx::query("INSERT INTO news VALUES ('end-2', '')")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    assert_eq!(amy.next().await.data["id"], "end-2");
+}
+
+#[tokio::test]
+async fn a_keyed_scope_reads_the_apps_own_membership_rule() {
+    let (_dir, db) = temp_db();
+    let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE tasks (id INTEGER PRIMARY KEY, project_id INTEGER, title TEXT);
+         CREATE TABLE members (user TEXT, project_id INTEGER);
+         INSERT INTO members VALUES ('keyed-carol', 1), ('keyed-carol', 3), ('keyed-dan', 2);
+         INSERT INTO tasks VALUES (10, 1, 'a'), (20, 2, 'b'), (30, 3, 'c');",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let members = pool.clone();
+    let engine = SyncEngine::builder(pool.clone())
+        .entity_named("tasks")
+        .authenticate::<Session>()
+        .scope(
+            "tasks",
+            Scope::keyed("project_id", move |who: Principal| {
+                let pool = members.clone();
+                async move {
+                    sqlx::query_scalar(
+                        "SELECT CAST(project_id AS TEXT) FROM members WHERE user = ?",
+                    )
+                    .bind(who.user)
+                    .fetch_all(&pool)
+                    .await
+                }
+            }),
+        )
+        .build()
+        .await
+        .unwrap();
+    let (base, _task) = serve(engine.routes()).await;
+    let pull_ids = |user: &'static str| {
+        let base = base.clone();
+        async move {
+            let page: Value = client()
+                .get(format!("{base}/api/sync/tasks?since=0"))
+                .header("x-user", user)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            page["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_i64().unwrap())
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(pull_ids("keyed-carol").await, [10, 30]);
+    assert_eq!(pull_ids("keyed-dan").await, [20]);
+    assert_eq!(pull_ids("keyed-nobody").await, Vec::<i64>::new());
+}
+
+#[tokio::test]
+async fn a_table_logged_before_it_had_a_scope_is_scoped_from_its_whole_history() {
+    let (_dir, db) = temp_db();
+    let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // An engine without scopes logs a while.
+    let unscoped = SyncEngine::builder(pool.clone())
+        .entity_named("docs")
+        .build()
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "INSERT INTO docs VALUES ('d1', 'history-a', 'x'), ('d2', 'history-b', 'y'), ('d3', 'history-a', 'z');
+         UPDATE docs SET body = 'x2' WHERE id = 'd1';
+         DELETE FROM docs WHERE id = 'd3';",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    drop(unscoped);
+    set_tenant("history-user", Some("history-a"));
+    let engine = SyncEngine::builder(pool.clone())
+        .entity_named("docs")
+        .authenticate::<Session>()
+        .scope("docs", Scope::tenant("tenant_id"))
+        .build()
+        .await
+        .unwrap();
+    let (base, _task) = serve(engine.routes()).await;
+    let body = client()
+        .get(format!("{base}/api/sync/docs?since=0"))
+        .header("x-user", "history-user")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(ids(&body), BTreeSet::from(["d1".to_owned()]), "{body}");
+    assert!(!body.contains("\"d2\""), "{body}");
+    // The scope is recorded once: a second build changes nothing in the log.
+    let log = |pool: SqlitePool| async move {
+        sqlx::query_as::<_, (i64, Option<String>, Option<String>)>(
+            "SELECT version, scope_before, scope_after FROM _rhtmx_sync_log ORDER BY version",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let first = log(pool.clone()).await;
+    drop(engine);
+    let _again = SyncEngine::builder(pool.clone())
+        .entity_named("docs")
+        .authenticate::<Session>()
+        .scope("docs", Scope::tenant("tenant_id"))
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(log(pool).await, first);
+}
+
+#[tokio::test]
+async fn a_scope_the_engine_cannot_apply_is_a_build_error() {
+    let (_dir, db) = temp_db();
+    let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
+        .await
+        .unwrap();
+    sqlx::raw_sql("CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let no_auth = SyncEngine::builder(pool.clone())
+        .entity_named("docs")
+        .scope("docs", Scope::tenant("tenant_id"))
+        .build()
+        .await;
+    assert!(
+        matches!(no_auth, Err(BuildError::NoAuthenticator { ref table }) if table == "docs"),
+        "{no_auth:?}"
+    );
+    for column in ["owner", "id"] {
+        let wrong = SyncEngine::builder(pool.clone())
+            .entity_named("docs")
+            .authenticate::<Session>()
+            .scope("docs", Scope::owner(column))
+            .build()
+            .await;
+        assert!(
+            matches!(wrong, Err(BuildError::ScopeColumn { column: ref c, .. }) if c == column),
+            "{wrong:?}"
+        );
+    }
+    // A public scope needs no principal.
+    SyncEngine::builder(pool)
+        .entity_named("docs")
+        .scope("docs", Scope::public())
+        .build()
+        .await
+        .unwrap();
+}
+
+/// Every way a row's entry reaches the log records its scope: a REPLACE's victim, a
+/// key change, a write the triggers missed (logged at the next build), a cascade.
+#[tokio::test]
+async fn every_path_into_the_log_records_the_scope() {
+    let (_dir, db) = temp_db();
+    let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
+        .await
+        .unwrap();
+    sqlx::raw_sql(
+        "PRAGMA foreign_keys = ON;
+         CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, slug TEXT UNIQUE, body TEXT);
+         CREATE TABLE parts (id TEXT PRIMARY KEY, tenant_id TEXT,
+                             doc TEXT REFERENCES docs (id) ON DELETE CASCADE);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    set_tenant("paths-user", Some("paths-a"));
+    let build = || {
+        SyncEngine::builder(pool.clone())
+            .entity_named("docs")
+            .entity_named("parts")
+            .authenticate::<Session>()
+            .scope("docs", Scope::tenant("tenant_id"))
+            .scope("parts", Scope::tenant("tenant_id"))
+            .build()
+    };
+    let engine = build().await.unwrap();
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql(
+        "PRAGMA foreign_keys = ON;
+         INSERT INTO docs VALUES ('victim', 'paths-a', 's1', 'v'), ('keyed', 'paths-a', 's2', 'k'),
+                                 ('parent', 'paths-a', 's3', 'p');
+         INSERT INTO parts VALUES ('child', 'paths-a', 'parent');
+         INSERT OR REPLACE INTO docs VALUES ('other', 'paths-b', 's1', 'took the slug');
+         UPDATE docs SET id = 'rekeyed' WHERE id = 'keyed';
+         DELETE FROM docs WHERE id = 'parent';",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    drop(engine);
+    // Written while no engine ran and the triggers were gone: the next build logs it.
+    rhtmx_sync::drop_triggers(&pool).await.unwrap();
+    sqlx::query("INSERT INTO docs VALUES ('unseen', 'paths-a', 's4', 'u')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let engine = build().await.unwrap();
+    let (base, _task) = serve(engine.routes()).await;
+    let pull = |entity: &'static str| {
+        let base = base.clone();
+        async move {
+            let page: Value = client()
+                .get(format!("{base}/api/sync/{entity}?since=0"))
+                .header("x-user", "paths-user")
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            page["changes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {}",
+                        c["id"].as_str().unwrap(),
+                        c["action"].as_str().unwrap()
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(
+        pull("docs").await,
+        [
+            "victim create",
+            "keyed create",
+            "parent create",
+            // The REPLACE's victim was tenant a's: its delete reaches tenant a, the row
+            // that replaced it (tenant b's) does not.
+            "victim delete",
+            "keyed delete",
+            "rekeyed create",
+            "parent delete",
+            "unseen create",
+        ]
+    );
+    assert_eq!(pull("parts").await, ["child create", "child delete"]);
+}
