@@ -61,3 +61,87 @@ async fn a_replay_made_by_another_user_is_refused_and_writes_nothing() {
     assert_eq!(alice.status(), 200);
     assert_eq!(todos(&server.pool).await.len(), 3);
 }
+
+/// Who wrote a row's entries, as the log has them.
+async fn writers(pool: &sqlx::SqlitePool) -> Vec<Option<String>> {
+    sqlx::query_scalar("SELECT client_id FROM _rhtmx_sync_log ORDER BY version")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+/// A request cannot claim another user's client id: the id is bound to the signed-in
+/// user, so bob's edit made "as alice's client" is a concurrent edit of alice's (a
+/// conflict), not her own later one — through the push API and through the app's own
+/// handler (`SyncContext` behind the idempotency layer).
+#[tokio::test]
+async fn a_forged_client_id_does_not_make_a_write_count_as_another_users() {
+    let (_dir, db) = temp_db();
+    let server = start_with(&db, |b| b.authenticate::<AsUser>()).await;
+    let id = todo_id("shared");
+    add_todo(&server, &id, "start").await;
+    let base = server.engine.head().await.unwrap();
+    let push = |user: &'static str, title: &'static str| {
+        let body = serde_json::json!({
+            "client_id": "alices-tab",
+            "changes": [{"id": id, "action": "update", "data": {"title": title},
+                         "client_version": base}],
+        });
+        client()
+            .post(format!("{}/api/sync/todos", server.base))
+            .header("x-user", user)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let alice: serde_json::Value = push("alice", "alice's")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(alice["conflicts"].as_array().unwrap().is_empty(), "{alice}");
+    let bob: serde_json::Value = push("bob", "bob's").await.unwrap().json().await.unwrap();
+    assert_eq!(bob["conflicts"].as_array().unwrap().len(), 1, "{bob}");
+    let logged = writers(&server.pool).await;
+    let (a, b) = (logged[1].clone().unwrap(), logged[2].clone().unwrap());
+    assert!(
+        a.ends_with("~alices-tab") && b.ends_with("~alices-tab"),
+        "{logged:?}"
+    );
+    assert_ne!(a, b, "bound to different users");
+    // Sending the bound id back binds it again: it is never taken as is.
+    let again = client()
+        .post(format!("{}/api/sync/todos", server.base))
+        .header("x-user", "bob")
+        .header("content-type", "application/json")
+        .body(
+            serde_json::json!({"client_id": a, "changes": [
+                {"id": id, "action": "update", "data": {"title": "x"}}]})
+            .to_string(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    let logged = writers(&server.pool).await;
+    assert_ne!(logged.last().unwrap().as_deref(), Some(a.as_str()));
+
+    // The app's handler, through the idempotency layer: the same binding.
+    let rename = |user: &'static str, key: &'static str| {
+        client()
+            .put(format!("{}/todos/{id}", server.base))
+            .header("x-user", user)
+            .header("X-Rhtmx-Client-Id", "alices-tab")
+            .header("Idempotency-Key", key)
+            .form(&[("title", user)])
+            .send()
+    };
+    assert_eq!(rename("alice", "r1").await.unwrap().status(), 200);
+    assert_eq!(rename("bob", "r2").await.unwrap().status(), 200);
+    let logged = writers(&server.pool).await;
+    let n = logged.len();
+    assert_eq!(logged[n - 2].as_deref(), Some(a.as_str()), "{logged:?}");
+    assert_ne!(logged[n - 1].as_deref(), Some(a.as_str()), "{logged:?}");
+    assert!(logged[n - 1].as_deref().unwrap().ends_with("~alices-tab"));
+}

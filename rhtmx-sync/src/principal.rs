@@ -106,3 +106,49 @@ pub(crate) async fn principal_of(engine: &crate::SyncEngine, parts: &mut Parts) 
         None => Principal::anonymous(),
     }
 }
+
+/// What binding adds before a client id: 8 hex digits and `~`.
+pub(crate) const BOUND_PREFIX: usize = 9;
+
+/// A client id as the engine records it: bound to the principal that sent it, so that
+/// no request can make its writes count as another user's client (a client's own
+/// earlier writes are never its conflicts, see `conflict::merge`). An anonymous
+/// request's id is kept as sent.
+pub(crate) fn bind_client_id(principal: &Principal, client_id: &str) -> String {
+    if principal.user.is_none() && principal.tenant.is_none() {
+        return client_id.to_owned();
+    }
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for part in [&principal.user, &principal.tenant] {
+        let part = part.as_deref().unwrap_or("");
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
+    }
+    let tag: String = hash.finalize()[..4]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    format!("{tag}~{client_id}")
+}
+
+/// Rewrites a write's `X-Rhtmx-Client-Id` to the id bound to its principal (see
+/// [`bind_client_id`]), for the app's handlers ([`SyncContext`](crate::SyncContext)).
+pub(crate) async fn bind_request(
+    authenticate: &Authenticate,
+    req: axum::http::Request<axum::body::Body>,
+) -> axum::http::Request<axum::body::Body> {
+    let (mut parts, body) = req.into_parts();
+    let sent = parts
+        .headers
+        .get(crate::CLIENT_ID_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if let Some(sent) = sent {
+        let principal = (authenticate.0)(&mut parts).await;
+        if let Ok(bound) = axum::http::HeaderValue::from_str(&bind_client_id(&principal, &sent)) {
+            parts.headers.insert(crate::CLIENT_ID_HEADER, bound);
+        }
+    }
+    axum::http::Request::from_parts(parts, body)
+}

@@ -48,7 +48,11 @@ pub struct SyncContext {
     pub base_version: Option<i64>,
     /// When the user acted; `None`: the server's clock, when the write is applied.
     pub hlc: Option<Hlc>,
-    /// The client; its own earlier writes never conflict with its later ones.
+    /// The client; its own earlier writes never conflict with its later ones. Behind
+    /// the [idempotency layer](crate::SyncEngine::idempotency_layer) of an engine that
+    /// knows who is asking ([`authenticate`](crate::SyncEngineBuilder::authenticate)),
+    /// the id is bound to the signed-in user (prefixed with a hash of them), so that no
+    /// request can make its writes count as another user's client.
     pub client_id: Option<String>,
     /// How many writes were made with this context (and its clones): the n-th write of
     /// a request is told apart from an identical earlier one (same HLC and fields), and
@@ -107,7 +111,9 @@ impl SyncContext {
         let client_id = text(CLIENT_ID_HEADER)?
             .filter(|s| !s.is_empty())
             .map(str::to_owned);
-        if client_id.as_ref().is_some_and(|c| c.len() > 128) {
+        // 128 as sent, and the prefix that binds it to its principal.
+        let max = 128 + crate::principal::BOUND_PREFIX;
+        if client_id.as_ref().is_some_and(|c| c.len() > max) {
             return Err(Error::invalid("the client id must be 1 to 128 characters"));
         }
         Ok(SyncContext {

@@ -63,7 +63,9 @@ pub(crate) async fn push(
             sent: request.changes.len(),
         });
     }
-    let client_id = client_id(&headers, request.client_id.take())?;
+    // Bound to the principal: nobody's writes count as another user's client's.
+    let client_id = client_id(&headers, request.client_id.take())?
+        .map(|id| crate::principal::bind_client_id(&access.principal, &id));
     let read = access.read(&entity.name);
     // A row created without its scope column lands in the principal's own scope.
     if let (Some(column), Some(own)) = (entity.scope_column(), own_scope(entity, &access)) {

@@ -47,17 +47,25 @@ where
         // `poll_ready` readied `self.inner`: use that one and keep a fresh clone.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if !request::applies(&req) {
+        // A write's client id is bound to who sends it (see `principal::bind_client_id`).
+        let binds = self.authenticate.is_some()
+            && !req.method().is_safe()
+            && req.headers().contains_key(crate::CLIENT_ID_HEADER);
+        if !binds && !request::applies(&req) {
             return Box::pin(inner.call(req));
         }
         let authenticate = self.authenticate.clone();
-        Box::pin(handle(
-            inner,
-            self.store.clone(),
-            self.config,
-            authenticate,
-            req,
-        ))
+        let (store, config) = (self.store.clone(), self.config);
+        Box::pin(async move {
+            let req = match (&authenticate, binds) {
+                (Some(authenticate), true) => principal::bind_request(authenticate, req).await,
+                _ => req,
+            };
+            if !request::applies(&req) {
+                return inner.call(req).await;
+            }
+            handle(inner, store, config, authenticate, req).await
+        })
     }
 }
 
