@@ -125,7 +125,7 @@ pub fn item(todo: &TodoView<'_>) -> Markup {
     }
 }
 
-const STYLE: &str = r#"
+pub const STYLE: &str = r#"
 :root { font-family: system-ui, sans-serif; color: #1d232a; background: #f6f7f9; }
 body { max-width: 36rem; margin: 2rem auto; padding: 0 1rem; }
 h1 { margin: 0; font-size: 1.6rem; }

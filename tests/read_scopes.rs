@@ -809,3 +809,50 @@ async fn every_path_into_the_log_records_the_scope() {
     );
     assert_eq!(pull("parts").await, ["child create", "child delete"]);
 }
+
+/// The app's own handlers can hold a write to the signed-in user's scope, atomically.
+#[tokio::test]
+async fn an_apps_write_within_a_principal_is_held_to_its_scope() {
+    let w = World::new("within").await;
+    seed(&w, "within").await;
+    let bob = Principal::user(w.user(2)).in_tenant(tenant("within", 1));
+    let ctx = rhtmx_sync::SyncContext::new();
+    let before = w.dump().await;
+    let refused = w
+        .engine
+        .write_to("docs", &ctx)
+        .within(&bob)
+        .update("doc-of-0", [("body", "x")])
+        .await;
+    assert!(
+        matches!(refused, Err(rhtmx_sync::Error::OutOfScope(0))),
+        "{refused:?}"
+    );
+    let moved = w
+        .engine
+        .write_to("docs", &ctx)
+        .within(&bob)
+        .update("doc-of-1", [("tenant_id", tenant("within", 0))])
+        .await;
+    assert!(
+        matches!(moved, Err(rhtmx_sync::Error::OutOfScope(_))),
+        "{moved:?}"
+    );
+    assert_eq!(w.dump().await, before);
+    let own = w
+        .engine
+        .write_to("docs", &ctx)
+        .within(&bob)
+        .update("doc-of-1", [("body", "bob's")])
+        .await
+        .unwrap();
+    assert!(own.applied());
+    // Without `within` it is the app's own write, unchecked.
+    let app = w
+        .engine
+        .write_to("docs", &ctx)
+        .update("doc-of-0", [("body", "the app's")])
+        .await
+        .unwrap();
+    assert!(app.applied());
+}

@@ -314,6 +314,16 @@ impl IntoResponse for Error {
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, retry_after.into());
         }
+        if matches!(
+            self,
+            Error::NotWritable(_) | Error::NotReadable(_) | Error::OutOfScope(_) | Error::CrossSite
+        ) {
+            // Final: no new sign-in or CSRF token changes it (see `Forbidden`).
+            response.headers_mut().insert(
+                crate::permission::FORBIDDEN_HEADER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if let Error::BodyTimeout = self {
             // The rest of the body may never come: do not wait for it on this connection.
             response.headers_mut().insert(

@@ -35,7 +35,7 @@ pub use self::hlc::{Hlc, HlcClock};
 #[doc(inline)]
 pub use self::idempotency::{Idempotency, IdempotencyLayer, IdempotencyUsage};
 #[doc(inline)]
-pub use self::permission::{PushedChange, ValidatePush};
+pub use self::permission::{Forbidden, PushedChange, ValidatePush, FORBIDDEN_HEADER};
 pub use self::principal::Principal;
 #[doc(inline)]
 pub use self::scope::{BoxError, Scope, ScopeKeys};

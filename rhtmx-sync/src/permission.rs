@@ -65,3 +65,36 @@ impl std::fmt::Debug for Push {
         })
     }
 }
+
+/// The header that makes a 403 final: `X-Rhtmx-Forbidden: 1`.
+///
+/// A 403 alone may mean "your CSRF token or session went stale": the browser client then
+/// keeps a queued write and pauses until its user signs in again. With this header it
+/// means "this user may not do this" — a row of another tenant, a team the user has
+/// left — and the client moves the write to its dead letters (`rhtmx:rejected`) instead
+/// of waiting for a sign-in that changes nothing. The engine's own refusals carry it;
+/// the app's handlers send it with [`Forbidden`].
+pub const FORBIDDEN_HEADER: &str = "x-rhtmx-forbidden";
+
+/// A final 403 from the app's own handler: the user may not do this, whoever signs in
+/// again (see [`FORBIDDEN_HEADER`]). The body is the message, as plain text.
+///
+/// ```
+/// use axum::response::IntoResponse;
+/// let response = rhtmx_sync::Forbidden("you are not in this team").into_response();
+/// assert_eq!(response.status(), 403);
+/// assert_eq!(response.headers()[rhtmx_sync::FORBIDDEN_HEADER], "1");
+/// ```
+#[derive(Debug, Clone, Copy)]
+pub struct Forbidden(pub &'static str);
+
+impl axum::response::IntoResponse for Forbidden {
+    fn into_response(self) -> axum::response::Response {
+        (
+            axum::http::StatusCode::FORBIDDEN,
+            [(FORBIDDEN_HEADER, "1")],
+            self.0,
+        )
+            .into_response()
+    }
+}

@@ -17,6 +17,7 @@ use crate::apply::{self, Incoming};
 use crate::conflict::{Conflict, Status};
 use crate::error::{Error, Result};
 use crate::hlc::Hlc;
+use crate::principal::Principal;
 use crate::scope::Read;
 use crate::syncable::Syncable;
 use crate::wire::Action;
@@ -188,6 +189,7 @@ pub struct Writer<'a> {
     engine: &'a SyncEngine,
     entity: &'a str,
     context: &'a SyncContext,
+    within: Option<&'a Principal>,
 }
 
 impl SyncEngine {
@@ -234,11 +236,22 @@ impl SyncEngine {
             engine: self,
             entity,
             context,
+            within: None,
         }
     }
 }
 
-impl Writer<'_> {
+impl<'a> Writer<'a> {
+    /// Holds the write to what `principal` may read of the entity ([`Scope`](crate::Scope)),
+    /// as the push API does: a row outside it, or a change that would move a row out of
+    /// it or into another scope, fails with [`Error::OutOfScope`] (403) and writes
+    /// nothing — atomically with the write, so a row cannot change scope in between.
+    /// Without it the write is the app's own and is not checked.
+    pub fn within(mut self, principal: &'a Principal) -> Self {
+        self.within = Some(principal);
+        self
+    }
+
     /// Creates the row (every required field must be given). A replay (the same client,
     /// HLC and fields) is recognised and does nothing; a create older than the row's
     /// tombstone is refused.
@@ -287,9 +300,18 @@ impl Writer<'_> {
         let mut change = apply::validate(entity, incoming)?;
         change.occurrence = self.context.writes.next();
         let client = self.context.client_id.as_deref();
+        // The app's own write is its code's to check, unless it asks for a principal's.
+        let read = match self.within {
+            Some(principal) => self
+                .engine
+                .access(principal.clone())
+                .await?
+                .read(&entity.name)
+                .clone(),
+            None => Read::All,
+        };
         let (mut done, version) =
-            // The app's own write: its code decides what it may write.
-            apply::transaction(inner, entity, std::slice::from_ref(&change), client, &Read::All)
+            apply::transaction(inner, entity, std::slice::from_ref(&change), client, &read)
                 .await
                 .map_err(|failed| failed.error)?;
         let done = done.pop().expect("one change, one outcome");

@@ -576,6 +576,8 @@
     const away = redirectedTo && new URL(redirectedTo);
     const login = (away && (away.origin !== location.origin || loginPattern.test(away.pathname))) ||
       [header("HX-Redirect"), to].some((path) => path && loginPattern.test(path));
+    // A 403 the server marks final (X-Rhtmx-Forbidden) is "not yours", not "sign in again".
+    if (status === 403 && header("X-Rhtmx-Forbidden")) return "refused";
     if (login || status === 401 || status === 403 || status === 419) return "auth";
     if (status === 408 || status === 429 || status === 425 || status >= 500 ||
         (status === 409 && header("Retry-After") !== null)) return "retry";

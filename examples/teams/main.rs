@@ -1,0 +1,514 @@
+//! rhtmx-sync with sign-in and teams: each team reads and writes only its own todos,
+//! live and offline. The todo_sync example plus the one scoping step:
+//!
+//! ```text
+//! .authenticate::<Member>()                     // who is asking: the app's own extractor
+//! .scope("todos", Scope::tenant("team_id"))     // which rows they may read
+//! ```
+//!
+//! Two demo users in two teams: alice (Acme) and bob (Globex). Open the app in two
+//! browsers (or a normal and a private window), sign in as each, and watch each list
+//! follow its own team only. "Leave team" removes the signed-in user from their team:
+//! every open tab of theirs drops the team's todos, and writes they queued offline for
+//! it are refused when replayed.
+//!
+//! Run with: `cargo run --example teams`, then open http://127.0.0.1:3001.
+//! `PORT` and `DATABASE_URL` (default `sqlite://teams.db`) override the defaults.
+//!
+//! Sign-in is a demo: pick a user, no password. A real app uses its own authentication;
+//! sessions come from `tower-sessions` (an in-memory store here: a restart signs
+//! everybody out, and puts alice and bob back in their teams).
+
+use std::net::SocketAddr;
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post, put};
+use axum::{Extension, Form, Router};
+use maud::{html, Markup, PreEscaped, DOCTYPE};
+use rhtmx_sync::{Forbidden, Principal, Scope, SyncContext, SyncEngine};
+use serde::Deserialize;
+use serde_json::json;
+use sqlx::SqlitePool;
+use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
+
+#[path = "../../templates/todos.rs"]
+#[allow(dead_code)] // the page layout of todo_sync is not used here
+mod templates;
+
+/// A todo of a team.
+#[derive(Debug, Clone, sqlx::FromRow, rhtmx_sync::Syncable)]
+#[sync(table = "todos")]
+struct Todo {
+    id: String,
+    #[allow(dead_code)] // the engine's scope column; the pages list one team only
+    team_id: String,
+    title: String,
+    completed: bool,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS teams (id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS members (
+    user_id TEXT PRIMARY KEY NOT NULL,
+    team_id TEXT NOT NULL REFERENCES teams (id)
+);
+CREATE TABLE IF NOT EXISTS todos (
+    id        TEXT PRIMARY KEY NOT NULL,
+    team_id   TEXT NOT NULL REFERENCES teams (id),
+    title     TEXT NOT NULL,
+    completed BOOLEAN NOT NULL DEFAULT false
+);
+INSERT OR IGNORE INTO teams VALUES ('acme', 'Acme'), ('globex', 'Globex');
+INSERT OR IGNORE INTO members VALUES ('alice', 'acme'), ('bob', 'globex');
+";
+
+/// The demo users.
+const USERS: [&str; 2] = ["alice", "bob"];
+
+/// The signed-in user and their team (read from `members` on every request, so leaving
+/// a team takes effect at once). Pages redirect anonymous visitors to the sign-in page.
+struct Member {
+    user: String,
+    team: Option<String>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Member {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let to_login = || Redirect::to("/login").into_response();
+        let session = Session::from_request_parts(parts, state)
+            .await
+            .map_err(|_| to_login())?;
+        let user: String = session
+            .get("user")
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(to_login)?;
+        let pool = parts
+            .extensions
+            .get::<SqlitePool>()
+            .ok_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
+        let team = sqlx::query_scalar("SELECT team_id FROM members WHERE user_id = ?")
+            .bind(&user)
+            .fetch_optional(pool)
+            .await
+            .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
+        Ok(Member { user, team })
+    }
+}
+
+/// What the sync engine knows of a member: their user id and team.
+impl From<Member> for Principal {
+    fn from(m: Member) -> Principal {
+        let user = Principal::user(m.user);
+        match m.team {
+            Some(team) => user.in_tenant(team),
+            None => user,
+        }
+    }
+}
+
+impl Member {
+    fn principal(&self) -> Principal {
+        Principal::from(Member {
+            user: self.user.clone(),
+            team: self.team.clone(),
+        })
+    }
+
+    /// The member's team, or a final 403 for a user who is in none: a write they queued
+    /// offline for a team they have left becomes a dead letter, not a paused queue.
+    fn team(&self) -> Result<&str, AppError> {
+        self.team
+            .as_deref()
+            .ok_or_else(|| err(Forbidden("you are not in a team")))
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    pool: SqlitePool,
+    engine: SyncEngine,
+}
+
+/// A handler's failure, as the answer to send. (Boxed: a `Response` is large.)
+struct AppError(Box<Response>);
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        *self.0
+    }
+}
+
+fn err(answer: impl IntoResponse) -> AppError {
+    AppError(Box::new(answer.into_response()))
+}
+
+fn fail(e: impl std::fmt::Display) -> AppError {
+    eprintln!("error: {e}");
+    err((StatusCode::INTERNAL_SERVER_ERROR, "server error"))
+}
+
+/// The engine's refusals (a todo of another team: a final 403) as they are.
+fn sync_error(e: rhtmx_sync::Error) -> AppError {
+    err(e)
+}
+
+async fn team_todos(s: &AppState, team: &str) -> Result<Markup, AppError> {
+    // The version first, the rows after (see todo_sync).
+    let version = s.engine.head().await.map_err(sync_error)?;
+    let rows: Vec<Todo> = sqlx::query_as(
+        "SELECT id, team_id, title, completed FROM todos WHERE team_id = ? ORDER BY id",
+    )
+    .bind(team)
+    .fetch_all(&s.pool)
+    .await
+    .map_err(fail)?;
+    let views: Vec<templates::TodoView<'_>> = rows
+        .iter()
+        .map(|t| templates::TodoView {
+            id: &t.id,
+            title: &t.title,
+            completed: t.completed,
+        })
+        .collect();
+    Ok(templates::list(&views, version))
+}
+
+async fn index(State(s): State<AppState>, member: Member) -> Result<Markup, AppError> {
+    let team = match &member.team {
+        Some(team) => Some((team.clone(), team_todos(&s, team).await?)),
+        None => None,
+    };
+    Ok(html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                // Whose mirror and outbox this page uses (see the README).
+                meta name="rhtmx-principal" content=(member.user);
+                title { "Team todos · rhtmx-sync" }
+                style { (PreEscaped(templates::STYLE)) }
+                script src="/assets/htmx-2.0.11.min.js" {}
+                script src="/assets/app.js" {}
+                script src="/api/sync/client.js" data-sync-entities="todos" data-service-worker {}
+            }
+            body {
+                header {
+                    h1 { "Team todos" }
+                    p #who {
+                        "Signed in as " strong { (member.user) }
+                        @if let Some((team, _)) = &team { " in " strong #team { (team) } }
+                    }
+                    form method="post" action="/logout" { button { "Sign out" } }
+                    p .status {
+                        span .online { "online" }
+                        span .offline { "offline" }
+                        span .pending data-rhtmx-pending-count="0" { " changes waiting to sync" }
+                    }
+                }
+                @if let Some((_, list)) = team {
+                    form #leave method="post" action="/team/leave" { button { "Leave team" } }
+                    form #new-todo hx-post="/todos" hx-target="#todo-list" hx-swap="outerHTML"
+                        data-rhtmx-new-id="id" data-rhtmx-label="Add “{title}”" {
+                        input name="title" placeholder="What needs doing?" required autocomplete="off";
+                        button type="submit" { "Add" }
+                    }
+                    div hx-get="/todos" hx-trigger="rhtmx:todos:changed from:body" hx-swap="innerHTML" {
+                        (list)
+                    }
+                } @else {
+                    p #no-team { "You are not in a team." }
+                }
+                section #pending-panel .panel hidden {
+                    h2 { "Waiting to sync" }
+                    ul #pending-list data-rhtmx-pending-list {}
+                }
+                section #rejected-panel .panel .warn hidden {
+                    h2 { "Not accepted by the server" }
+                    ul #rejected-list {}
+                }
+                section #conflict-panel .panel hidden {
+                    h2 { "Edited in two places" }
+                    ul #conflict-list {}
+                }
+            }
+        }
+    })
+}
+
+async fn login_page() -> Markup {
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head { meta charset="utf-8"; title { "Sign in · rhtmx-sync" } }
+            body {
+                h1 { "Sign in" }
+                p { "A demo: pick a user." }
+                @for user in USERS {
+                    form method="post" action="/login" {
+                        input type="hidden" name="user" value=(user);
+                        button { "Sign in as " (user) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Login {
+    user: String,
+}
+
+async fn login(session: Session, Form(form): Form<Login>) -> Result<Redirect, AppError> {
+    if !USERS.contains(&form.user.as_str()) {
+        return Err(err((StatusCode::FORBIDDEN, "no such user")));
+    }
+    // A new session id at sign-in: an id planted before it is worth nothing after.
+    session.cycle_id().await.map_err(fail)?;
+    session.insert("user", &form.user).await.map_err(fail)?;
+    Ok(Redirect::to("/"))
+}
+
+async fn logout(session: Session) -> Result<Redirect, AppError> {
+    session.flush().await.map_err(fail)?;
+    Ok(Redirect::to("/login"))
+}
+
+/// Leaves the team: the member's open streams are told to look again (and reset).
+async fn leave(State(s): State<AppState>, member: Member) -> Result<Redirect, AppError> {
+    sqlx::query("DELETE FROM members WHERE user_id = ?")
+        .bind(&member.user)
+        .execute(&s.pool)
+        .await
+        .map_err(fail)?;
+    s.engine.access_changed();
+    Ok(Redirect::to("/"))
+}
+
+async fn list(State(s): State<AppState>, member: Member) -> Result<Markup, AppError> {
+    team_todos(&s, member.team()?).await
+}
+
+#[derive(Deserialize)]
+struct NewTodo {
+    title: String,
+    id: Option<String>,
+}
+
+fn valid_title(title: &str) -> Result<&str, AppError> {
+    let title = title.trim();
+    if title.is_empty() || title.len() > 500 {
+        return Err(err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "title must be 1 to 500 characters",
+        )));
+    }
+    Ok(title)
+}
+
+async fn create(
+    State(s): State<AppState>,
+    member: Member,
+    Form(new): Form<NewTodo>,
+) -> Result<Markup, AppError> {
+    let team = member.team()?;
+    let title = valid_title(&new.title)?;
+    let id = match new.id.filter(|id| !id.is_empty()) {
+        Some(id) => match uuid::Uuid::try_parse(&id) {
+            Ok(uuid) if id.len() == 36 => uuid.hyphenated().to_string(),
+            _ => return Err(err((StatusCode::UNPROCESSABLE_ENTITY, "id must be a UUID"))),
+        },
+        None => uuid::Uuid::now_v7().to_string(),
+    };
+    // An id taken in another team is not overwritten (and not revealed): nothing happens.
+    sqlx::query(
+        "INSERT INTO todos (id, team_id, title) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&id)
+    .bind(team)
+    .bind(title)
+    .execute(&s.pool)
+    .await
+    .map_err(fail)?;
+    team_todos(&s, team).await
+}
+
+#[derive(Deserialize)]
+struct Rename {
+    title: String,
+}
+
+/// Edits go through the engine, held to the member's scope: a todo of another team
+/// (or one whose team the member left) answers 403 and is not changed.
+async fn rename(
+    State(s): State<AppState>,
+    member: Member,
+    Path(id): Path<String>,
+    sync: SyncContext,
+    Form(form): Form<Rename>,
+) -> Result<Markup, AppError> {
+    let team = member.team()?;
+    let title = valid_title(&form.title)?;
+    let principal = member.principal();
+    s.engine
+        .write::<Todo>(&sync)
+        .within(&principal)
+        .update(&id, [("title", json!(title))])
+        .await
+        .map_err(sync_error)?;
+    team_todos(&s, team).await
+}
+
+#[derive(Deserialize)]
+struct Toggle {
+    completed: bool,
+}
+
+async fn toggle(
+    State(s): State<AppState>,
+    member: Member,
+    Path(id): Path<String>,
+    sync: SyncContext,
+    Form(form): Form<Toggle>,
+) -> Result<Markup, AppError> {
+    let team = member.team()?;
+    let principal = member.principal();
+    s.engine
+        .write::<Todo>(&sync)
+        .within(&principal)
+        .update(&id, [("completed", json!(form.completed))])
+        .await
+        .map_err(sync_error)?;
+    team_todos(&s, team).await
+}
+
+async fn remove(
+    State(s): State<AppState>,
+    member: Member,
+    Path(id): Path<String>,
+    sync: SyncContext,
+) -> Result<Markup, AppError> {
+    let team = member.team()?;
+    let principal = member.principal();
+    s.engine
+        .write::<Todo>(&sync)
+        .within(&principal)
+        .delete(&id)
+        .await
+        .map_err(sync_error)?;
+    team_todos(&s, team).await
+}
+
+fn script(body: &'static str, cache: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, cache),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The usual protective headers (see todo_sync's `protective_headers`).
+fn protective_headers(router: Router) -> Router {
+    use tower_http::set_header::SetResponseHeaderLayer;
+    let set = |name: HeaderName, value: &'static str| {
+        SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
+    };
+    router
+        .layer(set(
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+             img-src 'self' data:; connect-src 'self'; worker-src 'self'; \
+             frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
+        ))
+        .layer(set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(set(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(set(header::REFERRER_POLICY, "same-origin"))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rhtmx_sync=debug".into()),
+        )
+        .init();
+    let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://teams.db".into());
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p.parse()?,
+        Err(_) => 3001,
+    };
+    let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
+    let pool = SqlitePool::connect_with(
+        options
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(5)),
+    )
+    .await?;
+    sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+    let engine = SyncEngine::builder(pool.clone())
+        .entity::<Todo>()
+        // The scoping step: who is asking, and which rows they may read.
+        .authenticate::<Member>()
+        .scope("todos", Scope::tenant("team_id"))
+        .build()
+        .await?;
+    let state = AppState {
+        pool: pool.clone(),
+        engine: engine.clone(),
+    };
+    let app = Router::new()
+        .route("/", get(index))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
+        .route("/team/leave", post(leave))
+        .route("/todos", get(list).post(create))
+        .route("/todos/{id}", put(rename).delete(remove))
+        .route("/todos/{id}/toggle", post(toggle))
+        .route(
+            "/assets/htmx-2.0.11.min.js",
+            get(|| async {
+                script(
+                    include_str!("../todo_sync/assets/htmx-2.0.11.min.js"),
+                    "public, max-age=31536000, immutable",
+                )
+            }),
+        )
+        .route(
+            "/assets/app.js",
+            get(|| async { script(include_str!("../todo_sync/assets/app.js"), "no-cache") }),
+        )
+        .with_state(state);
+    // The session and the pool reach every route, the engine's and the idempotency
+    // layer's use of `Member` included; outermost, so they run first.
+    let sessions = SessionManagerLayer::new(MemoryStore::default())
+        .with_secure(false) // plain http on 127.0.0.1; true behind TLS
+        .with_same_site(tower_sessions::cookie::SameSite::Lax);
+    let router = protective_headers(
+        app.merge(engine.routes())
+            .layer(engine.idempotency_layer())
+            .layer(Extension(pool))
+            .layer(sessions),
+    );
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    println!("teams listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            let _ = tokio::signal::ctrl_c().await;
+            engine.shutdown();
+        })
+        .await?;
+    Ok(())
+}
