@@ -316,3 +316,21 @@ async fn misconfiguration_is_refused_when_the_engine_is_built() {
         .await
         .expect("an explicit BINARY key is fine");
 }
+
+/// A misspelt or unknown parameter is a mistake, not a default: `?sinse=5` would
+/// otherwise pull everything from 0. So is a version with a sign.
+#[tokio::test]
+async fn unknown_query_parameters_and_signed_versions_answer_400() {
+    let (_dir, db) = temp_db();
+    let server = start(&db).await;
+    for query in ["?sinse=5", "?since=0&lmit=5", "?since=-0", "?since=%2B5"] {
+        let (status, body) = pull(&server.base, "todos", query).await;
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+    for query in ["?last_event=5", "?entities=todos&x=1", "?last_event_id=-0"] {
+        let status = get_status(&format!("{}/api/sync/events{query}", server.base)).await;
+        assert_eq!(status, 400, "{query}");
+    }
+    // The documented parameters still work.
+    assert_eq!(pull(&server.base, "todos", "?since=0&limit=5").await.0, 200);
+}

@@ -39,7 +39,11 @@ impl Cursor {
             Some((v, t)) => (v, Some(t)),
             None => (s, None),
         };
-        let version: i64 = version.parse().ok().filter(|v| *v >= 0)?;
+        // Digits only: `-0` and `+5` are not versions a server ever hands out.
+        if version.is_empty() || !version.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let version: i64 = version.parse().ok()?;
         if tag.is_some_and(|t| {
             !matches!(t.len(), 8 | 16) || !t.bytes().all(|b| b.is_ascii_hexdigit())
         }) {
@@ -191,6 +195,9 @@ mod tests {
             "42.0123456789abcdef0",
             "42.zzzzzzzz",
             "1.2.3",
+            "-0",
+            "+5",
+            " 5",
         ] {
             assert_eq!(Cursor::parse(bad), None, "{bad}");
         }

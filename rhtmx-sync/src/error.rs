@@ -43,7 +43,8 @@ pub enum Error {
     /// cross-site form (`enctype="text/plain"`) or a `no-cors` fetch cannot write.
     #[error("the body must be `application/json`")]
     UnsupportedMediaType,
-    /// The app did not make this entity writable through the push API (403); nothing is
+    /// The app did not make this entity writable through the push API, or the principal
+    /// has no scope of it it may write in (anonymous, no tenant) (403); nothing is
     /// written. See [`SyncEngineBuilder::writable`](crate::SyncEngineBuilder::writable).
     #[error("`{}` is not writable through the push API", quote(.0))]
     NotWritable(String),

@@ -39,7 +39,9 @@ use crate::scope::{Access, Read, View};
 use crate::wire;
 use crate::SyncEngine;
 
+// An unknown parameter is a mistake (`?sinse=5` would pull from 0): 400, not ignored.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct EventsQuery {
     last_event_id: Option<String>,
     /// Comma-separated entity names; absent means all.

@@ -22,7 +22,9 @@ use crate::scope::Read;
 use crate::wire;
 use crate::SyncEngine;
 
+// An unknown parameter is a mistake (`?sinse=5` would pull from 0): 400, not ignored.
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct PullQuery {
     /// A cursor (`version.tag`, or a bare version).
     since: Option<String>,

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::hlc::Hlc;
 use crate::permission::{Push, PushedChange};
 use crate::principal::Asking;
-use crate::scope::{Access, Keys, Rule};
+use crate::scope::{Access, Keys, Read, Rule};
 use crate::wire::Action;
 use crate::wire::{PushConflict, PushRequest, PushResponse};
 use crate::SyncEngine;
@@ -108,6 +108,11 @@ pub(crate) async fn push(
                 .validate(&change)
                 .map_err(|why| Error::invalid(format!("changes[{i}]: {why}")))?;
         }
+    }
+    // A principal with no scope key of the entity (anonymous, or without a tenant) may
+    // write none of it: refused before the database is touched.
+    if matches!(read, Read::Keys(keys) if keys.is_empty()) {
+        return Err(Error::NotWritable(name));
     }
     // Number identical changes in the order sent (see `Validated::occurrence`).
     let mut seen = std::collections::HashMap::new();

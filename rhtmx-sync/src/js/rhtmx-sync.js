@@ -293,6 +293,10 @@
       // 409 + reset: our cursor is from another history (the database was restored).
       if (res.status === 409) throw { reset: (await res.json()).reset };
       if (res.status === 404) return void unknown.add(entity); // not synced: the others still are
+      if (res.status === 403) { // not readable by this user (scopes): the others still are
+        log("not readable:", entity);
+        return void unknown.add(entity);
+      }
       if (!res.ok) throw new Error(`pull ${entity}: ${res.status}`);
       const page = await res.json();
       const changes = page.changes.map((c) => ({ ...c, entity }));
