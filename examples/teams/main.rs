@@ -34,6 +34,9 @@ use serde_json::json;
 use sqlx::SqlitePool;
 use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
 
+#[path = "../shared/serve.rs"]
+mod serve;
+
 #[path = "../../templates/todos.rs"]
 #[allow(dead_code)] // the page layout of todo_sync is not used here
 mod templates;
@@ -490,7 +493,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             "/assets/app.js",
             get(|| async { script(include_str!("../todo_sync/assets/app.js"), "no-cache") }),
         )
-        .with_state(state);
+        .with_state(state)
+        // The app's own requests get 30 s in all, body included (see todo_sync).
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            std::time::Duration::from_secs(30),
+        ));
     // The session and the pool reach every route, the engine's and the idempotency
     // layer's use of `Member` included; outermost, so they run first.
     let sessions = SessionManagerLayer::new(MemoryStore::default())
@@ -504,11 +512,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     println!("teams listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            engine.shutdown();
-        })
-        .await?;
+    // Header read timeout and a connection budget: see `shared/serve.rs`.
+    serve::serve(listener, router, 1000, async move {
+        let _ = tokio::signal::ctrl_c().await;
+        engine.shutdown();
+    })
+    .await?;
     Ok(())
 }

@@ -4,10 +4,14 @@
 //! `PORT` and `DATABASE_URL` (default `sqlite://todo_sync.db`) override the defaults.
 
 mod app;
+#[path = "../shared/serve.rs"]
+mod serve;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
-use axum::serve::ListenerExt;
+use axum::http::StatusCode;
+use tower_http::timeout::TimeoutLayer;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -25,26 +29,30 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let pool = app::open_db(&url).await?;
     let engine = app::engine(&pool).await?;
     // Replayed offline writes carry an Idempotency-Key: applied once, answered again.
+    // The app's own requests get 30 s in all, body included, else 408 (a per-read
+    // timeout would let a body trickle in a byte at a time forever); the engine's
+    // routes time their bodies themselves and hold event streams open.
     let router = app::protective_headers(
         app::app(engine.clone())
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                Duration::from_secs(30),
+            ))
             .merge(engine.routes())
             .layer(engine.idempotency_layer()),
     );
 
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     println!("todo_sync listening on http://{}", listener.local_addr()?);
-    // Small last chunks of streamed pulls must not wait for the client's delayed ACK
-    // (Nagle): measured 4–5× faster pulls, see BENCHMARKS.md.
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            // Open event streams would otherwise keep the server up until every tab
-            // closes; the browsers reconnect once the app is back.
-            engine.shutdown();
-        })
-        .await?;
+    // Header read timeout and a connection budget (see `shared/serve.rs`): 1000 places,
+    // under a common `ulimit -n` of 1024; the engine's 512 event streams leave the rest
+    // to pages.
+    serve::serve(listener, router, 1000, async move {
+        let _ = tokio::signal::ctrl_c().await;
+        // Open event streams would otherwise keep the server up until every tab
+        // closes; the browsers reconnect once the app is back.
+        engine.shutdown();
+    })
+    .await?;
     Ok(())
 }

@@ -327,8 +327,13 @@ pub async fn single_pool(db: &Path) -> SqlitePool {
 
 /// About 12 MB of log: 12,000 todos with 1 KB titles, written by the app's own SQL.
 pub async fn fill_log(server: &Server) {
+    fill_todos(&server.pool).await;
+}
+
+/// [`fill_log`] on any pool over the example's schema.
+pub async fn fill_todos(pool: &SqlitePool) {
     let title = "t".repeat(1000);
-    let mut tx = server.pool.begin().await.unwrap();
+    let mut tx = pool.begin().await.unwrap();
     for i in 0..12_000 {
         sqlx::query("INSERT INTO todos (id, title) VALUES (?, ?)")
             .bind(format!("row-{i:05}"))
