@@ -145,3 +145,38 @@ async fn a_forged_client_id_does_not_make_a_write_count_as_another_users() {
     assert_ne!(logged[n - 1].as_deref(), Some(a.as_str()), "{logged:?}");
     assert!(logged[n - 1].as_deref().unwrap().ends_with("~alices-tab"));
 }
+
+/// A stored answer belongs to the user whose request made it: the same key from
+/// another user (or nobody) is another request, never answered with the first one's
+/// response (which would show that user's page).
+#[tokio::test]
+async fn an_idempotency_key_of_another_user_is_another_request() {
+    let (_dir, db) = temp_db();
+    let server = start_with(&db, |b| b.authenticate::<AsUser>()).await;
+    let post = |user: Option<&'static str>, title: &'static str| {
+        let mut req = client()
+            .post(format!("{}/todos", server.base))
+            .header("Idempotency-Key", "shared-key")
+            .form(&[("title", title)]);
+        if let Some(user) = user {
+            req = req.header("x-user", user);
+        }
+        req.send()
+    };
+    let first = post(Some("alice"), "alice's").await.unwrap();
+    assert_eq!(first.status(), 200);
+    assert!(!first.headers().contains_key("idempotent-replayed"));
+    // Alice's own replay is answered from the store.
+    let again = post(Some("alice"), "alice's").await.unwrap();
+    assert!(again.headers().contains_key("idempotent-replayed"));
+    // Bob's, and an anonymous one, with the same key run as requests of their own.
+    for user in [Some("bob"), None] {
+        let other = post(user, "alice's").await.unwrap();
+        assert_eq!(other.status(), 200, "{user:?}");
+        assert!(
+            !other.headers().contains_key("idempotent-replayed"),
+            "{user:?}"
+        );
+    }
+    assert_eq!(todos(&server.pool).await.len(), 3);
+}

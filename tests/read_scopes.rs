@@ -72,6 +72,13 @@ const TENANT_OF: [usize; 4] = [0, 0, 1, 1];
 
 impl World {
     async fn new(prefix: &str) -> World {
+        World::build(prefix, |b| b).await
+    }
+
+    async fn build(
+        prefix: &str,
+        configure: impl FnOnce(rhtmx_sync::SyncEngineBuilder) -> rhtmx_sync::SyncEngineBuilder,
+    ) -> World {
         let (dir, db) = temp_db();
         let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
             .await
@@ -100,10 +107,8 @@ impl World {
             .scope("news", Scope::public())
             .writable("docs")
             .writable("notes")
-            .writable("secrets")
-            .build()
-            .await
-            .unwrap();
+            .writable("secrets");
+        let engine = configure(engine).build().await.unwrap();
         let (server_base, task) = serve(engine.routes()).await;
         World {
             server_base,
@@ -855,4 +860,30 @@ async fn an_apps_write_within_a_principal_is_held_to_its_scope() {
         .await
         .unwrap();
     assert!(app.applied());
+}
+
+/// A session that ends, or a membership removed, without `access_changed()`: open
+/// streams notice by themselves at the next recheck.
+#[tokio::test]
+async fn open_streams_recheck_access_by_themselves() {
+    let w = World::build("recheck", |b| {
+        b.access_recheck(std::time::Duration::from_millis(200))
+    })
+    .await;
+    seed(&w, "recheck").await;
+    let alice = w.user(0);
+    let mut open = w.stream_as(alice, None).await;
+    set_tenant(alice, None);
+    let event = open.next().await;
+    assert_eq!(event.event, "reset", "{event:?}");
+    assert_eq!(event.data["reason"], "access_changed");
+    sqlx::query("UPDATE docs SET body = 'unseen' WHERE id = 'doc-of-0'")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO news VALUES ('end', '')")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    assert_eq!(open.next().await.data["id"], "end");
 }

@@ -17,16 +17,21 @@
 //!
 //! Sign-in is a demo: pick a user, no password. A real app uses its own authentication;
 //! sessions come from `tower-sessions` (an in-memory store here: a restart signs
-//! everybody out, and puts alice and bob back in their teams).
+//! everybody out, and puts alice and bob back in their teams). Every unsafe request to
+//! the app's routes carries a CSRF token (`axum_csrf`, a signed double-submit cookie):
+//! the page names it in `<meta name="csrf-token">` and `hx-headers`, and the sync
+//! client sends the current one with every replayed write.
 
 use std::net::SocketAddr;
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post, put};
 use axum::{Extension, Form, Router};
+use axum_csrf::{CsrfConfig, CsrfLayer, CsrfToken};
 use maud::{html, Markup, PreEscaped, DOCTYPE};
 use rhtmx_sync::{Forbidden, Principal, Scope, SyncContext, SyncEngine};
 use serde::Deserialize;
@@ -183,12 +188,27 @@ async fn team_todos(s: &AppState, team: &str) -> Result<Markup, AppError> {
     Ok(templates::list(&views, version))
 }
 
-async fn index(State(s): State<AppState>, member: Member) -> Result<Markup, AppError> {
+/// The CSRF token a page names (the cookie it is checked against goes with the page).
+fn csrf_token(token: &CsrfToken) -> Result<String, AppError> {
+    token.authenticity_token().map_err(fail)
+}
+
+/// What every htmx request of a page sends along: its CSRF token.
+fn hx_headers(csrf: &str) -> String {
+    json!({ "X-CSRF-Token": csrf }).to_string()
+}
+
+async fn index(
+    State(s): State<AppState>,
+    token: CsrfToken,
+    member: Member,
+) -> Result<(CsrfToken, Markup), AppError> {
+    let csrf = csrf_token(&token)?;
     let team = match &member.team {
         Some(team) => Some((team.clone(), team_todos(&s, team).await?)),
         None => None,
     };
-    Ok(html! {
+    let page = html! {
         (DOCTYPE)
         html lang="en" {
             head {
@@ -196,20 +216,23 @@ async fn index(State(s): State<AppState>, member: Member) -> Result<Markup, AppE
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 // Whose mirror and outbox this page uses (see the README).
                 meta name="rhtmx-principal" content=(member.user);
+                // Read again by the sync client for every replayed write.
+                meta name="csrf-token" content=(csrf);
                 title { "Team todos · rhtmx-sync" }
                 style { (PreEscaped(templates::STYLE)) }
                 script src="/assets/htmx-2.0.11.min.js" {}
                 script src="/assets/app.js" {}
                 script src="/api/sync/client.js" data-sync-entities="todos" data-service-worker {}
             }
-            body {
+            body hx-headers=(hx_headers(&csrf)) {
                 header {
                     h1 { "Team todos" }
                     p #who {
                         "Signed in as " strong { (member.user) }
                         @if let Some((team, _)) = &team { " in " strong #team { (team) } }
                     }
-                    form method="post" action="/logout" { button { "Sign out" } }
+                    // The client forgets this user's mirror and pages first.
+                    button #sign-out hx-post="/logout" data-rhtmx-logout { "Sign out" }
                     p .status {
                         span .online { "online" }
                         span .offline { "offline" }
@@ -217,7 +240,7 @@ async fn index(State(s): State<AppState>, member: Member) -> Result<Markup, AppE
                     }
                 }
                 @if let Some((_, list)) = team {
-                    form #leave method="post" action="/team/leave" { button { "Leave team" } }
+                    button #leave hx-post="/team/leave" { "Leave team" }
                     form #new-todo hx-post="/todos" hx-target="#todo-list" hx-swap="outerHTML"
                         data-rhtmx-new-id="id" data-rhtmx-label="Add “{title}”" {
                         input name="title" placeholder="What needs doing?" required autocomplete="off";
@@ -243,26 +266,55 @@ async fn index(State(s): State<AppState>, member: Member) -> Result<Markup, AppE
                 }
             }
         }
-    })
+    };
+    Ok((token, page))
 }
 
-async fn login_page() -> Markup {
-    html! {
+async fn login_page(token: CsrfToken) -> Result<(CsrfToken, Markup), AppError> {
+    let csrf = csrf_token(&token)?;
+    let page = html! {
         (DOCTYPE)
         html lang="en" {
-            head { meta charset="utf-8"; title { "Sign in · rhtmx-sync" } }
-            body {
+            head {
+                meta charset="utf-8";
+                meta name="csrf-token" content=(csrf);
+                title { "Sign in · rhtmx-sync" }
+                script src="/assets/htmx-2.0.11.min.js" {}
+            }
+            body hx-headers=(hx_headers(&csrf)) {
                 h1 { "Sign in" }
                 p { "A demo: pick a user." }
                 @for user in USERS {
-                    form method="post" action="/login" {
-                        input type="hidden" name="user" value=(user);
-                        button { "Sign in as " (user) }
+                    button hx-post="/login" hx-vals=(json!({ "user": user })) {
+                        "Sign in as " (user)
                     }
                 }
             }
         }
+    };
+    Ok((token, page))
+}
+
+/// Where an htmx request goes next: the whole page is loaded there.
+fn go_to(path: &'static str) -> Response {
+    ([("HX-Redirect", path)], StatusCode::OK).into_response()
+}
+
+/// Refuses an unsafe request to the app's routes without the page's CSRF token (the
+/// signed cookie and the `X-CSRF-Token` header must match): a page of another site
+/// cannot act with the user's session. A plain 403: the sync client keeps a write so
+/// refused and waits for a page with a fresh token.
+async fn check_csrf(token: CsrfToken, req: Request, next: Next) -> Response {
+    if !req.method().is_safe() {
+        let sent = req
+            .headers()
+            .get("x-csrf-token")
+            .and_then(|v| v.to_str().ok());
+        if sent.is_none_or(|sent| token.verify(sent).is_err()) {
+            return (StatusCode::FORBIDDEN, "the page is out of date: reload it").into_response();
+        }
     }
+    next.run(req).await
 }
 
 #[derive(Deserialize)]
@@ -270,30 +322,32 @@ struct Login {
     user: String,
 }
 
-async fn login(session: Session, Form(form): Form<Login>) -> Result<Redirect, AppError> {
+async fn login(session: Session, Form(form): Form<Login>) -> Result<Response, AppError> {
     if !USERS.contains(&form.user.as_str()) {
         return Err(err((StatusCode::FORBIDDEN, "no such user")));
     }
     // A new session id at sign-in: an id planted before it is worth nothing after.
     session.cycle_id().await.map_err(fail)?;
     session.insert("user", &form.user).await.map_err(fail)?;
-    Ok(Redirect::to("/"))
+    Ok(go_to("/"))
 }
 
-async fn logout(session: Session) -> Result<Redirect, AppError> {
+/// Ends the session; open event streams of it are told to look again (and reset).
+async fn logout(State(s): State<AppState>, session: Session) -> Result<Response, AppError> {
     session.flush().await.map_err(fail)?;
-    Ok(Redirect::to("/login"))
+    s.engine.access_changed();
+    Ok(go_to("/login"))
 }
 
 /// Leaves the team: the member's open streams are told to look again (and reset).
-async fn leave(State(s): State<AppState>, member: Member) -> Result<Redirect, AppError> {
+async fn leave(State(s): State<AppState>, member: Member) -> Result<Response, AppError> {
     sqlx::query("DELETE FROM members WHERE user_id = ?")
         .bind(&member.user)
         .execute(&s.pool)
         .await
         .map_err(fail)?;
     s.engine.access_changed();
-    Ok(Redirect::to("/"))
+    Ok(go_to("/"))
 }
 
 async fn list(State(s): State<AppState>, member: Member) -> Result<Markup, AppError> {
@@ -494,6 +548,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             get(|| async { script(include_str!("../todo_sync/assets/app.js"), "no-cache") }),
         )
         .with_state(state)
+        .layer(middleware::from_fn(check_csrf))
         // The app's own requests get 30 s in all, body included (see todo_sync).
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -508,7 +563,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         app.merge(engine.routes())
             .layer(engine.idempotency_layer())
             .layer(Extension(pool))
-            .layer(sessions),
+            .layer(sessions)
+            // Plain http on 127.0.0.1; `with_secure(true)` behind TLS.
+            .layer(CsrfLayer::new(CsrfConfig::default())),
     );
     let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     println!("teams listening on http://{}", listener.local_addr()?);

@@ -4,8 +4,8 @@
 // of the team in their mirror, and their queued writes are dead letters, not applied.
 import { test, before, after, beforeEach, afterEach } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, launchBrowser, dbQuery, eventually } from "./harness.js";
-import { openApp, addTodo, events, waitInPage, waitPending } from "./app.js";
+import { startServer, launchBrowser, dbQuery } from "./harness.js";
+import { openApp, addTodo, waitInPage, waitPending } from "./app.js";
 
 let browser, server;
 before(async () => {
@@ -21,11 +21,24 @@ afterEach(async () => {
   await server?.stop();
 });
 
+/** The CSRF token a page of the app names (its cookie goes into the context's jar). */
+async function csrfOf(context, path) {
+  const html = await (await context.request.get(server.base + path, { maxRedirects: 0 })).text();
+  return html.match(/<meta name="csrf-token" content="([^"]+)"/)[1];
+}
+
+/** An unsafe request as the app's own pages send it: with the page's CSRF token. */
+async function post(context, path, form = {}) {
+  const headers = { "X-CSRF-Token": await csrfOf(context, path === "/login" ? "/login" : "/"), "HX-Request": "true" };
+  return context.request.post(server.base + path, { form, headers, maxRedirects: 0 });
+}
+
 /** A browser context signed in as `user`, with the app open. */
 async function signedIn(user) {
   const context = await browser.newContext();
-  const res = await context.request.post(server.base + "/login", { form: { user }, maxRedirects: 0 });
-  assert.equal(res.status(), 303);
+  const res = await post(context, "/login", { user });
+  assert.equal(res.status(), 200);
+  assert.equal(res.headers()["hx-redirect"], "/");
   const page = await openApp(context, server.base);
   return { context, page };
 }
@@ -54,10 +67,14 @@ test("a user removed from their team while their browser is open drops the team'
   const alice = await signedIn("alice");
   await addTodo(alice.page, "acme plan");
   await waitInPage(alice.page, async () => (await RhtmxSync.get("todos")).length === 1);
-  // Removed elsewhere (her other device): the open page's stream resets.
+  // Removed elsewhere (her other device): the open page's stream resets, and the page
+  // is loaded again under her new access.
   const other = await signedIn("alice");
-  const left = await other.context.request.post(server.base + "/team/leave", { maxRedirects: 0 });
-  assert.equal(left.status(), 303);
+  const reloaded = alice.page.waitForEvent("load");
+  const left = await post(other.context, "/team/leave");
+  assert.equal(left.status(), 200);
+  await reloaded;
+  await alice.page.waitForFunction(() => window.RhtmxSync && RhtmxSync.clientId);
   await waitInPage(alice.page, async () => (await RhtmxSync.get("todos")).length === 0);
   // And stays so: a new change of the team does not reach her.
   const bob = await signedIn("bob");
@@ -81,14 +98,84 @@ test("a user removed from their team while offline: mirror emptied, queued write
   await waitPending(alice.page, 2);
   // Meanwhile she is removed from the team.
   const other = await signedIn("alice");
-  await other.context.request.post(server.base + "/team/leave", { maxRedirects: 0 });
+  assert.equal((await post(other.context, "/team/leave")).status(), 200);
+  // Back online: the pull finds her access changed (the page is loaded again), and the
+  // queued writes are refused for good.
+  const reloaded = alice.page.waitForEvent("load");
   await alice.context.setOffline(false);
-  await eventually(async () => (await events(alice.page, "rejected")).length === 2, { what: "two dead letters" });
-  const statuses = (await events(alice.page, "rejected")).map((e) => e.detail.status);
-  assert.deepEqual(statuses, [403, 403]);
-  await waitPending(alice.page, 0);
+  await reloaded;
+  await alice.page.waitForFunction(() => window.RhtmxSync && RhtmxSync.clientId);
+  await waitInPage(alice.page, async () => (await RhtmxSync.deadLetters()).length === 2);
+  const dead = await alice.page.evaluate(async () => (await RhtmxSync.deadLetters()).map((d) => [d.reason, d.status]));
+  assert.deepEqual(dead, [["rejected", 403], ["rejected", 403]]);
+  await waitInPage(alice.page, async () => (await RhtmxSync.pending()).length === 0);
   await waitInPage(alice.page, async () => (await RhtmxSync.get("todos")).length === 0);
   assert.deepEqual(todos(), [{ title: "acme plan", team_id: "acme" }], "nothing of the queue applied");
   await alice.context.close();
   await other.context.close();
+});
+
+test("the team's rows leave the open page and the offline pages too, and sign-out forgets them", async () => {
+  const alice = await signedIn("alice");
+  await addTodo(alice.page, "acme plan");
+  await waitInPage(alice.page, async () => (await RhtmxSync.get("todos")).length === 1);
+  // A second tab: both are reloaded when her access changes.
+  const second = await openApp(alice.context, server.base);
+  const other = await signedIn("alice");
+  const reloaded = alice.page.waitForEvent("load");
+  assert.equal((await post(other.context, "/team/leave")).status(), 200);
+  await reloaded;
+  await alice.page.waitForSelector("#no-team");
+  await second.waitForSelector("#no-team");
+  assert.equal(await alice.page.locator("#todo-list li").count(), 0);
+  // Nothing of the team in the offline pages either.
+  const cached = await alice.page.evaluate(async () => {
+    let text = "";
+    for (const name of await caches.keys()) {
+      const cache = await caches.open(name);
+      for (const req of await cache.keys()) text += await (await cache.match(req)).text();
+    }
+    return text;
+  });
+  assert.ok(!cached.includes("acme plan"), "no cached page shows the team's rows");
+
+  // Bob signs out with the button: his mirror is forgotten before the request goes.
+  const bob = await signedIn("bob");
+  await addTodo(bob.page, "globex plan");
+  await waitInPage(bob.page, async () => (await RhtmxSync.get("todos")).length === 1);
+  await Promise.all([bob.page.waitForURL(/\/login$/), bob.page.click("#sign-out")]);
+  const left = await bob.page.evaluate(async () => {
+    const names = (await indexedDB.databases()).map((d) => d.name).filter((n) => n.startsWith("rhtmx-sync"));
+    let rows = 0;
+    for (const name of names) {
+      const db = await new Promise((ok, fail) => {
+        const req = indexedDB.open(name);
+        req.onsuccess = () => ok(req.result);
+        req.onerror = () => fail(req.error);
+      });
+      if (db.objectStoreNames.contains("todos")) {
+        rows += await new Promise((ok) => {
+          const req = db.transaction("todos").objectStore("todos").count();
+          req.onsuccess = () => ok(req.result);
+        });
+      }
+      db.close();
+    }
+    return rows;
+  });
+  assert.equal(left, 0, "no mirror holds bob's rows after sign-out");
+  for (const c of [alice, other, bob]) await c.context.close();
+});
+
+test("a page of another origin cannot act with the user's session (CSRF)", async () => {
+  const alice = await signedIn("alice");
+  // Without the page's token: refused, nothing written; with it: done.
+  const forged = await alice.context.request.post(server.base + "/todos", { form: { title: "forged" }, maxRedirects: 0 });
+  assert.equal(forged.status(), 403);
+  const leave = await alice.context.request.post(server.base + "/team/leave", { maxRedirects: 0 });
+  assert.equal(leave.status(), 403);
+  assert.deepEqual(todos(), []);
+  assert.equal((await post(alice.context, "/todos", { title: "real" })).status(), 200);
+  assert.deepEqual(todos(), [{ title: "real", team_id: "acme" }]);
+  await alice.context.close();
 });

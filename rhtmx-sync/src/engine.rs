@@ -164,6 +164,7 @@ pub(crate) struct Options {
     pub max_event_streams: usize,
     pub max_concurrent_pulls: usize,
     pub body_timeout: Duration,
+    pub access_recheck: Duration,
 }
 
 impl Default for Options {
@@ -183,6 +184,7 @@ impl Default for Options {
             max_event_streams: 512,
             max_concurrent_pulls: 32,
             body_timeout: Duration::from_secs(30),
+            access_recheck: Duration::from_secs(60),
         }
     }
 }
@@ -311,11 +313,13 @@ impl SyncEngine {
 
     /// Tells the engine that what some principal may read has changed in a way it
     /// cannot see in a row of a synced table: a membership removed, a user moved to
-    /// another tenant, a session ended. Every open event stream asks again who its
-    /// client is and what it may read (the app's extractor and [`ScopeKeys`](crate::ScopeKeys)
-    /// run once per stream); a stream whose access changed sends its client a `reset`,
-    /// and the client drops its mirror and pulls what it may read now. Pulls always ask
-    /// afresh, and a client that was offline meanwhile resets at its next pull.
+    /// another tenant, a session ended (call it at sign-out too). Every open event
+    /// stream asks again who its client is and what it may read (the app's extractor
+    /// and [`ScopeKeys`](crate::ScopeKeys) run once per stream); a stream whose access
+    /// changed sends its client a `reset`, and the client drops its mirror (and its
+    /// cached pages) and pulls what it may read now. Without the call, open streams find
+    /// out within [`access_recheck`](SyncEngineBuilder::access_recheck). Pulls always
+    /// ask afresh, and a client that was offline meanwhile resets at its next pull.
     ///
     /// A change of a row's scope column needs no call: the row reaches those who may
     /// now read it, and leaves those who no longer may, as a change.
@@ -328,7 +332,8 @@ impl SyncEngine {
 
     /// What `principal` may read now.
     pub(crate) async fn access(&self, principal: Principal) -> Result<Access> {
-        Access::of(principal, &self.inner.entities.load(), self.inner.scoped).await
+        let entities = self.inner.entities.load();
+        Access::of(principal, &entities, self.inner.scoped, &self.inner.log_id).await
     }
 
     /// The highest change version committed so far.
@@ -544,6 +549,16 @@ impl SyncEngineBuilder {
     /// slowly its client reads.
     pub fn max_concurrent_pulls(mut self, pulls: usize) -> Self {
         self.options.max_concurrent_pulls = pulls.max(1);
+        self
+    }
+
+    /// How often an open event stream of a scoped engine asks again who its client is
+    /// and what it may read, by itself (default 60 s): a session that ended or a
+    /// membership removed without [`SyncEngine::access_changed`] stops reaching the
+    /// client within this long. Each check runs the app's extractor (and its
+    /// [`ScopeKeys`](crate::ScopeKeys)) once for the stream.
+    pub fn access_recheck(mut self, every: Duration) -> Self {
+        self.options.access_recheck = every.max(Duration::from_millis(100));
         self
     }
 

@@ -139,16 +139,28 @@ pub(crate) async fn bind_request(
     req: axum::http::Request<axum::body::Body>,
 ) -> axum::http::Request<axum::body::Body> {
     let (mut parts, body) = req.into_parts();
-    let sent = parts
-        .headers
-        .get(crate::CLIENT_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    if let Some(sent) = sent {
-        let principal = (authenticate.0)(&mut parts).await;
-        if let Ok(bound) = axum::http::HeaderValue::from_str(&bind_client_id(&principal, &sent)) {
-            parts.headers.insert(crate::CLIENT_ID_HEADER, bound);
-        }
-    }
+    let principal = (authenticate.0)(&mut parts).await;
+    bind_header(
+        &principal,
+        &mut parts.headers,
+        axum::http::HeaderName::from_static(crate::CLIENT_ID_HEADER),
+    );
     axum::http::Request::from_parts(parts, body)
+}
+
+/// Binds the one value of header `name`, if it has exactly one, to `principal` (see
+/// [`bind_client_id`]); several values are left for the reader to refuse.
+pub(crate) fn bind_header(
+    principal: &Principal,
+    headers: &mut axum::http::HeaderMap,
+    name: axum::http::HeaderName,
+) {
+    let mut values = headers.get_all(&name).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return;
+    };
+    let Ok(sent) = value.to_str() else { return };
+    if let Ok(bound) = axum::http::HeaderValue::from_str(&bind_client_id(principal, sent)) {
+        headers.insert(name, bound);
+    }
 }

@@ -255,6 +255,7 @@ impl Access {
         principal: Principal,
         entities: &Entities,
         scoped: bool,
+        log_id: &str,
     ) -> Result<Access> {
         let mut reads = HashMap::new();
         for entity in entities.list() {
@@ -268,7 +269,7 @@ impl Access {
             };
             reads.insert(entity.name.clone(), read);
         }
-        let fingerprint = scoped.then(|| fingerprint(&reads));
+        let fingerprint = scoped.then(|| fingerprint(log_id, &reads));
         Ok(Access {
             principal,
             reads,
@@ -300,7 +301,9 @@ async fn keys_of(keys: &Keys, principal: &Principal) -> Result<HashSet<String>> 
     })
 }
 
-fn fingerprint(reads: &HashMap<Arc<str>, Read>) -> String {
+/// Salted with the log's identity (never sent), so that a cursor seen in a URL or a log
+/// cannot be matched against guessed teams elsewhere.
+fn fingerprint(log_id: &str, reads: &HashMap<Arc<str>, Read>) -> String {
     let mut names: Vec<&Arc<str>> = reads.keys().collect();
     names.sort();
     let mut hash = Sha256::new();
@@ -308,6 +311,7 @@ fn fingerprint(reads: &HashMap<Arc<str>, Read>) -> String {
         hash.update((s.len() as u64).to_be_bytes());
         hash.update(s.as_bytes());
     };
+    part(log_id);
     for name in names {
         part(name);
         match &reads[name] {
@@ -370,6 +374,7 @@ mod tests {
     fn the_fingerprint_follows_what_may_be_read() {
         let of = |pairs: &[(&str, Read)]| {
             fingerprint(
+                "log",
                 &pairs
                     .iter()
                     .map(|(n, r)| (Arc::from(*n), r.clone()))

@@ -12,9 +12,10 @@
 //!
 //! A stream carries only what its principal may read ([`crate::scope`]): each change is
 //! judged by its scopes against the keys looked up when the stream opened, never by a
-//! query per change. At [`SyncEngine::access_changed`](crate::SyncEngine::access_changed)
-//! the stream asks again (running the app's extractor on the request it was opened
-//! with); when the answer differs its client gets a `reset`.
+//! query per change. At [`SyncEngine::access_changed`](crate::SyncEngine::access_changed),
+//! and every `access_recheck` (60 s) by itself, the stream asks again (running the
+//! app's extractor on the request it was opened with: a signed-out session is
+//! anonymous); when the answer differs its client gets a `reset`.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -139,6 +140,10 @@ pub(crate) async fn events(
         (head, head_id, verdict)
     };
     let retry = inner.options.sse_retry;
+    let scoped = inner.scoped;
+    let period = inner.options.access_recheck;
+    let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let keep_alive = inner.options.keep_alive;
 
     let stream = async_stream::stream! {
@@ -197,6 +202,9 @@ pub(crate) async fn events(
                     Ok(()) => None,
                     Err(_) => return,
                 },
+                // And now and then by itself: a session ended or a membership changed
+                // without `access_changed()` still ends what the stream sends.
+                _ = recheck.tick(), if scoped => None,
                 received = rx.recv() => Some(received),
             };
             let Some(received) = received else {

@@ -42,8 +42,14 @@ const BATCH: i64 = 256;
 /// log (or beyond it). It drops what it holds and pulls from 0.
 fn reset(head_id: &str, head: i64, why: Reset) -> Response {
     tracing::debug!(head, reason = why.reason(), "pull reset");
+    let error = match why {
+        Reset::AccessChanged => {
+            "what you may read has changed: drop what you hold and pull again from 0"
+        }
+        _ => "the cursor is not from this history of the log: pull again from 0",
+    };
     let body = serde_json::json!({
-        "error": "the cursor is not from this history of the log: pull again from 0",
+        "error": error,
         "reset": { "version": head, "cursor": head_id, "reason": why.reason() },
     });
     (StatusCode::CONFLICT, axum::Json(body)).into_response()

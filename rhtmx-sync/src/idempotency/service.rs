@@ -56,16 +56,17 @@ where
         }
         let authenticate = self.authenticate.clone();
         let (store, config) = (self.store.clone(), self.config);
-        Box::pin(async move {
-            let req = match (&authenticate, binds) {
-                (Some(authenticate), true) => principal::bind_request(authenticate, req).await,
-                _ => req,
-            };
-            if !request::applies(&req) {
-                return inner.call(req).await;
-            }
-            handle(inner, store, config, authenticate, req).await
-        })
+        if !request::applies(&req) {
+            // Not keyed: only the client id to bind.
+            return Box::pin(async move {
+                let req = match &authenticate {
+                    Some(authenticate) => principal::bind_request(authenticate, req).await,
+                    None => req,
+                };
+                inner.call(req).await
+            });
+        }
+        Box::pin(handle(inner, store, config, authenticate, req))
     }
 }
 
@@ -108,16 +109,27 @@ async fn run<S>(
 where
     S: Service<Request<Body>, Response = Response>,
 {
-    // A write queued for one user, replayed while another is signed in: refused before
-    // the key is claimed, so the right user's replay still runs it.
-    if let (Some(authenticate), Some(by)) = (authenticate, principal::made_by(req.headers())) {
+    if let Some(authenticate) = authenticate {
         let (mut parts, body) = req.into_parts();
-        if (authenticate.0)(&mut parts).await.user.as_deref() != Some(by.as_str()) {
-            return Ok(request::reject(
-                StatusCode::FORBIDDEN,
-                "this write was made by another user than the one signed in",
-            ));
+        let asking = (authenticate.0)(&mut parts).await;
+        // A write queued for one user, replayed while another is signed in: refused
+        // before the key is claimed, so the right user's replay still runs it.
+        if let Some(by) = principal::made_by(&parts.headers) {
+            if asking.user.as_deref() != Some(by.as_str()) {
+                return Ok(request::reject(
+                    StatusCode::FORBIDDEN,
+                    "this write was made by another user than the one signed in",
+                ));
+            }
         }
+        // A key names one principal's request: the same key from another principal is
+        // another request, never answered with the first one's stored response.
+        principal::bind_header(&asking, &mut parts.headers, request::IDEMPOTENCY_KEY);
+        principal::bind_header(
+            &asking,
+            &mut parts.headers,
+            axum::http::HeaderName::from_static(crate::CLIENT_ID_HEADER),
+        );
         req = Request::from_parts(parts, body);
     }
     let broken = Arc::new(AtomicBool::new(false));

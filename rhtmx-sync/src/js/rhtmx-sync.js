@@ -397,16 +397,25 @@
     if (reset) {
       held = [];
       lastEventId = reset.cursor;
-      return onReset();
+      return onReset(reset.reason);
     }
     const waiting = held;
     held = [];
     waiting.forEach(onChange);
   }
 
-  async function onReset() {
-    log("reset: resyncing everything");
+  async function onReset(reason) {
+    log("reset: resyncing everything", reason);
     await resetMirror();
+    if (reason === "access_changed") {
+      // What this user may read changed (a team left, a session ended): the pages shown
+      // and cached were made under the old access. Forget them, keep the new cursor (the
+      // next page must not reset again), and load every tab afresh.
+      await forgetPages().catch(log);
+      await applyChanges([], { lastEventId }).catch(log);
+      tell({ type: "reload" });
+      return location.reload();
+    }
     await syncAll();
     for (const entity of entities) {
       markChanged({ entity, action: "reset" });
@@ -438,7 +447,7 @@
     source.addEventListener("reset", (e) => {
       lastEventId = e.lastEventId;
       synced = false;
-      onReset();
+      onReset(JSON.parse(e.data).reason);
     });
     source.onerror = () => {
       // A dropped 200 stream reconnects by itself (with Last-Event-ID); a non-200 answer
@@ -964,6 +973,7 @@
       refreshPending().then(() => emit(m.type, m.detail));
     } else if (m.type === "auth-required") emit("auth-required", { status: m.status });
     else if (m.type === "conflict") emit("conflict", m.detail);
+    else if (m.type === "reload") location.reload();
   }
 
   async function start() {
@@ -1057,6 +1067,22 @@
 
   // An hx-boost navigation (a login, a logout) may swap in a body naming another user.
   document.addEventListener("htmx:afterSettle", () => started && readPrincipal() !== principal && location.reload());
+
+  // Sign-out controls (`data-rhtmx-logout` on the form or button): this user's mirror and
+  // offline pages are forgotten before the request goes, as `RhtmxSync.clear()` does.
+  const signOut = (el) => el && el.closest && el.closest("[data-rhtmx-logout]");
+  document.addEventListener("htmx:confirm", (e) => {
+    if (!signOut(e.target)) return;
+    e.preventDefault();
+    window.RhtmxSync.clear().catch(log).finally(() => e.detail.issueRequest(true));
+  });
+  document.addEventListener("submit", (e) => {
+    const form = e.target;
+    // htmx's own forms go through htmx:confirm above.
+    if (!signOut(form) || e.defaultPrevented || [...form.attributes].some((a) => /^(hx|data-hx)-(post|put|patch|delete|get)$/.test(a.name))) return;
+    e.preventDefault();
+    window.RhtmxSync.clear().catch(log).finally(() => form.submit());
+  });
 
   // ---- public API ----------------------------------------------------------------------------
   const all = async (store) => (await run(store, "readonly", (tx) => tx.objectStore(store).getAll())) || [];
