@@ -124,3 +124,96 @@ async fn a_keyed_body_that_trickles_is_cut_off_by_the_idempotency_layer() {
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
     assert!(todos(&pool).await.is_empty());
 }
+
+/// Who is asking, from a header (an app's session, in a real one).
+struct AsUser(Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for AsUser {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let user = parts.headers.get("x-user");
+        Ok(AsUser(user.map(|v| {
+            String::from_utf8_lossy(v.as_bytes()).into_owned()
+        })))
+    }
+}
+
+impl From<AsUser> for rhtmx_sync::Principal {
+    fn from(who: AsUser) -> Self {
+        who.0.map_or_else(
+            rhtmx_sync::Principal::anonymous,
+            rhtmx_sync::Principal::user,
+        )
+    }
+}
+
+/// One signed-in user cannot take every place: past their own share they get 429, and
+/// another user (or an anonymous visitor) still gets a stream and a pull.
+#[tokio::test]
+async fn one_principal_holds_at_most_its_share_of_streams_and_pulls() {
+    let (_dir, db) = temp_db();
+    let server = start_with(&db, |b| {
+        b.authenticate::<AsUser>()
+            .max_event_streams_per_principal(2)
+            .max_concurrent_pulls_per_principal(2)
+    })
+    .await;
+    fill_log(&server).await;
+    let stream = |user: Option<&'static str>| {
+        let mut req = client().get(format!("{}/api/sync/events", server.base));
+        if let Some(user) = user {
+            req = req.header("x-user", user);
+        }
+        req.send()
+    };
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let res = stream(Some("alice")).await.unwrap();
+        assert_eq!(res.status(), 200);
+        open.push(res);
+    }
+    let refused = stream(Some("alice")).await.unwrap();
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    for other in [Some("bob"), None] {
+        let res = stream(other).await.unwrap();
+        assert_eq!(res.status(), 200, "{other:?}");
+        open.push(res);
+    }
+    // Pulls: alice's two stalled pulls hold her share.
+    let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
+    let stalled_as = |user: &'static str| async move {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(addr).await.unwrap();
+        let request = format!(
+            "GET /api/sync/todos?since=0&limit=10000 HTTP/1.1\r\nHost: 127.0.0.1\r\nx-user: {user}\r\n\r\n"
+        );
+        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
+            .await
+            .unwrap();
+        let mut first = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut first)
+            .await
+            .unwrap();
+        (stream, String::from_utf8_lossy(&first).into_owned())
+    };
+    let (a1, s1) = stalled_as("alice").await;
+    let (a2, s2) = stalled_as("alice").await;
+    assert_eq!((s1.as_str(), s2.as_str()), ("HTTP/1.1 200", "HTTP/1.1 200"));
+    let (_a3, s3) = stalled_as("alice").await;
+    assert_eq!(s3, "HTTP/1.1 429");
+    let (_b, sb) = stalled_as("bob").await;
+    assert_eq!(sb, "HTTP/1.1 200");
+    // A pull that ends gives its place back.
+    drop(a1);
+    wait_until("alice's place is given back", || async {
+        let (_s, status) = stalled_as("alice").await;
+        status == "HTTP/1.1 200"
+    })
+    .await;
+    drop((a2, open));
+}

@@ -33,7 +33,8 @@ export async function addTodo(page, title) {
   await page.fill(input, title);
   await page.click("#new-todo button");
   // The form clears once the write is sent or queued; typing earlier would race it.
-  await page.waitForFunction((sel) => document.querySelector(sel).value === "", input);
+  // (Or the page has gone: a write answered with a login page opens it.)
+  await page.waitForFunction((sel) => (document.querySelector(sel)?.value ?? "") === "", input);
 }
 
 /** Adds an htmx-powered control to the page (for requests the example does not have). */

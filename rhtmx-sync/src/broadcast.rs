@@ -387,13 +387,15 @@ mod tests {
             token: cursor::token(&mut conn, &log_id, 3).await.unwrap(),
         };
         let mut rx = hub.tx.subscribe();
-        // What a restore does: versions 2 and 3 now name other changes (the deletes of
-        // b and c, then x and y at 4 and 5).
+        // What a restore does: versions 2 and 3 now name other changes (x and y, then
+        // the deletes of b and c at 4 and 5). Other rows, so the tags differ even within
+        // the millisecond this test runs in (a row's entries of one millisecond share
+        // their effective HLC; a restore is never that quick).
         sqlx::raw_sql(
             "DELETE FROM _rhtmx_sync_log WHERE version > 1;
              UPDATE sqlite_sequence SET seq = 1 WHERE name = '_rhtmx_sync_log';
-             DELETE FROM t WHERE id != 'a';
-             INSERT INTO t VALUES ('x', '9'), ('y', '9');",
+             INSERT INTO t VALUES ('x', '9'), ('y', '9');
+             DELETE FROM t WHERE id IN ('b', 'c');",
         )
         .execute(&mut conn)
         .await

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use axum::Router;
 use sqlx::{Connection, SqliteConnection, SqlitePool};
-use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -15,6 +14,7 @@ use crate::conflict::{ConflictResolver, SharedResolver};
 use crate::entity::{Entity, EntitySpec};
 use crate::error::{BuildError, Error, Result};
 use crate::hlc::HlcClock;
+use crate::http::budget::Budget;
 
 /// How far ahead of the server a client's HLC may be before the server's clock stamps
 /// its change instead (see [`SyncEngineBuilder::clock_tolerance`]).
@@ -163,6 +163,8 @@ pub(crate) struct Options {
     pub allowed_origins: Vec<String>,
     pub max_event_streams: usize,
     pub max_concurrent_pulls: usize,
+    pub max_event_streams_per_principal: usize,
+    pub max_concurrent_pulls_per_principal: usize,
     pub body_timeout: Duration,
     pub access_recheck: Duration,
 }
@@ -183,6 +185,8 @@ impl Default for Options {
             allowed_origins: Vec::new(),
             max_event_streams: 512,
             max_concurrent_pulls: 32,
+            max_event_streams_per_principal: 16,
+            max_concurrent_pulls_per_principal: 8,
             body_timeout: Duration::from_secs(30),
             access_recheck: Duration::from_secs(60),
         }
@@ -209,8 +213,8 @@ pub(crate) struct Inner {
     /// The log's identity, which every cursor is tagged with.
     pub log_id: Arc<str>,
     /// Places for open event streams and running pulls (see the options).
-    pub streams: Arc<Semaphore>,
-    pub pulls: Arc<Semaphore>,
+    pub streams: Arc<Budget>,
+    pub pulls: Arc<Budget>,
     /// The app's extractor of who is asking, if it gave one.
     pub authenticate: Option<Authenticate>,
     /// Whether any entity has a scope (then one without is readable by nobody).
@@ -552,6 +556,23 @@ impl SyncEngineBuilder {
         self
     }
 
+    /// The most event streams one principal (a signed-in user, see
+    /// [`authenticate`](Self::authenticate)) may hold open at once (default 16: a
+    /// browser holds one, so this is devices); one more answers 429 with `Retry-After`,
+    /// and the other users' places stay free. Anonymous requests count against the
+    /// total only.
+    pub fn max_event_streams_per_principal(mut self, streams: usize) -> Self {
+        self.options.max_event_streams_per_principal = streams.max(1);
+        self
+    }
+
+    /// The most pulls one principal may run at once (default 8; a browser pulls each
+    /// synced entity at once when it starts); one more answers 429 with `Retry-After`.
+    pub fn max_concurrent_pulls_per_principal(mut self, pulls: usize) -> Self {
+        self.options.max_concurrent_pulls_per_principal = pulls.max(1);
+        self
+    }
+
     /// How often an open event stream of a scoped engine asks again who its client is
     /// and what it may read, by itself (default 60 s): a session that ended or a
     /// membership removed without [`SyncEngine::access_changed`] stops reaching the
@@ -693,8 +714,18 @@ impl SyncEngineBuilder {
                 pool: self.pool,
                 entities,
                 hub,
-                streams: Arc::new(Semaphore::new(self.options.max_event_streams)),
-                pulls: Arc::new(Semaphore::new(self.options.max_concurrent_pulls)),
+                streams: Budget::new(
+                    "event streams",
+                    5,
+                    self.options.max_event_streams,
+                    self.options.max_event_streams_per_principal,
+                ),
+                pulls: Budget::new(
+                    "pulls",
+                    1,
+                    self.options.max_concurrent_pulls,
+                    self.options.max_concurrent_pulls_per_principal,
+                ),
                 authenticate: self.authenticate,
                 scoped,
                 options: self.options,

@@ -116,15 +116,9 @@ pub(crate) async fn events(
     if *closing.borrow_and_update() {
         return Err(Error::ShuttingDown);
     }
-    // A place in the budget, held by the stream until its client goes.
-    let place = inner
-        .streams
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Error::Busy {
-            what: "event streams",
-            retry_after: 5,
-        })?;
+    // A place in the budget (in total and of this principal), held by the stream until
+    // its client goes.
+    let place = inner.streams.take(&access.principal)?;
     // Subscribe before reading the log: whatever commits after the read below is then
     // certain to arrive through the channel.
     let mut rx = inner.hub.tx.subscribe();

@@ -1,6 +1,7 @@
 //! The HTTP face of the engine: pull, push, the event stream and the browser files.
 
 mod assets;
+pub(crate) mod budget;
 mod events;
 mod origin;
 mod pull;

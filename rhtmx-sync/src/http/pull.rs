@@ -91,16 +91,9 @@ pub(crate) async fn pull(
         Some(n) if n >= 1 => n.min(options.max_pull_limit),
         Some(_) => return Err(Error::BadQuery("`limit` must be at least 1".into())),
     };
-    // A place in the budget, held until the whole body is written.
-    let place = engine
-        .inner
-        .pulls
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| Error::Busy {
-            what: "pulls",
-            retry_after: 1,
-        })?;
+    // A place in the budget (in total and of this principal), held until the whole body
+    // is written.
+    let place = engine.inner.pulls.take(&access.principal)?;
     let pool = engine.inner.pool.clone();
     // Read the head and the first batch before answering, so a failing database still
     // gets a 500 rather than a truncated 200.
