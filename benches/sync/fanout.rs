@@ -42,6 +42,110 @@ pub async fn run(config: &Config, out: &mut Out) {
     for n in sizes {
         one_size(n, writes, out).await;
     }
+    let scoped_sizes: &[usize] = if config.full {
+        &[1_000, 10_000]
+    } else {
+        &[1_000]
+    };
+    for &n in scoped_sizes {
+        scoped_vs_unscoped(n, writes, out).await;
+    }
+}
+
+/// Scoped streams next to unscoped ones: the same `n` streams and pushed writes, once
+/// with no scopes and once with `Scope::tenant` and half the streams in the rows'
+/// tenant (the other half in another, so each change is judged by every stream and
+/// sent to half). Latency is over the deliveries; CPU is the server's, per write.
+async fn scoped_vs_unscoped(n: usize, writes: usize, out: &mut Out) {
+    let size = format!("{n} clients");
+    let mut results = Vec::new();
+    for scoped in [false, true] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let opts = ServeOptions {
+            scoped,
+            ..ServeOptions::example()
+        };
+        let child = Child::spawn(&dir.path().join("app.db"), opts);
+        let swarm = Swarm::connect_with(child.addr, n, |i| {
+            let tenant = if i % 2 == 0 { "t1" } else { "t2" };
+            format!(
+                "GET /api/sync/events?entities=todos HTTP/1.1\r\nHost: {}\r\n\
+                 Accept: text/event-stream\r\nx-tenant: {tenant}\r\n\r\n",
+                child.addr
+            )
+        })
+        .await;
+        let receivers = if scoped { n.div_ceil(2) } else { n };
+        let http = server::client(2);
+        let mut jitter = util::Lcg::new(n as u64 + 7);
+        let cpu_before = child.cpu_secs();
+        for k in 0..writes {
+            tokio::time::sleep(Duration::from_micros(2000 + jitter.below(10_000))).await;
+            let title = format!("fanP{}", util::now_ns());
+            let res = http
+                .post(format!("{}/api/sync/todos", child.base))
+                .header("content-type", "application/json")
+                .header("x-tenant", "t1")
+                .body(format!(
+                    "{{\"changes\":[{{\"id\":\"{}\",\"action\":\"create\",\
+                     \"data\":{{\"title\":\"{title}\",\"completed\":false}}}}]}}",
+                    util::new_id()
+                ))
+                .send()
+                .await
+                .expect("push");
+            assert!(res.status().is_success(), "push: {}", res.status());
+            let _ = res.bytes().await;
+            let want = (k + 1) * receivers;
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while swarm.shared.received[Mode::Push as usize].load(Ordering::Relaxed) < want
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let cpu_ms = (child.cpu_secs() - cpu_before) * 1000.0 / writes as f64;
+        let got = swarm.shared.received[Mode::Push as usize].load(Ordering::Relaxed);
+        let mut latencies = swarm.stop().await;
+        let l = &mut latencies[Mode::Push as usize];
+        l.sort_unstable();
+        let ms = |p: f64| util::percentile(l, p).map_or(f64::NAN, |us| us as f64 / 1000.0);
+        let lost = (writes * receivers).saturating_sub(got);
+        results.push((ms(50.0), ms(99.0), cpu_ms, lost));
+    }
+    let [(p50, p99, cpu, _), (sp50, sp99, scpu, lost)] = results[..] else {
+        unreachable!("two runs")
+    };
+    let note = |what: &str| {
+        let mut note = format!(
+            "{writes} pushed writes; scoped: Scope::tenant, half of {n} streams in the rows' \
+             tenant; {what}"
+        );
+        if lost > 0 {
+            note.push_str(&format!("; {lost} NOT DELIVERED within 10 s"));
+        }
+        note
+    };
+    for (metric, scoped, unscoped, unit) in [
+        ("scoped write→event p50 vs unscoped", sp50, p50, "ms"),
+        ("scoped write→event p99 vs unscoped", sp99, p99, "ms"),
+        (
+            "scoped server CPU per write vs unscoped",
+            scpu,
+            cpu,
+            "ms CPU/write",
+        ),
+    ] {
+        out.push(
+            Row::new(SECTION, metric, size.clone())
+                .value(scoped, unit)
+                .cost_vs(unscoped)
+                .target(Target::RatioAtMost(1.5), "≤ 1.5×")
+                .note(note(
+                    "each change judged per stream by two strings against keys read once",
+                )),
+        );
+    }
 }
 
 async fn one_size(n: usize, writes: usize, out: &mut Out) {
@@ -185,20 +289,24 @@ struct Swarm {
 
 impl Swarm {
     async fn connect(addr: SocketAddr, path: &str, n: usize) -> Swarm {
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n");
+        Swarm::connect_with(addr, n, |_| request.clone()).await
+    }
+
+    /// `n` readers, the `i`-th sending `request(i)`.
+    async fn connect_with(addr: SocketAddr, n: usize, request: impl Fn(usize) -> String) -> Swarm {
         let shared = Arc::new(Shared {
             ready: AtomicUsize::new(0),
             received: [AtomicUsize::new(0), AtomicUsize::new(0)],
         });
         let (stop, stop_rx) = watch::channel(false);
         let gate = Arc::new(Semaphore::new(CONNECTS_IN_FLIGHT));
-        let request = Arc::<str>::from(format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
-        ));
         let tasks = (0..n)
-            .map(|_| {
+            .map(|i| {
                 tokio::spawn(reader(
                     addr,
-                    request.clone(),
+                    Arc::<str>::from(request(i)),
                     shared.clone(),
                     gate.clone(),
                     stop_rx.clone(),

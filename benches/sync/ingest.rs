@@ -230,6 +230,7 @@ async fn measure(
             tracked,
             sync,
             nodelay: false,
+            scoped: false,
         },
     );
     let connections = match kind {

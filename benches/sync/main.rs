@@ -9,7 +9,7 @@
 //! Modes (the first argument that matches wins):
 //! - `--bench [--full] [--only a,b] [--out FILE]`: run the suite (`cargo bench` passes
 //!   `--bench`); results go to stderr as they come and, as JSON lines, to `FILE`.
-//! - `--serve --db PATH [--untracked] [--sync normal] [--nodelay]`: the server the suite
+//! - `--serve --db PATH [--untracked] [--sync normal] [--nodelay] [--scoped]`: the server the suite
 //!   measures,
 //!   started as a child process (the example app, the engine, two bench routes).
 //! - `--seed --db PATH --rows N [--untracked]`: fills a database with `N` todos.
@@ -78,6 +78,7 @@ fn main() {
             tracked: !has("--untracked"),
             sync: util::SyncMode::parse(arg_value(&args, "--sync").as_deref()),
             nodelay: has("--nodelay"),
+            scoped: has("--scoped"),
         };
         runtime().block_on(server::serve(db, opts));
     } else if has("--seed") {

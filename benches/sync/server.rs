@@ -26,6 +26,9 @@ pub struct ServeOptions {
     pub sync: SyncMode,
     /// Set TCP_NODELAY on accepted connections (the example does not).
     pub nodelay: bool,
+    /// `todos` gains a `tenant` column (default `t1`) and the scope
+    /// `Scope::tenant("tenant")`; a request's tenant is its `x-tenant` header.
+    pub scoped: bool,
 }
 
 impl ServeOptions {
@@ -35,6 +38,7 @@ impl ServeOptions {
             tracked: true,
             sync: SyncMode::Example,
             nodelay: false,
+            scoped: false,
         }
     }
 }
@@ -48,7 +52,21 @@ pub async fn serve(db: PathBuf, opts: ServeOptions) {
     let pool = util::open(&db, opts.sync).await;
     // Untracked: the same app and middleware with an engine that syncs no table (the
     // example's router needs an engine), so no trigger fires and nothing is broadcast.
-    let engine = if opts.tracked {
+    let engine = if opts.scoped {
+        sqlx::query("ALTER TABLE todos ADD COLUMN tenant TEXT NOT NULL DEFAULT 't1'")
+            .execute(&pool)
+            .await
+            .expect("tenant column");
+        rhtmx_sync::SyncEngine::builder(pool.clone())
+            .entity_named("todos")
+            .writable("todos")
+            .authenticate::<Tenant>()
+            .scope("todos", rhtmx_sync::Scope::tenant("tenant"))
+            .max_event_streams(20_000)
+            .max_event_streams_per_principal(20_000)
+            .build()
+            .await
+    } else if opts.tracked {
         // The example's engine, with room for the fan-out's 10,000 streams (the default
         // budget keeps 512 for a small app).
         rhtmx_sync::SyncEngine::builder(pool.clone())
@@ -84,6 +102,30 @@ pub async fn serve(db: PathBuf, opts: ServeOptions) {
         axum::serve(listener, router).await.expect("serve");
     } else {
         axum::serve(listener, router).await.expect("serve");
+    }
+}
+
+/// The scoped server's principal: one user, in the tenant its `x-tenant` header names.
+struct Tenant(Option<String>);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Tenant {
+    type Rejection = Infallible;
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let tenant = parts.headers.get("x-tenant").and_then(|v| v.to_str().ok());
+        Ok(Tenant(tenant.map(str::to_owned)))
+    }
+}
+
+impl From<Tenant> for rhtmx_sync::Principal {
+    fn from(t: Tenant) -> Self {
+        let user = rhtmx_sync::Principal::user("bench");
+        match t.0 {
+            Some(tenant) => user.in_tenant(tenant),
+            None => user,
+        }
     }
 }
 
@@ -234,6 +276,9 @@ impl Child {
         }
         if opts.nodelay {
             cmd.arg("--nodelay");
+        }
+        if opts.scoped {
+            cmd.arg("--scoped");
         }
         let mut child = cmd
             .env("RUST_LOG", "warn")
