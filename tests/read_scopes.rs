@@ -79,19 +79,13 @@ impl World {
         prefix: &str,
         configure: impl FnOnce(rhtmx_sync::SyncEngineBuilder) -> rhtmx_sync::SyncEngineBuilder,
     ) -> World {
-        let (dir, db) = temp_db();
-        let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
-            .await
-            .unwrap();
-        sqlx::raw_sql(
+        let (dir, pool) = pool_with(
             "CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT);
              CREATE TABLE notes (id TEXT PRIMARY KEY, owner_id TEXT, body TEXT);
              CREATE TABLE news (id TEXT PRIMARY KEY, body TEXT);
              CREATE TABLE secrets (id TEXT PRIMARY KEY, body TEXT);",
         )
-        .execute(&pool)
-        .await
-        .unwrap();
+        .await;
         let users = ["alice", "amy", "bob", "bea"].map(|u| format!("{prefix}-{u}"));
         for (i, user) in users.iter().enumerate() {
             set_tenant(user, Some(&tenant(prefix, TENANT_OF[i])));
@@ -179,6 +173,16 @@ impl World {
         out.push_str(&format!("{rows:?}"));
         out
     }
+}
+
+/// A fresh database file with `schema`; the dir lives as long as the returned guard.
+async fn pool_with(schema: &str) -> (tempfile::TempDir, SqlitePool) {
+    let (dir, db) = temp_db();
+    let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
+        .await
+        .unwrap();
+    sqlx::raw_sql(schema).execute(&pool).await.unwrap();
+    (dir, pool)
 }
 
 fn tenant(prefix: &str, i: usize) -> String {
@@ -554,19 +558,13 @@ async fn a_principal_whose_access_changed_resets_by_pull_and_on_its_open_stream(
 
 #[tokio::test]
 async fn a_keyed_scope_reads_the_apps_own_membership_rule() {
-    let (_dir, db) = temp_db();
-    let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
-        .await
-        .unwrap();
-    sqlx::raw_sql(
+    let (_dir, pool) = pool_with(
         "CREATE TABLE tasks (id INTEGER PRIMARY KEY, project_id INTEGER, title TEXT);
          CREATE TABLE members (user TEXT, project_id INTEGER);
          INSERT INTO members VALUES ('keyed-carol', 1), ('keyed-carol', 3), ('keyed-dan', 2);
          INSERT INTO tasks VALUES (10, 1, 'a'), (20, 2, 'b'), (30, 3, 'c');",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     let members = pool.clone();
     let engine = SyncEngine::builder(pool.clone())
         .entity_named("tasks")
@@ -616,14 +614,8 @@ async fn a_keyed_scope_reads_the_apps_own_membership_rule() {
 
 #[tokio::test]
 async fn a_table_logged_before_it_had_a_scope_is_scoped_from_its_whole_history() {
-    let (_dir, db) = temp_db();
-    let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
-        .await
-        .unwrap();
-    sqlx::raw_sql("CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let (_dir, pool) =
+        pool_with("CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT)").await;
     // An engine without scopes logs a while.
     let unscoped = SyncEngine::builder(pool.clone())
         .entity_named("docs")
@@ -682,14 +674,8 @@ async fn a_table_logged_before_it_had_a_scope_is_scoped_from_its_whole_history()
 
 #[tokio::test]
 async fn a_scope_the_engine_cannot_apply_is_a_build_error() {
-    let (_dir, db) = temp_db();
-    let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
-        .await
-        .unwrap();
-    sqlx::raw_sql("CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+    let (_dir, pool) =
+        pool_with("CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT)").await;
     let no_auth = SyncEngine::builder(pool.clone())
         .entity_named("docs")
         .scope("docs", Scope::tenant("tenant_id"))
@@ -724,19 +710,13 @@ async fn a_scope_the_engine_cannot_apply_is_a_build_error() {
 /// key change, a write the triggers missed (logged at the next build), a cascade.
 #[tokio::test]
 async fn every_path_into_the_log_records_the_scope() {
-    let (_dir, db) = temp_db();
-    let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
-        .await
-        .unwrap();
-    sqlx::raw_sql(
+    let (_dir, pool) = pool_with(
         "PRAGMA foreign_keys = ON;
          CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, slug TEXT UNIQUE, body TEXT);
          CREATE TABLE parts (id TEXT PRIMARY KEY, tenant_id TEXT,
                              doc TEXT REFERENCES docs (id) ON DELETE CASCADE);",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     set_tenant("paths-user", Some("paths-a"));
     let build = || {
         SyncEngine::builder(pool.clone())
@@ -886,4 +866,41 @@ async fn open_streams_recheck_access_by_themselves() {
         .await
         .unwrap();
     assert_eq!(open.next().await.data["id"], "end");
+}
+
+/// Every user against every row that is not theirs: update, delete, a take-over of the
+/// scope column, and a create under the foreign key — all 403, nothing written.
+#[tokio::test]
+async fn every_user_is_refused_every_other_users_and_tenants_rows() {
+    let w = World::new("matrix").await;
+    seed(&w, "matrix").await;
+    let before = w.dump().await;
+    for (i, user) in w.users.iter().enumerate() {
+        let own_tenant = tenant("matrix", TENANT_OF[i]);
+        for target in foreign(i) {
+            if target == "secret-1" {
+                continue; // not writable at all: see the push-closed tests
+            }
+            let (entity, column) = if target.starts_with("note") {
+                ("notes", "owner_id")
+            } else {
+                ("docs", "tenant_id")
+            };
+            let mine = if entity == "notes" {
+                user.clone()
+            } else {
+                own_tenant.clone()
+            };
+            for change in [
+                json!({"id": target, "action": "update", "data": {"body": "x"}}),
+                json!({"id": target, "action": "delete"}),
+                json!({"id": target, "action": "update", "data": {column: mine}}),
+                json!({"id": target, "action": "create", "data": {"body": "x"}}),
+            ] {
+                let (status, body) = w.push_as(user, entity, json!([change.clone()])).await;
+                assert_eq!(status, 403, "{user} {entity} {change}: {body}");
+            }
+        }
+    }
+    assert_eq!(w.dump().await, before);
 }

@@ -26,7 +26,7 @@ use std::net::SocketAddr;
 
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::http::request::Parts;
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post, put};
@@ -39,6 +39,8 @@ use serde_json::json;
 use sqlx::SqlitePool;
 use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
 
+#[path = "../shared/headers.rs"]
+mod headers;
 #[path = "../shared/serve.rs"]
 mod serve;
 
@@ -398,13 +400,31 @@ async fn create(
     team_todos(&s, team).await
 }
 
+/// Edits go through the engine, held to the member's scope: a todo of another team
+/// (or one whose team the member left) answers 403 and is not changed.
+async fn edit(
+    s: &AppState,
+    member: &Member,
+    sync: &SyncContext,
+    id: &str,
+    change: Option<(&str, serde_json::Value)>,
+) -> Result<Markup, AppError> {
+    let team = member.team()?;
+    let principal = member.principal();
+    let writer = s.engine.write::<Todo>(sync).within(&principal);
+    match change {
+        Some(field) => writer.update(id, [field]).await,
+        None => writer.delete(id).await,
+    }
+    .map_err(sync_error)?;
+    team_todos(s, team).await
+}
+
 #[derive(Deserialize)]
 struct Rename {
     title: String,
 }
 
-/// Edits go through the engine, held to the member's scope: a todo of another team
-/// (or one whose team the member left) answers 403 and is not changed.
 async fn rename(
     State(s): State<AppState>,
     member: Member,
@@ -412,16 +432,8 @@ async fn rename(
     sync: SyncContext,
     Form(form): Form<Rename>,
 ) -> Result<Markup, AppError> {
-    let team = member.team()?;
     let title = valid_title(&form.title)?;
-    let principal = member.principal();
-    s.engine
-        .write::<Todo>(&sync)
-        .within(&principal)
-        .update(&id, [("title", json!(title))])
-        .await
-        .map_err(sync_error)?;
-    team_todos(&s, team).await
+    edit(&s, &member, &sync, &id, Some(("title", json!(title)))).await
 }
 
 #[derive(Deserialize)]
@@ -436,15 +448,14 @@ async fn toggle(
     sync: SyncContext,
     Form(form): Form<Toggle>,
 ) -> Result<Markup, AppError> {
-    let team = member.team()?;
-    let principal = member.principal();
-    s.engine
-        .write::<Todo>(&sync)
-        .within(&principal)
-        .update(&id, [("completed", json!(form.completed))])
-        .await
-        .map_err(sync_error)?;
-    team_todos(&s, team).await
+    edit(
+        &s,
+        &member,
+        &sync,
+        &id,
+        Some(("completed", json!(form.completed))),
+    )
+    .await
 }
 
 async fn remove(
@@ -453,15 +464,7 @@ async fn remove(
     Path(id): Path<String>,
     sync: SyncContext,
 ) -> Result<Markup, AppError> {
-    let team = member.team()?;
-    let principal = member.principal();
-    s.engine
-        .write::<Todo>(&sync)
-        .within(&principal)
-        .delete(&id)
-        .await
-        .map_err(sync_error)?;
-    team_todos(&s, team).await
+    edit(&s, &member, &sync, &id, None).await
 }
 
 fn script(body: &'static str, cache: &'static str) -> Response {
@@ -473,24 +476,6 @@ fn script(body: &'static str, cache: &'static str) -> Response {
         body,
     )
         .into_response()
-}
-
-/// The usual protective headers (see todo_sync's `protective_headers`).
-fn protective_headers(router: Router) -> Router {
-    use tower_http::set_header::SetResponseHeaderLayer;
-    let set = |name: HeaderName, value: &'static str| {
-        SetResponseHeaderLayer::if_not_present(name, HeaderValue::from_static(value))
-    };
-    router
-        .layer(set(
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
-             img-src 'self' data:; connect-src 'self'; worker-src 'self'; \
-             frame-ancestors 'none'; base-uri 'self'; form-action 'self'",
-        ))
-        .layer(set(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
-        .layer(set(header::X_FRAME_OPTIONS, "DENY"))
-        .layer(set(header::REFERRER_POLICY, "same-origin"))
 }
 
 #[tokio::main]
@@ -559,7 +544,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let sessions = SessionManagerLayer::new(MemoryStore::default())
         .with_secure(false) // plain http on 127.0.0.1; true behind TLS
         .with_same_site(tower_sessions::cookie::SameSite::Lax);
-    let router = protective_headers(
+    let router = headers::protective_headers(
         app.merge(engine.routes())
             .layer(engine.idempotency_layer())
             .layer(Extension(pool))

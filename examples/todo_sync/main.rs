@@ -4,6 +4,8 @@
 //! `PORT` and `DATABASE_URL` (default `sqlite://todo_sync.db`) override the defaults.
 
 mod app;
+#[path = "../shared/headers.rs"]
+mod headers;
 #[path = "../shared/serve.rs"]
 mod serve;
 
@@ -32,7 +34,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The app's own requests get 30 s in all, body included, else 408 (a per-read
     // timeout would let a body trickle in a byte at a time forever); the engine's
     // routes time their bodies themselves and hold event streams open.
-    let router = app::protective_headers(
+    let router = headers::protective_headers(
         app::app(engine.clone())
             .layer(TimeoutLayer::with_status_code(
                 StatusCode::REQUEST_TIMEOUT,
