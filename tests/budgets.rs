@@ -185,21 +185,9 @@ async fn one_principal_holds_at_most_its_share_of_streams_and_pulls() {
     }
     // Pulls: alice's two stalled pulls hold her share.
     let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
-    let stalled_as = |user: &'static str| async move {
-        let socket = tokio::net::TcpSocket::new_v4().unwrap();
-        socket.set_recv_buffer_size(4096).unwrap();
-        let mut stream = socket.connect(addr).await.unwrap();
-        let request = format!(
-            "GET /api/sync/todos?since=0&limit=10000 HTTP/1.1\r\nHost: 127.0.0.1\r\nx-user: {user}\r\n\r\n"
-        );
-        tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
-            .await
-            .unwrap();
-        let mut first = [0u8; 12];
-        tokio::io::AsyncReadExt::read_exact(&mut stream, &mut first)
-            .await
-            .unwrap();
-        (stream, String::from_utf8_lossy(&first).into_owned())
+    let stalled_as = |user: &'static str| {
+        let headers = format!("x-user: {user}\r\n");
+        async move { stalled_request_with(addr, "/api/sync/todos?since=0&limit=10000", &headers).await }
     };
     let (a1, s1) = stalled_as("alice").await;
     let (a2, s2) = stalled_as("alice").await;

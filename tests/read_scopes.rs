@@ -185,6 +185,23 @@ async fn pool_with(schema: &str) -> (tempfile::TempDir, SqlitePool) {
     (dir, pool)
 }
 
+/// `open` gets a reset for an access change, and then nothing of tenant 0's doc: an edit
+/// of it is followed by the next public change alone.
+async fn resets_then_misses_tenant_0(w: &World, open: &mut Sse) {
+    let event = open.next().await;
+    assert_eq!(event.event, "reset", "{event:?}");
+    assert_eq!(event.data["reason"], "access_changed");
+    sqlx::query("UPDATE docs SET body = 'unseen' WHERE id = 'doc-of-0'")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO news VALUES ('end', '')")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    assert_eq!(open.next().await.data["id"], "end");
+}
+
 fn tenant(prefix: &str, i: usize) -> String {
     format!("{prefix}-tenant-{i}")
 }
@@ -534,18 +551,7 @@ async fn a_principal_whose_access_changed_resets_by_pull_and_on_its_open_stream(
     // Online: the app says access changed; her open stream resets, and then carries
     // nothing of the tenant.
     w.engine.access_changed();
-    let event = open.next().await;
-    assert_eq!(event.event, "reset", "{event:?}");
-    assert_eq!(event.data["reason"], "access_changed");
-    sqlx::query("UPDATE docs SET body = 'after' WHERE id = 'doc-of-0'")
-        .execute(&w.pool)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO news VALUES ('end', '')")
-        .execute(&w.pool)
-        .await
-        .unwrap();
-    assert_eq!(open.next().await.data["id"], "end");
+    resets_then_misses_tenant_0(&w, &mut open).await;
     // A stream whose access did not change is not reset.
     let mut amy = w.stream_as(w.user(1), None).await;
     w.engine.access_changed();
@@ -854,18 +860,7 @@ async fn open_streams_recheck_access_by_themselves() {
     let alice = w.user(0);
     let mut open = w.stream_as(alice, None).await;
     set_tenant(alice, None);
-    let event = open.next().await;
-    assert_eq!(event.event, "reset", "{event:?}");
-    assert_eq!(event.data["reason"], "access_changed");
-    sqlx::query("UPDATE docs SET body = 'unseen' WHERE id = 'doc-of-0'")
-        .execute(&w.pool)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO news VALUES ('end', '')")
-        .execute(&w.pool)
-        .await
-        .unwrap();
-    assert_eq!(open.next().await.data["id"], "end");
+    resets_then_misses_tenant_0(&w, &mut open).await;
 }
 
 /// Every user against every row that is not theirs: update, delete, a take-over of the

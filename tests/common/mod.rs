@@ -348,10 +348,22 @@ pub async fn fill_todos(pool: &SqlitePool) {
 /// Sends a request on a socket with a tiny receive buffer and never reads the answer
 /// beyond its first bytes (enough to know the server started streaming).
 pub async fn stalled_request(addr: std::net::SocketAddr, path: &str) -> tokio::net::TcpStream {
+    let (stream, status) = stalled_request_with(addr, path, "Connection: close\r\n").await;
+    assert_eq!(status, "HTTP/1.1 200", "the pull started");
+    stream
+}
+
+/// [`stalled_request`] with more header lines (`"Name: value\r\n"` each); returns the
+/// socket and the answer's status line, whatever it is.
+pub async fn stalled_request_with(
+    addr: std::net::SocketAddr,
+    path: &str,
+    headers: &str,
+) -> (tokio::net::TcpStream, String) {
     let socket = tokio::net::TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let mut stream = socket.connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}\r\n");
     tokio::io::AsyncWriteExt::write_all(&mut stream, request.as_bytes())
         .await
         .unwrap();
@@ -359,8 +371,7 @@ pub async fn stalled_request(addr: std::net::SocketAddr, path: &str) -> tokio::n
     tokio::io::AsyncReadExt::read_exact(&mut stream, &mut first)
         .await
         .unwrap();
-    assert_eq!(&first, b"HTTP/1.1 200", "the pull started");
-    stream
+    (stream, String::from_utf8_lossy(&first).into_owned())
 }
 
 /// Serves `router` on a free loopback port; returns its base URL and the server task.
