@@ -899,3 +899,23 @@ async fn every_user_is_refused_every_other_users_and_tenants_rows() {
     }
     assert_eq!(w.dump().await, before);
 }
+
+/// At sign-out the app names the principal: its streams end at once, whatever its
+/// extractor would still say on the request the stream was opened with (a session
+/// cached in that request); other principals' streams go on.
+#[tokio::test]
+async fn a_revoked_principals_streams_end_and_others_go_on() {
+    let w = World::new("revoke-now").await;
+    seed(&w, "revoke-now").await;
+    let (alice, bob) = (w.user(0), w.user(2));
+    let mut alices = w.stream_as(alice, None).await;
+    let mut bobs = w.stream_as(bob, None).await;
+    w.engine
+        .revoke(&Principal::user(alice).in_tenant(tenant("revoke-now", 0)));
+    assert!(alices.ended().await, "alice's stream ended");
+    sqlx::query("INSERT INTO news VALUES ('after', '')")
+        .execute(&w.pool)
+        .await
+        .unwrap();
+    assert_eq!(bobs.next().await.data["id"], "after");
+}

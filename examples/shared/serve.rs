@@ -6,7 +6,10 @@
 //! directly:
 //!
 //! - **Header read timeout** (10 s): a connection whose request headers have not arrived
-//!   by then is closed. (Bodies get their own timeouts: the engine's `body_timeout` on
+//!   by then is closed, and so is one that sends nothing at all within it (hyper's own
+//!   timer starts at the first byte). HTTP/1 only: an HTTP/2 connection in clear text
+//!   would escape the timer. (An idle keep-alive connection between two requests is
+//!   hyper's to close; a reverse proxy in front bounds those too.) (Bodies get their own timeouts: the engine's `body_timeout` on
 //!   its routes, a tower-http `TimeoutLayer` on the app's — a total one: tower-http's
 //!   `RequestBodyTimeoutLayer` waits per read, and a byte a second never trips it.)
 //! - **Connection budget**: at most `max_connections` open at once; the next waits in
@@ -45,7 +48,9 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let places = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 only: the header read timeout is HTTP/1's (an HTTP/2 connection opened in
+    // clear text would not be timed).
+    let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -70,12 +75,19 @@ pub async fn serve(
         };
         let _ = tcp.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(tcp), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher) = (builder.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _ = connection.await;
+            // hyper times a request's headers from their first byte: a connection that
+            // sends nothing at all is timed here, before it is handed over.
+            let mut first = [0u8; 1];
+            if tokio::time::timeout(HEADER_TIMEOUT, tcp.peek(&mut first))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let connection = builder.serve_connection_with_upgrades(TokioIo::new(tcp), service);
+            let _ = watcher.watch(connection).await;
             drop(place);
         });
     }

@@ -334,10 +334,17 @@ async fn login(session: Session, Form(form): Form<Login>) -> Result<Response, Ap
     Ok(go_to("/"))
 }
 
-/// Ends the session; open event streams of it are told to look again (and reset).
-async fn logout(State(s): State<AppState>, session: Session) -> Result<Response, AppError> {
+/// Ends the session, and every open event stream of its user: they reconnect and are
+/// asked afresh (a stream opened with a copy of this cookie is anonymous then).
+async fn logout(
+    State(s): State<AppState>,
+    session: Session,
+    member: Result<Member, Response>,
+) -> Result<Response, AppError> {
     session.flush().await.map_err(fail)?;
-    s.engine.access_changed();
+    if let Ok(member) = member {
+        s.engine.revoke(&member.principal());
+    }
     Ok(go_to("/login"))
 }
 

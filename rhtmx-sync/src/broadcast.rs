@@ -89,6 +89,8 @@ pub(crate) struct Hub {
     /// Counts [`SyncEngine::access_changed`](crate::SyncEngine::access_changed) calls:
     /// every stream asks again what its client may read.
     pub access: watch::Sender<u64>,
+    /// Principals whose streams end at once ([`SyncEngine::revoke`](crate::SyncEngine::revoke)).
+    pub revoked: broadcast::Sender<crate::Principal>,
 }
 
 impl Hub {
@@ -98,6 +100,7 @@ impl Hub {
             wake: Notify::new(),
             closing: watch::Sender::new(false),
             access: watch::Sender::new(0),
+            revoked: broadcast::channel(64).0,
         }
     }
 }

@@ -334,6 +334,19 @@ impl SyncEngine {
             .send_modify(|generation| *generation += 1);
     }
 
+    /// Ends every open event stream of `principal` now (call it at sign-out, with the
+    /// principal that signed out). Their browsers reconnect and are asked afresh who
+    /// they are: a signed-out session is then anonymous, and its client drops what it
+    /// held; the principal's other sessions resume where they were.
+    ///
+    /// [`access_changed`](Self::access_changed) makes streams run the app's extractor
+    /// again on the request they were opened with, which cannot see a sign-out when the
+    /// extractor reads a session cached in that request (as `tower-sessions` does): a
+    /// stream opened with a stolen cookie would keep streaming. This cannot.
+    pub fn revoke(&self, principal: &Principal) {
+        let _ = self.inner.hub.revoked.send(principal.clone());
+    }
+
     /// What `principal` may read now.
     pub(crate) async fn access(&self, principal: Principal) -> Result<Access> {
         let entities = self.inner.entities.load();

@@ -190,6 +190,18 @@ impl Sse {
             .expect("stream still open")
     }
 
+    /// Waits (at most 10 s) for the server to end the stream, skipping events.
+    pub async fn ended(&mut self) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match tokio::time::timeout_at(deadline, self.inner.next()).await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return true,
+                Err(_) => return false,
+            }
+        }
+    }
+
     /// The next `n` events.
     pub async fn take(&mut self, n: usize) -> Vec<SseEvent> {
         let mut out = Vec::with_capacity(n);

@@ -28,7 +28,7 @@ use axum::http::HeaderValue;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::broadcast::LogEvent;
 use crate::cursor::{self, Cursor};
@@ -74,6 +74,7 @@ pub(crate) async fn events(
         .await?;
     let mut access_seen = engine.inner.hub.access.subscribe();
     access_seen.mark_unchanged();
+    let mut revoked = engine.inner.hub.revoked.subscribe();
     let from_header = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("invalid").to_owned());
@@ -199,6 +200,13 @@ pub(crate) async fn events(
                 // And now and then by itself: a session ended or a membership changed
                 // without `access_changed()` still ends what the stream sends.
                 _ = recheck.tick(), if scoped => None,
+                // Its principal signed out (or missed revocations): end; the browser
+                // reconnects and is asked afresh who it is.
+                who = revoked.recv() => match who {
+                    Ok(who) if who != access.principal => continue,
+                    Err(broadcast::error::RecvError::Closed) => continue,
+                    _ => return,
+                },
                 received = rx.recv() => Some(received),
             };
             let Some(received) = received else {
