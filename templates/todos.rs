@@ -68,19 +68,27 @@ pub fn page(todos: &[TodoView<'_>], version: i64) -> Markup {
                 div hx-get="/todos" hx-trigger="rhtmx:todos:changed from:body" hx-swap="innerHTML" {
                     (list(todos, version))
                 }
-                section #pending-panel .panel hidden {
-                    h2 { "Waiting to sync" }
-                    ul #pending-list data-rhtmx-pending-list {}
-                }
-                section #rejected-panel .panel .warn hidden {
-                    h2 { "Not accepted by the server" }
-                    ul #rejected-list {}
-                }
-                section #conflict-panel .panel hidden {
-                    h2 { "Edited in two places" }
-                    ul #conflict-list {}
-                }
+                (panels())
             }
+        }
+    }
+}
+
+/// What waits to sync, what the server refused and what conflicted: filled in by the
+/// page's `app.js` (and the pending list by the client itself).
+pub fn panels() -> Markup {
+    html! {
+        section #pending-panel .panel hidden {
+            h2 { "Waiting to sync" }
+            ul #pending-list data-rhtmx-pending-list {}
+        }
+        section #rejected-panel .panel .warn hidden {
+            h2 { "Not accepted by the server" }
+            ul #rejected-list {}
+        }
+        section #conflict-panel .panel hidden {
+            h2 { "Edited in two places" }
+            ul #conflict-list {}
         }
     }
 }

@@ -254,18 +254,7 @@ async fn index(
                 } @else {
                     p #no-team { "You are not in a team." }
                 }
-                section #pending-panel .panel hidden {
-                    h2 { "Waiting to sync" }
-                    ul #pending-list data-rhtmx-pending-list {}
-                }
-                section #rejected-panel .panel .warn hidden {
-                    h2 { "Not accepted by the server" }
-                    ul #rejected-list {}
-                }
-                section #conflict-panel .panel hidden {
-                    h2 { "Edited in two places" }
-                    ul #conflict-list {}
-                }
+                (templates::panels())
             }
         }
     };

@@ -149,16 +149,11 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
             "_ctx.client_id, _ctx.hlc, _ctx.conflict, _ctx.digest",
         ),
     };
-    let scopes = |before: &str, after: &str| match scope {
-        Some(column) => {
-            let of = |row: &str| match row {
-                "" => "NULL".to_owned(),
-                row => key_text(row, column),
-            };
-            format!("{}, {}", of(before), of(after))
-        }
-        None => String::new(),
+    // `, <before>, <after>` from the scope column's SQL, for a scoped entity.
+    let scopes = |values: &dyn Fn(&str) -> [String; 2]| {
+        scope.map_or_else(String::new, |column| values(column).join(", "))
     };
+    let null = || "NULL".to_owned();
     let ins = format!(
         "CREATE TRIGGER {n} AFTER INSERT ON {table} BEGIN {replaced}\
          INSERT INTO {LOG_TABLE} ({cols}) \
@@ -166,7 +161,7 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
          WHERE NEW.{id} IS NOT NULL; END",
         n = quote_ident(&name("insert")),
         new_ctx = context(&new_key),
-        s = scopes("", "NEW"),
+        s = scopes(&|c| [null(), key_text("NEW", c)]),
     );
     // A changed key is logged as the old row's delete and the new row's create; an
     // update that changes no synced column is not logged at all.
@@ -183,17 +178,15 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
         n = quote_ident(&name("update")),
         old_ctx = context(&old_key),
         new_ctx = context(&new_key),
-        s_gone = scopes("OLD", ""),
+        s_gone = scopes(&|c| [key_text("OLD", c), null()]),
         // A row under a new key is a new row: it had no scope before.
-        s_new = if scope.is_some() {
+        s_new = scopes(&|c| [
             format!(
-                "CASE WHEN OLD.{id} IS NOT NEW.{id} THEN NULL ELSE {} END, {}",
-                key_text("OLD", scope.unwrap_or_default()),
-                key_text("NEW", scope.unwrap_or_default())
-            )
-        } else {
-            String::new()
-        },
+                "CASE WHEN OLD.{id} IS NOT NEW.{id} THEN NULL ELSE {} END",
+                key_text("OLD", c)
+            ),
+            key_text("NEW", c),
+        ]),
     );
     let del = format!(
         "CREATE TRIGGER {n} AFTER DELETE ON {table} BEGIN \
@@ -202,7 +195,7 @@ pub(crate) fn triggers(entity: &Entity) -> Vec<(String, String)> {
          WHERE OLD.{id} IS NOT NULL; END",
         n = quote_ident(&name("delete")),
         old_ctx = context(&old_key),
-        s = scopes("OLD", ""),
+        s = scopes(&|c| [key_text("OLD", c), null()]),
     );
     let mut all = vec![
         (name("insert"), ins),

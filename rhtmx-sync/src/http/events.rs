@@ -238,12 +238,12 @@ pub(crate) async fn events(
                             None => (*read != Read::Nothing).then_some(json.as_str()),
                         };
                         if let Some(data) = data {
-                            yield Ok(Event::default().id(format!("{id}{}", access.suffix())).data(data));
+                            yield Ok(Event::default().id(with_suffix(id, access.suffix())).data(data));
                         }
                     }
                     LogEvent::Reset { head, id } => {
                         cursor = *head;
-                        yield Ok(reset(&format!("{id}{}", access.suffix()), *head, "log_replaced"));
+                        yield Ok(reset(&with_suffix(id, access.suffix()), *head, "log_replaced"));
                     }
                 },
                 // Fell behind the channel: the log still has everything.
@@ -263,6 +263,16 @@ pub(crate) async fn events(
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// An event's id with the stream's access fingerprint; no copy for an unscoped engine
+/// (this runs per event per stream).
+fn with_suffix<'a>(id: &'a str, suffix: &str) -> std::borrow::Cow<'a, str> {
+    if suffix.is_empty() {
+        id.into()
+    } else {
+        format!("{id}{suffix}").into()
+    }
 }
 
 /// `reset` to `head`: the client drops what it holds and pulls from scratch.
