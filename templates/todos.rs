@@ -44,7 +44,7 @@ pub fn page(todos: &[TodoView<'_>], version: i64) -> Markup {
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { "Todos · rhtmx-sync" }
                 style { (PreEscaped(STYLE)) }
-                script src="/assets/htmx-2.0.11.min.js" {}
+                @for src in super::htmx::scripts() { script src=(src) {} }
                 script src="/assets/app.js" {}
                 script src="/api/sync/client.js" data-sync-entities="todos" data-service-worker {}
             }

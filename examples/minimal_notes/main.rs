@@ -4,6 +4,10 @@
 //!
 //! Run with: `cargo run --example minimal_notes` (`PORT`, `DATABASE_URL` as todo_sync).
 
+// The pinned htmx the page loads: 2, or 4 with `HTMX=4` (not a step: the app had htmx).
+#[path = "../shared/htmx.rs"]
+mod htmx;
+
 use axum::extract::State;
 use axum::response::Html;
 use axum::routing::get;
@@ -24,13 +28,14 @@ struct Note {
 async fn page(State(pool): State<SqlitePool>) -> Result<Html<String>, String> {
     Ok(Html(format!(
         r##"<!doctype html><html><head><meta charset="utf-8"><title>Notes</title>
-<script src="/htmx.js"></script>
+{}
 <script src="/api/sync/client.js" data-sync-entities="notes"></script><!-- STEP 4 -->
 </head><body><h1>Notes</h1>
 <form hx-post="/notes" hx-target="#notes"><input name="body" required><button>Add</button></form>
 <ul data-rhtmx-pending-list></ul><!-- STEP 6 -->
 <div id="notes" hx-get="/notes" hx-trigger="rhtmx:notes:changed from:body">{}</div><!-- STEP 5 -->
 </body></html>"##,
+        htmx::script_tags(),
         list(State(pool)).await?.0
     )))
 }
@@ -100,8 +105,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let app = Router::new()
         .route("/", get(page))
         .route("/notes", get(list).post(add))
-        .route("/htmx.js", get(htmx))
         .with_state(pool)
+        .merge(htmx::routes())
         .merge(engine.routes()) // STEP 3
         .layer(engine.idempotency_layer()); // STEP 3: replays applied once
 
@@ -112,14 +117,4 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     axum::serve(listener, app).await?;
     Ok(())
-}
-
-async fn htmx() -> ([(axum::http::HeaderName, &'static str); 1], &'static str) {
-    (
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/javascript; charset=utf-8",
-        )],
-        include_str!("../todo_sync/assets/htmx-2.0.11.min.js"),
-    )
 }

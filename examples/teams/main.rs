@@ -44,6 +44,8 @@ mod headers;
 #[path = "../shared/serve.rs"]
 mod serve;
 
+#[path = "../shared/htmx.rs"]
+mod htmx;
 #[path = "../../templates/todos.rs"]
 #[allow(dead_code)] // the page layout of todo_sync is not used here
 mod templates;
@@ -222,11 +224,12 @@ async fn index(
                 meta name="csrf-token" content=(csrf);
                 title { "Team todos · rhtmx-sync" }
                 style { (PreEscaped(templates::STYLE)) }
-                script src="/assets/htmx-2.0.11.min.js" {}
+                @for src in htmx::scripts() { script src=(src) {} }
                 script src="/assets/app.js" {}
                 script src="/api/sync/client.js" data-sync-entities="todos" data-service-worker {}
             }
-            body hx-headers=(hx_headers(&csrf)) {
+            // htmx 2 inherits hx-headers; htmx 4 only when the attribute says so.
+            body hx-headers=(hx_headers(&csrf)) "hx-headers:inherited"=(hx_headers(&csrf)) {
                 header {
                     h1 { "Team todos" }
                     p #who {
@@ -270,9 +273,10 @@ async fn login_page(token: CsrfToken) -> Result<(CsrfToken, Markup), AppError> {
                 meta charset="utf-8";
                 meta name="csrf-token" content=(csrf);
                 title { "Sign in · rhtmx-sync" }
-                script src="/assets/htmx-2.0.11.min.js" {}
+                @for src in htmx::scripts() { script src=(src) {} }
             }
-            body hx-headers=(hx_headers(&csrf)) {
+            // htmx 2 inherits hx-headers; htmx 4 only when the attribute says so.
+            body hx-headers=(hx_headers(&csrf)) "hx-headers:inherited"=(hx_headers(&csrf)) {
                 h1 { "Sign in" }
                 p { "A demo: pick a user." }
                 @for user in USERS {
@@ -516,19 +520,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .route("/todos/{id}", put(rename).delete(remove))
         .route("/todos/{id}/toggle", post(toggle))
         .route(
-            "/assets/htmx-2.0.11.min.js",
-            get(|| async {
-                script(
-                    include_str!("../todo_sync/assets/htmx-2.0.11.min.js"),
-                    "public, max-age=31536000, immutable",
-                )
-            }),
-        )
-        .route(
             "/assets/app.js",
             get(|| async { script(include_str!("../todo_sync/assets/app.js"), "no-cache") }),
         )
         .with_state(state)
+        .merge(htmx::routes())
         .layer(middleware::from_fn(check_csrf))
         // The app's own requests get 30 s in all, body included (see todo_sync).
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(

@@ -42,12 +42,12 @@ pub fn app(engine: SyncEngine) -> Router {
     };
     Router::new()
         .route("/", get(index))
-        .route("/assets/htmx-2.0.11.min.js", get(htmx_js))
         .route("/assets/app.js", get(app_js))
         .route("/todos", get(list).post(create))
         .route("/todos/{id}", axum::routing::put(rename).delete(remove))
         .route("/todos/{id}/toggle", post(toggle))
         .with_state(state)
+        .merge(htmx::routes())
 }
 
 /// A handler failure: a message for the user, nothing internal. (Boxed: a `Response`
@@ -88,6 +88,8 @@ async fn all(pool: &SqlitePool) -> Result<Vec<Todo>, AppError> {
     .await?)
 }
 
+#[path = "../shared/htmx.rs"]
+pub mod htmx;
 #[path = "../../templates/todos.rs"]
 mod templates;
 
@@ -125,23 +127,6 @@ async fn app_js() -> impl IntoResponse {
             (axum::http::header::CACHE_CONTROL, "no-cache"),
         ],
         include_str!("assets/app.js"),
-    )
-}
-
-/// htmx, pinned and served by the app itself so the page works offline.
-async fn htmx_js() -> impl IntoResponse {
-    (
-        [
-            (
-                axum::http::header::CONTENT_TYPE,
-                "text/javascript; charset=utf-8",
-            ),
-            (
-                axum::http::header::CACHE_CONTROL,
-                "public, max-age=31536000, immutable",
-            ),
-        ],
-        include_str!("assets/htmx-2.0.11.min.js"),
     )
 }
 

@@ -13,6 +13,12 @@ const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const targetDir = process.env.CARGO_TARGET_DIR ? resolve(root, process.env.CARGO_TARGET_DIR) : join(root, "target");
 const exampleBin = (name) => join(targetDir, "debug", "examples", name);
 
+/** The htmx the examples serve to the pages: `HTMX=2` (the default), `4` or `4-compat`
+ *  (htmx 4 with its htmx-2-compat extension), passed on to the example binaries. */
+export const HTMX = process.env.HTMX || "2";
+/** The `htmx.version` the pages run. */
+export const HTMX_VERSION = HTMX.startsWith("4") ? "4.0.1" : "2.0.11";
+
 /** Starts the example; resolves once it prints its address. */
 export async function startServer({ dir, port = 0, example = "todo_sync" } = {}) {
   const bin = exampleBin(example);

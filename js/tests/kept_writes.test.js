@@ -6,7 +6,7 @@ import assert from "node:assert/strict";
 import http from "node:http";
 import { createRequire } from "node:module";
 import { readFileSync } from "node:fs";
-import { freshWorldPerTest, dbTodos, eventually } from "./harness.js";
+import { freshWorldPerTest, dbTodos, eventually, HTMX } from "./harness.js";
 import { answer, cut, holder } from "./proxy.js";
 import { openApp, openRewritten, events, addTodo, inject, plainForm, waitPending } from "./app.js";
 
@@ -122,10 +122,13 @@ test("a replay redirected to a login on another origin pauses the queue instead 
   }
 });
 
-/** Loads the json-enc extension (htmx 2's, from npm) into the page, served from the
- *  app's origin as an app would (its CSP allows no inline script). */
+/** Loads a json-enc extension into the page (htmx 2's from npm; for htmx 4, which has
+ *  none, the one an app writes), served from the app's origin as an app would (its CSP
+ *  allows no inline script). */
 async function withJsonEnc(page) {
-  const source = readFileSync(require.resolve("htmx-ext-json-enc/json-enc.js"));
+  const source = HTMX.startsWith("4")
+    ? readFileSync(new URL("./fixtures/json-enc-htmx4.js", import.meta.url))
+    : readFileSync(require.resolve("htmx-ext-json-enc/json-enc.js"));
   w.proxy.rule({
     match: (r) => r.url === "/assets/json-enc.js",
     respond: answer(200, source, { "Content-Type": "text/javascript" }),

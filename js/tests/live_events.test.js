@@ -1,7 +1,7 @@
 // The embedded client turns server changes into coalesced DOM events.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { startServer, launchBrowser, postForm } from "./harness.js";
+import { startServer, launchBrowser, postForm, HTMX_VERSION } from "./harness.js";
 
 let server;
 let browser;
@@ -61,13 +61,19 @@ test("a burst of 500 changes causes at most 2 refresh events", async () => {
   await page.close();
 });
 
-test("the example serves the pinned htmx 2.x from npm, byte for byte", async () => {
+test("the example serves the pinned htmx 2 and 4 from npm, byte for byte, and the page runs the one chosen", async () => {
   const { readFileSync } = await import("node:fs");
-  const served = await (await fetch(server.base + "/assets/htmx-2.0.11.min.js")).text();
-  const pinned = readFileSync(new URL("../node_modules/htmx.org/dist/htmx.min.js", import.meta.url), "utf8");
-  assert.equal(served, pinned);
+  const npm = (path) => readFileSync(new URL("../node_modules/" + path, import.meta.url), "utf8");
+  for (const [asset, file] of [
+    ["htmx-2.0.11.min.js", "htmx.org/dist/htmx.min.js"],
+    ["htmx-4.0.1.min.js", "htmx4/dist/htmx.min.js"],
+    ["htmx-2-compat-4.0.1.min.js", "htmx4/dist/ext/htmx-2-compat.min.js"],
+  ]) {
+    const served = await (await fetch(server.base + "/assets/" + asset)).text();
+    assert.equal(served, npm(file), asset);
+  }
   const page = await browser.newPage();
   await page.goto(server.base + "/");
-  assert.equal(await page.evaluate(() => htmx.version), "2.0.11");
+  assert.equal(await page.evaluate(() => htmx.version), HTMX_VERSION);
   await page.close();
 });

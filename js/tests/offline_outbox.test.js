@@ -328,7 +328,10 @@ test("online/offline events fire, and data-rhtmx-offline=\"false\" writes are ne
   const page = await openApp(w.context, w.proxy.base);
   await inject(page, `<form id="direct" hx-post="/todos" hx-swap="none" data-rhtmx-offline="false">
       <input name="title" value="direct only"><button>go</button></form>`);
-  await page.evaluate(() => document.body.addEventListener("htmx:sendError", () => (window.__sendError = true)));
+  // htmx 2 names a network failure `htmx:sendError`, htmx 4 `htmx:error`.
+  await page.evaluate(() => {
+    for (const name of ["htmx:sendError", "htmx:error"]) document.body.addEventListener(name, () => (window.__sendError = true));
+  });
   await w.context.setOffline(true);
   await page.waitForFunction(() => window.__events.some((e) => e.name === "offline"));
   await page.click("#direct button");

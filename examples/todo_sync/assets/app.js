@@ -54,9 +54,13 @@
       document.body.addEventListener("rhtmx:" + name, render);
     }
     document.body.addEventListener("rhtmx:conflict", conflict);
-    // A todo added online clears its form once the server took it.
-    document.body.addEventListener("htmx:afterRequest", (e) => {
-      if (e.detail.elt.id === "new-todo" && e.detail.successful) e.detail.elt.reset();
+    // A todo added online clears its form once the server took it (htmx 2 names the
+    // event `htmx:afterRequest`, htmx 4 `htmx:after:request`, with another detail).
+    const added = (elt, ok) => elt && elt.id === "new-todo" && ok && elt.reset();
+    document.body.addEventListener("htmx:afterRequest", (e) => e.detail.xhr && added(e.detail.elt, e.detail.successful));
+    document.body.addEventListener("htmx:after:request", (e) => {
+      const ctx = e.detail.ctx;
+      added(ctx.sourceElement, ctx.response && ctx.response.status < 400);
     });
     render();
   });

@@ -1,4 +1,4 @@
-// rhtmx-sync browser client. No build step, no dependencies; works with htmx 2.x.
+// rhtmx-sync browser client. No build step, no dependencies; works with htmx 2.x and 4.x.
 //
 // One <script src="/api/sync/client.js" data-sync-entities="todos"> makes an htmx page:
 // - keep a mirror of the synced entities in IndexedDB (RhtmxSync.get('todos'));
@@ -481,9 +481,18 @@
     return heardToken ?? ownToken();
   }
 
-  /** The request's parameters as [name, text] pairs (files by name): for labels. */
+  /** The request's parameters as [name, text] pairs (files by name): for labels. A body
+   *  an extension encoded as text is read as JSON, or else as a query string. */
   function fieldsOf(params) {
     if (!params) return [];
+    if (typeof params === "string") {
+      try {
+        params = JSON.parse(params);
+      } catch {
+        params = new URLSearchParams(params);
+      }
+      if (!params || typeof params !== "object") return [];
+    }
     const pairs = typeof params[Symbol.iterator] === "function"
       ? [...params]
       : Object.entries(params).flatMap(([k, v]) => (Array.isArray(v) ? v : [v]).map((x) => [k, x]));
@@ -510,8 +519,7 @@
   /** The request exactly as it went (or would have gone) on the wire, storable: the
    *  body an extension encoded (json-enc's JSON, say) is kept as it is, a FormData as
    *  pairs (files included). */
-  function entryFrom(d, headers, body) {
-    const config = d.requestConfig;
+  function entryFrom(elt, verb, path, headers, body, fields) {
     const kept = {};
     for (const [name, value] of Object.entries(headers)) {
       const lower = name.toLowerCase();
@@ -522,21 +530,23 @@
       if (lower === "content-type" && body instanceof FormData) continue;
       kept[name] = value;
     }
-    const method = config.verb.toUpperCase();
-    const url = new URL(d.pathInfo.finalRequestPath, location.href).href;
-    const fields = fieldsOf(config.parameters || config.formData);
+    // fetch (htmx 4) names a URLSearchParams body's type itself; the stored body is text.
+    const typed = Object.keys(kept).some((name) => name.toLowerCase() === "content-type");
+    if (body instanceof URLSearchParams && !typed) kept["Content-Type"] = "application/x-www-form-urlencoded;charset=UTF-8";
+    const method = String(verb).toUpperCase();
+    const url = new URL(path, document.baseURI).href;
     return {
-      key: config.headers["Idempotency-Key"],
+      key: headers["Idempotency-Key"],
       method,
       url,
       headers: kept,
       form: body instanceof FormData,
       body: body instanceof FormData ? [...body] : body instanceof URLSearchParams ? body.toString() : body ?? null,
       fields,
-      label: labelOf(d.elt, fields, method, url),
+      label: labelOf(elt, fields, method, url),
       created: Date.now(),
       attempts: 0,
-      source: d.elt && d.elt.id ? "#" + d.elt.id : null,
+      source: elt && elt.id ? "#" + elt.id : null,
     };
   }
 
@@ -811,8 +821,14 @@
     }
   }
 
-  // ---- htmx integration --------------------------------------------------------------------
-  const verbOf = (detail) => String((detail.requestConfig || detail).verb || "").toUpperCase();
+  // ---- htmx integration: what both htmx versions share ------------------------------------
+  // htmx 2 sends with XMLHttpRequest and names its events `htmx:configRequest`; htmx 4
+  // sends with fetch and names them `htmx:config:request` (and its htmx-2-compat extension
+  // fires the old names too, with the new details). Which one runs is read when an event
+  // comes, so the scripts may load in any order, and each adapter below ignores the
+  // other's events.
+  const htmx4 = () => !!window.htmx && /^4\./.test(String(htmx.version || ""));
+
   /** Whether a write may be kept and replayed: not opted out, not a sign-in or sign-out
    *  (see `sessionPattern`), no password in it (never stored). */
   function keepable(elt, path) {
@@ -834,64 +850,88 @@
     return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
   }
 
-  document.addEventListener("htmx:configRequest", (e) => {
-    if (!UNSAFE.has(verbOf(e.detail))) return;
+  /** What every unsafe htmx request carries, whichever htmx sends it: the new row's id
+   *  (`field(name)` reads a parameter, `field(name, value)` sets it), the idempotency
+   *  key, who and when, and the row version the page showed. */
+  function stampRequest(elt, path, headers, field) {
     // <form data-rhtmx-new-id="id">: the browser names the new row, so a replayed create
     // cannot make a second one.
-    const named = e.detail.elt && e.detail.elt.closest && e.detail.elt.closest("[data-rhtmx-new-id]");
+    const named = elt && elt.closest && elt.closest("[data-rhtmx-new-id]");
     if (named) {
-      const field = named.getAttribute("data-rhtmx-new-id") || "id";
-      if (!e.detail.parameters[field]) e.detail.parameters[field] = uuid();
+      const name = named.getAttribute("data-rhtmx-new-id") || "id";
+      if (!field(name)) field(name, uuid());
     }
     // One key per user action, created before the first attempt, reused on replay. An
     // opted-out write is never queued or replayed, so it gets none: the server then
     // treats it exactly as it would without rhtmx-sync.
-    if (keepable(e.detail.elt, e.detail.path)) e.detail.headers["Idempotency-Key"] ||= uuid();
-    if (clientId) e.detail.headers["X-Rhtmx-Client-Id"] = clientId;
-    if (principal) e.detail.headers["X-Rhtmx-Principal"] = encodeURIComponent(principal);
+    if (keepable(elt, path)) headers["Idempotency-Key"] ||= uuid();
+    if (clientId) headers["X-Rhtmx-Client-Id"] = clientId;
+    if (principal) headers["X-Rhtmx-Principal"] = encodeURIComponent(principal);
     // When the user acted (kept for a replay), and the row version the page showed, so
     // the server can merge a late write field by field instead of by arrival.
-    e.detail.headers["X-Rhtmx-Hlc"] ||= tick();
-    const versioned = e.detail.elt && e.detail.elt.closest && e.detail.elt.closest("[data-rhtmx-version]");
-    if (versioned) e.detail.headers["X-Rhtmx-Base-Version"] = versioned.getAttribute("data-rhtmx-version");
-  });
+    headers["X-Rhtmx-Hlc"] ||= tick();
+    const versioned = elt && elt.closest && elt.closest("[data-rhtmx-version]");
+    if (versioned) headers["X-Rhtmx-Base-Version"] = versioned.getAttribute("data-rhtmx-version");
+  }
 
-  // A direct attempt whose answer the queue would retry or pause on is kept, and that
-  // answer (an error page, a login page) is not swapped into the page. Only the status
-  // and a followed redirect decide here: a 2xx that names a login page (`HX-Redirect`)
-  // was handled by the app, and htmx follows it.
-  const kept = new WeakMap(); // xhr -> keep()
-  /** Keeps the answered write if need be (then htmx does nothing with the answer, and a
-   *  login page it names is opened once the write is stored); true when it did. */
-  function decide(xhr) {
-    const keep = xhr && kept.get(xhr);
-    if (!keep) return false;
-    kept.delete(xhr);
-    const v = verdict(xhr.status, (h) => xhr.getResponseHeader(h), xhr.responseURL);
+  /** How an unsafe request leaving now is handled: "send" it (kept if the network or
+   *  the server fails it), "queue" it, "stop" it, or "reload" the page first; null when
+   *  rhtmx-sync leaves it alone. */
+  function route(elt, path, canKeep) {
+    if (!keepable(elt, path)) return null;
+    // The page now names another user (an hx-boost navigation swapped the body): start
+    // again as that user rather than keep this write for the previous one.
+    if (started && readPrincipal() !== principal) return "reload";
+    // Another user's page loaded since this one: with nowhere to keep it, the write is
+    // stopped rather than sent with that user's cookies.
+    if (storageBroken || !canKeep) return current() ? null : "stop";
+    // Offline, behind earlier writes, or in a tab whose user has changed: queue it.
+    return !online() || pendingCount > 0 || !current() ? "queue" : "send";
+  }
+
+  /** Whether an answer to a direct attempt means "keep it for the queue" (the queue
+   *  would retry or pause on it); then the page is not given the answer, and a login
+   *  page it names is opened once the write is stored. Only the status and a followed
+   *  redirect decide: a 2xx that names a login page (`HX-Redirect`) was handled by the
+   *  app, and htmx follows it. */
+  function keptAnswer(status, header, redirectedTo, keep) {
+    const v = verdict(status, header, redirectedTo);
     if (v !== "retry" && v !== "auth") return false;
-    let to = xhr.getResponseHeader("HX-Redirect") || xhr.getResponseHeader("HX-Location") || "";
+    let to = header("HX-Redirect") || header("HX-Location") || "";
     try {
       if (to.startsWith("{")) to = JSON.parse(to).path || "";
     } catch {}
     keep().then(() => to && location.assign(to));
     return true;
   }
-  document.addEventListener("htmx:beforeOnLoad", (e) => decide(e.detail.xhr) && e.preventDefault());
+
+  // ---- htmx 2: XMLHttpRequest ----------------------------------------------------------------
+  const verbOf = (detail) => String((detail.requestConfig || detail).verb || "").toUpperCase();
+
+  document.addEventListener("htmx:configRequest", (e) => {
+    const d = e.detail;
+    if (htmx4() || !UNSAFE.has(verbOf(d))) return;
+    stampRequest(d.elt, d.path, d.headers, (name, value) => (value === undefined ? d.parameters[name] : (d.parameters[name] = value)));
+  });
+
+  const kept = new WeakMap(); // xhr -> keep()
+  function decide(xhr) {
+    const keep = xhr && kept.get(xhr);
+    if (!keep) return false;
+    kept.delete(xhr);
+    return keptAnswer(xhr.status, (h) => xhr.getResponseHeader(h), xhr.responseURL, keep);
+  }
+  document.addEventListener("htmx:beforeOnLoad", (e) => !htmx4() && decide(e.detail.xhr) && e.preventDefault());
 
   // Every unsafe request is watched at the wire: htmx's XMLHttpRequest `send` is wrapped
   // so the body kept is the one an extension encoded, with every header set on it.
   document.addEventListener("htmx:beforeRequest", (e) => {
     const d = e.detail;
-    if (!UNSAFE.has(verbOf(d)) || !keepable(d.elt, d.requestConfig.path)) return;
-    // The page now names another user (an hx-boost navigation swapped the body): start
-    // again as that user rather than keep this write for the previous one.
-    if (started && readPrincipal() !== principal) return void (e.preventDefault(), location.reload());
-    // Another user's page loaded since this one: with nowhere to keep it, the write is
-    // stopped rather than sent with that user's cookies.
-    if ((storageBroken || !d.xhr) && !current()) return void e.preventDefault();
-    if (storageBroken || !d.xhr) return;
-    // Offline, behind earlier writes, or in a tab whose user has changed: queue it.
-    const queue = !online() || pendingCount > 0 || !current();
+    if (htmx4() || !UNSAFE.has(verbOf(d))) return;
+    const how = route(d.elt, d.requestConfig.path, !!d.xhr);
+    if (how === "reload") location.reload();
+    if (how === "reload" || how === "stop") return void e.preventDefault();
+    if (!how) return;
     const xhr = d.xhr;
     const native = xhr.send;
     const setHeader = xhr.setRequestHeader;
@@ -901,8 +941,9 @@
       return setHeader.call(this, name, value);
     };
     xhr.send = function (body) {
-      const entry = entryFrom(d, headers, body);
-      if (queue) {
+      const config = d.requestConfig;
+      const entry = entryFrom(d.elt, config.verb, d.pathInfo.finalRequestPath, headers, body, fieldsOf(config.parameters || config.formData));
+      if (how === "queue") {
         // Queued is done, as far as htmx is concerned: end its request (indicators,
         // hx-sync) as an abort would, `htmx:sendAbort` (an empty `error` keeps htmx from
         // logging it as one). Without storage it goes to the network after all.
@@ -917,9 +958,8 @@
         });
       }
       // No answer, or one the replay loop would retry: kept with its key. The request may
-      // or may not have arrived; the same key lets the server tell.
-      // Sent once already: it may have been applied, so it is replayed only while the
-      // server remembers its key.
+      // or may not have arrived; the same key lets the server tell. Sent once already: it
+      // may have been applied, so it is replayed only while the server remembers its key.
       const keep = () => enqueue({ ...entry, attempted: Date.now() }, d.elt).catch(storageFailed);
       xhr.addEventListener("error", keep);
       xhr.addEventListener("timeout", keep);
@@ -927,6 +967,96 @@
       xhr.addEventListener("load", () => decide(xhr)); // when htmx swapped nothing
       native.call(xhr, body);
     };
+  });
+
+  // ---- htmx 4: fetch -------------------------------------------------------------------------
+  // htmx 4 calls `ctx.fetch(action, ctx.request)`, set before `htmx:before:request`: the
+  // wrapper put there sees the body an extension encoded and every header. A write kept
+  // for the queue ends htmx's request as an abort does (indicators off, hx-sync goes on,
+  // no `htmx:error`), and its answer is never swapped (htmx 4 swaps 4xx and 5xx).
+  const aborted = () => new DOMException("kept by rhtmx-sync", "AbortError");
+
+  document.addEventListener("htmx:config:request", (e) => {
+    const ctx = e.detail.ctx;
+    if (!htmx4() || !ctx || !UNSAFE.has(String(ctx.request.method).toUpperCase())) return;
+    const body = ctx.request.body;
+    const field = (name, value) => {
+      if (!body || typeof body.get !== "function") return value === undefined ? "" : undefined;
+      return value === undefined ? body.get(name) : body.set(name, value);
+    };
+    stampRequest(ctx.sourceElement, ctx.request.action, ctx.request.headers, field);
+    ctx.rhtmxFields = fieldsOf(body); // before an extension encodes it: for labels
+  });
+
+  document.addEventListener("htmx:before:request", (e) => {
+    const ctx = e.detail.ctx;
+    if (!htmx4() || !ctx) return;
+    const elt = ctx.sourceElement;
+    const next = ctx.fetch;
+    // Sign-out controls forget this user's data before the request goes.
+    if (signOut(elt)) ctx.fetch = (url, init) => window.RhtmxSync.clear().catch(log).then(() => next(url, init));
+    const method = String(ctx.request.method).toUpperCase();
+    if (!UNSAFE.has(method)) return;
+    const how = route(elt, ctx.request.action, true);
+    if (how === "reload") location.reload();
+    if (how === "reload" || how === "stop") return void e.preventDefault();
+    if (!how) return;
+    ctx.fetch = async (url, init) => {
+      const entry = entryFrom(elt, method, url, init.headers || {}, init.body, ctx.rhtmxFields || fieldsOf(init.body));
+      if (how === "queue") {
+        try {
+          await enqueue(entry, elt);
+        } catch (error) {
+          // Without storage it goes to the network after all, as the page's user only.
+          storageFailed(error);
+          if (current()) return next(url, init);
+        }
+        throw aborted();
+      }
+      const keep = () => enqueue({ ...entry, attempted: Date.now() }, elt).catch(storageFailed);
+      let res;
+      try {
+        res = await next(url, init);
+      } catch (error) {
+        // A network failure or htmx's timeout; not an abort the page asked for (hx-sync).
+        if (error?.name !== "AbortError" || init.signal?.reason === "timeout") await keep();
+        throw error;
+      }
+      if (keptAnswer(res.status, (h) => res.headers.get(h), res.redirected && res.url, keep)) throw aborted();
+      return res;
+    };
+  });
+
+  // ---- both: the stale-page marker, a changed user, sign-out ---------------------------------
+  document.addEventListener("htmx:afterRequest", (e) => {
+    const stale = !htmx4() && e.detail.xhr && e.detail.xhr.getResponseHeader("X-Rhtmx-Stale");
+    if (stale) markStale(stale);
+  });
+  document.addEventListener("htmx:after:request", (e) => {
+    const headers = e.detail.ctx && e.detail.ctx.response && e.detail.ctx.response.headers;
+    const stale = headers && headers.get("X-Rhtmx-Stale");
+    if (stale) markStale(stale);
+  });
+
+  // An hx-boost navigation (a login, a logout) may swap in a body naming another user.
+  const principalSwapped = () => started && readPrincipal() !== principal && location.reload();
+  document.addEventListener("htmx:afterSettle", principalSwapped);
+  document.addEventListener("htmx:after:settle", principalSwapped);
+
+  // Sign-out controls (`data-rhtmx-logout` on the form or button): this user's mirror and
+  // offline pages are forgotten before the request goes, as `RhtmxSync.clear()` does.
+  const signOut = (el) => el && el.closest && el.closest("[data-rhtmx-logout]");
+  document.addEventListener("htmx:confirm", (e) => {
+    if (htmx4() || !signOut(e.target)) return; // htmx 4: in its fetch, above
+    e.preventDefault();
+    window.RhtmxSync.clear().catch(log).finally(() => e.detail.issueRequest(true));
+  });
+  document.addEventListener("submit", (e) => {
+    const form = e.target;
+    // htmx's own forms go through htmx:confirm above.
+    if (!signOut(form) || e.defaultPrevented || [...form.attributes].some((a) => /^(hx|data-hx)-(post|put|patch|delete|get)$/.test(a.name))) return;
+    e.preventDefault();
+    window.RhtmxSync.clear().catch(log).finally(() => form.submit());
   });
 
   // ---- leadership (Web Locks), tabs (BroadcastChannel), principal changes -------------------
@@ -1008,10 +1138,6 @@
       await run("_meta", "readwrite", (tx) => tx.objectStore("_meta").put({ key: "clientId", value: clientId })).catch(storageFailed);
     }
     await refreshPending();
-    if (window.htmx && String(htmx.version || "").startsWith("4")) {
-      console.error("[rhtmx-sync] htmx 4 is not supported yet: pin htmx 2.x. Offline writes are off.");
-      storageBroken = new Error("htmx 4");
-    }
     if (!navigator.locks) return lead();
     // Held until the tab goes away (or its user changes); the next tab takes over at once.
     navigator.locks.request(dbName(scope) + "-leader", () =>
@@ -1039,10 +1165,6 @@
   }
   const staleMeta = document.querySelector('meta[name="rhtmx-stale"]');
   if (staleMeta) markStale(staleMeta.content);
-  document.addEventListener("htmx:afterRequest", (e) => {
-    const stale = e.detail.xhr && e.detail.xhr.getResponseHeader("X-Rhtmx-Stale");
-    if (stale) markStale(stale);
-  });
 
   addEventListener("online", () => {
     emit("online", {});
@@ -1065,24 +1187,6 @@
   addEventListener("pagehide", disconnect);
   addEventListener("pageshow", (e) => e.persisted && isLeader && connect());
 
-  // An hx-boost navigation (a login, a logout) may swap in a body naming another user.
-  document.addEventListener("htmx:afterSettle", () => started && readPrincipal() !== principal && location.reload());
-
-  // Sign-out controls (`data-rhtmx-logout` on the form or button): this user's mirror and
-  // offline pages are forgotten before the request goes, as `RhtmxSync.clear()` does.
-  const signOut = (el) => el && el.closest && el.closest("[data-rhtmx-logout]");
-  document.addEventListener("htmx:confirm", (e) => {
-    if (!signOut(e.target)) return;
-    e.preventDefault();
-    window.RhtmxSync.clear().catch(log).finally(() => e.detail.issueRequest(true));
-  });
-  document.addEventListener("submit", (e) => {
-    const form = e.target;
-    // htmx's own forms go through htmx:confirm above.
-    if (!signOut(form) || e.defaultPrevented || [...form.attributes].some((a) => /^(hx|data-hx)-(post|put|patch|delete|get)$/.test(a.name))) return;
-    e.preventDefault();
-    window.RhtmxSync.clear().catch(log).finally(() => form.submit());
-  });
 
   // ---- public API ----------------------------------------------------------------------------
   const all = async (store) => (await run(store, "readonly", (tx) => tx.objectStore(store).getAll())) || [];
