@@ -56,6 +56,9 @@ pub fn page(todos: &[TodoView<'_>], version: i64) -> Markup {
                         span .offline { "offline" }
                         span .pending data-rhtmx-pending-count="0" { " changes waiting to sync" }
                     }
+                    // Filled by the client: a bar and a line of text while the first
+                    // sync runs (hidden otherwise, by the style below).
+                    div .sync-progress data-rhtmx-progress {}
                 }
                 // Kept offline, the form is cleared by the client and the write listed below
                 // in the words of `data-rhtmx-label`; online, app.js clears it once it
@@ -144,6 +147,9 @@ html.rhtmx-offline .status .online { display: none; }
 html.rhtmx-offline .status .offline { display: inline; color: #b3541e; font-weight: 600; }
 html.rhtmx-pending .status .pending { display: inline; margin-left: .5em; }
 html.rhtmx-pending .status .pending::before { content: attr(data-rhtmx-pending-count); font-weight: 600; }
+.sync-progress { font-size: .85rem; color: #5b6570; }
+.sync-progress:not([data-phase=syncing]) { display: none; }
+.sync-progress progress { width: 8rem; margin-right: .5em; vertical-align: middle; }
 form#new-todo { display: flex; gap: .5rem; margin: 1rem 0; }
 input { font: inherit; padding: .45rem .6rem; border: 1px solid #cdd3da; border-radius: .4rem; flex: 1; min-width: 0; }
 button { font: inherit; padding: .4rem .8rem; border: 1px solid #cdd3da; border-radius: .4rem; background: white; cursor: pointer; }

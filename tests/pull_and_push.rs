@@ -25,6 +25,8 @@ async fn pull_pages_through_the_log_in_version_order() {
             seen.push(c["id"].as_str().unwrap().to_owned());
         }
         since = page["version"].as_i64().unwrap();
+        // Every page names the head it was read up to: where the pull ends.
+        assert_eq!(page["head"], 25);
         if page["has_more"] == false {
             break;
         }

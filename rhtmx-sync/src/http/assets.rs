@@ -1,5 +1,6 @@
-//! The embedded browser files: `client.js` and the opt-in service worker `sw.js`, served
-//! with an ETag and revalidated on every load (their URLs carry no content hash).
+//! The embedded browser files: `client.js`, the opt-in service worker `sw.js` and the
+//! developer overlay `debug.js` (fetched by the client only with `data-debug="true"`),
+//! served with an ETag and revalidated on every load (their URLs carry no content hash).
 
 use std::sync::LazyLock;
 
@@ -10,6 +11,7 @@ use sha2::{Digest, Sha256};
 /// The client source, shipped inside the crate so `cargo publish` keeps it.
 const CLIENT_JS: &str = include_str!("../js/rhtmx-sync.js");
 const SW_JS: &str = include_str!("../js/sw.js");
+const DEBUG_JS: &str = include_str!("../js/debug.js");
 
 /// A file and its validator.
 struct Asset {
@@ -33,6 +35,7 @@ fn short_hash(s: &str) -> String {
 }
 
 static CLIENT: LazyLock<Asset> = LazyLock::new(|| Asset::new(CLIENT_JS.to_owned()));
+static DEBUG: LazyLock<Asset> = LazyLock::new(|| Asset::new(DEBUG_JS.to_owned()));
 // The worker names its cache after its own content, so an update starts a fresh cache
 // and deletes the old ones.
 static SW: LazyLock<Asset> = LazyLock::new(|| {
@@ -44,6 +47,10 @@ static SW: LazyLock<Asset> = LazyLock::new(|| {
 
 pub(crate) async fn client_js(headers: HeaderMap) -> Response {
     serve(&CLIENT, &headers, None)
+}
+
+pub(crate) async fn debug_js(headers: HeaderMap) -> Response {
+    serve(&DEBUG, &headers, None)
 }
 
 pub(crate) async fn service_worker(headers: HeaderMap) -> Response {

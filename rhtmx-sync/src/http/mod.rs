@@ -40,6 +40,7 @@ where
     Router::new()
         .route(&format!("{prefix}/client.js"), get(assets::client_js))
         .route(&format!("{prefix}/sw.js"), get(assets::service_worker))
+        .route(&format!("{prefix}/debug.js"), get(assets::debug_js))
         .merge(data)
         .with_state(engine)
 }

@@ -165,7 +165,7 @@ pub(crate) async fn pull(
             (head, head_id)
         };
         buf.push_str(&format!(
-            "],\"version\":{version},\"cursor\":\"{cursor}\",\"has_more\":{has_more}}}"
+            "],\"version\":{version},\"cursor\":\"{cursor}\",\"head\":{head},\"has_more\":{has_more}}}"
         ));
         yield Bytes::from(buf);
     };

@@ -30,7 +30,9 @@
   const log = (...args) => debug && console.debug("[rhtmx-sync]", ...args);
 
   // ---- events -------------------------------------------------------------------------
+  const recent = []; // with data-debug: the last events, for the overlay
   const emit = (name, detail) => {
+    if (debug) recent.push({ name, detail, at: Date.now() }) > 50 && recent.shift();
     const fire = () => document.body.dispatchEvent(new CustomEvent("rhtmx:" + name, { detail }));
     document.body ? fire() : addEventListener("DOMContentLoaded", fire, { once: true });
   };
@@ -285,6 +287,43 @@
 
   const unknown = new Set(); // entities the server does not sync (the stream says so)
 
+  // ---- first-sync progress ----------------------------------------------------------------
+  // Measured in log versions: a pull covers (cursor, head], so the share of that span
+  // behind the page's cursor is exact at the end and monotone on the way.
+  const progress = { phase: "idle", fraction: 0, received: 0, pending: 0, failed: 0 };
+  const spans = {}; // entity -> [from, at, head]
+  function showProgress(change) {
+    Object.assign(progress, change, { online: online() });
+    const parts = Object.values(spans);
+    const total = parts.reduce((n, [from, , head]) => n + Math.max(0, head - from), 0);
+    const done = parts.reduce((n, [from, at, head]) => n + Math.max(0, Math.min(at, head) - from), 0);
+    if (progress.phase === "syncing" && parts.length) progress.fraction = total ? done / total : 0;
+    const detail = { ...progress };
+    emit("sync-progress", detail);
+    renderProgress(detail);
+    return detail;
+  }
+  /** Elements with `data-rhtmx-progress`: attributes, a CSS variable, and (when the app
+   *  gave none) a <progress> and a line of text. */
+  function renderProgress(p) {
+    const text = p.phase === "syncing" ? `Syncing… ${Math.floor(p.fraction * 100)}% (${p.received} rows)`
+      : p.phase === "failed" ? "Sync failed; retrying"
+      : p.failed ? `${p.failed} change${p.failed > 1 ? "s" : ""} refused`
+      : p.pending ? `${p.pending} change${p.pending > 1 ? "s" : ""} waiting${p.online ? "" : " (offline)"}`
+      : !p.online ? "Offline" : p.phase === "synced" ? "Up to date" : "";
+    for (const el of document.querySelectorAll("[data-rhtmx-progress]")) {
+      if (!el.firstChild) el.append(document.createElement("progress"), document.createElement("span"));
+      el.setAttribute("data-phase", p.phase);
+      el.setAttribute("data-pending", p.pending);
+      el.setAttribute("data-failed", p.failed);
+      el.style.setProperty("--rhtmx-progress", String(p.fraction));
+      const bar = el.querySelector("progress");
+      if (bar) (bar.max = 1), (bar.value = p.fraction);
+      const line = el.querySelector("span");
+      if (line) line.textContent = text;
+    }
+  }
+
   async function pull(entity) {
     for (;;) {
       const since = encodeURIComponent(versions[entity] || 0);
@@ -302,7 +341,13 @@
       const changes = page.changes.map((c) => ({ ...c, entity }));
       const cursor = page.cursor ?? page.version;
       await applyChanges(changes, { ["version:" + entity]: cursor });
+      const from = spans[entity] ? spans[entity][0] : num(versions[entity]);
       versions[entity] = cursor;
+      spans[entity] = [from, num(cursor), page.head ?? num(cursor)];
+      if (page.has_more || changes.length) {
+        const detail = showProgress({ phase: "syncing", received: progress.received + changes.length });
+        tell({ type: "progress", detail });
+      }
       if (changes.length) {
         const detail = { entity, action: "pull", version: page.version };
         markChanged(detail);
@@ -381,15 +426,22 @@
     let done;
     resyncing = new Promise((r) => (done = r));
     let reset = null;
+    for (const e in spans) delete spans[e];
+    progress.received = 0;
     try {
       const heads = (await Promise.all(entities.filter((e) => !unknown.has(e)).map(pull))).filter(Boolean);
       synced = true;
       // Everything up to the lowest head is held now.
       const lowest = heads.reduce((a, b) => (num(b) < num(a) ? b : a), heads[0]);
       if (heads.length && num(lowest) > num(lastEventId)) lastEventId = lowest;
+      tell({ type: "progress", detail: showProgress({ phase: "synced", fraction: 1 }) });
     } catch (error) {
       if (error && error.reset) reset = error.reset;
-      else log("pull failed", error);
+      else {
+        log("pull failed", error);
+        // Offline, a pull that stopped is no failure: it runs again on reconnecting.
+        tell({ type: "progress", detail: showProgress({ phase: online() ? "failed" : "offline" }) });
+      }
     } finally {
       resyncing = null;
       done();
@@ -618,9 +670,11 @@
       const store = (tx) => tx.objectStore("_pending");
       if (lists.length) entries = (await run("_pending", "readonly", (tx) => store(tx).getAll())) || [];
       pendingCount = lists.length ? entries.length : (await run("_pending", "readonly", (tx) => store(tx).count())) || 0;
+      progress.failed = (await run("_dead", "readonly", (tx) => tx.objectStore("_dead").count())) || 0;
     } catch (error) {
       storageFailed(error);
     }
+    showProgress({ pending: pendingCount });
     const root = document.documentElement;
     root.classList.toggle("rhtmx-pending", pendingCount > 0);
     root.classList.toggle("rhtmx-offline", !online());
@@ -1103,6 +1157,7 @@
       refreshPending().then(() => emit(m.type, m.detail));
     } else if (m.type === "auth-required") emit("auth-required", { status: m.status });
     else if (m.type === "conflict") emit("conflict", m.detail);
+    else if (m.type === "progress") showProgress(m.detail);
     else if (m.type === "reload") location.reload();
   }
 
@@ -1199,6 +1254,23 @@
     get isLeader() { return isLeader; },
     get source() { return source; },
     get pendingCount() { return pendingCount; },
+    /** The live-event stream: "connecting", "open", "closed", "follower" (another tab
+     *  streams) or "stopped". */
+    get connection() {
+      if (retired) return "stopped";
+      if (!isLeader) return "follower";
+      return source ? ["connecting", "open", "closed"][source.readyState] : "closed";
+    },
+    /** First-sync progress, pending and refused writes: the last `rhtmx:sync-progress`. */
+    get progress() { return { ...progress }; },
+    /** The cursor of every entity's mirror, as stored. */
+    async cursors() {
+      const out = {};
+      for (const e of entities) out[e] = (await metaGet("version:" + e).catch(() => null)) ?? null;
+      return out;
+    },
+    /** With `data-debug="true"`: the last 50 `rhtmx:*` events, oldest first. */
+    recentEvents: () => recent.slice(),
     uuid,
     /** A fresh hybrid-logical-clock timestamp (for app code that writes by fetch). */
     hlc: tick,
@@ -1260,4 +1332,6 @@
   };
 
   start().catch((error) => storageFailed(error));
+  // The developer overlay is a file of its own, fetched only when asked for.
+  if (debug) document.head.append(Object.assign(document.createElement("script"), { src: base + "/debug.js" }));
 })();
