@@ -15,7 +15,7 @@ use axum::{Form, Router};
 use serde::Deserialize;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 
-// STEP 1 is the dependency in Cargo.toml: `rhtmx-sync = "0.1"`.
+// STEP 1 is the dependency in Cargo.toml (a git or path dependency: see the README).
 
 // STEP 2: the model gets the derive (told its key, as the column is not named `id`).
 #[derive(sqlx::FromRow, rhtmx_sync::Syncable)]
