@@ -1094,8 +1094,10 @@
 
   // An hx-boost navigation (a login, a logout) may swap in a body naming another user.
   const principalSwapped = () => started && readPrincipal() !== principal && location.reload();
-  document.addEventListener("htmx:afterSettle", principalSwapped);
-  document.addEventListener("htmx:after:settle", principalSwapped);
+  // A swap may bring a progress element in: it shows the figures at once.
+  const settled = () => principalSwapped() || renderProgress(progress);
+  document.addEventListener("htmx:afterSettle", settled);
+  document.addEventListener("htmx:after:settle", settled);
 
   // Sign-out controls (`data-rhtmx-logout` on the form or button): this user's mirror and
   // offline pages are forgotten before the request goes, as `RhtmxSync.clear()` does.
