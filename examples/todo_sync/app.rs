@@ -34,8 +34,10 @@ pub struct AppState {
     pub engine: SyncEngine,
 }
 
-/// The app's routes; the caller merges `engine.routes()`.
+/// The app's routes; the caller merges `engine.routes()`. The operator view is mounted
+/// when `ADMIN_TOKEN` is set (see [`admin`]).
 pub fn app(engine: SyncEngine) -> Router {
+    let admin = admin(&engine, std::env::var("ADMIN_TOKEN").ok());
     let state = AppState {
         pool: engine.pool().clone(),
         engine,
@@ -48,6 +50,47 @@ pub fn app(engine: SyncEngine) -> Router {
         .route("/todos/{id}/toggle", post(toggle))
         .with_state(state)
         .merge(htmx::routes())
+        .merge(admin)
+}
+
+/// The engine's operator view at `/admin/sync` (JSON at `/admin/sync/figures.json`).
+///
+/// The check is deliberately trivial, for a demo: without a token (`ADMIN_TOKEN` unset
+/// or empty) the routes do not exist; with one, they answer 404 unless the request
+/// sends `Authorization: Bearer <token>`:
+///
+/// ```sh
+/// ADMIN_TOKEN=s3cret cargo run --example todo_sync
+/// curl -H 'Authorization: Bearer s3cret' http://127.0.0.1:3000/admin/sync/figures.json
+/// ```
+///
+/// A real app puts its own admin check here (a signed-in user with an admin role):
+/// these routes name users and show internal errors, and must never be reachable
+/// unauthenticated.
+pub fn admin(engine: &SyncEngine, token: Option<String>) -> Router {
+    use axum::extract::Request;
+    use axum::middleware::{self, Next};
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return Router::new();
+    };
+    let expected: std::sync::Arc<str> = format!("Bearer {token}").into();
+    let check = move |request: Request, next: Next| {
+        let expected = expected.clone();
+        async move {
+            let sent = request.headers().get(axum::http::header::AUTHORIZATION);
+            if sent.and_then(|v| v.to_str().ok()) != Some(&*expected) {
+                // 404, not 401: nothing tells a stranger the page exists.
+                return StatusCode::NOT_FOUND.into_response();
+            }
+            next.run(request).await
+        }
+    };
+    Router::new().nest(
+        "/admin/sync",
+        engine
+            .operator_routes()
+            .route_layer(middleware::from_fn(check)),
+    )
 }
 
 /// A handler failure: a message for the user, nothing internal. (Boxed: a `Response`

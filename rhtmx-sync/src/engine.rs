@@ -20,6 +20,7 @@ use crate::http::budget::Budget;
 /// its change instead (see [`SyncEngineBuilder::clock_tolerance`]).
 const DEFAULT_CLOCK_TOLERANCE: Duration = Duration::from_secs(5);
 use crate::log;
+use crate::operator::{self, OpenStreams, OperatorFigures, RecentErrors};
 use crate::permission::{Push, ValidatePush};
 use crate::principal::{self, Authenticate, Principal};
 use crate::scope::{Access, Rule, Scope};
@@ -167,6 +168,8 @@ pub(crate) struct Options {
     pub max_concurrent_pulls_per_principal: usize,
     pub body_timeout: Duration,
     pub access_recheck: Duration,
+    /// How often the figures are logged as `tracing` events; `None`: never by itself.
+    pub figures_every: Option<Duration>,
 }
 
 impl Default for Options {
@@ -189,6 +192,7 @@ impl Default for Options {
             max_concurrent_pulls_per_principal: 8,
             body_timeout: Duration::from_secs(30),
             access_recheck: Duration::from_secs(60),
+            figures_every: None,
         }
     }
 }
@@ -215,6 +219,10 @@ pub(crate) struct Inner {
     /// Places for open event streams and running pulls (see the options).
     pub streams: Arc<Budget>,
     pub pulls: Arc<Budget>,
+    /// The event streams open now, with their cursors, for the operator view.
+    pub open_streams: Arc<OpenStreams>,
+    /// The errors the routes answered with lately, for the operator view.
+    pub recent_errors: Arc<RecentErrors>,
     /// The app's extractor of who is asking, if it gave one.
     pub authenticate: Option<Authenticate>,
     /// Whether any entity has a scope (then one without is readable by nobody).
@@ -274,11 +282,50 @@ impl SyncEngine {
     /// `GET|POST {prefix}/{entity}`, `GET {prefix}/events`, `GET {prefix}/client.js`.
     ///
     /// Generic over the app's state, so it merges into any router.
+    ///
+    /// The operator view is not among them: see `operator_routes` and
+    /// [`operator`](crate::operator).
     pub fn routes<S>(&self) -> Router<S>
     where
         S: Clone + Send + Sync + 'static,
     {
-        crate::http::router(self.clone())
+        // Every error these routes answer with is kept for the operator view.
+        crate::http::router(self.clone()).layer(axum::middleware::from_fn_with_state(
+            self.inner.recent_errors.clone(),
+            operator::record_errors,
+        ))
+    }
+
+    /// The operator view (see [`operator`](crate::operator)): `GET /`, an HTML page
+    /// of [`figures`](Self::figures) (JSON instead when the request's `Accept` names
+    /// `application/json` and not `text/html`), and `GET /figures.json`, always the
+    /// JSON of [`OperatorFigures`]. Read-only; answers are `Cache-Control: no-store`;
+    /// a failed read of the database answers 500.
+    ///
+    /// The paths are relative: place them with `Router::nest` (`"/admin/sync"` serves
+    /// `/admin/sync` and `/admin/sync/figures.json`). **Never mount them
+    /// unauthenticated**: they name users and show internal error messages. Wrap them
+    /// in the app's own check first, e.g. `.route_layer(middleware::from_fn(admins_only))`
+    /// (a full example is in [`operator`](crate::operator)).
+    #[cfg(feature = "operator")]
+    pub fn operator_routes<S>(&self) -> Router<S>
+    where
+        S: Clone + Send + Sync + 'static,
+    {
+        operator::router(self.clone())
+    }
+
+    /// What the engine is doing now, for the people who run it (see
+    /// [`operator`](crate::operator)): the change log's size and pace, the open event
+    /// streams and their cursors, the idempotency store, recent conflicts and errors.
+    /// Database figures are counted when asked, in one read transaction, at the cost of
+    /// one pass over the log; [`OperatorFigures::emit`] logs them.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the database cannot be read.
+    pub async fn figures(&self) -> Result<OperatorFigures> {
+        operator::read(self).await
     }
 
     /// The pool the engine writes through.
@@ -596,6 +643,16 @@ impl SyncEngineBuilder {
         self
     }
 
+    /// Logs the engine's [figures](SyncEngine::figures) as a `tracing` event
+    /// ([`OperatorFigures::emit`], target `rhtmx_sync::metrics`) every `period`, the
+    /// first `period` after the build (default: never by itself). Each costs one pass
+    /// over the change log, so a minute suits most apps; less than a second is raised to
+    /// one. The task holds the engine weakly and ends once the engine is dropped.
+    pub fn emit_figures_every(mut self, period: Duration) -> Self {
+        self.options.figures_every = Some(period.max(Duration::from_secs(1)));
+        self
+    }
+
     /// Where the routes live (default `/api/sync`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.options.prefix = prefix.into().trim_end_matches('/').to_owned();
@@ -722,7 +779,7 @@ impl SyncEngineBuilder {
             .instrument(tracing::info_span!("rhtmx_sync_broadcaster")),
         );
         let clock = HlcClock::new().max_drift(self.options.clock_tolerance);
-        Ok(SyncEngine {
+        let engine = SyncEngine {
             inner: Arc::new(Inner {
                 pool: self.pool,
                 entities,
@@ -739,6 +796,8 @@ impl SyncEngineBuilder {
                     self.options.max_concurrent_pulls,
                     self.options.max_concurrent_pulls_per_principal,
                 ),
+                open_streams: Arc::default(),
+                recent_errors: Arc::default(),
                 authenticate: self.authenticate,
                 scoped,
                 options: self.options,
@@ -746,7 +805,11 @@ impl SyncEngineBuilder {
                 log_id,
                 tailer,
             }),
-        })
+        };
+        if let Some(period) = engine.inner.options.figures_every {
+            operator::emit_every(&engine, period);
+        }
+        Ok(engine)
     }
 }
 

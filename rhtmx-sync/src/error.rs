@@ -288,6 +288,8 @@ pub(crate) fn quote(input: &str) -> String {
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.status();
+        // The whole message, for the operator view's recent errors; never sent.
+        let failure = crate::operator::Failure(self.to_string());
         let message = if let Error::ShuttingDown = self {
             self.to_string()
         } else if status.is_server_error() {
@@ -310,6 +312,7 @@ impl IntoResponse for Error {
         };
         let mut response =
             (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
+        response.extensions_mut().insert(failure);
         if let Error::Busy { retry_after, .. } = self {
             response
                 .headers_mut()

@@ -15,6 +15,7 @@ pub mod hlc;
 mod http;
 mod idempotency;
 mod log;
+pub mod operator;
 mod permission;
 mod principal;
 mod scope;
@@ -34,6 +35,8 @@ pub use self::error::{BuildError, Error, Result};
 pub use self::hlc::{Hlc, HlcClock};
 #[doc(inline)]
 pub use self::idempotency::{Idempotency, IdempotencyLayer, IdempotencyUsage};
+#[doc(inline)]
+pub use self::operator::OperatorFigures;
 #[doc(inline)]
 pub use self::permission::{Forbidden, PushedChange, ValidatePush, FORBIDDEN_HEADER};
 pub use self::principal::Principal;

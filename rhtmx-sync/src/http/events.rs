@@ -16,6 +16,9 @@
 //! and every `access_recheck` (60 s) by itself, the stream asks again (running the
 //! app's extractor on the request it was opened with: a signed-out session is
 //! anonymous); when the answer differs its client gets a `reset`.
+//!
+//! While it is open, each stream is listed with its cursor in the operator view
+//! ([`crate::operator`]): an atomic store per event, removed when the stream is dropped.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
@@ -160,6 +163,8 @@ pub(crate) async fn events(
             }
             (Some(last), None) => last.version,
         };
+        // Listed in the operator view until the stream is dropped.
+        let tracked = inner.open_streams.open(&access.principal, cursor);
         let mut catch_up = last_id.is_some();
         loop {
             if catch_up {
@@ -179,6 +184,7 @@ pub(crate) async fn events(
                     let entities = inner.entities.load();
                     for row in &rows {
                         cursor = row.version;
+                        tracked.at(cursor);
                         if let Some(event) = encode(&entities, &filter, &access, row, &inner.log_id) {
                             yield Ok(event);
                         }
@@ -217,6 +223,7 @@ pub(crate) async fn events(
                 let Ok(now) = engine.access(principal).await else { return };
                 if now.fingerprint != access.fingerprint {
                     access = now;
+                    tracked.reads_as(&access.principal);
                     let Ok(id) = token(&inner.pool, &inner.log_id, cursor).await else { return };
                     yield Ok(reset(&(id + access.suffix()), cursor, "access_changed"));
                 }
@@ -229,6 +236,7 @@ pub(crate) async fn events(
                             continue;
                         }
                         cursor = *version;
+                        tracked.at(cursor);
                         if !filter.wants(entity) {
                             continue;
                         }
@@ -243,6 +251,7 @@ pub(crate) async fn events(
                     }
                     LogEvent::Reset { head, id } => {
                         cursor = *head;
+                        tracked.at(cursor);
                         yield Ok(reset(&with_suffix(id, access.suffix()), *head, "log_replaced"));
                     }
                 },
