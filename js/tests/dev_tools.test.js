@@ -144,10 +144,12 @@ test("the progress component counts writes waiting and refused", async () => {
   await waitPending(page, 2);
   await page.waitForFunction((sel) => document.querySelector(sel).textContent === "2 changes waiting (offline)", el);
   assert.equal(await page.getAttribute(el, "data-pending"), "2");
+  assert.equal(await page.getAttribute(el, "data-online"), "false");
   await w.context.setOffline(false);
   await page.waitForFunction((sel) => document.querySelector(sel).dataset.failed === "1" && document.querySelector(sel).dataset.pending === "0", el);
   assert.equal(await page.getAttribute(el, "data-pending"), "0");
   assert.equal(await page.textContent(el), "1 change refused");
+  assert.equal(await page.getAttribute(el, "data-online"), "true");
   const last = await page.evaluate(() => RhtmxSync.progress);
   assert.deepEqual([last.pending, last.failed], [0, 1]);
 });

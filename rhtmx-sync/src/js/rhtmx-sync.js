@@ -314,6 +314,7 @@
     for (const el of document.querySelectorAll("[data-rhtmx-progress]")) {
       if (!el.firstChild) el.append(document.createElement("progress"), document.createElement("span"));
       el.setAttribute("data-phase", p.phase);
+      el.setAttribute("data-online", p.online);
       el.setAttribute("data-pending", p.pending);
       el.setAttribute("data-failed", p.failed);
       el.style.setProperty("--rhtmx-progress", String(p.fraction));
