@@ -41,6 +41,7 @@ pub fn page(todos: &[TodoView<'_>], version: i64) -> Markup {
         html lang="en" {
             head {
                 meta charset="utf-8";
+                meta name="htmx-config" content=(super::htmx::CONFIG);
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { "Todos · rhtmx-sync" }
                 style { (PreEscaped(STYLE)) }

@@ -324,7 +324,9 @@ impl Server for Model {
             .iter()
             .map(|l| self.encode(l))
             .collect();
-        json!({"entity": "items", "changes": changes, "version": self.log.len(), "has_more": false})
+        // A whole page: it ends at the head, which it names.
+        let head = self.log.len();
+        json!({"entity": "items", "changes": changes, "version": head, "head": head, "has_more": false})
     }
 
     async fn rows(&mut self) -> BTreeMap<String, Row> {

@@ -48,14 +48,17 @@ struct Movement {
     delta: i64,
 }
 
+// AUTOINCREMENT: a deleted item's number is never given to a new one. Without it SQLite
+// reuses the highest number freed, and a write queued offline for the deleted item
+// (`POST /items/2/movements`) would land on whichever item got number 2 meanwhile.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS items (
-    item_no INTEGER PRIMARY KEY,
+    item_no INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
     photo_bytes INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS movements (
-    movement_id INTEGER PRIMARY KEY,
+    movement_id INTEGER PRIMARY KEY AUTOINCREMENT,
     item_no INTEGER NOT NULL REFERENCES items (item_no) ON DELETE CASCADE,
     delta INTEGER NOT NULL
 );
@@ -76,10 +79,22 @@ impl IntoResponse for Refusal {
 }
 
 impl From<sqlx::Error> for Refusal {
+    // The database's words stay in the server's log: they describe the schema.
     fn from(e: sqlx::Error) -> Refusal {
-        Refusal(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+        eprintln!("inventory: database error: {e}");
+        Refusal(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "something went wrong".into(),
+        )
     }
 }
+
+/// The image types a photo may have. Not SVG: it can carry script, and the photo is
+/// served from the app's origin.
+const PHOTO_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+/// The most a single movement may change the stock by (so sums stay far from overflow).
+const MAX_DELTA: i64 = 1_000_000;
 
 fn page(body: Markup) -> Markup {
     html! {
@@ -87,6 +102,7 @@ fn page(body: Markup) -> Markup {
         html lang="en" {
             head {
                 meta charset="utf-8";
+                meta name="htmx-config" content=(htmx::CONFIG);
                 title { "Inventory · rhtmx-sync" }
                 @for src in htmx::scripts() { script src=(src) {} }
                 // SYNC: the client, mirroring both entities; the offline shell on.
@@ -168,12 +184,16 @@ async fn add(State(pool): State<SqlitePool>, Form(new): Form<NewItem>) -> Result
     }
     let stock = match new.stock.as_deref().map(str::trim) {
         None | Some("") => 0,
-        Some(s) => s.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-            Refusal(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "stock: a whole number ≥ 0".into(),
-            )
-        })?,
+        Some(s) => s
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (0..=MAX_DELTA).contains(n))
+            .ok_or_else(|| {
+                Refusal(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "stock: a whole number ≥ 0".into(),
+                )
+            })?,
     };
     let mut tx = pool.begin().await?;
     let no: i64 = sqlx::query_scalar("INSERT INTO items (name) VALUES (?) RETURNING item_no")
@@ -201,10 +221,10 @@ async fn add_movement(
     Path(no): Path<i64>,
     Form(m): Form<NewMovement>,
 ) -> Result<Markup, Refusal> {
-    if m.delta == 0 {
+    if m.delta == 0 || m.delta.abs() > MAX_DELTA {
         return Err(Refusal(
             StatusCode::UNPROCESSABLE_ENTITY,
-            "a change of 0".into(),
+            format!("a change of 1 to {MAX_DELTA}, up or down"),
         ));
     }
     // A movement for an item deleted meanwhile (say, in another tab while this one was
@@ -229,16 +249,20 @@ async fn upload_photo(
     mut form: Multipart,
 ) -> Result<Markup, Refusal> {
     let bad = |why: String| Refusal(StatusCode::UNPROCESSABLE_ENTITY, why);
+    // A body over the limit is axum's 413, not a malformed form.
+    let broken = |e: axum::extract::multipart::MultipartError| Refusal(e.status(), e.body_text());
     let mut photo = None;
-    while let Some(field) = form.next_field().await.map_err(|e| bad(e.body_text()))? {
+    while let Some(field) = form.next_field().await.map_err(broken)? {
         if field.name() != Some("photo") {
             continue;
         }
         let kind = field.content_type().unwrap_or("").to_owned();
-        if !kind.starts_with("image/") {
-            return Err(bad(format!("an image, please (not `{kind}`)")));
+        if !PHOTO_TYPES.contains(&kind.as_str()) {
+            return Err(bad(format!(
+                "a PNG, JPEG, GIF or WebP image, please (not `{kind}`)"
+            )));
         }
-        let bytes = field.bytes().await.map_err(|e| bad(e.body_text()))?;
+        let bytes = field.bytes().await.map_err(broken)?;
         if bytes.len() > MAX_PHOTO {
             return Err(Refusal(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -277,7 +301,17 @@ async fn photo(State(pool): State<SqlitePool>, Path(no): Path<i64>) -> Result<Re
             .fetch_optional(&pool)
             .await?;
     let (kind, bytes) = row.ok_or_else(|| Refusal(StatusCode::NOT_FOUND, "no photo".into()))?;
-    Ok(([(header::CONTENT_TYPE, kind)], bytes).into_response())
+    // Shown as an image and nothing else: no sniffing, and opened on its own it runs
+    // nothing (a sandbox with no permissions).
+    let headers = [
+        (header::CONTENT_TYPE, kind),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_owned()),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; sandbox".to_owned(),
+        ),
+    ];
+    Ok((headers, bytes).into_response())
 }
 
 /// Deletes an item; the database deletes its movements and photo (`ON DELETE CASCADE`),

@@ -28,13 +28,14 @@ struct Note {
 async fn page(State(pool): State<SqlitePool>) -> Result<Html<String>, String> {
     Ok(Html(format!(
         r##"<!doctype html><html><head><meta charset="utf-8"><title>Notes</title>
-{}
+{}{}
 <script src="/api/sync/client.js" data-sync-entities="notes"></script><!-- STEP 4 -->
 </head><body><h1>Notes</h1>
 <form hx-post="/notes" hx-target="#notes"><input name="body" required><button>Add</button></form>
 <ul data-rhtmx-pending-list></ul><!-- STEP 6 -->
 <div id="notes" hx-get="/notes" hx-trigger="rhtmx:notes:changed from:body">{}</div><!-- STEP 5 -->
 </body></html>"##,
+        htmx::config_tag(),
         htmx::script_tags(),
         list(State(pool)).await?.0
     )))

@@ -26,6 +26,17 @@ pub fn scripts() -> &'static [&'static str] {
     }
 }
 
+/// htmx's configuration for the example pages: an answer of 4xx or 5xx swaps nothing,
+/// under htmx 4 as under htmx 2 (htmx 4 swaps them by default; a refused write would
+/// replace the list with its error text). htmx 2 ignores the key it does not know.
+pub const CONFIG: &str = r#"{"noSwap":[204,304,"4xx","5xx"]}"#;
+
+/// [`CONFIG`] as the `<meta>` tag htmx reads at load.
+#[allow(dead_code)] // not every example writes its page by hand
+pub fn config_tag() -> String {
+    format!(r#"<meta name="htmx-config" content='{CONFIG}'>"#)
+}
+
 /// The page's `<script>` tags for [`scripts`], as HTML.
 #[allow(dead_code)] // not every example writes its page by hand
 pub fn script_tags() -> String {

@@ -217,6 +217,7 @@ async fn index(
         html lang="en" {
             head {
                 meta charset="utf-8";
+                meta name="htmx-config" content=(htmx::CONFIG);
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 // Whose mirror and outbox this page uses (see the README).
                 meta name="rhtmx-principal" content=(member.user);
@@ -271,6 +272,7 @@ async fn login_page(token: CsrfToken) -> Result<(CsrfToken, Markup), AppError> {
         html lang="en" {
             head {
                 meta charset="utf-8";
+                meta name="htmx-config" content=(htmx::CONFIG);
                 meta name="csrf-token" content=(csrf);
                 title { "Sign in · rhtmx-sync" }
                 @for src in htmx::scripts() { script src=(src) {} }

@@ -77,8 +77,11 @@ pub fn admin(engine: &SyncEngine, token: Option<String>) -> Router {
     let check = move |request: Request, next: Next| {
         let expected = expected.clone();
         async move {
+            use subtle::ConstantTimeEq;
             let sent = request.headers().get(axum::http::header::AUTHORIZATION);
-            if sent.and_then(|v| v.to_str().ok()) != Some(&*expected) {
+            // In constant time: how long a wrong guess takes says nothing of the token.
+            let sent = sent.map_or(&[][..], |v| v.as_bytes());
+            if !bool::from(sent.ct_eq(expected.as_bytes())) {
                 // 404, not 401: nothing tells a stranger the page exists.
                 return StatusCode::NOT_FOUND.into_response();
             }

@@ -5,7 +5,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { freshWorldPerTest, dbTodos, eventually } from "./harness.js";
 import { answer } from "./proxy.js";
-import { openApp, openRewritten, addTodo, inject, waitPending } from "./app.js";
+import { openApp, openRewritten, addTodo, inject, waitPending, waitInPage } from "./app.js";
 
 const w = freshWorldPerTest();
 const rows = () => dbTodos(w.server.dbPath);
@@ -75,18 +75,23 @@ test("the overlay shows a write queued offline, sees it go after reconnecting, a
   assert.deepEqual(rows().map((r) => r.title).sort(), ["queued while offline", "refused once"]);
 });
 
-test("the progress component shows a 50 000-row first sync, then hides", async () => {
-  const N = 50000;
-  // Rows written straight into the database (the capture triggers log them).
+/** N rows written straight into the database (the capture triggers log them); the page
+ *  itself stays small: the server-rendered list and its refreshes are emptied (these
+ *  tests are about the mirror's sync, not about rendering the rows). */
+function bulkInsert(N) {
   execFileSync("python3", ["-c", [
     "import sqlite3, sys",
     "c = sqlite3.connect(sys.argv[1])",
     `c.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${N}) INSERT INTO todos (id, title, completed) SELECT printf('bulk-%05d', i), 'row ' || i, 0 FROM n")`,
     "c.commit()",
   ].join("\n"), w.server.dbPath]);
-  // The page itself stays small: the server-rendered list and its refreshes are emptied
-  // (this test is about the mirror's sync, not about rendering 50 000 rows).
   w.proxy.rule({ match: (r) => r.method === "GET" && r.url === "/todos", respond: answer(200, "") });
+}
+const emptyList = (html) => html.replace(/(<ul id="todo-list"[^>]*>)[\s\S]*?<\/ul>/, "$1</ul>");
+
+test("the progress component shows a 50 000-row first sync, then hides", async () => {
+  const N = 50000;
+  bulkInsert(N);
   const page = await w.context.newPage();
   await page.addInitScript(() => {
     window.__progress = [];
@@ -103,8 +108,7 @@ test("the progress component shows a 50 000-row first sync, then hides", async (
   });
   await page.route(w.proxy.base + "/", async (route) => {
     const response = await route.fetch();
-    const body = (await response.text()).replace(/(<ul id="todo-list"[^>]*>)[\s\S]*?<\/ul>/, "$1</ul>");
-    route.fulfill({ response, body });
+    route.fulfill({ response, body: emptyList(await response.text()) });
   });
   await page.goto(w.proxy.base + "/");
   await page.waitForFunction(() => window.__progress.some((p) => p.phase === "synced"), null, { timeout: 120000 });
@@ -163,4 +167,50 @@ test("a progress element swapped in by htmx shows the figures at once", async ()
   await page.waitForSelector("#late");
   await page.waitForFunction(() => document.querySelector("#late").textContent === "Up to date");
   assert.equal(await page.getAttribute("#late", "data-phase"), "synced");
+});
+
+test("a first sync cut short by going offline resumes and goes on counting", async () => {
+  const N = 20000;
+  bulkInsert(N);
+  // Slow pages, so going offline lands mid-sync.
+  w.proxy.rule({
+    match: (r) => r.url.startsWith("/api/sync/todos?"),
+    respond: (req, res) => (setTimeout(() => w.proxy.forward(req, res), 300), true),
+  });
+  const page = await w.context.newPage();
+  await page.addInitScript(() => {
+    window.__progress = [];
+    addEventListener("DOMContentLoaded", () =>
+      document.body.addEventListener("rhtmx:sync-progress", (e) => window.__progress.push(e.detail)));
+  });
+  await page.route(w.proxy.base + "/", async (route) => {
+    const response = await route.fetch();
+    route.fulfill({ response, body: emptyList(await response.text()) });
+  });
+  await page.goto(w.proxy.base + "/");
+  await page.waitForFunction(() => window.__progress.some((p) => p.phase === "syncing"));
+  await w.context.setOffline(true);
+  await page.waitForFunction(() => RhtmxSync.progress.phase === "offline");
+  assert.match(await page.textContent("[data-rhtmx-progress]"), /^Offline$/);
+  await w.context.setOffline(false);
+  await page.waitForFunction(() => RhtmxSync.progress.phase === "synced", null, { timeout: 60000 });
+  const syncing = (await page.evaluate(() => window.__progress)).filter((p) => p.phase === "syncing");
+  const fractions = syncing.map((p) => p.fraction);
+  assert.ok(fractions.every((f, i) => i === 0 || f >= fractions[i - 1]), `never backwards: ${fractions}`);
+  assert.equal(syncing.at(-1).received, N, "counted across the interruption");
+  assert.equal(await page.evaluate(() => RhtmxSync.get("todos").then((r) => r.length)), N);
+});
+
+test("the overlay's buttons hold still under a long press", async () => {
+  const page = await openRewritten(w.context, w.proxy.base, withDebug);
+  await w.context.setOffline(true);
+  await addTodo(page, "   "); // the server refuses a blank title
+  await waitPending(page, 1);
+  await w.context.setOffline(false);
+  await waitInPage(page, async () => (await RhtmxSync.deadLetters()).length === 1);
+  await page.click(`${overlay} .toggle`);
+  await page.waitForSelector(`${overlay} li.dead button.discard`);
+  // Longer than the panel's 1 s refresh: a redraw must not swap the button away.
+  await page.click(`${overlay} li.dead button.discard`, { delay: 1500 });
+  await waitInPage(page, async () => (await RhtmxSync.deadLetters()).length === 0, undefined, { timeout: 5000 });
 });

@@ -71,6 +71,9 @@ test("integer keys, a cascade and a file upload, offline and live", async () => 
     assert.deepEqual(q(`SELECT SUM(delta) AS s, COUNT(*) AS n FROM movements WHERE item_no = ${no}`), [{ s: 4, n: 2 }]);
     const [photo] = q(`SELECT content_type, hex(bytes) AS hex FROM item_photos WHERE item_no = ${no}`);
     assert.equal(photo.content_type, "image/png");
+    const served = await fetch(`${server.base}/items/${no}/photo`);
+    assert.equal(served.headers.get("x-content-type-options"), "nosniff");
+    assert.match(served.headers.get("content-security-policy"), /sandbox/);
     assert.equal(sha(Buffer.from(photo.hex, "hex")), sha(PNG));
     // B refreshed live: the new item, the stock, and the photo it can load.
     await pageB.waitForSelector("li.item:has-text('Barrel')");
@@ -113,9 +116,46 @@ test("a photo that is not an image, or too large, is refused with a 4xx and chan
       return (await fetch(url, { method: "POST", body })).status;
     }, [`/items/${no}/photo`, name, type, [...bytes]]);
     assert.equal(await upload("notes.txt", "text/plain", Buffer.from("hello")), 422);
+    // SVG can carry script, and photos are served from the app's origin.
+    assert.equal(await upload("x.svg", "image/svg+xml", Buffer.from('<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>')), 422);
     assert.equal(await upload("huge.png", "image/png", Buffer.alloc(1024 * 1024 + 1)), 413);
+    assert.equal(await upload("huger.png", "image/png", Buffer.alloc(2 * 1024 * 1024)), 413); // past the body limit
+    // A movement too large to add up is refused, and the page still renders.
+    const move = (delta) => page.evaluate(async ([url, delta]) =>
+      (await fetch(url, { method: "POST", body: new URLSearchParams({ delta }) })).status, [`/items/${no}/movements`, delta]);
+    assert.equal(await move("9223372036854775807"), 422);
+    assert.equal(await move("1000001"), 422);
+    assert.equal((await fetch(server.base + "/")).status, 200);
     assert.deepEqual(q(`SELECT photo_bytes FROM items WHERE item_no = ${no}`), [{ photo_bytes: 0 }]);
     assert.deepEqual(q("SELECT COUNT(*) AS n FROM item_photos"), [{ n: 0 }]);
+  } finally {
+    await context.close();
+  }
+});
+
+test("a write queued for an item deleted meanwhile is refused, never applied to a newer item", async () => {
+  const context = await browser.newContext();
+  try {
+    const page = await open(context);
+    const add = (name) => page.evaluate(async (name) =>
+      (await fetch("/items", { method: "POST", body: new URLSearchParams({ name }) })).status, name);
+    assert.equal(await add("keep"), 200);
+    assert.equal(await add("doomed"), 200);
+    await page.waitForSelector("li.item:has-text('doomed')");
+    const [{ item_no: doomed }] = q("SELECT item_no FROM items WHERE name = 'doomed'");
+    await context.setOffline(true);
+    await page.click(`li[data-item-no="${doomed}"] button.more`);
+    await page.waitForFunction(() => RhtmxSync.pendingCount === 1);
+    // Another client deletes it and adds an item while this one is offline.
+    assert.equal((await fetch(`${server.base}/items/${doomed}`, { method: "DELETE" })).status, 200);
+    assert.equal((await fetch(`${server.base}/items`, { method: "POST", body: new URLSearchParams({ name: "newer" }) })).status, 200);
+    const [{ item_no: newer }] = q("SELECT item_no FROM items WHERE name = 'newer'");
+    assert.notEqual(newer, doomed, "a deleted item's number is not given again");
+    await context.setOffline(false);
+    await waitInPage(page, async () => (await RhtmxSync.deadLetters()).length === 1);
+    const [dead] = await page.evaluate(() => RhtmxSync.deadLetters());
+    assert.equal(dead.status, 404);
+    assert.deepEqual(q(`SELECT COUNT(*) AS n FROM movements WHERE item_no = ${newer}`), [{ n: 0 }]);
   } finally {
     await context.close();
   }

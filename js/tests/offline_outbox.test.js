@@ -378,3 +378,18 @@ test("a write carries when the user acted (kept for the replay) and the row vers
   assert.match(hlc, /^\d{15}-\d{5}-[0-9a-f]{16}$/);
   assert.ok(before < hlc && hlc < between, `${before} < ${hlc} < ${between}: stamped when submitted, not replayed`);
 });
+
+test("an online write the server refuses (422) swaps nothing: the list and the form stay", async () => {
+  const page = await openApp(w.context, w.proxy.base);
+  await addTodo(page, "kept");
+  await page.waitForSelector('li.todo input[value="kept"]');
+  await page.fill("#new-todo input[name=title]", "x".repeat(501)); // too long: 422
+  await page.click("#new-todo button");
+  await eventually(() => w.proxy.seen((r) => r.method === "POST" && r.status === 422).length === 1, { what: "the 422" });
+  await addTodo(page, "after the refusal");
+  await page.waitForSelector('li.todo input[value="after the refusal"]');
+  assert.equal(await page.locator("#todo-list").count(), 1);
+  assert.equal(await page.locator("#new-todo").count(), 1);
+  assert.deepEqual(rows().map((r) => r.title).sort(), ["after the refusal", "kept"]);
+  assert.equal(await page.evaluate(() => RhtmxSync.pendingCount), 0);
+});

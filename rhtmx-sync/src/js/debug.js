@@ -41,6 +41,7 @@
   root.append(panel, toggle);
   toggle.onclick = () => {
     panel.hidden = !panel.hidden;
+    shown = "";
     render();
   };
 
@@ -59,6 +60,8 @@
 
   let rendering = false;
   let again = false;
+  let shown = ""; // what the panel shows now: redrawn only when it changes, so a button
+  // is not replaced under a press and text stays selectable
   async function render() {
     const state = S.connection;
     dot.className = "dot " + state;
@@ -72,6 +75,10 @@
       const conflicts = events.filter((e) => e.name === "conflict");
       const entry = (e) => `${e.method} ${path(e.url)}` + (e.label ? ` — ${e.label}` : "");
       const progress = S.progress;
+      const now = JSON.stringify([state, navigator.onLine, S.isLeader, S.principal, S.clientId, progress.phase,
+        Math.floor(progress.fraction * 100), cursors, pending, dead, events.slice(0, 20).map((e) => [e.at, e.name])]);
+      if (now === shown) return;
+      shown = now;
       panel.replaceChildren(
         ...section("Connection", rows([
           ["network", navigator.onLine === false ? "offline" : "online"],

@@ -427,8 +427,11 @@
     let done;
     resyncing = new Promise((r) => (done = r));
     let reset = null;
-    for (const e in spans) delete spans[e];
-    progress.received = 0;
+    // A sync that resumes one cut short (offline, a failed pull) goes on counting.
+    if (progress.phase !== "failed" && progress.phase !== "offline") {
+      for (const e in spans) delete spans[e];
+      progress.received = 0;
+    }
     try {
       const heads = (await Promise.all(entities.filter((e) => !unknown.has(e)).map(pull))).filter(Boolean);
       synced = true;
