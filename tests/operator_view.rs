@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -445,28 +444,6 @@ async fn the_engine_routes_do_not_serve_the_operator_view() {
     }
     // While the engine itself has the figures.
     assert_eq!(engine.figures().await.unwrap().log.rows, 0);
-}
-
-/// What `emit` logged: each event's target and fields as text.
-type Captured = Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>;
-
-struct Capture(Captured);
-
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
-    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
-        struct Fields<'a>(&'a mut BTreeMap<String, String>);
-        impl tracing::field::Visit for Fields<'_> {
-            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
-                self.0.insert(field.name().to_owned(), format!("{value:?}"));
-            }
-        }
-        let mut fields = BTreeMap::new();
-        event.record(&mut Fields(&mut fields));
-        self.0
-            .lock()
-            .unwrap()
-            .push((event.metadata().target().to_owned(), fields));
-    }
 }
 
 /// The events logged at the metrics target so far.

@@ -395,3 +395,27 @@ pub async fn serve(router: axum::Router) -> (String, JoinHandle<()>) {
     });
     (base, task)
 }
+
+/// Events logged while a [`Capture`] layer was set: each one's target and fields as text.
+pub type Captured =
+    std::sync::Arc<std::sync::Mutex<Vec<(String, std::collections::BTreeMap<String, String>)>>>;
+
+/// A `tracing` layer that keeps every event (see [`Captured`]).
+pub struct Capture(pub Captured);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields<'a>(&'a mut std::collections::BTreeMap<String, String>);
+        impl tracing::field::Visit for Fields<'_> {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.insert(field.name().to_owned(), format!("{value:?}"));
+            }
+        }
+        let mut fields = std::collections::BTreeMap::new();
+        event.record(&mut Fields(&mut fields));
+        self.0
+            .lock()
+            .unwrap()
+            .push((event.metadata().target().to_owned(), fields));
+    }
+}

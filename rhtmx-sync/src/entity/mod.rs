@@ -211,6 +211,7 @@ impl Entity {
                 .map(|c| c.declared.as_str());
             KeyKind::from_column(column, declared.unwrap_or_default())
         };
+        warn_reused_keys(conn, table, &id, &info).await?;
         if let Some(column) = spec.scope.as_ref().and_then(Scope::scope_column) {
             if column == id || !columns.iter().any(|c| c.name == column) {
                 return Err(BuildError::ScopeColumn {
@@ -324,6 +325,41 @@ impl Entity {
             _ => Err(convert(self.id_column(), id).err().unwrap_or_else(invalid)),
         }
     }
+}
+
+/// Warns when `table`'s key is its rowid without `AUTOINCREMENT`: SQLite then gives a
+/// deleted row's number to the next new row, and a write queued offline for the deleted
+/// row (`PUT /notes/7`) would apply to whichever row is 7 by the time it is replayed.
+/// A warning, not an error: apps that never address rows by number from a page are fine.
+async fn warn_reused_keys(
+    conn: &mut sqlx::SqliteConnection,
+    table: &str,
+    id: &str,
+    info: &[TableInfo],
+) -> Result<(), BuildError> {
+    // Only a column declared exactly `INTEGER` is the rowid (`INT` is not).
+    let rowid = info
+        .iter()
+        .any(|c| c.name == id && c.declared.eq_ignore_ascii_case("INTEGER"));
+    if !rowid {
+        return Ok(());
+    }
+    let sql: Option<String> =
+        sqlx::query_scalar("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?")
+            .bind(table)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let sql = sql.unwrap_or_default().to_ascii_uppercase();
+    if !sql.contains("AUTOINCREMENT") && !sql.contains("WITHOUT ROWID") {
+        tracing::warn!(
+            table,
+            key = id,
+            "`{table}.{id}` is an INTEGER PRIMARY KEY without AUTOINCREMENT: SQLite reuses a \
+             deleted row's number, so a write queued offline for a deleted row would apply to \
+             the new row that got its number; declare it `INTEGER PRIMARY KEY AUTOINCREMENT`"
+        );
+    }
+    Ok(())
 }
 
 /// The column lists of `table`'s UNIQUE constraints and indexes, the primary key aside.
