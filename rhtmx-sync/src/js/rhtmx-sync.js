@@ -669,19 +669,25 @@
   async function refreshPending() {
     // The entries themselves only where a list shows them (a long queue is read whole).
     const lists = document.querySelectorAll("[data-rhtmx-pending-list]");
+    const root = document.documentElement;
+    // At once, before any await: whoever hears `rhtmx:online` next sees the class gone.
+    root.classList.toggle("rhtmx-offline", !online());
     let entries = [];
     try {
-      const store = (tx) => tx.objectStore("_pending");
-      if (lists.length) entries = (await run("_pending", "readonly", (tx) => store(tx).getAll())) || [];
-      pendingCount = lists.length ? entries.length : (await run("_pending", "readonly", (tx) => store(tx).count())) || 0;
-      progress.failed = (await run("_dead", "readonly", (tx) => tx.objectStore("_dead").count())) || 0;
+      // One transaction, and the counts set together after it: a `rhtmx:rejected`
+      // fired after this resolves never trails a pendingCount that already dropped.
+      const read = await run(["_pending", "_dead"], "readonly", (tx) => ({
+        pending: lists.length ? tx.objectStore("_pending").getAll() : tx.objectStore("_pending").count(),
+        dead: tx.objectStore("_dead").count(),
+      }));
+      if (lists.length) entries = (read && read.pending.result) || [];
+      pendingCount = lists.length ? entries.length : (read && read.pending.result) || 0;
+      progress.failed = (read && read.dead.result) || 0;
     } catch (error) {
       storageFailed(error);
     }
     showProgress({ pending: pendingCount });
-    const root = document.documentElement;
     root.classList.toggle("rhtmx-pending", pendingCount > 0);
-    root.classList.toggle("rhtmx-offline", !online());
     root.setAttribute("data-rhtmx-pending-count", String(pendingCount));
     for (const el of document.querySelectorAll("[data-rhtmx-pending-count]")) {
       if (el !== root) el.setAttribute("data-rhtmx-pending-count", String(pendingCount));
@@ -1228,8 +1234,8 @@
   if (staleMeta) markStale(staleMeta.content);
 
   addEventListener("online", () => {
-    emit("online", {});
     refreshPending();
+    emit("online", {});
     // Back online: no need to sit out a backoff grown while offline.
     if (isLeader && !source) {
       clearTimeout(sourceTimer);
@@ -1243,7 +1249,7 @@
     }
     kick();
   });
-  addEventListener("offline", () => { emit("offline", {}); refreshPending(); });
+  addEventListener("offline", () => { refreshPending(); emit("offline", {}); });
   document.addEventListener("visibilitychange", () => document.visibilityState === "visible" && kick());
   addEventListener("pagehide", disconnect);
   addEventListener("pageshow", (e) => e.persisted && isLeader && connect());
