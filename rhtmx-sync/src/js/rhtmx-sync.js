@@ -134,7 +134,16 @@
     // Another tab may upgrade between our look and our upgrade, without our stores:
     // look again until everything is there.
     for (let attempt = 0; attempt < 10; attempt++) {
-      const db = await openVersion(dbName(scope), 0, []);
+      let db;
+      try {
+        db = await openVersion(dbName(scope), 0, []);
+      } catch (e) {
+        // An open caught by the browser wiping the database ("the connection was
+        // closed") fails that once: open again, rather than turn storage off for good.
+        if (!e || e.name !== "AbortError" || attempt === 9) throw e;
+        await new Promise((r) => setTimeout(r, 20 * (attempt + 1)));
+        continue;
+      }
       const names = db.objectStoreNames;
       const missing = wanted.filter((s) => !names.contains(s) || (s[0] !== "_" && inline(db, s)));
       if (!missing.length) {
