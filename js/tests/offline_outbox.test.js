@@ -2,7 +2,7 @@
 // IndexedDB and replayed in order, exactly once, by one tab.
 import { test } from "node:test";
 import assert from "node:assert/strict";
-import { freshWorldPerTest, dbTodos, eventually } from "./harness.js";
+import { freshWorldPerTest, dbTodos, eventually, postForm } from "./harness.js";
 import { answer, cut, holder } from "./proxy.js";
 import { openApp, events, addTodo, inject, plainForm, waitPending } from "./app.js";
 
@@ -392,4 +392,17 @@ test("an online write the server refuses (422) swaps nothing: the list and the f
   assert.equal(await page.locator("#new-todo").count(), 1);
   assert.deepEqual(rows().map((r) => r.title).sort(), ["after the refusal", "kept"]);
   assert.equal(await page.evaluate(() => RhtmxSync.pendingCount), 0);
+});
+
+test("on an empty log the first pull still gives the stream its resume point: one pull, not two", async () => {
+  const page = await openApp(w.context, w.proxy.base);
+  await page.waitForFunction(() => RhtmxSync.connection === "open");
+  const streams = w.proxy.seen((r) => r.url.startsWith("/api/sync/events"));
+  assert.equal(streams.length, 1);
+  assert.match(streams[0].url, /last_event_id=0\./, "resumes from the empty log's head");
+  // A write made now comes as its event (with its id), never through a second pull.
+  await postForm(w.server.base, "/todos", { id: "0192f0a0-0000-7000-8000-00000000beef", title: "live" });
+  await page.waitForFunction(() => window.__changes.length > 0);
+  assert.equal((await page.evaluate(() => window.__changes))[0].id, "0192f0a0-0000-7000-8000-00000000beef");
+  assert.equal(w.proxy.seen((r) => r.url.startsWith("/api/sync/todos?")).length, 1);
 });

@@ -446,7 +446,9 @@
       synced = true;
       // Everything up to the lowest head is held now.
       const lowest = heads.reduce((a, b) => (num(b) < num(a) ? b : a), heads[0]);
-      if (heads.length && num(lowest) > num(lastEventId)) lastEventId = lowest;
+      // Even at 0 (an empty log): the stream then resumes from here, and a write
+      // made while it opens comes as its event, not through a second pull.
+      if (heads.length && (lastEventId === null || num(lowest) > num(lastEventId))) lastEventId = lowest;
       tell({ type: "progress", detail: showProgress({ phase: "synced", fraction: 1 }) });
     } catch (error) {
       if (error && error.reset) reset = error.reset;
