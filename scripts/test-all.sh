@@ -7,12 +7,16 @@ cd "$(dirname "$0")/.."
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-# System packages for the browser tests: Debian's Chromium (driven by playwright-core)
-# and Node.js. Installed only when missing.
+# System packages: Debian's Chromium (driven by playwright-core) and Node.js for the
+# browser tests, PostgreSQL for the PostgreSQL backend. Installed only when missing.
 need=()
 command -v chromium >/dev/null || need+=(chromium)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+# PostgreSQL for the tests of the PostgreSQL backend: each test binary starts its own
+# throwaway server from these binaries (tests/pg/mod.rs), as the `postgres` user when
+# run as root (initdb refuses root).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing ${need[*]}"
   as_root apt-get update -qq

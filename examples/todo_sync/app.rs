@@ -39,7 +39,11 @@ pub struct AppState {
 pub fn app(engine: SyncEngine) -> Router {
     let admin = admin(&engine, std::env::var("ADMIN_TOKEN").ok());
     let state = AppState {
-        pool: engine.pool().clone(),
+        pool: engine
+            .pool()
+            .as_sqlite()
+            .expect("the example runs on SQLite")
+            .clone(),
         engine,
     };
     Router::new()

@@ -13,6 +13,7 @@ use sqlx::sqlite::SqliteConnectOptions;
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{broadcast, watch, Notify};
 
+use crate::backend::ReadLog;
 use crate::capture;
 use crate::cursor;
 use crate::engine::Registry;
@@ -106,9 +107,9 @@ impl Hub {
 }
 
 /// Where the tailer stands: the last version it read, and that entry's tag.
-struct Position {
-    version: i64,
-    token: String,
+pub(crate) struct Position {
+    pub version: i64,
+    pub token: String,
 }
 
 /// What the tailer follows: the entities (and the trigger generation it installed them
@@ -201,7 +202,7 @@ async fn tick(
     at: &mut Position,
     seen: &mut Seen,
 ) -> crate::Result<()> {
-    let (registry, generation, log_id) = (&follow.registry, follow.generation, &*follow.log_id);
+    let (registry, generation) = (&follow.registry, follow.generation);
     let dv: i64 = sqlx::query_scalar("PRAGMA data_version")
         .fetch_one(&mut *conn)
         .await?;
@@ -256,9 +257,22 @@ async fn tick(
             .fetch_one(&mut *conn)
             .await?;
     }
+    publish(conn, hub, follow, at).await
+}
+
+/// Sends every stream what was committed after `at`, or one reset if the log is no
+/// longer the history `at` stands on. The same on every backend: only what wakes the
+/// caller differs.
+pub(crate) async fn publish(
+    conn: &mut impl ReadLog,
+    hub: &Hub,
+    follow: &Follow,
+    at: &mut Position,
+) -> crate::Result<()> {
+    let (registry, log_id) = (&follow.registry, &*follow.log_id);
     // Is the log still the history we follow? Its head must not be behind us, and the
     // entry we stand on must be the one we read (a restored copy may have reused it).
-    let head = log::head(conn).await?;
+    let head = conn.head().await?;
     if head < at.version || cursor::token(conn, log_id, at.version).await? != at.token {
         let id = cursor::token(conn, log_id, head).await?;
         tracing::warn!(
@@ -278,7 +292,7 @@ async fn tick(
     const PAGE: i64 = 1000;
     let from = at.version;
     loop {
-        let rows = log::read_after(conn, at.version, PAGE).await?;
+        let rows = conn.read_after(at.version, PAGE).await?;
         for row in &rows {
             at.version = row.version;
             // Nobody listening: skip the encoding. A stream that subscribes later reads

@@ -16,11 +16,10 @@
 //!
 //! A bare version (`5`) is accepted too, unverified, for tools such as curl.
 
-use sha2::{Digest, Sha256};
-use sqlx::SqliteConnection;
-
+use crate::backend::ReadLog;
 use crate::error::Result;
-use crate::log::{self, LogRow, LOG_TABLE, ROW_COLUMNS};
+use crate::log::LogRow;
+use sha2::{Digest, Sha256};
 
 /// A cursor as a client sent it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,31 +111,18 @@ pub(crate) fn token_of(log_id: &str, row: &LogRow) -> String {
 }
 
 /// `"{version}.{tag}"`, reading the entry at `version`.
-pub(crate) async fn token(
-    conn: &mut SqliteConnection,
-    log_id: &str,
-    version: i64,
-) -> Result<String> {
-    let entry = entry_at(conn, version).await?;
+pub(crate) async fn token(conn: &mut impl ReadLog, log_id: &str, version: i64) -> Result<String> {
+    let entry = conn.entry_at(version).await?;
     Ok(format!(
         "{version}.{}",
         tag(log_id, version, entry.as_ref())
     ))
 }
 
-async fn entry_at(conn: &mut SqliteConnection, version: i64) -> Result<Option<LogRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {ROW_COLUMNS} FROM {LOG_TABLE} WHERE version = ?"
-    ))
-    .bind(version)
-    .fetch_optional(&mut *conn)
-    .await?)
-}
-
 /// Whether `cursor` can be resumed against the log as it is now (`head` read by the
 /// caller, in the same connection) by a principal whose access fingerprint is `access`.
 pub(crate) async fn check(
-    conn: &mut SqliteConnection,
+    conn: &mut impl ReadLog,
     log_id: &str,
     cursor: &Cursor,
     head: i64,
@@ -146,12 +132,12 @@ pub(crate) async fn check(
         return Ok(Some(Reset::AheadOfLog));
     }
     // From 0 is always whole: compaction keeps every row's latest entry.
-    if cursor.version > 0 && cursor.version < log::horizon(conn).await? {
+    if cursor.version > 0 && cursor.version < conn.horizon().await? {
         return Ok(Some(Reset::BehindHorizon));
     }
     // Version 0 is the start of every history.
     if let (Some(sent), true) = (&cursor.tag, cursor.version > 0) {
-        let entry = entry_at(conn, cursor.version).await?;
+        let entry = conn.entry_at(cursor.version).await?;
         if *sent != tag(log_id, cursor.version, entry.as_ref()) {
             return Ok(Some(Reset::OtherHistory));
         }

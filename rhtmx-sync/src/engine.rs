@@ -4,12 +4,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use sqlx::{Connection, SqliteConnection, SqlitePool};
+use sqlx::{SqliteConnection, SqlitePool};
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
-use crate::broadcast::{self, Hub};
-use crate::capture;
+use crate::backend::{self, Pool, ReadLog, Started};
+use crate::broadcast::Hub;
 use crate::conflict::{ConflictResolver, SharedResolver};
 use crate::entity::{Entity, EntitySpec};
 use crate::error::{BuildError, Error, Result};
@@ -19,7 +18,6 @@ use crate::http::budget::Budget;
 /// How far ahead of the server a client's HLC may be before the server's clock stamps
 /// its change instead (see [`SyncEngineBuilder::clock_tolerance`]).
 const DEFAULT_CLOCK_TOLERANCE: Duration = Duration::from_secs(5);
-use crate::log;
 use crate::operator::{self, OpenStreams, OperatorFigures, RecentErrors};
 use crate::permission::{Push, ValidatePush};
 use crate::principal::{self, Authenticate, Principal};
@@ -209,7 +207,7 @@ pub struct SyncEngine {
 }
 
 pub(crate) struct Inner {
-    pub pool: SqlitePool,
+    pub pool: Pool,
     pub entities: Arc<Registry>,
     pub hub: Arc<Hub>,
     pub options: Options,
@@ -267,10 +265,13 @@ impl SyncEngine {
             .await
     }
 
-    /// Starts a builder on the app's pool.
-    pub fn builder(db_pool: SqlitePool) -> SyncEngineBuilder {
+    /// Starts a builder on the app's pool: a `sqlx::SqlitePool`, or with the `postgres`
+    /// feature a `sqlx::PgPool` (any number of app instances on one database; see
+    /// [`Pool`]). The engine shares the pool for requests and opens its own connections
+    /// for the broadcaster (one on SQLite, two on PostgreSQL).
+    pub fn builder(db_pool: impl Into<Pool>) -> SyncEngineBuilder {
         SyncEngineBuilder {
-            pool: db_pool,
+            pool: db_pool.into(),
             specs: Vec::new(),
             overrides: Vec::new(),
             options: Options::default(),
@@ -329,7 +330,7 @@ impl SyncEngine {
     }
 
     /// The pool the engine writes through.
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &Pool {
         &self.inner.pool
     }
 
@@ -402,8 +403,7 @@ impl SyncEngine {
 
     /// The highest change version committed so far.
     pub async fn head(&self) -> Result<i64> {
-        let mut conn = self.inner.pool.acquire().await?;
-        log::head(&mut conn).await
+        self.inner.pool.acquire().await?.head().await
     }
 
     /// The entity registered as `name`, as the schema defines it now.
@@ -421,7 +421,7 @@ impl SyncEngine {
 #[derive(Debug)]
 #[must_use]
 pub struct SyncEngineBuilder {
-    pool: SqlitePool,
+    pool: Pool,
     specs: Vec<EntitySpec>,
     /// Per-entity conflict settings, applied to the registrations at build time.
     overrides: Vec<(String, Override)>,
@@ -675,7 +675,9 @@ impl SyncEngineBuilder {
 
     /// How often the broadcaster checks the database for commits made outside the push
     /// API — the app's own handlers or another process (default 10 ms). This bounds
-    /// the delay from such a commit to its event.
+    /// the delay from such a commit to its event. An idle check costs one pragma on
+    /// SQLite and one small indexed query on PostgreSQL, where engines also wake each
+    /// other by `NOTIFY` and 50 ms suits many instances.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.options.poll_interval = interval.max(Duration::from_millis(1));
         self
@@ -709,11 +711,6 @@ impl SyncEngineBuilder {
 
     /// Creates the engine's tables, installs the triggers, and starts broadcasting.
     pub async fn build(self) -> Result<SyncEngine, BuildError> {
-        let options = self.pool.connect_options();
-        // A connection of its own: the broadcaster must not hold one of the app's.
-        let mut conn = SqliteConnection::connect_with(&options).await?;
-        log::migrate(&mut conn).await?;
-        crate::idempotency::migrate(&mut conn).await?;
         let mut specs = self.specs;
         for (name, setting) in self.overrides {
             let Some(spec) = specs.iter_mut().find(|s| s.table == name) else {
@@ -739,8 +736,7 @@ impl SyncEngineBuilder {
             }
         }
         let scoped = specs.iter().any(|s| s.scope.is_some());
-        let mut entities: Vec<Arc<Entity>> = Vec::with_capacity(specs.len());
-        for spec in &specs {
+        for (i, spec) in specs.iter().enumerate() {
             if spec.strategy == SyncStrategy::Custom && spec.resolver.is_none() {
                 return Err(BuildError::NoResolver {
                     table: spec.table.clone(),
@@ -751,33 +747,25 @@ impl SyncEngineBuilder {
                     table: spec.table.clone(),
                 });
             }
-            if entities.iter().any(|e| e.table == spec.table) {
+            if specs[..i].iter().any(|s| s.table == spec.table) {
                 return Err(BuildError::Duplicate {
                     table: spec.table.clone(),
                 });
             }
-            entities.push(Arc::new(Entity::resolve(&mut conn, spec.clone()).await?));
         }
-        let generation = capture::claim(&mut conn, &entities).await?;
-        let head = log::head(&mut conn).await?;
-        let log_id: Arc<str> = log::log_id(&mut conn).await?.into();
-        let entities = Arc::new(Registry::new(specs, entities));
         let hub = Arc::new(Hub::new(self.options.event_buffer));
-        let tailer = tokio::spawn(
-            broadcast::tail(
-                (*options).clone(),
-                conn,
-                hub.clone(),
-                broadcast::Follow {
-                    registry: entities.clone(),
-                    generation,
-                    log_id: log_id.clone(),
-                },
-                self.options.poll_interval,
-                head,
-            )
-            .instrument(tracing::info_span!("rhtmx_sync_broadcaster")),
-        );
+        let poll = self.options.poll_interval;
+        let Started {
+            registry: entities,
+            log_id,
+            tailer,
+        } = match &self.pool {
+            Pool::Sqlite(pool) => backend::sqlite::start(pool, specs, hub.clone(), poll).await?,
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(pool) => {
+                backend::postgres::start(pool, specs, hub.clone(), poll).await?
+            }
+        };
         let clock = HlcClock::new().max_drift(self.options.clock_tolerance);
         let engine = SyncEngine {
             inner: Arc::new(Inner {

@@ -4,6 +4,7 @@
 extern crate self as rhtmx_sync;
 
 mod apply;
+mod backend;
 mod broadcast;
 mod capture;
 pub mod conflict;
@@ -23,6 +24,7 @@ mod syncable;
 mod wire;
 mod write;
 
+pub use self::backend::Pool;
 #[doc(inline)]
 pub use self::capture::{drop_triggers, drop_triggers_for, DROP_TRIGGERS_PAUSE};
 #[doc(inline)]

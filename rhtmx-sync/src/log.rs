@@ -229,6 +229,16 @@ pub(crate) async fn horizon(conn: &mut SqliteConnection) -> Result<i64> {
     Ok(h.and_then(|h| h.parse().ok()).unwrap_or(0))
 }
 
+/// The entry at `version`, if the log holds it.
+pub(crate) async fn entry_at(conn: &mut SqliteConnection, version: i64) -> Result<Option<LogRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS} FROM {LOG_TABLE} WHERE version = ?"
+    ))
+    .bind(version)
+    .fetch_optional(&mut *conn)
+    .await?)
+}
+
 /// Up to `limit` entries after `after`, in version order, of every entity.
 pub(crate) async fn read_after(
     conn: &mut SqliteConnection,

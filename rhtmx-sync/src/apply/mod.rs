@@ -177,7 +177,11 @@ pub(crate) async fn transaction(
 ) -> std::result::Result<(Vec<Applied>, i64), Failed> {
     // BEGIN IMMEDIATE takes the write lock at once: a deferred transaction that reads
     // first can fail with SQLITE_BUSY_SNAPSHOT when another writer commits in between.
-    let mut tx = inner.pool.begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = inner
+        .pool
+        .sqlite("offline writes")?
+        .begin_with("BEGIN IMMEDIATE")
+        .await?;
     let start = log::head(&mut tx).await?;
     let scoped = matches!(read, Read::Keys(_));
     let mut cache = HistoryCache::default();

@@ -88,17 +88,21 @@ pub(crate) fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))
 }
 
+/// One column as the schema describes it (SQLite's `pragma_table_xinfo` shape; the
+/// other backends describe theirs the same way).
 #[derive(sqlx::FromRow)]
-struct TableInfo {
-    name: String,
+pub(crate) struct TableInfo {
+    pub name: String,
+    /// The declared type, as SQLite's affinity rules read it.
     #[sqlx(rename = "type")]
-    declared: String,
-    notnull: i64,
-    dflt_value: Option<String>,
-    pk: i64,
+    pub declared: String,
+    pub notnull: i64,
+    pub dflt_value: Option<String>,
+    /// The column's position in the primary key (0: not in it).
+    pub pk: i64,
     /// `pragma_table_xinfo`: 0 an ordinary column, 1 hidden (virtual tables), 2 or 3
     /// generated (virtual or stored).
-    hidden: i64,
+    pub hidden: i64,
 }
 
 impl Entity {
@@ -123,19 +127,6 @@ impl Entity {
         .fetch_all(&mut *conn)
         .await?;
         let table = &spec.table;
-        let registration = {
-            use sha2::{Digest, Sha256};
-            let mut what = format!("{:?}|{:?}|{:?}", spec.table, spec.id, spec.columns);
-            // Only a scoped entity's triggers record scopes: an unscoped one keeps the
-            // registration (and the triggers) of versions that had no scopes.
-            if let Some(column) = spec.scope.as_ref().and_then(Scope::scope_column) {
-                what.push_str(&format!("|scope {column:?}"));
-            }
-            Sha256::digest(what.as_bytes())[..6]
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        };
         if info.is_empty() {
             return Err(BuildError::NoSuchTable {
                 table: table.clone(),
@@ -166,6 +157,41 @@ impl Entity {
                 collation,
             });
         }
+        warn_reused_keys(conn, table, &pk, &info).await?;
+        let unique = unique_constraints(conn, &spec.table).await?;
+        Entity::from_info(spec, &info, unique)
+    }
+
+    /// Checks a registration against its table's columns (`info`, not empty) and
+    /// UNIQUE constraints, whichever backend read them.
+    pub(crate) fn from_info(
+        spec: EntitySpec,
+        info: &[TableInfo],
+        unique: Vec<Vec<String>>,
+    ) -> Result<Entity, BuildError> {
+        let table = &spec.table;
+        let pks: Vec<&TableInfo> = info.iter().filter(|c| c.pk > 0).collect();
+        let pk = match pks.as_slice() {
+            [one] => one.name.clone(),
+            _ => {
+                return Err(BuildError::NoSingleColumnKey {
+                    table: table.clone(),
+                })
+            }
+        };
+        let registration = {
+            use sha2::{Digest, Sha256};
+            let mut what = format!("{:?}|{:?}|{:?}", spec.table, spec.id, spec.columns);
+            // Only a scoped entity's triggers record scopes: an unscoped one keeps the
+            // registration (and the triggers) of versions that had no scopes.
+            if let Some(column) = spec.scope.as_ref().and_then(Scope::scope_column) {
+                what.push_str(&format!("|scope {column:?}"));
+            }
+            Sha256::digest(what.as_bytes())[..6]
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        };
         let id = spec.id.unwrap_or_else(|| pk.clone());
         if id != pk {
             return Err(BuildError::WrongKey {
@@ -211,7 +237,6 @@ impl Entity {
                 .map(|c| c.declared.as_str());
             KeyKind::from_column(column, declared.unwrap_or_default())
         };
-        warn_reused_keys(conn, table, &id, &info).await?;
         if let Some(column) = spec.scope.as_ref().and_then(Scope::scope_column) {
             if column == id || !columns.iter().any(|c| c.name == column) {
                 return Err(BuildError::ScopeColumn {
@@ -220,7 +245,6 @@ impl Entity {
                 });
             }
         }
-        let unique = unique_constraints(conn, &spec.table).await?;
         Ok(Entity {
             name: spec.table.as_str().into(),
             table: spec.table,

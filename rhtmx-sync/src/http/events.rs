@@ -33,11 +33,12 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use tokio::sync::broadcast::{self, error::RecvError};
 
+use crate::backend::{Pool, ReadLog};
 use crate::broadcast::LogEvent;
 use crate::cursor::{self, Cursor};
 use crate::engine::Entities;
 use crate::error::{quote, Error, Result};
-use crate::log::{self, LogRow};
+use crate::log::LogRow;
 use crate::principal::principal_of;
 use crate::scope::{Access, Read, View};
 use crate::wire;
@@ -128,7 +129,7 @@ pub(crate) async fn events(
     let mut rx = inner.hub.tx.subscribe();
     let (head, head_id, verdict) = {
         let mut conn = inner.pool.acquire().await?;
-        let head = log::head(&mut conn).await?;
+        let head = conn.head().await?;
         let head_id = cursor::token(&mut conn, &inner.log_id, head).await? + access.suffix();
         let fingerprint = access.fingerprint.as_deref();
         let verdict = match &last_id {
@@ -316,12 +317,11 @@ fn encode(
     })
 }
 
-async fn read_page(pool: &sqlx::SqlitePool, after: i64) -> Result<Vec<LogRow>> {
-    let mut conn = pool.acquire().await?;
-    log::read_after(&mut conn, after, CATCH_UP_PAGE).await
+async fn read_page(pool: &Pool, after: i64) -> Result<Vec<LogRow>> {
+    pool.acquire().await?.read_after(after, CATCH_UP_PAGE).await
 }
 
-async fn token(pool: &sqlx::SqlitePool, log_id: &str, version: i64) -> Result<String> {
+async fn token(pool: &Pool, log_id: &str, version: i64) -> Result<String> {
     let mut conn = pool.acquire().await?;
     cursor::token(&mut conn, log_id, version).await
 }

@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 
+use crate::backend::ReadLog;
 use crate::cursor::{self, Cursor, Reset};
 use crate::error::{quote, Error, Result};
-use crate::log;
 use crate::principal::Asking;
 use crate::scope::Read;
 use crate::wire;
@@ -100,14 +100,13 @@ pub(crate) async fn pull(
     let log_id = engine.inner.log_id.clone();
     let (head, head_id, first) = {
         let mut conn = pool.acquire().await?;
-        let head = log::head(&mut conn).await?;
+        let head = conn.head().await?;
         let head_id = cursor::token(&mut conn, &log_id, head).await? + &suffix;
         let fingerprint = access.fingerprint.as_deref();
         if let Some(why) = cursor::check(&mut conn, &log_id, &since, head, fingerprint).await? {
             return Ok(reset(&head_id, head, why));
         }
-        let first = log::read_entity(
-            &mut conn,
+        let first = conn.read_entity(
             &entity.name,
             (since.version, head),
             keys.as_deref(),
@@ -151,7 +150,7 @@ pub(crate) async fn pull(
             rows = {
                 let mut conn = pool.acquire().await?;
                 let want = BATCH.min(limit + 1 - count);
-                log::read_entity(&mut conn, &entity.name, (last, head), keys.as_deref(), want)
+                conn.read_entity(&entity.name, (last, head), keys.as_deref(), want)
                     .await?
             };
         }

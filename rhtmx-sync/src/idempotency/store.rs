@@ -108,13 +108,13 @@ pub(super) enum Claim {
 /// The key table, over the engine's pool.
 #[derive(Debug, Clone)]
 pub(super) struct Store {
-    pool: SqlitePool,
+    pool: crate::Pool,
     /// Unix ms of the last prune, shared by every clone of one layer.
     last_prune: Arc<AtomicI64>,
 }
 
 impl Store {
-    pub(super) fn new(pool: SqlitePool) -> Store {
+    pub(super) fn new(pool: crate::Pool) -> Store {
         Store {
             pool,
             last_prune: Arc::new(AtomicI64::new(0)),
@@ -123,12 +123,19 @@ impl Store {
 
     /// The running totals of the table.
     pub(super) async fn usage(&self) -> Result<super::IdempotencyUsage> {
-        super::budget::usage(&self.pool).await
+        super::budget::usage(self.sqlite()?).await
+    }
+
+    /// The key table is built on SQLite only so far.
+    fn sqlite(&self) -> Result<&SqlitePool> {
+        self.pool.sqlite("idempotency keys")
     }
 
     /// Brings the table back within `budget` if it is over.
     pub(super) async fn keep_within(&self, budget: super::budget::Budget) {
-        super::budget::keep_within(&self.pool, budget).await;
+        if let Some(pool) = self.pool.as_sqlite() {
+            super::budget::keep_within(pool, budget).await;
+        }
     }
 
     /// Claims `key` for a request with `fingerprint`, or reports why not.
@@ -139,7 +146,7 @@ impl Store {
         now: i64,
         lease: Duration,
     ) -> Result<Claim> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.sqlite()?.begin().await?;
         let won: Option<i64> = sqlx::query_scalar(CLAIM)
             .bind(key)
             .bind(fingerprint)
@@ -194,7 +201,7 @@ impl Store {
         .bind(stored.body.as_deref())
         .bind(key)
         .bind(attempt)
-        .execute(&self.pool)
+        .execute(self.sqlite()?)
         .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -207,7 +214,7 @@ impl Store {
         )
         .bind(key)
         .bind(attempt)
-        .execute(&self.pool)
+        .execute(self.sqlite()?)
         .await?;
         Ok(())
     }
@@ -232,7 +239,10 @@ impl Store {
         )
         .bind(now.saturating_sub(millis(retention)))
         .bind(now)
-        .execute(&self.pool)
+        .execute(match self.pool.as_sqlite() {
+            Some(pool) => pool,
+            None => return,
+        })
         .await;
         match pruned {
             Ok(done) => tracing::debug!(keys = done.rows_affected(), "pruned idempotency keys"),

@@ -160,7 +160,7 @@ pub struct ErrorFigure {
 pub(crate) async fn read(engine: &SyncEngine) -> Result<OperatorFigures> {
     let inner = &engine.inner;
     // One deferred transaction: every SELECT below reads the same snapshot.
-    let mut tx = inner.pool.begin().await?;
+    let mut tx = inner.pool.sqlite("operator figures")?.begin().await?;
     let log = log_figures(&mut tx).await?;
     let idempotency = idempotency_figures(&mut tx).await?;
     let recent_conflicts = recent_conflicts(&mut tx).await?;

@@ -1,0 +1,188 @@
+//! The database under the engine: SQLite, or PostgreSQL with the `postgres` feature.
+//!
+//! What differs between them — the log's tables, the capture triggers, how versions are
+//! assigned, how the tailer learns of new changes — lives in one module per backend.
+//! The rest of the engine (merge, wire format, routes, cursors, scopes) is written once
+//! and reads the log through [`ReadLog`].
+
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
+
+use std::future::Future;
+
+use sqlx::pool::PoolConnection;
+use sqlx::{Sqlite, SqliteConnection, SqlitePool};
+
+use crate::error::{Error, Result};
+use crate::log::{self, LogRow};
+
+/// What starting the engine on a backend gives: the entities as the schema defines
+/// them, the log's identity, and the task that broadcasts committed changes.
+pub(crate) struct Started {
+    pub registry: std::sync::Arc<crate::engine::Registry>,
+    pub log_id: std::sync::Arc<str>,
+    pub tailer: tokio::task::JoinHandle<()>,
+}
+
+/// The app's pool, which the engine shares: a `sqlx::SqlitePool`, or with the `postgres`
+/// feature a `sqlx::PgPool`.
+///
+/// [`SyncEngine::builder`](crate::SyncEngine::builder) takes either (`impl Into<Pool>`);
+/// [`SyncEngine::pool`](crate::SyncEngine::pool) gives it back.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Pool {
+    /// One SQLite file: one writer at a time, any number of processes on one machine.
+    Sqlite(SqlitePool),
+    /// One PostgreSQL database: any number of app instances, each with its own engine.
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+}
+
+impl From<SqlitePool> for Pool {
+    fn from(pool: SqlitePool) -> Pool {
+        Pool::Sqlite(pool)
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl From<sqlx::PgPool> for Pool {
+    fn from(pool: sqlx::PgPool) -> Pool {
+        Pool::Postgres(pool)
+    }
+}
+
+impl Pool {
+    /// The SQLite pool, if that is the backend.
+    pub fn as_sqlite(&self) -> Option<&SqlitePool> {
+        match self {
+            Pool::Sqlite(pool) => Some(pool),
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(_) => None,
+        }
+    }
+
+    /// The PostgreSQL pool, if that is the backend.
+    #[cfg(feature = "postgres")]
+    pub fn as_postgres(&self) -> Option<&sqlx::PgPool> {
+        match self {
+            Pool::Postgres(pool) => Some(pool),
+            Pool::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite pool for a path not yet built on the other backend.
+    pub(crate) fn sqlite(&self, what: &'static str) -> Result<&SqlitePool> {
+        self.as_sqlite().ok_or(Error::Unsupported(what))
+    }
+
+    /// A pooled connection to read the log with.
+    pub(crate) async fn acquire(&self) -> Result<Conn> {
+        Ok(match self {
+            Pool::Sqlite(pool) => Conn::Sqlite(pool.acquire().await?),
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(pool) => Conn::Postgres(pool.acquire().await?),
+        })
+    }
+}
+
+/// A pooled connection of either backend.
+pub(crate) enum Conn {
+    Sqlite(PoolConnection<Sqlite>),
+    #[cfg(feature = "postgres")]
+    Postgres(PoolConnection<sqlx::Postgres>),
+}
+
+/// Reading the log, the same on every backend: what pulls, event streams, cursors and
+/// the broadcaster need.
+pub(crate) trait ReadLog: Send {
+    /// The highest version committed so far (0 for an empty log); never goes back
+    /// unless the database is replaced.
+    fn head(&mut self) -> impl Future<Output = Result<i64>> + Send;
+    /// Versions at or below the horizon may have been compacted away.
+    fn horizon(&mut self) -> impl Future<Output = Result<i64>> + Send;
+    /// The entry at `version`, if the log holds it.
+    fn entry_at(&mut self, version: i64) -> impl Future<Output = Result<Option<LogRow>>> + Send;
+    /// Up to `limit` entries after `after`, in version order, of every entity.
+    fn read_after(
+        &mut self,
+        after: i64,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<LogRow>>> + Send;
+    /// Up to `limit` entries of `entity` in `(after, upto]`, in version order; with
+    /// `keys` (a JSON array of scope keys), only those whose scope before or after is
+    /// one of them.
+    fn read_entity(
+        &mut self,
+        entity: &str,
+        range: (i64, i64),
+        keys: Option<&str>,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<LogRow>>> + Send;
+}
+
+impl ReadLog for SqliteConnection {
+    async fn head(&mut self) -> Result<i64> {
+        log::head(self).await
+    }
+    async fn horizon(&mut self) -> Result<i64> {
+        log::horizon(self).await
+    }
+    async fn entry_at(&mut self, version: i64) -> Result<Option<LogRow>> {
+        log::entry_at(self, version).await
+    }
+    async fn read_after(&mut self, after: i64, limit: i64) -> Result<Vec<LogRow>> {
+        log::read_after(self, after, limit).await
+    }
+    async fn read_entity(
+        &mut self,
+        entity: &str,
+        range: (i64, i64),
+        keys: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<LogRow>> {
+        log::read_entity(self, entity, range, keys, limit).await
+    }
+}
+
+/// Runs `$body` with `$c` bound to the connection of whichever backend `$conn` holds.
+macro_rules! each {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            Conn::Sqlite($c) => {
+                let $c: &mut SqliteConnection = &mut *$c;
+                $body
+            }
+            #[cfg(feature = "postgres")]
+            Conn::Postgres($c) => {
+                let $c: &mut sqlx::PgConnection = &mut *$c;
+                $body
+            }
+        }
+    };
+}
+
+impl ReadLog for Conn {
+    async fn head(&mut self) -> Result<i64> {
+        each!(self, c => c.head().await)
+    }
+    async fn horizon(&mut self) -> Result<i64> {
+        each!(self, c => c.horizon().await)
+    }
+    async fn entry_at(&mut self, version: i64) -> Result<Option<LogRow>> {
+        each!(self, c => c.entry_at(version).await)
+    }
+    async fn read_after(&mut self, after: i64, limit: i64) -> Result<Vec<LogRow>> {
+        each!(self, c => c.read_after(after, limit).await)
+    }
+    async fn read_entity(
+        &mut self,
+        entity: &str,
+        range: (i64, i64),
+        keys: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<LogRow>> {
+        each!(self, c => c.read_entity(entity, range, keys, limit).await)
+    }
+}

@@ -1,0 +1,95 @@
+//! Numbering committed entries: the stamper.
+//!
+//! The capture triggers insert entries with a `seq` (a sequence: unique, but handed out
+//! at insert time, so transactions commit out of its order) and no version. The stamper
+//! gives every *committed* unnumbered entry the next versions of a counter
+//! (`_rhtmx_sync_meta.head`) and moves the counter, all in one transaction under an
+//! advisory lock. Entries of one transaction (`xact`) get consecutive versions, in the
+//! order they were written; transactions that committed between two stamps follow in
+//! the order they first wrote.
+//!
+//! - Stampers take turns (the lock), and each one's statement snapshot is taken after
+//!   the lock is granted, when the previous stamper's commit is visible (PostgreSQL
+//!   releases a transaction's locks only after its commit is visible): each reads the
+//!   counter the last one left and numbers only entries nobody numbered. No version is
+//!   handed out twice.
+//! - Versions `head + 1 ..= head + n` and the new counter commit together, so every
+//!   reader sees a prefix of the stampers' commits: versions up to the counter it sees
+//!   all exist, and no later commit can add a version below them. Nothing is skipped.
+//! - An entry whose transaction is still open is invisible, so it is left for a later
+//!   stamp; a rolled-back one never becomes visible and is never numbered. A
+//!   long-running transaction delays only its own entries: the others are numbered
+//!   around it.
+
+use sqlx::{Connection, PgConnection};
+
+use super::CHANNEL;
+use crate::error::Result;
+
+/// The advisory lock stampers take turns under (per database).
+const STAMP_LOCK: i64 = 0x7268_746d_7873_0002;
+
+/// At most this many entries per stamping transaction: one huge write is numbered in
+/// several steps rather than one long update.
+const BATCH: i64 = 50_000;
+
+const STAMP: &str = "
+WITH _head AS (SELECT value::bigint AS v FROM _rhtmx_sync_meta WHERE key = 'head'),
+_todo AS (
+    SELECT seq, row_number() OVER (ORDER BY first, seq) AS n FROM (
+        SELECT seq, min(seq) OVER (PARTITION BY xact) AS first FROM _rhtmx_sync_log
+        WHERE version IS NULL) AS _waiting
+    ORDER BY first, seq LIMIT $1),
+_stamped AS (
+    UPDATE _rhtmx_sync_log AS l SET version = (SELECT v FROM _head) + _todo.n
+    FROM _todo WHERE l.seq = _todo.seq RETURNING 1),
+_moved AS (
+    UPDATE _rhtmx_sync_meta
+    SET value = ((SELECT v FROM _head) + (SELECT count(*) FROM _todo))::text
+    WHERE key = 'head' AND EXISTS (SELECT 1 FROM _todo))
+SELECT count(*) FROM _stamped";
+
+/// The counter, and whether any entry waits for a version: one round trip, answered
+/// from the meta row and the partial index of unnumbered entries.
+pub(crate) async fn probe(conn: &mut PgConnection) -> Result<(i64, bool)> {
+    Ok(sqlx::query_as(
+        "SELECT COALESCE((SELECT value::bigint FROM _rhtmx_sync_meta WHERE key = 'head'), 0), \
+         EXISTS (SELECT 1 FROM _rhtmx_sync_log WHERE version IS NULL)",
+    )
+    .fetch_one(&mut *conn)
+    .await?)
+}
+
+/// Numbers every committed unnumbered entry and notifies [`CHANNEL`] once if there
+/// were any. Returns how many were numbered; 0 also when another engine is stamping
+/// right now (it notifies when done, so nothing waits on this one).
+pub(crate) async fn stamp(conn: &mut PgConnection) -> Result<u64> {
+    let mut total = 0u64;
+    loop {
+        let mut tx = conn.begin().await?;
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+            .bind(STAMP_LOCK)
+            .fetch_one(&mut *tx)
+            .await?;
+        if !locked {
+            return Ok(total);
+        }
+        let n: i64 = sqlx::query_scalar(STAMP)
+            .bind(BATCH)
+            .fetch_one(&mut *tx)
+            .await?;
+        if n > 0 {
+            // One empty notification per batch, never per write: a notifying commit
+            // takes a lock every other notifying commit waits for.
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        total += n as u64;
+        if n < BATCH {
+            return Ok(total);
+        }
+    }
+}
