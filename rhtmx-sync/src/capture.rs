@@ -470,6 +470,7 @@ mod tests {
             not_null: false,
             has_default: false,
             generated: false,
+            sql_type: String::new(),
         };
         for (n, json) in [
             (9_007_199_254_740_991_i64, "9007199254740991"),

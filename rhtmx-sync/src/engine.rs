@@ -403,7 +403,7 @@ impl SyncEngine {
 
     /// The highest change version committed so far.
     pub async fn head(&self) -> Result<i64> {
-        self.inner.pool.acquire().await?.head().await
+        self.inner.pool.acquire().await?.settled_head().await
     }
 
     /// The entity registered as `name`, as the schema defines it now.

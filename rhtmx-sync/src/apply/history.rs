@@ -5,13 +5,11 @@
 
 use std::collections::HashMap;
 
-use sqlx::SqliteConnection;
-
+use crate::backend::{EntryRow, WriteTx};
 use crate::conflict::{Change, Entry, History, Row, Tombstone};
 use crate::entity::Entity;
 use crate::error::Result;
 use crate::hlc::Hlc;
-use crate::log::{EFFECTIVE_HLC, LOG_TABLE};
 use crate::syncable::SyncStrategy;
 use crate::wire::Action;
 
@@ -40,31 +38,17 @@ fn parse_hlc(s: &str) -> Hlc {
     })
 }
 
-#[derive(sqlx::FromRow)]
-struct EntryRow {
-    version: i64,
-    entity: String,
-    entity_id: String,
-    action: String,
-    data: Option<String>,
-    changed: Option<String>,
-    client_id: Option<String>,
-    hlc: String,
-}
-
-impl EntryRow {
-    fn entry(self, entity: &Entity) -> Entry {
-        Entry {
-            version: self.version,
-            action: Action::parse(&self.action).unwrap_or(Action::Update),
-            changed: self
-                .changed
-                .as_deref()
-                .and_then(|c| serde_json::from_str(c).ok()),
-            data: self.data.as_deref().map(|d| parse_logged(entity, d)),
-            hlc: parse_hlc(&self.hlc),
-            client_id: self.client_id,
-        }
+fn entry(row: EntryRow, entity: &Entity) -> Entry {
+    Entry {
+        version: row.version,
+        action: Action::parse(&row.action).unwrap_or(Action::Update),
+        changed: row
+            .changed
+            .as_deref()
+            .and_then(|c| serde_json::from_str(c).ok()),
+        data: row.data.as_deref().map(|d| parse_logged(entity, d)),
+        hlc: parse_hlc(&row.hlc),
+        client_id: row.client_id,
     }
 }
 
@@ -85,7 +69,7 @@ impl HistoryCache {
     /// What [`History::from_log`] would extract from the row's whole log.
     pub(crate) async fn read(
         &mut self,
-        conn: &mut SqliteConnection,
+        conn: &mut impl WriteTx,
         entity: &Entity,
         id: &str,
         change: &Change,
@@ -104,19 +88,8 @@ impl HistoryCache {
                 });
             if floor < cached.after {
                 // Read what the cache lacks: (floor, cached.after].
-                let rows: Vec<EntryRow> = sqlx::query_as(&format!(
-                    "SELECT version, entity, entity_id, action, data, changed, client_id, \
-                     {EFFECTIVE_HLC} AS hlc FROM {LOG_TABLE} \
-                     WHERE entity = ? AND entity_id = ? AND version > ? AND version <= ? \
-                     ORDER BY version"
-                ))
-                .bind(name)
-                .bind(id)
-                .bind(floor)
-                .bind(cached.after)
-                .fetch_all(&mut *conn)
-                .await?;
-                let mut older: Vec<Entry> = rows.into_iter().map(|r| r.entry(entity)).collect();
+                let rows = conn.row_log(name, id, (floor, cached.after)).await?;
+                let mut older: Vec<Entry> = rows.into_iter().map(|r| entry(r, entity)).collect();
                 older.append(&mut cached.entries);
                 cached.entries = older;
                 cached.after = floor;
@@ -131,27 +104,14 @@ impl HistoryCache {
         if let (Action::Update, Some(base), SyncStrategy::Custom) =
             (change.action, change.base, entity.strategy)
         {
-            let data: Option<Option<String>> = sqlx::query_scalar(&format!(
-                "SELECT data FROM {LOG_TABLE} WHERE entity = ? AND entity_id = ? AND version <= ? \
-                 ORDER BY version DESC LIMIT 1"
-            ))
-            .bind(name)
-            .bind(id)
-            .bind(base)
-            .fetch_optional(&mut *conn)
-            .await?;
+            let data = conn.data_at(name, id, base).await?;
             history.base_row = data.flatten().map(|d| parse_logged(entity, &d));
         }
         if !exists {
             history.tombstone = tombstone(conn, entity, id).await?;
         }
         if let Some(digest) = digest {
-            history.replayed = sqlx::query_scalar(&format!(
-                "SELECT EXISTS (SELECT 1 FROM {LOG_TABLE} WHERE digest = ?)"
-            ))
-            .bind(digest)
-            .fetch_one(&mut *conn)
-            .await?;
+            history.replayed = conn.replayed(digest).await?;
         }
         Ok(history)
     }
@@ -159,20 +119,14 @@ impl HistoryCache {
     /// Appends the entries logged after `before` to the rows they belong to, if cached.
     pub(crate) async fn extend(
         &mut self,
-        conn: &mut SqliteConnection,
+        conn: &mut impl WriteTx,
         entity: &Entity,
         before: i64,
     ) -> Result<()> {
         if self.rows.is_empty() {
             return Ok(());
         }
-        let rows: Vec<EntryRow> = sqlx::query_as(&format!(
-            "SELECT version, entity, entity_id, action, data, changed, client_id, \
-             {EFFECTIVE_HLC} AS hlc FROM {LOG_TABLE} WHERE version > ? ORDER BY version"
-        ))
-        .bind(before)
-        .fetch_all(&mut *conn)
-        .await?;
+        let rows = conn.log_after(before).await?;
         for row in rows {
             // Only this entity's rows are ever cached (one push is one entity).
             if row.entity != *entity.name {
@@ -180,7 +134,7 @@ impl HistoryCache {
             }
             let key = (row.entity.clone(), row.entity_id.clone());
             if let Some(cached) = self.rows.get_mut(&key) {
-                cached.entries.push(row.entry(entity));
+                cached.entries.push(entry(row, entity));
             }
         }
         Ok(())
@@ -190,28 +144,15 @@ impl HistoryCache {
 /// The row's tombstone, when every entry after its last live one is a delete: the
 /// first of them removed it, the latest is when it was last deleted.
 async fn tombstone(
-    conn: &mut SqliteConnection,
+    conn: &mut impl WriteTx,
     entity: &Entity,
     id: &str,
 ) -> Result<Option<Tombstone>> {
     let name = &*entity.name;
-    let live: Option<(i64, Option<String>)> = sqlx::query_as(&format!(
-        "SELECT version, data FROM {LOG_TABLE} WHERE entity = ? AND entity_id = ? \
-         AND action != 'delete' ORDER BY version DESC LIMIT 1"
-    ))
-    .bind(name)
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let deletes: (Option<i64>, Option<String>) = sqlx::query_as(&format!(
-        "SELECT min(version), max({EFFECTIVE_HLC}) FROM {LOG_TABLE} \
-         WHERE entity = ? AND entity_id = ? AND version > ?"
-    ))
-    .bind(name)
-    .bind(id)
-    .bind(live.as_ref().map_or(0, |l| l.0))
-    .fetch_one(&mut *conn)
-    .await?;
+    let live = conn.last_live(name, id).await?;
+    let deletes = conn
+        .deletes_after(name, id, live.as_ref().map_or(0, |l| l.0))
+        .await?;
     Ok(match deletes {
         (Some(version), Some(hlc)) => Some(Tombstone {
             version,

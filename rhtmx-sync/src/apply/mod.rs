@@ -14,14 +14,13 @@ mod execute;
 mod history;
 
 use serde_json::Value;
-use sqlx::Sqlite;
 
+use crate::backend::{Pool, WriteTx};
 use crate::conflict::{self, Change, Conflict, Row, Status};
 use crate::engine::Inner;
 use crate::entity::{convert, normalize, Entity, Key};
 use crate::error::{quote, Error, Result};
 use crate::hlc::{Hlc, HlcClock, Received};
-use crate::log;
 use crate::scope::Read;
 use crate::wire::Action;
 
@@ -175,61 +174,24 @@ pub(crate) async fn transaction(
     client_id: Option<&str>,
     read: &Read,
 ) -> std::result::Result<(Vec<Applied>, i64), Failed> {
-    // BEGIN IMMEDIATE takes the write lock at once: a deferred transaction that reads
-    // first can fail with SQLITE_BUSY_SNAPSHOT when another writer commits in between.
-    let mut tx = inner
-        .pool
-        .sqlite("offline writes")?
-        .begin_with("BEGIN IMMEDIATE")
-        .await?;
-    let start = log::head(&mut tx).await?;
-    let scoped = matches!(read, Read::Keys(_));
-    let mut cache = HistoryCache::default();
-    let mut done = Vec::with_capacity(changes.len());
-    for (index, change) in changes.iter().enumerate() {
-        let out_of_scope = || Failed {
-            index,
-            error: Error::OutOfScope(index),
-        };
-        // A row the writer may not read is not theirs to write, nor to learn anything
-        // about from a merge.
-        if scoped {
-            if let Some(scope) = execute::read_scope(&mut tx, entity, &change.key).await? {
-                if !read.has(scope.as_deref()) {
-                    return Err(out_of_scope());
-                }
-            }
+    let (done, version) = match &inner.pool {
+        Pool::Sqlite(pool) => {
+            // BEGIN IMMEDIATE takes the write lock at once: a deferred transaction that
+            // reads first can fail with SQLITE_BUSY_SNAPSHOT when another writer commits
+            // in between.
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+            let done = run(&mut *tx, inner, entity, changes, client_id, read).await?;
+            tx.commit().await?;
+            done
         }
-        let applied = apply(&mut tx, entity, &inner.clock, change, client_id, &mut cache)
-            .await
-            .map_err(|error| Failed { index, error })?;
-        done.push(applied);
-    }
-    if scoped {
-        // What the writes did, as the log recorded it: every row they touched must stay
-        // within the writer's scope (none moved out of its reach or into another's).
-        let effects: Vec<(String, String, Option<String>, Option<String>)> =
-            sqlx::query_as(&format!(
-                "SELECT entity_id, action, scope_before, scope_after FROM {} \
-                 WHERE version > ? AND entity = ? ORDER BY version",
-                log::LOG_TABLE
-            ))
-            .bind(start)
-            .bind(&entity.table)
-            .fetch_all(&mut *tx)
-            .await?;
-        for (id, action, before, after) in effects {
-            if !read.may_write(&action, before.as_deref(), after.as_deref()) {
-                let index = changes.iter().position(|c| c.key.text == id).unwrap_or(0);
-                return Err(Failed {
-                    index,
-                    error: Error::OutOfScope(index),
-                });
-            }
+        #[cfg(feature = "postgres")]
+        Pool::Postgres(pool) => {
+            let mut tx = crate::backend::postgres::begin(pool).await?;
+            let done = run(&mut *tx, inner, entity, changes, client_id, read).await?;
+            tx.commit().await?;
+            done
         }
-    }
-    let version = log::head(&mut tx).await?;
-    tx.commit().await?;
+    };
     inner.hub.wake.notify_one();
     // One warning per transaction, not per change: a device with a bad clock pushing a
     // queue of a thousand edits must not flood the log.
@@ -244,9 +206,59 @@ pub(crate) async fn transaction(
     Ok((done, version))
 }
 
+/// Applies `changes` inside the write transaction `tx`; returns each change's outcome
+/// and the log's head before the commit.
+async fn run(
+    tx: &mut impl WriteTx,
+    inner: &Inner,
+    entity: &Entity,
+    changes: &[Validated],
+    client_id: Option<&str>,
+    read: &Read,
+) -> std::result::Result<(Vec<Applied>, i64), Failed> {
+    let start = tx.head().await?;
+    let scoped = matches!(read, Read::Keys(_));
+    let mut cache = HistoryCache::default();
+    let mut done = Vec::with_capacity(changes.len());
+    for (index, change) in changes.iter().enumerate() {
+        let out_of_scope = || Failed {
+            index,
+            error: Error::OutOfScope(index),
+        };
+        // A row the writer may not read is not theirs to write, nor to learn anything
+        // about from a merge.
+        if scoped {
+            if let Some(scope) = tx.read_scope(entity, &change.key).await? {
+                if !read.has(scope.as_deref()) {
+                    return Err(out_of_scope());
+                }
+            }
+        }
+        let applied = apply(tx, entity, &inner.clock, change, client_id, &mut cache)
+            .await
+            .map_err(|error| Failed { index, error })?;
+        done.push(applied);
+    }
+    if scoped {
+        // What the writes did, as the log recorded it: every row they touched must stay
+        // within the writer's scope (none moved out of its reach or into another's).
+        let effects = tx.effects(&entity.table, start).await?;
+        for (id, action, before, after) in effects {
+            if !read.may_write(&action, before.as_deref(), after.as_deref()) {
+                let index = changes.iter().position(|c| c.key.text == id).unwrap_or(0);
+                return Err(Failed {
+                    index,
+                    error: Error::OutOfScope(index),
+                });
+            }
+        }
+    }
+    Ok((done, tx.head().await?))
+}
+
 /// Merges and writes one validated change inside the write transaction.
 async fn apply(
-    conn: &mut sqlx::Transaction<'static, Sqlite>,
+    conn: &mut impl WriteTx,
     entity: &Entity,
     clock: &HlcClock,
     v: &Validated,
@@ -271,7 +283,7 @@ async fn apply(
     };
     // Only a client's own HLC can make a replay; the server's are new by construction.
     let digest = v.hlc.map(|sent| digest(entity, v, sent));
-    let row = execute::read_row(conn, entity, &v.key).await?;
+    let row = conn.read_row(entity, &v.key).await?;
     // A row the merge cannot read must not count as empty: its fields would be lost.
     let current = row
         .as_deref()
@@ -295,7 +307,7 @@ async fn apply(
         )
         .await?;
     let decision = conflict::merge(&change, current.as_ref(), &history, &entity.policy());
-    let before = log::head(conn).await?;
+    let before = conn.head().await?;
     let status = decision.status;
     let conflict = execute::write(
         conn,

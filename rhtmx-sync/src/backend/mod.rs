@@ -8,6 +8,9 @@
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+mod write;
+
+pub(crate) use self::write::{Context, Effect, EntryRow, NewEntry, WriteTx};
 
 use std::future::Future;
 
@@ -100,6 +103,13 @@ pub(crate) trait ReadLog: Send {
     /// The highest version committed so far (0 for an empty log); never goes back
     /// unless the database is replaced.
     fn head(&mut self) -> impl Future<Output = Result<i64>> + Send;
+    /// The head for a reader that must see every write committed before it asked (a
+    /// pull, a stream's resume point): on PostgreSQL, committed entries that wait for
+    /// a version are numbered first, so the app's own write is in the page its
+    /// response's next request pulls.
+    fn settled_head(&mut self) -> impl Future<Output = Result<i64>> + Send {
+        self.head()
+    }
     /// Versions at or below the horizon may have been compacted away.
     fn horizon(&mut self) -> impl Future<Output = Result<i64>> + Send;
     /// The entry at `version`, if the log holds it.
@@ -166,6 +176,9 @@ macro_rules! each {
 impl ReadLog for Conn {
     async fn head(&mut self) -> Result<i64> {
         each!(self, c => c.head().await)
+    }
+    async fn settled_head(&mut self) -> Result<i64> {
+        each!(self, c => c.settled_head().await)
     }
     async fn horizon(&mut self) -> Result<i64> {
         each!(self, c => c.horizon().await)

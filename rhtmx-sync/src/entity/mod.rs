@@ -103,6 +103,9 @@ pub(crate) struct TableInfo {
     /// `pragma_table_xinfo`: 0 an ordinary column, 1 hidden (virtual tables), 2 or 3
     /// generated (virtual or stored).
     pub hidden: i64,
+    /// The type as the database names it, where it differs from `declared` (PostgreSQL).
+    #[sqlx(default)]
+    pub sql_type: String,
 }
 
 impl Entity {
@@ -224,6 +227,7 @@ impl Entity {
                 not_null: c.notnull != 0,
                 has_default: c.dflt_value.is_some(),
                 generated: matches!(c.hidden, 2 | 3),
+                sql_type: c.sql_type.clone(),
             });
         }
         let key = {

@@ -54,6 +54,9 @@ pub(crate) struct Column {
     pub has_default: bool,
     /// `GENERATED ALWAYS AS (...)`, virtual or stored: synced read-only.
     pub generated: bool,
+    /// The column's type as the database names it (PostgreSQL casts values to it).
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    pub sql_type: String,
 }
 
 /// The largest integer a browser's JSON numbers hold exactly (2^53 − 1).
@@ -159,6 +162,7 @@ mod tests {
             not_null,
             has_default: false,
             generated: false,
+            sql_type: String::new(),
         }
     }
 

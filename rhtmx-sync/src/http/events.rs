@@ -129,7 +129,7 @@ pub(crate) async fn events(
     let mut rx = inner.hub.tx.subscribe();
     let (head, head_id, verdict) = {
         let mut conn = inner.pool.acquire().await?;
-        let head = conn.head().await?;
+        let head = conn.settled_head().await?;
         let head_id = cursor::token(&mut conn, &inner.log_id, head).await? + access.suffix();
         let fingerprint = access.fingerprint.as_deref();
         let verdict = match &last_id {

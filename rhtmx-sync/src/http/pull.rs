@@ -100,7 +100,7 @@ pub(crate) async fn pull(
     let log_id = engine.inner.log_id.clone();
     let (head, head_id, first) = {
         let mut conn = pool.acquire().await?;
-        let head = conn.head().await?;
+        let head = conn.settled_head().await?;
         let head_id = cursor::token(&mut conn, &log_id, head).await? + &suffix;
         let fingerprint = access.fingerprint.as_deref();
         if let Some(why) = cursor::check(&mut conn, &log_id, &since, head, fingerprint).await? {

@@ -211,10 +211,12 @@ fn json_error(e: serde_json::Error) -> Error {
     }
 }
 
-/// A constraint the schema enforces is the client's fault; anything else is ours.
+/// A constraint the schema enforces, or a value its column cannot hold (PostgreSQL's
+/// data exceptions, class 22), is the client's fault; anything else is ours.
 fn constraint(e: Error, index: usize) -> Error {
     if let Error::Database(sqlx::Error::Database(db)) = &e {
-        if !matches!(db.kind(), sqlx::error::ErrorKind::Other) {
+        let data_exception = db.code().is_some_and(|c| c.starts_with("22"));
+        if data_exception || !matches!(db.kind(), sqlx::error::ErrorKind::Other) {
             return Error::invalid(format!(
                 "changes[{index}] violates a constraint of the table"
             ));

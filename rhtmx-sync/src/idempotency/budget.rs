@@ -29,6 +29,16 @@ pub(super) struct Budget {
     pub max_bytes: u64,
 }
 
+impl IdempotencyUsage {
+    /// From the totals' columns (never negative in a consistent table).
+    pub(crate) fn new(keys: i64, bytes: i64) -> IdempotencyUsage {
+        IdempotencyUsage {
+            keys: u64::try_from(keys).unwrap_or(0),
+            bytes: u64::try_from(bytes).unwrap_or(0),
+        }
+    }
+}
+
 /// The running totals.
 pub(super) async fn usage(db: impl SqliteExecutor<'_>) -> Result<IdempotencyUsage> {
     let row: Option<(i64, i64)> =
@@ -36,10 +46,7 @@ pub(super) async fn usage(db: impl SqliteExecutor<'_>) -> Result<IdempotencyUsag
             .fetch_optional(db)
             .await?;
     let (keys, bytes) = row.unwrap_or_default();
-    Ok(IdempotencyUsage {
-        keys: u64::try_from(keys).unwrap_or(0),
-        bytes: u64::try_from(bytes).unwrap_or(0),
-    })
+    Ok(IdempotencyUsage::new(keys, bytes))
 }
 
 /// Drops the bodies of the oldest completed keys until `?1` bytes are freed.
@@ -72,19 +79,58 @@ DELETE FROM _rhtmx_sync_idempotency WHERE key IN (
 /// If the table is over `budget`, brings it down to 90% of it (so the next few writes
 /// do not each pay for an eviction). Failure is logged only: the write it follows has
 /// been stored, and the next one tries again.
-pub(super) async fn keep_within(pool: &SqlitePool, budget: Budget) {
+pub(super) async fn keep_within(pool: &crate::Pool, budget: Budget) {
     if let Err(e) = evict(pool, budget).await {
         tracing::warn!(error = %e, "keeping the idempotency store within budget failed");
     }
 }
 
-async fn evict(pool: &SqlitePool, budget: Budget) -> Result<()> {
-    let now = usage(pool).await?;
+async fn evict(pool: &crate::Pool, budget: Budget) -> Result<()> {
+    let now = match pool {
+        crate::Pool::Sqlite(pool) => usage(pool).await?,
+        #[cfg(feature = "postgres")]
+        crate::Pool::Postgres(pool) => {
+            crate::backend::postgres::idempotency::usage(&mut *pool.acquire().await?).await?
+        }
+    };
     if now.keys <= budget.max_keys && now.bytes <= budget.max_bytes {
         return Ok(());
     }
-    let keys_goal = budget.max_keys - budget.max_keys / 10;
-    let bytes_goal = budget.max_bytes - budget.max_bytes / 10;
+    let goals = (
+        budget.max_keys - budget.max_keys / 10,
+        budget.max_bytes - budget.max_bytes / 10,
+    );
+    let (after, bodies, keys) = match pool {
+        crate::Pool::Sqlite(pool) => evict_sqlite(pool, goals).await?,
+        #[cfg(feature = "postgres")]
+        crate::Pool::Postgres(pool) => {
+            crate::backend::postgres::idempotency::evict(pool, goals).await?
+        }
+    };
+    tracing::debug!(
+        keys = after.keys,
+        bytes = after.bytes,
+        bodies_dropped = bodies,
+        "idempotency store over budget: oldest bodies dropped"
+    );
+    if keys > 0 {
+        // Within their retention these keys no longer stop a second execution.
+        tracing::warn!(
+            keys_evicted = keys,
+            keys = after.keys,
+            bytes = after.bytes,
+            "idempotency key budget reached: the oldest keys were deleted before their \
+             retention ended, and a replay of one runs again; raise max_keys or max_bytes"
+        );
+    }
+    Ok(())
+}
+
+/// One eviction step on SQLite: the totals after it, and how many bodies and keys went.
+async fn evict_sqlite(
+    pool: &SqlitePool,
+    (keys_goal, bytes_goal): (u64, u64),
+) -> Result<(IdempotencyUsage, u64, u64)> {
     // IMMEDIATE: two requests over budget at once evict once, not twice as much.
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     let before = usage(&mut *tx).await?;
@@ -108,23 +154,7 @@ async fn evict(pool: &SqlitePool, budget: Budget) -> Result<()> {
     }
     let after = usage(&mut *tx).await?;
     tx.commit().await?;
-    tracing::debug!(
-        keys = after.keys,
-        bytes = after.bytes,
-        bodies_dropped = bodies,
-        "idempotency store over budget: oldest bodies dropped"
-    );
-    if keys > 0 {
-        // Within their retention these keys no longer stop a second execution.
-        tracing::warn!(
-            keys_evicted = keys,
-            keys = after.keys,
-            bytes = after.bytes,
-            "idempotency key budget reached: the oldest keys were deleted before their \
-             retention ended, and a replay of one runs again; raise max_keys or max_bytes"
-        );
-    }
-    Ok(())
+    Ok((after, bodies, keys))
 }
 
 fn to_i64(n: u64) -> i64 {

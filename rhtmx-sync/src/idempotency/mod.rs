@@ -81,3 +81,5 @@ pub use self::budget::IdempotencyUsage;
 pub use self::layer::IdempotencyLayer;
 pub use self::service::Idempotency;
 pub(crate) use self::store::migrate;
+#[cfg(feature = "postgres")]
+pub(crate) use self::store::{Found, KeyRow};

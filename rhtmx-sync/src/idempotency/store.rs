@@ -11,7 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use super::response::Stored;
+#[cfg(feature = "postgres")]
+use crate::backend::postgres::idempotency as pg;
 use crate::error::Result;
+use crate::Pool;
 
 /// The key table, its pruning index, and its running totals (kept by triggers, so
 /// every writer and every process counts), one statement each.
@@ -92,6 +95,16 @@ RETURNING attempt";
 /// How often at most a request prunes old keys.
 const PRUNE_EVERY: i64 = 60_000;
 
+/// A stored key's `(fingerprint, state, status, headers, body)`.
+pub(crate) type KeyRow = (String, String, Option<i64>, Option<String>, Option<Vec<u8>>);
+
+/// What a claim's statement found: the key is now ours, or held as this row.
+#[derive(Debug)]
+pub(crate) enum Found {
+    Won(i64),
+    Existing(KeyRow),
+}
+
 /// What claiming a key found.
 #[derive(Debug)]
 pub(super) enum Claim {
@@ -123,19 +136,16 @@ impl Store {
 
     /// The running totals of the table.
     pub(super) async fn usage(&self) -> Result<super::IdempotencyUsage> {
-        super::budget::usage(self.sqlite()?).await
-    }
-
-    /// The key table is built on SQLite only so far.
-    fn sqlite(&self) -> Result<&SqlitePool> {
-        self.pool.sqlite("idempotency keys")
+        match &self.pool {
+            Pool::Sqlite(pool) => super::budget::usage(pool).await,
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(pool) => pg::usage(&mut *pool.acquire().await?).await,
+        }
     }
 
     /// Brings the table back within `budget` if it is over.
     pub(super) async fn keep_within(&self, budget: super::budget::Budget) {
-        if let Some(pool) = self.pool.as_sqlite() {
-            super::budget::keep_within(pool, budget).await;
-        }
+        super::budget::keep_within(&self.pool, budget).await;
     }
 
     /// Claims `key` for a request with `fingerprint`, or reports why not.
@@ -146,32 +156,15 @@ impl Store {
         now: i64,
         lease: Duration,
     ) -> Result<Claim> {
-        let mut tx = self.sqlite()?.begin().await?;
-        let won: Option<i64> = sqlx::query_scalar(CLAIM)
-            .bind(key)
-            .bind(fingerprint)
-            .bind(now)
-            .bind(now.saturating_add(millis(lease)))
-            .fetch_optional(&mut *tx)
-            .await?;
-        let claim = match won {
-            Some(attempt) => Claim::Won(attempt),
-            None => {
-                // The insert took the write lock even though it changed nothing, so the
-                // row it collided with is still there, unchanged, until we commit.
-                let (stored_fingerprint, state, status, headers, body): (
-                    String,
-                    String,
-                    Option<i64>,
-                    Option<String>,
-                    Option<Vec<u8>>,
-                ) = sqlx::query_as(
-                    "SELECT fingerprint, state, status, headers, body
-                     FROM _rhtmx_sync_idempotency WHERE key = ?",
-                )
-                .bind(key)
-                .fetch_one(&mut *tx)
-                .await?;
+        let until = now.saturating_add(millis(lease));
+        let found = match &self.pool {
+            Pool::Sqlite(pool) => claim_sqlite(pool, key, fingerprint, now, until).await?,
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(pool) => pg::claim(pool, key, fingerprint, now, until).await?,
+        };
+        Ok(match found {
+            Found::Won(attempt) => Claim::Won(attempt),
+            Found::Existing((stored_fingerprint, state, status, headers, body)) => {
                 if stored_fingerprint != fingerprint {
                     Claim::Mismatch
                 } else if state == "completed" {
@@ -184,13 +177,23 @@ impl Store {
                     Claim::InFlight
                 }
             }
-        };
-        tx.commit().await?;
-        Ok(claim)
+        })
     }
 
     /// Stores the response of `attempt`; false if the key was taken over meanwhile.
     pub(super) async fn complete(&self, key: &str, attempt: i64, stored: &Stored) -> Result<bool> {
+        let pool = match &self.pool {
+            Pool::Sqlite(pool) => pool,
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(pool) => {
+                let response = (
+                    i64::from(stored.status.as_u16()),
+                    stored.headers_json(),
+                    stored.body.as_deref(),
+                );
+                return pg::complete(pool, key, attempt, response).await;
+            }
+        };
         let done = sqlx::query(
             "UPDATE _rhtmx_sync_idempotency
              SET state = 'completed', status = ?, headers = ?, body = ?
@@ -201,20 +204,25 @@ impl Store {
         .bind(stored.body.as_deref())
         .bind(key)
         .bind(attempt)
-        .execute(self.sqlite()?)
+        .execute(pool)
         .await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Frees the key of `attempt`, so the next retry runs the request again.
     pub(super) async fn release(&self, key: &str, attempt: i64) -> Result<()> {
+        let pool = match &self.pool {
+            Pool::Sqlite(pool) => pool,
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(pool) => return pg::release(pool, key, attempt).await,
+        };
         sqlx::query(
             "DELETE FROM _rhtmx_sync_idempotency
              WHERE key = ? AND attempt = ? AND state = 'in_flight'",
         )
         .bind(key)
         .bind(attempt)
-        .execute(self.sqlite()?)
+        .execute(pool)
         .await?;
         Ok(())
     }
@@ -233,22 +241,60 @@ impl Store {
         {
             return;
         }
-        let pruned = sqlx::query(
-            "DELETE FROM _rhtmx_sync_idempotency
-             WHERE created_at < ? AND (state = 'completed' OR locked_until <= ?)",
-        )
-        .bind(now.saturating_sub(millis(retention)))
-        .bind(now)
-        .execute(match self.pool.as_sqlite() {
-            Some(pool) => pool,
-            None => return,
-        })
-        .await;
+        let before = now.saturating_sub(millis(retention));
+        let pruned = match &self.pool {
+            Pool::Sqlite(pool) => sqlx::query(
+                "DELETE FROM _rhtmx_sync_idempotency
+                 WHERE created_at < ? AND (state = 'completed' OR locked_until <= ?)",
+            )
+            .bind(before)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(crate::Error::from),
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(pool) => pg::prune(pool, before, now).await,
+        };
         match pruned {
-            Ok(done) => tracing::debug!(keys = done.rows_affected(), "pruned idempotency keys"),
+            Ok(keys) => tracing::debug!(keys, "pruned idempotency keys"),
             Err(e) => tracing::warn!(error = %e, "pruning idempotency keys failed"),
         }
     }
+}
+
+/// Claims `key` on SQLite, or reads the row it collided with.
+async fn claim_sqlite(
+    pool: &SqlitePool,
+    key: &str,
+    fingerprint: &str,
+    now: i64,
+    until: i64,
+) -> Result<Found> {
+    let mut tx = pool.begin().await?;
+    let won: Option<i64> = sqlx::query_scalar(CLAIM)
+        .bind(key)
+        .bind(fingerprint)
+        .bind(now)
+        .bind(until)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let found = match won {
+        Some(attempt) => Found::Won(attempt),
+        // The insert took the write lock even though it changed nothing, so the row it
+        // collided with is still there, unchanged, until we commit.
+        None => Found::Existing(
+            sqlx::query_as(
+                "SELECT fingerprint, state, status, headers, body
+                 FROM _rhtmx_sync_idempotency WHERE key = ?",
+            )
+            .bind(key)
+            .fetch_one(&mut *tx)
+            .await?,
+        ),
+    };
+    tx.commit().await?;
+    Ok(found)
 }
 
 /// Unix time in milliseconds.

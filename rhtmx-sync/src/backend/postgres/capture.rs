@@ -60,7 +60,7 @@ fn value_json(kind: ColumnKind, row: &str, name: &str) -> String {
 }
 
 /// The text of a key or scope field of the jsonb row `row` (`NULL` when missing).
-fn key_text(row: &str, name: &str, kind: ColumnKind) -> String {
+pub(super) fn key_text(row: &str, name: &str, kind: ColumnKind) -> String {
     let text = format!("({row} ->> {})", quote_literal(name));
     if kind == ColumnKind::Any {
         format!(
@@ -74,7 +74,7 @@ fn key_text(row: &str, name: &str, kind: ColumnKind) -> String {
 }
 
 /// The row's JSON object as text, fields in column order (compact, as on SQLite).
-fn row_json(entity: &Entity, row: &str) -> String {
+pub(super) fn row_json(entity: &Entity, row: &str) -> String {
     let parts: Vec<String> = entity
         .columns
         .iter()
@@ -97,7 +97,7 @@ fn row_json(entity: &Entity, row: &str) -> String {
     format!("('{{' || {} || '}}')", groups.join(" || "))
 }
 
-fn kind_of(entity: &Entity, column: &str) -> ColumnKind {
+pub(super) fn kind_of(entity: &Entity, column: &str) -> ColumnKind {
     entity.column(column).map_or(ColumnKind::Text, |c| c.kind)
 }
 

@@ -8,9 +8,13 @@
 //! committed. See docs/ARCHITECTURE.md ("Versions on PostgreSQL").
 
 pub(crate) mod capture;
+pub(crate) mod idempotency;
 pub(crate) mod schema;
 pub(crate) mod stamp;
 pub(crate) mod tail;
+mod write;
+
+pub(crate) use self::write::begin;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +50,7 @@ pub(crate) async fn start(
 ) -> Result<Started, BuildError> {
     let mut conn = PgConnection::connect_with(&own_options(pool, TAILER)).await?;
     migrate(&mut conn).await?;
+    idempotency::migrate(&mut conn).await?;
     let mut entities = Vec::with_capacity(specs.len());
     for spec in &specs {
         entities.push(Arc::new(schema::resolve(&mut conn, spec.clone()).await?));
@@ -197,6 +202,17 @@ impl ReadLog for PgConnection {
     /// the counter moves in the transaction that stamps them.
     async fn head(&mut self) -> Result<i64> {
         meta_int(self, "head").await
+    }
+
+    async fn settled_head(&mut self) -> Result<i64> {
+        let (head, pending) = stamp::probe(self).await?;
+        if !pending {
+            return Ok(head);
+        }
+        // Another engine stamping now is numbering these too: wait for it (the lock,
+        // not the try-lock, so the head read after covers them).
+        stamp::stamp_waiting(self).await?;
+        self.head().await
     }
 
     async fn horizon(&mut self) -> Result<i64> {

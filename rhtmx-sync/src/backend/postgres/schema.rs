@@ -27,7 +27,8 @@ SELECT a.attname::text AS name,
        -- `indkey` counts from 0.
        COALESCE(array_position(i.indkey::int2[], a.attnum)
                 - array_lower(i.indkey::int2[], 1) + 1, 0)::int8 AS pk,
-       CASE WHEN a.attgenerated <> '' THEN 3 ELSE 0 END::int8 AS hidden
+       CASE WHEN a.attgenerated <> '' THEN 3 ELSE 0 END::int8 AS hidden,
+       format_type(a.atttypid, a.atttypmod) AS sql_type
 FROM pg_attribute a
 JOIN pg_type t ON t.oid = a.atttypid
 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum

@@ -27,11 +27,11 @@ use super::CHANNEL;
 use crate::error::Result;
 
 /// The advisory lock stampers take turns under (per database).
-const STAMP_LOCK: i64 = 0x7268_746d_7873_0002;
+pub(super) const STAMP_LOCK: i64 = 0x7268_746d_7873_0002;
 
 /// At most this many entries per stamping transaction: one huge write is numbered in
 /// several steps rather than one long update.
-const BATCH: i64 = 50_000;
+pub(super) const BATCH: i64 = 50_000;
 
 const STAMP: &str = "
 WITH _head AS (SELECT value::bigint AS v FROM _rhtmx_sync_meta WHERE key = 'head'),
@@ -60,6 +60,43 @@ pub(crate) async fn probe(conn: &mut PgConnection) -> Result<(i64, bool)> {
     .await?)
 }
 
+/// Numbers up to one batch of the unnumbered entries visible now, in a transaction that
+/// holds [`STAMP_LOCK`], and notifies [`CHANNEL`] (at commit) if there were any.
+/// Returns how many were numbered.
+pub(super) async fn number(tx: &mut PgConnection) -> Result<i64> {
+    let n: i64 = sqlx::query_scalar(STAMP)
+        .bind(BATCH)
+        .fetch_one(&mut *tx)
+        .await?;
+    if n > 0 {
+        // One empty notification per batch, never per write: a notifying commit takes
+        // a lock every other notifying commit waits for. (Identical notifications of
+        // one transaction are delivered once.)
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(CHANNEL)
+            .execute(&mut *tx)
+            .await?;
+    }
+    Ok(n)
+}
+
+/// Numbers every committed unnumbered entry, waiting for a stamper that holds the lock
+/// (whose snapshot may predate a commit the caller saw) instead of leaving it to it.
+pub(crate) async fn stamp_waiting(conn: &mut PgConnection) -> Result<()> {
+    loop {
+        let mut tx = conn.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(STAMP_LOCK)
+            .execute(&mut *tx)
+            .await?;
+        let n = number(&mut tx).await?;
+        tx.commit().await?;
+        if n < BATCH {
+            return Ok(());
+        }
+    }
+}
+
 /// Numbers every committed unnumbered entry and notifies [`CHANNEL`] once if there
 /// were any. Returns how many were numbered; 0 also when another engine is stamping
 /// right now (it notifies when done, so nothing waits on this one).
@@ -74,18 +111,7 @@ pub(crate) async fn stamp(conn: &mut PgConnection) -> Result<u64> {
         if !locked {
             return Ok(total);
         }
-        let n: i64 = sqlx::query_scalar(STAMP)
-            .bind(BATCH)
-            .fetch_one(&mut *tx)
-            .await?;
-        if n > 0 {
-            // One empty notification per batch, never per write: a notifying commit
-            // takes a lock every other notifying commit waits for.
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(CHANNEL)
-                .execute(&mut *tx)
-                .await?;
-        }
+        let n = number(&mut tx).await?;
         tx.commit().await?;
         total += n as u64;
         if n < BATCH {

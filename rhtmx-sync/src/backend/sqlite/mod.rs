@@ -2,6 +2,8 @@
 //! the broadcaster themselves live in `crate::log`, `crate::capture` and
 //! `crate::broadcast`, which predate the other backend).
 
+mod write;
+
 use std::sync::Arc;
 use std::time::Duration;
 

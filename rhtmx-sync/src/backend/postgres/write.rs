@@ -1,0 +1,363 @@
+//! The write transaction on PostgreSQL (see [`WriteTx`]).
+//!
+//! It takes the stamper's lock first and holds it to the end, so while it is open it
+//! is the only one numbering entries: it numbers what it logs as it goes
+//! ([`WriteTx::settle`]), which gives a write's entry (and a conflict's) its version
+//! before the transaction answers, exactly as on SQLite, and keeps two pushes from
+//! merging against each other's uncommitted rows. The rows it reads for a merge are
+//! locked (`FOR UPDATE`) until it commits: the app's own writes to them wait, and
+//! everything that touched them before is numbered first, so the merge reads their whole
+//! history. Other writes — the app's, other rows — go on beside it; they are numbered
+//! after it commits.
+//!
+//! Values are bound as text and cast to each column's own type (`$1::uuid`,
+//! `$2::timestamptz`), so any type PostgreSQL can read from text can be written.
+
+use sqlx::postgres::{PgArguments, PgConnection, PgPool};
+use sqlx::{Postgres, Transaction};
+
+use super::capture::{key_text, kind_of, row_json};
+use super::stamp::{number, BATCH, STAMP_LOCK};
+use super::EFFECTIVE_HLC;
+use crate::backend::{Context, Effect, EntryRow, NewEntry, WriteTx};
+use crate::entity::{quote_ident, Entity, Key, SqlValue};
+use crate::error::Result;
+
+type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
+
+/// Begins the engine's write transaction: the stamper's lock first, then every entry
+/// already committed is numbered, so the transaction's own come after them.
+pub(crate) async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(STAMP_LOCK)
+        .execute(&mut *tx)
+        .await?;
+    tx.settle().await?;
+    Ok(tx)
+}
+
+/// A value in the text form PostgreSQL reads for every type (`\x..` for bytes).
+fn text(value: SqlValue) -> Option<String> {
+    match value {
+        SqlValue::Null => None,
+        SqlValue::Int(n) => Some(n.to_string()),
+        SqlValue::Real(f) => Some(f.to_string()),
+        SqlValue::Text(s) => Some(s),
+        SqlValue::Blob(b) => Some(b.iter().fold(String::from("\\x"), |mut s, byte| {
+            s.push_str(&format!("{byte:02x}"));
+            s
+        })),
+    }
+}
+
+/// A value for `column`: the blob text form (hex, or a UUID) of a `bytea` column is
+/// its bytes, as a pull shows them.
+fn value_for(entity: &Entity, column: &str, value: SqlValue) -> SqlValue {
+    match value {
+        SqlValue::Text(s) if sql_type(entity, column) == "bytea" => {
+            match crate::entity::parse_blob_text(&s) {
+                Some(bytes) => SqlValue::Blob(bytes),
+                None => SqlValue::Text(s),
+            }
+        }
+        other => other,
+    }
+}
+
+/// The type to cast a column's values to (text where it is unknown).
+fn sql_type<'a>(entity: &'a Entity, column: &str) -> &'a str {
+    entity
+        .column(column)
+        .map(|c| c.sql_type.as_str())
+        .filter(|t| !t.is_empty())
+        .unwrap_or("text")
+}
+
+/// `$n::type` for the key column.
+fn key_match(entity: &Entity, n: usize) -> String {
+    format!(
+        "{} = ${n}::{}",
+        quote_ident(&entity.id),
+        sql_type(entity, &entity.id)
+    )
+}
+
+async fn run(conn: &mut PgConnection, sql: &str, binds: Vec<SqlValue>) -> Result<()> {
+    let mut query: Query<'_> = sqlx::query(sql);
+    for value in binds {
+        query = query.bind(text(value));
+    }
+    query.execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// The columns of [`EntryRow`].
+fn entry_columns() -> String {
+    format!("version, entity, entity_id, action, data, changed, client_id, {EFFECTIVE_HLC} AS hlc")
+}
+
+/// The one row with the key bound as `$1`, as `_o` (its `to_jsonb`), locked by `lock`.
+fn one_row(entity: &Entity, lock: &str) -> String {
+    format!(
+        "(SELECT to_jsonb(_t) AS _o FROM {} AS _t WHERE _t.{}{lock}) AS _rows",
+        quote_ident(&entity.table),
+        key_match(entity, 1),
+    )
+}
+
+impl WriteTx for PgConnection {
+    async fn settle(&mut self) -> Result<()> {
+        while number(self).await? == BATCH {}
+        Ok(())
+    }
+
+    async fn read_row(&mut self, entity: &Entity, key: &Key) -> Result<Option<String>> {
+        let row: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT {} FROM {}",
+            row_json(entity, "_o"),
+            one_row(entity, " FOR UPDATE")
+        ))
+        .bind(text(key.value.clone()))
+        .fetch_optional(&mut *self)
+        .await?;
+        // What touched the row before the lock was granted is numbered now, so the
+        // merge reads the row's whole history.
+        self.settle().await?;
+        Ok(row)
+    }
+
+    async fn read_scope(&mut self, entity: &Entity, key: &Key) -> Result<Option<Option<String>>> {
+        let Some(column) = entity.scope_column() else {
+            return Ok(None);
+        };
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT {} FROM {}",
+            key_text("_o", column, kind_of(entity, column)),
+            one_row(entity, "")
+        ))
+        .bind(text(key.value.clone()))
+        .fetch_optional(&mut *self)
+        .await?)
+    }
+
+    async fn set_context(&mut self, c: &Context<'_>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO _rhtmx_sync_context \
+             (entity, entity_id, hlc, client_id, changed, conflict, digest) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (entity, entity_id) DO UPDATE SET hlc = excluded.hlc, \
+             client_id = excluded.client_id, changed = excluded.changed, \
+             conflict = excluded.conflict, digest = excluded.digest",
+        )
+        .bind(c.entity)
+        .bind(c.id)
+        .bind(&c.hlc)
+        .bind(c.client_id)
+        .bind(c.changed)
+        .bind(c.conflict)
+        .bind(c.digest)
+        .execute(&mut *self)
+        .await?;
+        Ok(())
+    }
+
+    async fn clear_context(&mut self, entity: &str, id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM _rhtmx_sync_context WHERE entity = $1 AND entity_id = $2")
+            .bind(entity)
+            .bind(id)
+            .execute(&mut *self)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert(&mut self, entity: &Entity, columns: Vec<(String, SqlValue)>) -> Result<()> {
+        let names: Vec<String> = columns.iter().map(|(n, _)| quote_ident(n)).collect();
+        let values: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| format!("${}::{}", i + 1, sql_type(entity, n)))
+            .collect();
+        let sql = format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            quote_ident(&entity.table),
+            names.join(", "),
+            values.join(", ")
+        );
+        let binds = columns
+            .into_iter()
+            .map(|(n, v)| value_for(entity, &n, v))
+            .collect();
+        run(self, &sql, binds).await
+    }
+
+    async fn update(
+        &mut self,
+        entity: &Entity,
+        key: &Key,
+        columns: Vec<(String, SqlValue)>,
+    ) -> Result<()> {
+        let sets: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| format!("{} = ${}::{}", quote_ident(n), i + 1, sql_type(entity, n)))
+            .collect();
+        let sql = format!(
+            "UPDATE {} SET {} WHERE {}",
+            quote_ident(&entity.table),
+            sets.join(", "),
+            key_match(entity, columns.len() + 1)
+        );
+        let mut binds: Vec<SqlValue> = columns
+            .into_iter()
+            .map(|(n, v)| value_for(entity, &n, v))
+            .collect();
+        binds.push(key.value.clone());
+        run(self, &sql, binds).await
+    }
+
+    async fn delete(&mut self, entity: &Entity, key: &Key) -> Result<()> {
+        let sql = format!(
+            "DELETE FROM {} WHERE {}",
+            quote_ident(&entity.table),
+            key_match(entity, 1)
+        );
+        run(self, &sql, vec![key.value.clone()]).await
+    }
+
+    async fn latest_after(&mut self, entity: &str, id: &str, after: i64) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT version FROM _rhtmx_sync_log WHERE version > $1 AND entity = $2 \
+             AND entity_id = $3 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(after)
+        .bind(entity)
+        .bind(id)
+        .fetch_optional(&mut *self)
+        .await?)
+    }
+
+    async fn append(&mut self, e: &NewEntry<'_>) -> Result<i64> {
+        let c = &e.context;
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO _rhtmx_sync_log \
+             (entity, entity_id, action, data, changed, client_id, hlc, conflict, digest, \
+             scope_before, scope_after) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING seq",
+        )
+        .bind(c.entity)
+        .bind(c.id)
+        .bind(e.action)
+        .bind(e.data)
+        .bind(c.changed)
+        .bind(c.client_id)
+        .bind(&c.hlc)
+        .bind(c.conflict)
+        .bind(c.digest)
+        .bind(e.scope.as_deref())
+        .fetch_one(&mut *self)
+        .await?;
+        self.settle().await?;
+        Ok(
+            sqlx::query_scalar("SELECT version FROM _rhtmx_sync_log WHERE seq = $1")
+                .bind(seq)
+                .fetch_one(&mut *self)
+                .await?,
+        )
+    }
+
+    async fn row_log(
+        &mut self,
+        entity: &str,
+        id: &str,
+        (after, upto): (i64, i64),
+    ) -> Result<Vec<EntryRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {} FROM _rhtmx_sync_log \
+             WHERE entity = $1 AND entity_id = $2 AND version > $3 AND version <= $4 \
+             ORDER BY version",
+            entry_columns()
+        ))
+        .bind(entity)
+        .bind(id)
+        .bind(after)
+        .bind(upto)
+        .fetch_all(&mut *self)
+        .await?)
+    }
+
+    async fn log_after(&mut self, after: i64) -> Result<Vec<EntryRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {} FROM _rhtmx_sync_log WHERE version > $1 ORDER BY version",
+            entry_columns()
+        ))
+        .bind(after)
+        .fetch_all(&mut *self)
+        .await?)
+    }
+
+    async fn data_at(
+        &mut self,
+        entity: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<Option<String>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT data FROM _rhtmx_sync_log WHERE entity = $1 AND entity_id = $2 \
+             AND version <= $3 ORDER BY version DESC LIMIT 1",
+        )
+        .bind(entity)
+        .bind(id)
+        .bind(version)
+        .fetch_optional(&mut *self)
+        .await?)
+    }
+
+    async fn last_live(&mut self, entity: &str, id: &str) -> Result<Option<(i64, Option<String>)>> {
+        Ok(sqlx::query_as(
+            "SELECT version, data FROM _rhtmx_sync_log WHERE entity = $1 AND entity_id = $2 \
+             AND action <> 'delete' AND version IS NOT NULL ORDER BY version DESC LIMIT 1",
+        )
+        .bind(entity)
+        .bind(id)
+        .fetch_optional(&mut *self)
+        .await?)
+    }
+
+    async fn deletes_after(
+        &mut self,
+        entity: &str,
+        id: &str,
+        after: i64,
+    ) -> Result<(Option<i64>, Option<String>)> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT min(version), max({EFFECTIVE_HLC}) FROM _rhtmx_sync_log \
+             WHERE entity = $1 AND entity_id = $2 AND version > $3"
+        ))
+        .bind(entity)
+        .bind(id)
+        .bind(after)
+        .fetch_one(&mut *self)
+        .await?)
+    }
+
+    async fn replayed(&mut self, digest: &str) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _rhtmx_sync_log WHERE digest = $1)")
+                .bind(digest)
+                .fetch_one(&mut *self)
+                .await?,
+        )
+    }
+
+    async fn effects(&mut self, entity: &str, after: i64) -> Result<Vec<Effect>> {
+        Ok(sqlx::query_as(
+            "SELECT entity_id, action, scope_before, scope_after FROM _rhtmx_sync_log \
+             WHERE version > $1 AND entity = $2 ORDER BY version",
+        )
+        .bind(after)
+        .bind(entity)
+        .fetch_all(&mut *self)
+        .await?)
+    }
+}
