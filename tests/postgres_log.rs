@@ -427,17 +427,40 @@ async fn rows_written_while_no_engine_ran_are_logged_at_the_next_start() {
 }
 
 #[tokio::test]
-async fn what_is_not_built_on_postgres_yet_answers_501() {
+async fn the_operator_figures_count_the_log_and_its_conflicts() {
     let pool = pg::database().await;
     sqlx::query(TODOS).execute(&pool).await.unwrap();
     let one = instance(&pool, &["todos"], Duration::from_millis(10)).await;
+    for id in ["a", "b", "c"] {
+        insert(&pool, id).await;
+    }
+    sqlx::query("DELETE FROM todos WHERE id = 'b'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(one.engine.head().await.unwrap(), 4);
     let (base, _task) = serve(one.engine.operator_routes()).await;
-    let res = common::client()
+    let figures: Value = common::client()
         .get(format!("{base}/figures.json"))
         .send()
         .await
+        .unwrap()
+        .json()
+        .await
         .unwrap();
-    assert_eq!(res.status(), 501);
-    let text = res.text().await.unwrap();
-    assert!(text.contains("operator figures is not available"), "{text}");
+    let log = &figures["log"];
+    assert_eq!(
+        (
+            &log["rows"],
+            &log["head_version"],
+            &log["oldest_version"],
+            &log["changes_last_minute"]
+        ),
+        (&json!(4), &json!(4), &json!(1), &json!(4)),
+        "{figures}"
+    );
+    assert!(log["bytes"].as_u64().unwrap() > 0);
+    assert!(log["database_bytes"].as_u64().unwrap() > log["bytes"].as_u64().unwrap());
+    assert_eq!(figures["idempotency"]["keys"], 0);
+    assert_eq!(figures["recent_conflicts"], json!([]));
 }

@@ -145,6 +145,12 @@ async fn fields_changed_on_both_sides_go_to_the_later_user_action() {
     );
     assert_eq!(todos(&pool).await, [("r1".into(), "oat milk".into(), true)]);
     assert_eq!(replayed(&one.base).await, todos(&pool).await);
+    // The operator figures carry it with its version.
+    let figures = one.engine.figures().await.unwrap();
+    assert_eq!(figures.log.conflicts, 1);
+    assert_eq!(figures.recent_conflicts.len(), 1);
+    assert_eq!(figures.recent_conflicts[0].version, version);
+    assert_eq!(figures.recent_conflicts[0].conflict.version, Some(version));
 }
 
 #[tokio::test]

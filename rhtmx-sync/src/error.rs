@@ -105,10 +105,6 @@ pub enum Error {
     /// The database failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
-
-    /// What the request asks for is not built on this database backend yet (501).
-    #[error("{0} is not available on this database backend")]
-    Unsupported(&'static str),
 }
 
 impl Error {
@@ -133,7 +129,6 @@ impl Error {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Error::UnreadableRow(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            Error::Unsupported(_) => StatusCode::NOT_IMPLEMENTED,
         }
     }
 
@@ -295,7 +290,7 @@ impl IntoResponse for Error {
         let status = self.status();
         // The whole message, for the operator view's recent errors; never sent.
         let failure = crate::operator::Failure(self.to_string());
-        let message = if let Error::ShuttingDown | Error::Unsupported(_) = self {
+        let message = if let Error::ShuttingDown = self {
             self.to_string()
         } else if status.is_server_error() {
             // Internals (SQL, file paths) stay in the server log.

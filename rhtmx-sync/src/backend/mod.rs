@@ -17,7 +17,7 @@ use std::future::Future;
 use sqlx::pool::PoolConnection;
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::log::{self, LogRow};
 
 /// What starting the engine on a backend gives: the entities as the schema defines
@@ -73,11 +73,6 @@ impl Pool {
             Pool::Postgres(pool) => Some(pool),
             Pool::Sqlite(_) => None,
         }
-    }
-
-    /// The SQLite pool for a path not yet built on the other backend.
-    pub(crate) fn sqlite(&self, what: &'static str) -> Result<&SqlitePool> {
-        self.as_sqlite().ok_or(Error::Unsupported(what))
     }
 
     /// A pooled connection to read the log with.

@@ -159,12 +159,22 @@ pub struct ErrorFigure {
 /// Reads every figure of `engine` now.
 pub(crate) async fn read(engine: &SyncEngine) -> Result<OperatorFigures> {
     let inner = &engine.inner;
-    // One deferred transaction: every SELECT below reads the same snapshot.
-    let mut tx = inner.pool.sqlite("operator figures")?.begin().await?;
-    let log = log_figures(&mut tx).await?;
-    let idempotency = idempotency_figures(&mut tx).await?;
-    let recent_conflicts = recent_conflicts(&mut tx).await?;
-    tx.rollback().await?;
+    let (log, idempotency, recent_conflicts) = match &inner.pool {
+        crate::Pool::Sqlite(pool) => {
+            // One deferred transaction: every SELECT below reads the same snapshot.
+            let mut tx = pool.begin().await?;
+            let log = log_figures(&mut tx).await?;
+            let idempotency = idempotency_figures(&mut tx).await?;
+            let recent_conflicts = recent_conflicts(&mut tx).await?;
+            tx.rollback().await?;
+            (log, idempotency, recent_conflicts)
+        }
+        #[cfg(feature = "postgres")]
+        crate::Pool::Postgres(pool) => {
+            let mut conn = pool.acquire().await?;
+            crate::backend::postgres::figures::read(&mut conn, RECENT_CONFLICTS).await?
+        }
+    };
     let read_at_ms = crate::hlc::system_ms();
     let list: Vec<StreamFigure> = inner
         .open_streams

@@ -8,6 +8,7 @@
 //! committed. See docs/ARCHITECTURE.md ("Versions on PostgreSQL").
 
 pub(crate) mod capture;
+pub(crate) mod figures;
 pub(crate) mod idempotency;
 pub(crate) mod schema;
 pub(crate) mod stamp;
