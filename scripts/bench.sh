@@ -4,7 +4,7 @@
 #
 #   ./scripts/bench.sh                 # quick suite (a few minutes on 2 cores)
 #   ./scripts/bench.sh --full          # the big sizes: 10k SSE clients, 1M-row pulls, more repetitions
-#   ./scripts/bench.sh --only write,ingest,fanout,pull,browser
+#   ./scripts/bench.sh --only write,ingest,fanout,pull,postgres,browser
 #
 # Not part of the test run (scripts/test-all.sh only compiles the bench binary, and runs
 # it without `--bench`, when it exits at once). Network traffic stays on 127.0.0.1.
@@ -41,6 +41,13 @@ if wants browser; then
   [ -d js/node_modules/playwright-core ] || (cd js && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
+if wants postgres && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  # The PostgreSQL section starts a throwaway server from these binaries.
+  echo "==> installing postgresql" >&2
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq postgresql >/dev/null
+fi
+
 echo "==> building the bench binary (release)" >&2
 bin=$(cargo bench --bench sync --no-run --message-format=json-render-diagnostics \
   | node -e '
@@ -59,7 +66,7 @@ results="$out/results.jsonl"
 rm -f "$results"
 
 rust_only=""
-for part in write ingest fanout pull; do
+for part in write ingest fanout pull postgres; do
   if [ -z "$only" ]; then rust_only="all"; break; fi
   for o in ${only//,/ }; do
     if [ "$o" = "$part" ] || [[ "$o" == "$part:"* ]]; then rust_only="$rust_only,$o"; fi

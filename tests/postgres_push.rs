@@ -425,3 +425,69 @@ async fn the_key_table_stays_within_its_budget() {
     );
     assert_eq!(todos(&pool).await.len(), 30, "every write ran");
 }
+
+#[tokio::test]
+async fn a_push_waiting_for_a_row_the_app_holds_holds_back_no_one_else() {
+    let pool = pg::database().await;
+    sqlx::query(TODOS).execute(&pool).await.unwrap();
+    sqlx::query("INSERT INTO todos (id, title) VALUES ('r1', 'held')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let one = instance(&pool, "todos").await;
+    let mut sse = common::Sse::connect(&one.base, "", None).await;
+    // The app holds r1 in a transaction that stays open.
+    let mut held = pool.begin().await.unwrap();
+    sqlx::query("UPDATE todos SET completed = true WHERE id = 'r1'")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+    let base = one.base.clone();
+    let push = tokio::spawn(async move {
+        push(
+            &base,
+            "todos",
+            "a",
+            json!([{"id": "r1", "action": "update", "hlc": hlc(0, 0xa),
+                    "data": {"title": "pushed"}}]),
+        )
+        .await
+    });
+    // Meanwhile every other write is numbered and streamed.
+    for id in ["other-1", "other-2"] {
+        sqlx::query("INSERT INTO todos (id, title) VALUES ($1, 'x')")
+            .bind(id)
+            .execute(&pool)
+            .await
+            .unwrap();
+        assert_eq!(sse.next().await.data["id"], id);
+    }
+    assert!(!push.is_finished(), "the push waits for the row");
+    held.commit().await.unwrap();
+    let res = push.await.unwrap();
+    assert_eq!(res["applied"], json!(["r1"]));
+    let mut last = Vec::new();
+    for _ in 0..2 {
+        let e = sse.next().await;
+        last.push((e.data["id"].clone(), e.version()));
+    }
+    assert_eq!(
+        last,
+        [(json!("r1"), 4), (json!("r1"), 5)],
+        "the app's update, then the push"
+    );
+    assert_eq!(
+        todos(&pool).await[0],
+        ("other-1".to_owned(), "x".to_owned(), false)
+    );
+    let r1 = todos(&pool)
+        .await
+        .into_iter()
+        .find(|r| r.0 == "r1")
+        .unwrap();
+    assert_eq!(
+        r1,
+        ("r1".into(), "pushed".into(), true),
+        "merged, not overwritten"
+    );
+}

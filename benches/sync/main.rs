@@ -24,6 +24,9 @@ mod app;
 
 mod fanout;
 mod ingest;
+#[path = "../../tests/pg/mod.rs"]
+mod pg;
+mod postgres;
 mod pull;
 mod report;
 mod server;
@@ -37,7 +40,7 @@ use std::path::PathBuf;
 pub struct Config {
     /// The big sizes (10k SSE clients, 1M-row pulls, more repetitions).
     pub full: bool,
-    /// Only these sections (`write`, `ingest`, `fanout`, `pull`) or parts of them
+    /// Only these sections (`write`, `ingest`, `fanout`, `pull`, `postgres`) or parts of them
     /// (`ingest:push`); empty = all.
     pub only: Vec<String>,
     /// Where result rows are appended as JSON lines.
@@ -145,5 +148,10 @@ async fn suite(config: Config) {
         let cpu = util::CpuWatch::start();
         pull::run(&config, &mut out).await;
         out.push(cpu.row(pull::SECTION));
+    }
+    if config.wants("postgres") {
+        let cpu = util::CpuWatch::start();
+        postgres::run(&config, &mut out).await;
+        out.push(cpu.row(postgres::SECTION));
     }
 }

@@ -216,6 +216,8 @@ async fn run(
     client_id: Option<&str>,
     read: &Read,
 ) -> std::result::Result<(Vec<Applied>, i64), Failed> {
+    let keys: Vec<&Key> = changes.iter().map(|c| &c.key).collect();
+    tx.prepare(entity, &keys).await?;
     let start = tx.head().await?;
     let scoped = matches!(read, Read::Keys(_));
     let mut cache = HistoryCache::default();

@@ -3,9 +3,10 @@
 //! context for the capture triggers, writing through the table, and recording a
 //! decision that leaves the table as it is.
 //!
-//! While it is open, the transaction is the log's only numbering writer: on SQLite it
-//! holds the write lock, on PostgreSQL the stamper's lock, and numbers its own entries
-//! as it writes them ([`WriteTx::settle`]), so a write's entry has its version at once.
+//! Once prepared ([`WriteTx::prepare`]), the transaction is the log's only numbering
+//! writer: on SQLite it holds the write lock, on PostgreSQL the stamper's lock, and
+//! numbers its own entries as it writes them ([`WriteTx::settle`]), so a write's entry
+//! has its version at once.
 
 use std::future::Future;
 
@@ -55,6 +56,16 @@ pub(crate) type Effect = (String, String, Option<String>, Option<String>);
 
 /// The engine's write transaction on one backend.
 pub(crate) trait WriteTx: ReadLog {
+    /// Readies the transaction to write the rows of `entity` with `keys`, before it
+    /// reads anything: on PostgreSQL, locks those rows (in key order, so two writers
+    /// never deadlock) and only then takes the numbering lock, so a write that waits
+    /// for a row the app holds locked never holds back every other writer's numbering.
+    fn prepare(
+        &mut self,
+        entity: &Entity,
+        keys: &[&Key],
+    ) -> impl Future<Output = Result<()>> + Send;
+
     /// Numbers what this transaction logged so far (nothing to do on SQLite, where
     /// entries are numbered as they are inserted).
     fn settle(&mut self) -> impl Future<Output = Result<()>> + Send;

@@ -1,14 +1,15 @@
 //! The write transaction on PostgreSQL (see [`WriteTx`]).
 //!
-//! It takes the stamper's lock first and holds it to the end, so while it is open it
-//! is the only one numbering entries: it numbers what it logs as it goes
-//! ([`WriteTx::settle`]), which gives a write's entry (and a conflict's) its version
-//! before the transaction answers, exactly as on SQLite, and keeps two pushes from
-//! merging against each other's uncommitted rows. The rows it reads for a merge are
-//! locked (`FOR UPDATE`) until it commits: the app's own writes to them wait, and
-//! everything that touched them before is numbered first, so the merge reads their whole
-//! history. Other writes — the app's, other rows — go on beside it; they are numbered
-//! after it commits.
+//! It first locks the rows it will write (`FOR UPDATE`, in key order), then takes the
+//! stamper's lock and holds it to the end, so while it writes it is the only one
+//! numbering entries: it numbers what it logs as it goes ([`WriteTx::settle`]), which
+//! gives a write's entry (and a conflict's) its version before the transaction answers,
+//! exactly as on SQLite, and keeps two pushes from merging against each other's
+//! uncommitted rows. Locking the rows before the stamper's lock means a push that waits
+//! for a row the app holds in a long transaction holds back nobody else's numbering.
+//! The app's own writes to the locked rows wait until the push commits; everything that
+//! touched them before is numbered first, so the merge reads their whole history.
+//! Other writes — the app's, other rows — go on beside it and are numbered after it.
 //!
 //! Values are bound as text and cast to each column's own type (`$1::uuid`,
 //! `$2::timestamptz`), so any type PostgreSQL can read from text can be written.
@@ -25,16 +26,9 @@ use crate::error::Result;
 
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
-/// Begins the engine's write transaction: the stamper's lock first, then every entry
-/// already committed is numbered, so the transaction's own come after them.
+/// Begins the engine's write transaction ([`WriteTx::prepare`] takes its locks).
 pub(crate) async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(STAMP_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    tx.settle().await?;
-    Ok(tx)
+    Ok(pool.begin().await?)
 }
 
 /// A value in the text form PostgreSQL reads for every type (`\x..` for bytes).
@@ -107,6 +101,31 @@ fn one_row(entity: &Entity, lock: &str) -> String {
 }
 
 impl WriteTx for PgConnection {
+    /// Locks the rows first (waiting, if the app holds one, without holding anything
+    /// others need), then the stamper's lock, then numbers every entry committed so
+    /// far: the rows' whole history is numbered before the merge reads it, and the
+    /// transaction's own entries come after everything committed before it.
+    async fn prepare(&mut self, entity: &Entity, keys: &[&Key]) -> Result<()> {
+        let mut texts: Vec<String> = keys.iter().filter_map(|k| text(k.value.clone())).collect();
+        texts.sort();
+        texts.dedup();
+        let id = quote_ident(&entity.id);
+        sqlx::query(&format!(
+            "SELECT 1 FROM {} AS _t WHERE _t.{id} = ANY($1::text[]::{}[]) \
+             ORDER BY _t.{id} FOR UPDATE",
+            quote_ident(&entity.table),
+            sql_type(entity, &entity.id)
+        ))
+        .bind(texts)
+        .execute(&mut *self)
+        .await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(STAMP_LOCK)
+            .execute(&mut *self)
+            .await?;
+        self.settle().await
+    }
+
     async fn settle(&mut self) -> Result<()> {
         while number(self).await? == BATCH {}
         Ok(())
@@ -121,9 +140,6 @@ impl WriteTx for PgConnection {
         .bind(text(key.value.clone()))
         .fetch_optional(&mut *self)
         .await?;
-        // What touched the row before the lock was granted is numbered now, so the
-        // merge reads the row's whole history.
-        self.settle().await?;
         Ok(row)
     }
 

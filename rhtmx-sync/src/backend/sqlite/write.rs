@@ -38,6 +38,11 @@ fn entry_columns() -> String {
 }
 
 impl WriteTx for SqliteConnection {
+    /// `BEGIN IMMEDIATE` took the write lock already: nothing else writes meanwhile.
+    async fn prepare(&mut self, _: &Entity, _: &[&Key]) -> Result<()> {
+        Ok(())
+    }
+
     async fn settle(&mut self) -> Result<()> {
         Ok(())
     }
