@@ -464,3 +464,48 @@ async fn the_operator_figures_count_the_log_and_its_conflicts() {
     assert_eq!(figures["idempotency"]["keys"], 0);
     assert_eq!(figures["recent_conflicts"], json!([]));
 }
+
+#[tokio::test]
+async fn a_migration_while_the_app_runs_is_followed() {
+    let pool = pg::database().await;
+    sqlx::query(TODOS).execute(&pool).await.unwrap();
+    insert(&pool, "old").await;
+    let one = instance(&pool, &["todos"], Duration::from_millis(10)).await;
+    let mut sse = Sse::connect(&one.base, "?last_event_id=1", None).await;
+    // A column added: new writes carry it; the old row is not logged again.
+    sqlx::query("ALTER TABLE todos ADD COLUMN note text")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO todos (id, title, note) VALUES ('new', 'new', 'hello')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    loop {
+        let e = sse.next().await;
+        seen.push(e.data["id"].as_str().unwrap().to_owned());
+        if e.data["data"]["note"] == "hello" {
+            break;
+        }
+    }
+    assert!(!seen.contains(&"old".to_owned()), "{seen:?}");
+    // The table recreated (its triggers went with it): capture comes back, the rows the
+    // drop removed are logged as deleted, and what was written meanwhile is logged.
+    sqlx::raw_sql(&format!(
+        "DROP TABLE todos; {TODOS}; INSERT INTO todos (id, title) VALUES ('reborn', 'r');"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    common::wait_until("the recreated table is captured", || async {
+        let rows = replayed(&one.base, "todos").await;
+        rows.keys().cloned().collect::<Vec<_>>() == ["reborn"]
+    })
+    .await;
+    insert(&pool, "after").await;
+    common::wait_until("later writes are captured", || async {
+        replayed(&one.base, "todos").await.contains_key("after")
+    })
+    .await;
+}

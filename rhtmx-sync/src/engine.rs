@@ -4,10 +4,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use sqlx::{SqliteConnection, SqlitePool};
+use sqlx::SqlitePool;
 use tokio::task::JoinHandle;
 
-use crate::backend::{self, Pool, ReadLog, Started};
+use crate::backend::{self, Pool, ReadLog, Schema, Started};
 use crate::broadcast::Hub;
 use crate::conflict::{ConflictResolver, SharedResolver};
 use crate::entity::{Entity, EntitySpec};
@@ -100,13 +100,13 @@ impl Registry {
     /// table is gone, or lost a column its model names) keeps its previous definition for
     /// requests, is logged, and is left out of the result, so that no trigger naming a
     /// missing column is installed for it.
-    pub(crate) async fn refresh(&self, conn: &mut SqliteConnection) -> Result<Vec<Arc<Entity>>> {
+    pub(crate) async fn refresh(&self, conn: &mut impl Schema) -> Result<Vec<Arc<Entity>>> {
         let before = self.load();
         let mut next = Vec::with_capacity(self.specs.len());
         let mut matching = Vec::with_capacity(self.specs.len());
         for spec in &self.specs {
             let previous = before.shared(&spec.table);
-            match Entity::resolve(conn, spec.clone()).await {
+            match conn.resolve(spec.clone()).await {
                 Ok(entity) => {
                     if let Some(previous) = previous {
                         let names = |e: &Entity| {

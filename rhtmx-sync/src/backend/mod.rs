@@ -92,6 +92,24 @@ pub(crate) enum Conn {
     Postgres(PoolConnection<sqlx::Postgres>),
 }
 
+/// Reading a registered table's schema, on every backend.
+pub(crate) trait Schema: Send {
+    /// Reads `spec`'s table and checks the registration against it.
+    fn resolve(
+        &mut self,
+        spec: crate::entity::EntitySpec,
+    ) -> impl Future<Output = std::result::Result<crate::entity::Entity, crate::BuildError>> + Send;
+}
+
+impl Schema for SqliteConnection {
+    async fn resolve(
+        &mut self,
+        spec: crate::entity::EntitySpec,
+    ) -> std::result::Result<crate::entity::Entity, crate::BuildError> {
+        crate::entity::Entity::resolve(self, spec).await
+    }
+}
+
 /// Reading the log, the same on every backend: what pulls, event streams, cursors and
 /// the broadcaster need.
 pub(crate) trait ReadLog: Send {

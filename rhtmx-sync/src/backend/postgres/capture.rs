@@ -256,14 +256,18 @@ pub(crate) async fn install(
         }
         let table = quote_ident(&entity.table);
         let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&fname));
-        sqlx::raw_sql(&want).execute(&mut *tx).await?;
+        sqlx::query(&want).execute(&mut *tx).await?;
         // The table lock these take also holds the app's writes back until the
         // reconciliation below commits: no write falls between the two.
-        sqlx::raw_sql(&format!(
+        sqlx::query(&format!(
             "CREATE OR REPLACE TRIGGER {ROW_TRIGGER} AFTER INSERT OR UPDATE OR DELETE ON {table} \
-             FOR EACH ROW EXECUTE FUNCTION {qualified}();
-             CREATE OR REPLACE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON {table} \
-             FOR EACH STATEMENT EXECUTE FUNCTION {qualified}();"
+             FOR EACH ROW EXECUTE FUNCTION {qualified}()"
+        ))
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(&format!(
+            "CREATE OR REPLACE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON {table} \
+             FOR EACH STATEMENT EXECUTE FUNCTION {qualified}()"
         ))
         .execute(&mut *tx)
         .await?;
@@ -280,7 +284,10 @@ pub(crate) async fn install(
 
 /// Logs what the triggers did not see: a create (or update) for each row whose latest
 /// entry is missing, a delete, or other data, and a delete for each logged row that is
-/// gone. Returns how many entries were written.
+/// gone. As on SQLite, a field the logged row lacks counts only when it is not null (a
+/// column added without a default does not log the whole table again), and a logged
+/// field the table no longer has does (a column another registration syncs does not).
+/// Returns how many entries were written.
 async fn reconcile(conn: &mut PgConnection, entity: &Entity) -> Result<u64> {
     let table = quote_ident(&entity.table);
     let ent = quote_literal(&entity.table);
@@ -291,6 +298,7 @@ async fn reconcile(conn: &mut PgConnection, entity: &Entity) -> Result<u64> {
         None => "NULL".to_owned(),
     };
     let data = row_json(entity, "_o");
+    let table_name = quote_literal(&table);
     let sql = format!(
         "WITH _last AS (
              SELECT DISTINCT ON (entity_id) entity_id, action, data, scope_after
@@ -314,7 +322,14 @@ async fn reconcile(conn: &mut PgConnection, entity: &Entity) -> Result<u64> {
                  _now.scope
              FROM _now LEFT JOIN _last ON _last.entity_id = _now.entity_id
              WHERE _last.action IS NULL OR _last.action = 'delete'
-                OR _last.data::jsonb IS DISTINCT FROM _now.data::jsonb
+                OR EXISTS (SELECT 1 FROM jsonb_each(_now.data::jsonb) AS _n
+                           LEFT JOIN jsonb_each(_last.data::jsonb) AS _w ON _w.key = _n.key
+                           WHERE (_w.key IS NULL AND _n.value <> 'null'::jsonb)
+                              OR _w.value <> _n.value)
+                OR EXISTS (SELECT 1 FROM jsonb_object_keys(_last.data::jsonb) AS _w(key)
+                           WHERE _w.key NOT IN (SELECT attname FROM pg_attribute
+                               WHERE attrelid = to_regclass({table_name}) AND attnum > 0
+                               AND NOT attisdropped))
              ORDER BY _now.entity_id
              RETURNING 1)
          SELECT (SELECT count(*) FROM _gone) + (SELECT count(*) FROM _changed)"

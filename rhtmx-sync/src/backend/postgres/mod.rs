@@ -56,6 +56,9 @@ pub(crate) async fn start(
     for spec in &specs {
         entities.push(Arc::new(schema::resolve(&mut conn, spec.clone()).await?));
     }
+    // Read before installing: a migration from now on is followed (`tail`).
+    let tables: Vec<String> = entities.iter().map(|e| e.table.clone()).collect();
+    let schema = tail::schema_of(&mut conn, &tables).await?;
     capture::install(&mut conn, &entities).await?;
     stamp::stamp(&mut conn).await?;
     let head = conn.head().await?;
@@ -68,7 +71,7 @@ pub(crate) async fn start(
         log_id: log_id.clone(),
     };
     let tailer = tokio::spawn(
-        tail::tail(pool.clone(), conn, hub, follow, poll, head)
+        tail::tail(pool.clone(), conn, hub, follow, poll, head, schema)
             .instrument(tracing::info_span!("rhtmx_sync_broadcaster")),
     );
     Ok(Started {

@@ -37,6 +37,12 @@ WHERE a.attrelid = to_regclass(quote_ident($1)) AND a.attnum > 0 AND NOT a.attis
 ORDER BY a.attnum
 "#;
 
+impl crate::backend::Schema for PgConnection {
+    async fn resolve(&mut self, spec: EntitySpec) -> Result<Entity, BuildError> {
+        resolve(self, spec).await
+    }
+}
+
 /// Reads `spec`'s table and checks the registration against it.
 ///
 /// PostgreSQL has no `REPLACE`: a conflicting insert either fails or, with `ON CONFLICT

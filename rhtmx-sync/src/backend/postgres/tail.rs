@@ -15,9 +15,10 @@ use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::Notify;
 
-use super::{own_options, stamp, CHANNEL, LISTENER, TAILER};
+use super::{capture, own_options, stamp, CHANNEL, LISTENER, TAILER};
 use crate::broadcast::{publish, Follow, Hub, Position};
 use crate::cursor;
+use crate::error::Result;
 
 /// How often the log is read even when the counter has not moved.
 const RECHECK: Duration = Duration::from_secs(1);
@@ -30,6 +31,7 @@ pub(crate) async fn tail(
     follow: Follow,
     poll: Duration,
     cursor: i64,
+    schema: String,
 ) {
     let notified = Arc::new(Notify::new());
     let listener = tokio::spawn(listen(pool.clone(), notified.clone(), poll));
@@ -40,6 +42,7 @@ pub(crate) async fn tail(
         token: String::new(),
     };
     let mut checked = Instant::now();
+    let mut schema = schema;
     loop {
         let ticked = async {
             if at.token.is_empty() {
@@ -51,6 +54,13 @@ pub(crate) async fn tail(
             }
             // An idle tick costs the probe alone; now and then the log is read anyway,
             // to notice a restored database whose head is where ours was.
+            if checked.elapsed() >= RECHECK {
+                // A failure here must not stop the events of every entity: it is logged
+                // and tried again at the next check.
+                if let Err(error) = follow_schema(&mut conn, &follow, &mut schema).await {
+                    tracing::warn!(%error, "a schema change could not be followed; trying again");
+                }
+            }
             if pending || head != at.version || checked.elapsed() >= RECHECK {
                 checked = Instant::now();
                 publish(&mut conn, &hub, &follow, &mut at).await?;
@@ -73,6 +83,47 @@ pub(crate) async fn tail(
             _ = tokio::time::sleep(poll) => {}
         }
     }
+}
+
+/// What a schema change would alter for the registered tables: each column (by table
+/// oid, so a recreated table differs) and how many capture triggers they have.
+const SCHEMA: &str = "
+WITH _rels AS (SELECT to_regclass(quote_ident(t)) AS oid FROM unnest($1::text[]) AS t)
+SELECT coalesce((SELECT string_agg(format('%s/%s/%s/%s', a.attrelid::int8, a.attnum, a.attname,
+                                          a.atttypid::int8), ',' ORDER BY a.attrelid, a.attnum)
+                 FROM pg_attribute a WHERE a.attrelid IN (SELECT oid FROM _rels)
+                 AND a.attnum > 0 AND NOT a.attisdropped), '')
+    || '|' || (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid IN (SELECT oid FROM _rels)
+               AND t.tgname IN ('_rhtmx_sync_capture', '_rhtmx_sync_truncate'))";
+
+/// Where the schema of `tables` stands now (see [`SCHEMA`]).
+pub(super) async fn schema_of(conn: &mut PgConnection, tables: &[String]) -> Result<String> {
+    Ok(sqlx::query_scalar(SCHEMA)
+        .bind(tables)
+        .fetch_one(&mut *conn)
+        .await?)
+}
+
+/// Follows a migration made while the app runs: when a registered table's columns or
+/// capture triggers changed since `seen` (a column added, a table recreated), reads the
+/// entities again and installs their capture anew (which logs what the triggers
+/// missed).
+async fn follow_schema(conn: &mut PgConnection, follow: &Follow, seen: &mut String) -> Result<()> {
+    let tables: Vec<String> = follow
+        .registry
+        .load()
+        .list()
+        .map(|e| e.table.clone())
+        .collect();
+    if *seen == schema_of(conn, &tables).await? {
+        return Ok(());
+    }
+    let matching = follow.registry.refresh(conn).await?;
+    capture::install(conn, &matching).await?;
+    tracing::info!("a registered table changed: its capture follows it");
+    // Read again: the installation itself may have added triggers.
+    *seen = schema_of(conn, &tables).await?;
+    Ok(())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
