@@ -270,7 +270,7 @@ async fn latency(writes: usize, out: &mut Out) {
     // SQLite, the same app write, for comparison.
     let dir = tempfile::tempdir().expect("temp dir");
     let sqlite = util::open(&dir.path().join("app.db"), util::SyncMode::Example).await;
-    let engine_s = app::engine(&sqlite).await.expect("engine");
+    let engine_s = app::engine(sqlite.clone()).await.expect("engine");
     let (base_s, task_s) = serve(&engine_s).await;
     push(
         "SQLite, one instance",

@@ -247,7 +247,7 @@ pub fn new_id() -> String {
 pub async fn seed(db: &Path, rows: usize, tracked: bool, title: &str) {
     let pool = open(db, SyncMode::Example).await;
     let engine = if tracked {
-        Some(app::engine(&pool).await.expect("engine"))
+        Some(app::engine(pool.clone()).await.expect("engine"))
     } else {
         None
     };

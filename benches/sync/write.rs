@@ -50,7 +50,7 @@ async fn pair(sync: SyncMode) -> Pair {
     let dir = tempfile::tempdir().expect("temp dir");
     let plain = util::open(&dir.path().join("plain.db"), sync).await;
     let tracked = util::open(&dir.path().join("tracked.db"), sync).await;
-    let engine = Some(app::engine(&tracked).await.expect("engine"));
+    let engine = Some(app::engine(tracked.clone()).await.expect("engine"));
     Pair {
         _dir: dir,
         plain,

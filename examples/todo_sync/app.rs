@@ -5,6 +5,10 @@
 //!
 //! Shared by the example binary and the end-to-end tests (`#[path]`-included), so the
 //! tests exercise exactly the handlers a user would write.
+//!
+//! It runs on SQLite (the default) or on PostgreSQL (`DATABASE_URL=postgres://...`), any
+//! number of instances on one database: [`Db`] holds the app's three own queries for
+//! each.
 
 use axum::extract::rejection::FormRejection;
 use axum::extract::{Path, State};
@@ -27,10 +31,91 @@ pub struct Todo {
     pub completed: bool,
 }
 
+/// The app's own database: the same pool the engine runs on.
+#[derive(Clone)]
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(sqlx::PgPool),
+}
+
+impl Db {
+    fn of(engine: &SyncEngine) -> Db {
+        match (engine.pool().as_sqlite(), engine.pool().as_postgres()) {
+            (Some(pool), _) => Db::Sqlite(pool.clone()),
+            (_, Some(pool)) => Db::Postgres(pool.clone()),
+            _ => unreachable!("the example is built with both backends"),
+        }
+    }
+
+    async fn all(&self) -> Result<Vec<Todo>, AppError> {
+        Ok(match self {
+            Db::Sqlite(pool) => {
+                sqlx::query_as!(
+                    Todo,
+                    r#"SELECT id, title, completed AS "completed: bool" FROM todos ORDER BY id"#
+                )
+                .fetch_all(pool)
+                .await?
+            }
+            Db::Postgres(pool) => {
+                sqlx::query_as("SELECT id, title, completed FROM todos ORDER BY id")
+                    .fetch_all(pool)
+                    .await?
+            }
+        })
+    }
+
+    async fn insert(&self, id: &str, title: &str) -> Result<(), AppError> {
+        match self {
+            Db::Sqlite(pool) => {
+                sqlx::query!(
+                    "INSERT INTO todos (id, title, completed) VALUES (?, ?, false) \
+                     ON CONFLICT (id) DO NOTHING",
+                    id,
+                    title
+                )
+                .execute(pool)
+                .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query(
+                    "INSERT INTO todos (id, title, completed) VALUES ($1, $2, false) \
+                     ON CONFLICT (id) DO NOTHING",
+                )
+                .bind(id)
+                .bind(title)
+                .execute(pool)
+                .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flip(&self, id: &str) -> Result<(), AppError> {
+        match self {
+            Db::Sqlite(pool) => {
+                sqlx::query!(
+                    "UPDATE todos SET completed = NOT completed WHERE id = ?",
+                    id
+                )
+                .execute(pool)
+                .await?;
+            }
+            Db::Postgres(pool) => {
+                sqlx::query("UPDATE todos SET completed = NOT completed WHERE id = $1")
+                    .bind(id)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
-    pub pool: SqlitePool,
+    pub db: Db,
     pub engine: SyncEngine,
 }
 
@@ -39,11 +124,7 @@ pub struct AppState {
 pub fn app(engine: SyncEngine) -> Router {
     let admin = admin(&engine, std::env::var("ADMIN_TOKEN").ok());
     let state = AppState {
-        pool: engine
-            .pool()
-            .as_sqlite()
-            .expect("the example runs on SQLite")
-            .clone(),
+        db: Db::of(&engine),
         engine,
     };
     Router::new()
@@ -129,15 +210,6 @@ impl From<rhtmx_sync::Error> for AppError {
     }
 }
 
-async fn all(pool: &SqlitePool) -> Result<Vec<Todo>, AppError> {
-    Ok(sqlx::query_as!(
-        Todo,
-        r#"SELECT id, title, completed AS "completed: bool" FROM todos ORDER BY id"#
-    )
-    .fetch_all(pool)
-    .await?)
-}
-
 #[path = "../shared/htmx.rs"]
 pub mod htmx;
 #[path = "../../templates/todos.rs"]
@@ -158,12 +230,12 @@ async fn index(State(s): State<AppState>) -> Result<Markup, AppError> {
     // The version first, the rows after: an edit made on this page then merges against
     // everything the page could have shown.
     let version = s.engine.head().await?;
-    Ok(templates::page(&views(&all(&s.pool).await?), version))
+    Ok(templates::page(&views(&s.db.all().await?), version))
 }
 
 async fn list(State(s): State<AppState>) -> Result<Markup, AppError> {
     let version = s.engine.head().await?;
-    Ok(templates::list(&views(&all(&s.pool).await?), version))
+    Ok(templates::list(&views(&s.db.all().await?), version))
 }
 
 /// The page's own script (pending, rejected and conflicting changes).
@@ -214,13 +286,7 @@ async fn create(State(s): State<AppState>, Form(new): Form<NewTodo>) -> Result<M
         Some(id) => valid_id(&id)?,
         None => uuid::Uuid::now_v7().to_string(),
     };
-    sqlx::query!(
-        "INSERT INTO todos (id, title, completed) VALUES (?, ?, false) ON CONFLICT (id) DO NOTHING",
-        id,
-        title
-    )
-    .execute(&s.pool)
-    .await?;
+    s.db.insert(&id, title).await?;
     list(State(s)).await
 }
 
@@ -250,14 +316,7 @@ async fn toggle(
                 .update(&id, [("completed", json!(completed))])
                 .await?;
         }
-        None => {
-            sqlx::query!(
-                "UPDATE todos SET completed = NOT completed WHERE id = ?",
-                id
-            )
-            .execute(&s.pool)
-            .await?;
-        }
+        None => s.db.flip(&id).await?,
     }
     Ok(list(State(s)).await?.into_response())
 }
@@ -304,10 +363,25 @@ pub async fn open_db(url: &str) -> Result<SqlitePool, Box<dyn std::error::Error>
     Ok(pool)
 }
 
+/// Opens the database `url` names — `sqlite://...` (see [`open_db`]) or
+/// `postgres://...` — and migrates it (the one migration is plain SQL both read alike).
+pub async fn open(url: &str) -> Result<rhtmx_sync::Pool, Box<dyn std::error::Error>> {
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        let pool = sqlx::PgPool::connect(url).await?;
+        sqlx::migrate!("examples/todo_sync/migrations")
+            .run(&pool)
+            .await?;
+        return Ok(pool.into());
+    }
+    Ok(open_db(url).await?.into())
+}
+
 /// The engine for this app: one typed entity, writable through the push API (for
 /// scripts and other services) under the same rules as the handlers.
-pub async fn engine(pool: &SqlitePool) -> Result<rhtmx_sync::SyncEngine, rhtmx_sync::BuildError> {
-    rhtmx_sync::SyncEngine::builder(pool.clone())
+pub async fn engine(
+    pool: impl Into<rhtmx_sync::Pool>,
+) -> Result<rhtmx_sync::SyncEngine, rhtmx_sync::BuildError> {
+    rhtmx_sync::SyncEngine::builder(pool)
         .entity::<Todo>()
         .validate("todos", pushed_todo)
         .build()

@@ -1,7 +1,9 @@
 //! The rhtmx-sync showcase: a todo list that works offline and refreshes live.
 //!
 //! Run with: `cargo run --example todo_sync`, then open http://127.0.0.1:3000.
-//! `PORT` and `DATABASE_URL` (default `sqlite://todo_sync.db`) override the defaults.
+//! `PORT` and `DATABASE_URL` (default `sqlite://todo_sync.db`; `postgres://...` runs it on
+//! PostgreSQL, where any number of instances can share the database) override the
+//! defaults.
 
 mod app;
 #[path = "../shared/headers.rs"]
@@ -28,8 +30,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(p) => p.parse()?,
         Err(_) => 3000,
     };
-    let pool = app::open_db(&url).await?;
-    let engine = app::engine(&pool).await?;
+    let pool = app::open(&url).await?;
+    let engine = app::engine(pool).await?;
     // Replayed offline writes carry an Idempotency-Key: applied once, answered again.
     // The app's own requests get 30 s in all, body included, else 408 (a per-read
     // timeout would let a body trickle in a byte at a time forever); the engine's

@@ -20,7 +20,7 @@ export const HTMX = process.env.HTMX || "2";
 export const HTMX_VERSION = HTMX.startsWith("4") ? "4.0.1" : "2.0.11";
 
 /** Starts the example; resolves once it prints its address. */
-export async function startServer({ dir, port = 0, example = "todo_sync" } = {}) {
+export async function startServer({ dir, port = 0, example = "todo_sync", databaseUrl } = {}) {
   const bin = exampleBin(example);
   if (!existsSync(bin)) {
     throw new Error(`${bin} is missing: run \`cargo build --example ${example}\` first`);
@@ -29,7 +29,12 @@ export async function startServer({ dir, port = 0, example = "todo_sync" } = {})
   dir ??= mkdtempSync(join(tmpdir(), "rhtmx-"));
   const dbPath = join(dir, "app.db");
   const child = spawn(bin, [], {
-    env: { ...process.env, PORT: String(port), DATABASE_URL: `sqlite://${dbPath}`, RUST_LOG: process.env.RUST_LOG ?? "warn" },
+    env: {
+      ...process.env,
+      PORT: String(port),
+      DATABASE_URL: databaseUrl ?? `sqlite://${dbPath}`,
+      RUST_LOG: process.env.RUST_LOG ?? "warn",
+    },
     // SERVER_LOG=path keeps the server's log for debugging a failure.
     stdio: ["ignore", "pipe", process.env.SERVER_LOG ? openSync(process.env.SERVER_LOG, "a") : "inherit"],
   });
@@ -58,7 +63,7 @@ export async function startServer({ dir, port = 0, example = "todo_sync" } = {})
     },
     /** Starts the same example again over the same database. */
     restart() {
-      return startServer({ dir, example });
+      return startServer({ dir, example, databaseUrl });
     },
     async stop() {
       await this.kill();

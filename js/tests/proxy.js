@@ -5,7 +5,10 @@ import http from "node:http";
 
 export async function startProxy(target) {
   const state = {
-    target, // e.g. "http://127.0.0.1:4567"
+    // e.g. "http://127.0.0.1:4567"; a list is served in turn, one request each (a load
+    // balancer in front of several instances).
+    target,
+    turn: 0,
     rules: [], // { match(req) -> bool, respond(req, res) -> true if handled, once }
     log: [], // every request: { method, url, headers, body (a Buffer), status }
     openStreams: 0,
@@ -37,7 +40,9 @@ export async function startProxy(target) {
   });
 
   function forward(req, res) {
-    const url = new URL(req.url, state.target);
+    const target = Array.isArray(state.target) ? state.target[state.turn++ % state.target.length] : state.target;
+    if (req.logEntry) req.logEntry.target = target;
+    const url = new URL(req.url, target);
     const upstream = http.request(url, { method: req.method, headers: req.headers }, (up) => {
       const stream = req.url.includes("/api/sync/events");
       if (stream) {

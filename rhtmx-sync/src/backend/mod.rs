@@ -49,6 +49,19 @@ impl From<SqlitePool> for Pool {
     }
 }
 
+impl From<&SqlitePool> for Pool {
+    fn from(pool: &SqlitePool) -> Pool {
+        Pool::Sqlite(pool.clone())
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl From<&sqlx::PgPool> for Pool {
+    fn from(pool: &sqlx::PgPool) -> Pool {
+        Pool::Postgres(pool.clone())
+    }
+}
+
 #[cfg(feature = "postgres")]
 impl From<sqlx::PgPool> for Pool {
     fn from(pool: sqlx::PgPool) -> Pool {
