@@ -79,7 +79,10 @@ test("the overlay shows a write queued offline, sees it go after reconnecting, a
  *  itself stays small: the server-rendered list and its refreshes are emptied (these
  *  tests are about the mirror's sync, not about rendering the rows). */
 function bulkInsert(N) {
-  execFileSync("python3", ["-c", [
+  if (w.server.dbPath.startsWith("postgres")) {
+    execFileSync("psql", [w.server.dbPath, "-q", "-c",
+      `INSERT INTO todos (id, title, completed) SELECT 'bulk-' || lpad(i::text, 5, '0'), 'row ' || i, false FROM generate_series(1, ${N}) AS i`]);
+  } else execFileSync("python3", ["-c", [
     "import sqlite3, sys",
     "c = sqlite3.connect(sys.argv[1])",
     `c.execute("WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${N}) INSERT INTO todos (id, title, completed) SELECT printf('bulk-%05d', i), 'row ' || i, 0 FROM n")`,

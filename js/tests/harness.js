@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import { chromium } from "playwright-core";
 import { before, after, beforeEach, afterEach } from "node:test";
 import { startProxy } from "./proxy.js";
+import { startPostgres } from "./postgres.js";
 
 const root = join(dirname(fileURLToPath(import.meta.url)), "..", "..");
 const targetDir = process.env.CARGO_TARGET_DIR ? resolve(root, process.env.CARGO_TARGET_DIR) : join(root, "target");
@@ -19,15 +20,38 @@ export const HTMX = process.env.HTMX || "2";
 /** The `htmx.version` the pages run. */
 export const HTMX_VERSION = HTMX.startsWith("4") ? "4.0.1" : "2.0.11";
 
+/** `RHTMX_TEST_DB=postgres` runs the todo example on PostgreSQL (a throwaway server per
+ *  test file, a fresh database per server); the other examples run on SQLite only. */
+export const ON_POSTGRES = process.env.RHTMX_TEST_DB === "postgres";
+
+let cluster = null;
+let databases = 0;
+
+/** A new, empty database on this process's PostgreSQL server (started on first use,
+ *  stopped when the process exits). */
+export async function freshPostgresDatabase() {
+  if (!cluster) {
+    cluster = await startPostgres();
+    process.on("exit", () => cluster.stop());
+  }
+  const name = `t_${process.pid}_${databases++}`;
+  execFileSync("psql", [cluster.url, "-q", "-c", `CREATE DATABASE ${name}`]);
+  return cluster.url.replace(/\/postgres$/, `/${name}`);
+}
+
 /** Starts the example; resolves once it prints its address. */
 export async function startServer({ dir, port = 0, example = "todo_sync", databaseUrl } = {}) {
+  if (ON_POSTGRES && example === "todo_sync" && !databaseUrl && !dir) {
+    databaseUrl = await freshPostgresDatabase();
+  }
   const bin = exampleBin(example);
   if (!existsSync(bin)) {
     throw new Error(`${bin} is missing: run \`cargo build --example ${example}\` first`);
   }
   const ownDir = !dir;
   dir ??= mkdtempSync(join(tmpdir(), "rhtmx-"));
-  const dbPath = join(dir, "app.db");
+  // A database URL on PostgreSQL: `dbQuery` reads either.
+  const dbPath = databaseUrl ?? join(dir, "app.db");
   const child = spawn(bin, [], {
     env: {
       ...process.env,
@@ -73,8 +97,14 @@ export async function startServer({ dir, port = 0, example = "todo_sync", databa
 }
 
 /** Rows of a query as objects, straight from the database file (Node 20 has no SQLite
- *  module; the machine's python3 has one). */
+ *  module; the machine's python3 has one), or through psql from a PostgreSQL URL. */
 export function dbQuery(dbPath, sql) {
+  if (dbPath.startsWith("postgres")) {
+    const out = execFileSync("psql", [dbPath, "-At", "-c", `SELECT coalesce(json_agg(t), '[]') FROM (${sql}) AS t`], {
+      encoding: "utf8",
+    });
+    return JSON.parse(out);
+  }
   const script = [
     "import json, sqlite3, sys",
     "c = sqlite3.connect(sys.argv[1])",
