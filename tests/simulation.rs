@@ -33,6 +33,8 @@ use rhtmx_sync::conflict::{
 use rhtmx_sync::{Action, Hlc, HlcClock, SyncEngine, SyncStrategy};
 use serde_json::{json, Value};
 
+mod pg;
+
 /// The synced columns besides `id`, in table order.
 const COLUMNS: [&str; 3] = ["title", "n", "done"];
 const TABLE: &str = "CREATE TABLE items (id TEXT PRIMARY KEY NOT NULL, \
@@ -334,11 +336,11 @@ impl Server for Model {
     }
 }
 
-/// The real engine on a SQLite file, over HTTP on 127.0.0.1.
+/// The real engine on a SQLite file or a PostgreSQL database, over HTTP on 127.0.0.1.
 struct Engine {
     base: String,
     http: reqwest::Client,
-    pool: sqlx::SqlitePool,
+    pool: rhtmx_sync::Pool,
     _dir: tempfile::TempDir,
     _engine: SyncEngine,
     task: tokio::task::JoinHandle<()>,
@@ -351,19 +353,29 @@ impl Drop for Engine {
 }
 
 impl Engine {
-    async fn start(config: Config) -> Engine {
+    async fn start(config: Config, postgres: bool) -> Engine {
         use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
         let dir = tempfile::tempdir().unwrap();
-        let options = SqliteConnectOptions::new()
-            .filename(dir.path().join("sim.db"))
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(5));
-        let pool = SqlitePoolOptions::new()
-            .connect_with(options)
-            .await
-            .unwrap();
-        sqlx::query(TABLE).execute(&pool).await.unwrap();
+        let pool: rhtmx_sync::Pool = if postgres {
+            let pool = pg::database().await;
+            sqlx::query(&TABLE.replace("INTEGER", "BIGINT"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            pool.into()
+        } else {
+            let options = SqliteConnectOptions::new()
+                .filename(dir.path().join("sim.db"))
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(std::time::Duration::from_secs(5));
+            let pool = SqlitePoolOptions::new()
+                .connect_with(options)
+                .await
+                .unwrap();
+            sqlx::query(TABLE).execute(&pool).await.unwrap();
+            pool.into()
+        };
         let mut builder = SyncEngine::builder(pool.clone())
             .entity_named("items")
             .writable("items")
@@ -416,11 +428,13 @@ impl Server for Engine {
     }
 
     async fn rows(&mut self) -> BTreeMap<String, Row> {
-        let rows: Vec<(String, String, i64, bool)> =
-            sqlx::query_as("SELECT id, title, n, done FROM items")
-                .fetch_all(&self.pool)
-                .await
-                .unwrap();
+        const SELECT: &str = "SELECT id, title, n, done FROM items";
+        let rows: Vec<(String, String, i64, bool)> = match &self.pool {
+            rhtmx_sync::Pool::Sqlite(pool) => sqlx::query_as(SELECT).fetch_all(pool).await,
+            rhtmx_sync::Pool::Postgres(pool) => sqlx::query_as(SELECT).fetch_all(pool).await,
+            _ => unreachable!("the tests build both backends"),
+        }
+        .unwrap();
         rows.into_iter()
             .map(|(id, title, n, done)| {
                 let row = json!({"title": title, "n": n, "done": done});
@@ -1133,6 +1147,16 @@ async fn last_write_wins_without_delete_wins_converges() {
 /// log and the final rows equal the model's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_over_http_gives_the_models_every_answer() {
+    engine_matches_the_model(false).await;
+}
+
+/// The same on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_on_postgres_gives_the_models_every_answer() {
+    engine_matches_the_model(true).await;
+}
+
+async fn engine_matches_the_model(postgres: bool) {
     use SyncStrategy::*;
     let configs = [
         (LastWriteWins, true, false),
@@ -1157,7 +1181,7 @@ async fn the_engine_over_http_gives_the_models_every_answer() {
         let mut model = Sim::new(seed, config, Model::new(config));
         model.run(steps).await;
         let model_rows = model.check().await;
-        let mut real = Sim::new(seed, config, Engine::start(config).await);
+        let mut real = Sim::new(seed, config, Engine::start(config, postgres).await);
         real.run(steps).await;
         let real_rows = real.check().await;
         assert!(model.made.len() > 5, "seed {seed}: too little happened");
