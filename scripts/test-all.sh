@@ -29,6 +29,9 @@ echo "==> JS tooling (npm ci)"
 echo "==> cargo fmt / clippy / doc"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
+# Each database alone (an app may leave the other out).
+cargo clippy -p rhtmx-sync --no-default-features --features sqlite -- -D warnings
+cargo clippy -p rhtmx-sync --no-default-features --features postgres -- -D warnings
 RUSTDOCFLAGS=-Dwarnings cargo doc --no-deps --workspace
 
 echo "==> Rust tests"

@@ -7,17 +7,20 @@
 //! stream that falls behind the bounded channel catches up from the log.
 
 use std::sync::Arc;
+#[cfg(feature = "sqlite")]
 use std::time::Duration;
 
+#[cfg(feature = "sqlite")]
 use sqlx::sqlite::SqliteConnectOptions;
+#[cfg(feature = "sqlite")]
 use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{broadcast, watch, Notify};
 
 use crate::backend::ReadLog;
+#[cfg(feature = "sqlite")]
 use crate::capture;
 use crate::cursor;
 use crate::engine::Registry;
-use crate::log;
 use crate::scope::{Read, View};
 use crate::wire;
 
@@ -53,7 +56,7 @@ pub(crate) struct Scoped {
 }
 
 impl Scoped {
-    fn of(entity: &crate::entity::Entity, row: &log::LogRow) -> Option<Box<Scoped>> {
+    fn of(entity: &crate::entity::Entity, row: &crate::log::LogRow) -> Option<Box<Scoped>> {
         entity.scope_column()?;
         let moved = (row.action == "update" && row.scope_before != row.scope_after).then(|| {
             (
@@ -116,10 +119,12 @@ pub(crate) struct Position {
 /// with) and the log's identity its cursors are tagged with.
 pub(crate) struct Follow {
     pub registry: Arc<Registry>,
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub generation: i64,
     pub log_id: Arc<str>,
 }
 
+#[cfg(feature = "sqlite")]
 /// The last `PRAGMA data_version` and `schema_version` a tick saw (-1: none yet).
 struct Seen {
     data_version: i64,
@@ -130,6 +135,7 @@ struct Seen {
     failures: u32,
 }
 
+#[cfg(feature = "sqlite")]
 impl Seen {
     /// Nothing seen yet: the first tick checks everything.
     fn new() -> Seen {
@@ -142,13 +148,16 @@ impl Seen {
     }
 }
 
+#[cfg(feature = "sqlite")]
 /// How often the triggers are checked even without a schema change: a pause left by
 /// `drop_triggers` ends without one (the migration that should follow it failed).
 const RECHECK: Duration = Duration::from_secs(30);
 
+#[cfg(feature = "sqlite")]
 /// How soon after a schema change the triggers are checked a second time.
 const SECOND_LOOK: Duration = Duration::from_millis(250);
 
+#[cfg(feature = "sqlite")]
 /// Tails the log from `cursor` until the task is aborted.
 ///
 /// Each tick costs one `PRAGMA data_version` (answered from shared memory, no disk read);
@@ -195,6 +204,7 @@ pub(crate) async fn tail(
     }
 }
 
+#[cfg(feature = "sqlite")]
 async fn tick(
     conn: &mut SqliteConnection,
     hub: &Hub,
@@ -330,11 +340,12 @@ pub(crate) async fn publish(
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;
     use crate::engine::Registry;
     use crate::entity::{Entity, EntitySpec};
+    use crate::log;
 
     async fn setup() -> (SqliteConnection, Hub, Follow) {
         let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();

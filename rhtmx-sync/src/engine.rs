@@ -4,6 +4,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
+#[cfg(feature = "sqlite")]
 use sqlx::SqlitePool;
 use tokio::task::JoinHandle;
 
@@ -24,7 +25,7 @@ use crate::principal::{self, Authenticate, Principal};
 use crate::scope::{Access, Rule, Scope};
 use crate::syncable::{SyncStrategy, Syncable};
 
-/// The one-line configuration: a pool and the tables to sync.
+/// The one-line configuration: a SQLite pool and the tables to sync.
 ///
 /// ```no_run
 /// # async fn run(db_pool: sqlx::SqlitePool) -> Result<(), rhtmx_sync::BuildError> {
@@ -37,6 +38,7 @@ use crate::syncable::{SyncStrategy, Syncable};
 ///
 /// Columns and the key are read from the schema. For typed registration and every other
 /// option use [`SyncEngine::builder`].
+#[cfg(feature = "sqlite")]
 #[derive(Debug, Clone)]
 pub struct SyncConfig {
     /// The app's own pool; the engine shares it.
@@ -254,6 +256,7 @@ impl std::fmt::Debug for SyncEngine {
 
 impl SyncEngine {
     /// Builds an engine for the tables named in `config`.
+    #[cfg(feature = "sqlite")]
     pub async fn new(config: SyncConfig) -> Result<SyncEngine, BuildError> {
         config
             .entities
@@ -760,6 +763,7 @@ impl SyncEngineBuilder {
             log_id,
             tailer,
         } = match &self.pool {
+            #[cfg(feature = "sqlite")]
             Pool::Sqlite(pool) => backend::sqlite::start(pool, specs, hub.clone(), poll).await?,
             #[cfg(feature = "postgres")]
             Pool::Postgres(pool) => {
@@ -801,7 +805,7 @@ impl SyncEngineBuilder {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;
 

@@ -3,9 +3,13 @@
 
 extern crate self as rhtmx_sync;
 
+#[cfg(not(any(feature = "sqlite", feature = "postgres")))]
+compile_error!("rhtmx-sync needs a database: enable the `sqlite` feature, `postgres`, or both");
+
 mod apply;
 mod backend;
 mod broadcast;
+#[cfg(feature = "sqlite")]
 mod capture;
 pub mod conflict;
 mod cursor;
@@ -25,12 +29,16 @@ mod wire;
 mod write;
 
 pub use self::backend::Pool;
+#[cfg(feature = "sqlite")]
 #[doc(inline)]
 pub use self::capture::{drop_triggers, drop_triggers_for, DROP_TRIGGERS_PAUSE};
 #[doc(inline)]
 pub use self::conflict::{Conflict, ConflictResolver};
+#[cfg(feature = "sqlite")]
 #[doc(inline)]
-pub use self::engine::{SyncConfig, SyncEngine, SyncEngineBuilder};
+pub use self::engine::SyncConfig;
+#[doc(inline)]
+pub use self::engine::{SyncEngine, SyncEngineBuilder};
 #[doc(inline)]
 pub use self::error::{BuildError, Error, Result};
 #[doc(inline)]

@@ -17,19 +17,25 @@
 //! plain handler is when its user acted. The node sorts below every real node, so such
 //! a write loses a tie in the same millisecond to a client's.
 
+#[cfg(feature = "sqlite")]
 use crate::error::Result;
+#[cfg(feature = "sqlite")]
 use sqlx::SqliteConnection;
 
 /// The change log table.
+#[cfg(feature = "sqlite")]
 pub(crate) const LOG_TABLE: &str = "_rhtmx_sync_log";
 
 /// The per-change context the capture triggers read (see `apply::execute`).
+#[cfg(feature = "sqlite")]
 pub(crate) const CONTEXT_TABLE: &str = "_rhtmx_sync_context";
 
+#[cfg(feature = "sqlite")]
 /// The version of the engine's own tables: 2 added `conflict`, 3 `digest`, 4 the
 /// scopes (`scope_before`, `scope_after`, and the REPLACE victims' `scope`).
 const SCHEMA_VERSION: i64 = 4;
 
+#[cfg(feature = "sqlite")]
 const DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
     version    INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -70,6 +76,7 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_meta (
 ) WITHOUT ROWID;
 "#;
 
+#[cfg(feature = "sqlite")]
 /// Creates the engine's tables if they are missing; safe to run from several processes.
 pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
@@ -125,6 +132,7 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
 }
 
 // The SQL of `EFFECTIVE_HLC`, a macro so that `ROW_COLUMNS` can `concat!` it.
+#[cfg(feature = "sqlite")]
 macro_rules! effective_hlc {
     () => {
         "COALESCE(hlc, printf('%015d-00000-0000000000000000', \
@@ -136,6 +144,7 @@ macro_rules! effective_hlc {
 /// app's own SQL, its `created_at` in milliseconds with counter 0 and node 0 (see the
 /// module docs). `created_at` is `YYYY-MM-DDTHH:MM:SS.sssZ`, so the milliseconds are
 /// characters 21–23.
+#[cfg(feature = "sqlite")]
 pub(crate) const EFFECTIVE_HLC: &str = effective_hlc!();
 
 /// One log entry as stored.
@@ -162,6 +171,7 @@ pub(crate) struct LogRow {
     pub scope_after: Option<String>,
 }
 
+#[cfg(feature = "sqlite")]
 impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for LogRow {
     fn from_row(row: &'r sqlx::sqlite::SqliteRow) -> sqlx::Result<Self> {
         use sqlx::Row;
@@ -188,6 +198,7 @@ impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for LogRow {
     }
 }
 
+#[cfg(feature = "sqlite")]
 /// The columns of [`LogRow`], for `SELECT`s (text read as blobs, see [`LogRow`]).
 pub(crate) const ROW_COLUMNS: &str = concat!(
     "version, CAST(entity AS BLOB) AS entity, CAST(entity_id AS BLOB) AS entity_id, ",
@@ -201,6 +212,7 @@ pub(crate) const ROW_COLUMNS: &str = concat!(
     "CAST(scope_before AS BLOB) AS scope_before, CAST(scope_after AS BLOB) AS scope_after"
 );
 
+#[cfg(feature = "sqlite")]
 /// The highest version ever assigned (0 for an empty log); survives compaction.
 pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<i64> {
     let head: Option<i64> =
@@ -210,6 +222,7 @@ pub(crate) async fn head(conn: &mut SqliteConnection) -> Result<i64> {
     Ok(head.unwrap_or(0))
 }
 
+#[cfg(feature = "sqlite")]
 /// The log's identity (see [`crate::cursor`]).
 pub(crate) async fn log_id(conn: &mut SqliteConnection) -> Result<String> {
     Ok(
@@ -219,6 +232,7 @@ pub(crate) async fn log_id(conn: &mut SqliteConnection) -> Result<String> {
     )
 }
 
+#[cfg(feature = "sqlite")]
 /// Versions at or below the horizon may have been compacted away: a client resuming from
 /// there must reset.
 pub(crate) async fn horizon(conn: &mut SqliteConnection) -> Result<i64> {
@@ -229,6 +243,7 @@ pub(crate) async fn horizon(conn: &mut SqliteConnection) -> Result<i64> {
     Ok(h.and_then(|h| h.parse().ok()).unwrap_or(0))
 }
 
+#[cfg(feature = "sqlite")]
 /// The entry at `version`, if the log holds it.
 pub(crate) async fn entry_at(conn: &mut SqliteConnection, version: i64) -> Result<Option<LogRow>> {
     Ok(sqlx::query_as(&format!(
@@ -239,6 +254,7 @@ pub(crate) async fn entry_at(conn: &mut SqliteConnection, version: i64) -> Resul
     .await?)
 }
 
+#[cfg(feature = "sqlite")]
 /// Up to `limit` entries after `after`, in version order, of every entity.
 pub(crate) async fn read_after(
     conn: &mut SqliteConnection,
@@ -254,6 +270,7 @@ pub(crate) async fn read_after(
     .await?)
 }
 
+#[cfg(feature = "sqlite")]
 /// Up to `limit` entries of `entity` in `(after, upto]`, in version order; with `keys`
 /// (a JSON array of scope keys), only those whose scope before or after is one of them.
 pub(crate) async fn read_entity(
@@ -285,7 +302,7 @@ pub(crate) async fn read_entity(
     Ok(query.fetch_all(&mut *conn).await?)
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;
     use sqlx::Connection;

@@ -175,6 +175,7 @@ pub(crate) async fn transaction(
     read: &Read,
 ) -> std::result::Result<(Vec<Applied>, i64), Failed> {
     let (done, version) = match &inner.pool {
+        #[cfg(feature = "sqlite")]
         Pool::Sqlite(pool) => {
             // BEGIN IMMEDIATE takes the write lock at once: a deferred transaction that
             // reads first can fail with SQLITE_BUSY_SNAPSHOT when another writer commits

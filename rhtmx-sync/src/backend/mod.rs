@@ -7,6 +7,7 @@
 
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(feature = "sqlite")]
 pub(crate) mod sqlite;
 mod write;
 
@@ -15,10 +16,13 @@ pub(crate) use self::write::{Context, Effect, EntryRow, NewEntry, WriteTx};
 use std::future::Future;
 
 use sqlx::pool::PoolConnection;
+#[cfg(feature = "sqlite")]
 use sqlx::{Sqlite, SqliteConnection, SqlitePool};
 
 use crate::error::Result;
-use crate::log::{self, LogRow};
+#[cfg(feature = "sqlite")]
+use crate::log;
+use crate::log::LogRow;
 
 /// What starting the engine on a backend gives: the entities as the schema defines
 /// them, the log's identity, and the task that broadcasts committed changes.
@@ -37,18 +41,21 @@ pub(crate) struct Started {
 #[non_exhaustive]
 pub enum Pool {
     /// One SQLite file: one writer at a time, any number of processes on one machine.
+    #[cfg(feature = "sqlite")]
     Sqlite(SqlitePool),
     /// One PostgreSQL database: any number of app instances, each with its own engine.
     #[cfg(feature = "postgres")]
     Postgres(sqlx::PgPool),
 }
 
+#[cfg(feature = "sqlite")]
 impl From<SqlitePool> for Pool {
     fn from(pool: SqlitePool) -> Pool {
         Pool::Sqlite(pool)
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl From<&SqlitePool> for Pool {
     fn from(pool: &SqlitePool) -> Pool {
         Pool::Sqlite(pool.clone())
@@ -71,6 +78,7 @@ impl From<sqlx::PgPool> for Pool {
 
 impl Pool {
     /// The SQLite pool, if that is the backend.
+    #[cfg(feature = "sqlite")]
     pub fn as_sqlite(&self) -> Option<&SqlitePool> {
         match self {
             Pool::Sqlite(pool) => Some(pool),
@@ -84,6 +92,7 @@ impl Pool {
     pub fn as_postgres(&self) -> Option<&sqlx::PgPool> {
         match self {
             Pool::Postgres(pool) => Some(pool),
+            #[cfg(feature = "sqlite")]
             Pool::Sqlite(_) => None,
         }
     }
@@ -91,6 +100,7 @@ impl Pool {
     /// A pooled connection to read the log with.
     pub(crate) async fn acquire(&self) -> Result<Conn> {
         Ok(match self {
+            #[cfg(feature = "sqlite")]
             Pool::Sqlite(pool) => Conn::Sqlite(pool.acquire().await?),
             #[cfg(feature = "postgres")]
             Pool::Postgres(pool) => Conn::Postgres(pool.acquire().await?),
@@ -100,6 +110,7 @@ impl Pool {
 
 /// A pooled connection of either backend.
 pub(crate) enum Conn {
+    #[cfg(feature = "sqlite")]
     Sqlite(PoolConnection<Sqlite>),
     #[cfg(feature = "postgres")]
     Postgres(PoolConnection<sqlx::Postgres>),
@@ -114,6 +125,7 @@ pub(crate) trait Schema: Send {
     ) -> impl Future<Output = std::result::Result<crate::entity::Entity, crate::BuildError>> + Send;
 }
 
+#[cfg(feature = "sqlite")]
 impl Schema for SqliteConnection {
     async fn resolve(
         &mut self,
@@ -158,6 +170,7 @@ pub(crate) trait ReadLog: Send {
     ) -> impl Future<Output = Result<Vec<LogRow>>> + Send;
 }
 
+#[cfg(feature = "sqlite")]
 impl ReadLog for SqliteConnection {
     async fn head(&mut self) -> Result<i64> {
         log::head(self).await
@@ -186,6 +199,7 @@ impl ReadLog for SqliteConnection {
 macro_rules! each {
     ($conn:expr, $c:ident => $body:expr) => {
         match $conn {
+            #[cfg(feature = "sqlite")]
             Conn::Sqlite($c) => {
                 let $c: &mut SqliteConnection = &mut *$c;
                 $body

@@ -40,6 +40,7 @@ pub(crate) struct Key {
 
 impl Key {
     /// The two values a lookup binds for `column IN (?, ?)`.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub(crate) fn lookup(&self) -> [SqlValue; 2] {
         [
             self.value.clone(),

@@ -27,6 +27,7 @@ pub(crate) struct Entity {
     pub key: KeyKind,
     /// The columns of each UNIQUE constraint or index other than the key: a REPLACE
     /// that collides on one deletes a row without firing its delete trigger.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub unique: Vec<Vec<String>>,
     /// Synced columns in order, the id included.
     pub columns: Vec<Column>,
@@ -41,6 +42,7 @@ pub(crate) struct Entity {
     pub scope: Option<Scope>,
     /// What was registered (key and column list, or "every column"), as a short hash:
     /// two engines with the same registration install the same triggers.
+    #[cfg_attr(not(feature = "sqlite"), allow(dead_code))]
     pub registration: String,
 }
 
@@ -109,6 +111,7 @@ pub(crate) struct TableInfo {
 }
 
 impl Entity {
+    #[cfg(feature = "sqlite")]
     /// Reads the table's schema and checks the registration against it.
     pub(crate) async fn resolve(
         conn: &mut sqlx::SqliteConnection,
@@ -355,6 +358,7 @@ impl Entity {
     }
 }
 
+#[cfg(feature = "sqlite")]
 /// Warns when `table`'s key is its rowid without `AUTOINCREMENT`: SQLite then gives a
 /// deleted row's number to the next new row, and a write queued offline for the deleted
 /// row (`PUT /notes/7`) would apply to whichever row is 7 by the time it is replayed.
@@ -390,6 +394,7 @@ async fn warn_reused_keys(
     Ok(())
 }
 
+#[cfg(feature = "sqlite")]
 /// The column lists of `table`'s UNIQUE constraints and indexes, the primary key aside.
 /// An index on an expression cannot be matched by column and is left out (logged): a
 /// REPLACE colliding through it removes a row unseen (see docs/ARCHITECTURE.md).

@@ -6,6 +6,7 @@
 //! second execution — and only if that is not enough are the oldest completed keys
 //! deleted. Keys in flight are never touched.
 
+#[cfg(feature = "sqlite")]
 use sqlx::{SqliteExecutor, SqlitePool};
 
 use crate::error::Result;
@@ -39,6 +40,7 @@ impl IdempotencyUsage {
     }
 }
 
+#[cfg(feature = "sqlite")]
 /// The running totals.
 pub(super) async fn usage(db: impl SqliteExecutor<'_>) -> Result<IdempotencyUsage> {
     let row: Option<(i64, i64)> =
@@ -49,6 +51,7 @@ pub(super) async fn usage(db: impl SqliteExecutor<'_>) -> Result<IdempotencyUsag
     Ok(IdempotencyUsage::new(keys, bytes))
 }
 
+#[cfg(feature = "sqlite")]
 /// Drops the bodies of the oldest completed keys until `?1` bytes are freed.
 const DROP_BODIES: &str = "
 UPDATE _rhtmx_sync_idempotency SET body = NULL WHERE key IN (
@@ -60,6 +63,7 @@ UPDATE _rhtmx_sync_idempotency SET body = NULL WHERE key IN (
     ) WHERE freed_before < ?1
 )";
 
+#[cfg(feature = "sqlite")]
 /// Deletes the oldest completed keys: at least `?1` of them, and until `?2` bytes are
 /// freed.
 const DELETE_OLDEST: &str = "
@@ -87,6 +91,7 @@ pub(super) async fn keep_within(pool: &crate::Pool, budget: Budget) {
 
 async fn evict(pool: &crate::Pool, budget: Budget) -> Result<()> {
     let now = match pool {
+        #[cfg(feature = "sqlite")]
         crate::Pool::Sqlite(pool) => usage(pool).await?,
         #[cfg(feature = "postgres")]
         crate::Pool::Postgres(pool) => {
@@ -101,6 +106,7 @@ async fn evict(pool: &crate::Pool, budget: Budget) -> Result<()> {
         budget.max_bytes - budget.max_bytes / 10,
     );
     let (after, bodies, keys) = match pool {
+        #[cfg(feature = "sqlite")]
         crate::Pool::Sqlite(pool) => evict_sqlite(pool, goals).await?,
         #[cfg(feature = "postgres")]
         crate::Pool::Postgres(pool) => {
@@ -126,6 +132,7 @@ async fn evict(pool: &crate::Pool, budget: Budget) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "sqlite")]
 /// One eviction step on SQLite: the totals after it, and how many bodies and keys went.
 async fn evict_sqlite(
     pool: &SqlitePool,
@@ -157,6 +164,7 @@ async fn evict_sqlite(
     Ok((after, bodies, keys))
 }
 
+#[cfg(feature = "sqlite")]
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }

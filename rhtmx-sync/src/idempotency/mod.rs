@@ -80,6 +80,7 @@ mod store;
 pub use self::budget::IdempotencyUsage;
 pub use self::layer::IdempotencyLayer;
 pub use self::service::Idempotency;
+#[cfg(feature = "sqlite")]
 pub(crate) use self::store::migrate;
 #[cfg(feature = "postgres")]
 pub(crate) use self::store::{Found, KeyRow};

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+#[cfg(feature = "sqlite")]
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 
 use super::response::Stored;
@@ -16,6 +17,7 @@ use crate::backend::postgres::idempotency as pg;
 use crate::error::Result;
 use crate::Pool;
 
+#[cfg(feature = "sqlite")]
 /// The key table, its pruning index, and its running totals (kept by triggers, so
 /// every writer and every process counts), one statement each.
 const DDL: [&str; 7] = [
@@ -66,6 +68,7 @@ const DDL: [&str; 7] = [
     END",
 ];
 
+#[cfg(feature = "sqlite")]
 /// Creates the key table and its totals if they are missing; safe to run from several
 /// processes.
 pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
@@ -77,6 +80,7 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
     Ok(())
 }
 
+#[cfg(feature = "sqlite")]
 /// Inserts a fresh claim, or takes over an abandoned one (same request, lease expired);
 /// returns the attempt number only when this request now holds the key.
 const CLAIM: &str = "
@@ -137,6 +141,7 @@ impl Store {
     /// The running totals of the table.
     pub(super) async fn usage(&self) -> Result<super::IdempotencyUsage> {
         match &self.pool {
+            #[cfg(feature = "sqlite")]
             Pool::Sqlite(pool) => super::budget::usage(pool).await,
             #[cfg(feature = "postgres")]
             Pool::Postgres(pool) => pg::usage(&mut *pool.acquire().await?).await,
@@ -158,6 +163,7 @@ impl Store {
     ) -> Result<Claim> {
         let until = now.saturating_add(millis(lease));
         let found = match &self.pool {
+            #[cfg(feature = "sqlite")]
             Pool::Sqlite(pool) => claim_sqlite(pool, key, fingerprint, now, until).await?,
             #[cfg(feature = "postgres")]
             Pool::Postgres(pool) => pg::claim(pool, key, fingerprint, now, until).await?,
@@ -182,49 +188,37 @@ impl Store {
 
     /// Stores the response of `attempt`; false if the key was taken over meanwhile.
     pub(super) async fn complete(&self, key: &str, attempt: i64, stored: &Stored) -> Result<bool> {
-        let pool = match &self.pool {
-            Pool::Sqlite(pool) => pool,
+        let response = (
+            i64::from(stored.status.as_u16()),
+            stored.headers_json(),
+            stored.body.as_deref(),
+        );
+        match &self.pool {
+            #[cfg(feature = "sqlite")]
+            Pool::Sqlite(pool) => complete_sqlite(pool, key, attempt, response).await,
             #[cfg(feature = "postgres")]
-            Pool::Postgres(pool) => {
-                let response = (
-                    i64::from(stored.status.as_u16()),
-                    stored.headers_json(),
-                    stored.body.as_deref(),
-                );
-                return pg::complete(pool, key, attempt, response).await;
-            }
-        };
-        let done = sqlx::query(
-            "UPDATE _rhtmx_sync_idempotency
-             SET state = 'completed', status = ?, headers = ?, body = ?
-             WHERE key = ? AND attempt = ? AND state = 'in_flight'",
-        )
-        .bind(i64::from(stored.status.as_u16()))
-        .bind(stored.headers_json())
-        .bind(stored.body.as_deref())
-        .bind(key)
-        .bind(attempt)
-        .execute(pool)
-        .await?;
-        Ok(done.rows_affected() == 1)
+            Pool::Postgres(pool) => pg::complete(pool, key, attempt, response).await,
+        }
     }
 
     /// Frees the key of `attempt`, so the next retry runs the request again.
     pub(super) async fn release(&self, key: &str, attempt: i64) -> Result<()> {
-        let pool = match &self.pool {
-            Pool::Sqlite(pool) => pool,
+        match &self.pool {
+            #[cfg(feature = "sqlite")]
+            Pool::Sqlite(pool) => {
+                sqlx::query(
+                    "DELETE FROM _rhtmx_sync_idempotency
+                     WHERE key = ? AND attempt = ? AND state = 'in_flight'",
+                )
+                .bind(key)
+                .bind(attempt)
+                .execute(pool)
+                .await?;
+                Ok(())
+            }
             #[cfg(feature = "postgres")]
-            Pool::Postgres(pool) => return pg::release(pool, key, attempt).await,
-        };
-        sqlx::query(
-            "DELETE FROM _rhtmx_sync_idempotency
-             WHERE key = ? AND attempt = ? AND state = 'in_flight'",
-        )
-        .bind(key)
-        .bind(attempt)
-        .execute(pool)
-        .await?;
-        Ok(())
+            Pool::Postgres(pool) => pg::release(pool, key, attempt).await,
+        }
     }
 
     /// Deletes keys created more than `retention` ago, unless they are still held by a
@@ -243,6 +237,7 @@ impl Store {
         }
         let before = now.saturating_sub(millis(retention));
         let pruned = match &self.pool {
+            #[cfg(feature = "sqlite")]
             Pool::Sqlite(pool) => sqlx::query(
                 "DELETE FROM _rhtmx_sync_idempotency
                  WHERE created_at < ? AND (state = 'completed' OR locked_until <= ?)",
@@ -263,7 +258,31 @@ impl Store {
     }
 }
 
+/// Stores a response on SQLite.
+#[cfg(feature = "sqlite")]
+async fn complete_sqlite(
+    pool: &SqlitePool,
+    key: &str,
+    attempt: i64,
+    (status, headers, body): (i64, String, Option<&[u8]>),
+) -> Result<bool> {
+    let done = sqlx::query(
+        "UPDATE _rhtmx_sync_idempotency
+         SET state = 'completed', status = ?, headers = ?, body = ?
+         WHERE key = ? AND attempt = ? AND state = 'in_flight'",
+    )
+    .bind(status)
+    .bind(headers)
+    .bind(body)
+    .bind(key)
+    .bind(attempt)
+    .execute(pool)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
 /// Claims `key` on SQLite, or reads the row it collided with.
+#[cfg(feature = "sqlite")]
 async fn claim_sqlite(
     pool: &SqlitePool,
     key: &str,

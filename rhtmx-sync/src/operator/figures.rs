@@ -8,10 +8,12 @@
 //! every request.
 
 use serde::Serialize;
+#[cfg(feature = "sqlite")]
 use sqlx::SqliteConnection;
 
 use crate::conflict::Conflict;
 use crate::error::Result;
+#[cfg(feature = "sqlite")]
 use crate::log;
 use crate::SyncEngine;
 
@@ -160,6 +162,7 @@ pub struct ErrorFigure {
 pub(crate) async fn read(engine: &SyncEngine) -> Result<OperatorFigures> {
     let inner = &engine.inner;
     let (log, idempotency, recent_conflicts) = match &inner.pool {
+        #[cfg(feature = "sqlite")]
         crate::Pool::Sqlite(pool) => {
             // One deferred transaction: every SELECT below reads the same snapshot.
             let mut tx = pool.begin().await?;
@@ -205,6 +208,7 @@ pub(crate) async fn read(engine: &SyncEngine) -> Result<OperatorFigures> {
     })
 }
 
+#[cfg(feature = "sqlite")]
 /// The log's figures, in one pass over it. `created_at` is ISO 8601 in UTC to the
 /// millisecond (`log::DDL`), so it compares as text with the same shape made by
 /// `strftime`.
@@ -224,6 +228,7 @@ const LOG_FIGURES: &str = concat!(
     "FROM _rhtmx_sync_log"
 );
 
+#[cfg(feature = "sqlite")]
 async fn log_figures(conn: &mut SqliteConnection) -> Result<LogFigures> {
     let (rows, bytes, oldest_version, minute, hour, conflicts): (
         i64,
@@ -251,6 +256,7 @@ async fn log_figures(conn: &mut SqliteConnection) -> Result<LogFigures> {
     })
 }
 
+#[cfg(feature = "sqlite")]
 async fn idempotency_figures(conn: &mut SqliteConnection) -> Result<IdempotencyFigures> {
     // The same sum as the running totals' triggers (`idempotency::store`).
     let (keys, in_flight, bytes): (i64, i64, i64) = sqlx::query_as(
@@ -268,6 +274,7 @@ async fn idempotency_figures(conn: &mut SqliteConnection) -> Result<IdempotencyF
     })
 }
 
+#[cfg(feature = "sqlite")]
 async fn recent_conflicts(conn: &mut SqliteConnection) -> Result<Vec<ConflictFigure>> {
     // A conflict is stored without the version of the entry carrying it (`log.rs`).
     let rows: Vec<(i64, i64, Vec<u8>)> = sqlx::query_as(
@@ -296,6 +303,7 @@ async fn recent_conflicts(conn: &mut SqliteConnection) -> Result<Vec<ConflictFig
     Ok(out)
 }
 
+#[cfg(feature = "sqlite")]
 /// A SQL count as `u64` (never negative).
 fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
