@@ -509,3 +509,84 @@ async fn a_migration_while_the_app_runs_is_followed() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn no_other_role_can_write_the_log_through_a_capture_function() {
+    let url = pg::database_url().await;
+    let pool = pg::pool(&url).await;
+    sqlx::query(TODOS).execute(&pool).await.unwrap();
+    insert(&pool, "real").await;
+    let one = instance(&pool, &["todos"], Duration::from_millis(10)).await;
+    let function: String = sqlx::query_scalar(
+        "SELECT proname::text FROM pg_proc WHERE proname LIKE '\\_rhtmx\\_sync\\_capture\\_%'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    // A role that may create tables, none of the app's.
+    let db = url.rsplit('/').next().unwrap();
+    let role = format!("mallory_{db}");
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {role} LOGIN; GRANT CREATE ON SCHEMA public TO {role};"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let mallory = pg::pool(&url.replacen("test@", &format!("{role}@"), 1)).await;
+    sqlx::query("CREATE TABLE fake (id text, title text, done boolean)")
+        .execute(&mallory)
+        .await
+        .unwrap();
+    let attach = sqlx::query(&format!(
+        "CREATE TRIGGER x AFTER INSERT ON fake FOR EACH ROW EXECUTE FUNCTION public.{function}()"
+    ))
+    .execute(&mallory)
+    .await;
+    let error = attach
+        .expect_err("the function is not theirs to use")
+        .to_string();
+    assert!(error.contains("permission denied"), "{error}");
+    // Even its owner's mistake cannot log another table's rows under this entity.
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE other (id text, title text, done boolean);
+         CREATE TRIGGER x AFTER INSERT ON other FOR EACH ROW EXECUTE FUNCTION public.{function}();"
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let forged = sqlx::query("INSERT INTO other VALUES ('forged', 'x', false)")
+        .execute(&pool)
+        .await
+        .expect_err("refused");
+    assert!(forged.to_string().contains("belongs to table"), "{forged}");
+    let rows = replayed(&one.base, "todos").await;
+    assert_eq!(rows.keys().collect::<Vec<_>>(), ["real"]);
+}
+
+#[tokio::test]
+async fn a_writers_session_settings_do_not_change_what_is_logged() {
+    let pool = pg::database().await;
+    sqlx::query("CREATE TABLE ev (id bytea PRIMARY KEY, at timestamptz, v text)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let one = instance(&pool, &["ev"], Duration::from_millis(10)).await;
+    let mut conn = pool.acquire().await.unwrap();
+    sqlx::raw_sql(
+        "SET bytea_output = 'escape'; SET TimeZone = 'Europe/Berlin'; SET DateStyle = 'SQL, DMY';
+         INSERT INTO ev VALUES ('\\x00ff10', '2024-01-01 12:00:00+01', 'a');
+         UPDATE ev SET v = 'b';",
+    )
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+    let rows = replayed(&one.base, "ev").await;
+    assert_eq!(
+        rows,
+        BTreeMap::from([(
+            "00ff10".to_owned(),
+            json!({"id": "00ff10", "at": "2024-01-01T11:00:00+00:00", "v": "b"})
+        )])
+    );
+}

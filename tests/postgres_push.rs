@@ -491,3 +491,164 @@ async fn a_push_waiting_for_a_row_the_app_holds_holds_back_no_one_else() {
         "merged, not overwritten"
     );
 }
+
+#[tokio::test]
+async fn a_push_that_waits_on_an_open_transaction_is_told_to_retry_and_holds_no_one_back() {
+    let pool = pg::database().await;
+    sqlx::query(TODOS).execute(&pool).await.unwrap();
+    let one = instance(&pool, "todos").await;
+    let mut sse = common::Sse::connect(&one.base, "", None).await;
+    // The app inserts p9 in a transaction that stays open.
+    let mut open = pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO todos (id, title) VALUES ('p9', 'app')")
+        .execute(&mut *open)
+        .await
+        .unwrap();
+    let create_p9 = json!({"changes": [{"id": "p9", "action": "create", "hlc": hlc(0, 0xa),
+                                        "data": {"title": "push"}}]});
+    let base = one.base.clone();
+    let body = create_p9.to_string();
+    let push = tokio::spawn(async move { push_raw(&base, "todos", body).await });
+    // Meanwhile other writes are numbered and streamed.
+    sqlx::query("INSERT INTO todos (id, title) VALUES ('other', 'x')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert_eq!(sse.next().await.data["id"], "other");
+    // The push gives up its wait and says to retry; nothing of it was written.
+    let (status, res) = push.await.unwrap();
+    assert_eq!(status, 503, "{res}");
+    assert!(
+        res["error"].as_str().unwrap().contains("try again"),
+        "{res}"
+    );
+    open.rollback().await.unwrap();
+    let (status, res) = push_raw(&one.base, "todos", create_p9.to_string()).await;
+    assert_eq!(status, 200, "{res}");
+    assert_eq!(res["applied"], json!(["p9"]));
+}
+
+#[tokio::test]
+async fn pushes_run_at_read_committed_whatever_the_databases_default() {
+    let url = pg::database_url().await;
+    let admin = pg::pool(&url).await;
+    sqlx::query(TODOS).execute(&admin).await.unwrap();
+    let db = url.rsplit('/').next().unwrap();
+    sqlx::query(&format!(
+        "ALTER DATABASE {db} SET default_transaction_isolation = 'serializable'"
+    ))
+    .execute(&admin)
+    .await
+    .unwrap();
+    // New connections get the default: two instances on it.
+    let (a, b) = (
+        instance(&pg::pool(&url).await, "todos").await,
+        instance(&pg::pool(&url).await, "todos").await,
+    );
+    let mut tasks = Vec::new();
+    for client in 0..8u64 {
+        let base = if client % 2 == 0 {
+            a.base.clone()
+        } else {
+            b.base.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for i in 0..5 {
+                let changes = json!([{"id": format!("shared-{}", i % 3), "action": "create",
+                                      "hlc": hlc(i, 0x10 + client),
+                                      "data": {"title": format!("c{client}")}}]);
+                let body = json!({"client_id": format!("c{client}"), "changes": changes});
+                statuses.push(push_raw(&base, "todos", body.to_string()).await.0);
+            }
+            statuses
+        }));
+    }
+    for t in tasks {
+        let statuses = t.await.unwrap();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    assert_eq!(todos(&admin).await.len(), 3);
+}
+
+#[tokio::test]
+async fn a_uuid_key_in_any_spelling_is_one_row() {
+    let pool = pg::database().await;
+    sqlx::query("CREATE TABLE things (id uuid PRIMARY KEY, title text)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let one = instance(&pool, "things").await;
+    let (upper, lower) = (
+        "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+        "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11",
+    );
+    push(
+        &one.base,
+        "things",
+        "a",
+        json!([{"id": upper, "action": "create", "hlc": hlc(0, 0xa), "data": {"title": "x"}}]),
+    )
+    .await;
+    let res = push(
+        &one.base,
+        "things",
+        "a",
+        json!([{"id": "{a0eebc999c0b4ef8bb6d6bb9bd380a11}", "action": "update",
+                "hlc": hlc(10, 0xa), "data": {"title": "y"}}]),
+    )
+    .await;
+    assert_eq!(res["applied"], json!([lower]));
+    let (_, page) = pull(&one.base, "things", "?since=0").await;
+    let entries: Vec<(Value, Value, Value)> = page["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| (c["id"].clone(), c["action"].clone(), c["client_id"].clone()))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (json!(lower), json!("create"), json!("a")),
+            (json!(lower), json!("update"), json!("a")),
+        ],
+        "one row, each change with its client"
+    );
+    let (status, res) = push_raw(
+        &one.base,
+        "things",
+        json!({"changes": [{"id": lower, "action": "update", "data": {"title": "z"}},
+                           {"id": "zz", "action": "update", "data": {"title": "z"}}]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(status, 422, "{res}");
+    assert!(
+        res["error"].as_str().unwrap().contains("changes[1]"),
+        "{res}"
+    );
+}
+
+#[tokio::test]
+async fn a_key_the_database_always_generates_cannot_be_pushed() {
+    let pool = pg::database().await;
+    sqlx::query(
+        "CREATE TABLE idt (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, title text)",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let one = instance(&pool, "idt").await;
+    let (status, res) = push_raw(
+        &one.base,
+        "idt",
+        json!({"changes": [{"id": 5, "action": "create", "data": {"title": "x"}}]}).to_string(),
+    )
+    .await;
+    assert_eq!(status, 422, "{res}");
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM idt")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0);
+}

@@ -64,6 +64,17 @@ pub enum Error {
         /// Seconds to wait, sent as `Retry-After`.
         retry_after: u64,
     },
+    /// A row the write needs is held by another transaction beyond the wait the engine
+    /// allows, or the database broke a deadlock or a serialization conflict by failing
+    /// this write (503 with `Retry-After`; nothing was written). A retry succeeds once
+    /// the other transaction ends.
+    #[error(
+        "the rows this write needs are busy in another transaction: try again in {retry_after} s"
+    )]
+    Contended {
+        /// Seconds to wait, sent as `Retry-After`.
+        retry_after: u64,
+    },
     /// The push body did not arrive within the body timeout (408; the connection is
     /// closed). See [`SyncEngineBuilder::body_timeout`](crate::SyncEngineBuilder::body_timeout).
     #[error("the request body did not arrive in time")]
@@ -124,12 +135,24 @@ impl Error {
             | Error::OutOfScope(_) => StatusCode::FORBIDDEN,
             Error::Busy { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Error::ShuttingDown | Error::Contended { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Error::Resolver(_) | Error::Scope(_) | Error::Database(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
             Error::UnreadableRow(_) => StatusCode::UNPROCESSABLE_ENTITY,
         }
+    }
+
+    /// A database error that a retry would not meet again (a lock wait cut short, a
+    /// deadlock or serialization failure the database resolved by failing this
+    /// transaction) becomes [`Error::Contended`].
+    pub(crate) fn contended(self) -> Self {
+        if let Error::Database(sqlx::Error::Database(db)) = &self {
+            if matches!(db.code().as_deref(), Some("55P03" | "40P01" | "40001")) {
+                return Error::Contended { retry_after: 1 };
+            }
+        }
+        self
     }
 
     pub(crate) fn invalid(msg: impl Into<String>) -> Self {
@@ -290,7 +313,7 @@ impl IntoResponse for Error {
         let status = self.status();
         // The whole message, for the operator view's recent errors; never sent.
         let failure = crate::operator::Failure(self.to_string());
-        let message = if let Error::ShuttingDown = self {
+        let message = if let Error::ShuttingDown | Error::Contended { .. } = self {
             self.to_string()
         } else if status.is_server_error() {
             // Internals (SQL, file paths) stay in the server log.
@@ -313,7 +336,7 @@ impl IntoResponse for Error {
         let mut response =
             (status, axum::Json(serde_json::json!({ "error": message }))).into_response();
         response.extensions_mut().insert(failure);
-        if let Error::Busy { retry_after, .. } = self {
+        if let Error::Busy { retry_after, .. } | Error::Contended { retry_after } = self {
             response
                 .headers_mut()
                 .insert(axum::http::header::RETRY_AFTER, retry_after.into());

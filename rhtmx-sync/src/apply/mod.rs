@@ -174,25 +174,31 @@ pub(crate) async fn transaction(
     client_id: Option<&str>,
     read: &Read,
 ) -> std::result::Result<(Vec<Applied>, i64), Failed> {
-    let (done, version) = match &inner.pool {
-        #[cfg(feature = "sqlite")]
-        Pool::Sqlite(pool) => {
-            // BEGIN IMMEDIATE takes the write lock at once: a deferred transaction that
-            // reads first can fail with SQLITE_BUSY_SNAPSHOT when another writer commits
-            // in between.
-            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            let done = run(&mut *tx, inner, entity, changes, client_id, read).await?;
-            tx.commit().await?;
-            done
-        }
-        #[cfg(feature = "postgres")]
-        Pool::Postgres(pool) => {
-            let mut tx = crate::backend::postgres::begin(pool).await?;
-            let done = run(&mut *tx, inner, entity, changes, client_id, read).await?;
-            tx.commit().await?;
-            done
-        }
+    let applied = async {
+        Ok::<_, Failed>(match &inner.pool {
+            #[cfg(feature = "sqlite")]
+            Pool::Sqlite(pool) => {
+                // BEGIN IMMEDIATE takes the write lock at once: a deferred transaction
+                // that reads first can fail with SQLITE_BUSY_SNAPSHOT when another writer
+                // commits in between.
+                let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let done = run(&mut *tx, inner, entity, changes, client_id, read).await?;
+                tx.commit().await?;
+                done
+            }
+            #[cfg(feature = "postgres")]
+            Pool::Postgres(pool) => {
+                let mut tx = crate::backend::postgres::begin(pool).await?;
+                let done = run(&mut *tx, inner, entity, changes, client_id, read).await?;
+                tx.commit().await?;
+                done
+            }
+        })
     };
+    let (done, version) = applied.await.map_err(|Failed { index, error }| Failed {
+        index,
+        error: error.contended(),
+    })?;
     inner.hub.wake.notify_one();
     // One warning per transaction, not per change: a device with a bad clock pushing a
     // queue of a thousand edits must not flood the log.

@@ -318,6 +318,16 @@ impl Entity {
                 self.table
             ))
         };
+        // A PostgreSQL `uuid` key reads any spelling PostgreSQL accepts; the log and the
+        // wire know it by its one canonical text, the one the triggers log.
+        if self.id_column().sql_type == "uuid" {
+            let text = id.as_str().and_then(canonical_uuid).ok_or_else(invalid)?;
+            return Ok(Key {
+                value: SqlValue::Text(text.clone()),
+                text,
+                alt: None,
+            });
+        }
         match (self.key, id) {
             (KeyKind::Integer, J::Number(n)) => {
                 let n = n.as_i64().ok_or_else(invalid)?;
@@ -359,6 +369,28 @@ impl Entity {
 }
 
 #[cfg(feature = "sqlite")]
+/// A UUID in its canonical text (lowercase, 8-4-4-4-12) from any spelling PostgreSQL
+/// reads (upper case, braces, hyphens anywhere or none); `None` if it is not one.
+fn canonical_uuid(s: &str) -> Option<String> {
+    let s = s
+        .strip_prefix('{')
+        .and_then(|s| s.strip_suffix('}'))
+        .unwrap_or(s);
+    let hex: String = s.chars().filter(|c| *c != '-').collect();
+    if hex.len() != 32 || !hex.chars().all(|c| c.is_ascii_hexdigit()) || s.starts_with('-') {
+        return None;
+    }
+    let hex = hex.to_ascii_lowercase();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
+}
+
 /// Warns when `table`'s key is its rowid without `AUTOINCREMENT`: SQLite then gives a
 /// deleted row's number to the next new row, and a write queued offline for the deleted
 /// row (`PUT /notes/7`) would apply to whichever row is 7 by the time it is replayed.
@@ -430,6 +462,32 @@ async fn unique_constraints(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuids_have_one_canonical_text() {
+        let canonical = "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11";
+        for spelling in [
+            canonical,
+            "A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11",
+            "{a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11}",
+            "a0eebc999c0b4ef8bb6d6bb9bd380a11",
+            "a0ee-bc99-9c0b-4ef8-bb6d-6bb9-bd38-0a11",
+        ] {
+            assert_eq!(
+                canonical_uuid(spelling).as_deref(),
+                Some(canonical),
+                "{spelling}"
+            );
+        }
+        for bad in [
+            "zz",
+            "",
+            "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1",
+            "-a0eebc999c0b4ef8bb6d6bb9bd380a11",
+        ] {
+            assert_eq!(canonical_uuid(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn identifiers_are_quoted() {

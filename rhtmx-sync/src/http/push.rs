@@ -212,11 +212,21 @@ fn json_error(e: serde_json::Error) -> Error {
 }
 
 /// A constraint the schema enforces, or a value its column cannot hold (PostgreSQL's
-/// data exceptions, class 22), is the client's fault; anything else is ours.
+/// data exceptions, class 22, and a value for an identity column that is always
+/// generated, 428C9), is the client's fault; anything else is ours.
 fn constraint(e: Error, index: usize) -> Error {
     if let Error::Database(sqlx::Error::Database(db)) = &e {
-        let data_exception = db.code().is_some_and(|c| c.starts_with("22"));
-        if data_exception || !matches!(db.kind(), sqlx::error::ErrorKind::Other) {
+        let code = db.code();
+        if code
+            .as_deref()
+            // SQLSTATEs (five characters; SQLite's codes are numbers).
+            .is_some_and(|c| c.len() == 5 && (c.starts_with("22") || c == "428C9"))
+        {
+            return Error::invalid(format!(
+                "changes[{index}] has a value its column cannot hold"
+            ));
+        }
+        if !matches!(db.kind(), sqlx::error::ErrorKind::Other) {
             return Error::invalid(format!(
                 "changes[{index}] violates a constraint of the table"
             ));

@@ -103,7 +103,7 @@ pub(super) fn kind_of(entity: &Entity, column: &str) -> ColumnKind {
 
 /// `CREATE OR REPLACE FUNCTION` for `entity`'s trigger function, its tables qualified
 /// with `schema` (the one the engine's tables live in).
-fn function(entity: &Entity, schema: &str, table: &str) -> String {
+fn function(entity: &Entity, schema: &str, table: &str, oid: i64) -> (String, String) {
     let log = format!("{}._rhtmx_sync_log", quote_ident(schema));
     let context = format!("{}._rhtmx_sync_context", quote_ident(schema));
     let ent = quote_literal(&entity.table);
@@ -141,13 +141,16 @@ fn function(entity: &Entity, schema: &str, table: &str) -> String {
     let cols = "entity, entity_id, action, data, changed, client_id, hlc, conflict, digest, \
                 scope_before, scope_after";
     let ctx = "_c_client, _c_hlc, _c_conflict, _c_digest";
-    format!(
-        r#"CREATE OR REPLACE FUNCTION {schema_q}.{fname}() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $rhtmx$
+    let body = format!(
+        r#"
 DECLARE
     _o jsonb; _n jsonb; _ok text; _nk text; _od text; _nd text;
     _c_client text; _c_hlc text; _c_conflict text; _c_digest text; _c_changed text;
 BEGIN
+    -- Only the table it was made for (it runs with its owner's rights).
+    IF TG_RELID <> {oid}::oid THEN
+        RAISE EXCEPTION 'rhtmx-sync: this capture function belongs to table %', {ent};
+    END IF;
     IF TG_OP = 'TRUNCATE' THEN
         INSERT INTO {log} (entity, entity_id, action, scope_before)
             SELECT {ent}, {all_key}, 'delete', {all_scope}
@@ -182,9 +185,7 @@ BEGIN
     END IF;
     RETURN NULL;
 END
-$rhtmx$"#,
-        schema_q = quote_ident(schema),
-        fname = quote_ident(&function_name(&entity.table)),
+"#,
         all_key = key_text("_rows._o", &entity.id, key_kind),
         all_scope = match entity.scope_column() {
             Some(c) => key_text("_rows._o", c, kind_of(entity, c)),
@@ -192,7 +193,38 @@ $rhtmx$"#,
         },
         new_row = row_json(entity, "_n"),
         old_row = row_json(entity, "_o"),
+    );
+    // A dollar-quote tag no column name can end early: it names the body's own hash.
+    let tag = format!(
+        "$rhtmx_{}$",
+        &function_name(&body)["_rhtmx_sync_capture_".len()..]
+    );
+    let sql = format!(
+        "CREATE OR REPLACE FUNCTION {}.{}() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER \
+         SET search_path = pg_catalog, pg_temp {PINNED} AS {tag}{body}{tag}",
+        quote_ident(schema),
+        quote_ident(&function_name(&entity.table)),
+    );
+    (sql, body)
+}
+
+/// The session settings a row's JSON depends on, pinned wherever the engine builds it
+/// (the trigger functions, reconciliation, the merge's reads), so that every writer's
+/// session logs the same text: `bytea` as hex, times in UTC and ISO 8601, floats in
+/// their shortest exact form.
+const PINNED: &str = "SET bytea_output = 'hex' SET timezone = 'UTC' SET datestyle = 'ISO, YMD' \
+     SET intervalstyle = 'postgres' SET extra_float_digits = 1";
+
+/// [`PINNED`] for the rest of the current transaction.
+pub(super) async fn pin(conn: &mut PgConnection) -> Result<()> {
+    sqlx::query(
+        "SELECT set_config('bytea_output', 'hex', true), set_config('timezone', 'UTC', true), \
+         set_config('datestyle', 'ISO, YMD', true), set_config('intervalstyle', 'postgres', true), \
+         set_config('extra_float_digits', '1', true)",
     )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// The schema the engine's tables were created in (the connection's current schema).
@@ -213,27 +245,23 @@ pub(crate) async fn install(
     entities: &[std::sync::Arc<Entity>],
 ) -> Result<()> {
     let schema = log_schema(conn).await?;
-    let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+    let mut tx = super::begin_read_committed(conn).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(SCHEMA_LOCK)
         .execute(&mut *tx)
         .await?;
+    pin(&mut tx).await?;
     for entity in entities {
         let fname = function_name(&entity.table);
-        let qualified_table: String = sqlx::query_scalar(
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c \
-             JOIN pg_namespace n ON n.oid = c.relnamespace \
+        let (qualified_table, oid): (String, i64) = sqlx::query_as(
+            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.oid::int8 \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE c.oid = to_regclass(quote_ident($1))",
         )
         .bind(&entity.table)
         .fetch_one(&mut *tx)
         .await?;
-        let want = function(entity, &schema, &qualified_table);
-        let body = want
-            .split_once("$rhtmx$")
-            .and_then(|(_, rest)| rest.rsplit_once("$rhtmx$"))
-            .map(|(body, _)| body)
-            .unwrap_or_default();
+        let (want, body) = function(entity, &schema, &qualified_table, oid);
         let current: Option<String> = sqlx::query_scalar(
             "SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
              WHERE n.nspname = $1 AND p.proname = $2",
@@ -244,19 +272,34 @@ pub(crate) async fn install(
         .await?;
         let triggers: i64 = sqlx::query_scalar(
             "SELECT count(*) FROM pg_trigger WHERE tgrelid = to_regclass(quote_ident($1)) \
-             AND tgname IN ($2, $3)",
+             AND tgname IN ($2, $3) AND tgenabled = 'A'",
         )
         .bind(&entity.table)
         .bind(ROW_TRIGGER)
         .bind(TRUNCATE_TRIGGER)
         .fetch_one(&mut *tx)
         .await?;
-        if current.as_deref() == Some(body) && triggers == 2 {
+        if current.as_deref() == Some(body.as_str()) && triggers == 2 {
+            // In place: still, what was written while no engine ran (or by a path no
+            // trigger sees, such as a partition detached) is logged.
+            let logged = reconcile(&mut tx, entity).await?;
+            if logged > 0 {
+                tracing::info!(
+                    entity = entity.table,
+                    reconciled = logged,
+                    "reconciled the log"
+                );
+            }
             continue;
         }
         let table = quote_ident(&entity.table);
         let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&fname));
         sqlx::query(&want).execute(&mut *tx).await?;
+        // Only triggers may run it: a role that could attach it to a table of its own
+        // would write the log with the owner's rights.
+        sqlx::query(&format!("REVOKE ALL ON FUNCTION {qualified}() FROM PUBLIC"))
+            .execute(&mut *tx)
+            .await?;
         // The table lock these take also holds the app's writes back until the
         // reconciliation below commits: no write falls between the two.
         sqlx::query(&format!(
@@ -271,6 +314,15 @@ pub(crate) async fn install(
         ))
         .execute(&mut *tx)
         .await?;
+        // Also under `session_replication_role = replica`: a logical-replication
+        // subscriber's writes are the app's writes too.
+        for trigger in [ROW_TRIGGER, TRUNCATE_TRIGGER] {
+            sqlx::query(&format!(
+                "ALTER TABLE {table} ENABLE ALWAYS TRIGGER {trigger}"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
         let logged = reconcile(&mut tx, entity).await?;
         tracing::info!(
             entity = entity.table,

@@ -93,6 +93,9 @@ pub(crate) async fn claim(
     until: i64,
 ) -> Result<Found> {
     let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *tx)
+        .await?;
     let won: Option<i64> = sqlx::query_scalar(CLAIM)
         .bind(key)
         .bind(fingerprint)

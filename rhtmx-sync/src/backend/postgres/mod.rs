@@ -135,6 +135,19 @@ INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '4')
     ON CONFLICT (key) DO NOTHING;
 "#;
 
+/// Begins a transaction at READ COMMITTED, whatever the database's default: the
+/// stamper's reasoning (each statement sees every commit before it) and the write
+/// transaction's row locks rely on it.
+pub(crate) async fn begin_read_committed(
+    conn: &mut PgConnection,
+) -> Result<sqlx::Transaction<'_, sqlx::Postgres>> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// Creates the engine's tables if they are missing; safe to run from several processes
 /// at once (they take turns under [`SCHEMA_LOCK`]).
 pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<()> {

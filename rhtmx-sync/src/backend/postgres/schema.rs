@@ -12,7 +12,9 @@ use crate::error::BuildError;
 /// the primary key, and 3 for a generated column.
 const COLUMNS: &str = r#"
 SELECT a.attname::text AS name,
-       CASE t.typname
+       -- A domain reads as its base type.
+       CASE (SELECT b.typname FROM pg_type b
+             WHERE b.oid = CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.oid END)
            WHEN 'bool' THEN 'BOOLEAN'
            WHEN 'int2' THEN 'INTEGER' WHEN 'int4' THEN 'INTEGER' WHEN 'int8' THEN 'INTEGER'
            WHEN 'float4' THEN 'REAL' WHEN 'float8' THEN 'REAL'

@@ -21,7 +21,7 @@
 //!   long-running transaction delays only its own entries: the others are numbered
 //!   around it.
 
-use sqlx::{Connection, PgConnection};
+use sqlx::PgConnection;
 
 use super::CHANNEL;
 use crate::error::Result;
@@ -82,13 +82,26 @@ pub(super) async fn number(tx: &mut PgConnection) -> Result<i64> {
 
 /// Numbers every committed unnumbered entry, waiting for a stamper that holds the lock
 /// (whose snapshot may predate a commit the caller saw) instead of leaving it to it.
+///
+/// A write transaction holds the lock for as long as it runs: after a short wait the
+/// caller goes on without (its reader sees those entries at the next poll), rather than
+/// holding a pool connection for as long as the writer runs.
 pub(crate) async fn stamp_waiting(conn: &mut PgConnection) -> Result<()> {
     loop {
-        let mut tx = conn.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(STAMP_LOCK)
+        let mut tx = super::begin_read_committed(conn).await?;
+        sqlx::query("SET LOCAL lock_timeout = '100ms'")
             .execute(&mut *tx)
             .await?;
+        let locked = sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(STAMP_LOCK)
+            .execute(&mut *tx)
+            .await;
+        match locked {
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => return Ok(()),
+            other => {
+                other?;
+            }
+        }
         let n = number(&mut tx).await?;
         tx.commit().await?;
         if n < BATCH {
@@ -103,7 +116,7 @@ pub(crate) async fn stamp_waiting(conn: &mut PgConnection) -> Result<()> {
 pub(crate) async fn stamp(conn: &mut PgConnection) -> Result<u64> {
     let mut total = 0u64;
     loop {
-        let mut tx = conn.begin().await?;
+        let mut tx = super::begin_read_committed(conn).await?;
         let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
             .bind(STAMP_LOCK)
             .fetch_one(&mut *tx)

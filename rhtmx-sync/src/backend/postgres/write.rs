@@ -24,11 +24,20 @@ use crate::backend::{Context, Effect, EntryRow, NewEntry, WriteTx};
 use crate::entity::{quote_ident, Entity, Key, SqlValue};
 use crate::error::Result;
 
+/// How long a write holding the numbering lock may wait for another transaction's lock.
+pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
 type Query<'q> = sqlx::query::Query<'q, Postgres, PgArguments>;
 
 /// Begins the engine's write transaction ([`WriteTx::prepare`] takes its locks).
 pub(crate) async fn begin(pool: &PgPool) -> Result<Transaction<'static, Postgres>> {
-    Ok(pool.begin().await?)
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .execute(&mut *tx)
+        .await?;
+    // The rows' JSON the merge reads is the text the triggers log.
+    super::capture::pin(&mut tx).await?;
+    Ok(tx)
 }
 
 /// A value in the text form PostgreSQL reads for every type (`\x..` for bytes).
@@ -106,6 +115,20 @@ impl WriteTx for PgConnection {
     /// far: the rows' whole history is numbered before the merge reads it, and the
     /// transaction's own entries come after everything committed before it.
     async fn prepare(&mut self, entity: &Entity, keys: &[&Key]) -> Result<()> {
+        // Pushes take turns per key first, rows that do not exist yet included, always
+        // in one order: a row another push creates meanwhile is then never locked by two
+        // of them in opposite orders.
+        let mut names: Vec<&str> = keys.iter().map(|k| k.text.as_str()).collect();
+        names.sort();
+        names.dedup();
+        sqlx::query(
+            "SELECT count(pg_advisory_xact_lock(hashtext($1), h)) FROM \
+             (SELECT DISTINCT hashtext(k) AS h FROM unnest($2::text[]) AS k ORDER BY 1) AS _keys",
+        )
+        .bind(&*entity.name)
+        .bind(&names)
+        .execute(&mut *self)
+        .await?;
         let mut texts: Vec<String> = keys.iter().filter_map(|k| text(k.value.clone())).collect();
         texts.sort();
         texts.dedup();
@@ -123,6 +146,15 @@ impl WriteTx for PgConnection {
             .bind(STAMP_LOCK)
             .execute(&mut *self)
             .await?;
+        // From here every other engine's numbering waits for this transaction: a write
+        // that must wait for another transaction (a key it inserts, a cascade, a foreign
+        // key) waits at most this long, then the push is answered "busy, retry" (429).
+        sqlx::query(&format!(
+            "SET LOCAL lock_timeout = '{}ms'",
+            LOCK_WAIT.as_millis()
+        ))
+        .execute(&mut *self)
+        .await?;
         self.settle().await
     }
 
