@@ -262,7 +262,7 @@ async fn postgres_types_are_written_and_read_back() {
     sqlx::raw_sql(
         "CREATE TABLE things (id uuid PRIMARY KEY, at timestamptz, meta jsonb, \
          price numeric(10, 2), photo bytea, n bigint, ok boolean NOT NULL DEFAULT true, \
-         tags text[])",
+         tags text[], big numeric)",
     )
     .execute(&pool)
     .await
@@ -275,7 +275,7 @@ async fn postgres_types_are_written_and_read_back() {
         "a",
         json!([{"id": id, "action": "create", "hlc": hlc(0, 0xa), "data": {
             "at": "2026-12-02T10:00:00+00:00", "meta": {"k": [1, 2]}, "price": 12.5,
-            "photo": "00ff10", "n": 9007199254740993_i64.to_string(), "tags": "{a,b}"
+            "photo": "00ff10", "n": 9007199254740993_i64.to_string(), "tags": ["a", "b"]
         }}]),
     )
     .await;
@@ -319,6 +319,36 @@ async fn postgres_types_are_written_and_read_back() {
     );
     assert_eq!(last["data"]["photo"], "00ff10");
     assert_eq!(last["data"]["tags"], json!(["a", "b"]));
+    // What a pull shows can be pushed back: an array, a numeric too precise for a
+    // browser's number (a string both ways).
+    push(
+        &one.base,
+        "things",
+        "a",
+        json!([{"id": id, "action": "update", "hlc": hlc(15, 0xa), "client_version": 2,
+                "data": {"tags": ["c", null], "price": "12345678.91",
+                         "big": "123456789012345678901234.5"}}]),
+    )
+    .await;
+    let (tags, price): (Vec<Option<String>>, String) =
+        sqlx::query_as("SELECT tags, price::text FROM things")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (tags, price.as_str()),
+        (vec![Some("c".into()), None], "12345678.91")
+    );
+    let (_, page) = pull(&one.base, "things", "?since=0").await;
+    let last = page["changes"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(
+        last["data"]["price"], 12345678.91,
+        "a float holds it exactly"
+    );
+    assert_eq!(
+        last["data"]["big"], "123456789012345678901234.5",
+        "beyond a float's precision: a string"
+    );
     // A value the column cannot hold is the client's fault, and changes nothing.
     let (status, res) = push_raw(
         &one.base,

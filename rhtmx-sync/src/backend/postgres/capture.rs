@@ -46,6 +46,12 @@ fn value_json(kind: ColumnKind, row: &str, name: &str) -> String {
             "CASE WHEN jsonb_typeof({v}) = 'number' AND abs({text}::numeric) > {SAFE_INTEGER} \
              THEN to_jsonb({text})::text ELSE COALESCE({v}::text, 'null') END"
         ),
+        // A `numeric` a browser's number would round travels as a string.
+        ColumnKind::Numeric => format!(
+            "CASE WHEN jsonb_typeof({v}) = 'number' \
+             AND {text}::numeric <> ({text}::float8)::numeric \
+             THEN to_jsonb({text})::text ELSE COALESCE({v}::text, 'null') END"
+        ),
         // Only `bytea` reads as BLOB here: it travels in the blob text form (a 16-byte
         // value as a UUID, any other as lowercase hex), as on SQLite.
         ColumnKind::Any => format!(

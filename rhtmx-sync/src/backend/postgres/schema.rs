@@ -21,7 +21,8 @@ SELECT a.attname::text AS name,
            WHEN 'numeric' THEN 'NUMERIC'
            WHEN 'json' THEN 'JSON' WHEN 'jsonb' THEN 'JSON'
            WHEN 'bytea' THEN 'BLOB'
-           ELSE 'TEXT'
+           -- An array travels as a JSON array (see `write`).
+           ELSE CASE WHEN t.typcategory = 'A' THEN 'JSON' ELSE 'TEXT' END
        END AS "type",
        a.attnotnull::int::int8 AS "notnull",
        CASE WHEN a.attidentity <> '' THEN 'identity'

@@ -77,6 +77,20 @@ fn sql_type<'a>(entity: &'a Entity, column: &str) -> &'a str {
         .unwrap_or("text")
 }
 
+/// `$n` read as `column`'s type: text cast to it, or for an array the elements of the
+/// JSON array a pull shows (`["a","b"]`), as PostgreSQL's array literal would not be.
+fn cast(entity: &Entity, column: &str, n: usize) -> String {
+    let ty = sql_type(entity, column);
+    if ty.ends_with("[]") {
+        format!(
+            "CASE WHEN ${n} IS NULL THEN NULL ELSE (SELECT coalesce(array_agg(_e), '{{}}') \
+             FROM jsonb_array_elements_text(${n}::jsonb) AS _e) END::{ty}"
+        )
+    } else {
+        format!("${n}::{ty}")
+    }
+}
+
 /// `$n::type` for the key column.
 fn key_match(entity: &Entity, n: usize) -> String {
     format!(
@@ -224,7 +238,7 @@ impl WriteTx for PgConnection {
         let values: Vec<String> = columns
             .iter()
             .enumerate()
-            .map(|(i, (n, _))| format!("${}::{}", i + 1, sql_type(entity, n)))
+            .map(|(i, (n, _))| cast(entity, n, i + 1))
             .collect();
         let sql = format!(
             "INSERT INTO {} ({}) VALUES ({})",
@@ -248,7 +262,7 @@ impl WriteTx for PgConnection {
         let sets: Vec<String> = columns
             .iter()
             .enumerate()
-            .map(|(i, (n, _))| format!("{} = ${}::{}", quote_ident(n), i + 1, sql_type(entity, n)))
+            .map(|(i, (n, _))| format!("{} = {}", quote_ident(n), cast(entity, n, i + 1)))
             .collect();
         let sql = format!(
             "UPDATE {} SET {} WHERE {}",
