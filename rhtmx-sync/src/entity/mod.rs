@@ -368,7 +368,6 @@ impl Entity {
     }
 }
 
-#[cfg(feature = "sqlite")]
 /// A UUID in its canonical text (lowercase, 8-4-4-4-12) from any spelling PostgreSQL
 /// reads (upper case, braces, hyphens anywhere or none); `None` if it is not one.
 fn canonical_uuid(s: &str) -> Option<String> {
@@ -395,6 +394,7 @@ fn canonical_uuid(s: &str) -> Option<String> {
 /// deleted row's number to the next new row, and a write queued offline for the deleted
 /// row (`PUT /notes/7`) would apply to whichever row is 7 by the time it is replayed.
 /// A warning, not an error: apps that never address rows by number from a page are fine.
+#[cfg(feature = "sqlite")]
 async fn warn_reused_keys(
     conn: &mut sqlx::SqliteConnection,
     table: &str,
