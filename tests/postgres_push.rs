@@ -349,6 +349,20 @@ async fn postgres_types_are_written_and_read_back() {
         last["data"]["big"], "123456789012345678901234.5",
         "beyond a float's precision: a string"
     );
+    // Bytes are hexadecimal: other text would be stored as other bytes.
+    let (status, res) = push_raw(
+        &one.base,
+        "things",
+        json!({"changes": [{"id": id, "action": "update", "hlc": hlc(18, 0xa),
+                            "data": {"photo": "zz"}}]})
+        .to_string(),
+    )
+    .await;
+    assert_eq!(status, 422, "{res}");
+    assert!(
+        res["error"].as_str().unwrap().contains("hexadecimal"),
+        "{res}"
+    );
     // A value the column cannot hold is the client's fault, and changes nothing.
     let (status, res) = push_raw(
         &one.base,

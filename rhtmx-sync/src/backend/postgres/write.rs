@@ -54,17 +54,21 @@ fn text(value: SqlValue) -> Option<String> {
     }
 }
 
-/// A value for `column`: the blob text form (hex, or a UUID) of a `bytea` column is
-/// its bytes, as a pull shows them.
-fn value_for(entity: &Entity, column: &str, value: SqlValue) -> SqlValue {
+/// A value for `column`: a `bytea` column takes the blob text form a pull shows (hex,
+/// or a UUID) and nothing else — other text would be stored as other bytes than the
+/// client meant, and read back differently (422).
+fn value_for(entity: &Entity, column: &str, value: SqlValue) -> Result<SqlValue> {
     match value {
         SqlValue::Text(s) if sql_type(entity, column) == "bytea" => {
             match crate::entity::parse_blob_text(&s) {
-                Some(bytes) => SqlValue::Blob(bytes),
-                None => SqlValue::Text(s),
+                Some(bytes) => Ok(SqlValue::Blob(bytes)),
+                None => Err(crate::Error::invalid(format!(
+                    "field `{}` holds bytes: send them as hexadecimal digits",
+                    crate::error::quote(column)
+                ))),
             }
         }
-        other => other,
+        other => Ok(other),
     }
 }
 
@@ -249,7 +253,7 @@ impl WriteTx for PgConnection {
         let binds = columns
             .into_iter()
             .map(|(n, v)| value_for(entity, &n, v))
-            .collect();
+            .collect::<Result<_>>()?;
         run(self, &sql, binds).await
     }
 
@@ -273,7 +277,7 @@ impl WriteTx for PgConnection {
         let mut binds: Vec<SqlValue> = columns
             .into_iter()
             .map(|(n, v)| value_for(entity, &n, v))
-            .collect();
+            .collect::<Result<_>>()?;
         binds.push(key.value.clone());
         run(self, &sql, binds).await
     }
