@@ -590,3 +590,25 @@ async fn a_writers_session_settings_do_not_change_what_is_logged() {
         )])
     );
 }
+
+#[tokio::test]
+async fn a_table_outside_the_search_path_is_named_as_such() {
+    let pool = pg::database().await;
+    sqlx::raw_sql("CREATE SCHEMA other; CREATE TABLE other.remote (id text PRIMARY KEY);")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for (name, outside) in [("other.remote", true), ("missing", false)] {
+        let error = SyncEngine::builder(pool.clone())
+            .entity_named(name)
+            .build()
+            .await
+            .expect_err("not a table the engine can find");
+        assert_eq!(
+            matches!(error, rhtmx_sync::BuildError::OutsideSearchPath { .. }),
+            outside,
+            "{error}"
+        );
+        assert!(error.to_string().contains(name), "{error}");
+    }
+}

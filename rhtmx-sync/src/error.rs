@@ -172,6 +172,17 @@ pub enum BuildError {
         /// The table.
         table: String,
     },
+    /// On PostgreSQL, a registered name names a table only with its schema
+    /// (`other.todos`, or a table whose schema is not on the pool's `search_path`): the
+    /// engine finds tables by their name alone, as the app's own queries do.
+    #[error(
+        "table `{table}` is not on the search_path of the pool's connections: register it \
+         by its name alone and put its schema on the search_path"
+    )]
+    OutsideSearchPath {
+        /// The name as registered.
+        table: String,
+    },
     /// A registered table has no primary key, or one of several columns.
     #[error("table `{table}` needs a single-column PRIMARY KEY to be synced")]
     NoSingleColumnKey {

@@ -60,8 +60,16 @@ pub(crate) async fn resolve(
         .fetch_all(&mut *conn)
         .await?;
     if info.is_empty() {
-        return Err(BuildError::NoSuchTable {
-            table: spec.table.clone(),
+        // `to_regclass` reads `other.todos` as a schema and a table.
+        let elsewhere: bool = sqlx::query_scalar("SELECT to_regclass($1) IS NOT NULL")
+            .bind(&spec.table)
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap_or(false);
+        let table = spec.table.clone();
+        return Err(match elsewhere {
+            true => BuildError::OutsideSearchPath { table },
+            false => BuildError::NoSuchTable { table },
         });
     }
     Entity::from_info(spec, &info, Vec::new())
