@@ -14,19 +14,6 @@ use rhtmx_sync::conflict::FieldConflict;
 use rhtmx_sync::{Hlc, SyncContext, SyncEngine, SyncStrategy, Syncable};
 use serde_json::{json, Value};
 
-/// An HLC `offset_ms` after the moment the tests started, on `node`: one fixed origin,
-/// so that offsets compare as written however long a test takes.
-fn hlc(offset_ms: i64, node: u64) -> String {
-    static ORIGIN: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    let origin = *ORIGIN.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64
-    });
-    Hlc::new((origin + offset_ms) as u64, 0, node).to_string()
-}
-
 const A: u64 = 0xa;
 const B: u64 = 0xb;
 const C: u64 = 0xc;

@@ -6,25 +6,13 @@ mod pg;
 
 use std::time::Duration;
 
-use common::{pull, push_raw, serve};
-use rhtmx_sync::{Hlc, SyncEngine};
+use common::{hlc, pull, push_raw, serve};
+use rhtmx_sync::SyncEngine;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
 const TODOS: &str = "CREATE TABLE todos (id text PRIMARY KEY, title text NOT NULL, \
                      completed boolean NOT NULL DEFAULT false)";
-
-/// An HLC `offset_ms` after the tests started, on `node`.
-fn hlc(offset_ms: i64, node: u64) -> String {
-    static ORIGIN: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    let origin = *ORIGIN.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64
-    });
-    Hlc::new((origin + offset_ms) as u64, 0, node).to_string()
-}
 
 struct Instance {
     base: String,

@@ -220,6 +220,19 @@ impl Sse {
     }
 }
 
+/// An HLC `offset_ms` after the moment the tests started, on `node`: one fixed origin,
+/// so that offsets compare as written however long a test takes.
+pub fn hlc(offset_ms: i64, node: u64) -> String {
+    static ORIGIN: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let origin = *ORIGIN.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    });
+    rhtmx_sync::Hlc::new((origin + offset_ms) as u64, 0, node).to_string()
+}
+
 /// Pulls one page.
 pub async fn pull(base: &str, entity: &str, query: &str) -> (u16, serde_json::Value) {
     let res = client()

@@ -287,9 +287,16 @@ async fn recent_conflicts(conn: &mut SqliteConnection) -> Result<Vec<ConflictFig
     .bind(RECENT_CONFLICTS)
     .fetch_all(&mut *conn)
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
+    Ok(conflict_figures(rows))
+}
+
+/// The latest conflicts from `(version, at Unix ms, conflict JSON)` rows, on any backend.
+pub(crate) fn conflict_figures(
+    rows: impl IntoIterator<Item = (i64, i64, impl AsRef<[u8]>)>,
+) -> Vec<ConflictFigure> {
+    let mut out = Vec::new();
     for (version, at_ms, json) in rows {
-        match serde_json::from_slice::<Conflict>(&json) {
+        match serde_json::from_slice::<Conflict>(json.as_ref()) {
             Ok(conflict) => out.push(ConflictFigure {
                 version,
                 at_ms: u64::try_from(at_ms).unwrap_or(0),
@@ -300,11 +307,10 @@ async fn recent_conflicts(conn: &mut SqliteConnection) -> Result<Vec<ConflictFig
             Err(error) => tracing::warn!(version, %error, "a logged conflict is unreadable"),
         }
     }
-    Ok(out)
+    out
 }
 
-#[cfg(feature = "sqlite")]
 /// A SQL count as `u64` (never negative).
-fn count(n: i64) -> u64 {
+pub(crate) fn count(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }

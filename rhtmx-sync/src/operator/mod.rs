@@ -62,7 +62,7 @@
 //! are the app's to log.
 
 mod errors;
-mod figures;
+pub(crate) mod figures;
 mod metrics;
 #[cfg(feature = "operator")]
 mod page;

@@ -4,8 +4,8 @@
 use sqlx::PgConnection;
 
 use crate::backend::ReadLog;
-use crate::conflict::Conflict;
 use crate::error::Result;
+use crate::operator::figures::{conflict_figures, count};
 use crate::operator::{ConflictFigure, IdempotencyFigures, LogFigures};
 
 /// Bytes of every column of an entry, as stored text.
@@ -79,20 +79,9 @@ pub(crate) async fn read(
     .fetch_all(&mut *tx)
     .await?;
     tx.rollback().await?;
-    let mut conflicts = Vec::with_capacity(rows.len());
-    for (version, at_ms, json) in rows {
-        match serde_json::from_str::<Conflict>(&json) {
-            Ok(conflict) => conflicts.push(ConflictFigure {
-                version,
-                at_ms: u64::try_from(at_ms).unwrap_or(0),
-                conflict,
-            }),
-            Err(error) => tracing::warn!(version, %error, "a logged conflict is unreadable"),
-        }
-    }
+    let conflicts = conflict_figures(
+        rows.into_iter()
+            .map(|(v, at, json)| (v, at, json.into_bytes())),
+    );
     Ok((log, idempotency, conflicts))
-}
-
-fn count(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
 }

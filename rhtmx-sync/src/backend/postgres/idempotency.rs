@@ -4,13 +4,14 @@
 //! `WHERE` declines), so reading the row after it in the same transaction sees it as
 //! it stays until the claim commits — on any instance.
 
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{PgConnection, PgPool};
 
-use super::SCHEMA_LOCK;
 use crate::error::Result;
 use crate::idempotency::{Found, IdempotencyUsage, KeyRow};
 
-const DDL: &str = r#"
+/// The key table and its totals (kept by a trigger, so every instance counts); run by
+/// `super::migrate`.
+pub(super) const DDL: &str = r#"
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_idempotency (
     key          text PRIMARY KEY,
     fingerprint  text NOT NULL,
@@ -57,18 +58,6 @@ CREATE OR REPLACE TRIGGER _rhtmx_sync_idempotency_usage
     AFTER INSERT OR UPDATE OR DELETE ON _rhtmx_sync_idempotency
     FOR EACH ROW EXECUTE FUNCTION _rhtmx_sync_idempotency_usage();
 "#;
-
-/// Creates the key table and its totals if they are missing, under [`SCHEMA_LOCK`].
-pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<()> {
-    let mut tx = conn.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-        .bind(SCHEMA_LOCK)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::raw_sql(DDL).execute(&mut *tx).await?;
-    tx.commit().await?;
-    Ok(())
-}
 
 /// See `crate::idempotency::store`'s claim.
 const CLAIM: &str = "

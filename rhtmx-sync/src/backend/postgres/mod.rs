@@ -51,7 +51,6 @@ pub(crate) async fn start(
 ) -> Result<Started, BuildError> {
     let mut conn = PgConnection::connect_with(&own_options(pool, TAILER)).await?;
     migrate(&mut conn).await?;
-    idempotency::migrate(&mut conn).await?;
     let mut entities = Vec::with_capacity(specs.len());
     for spec in &specs {
         entities.push(Arc::new(schema::resolve(&mut conn, spec.clone()).await?));
@@ -148,8 +147,9 @@ pub(crate) async fn begin_read_committed(
     Ok(tx)
 }
 
-/// Creates the engine's tables if they are missing; safe to run from several processes
-/// at once (they take turns under [`SCHEMA_LOCK`]).
+/// Creates the engine's tables (the log's and the idempotency layer's) if they are
+/// missing; safe to run from several processes at once (they take turns under
+/// [`SCHEMA_LOCK`]).
 pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<()> {
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
@@ -157,6 +157,7 @@ pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<()> {
         .execute(&mut *tx)
         .await?;
     sqlx::raw_sql(DDL).execute(&mut *tx).await?;
+    sqlx::raw_sql(idempotency::DDL).execute(&mut *tx).await?;
     tx.commit().await?;
     Ok(())
 }

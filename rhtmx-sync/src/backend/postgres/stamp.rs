@@ -87,40 +87,40 @@ pub(super) async fn number(tx: &mut PgConnection) -> Result<i64> {
 /// caller goes on without (its reader sees those entries at the next poll), rather than
 /// holding a pool connection for as long as the writer runs.
 pub(crate) async fn stamp_waiting(conn: &mut PgConnection) -> Result<()> {
-    loop {
-        let mut tx = super::begin_read_committed(conn).await?;
-        sqlx::query("SET LOCAL lock_timeout = '100ms'")
-            .execute(&mut *tx)
-            .await?;
-        let locked = sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(STAMP_LOCK)
-            .execute(&mut *tx)
-            .await;
-        match locked {
-            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => return Ok(()),
-            other => {
-                other?;
-            }
-        }
-        let n = number(&mut tx).await?;
-        tx.commit().await?;
-        if n < BATCH {
-            return Ok(());
-        }
-    }
+    stamp_all(conn, true).await.map(drop)
 }
 
 /// Numbers every committed unnumbered entry and notifies [`CHANNEL`] once if there
 /// were any. Returns how many were numbered; 0 also when another engine is stamping
 /// right now (it notifies when done, so nothing waits on this one).
 pub(crate) async fn stamp(conn: &mut PgConnection) -> Result<u64> {
+    stamp_all(conn, false).await
+}
+
+/// Stamps batch after batch; when another holds the lock, waits for it up to 100 ms
+/// (`wait`) or not at all, and then stops.
+async fn stamp_all(conn: &mut PgConnection, wait: bool) -> Result<u64> {
     let mut total = 0u64;
     loop {
         let mut tx = super::begin_read_committed(conn).await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(STAMP_LOCK)
-            .fetch_one(&mut *tx)
-            .await?;
+        let locked = if wait {
+            sqlx::query("SET LOCAL lock_timeout = '100ms'")
+                .execute(&mut *tx)
+                .await?;
+            match sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(STAMP_LOCK)
+                .execute(&mut *tx)
+                .await
+            {
+                Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => false,
+                other => other.map(|_| true)?,
+            }
+        } else {
+            sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
+                .bind(STAMP_LOCK)
+                .fetch_one(&mut *tx)
+                .await?
+        };
         if !locked {
             return Ok(total);
         }
