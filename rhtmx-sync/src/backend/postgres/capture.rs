@@ -46,11 +46,17 @@ fn value_json(kind: ColumnKind, row: &str, name: &str) -> String {
             "CASE WHEN jsonb_typeof({v}) = 'number' AND abs({text}::numeric) > {SAFE_INTEGER} \
              THEN to_jsonb({text})::text ELSE COALESCE({v}::text, 'null') END"
         ),
-        // A `numeric` a browser's number would round travels as a string.
+        // A `numeric` a browser's number would round travels as a string; one beyond
+        // a double's range is tested first (CASE stops at the first match), since the
+        // cast to float8 would fail the app's write.
         ColumnKind::Numeric => format!(
-            "CASE WHEN jsonb_typeof({v}) = 'number' \
-             AND {text}::numeric <> ({text}::float8)::numeric \
-             THEN to_jsonb({text})::text ELSE COALESCE({v}::text, 'null') END"
+            "CASE WHEN jsonb_typeof({v}) IS DISTINCT FROM 'number' \
+             THEN COALESCE({v}::text, 'null') \
+             WHEN abs({text}::numeric) > 1.7e308 THEN to_jsonb({text})::text \
+             WHEN {text}::numeric <> 0 AND abs({text}::numeric) < 1e-323 \
+             THEN to_jsonb({text})::text \
+             WHEN {text}::numeric <> ({text}::float8)::numeric THEN to_jsonb({text})::text \
+             ELSE {v}::text END"
         ),
         // Only `bytea` reads as BLOB here: it travels in the blob text form (a 16-byte
         // value as a UUID, any other as lowercase hex), as on SQLite.
@@ -347,6 +353,7 @@ pub(crate) async fn install(
 /// field the table no longer has does (a column another registration syncs does not).
 /// Returns how many entries were written.
 async fn reconcile(conn: &mut PgConnection, entity: &Entity) -> Result<u64> {
+    backfill(conn, entity).await?;
     let table = quote_ident(&entity.table);
     let ent = quote_literal(&entity.table);
     let key_kind = kind_of(entity, &entity.id);
@@ -394,4 +401,64 @@ async fn reconcile(conn: &mut PgConnection, entity: &Entity) -> Result<u64> {
     );
     let n: i64 = sqlx::query_scalar(&sql).fetch_one(&mut *conn).await?;
     Ok(n as u64)
+}
+
+/// The meta key recording which column a table's log entries carry the scope of.
+fn scope_key(entity: &Entity) -> String {
+    format!("scope:{}", entity.table)
+}
+
+/// When a table is first scoped by a column (or by another column than before), its
+/// entries do not carry that scope: each is given the scope its row has now (a deleted
+/// row's entries, none: they reach nobody), as on SQLite. Clients reset at the change
+/// anyway (their cursors carry what they may read), so they pull this history again.
+/// Entries written while the table was unscoped carry no scope: a later scope fills
+/// them in.
+async fn backfill(conn: &mut PgConnection, entity: &Entity) -> Result<()> {
+    let Some(column) = entity.scope_column() else {
+        sqlx::query("DELETE FROM _rhtmx_sync_meta WHERE key = $1")
+            .bind(scope_key(entity))
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    };
+    let recorded: Option<String> =
+        sqlx::query_scalar("SELECT value FROM _rhtmx_sync_meta WHERE key = $1")
+            .bind(scope_key(entity))
+            .fetch_optional(&mut *conn)
+            .await?;
+    if recorded.as_deref() == Some(column) {
+        return Ok(());
+    }
+    let key = key_text("_o", &entity.id, kind_of(entity, &entity.id));
+    let scope = key_text("_o", column, kind_of(entity, column));
+    let filled = sqlx::query(&format!(
+        "UPDATE _rhtmx_sync_log AS _l SET
+             scope_before = CASE WHEN _l.action = 'create' THEN NULL ELSE _x.scope END,
+             scope_after = CASE WHEN _l.action = 'delete' THEN NULL ELSE _x.scope END
+         FROM (SELECT _e.seq, _s.scope
+               FROM _rhtmx_sync_log AS _e
+               LEFT JOIN (SELECT DISTINCT ON (k) k, scope
+                          FROM (SELECT {key} AS k, {scope} AS scope
+                                FROM (SELECT to_jsonb(_t) AS _o FROM {table} AS _t) AS _r)
+                               AS _rows
+                          WHERE k IS NOT NULL) AS _s ON _s.k = _e.entity_id
+               WHERE _e.entity = $1) AS _x
+         WHERE _l.seq = _x.seq",
+        table = quote_ident(&entity.table),
+    ))
+    .bind(&entity.table)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    sqlx::query(
+        "INSERT INTO _rhtmx_sync_meta (key, value) VALUES ($1, $2) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(scope_key(entity))
+    .bind(column)
+    .execute(&mut *conn)
+    .await?;
+    tracing::info!(entity = %entity.name, column, entries = filled, "the log now carries the scope of each entry");
+    Ok(())
 }

@@ -35,8 +35,10 @@ INSERT INTO _rhtmx_sync_idempotency_usage (id, keys, bytes)
         + coalesce(octet_length(headers), 0) + coalesce(octet_length(body), 0)), 0)
     FROM _rhtmx_sync_idempotency
     ON CONFLICT (id) DO NOTHING;
-CREATE OR REPLACE FUNCTION _rhtmx_sync_idempotency_usage() RETURNS trigger
-LANGUAGE plpgsql AS $rhtmx$
+"#;
+
+/// The body of the trigger function that keeps the totals.
+const USAGE_BODY: &str = r#"
 DECLARE _keys bigint := 0; _bytes bigint := 0;
 BEGIN
     IF TG_OP <> 'INSERT' THEN
@@ -53,11 +55,45 @@ BEGIN
         SET keys = keys + _keys, bytes = bytes + _bytes WHERE id = 0;
     RETURN NULL;
 END
-$rhtmx$;
-CREATE OR REPLACE TRIGGER _rhtmx_sync_idempotency_usage
-    AFTER INSERT OR UPDATE OR DELETE ON _rhtmx_sync_idempotency
-    FOR EACH ROW EXECUTE FUNCTION _rhtmx_sync_idempotency_usage();
 "#;
+
+/// Installs the totals' trigger unless it is in place as this version writes it: a
+/// `CREATE OR REPLACE TRIGGER` at every start would lock the key table against every
+/// instance's keyed writes while it waits for theirs.
+pub(super) async fn install_usage(conn: &mut PgConnection) -> Result<()> {
+    if usage_installed(conn).await? {
+        return Ok(());
+    }
+    sqlx::query(&format!(
+        "CREATE OR REPLACE FUNCTION _rhtmx_sync_idempotency_usage() RETURNS trigger \
+         LANGUAGE plpgsql AS $rhtmx${USAGE_BODY}$rhtmx$"
+    ))
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query(
+        "CREATE OR REPLACE TRIGGER _rhtmx_sync_idempotency_usage \
+         AFTER INSERT OR UPDATE OR DELETE ON _rhtmx_sync_idempotency \
+         FOR EACH ROW EXECUTE FUNCTION _rhtmx_sync_idempotency_usage()",
+    )
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether the totals' table, function (with this version's body) and trigger exist.
+pub(super) async fn usage_installed(conn: &mut PgConnection) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "SELECT to_regclass('_rhtmx_sync_idempotency_usage') IS NOT NULL \
+         AND EXISTS (SELECT 1 FROM pg_proc \
+             WHERE oid = to_regprocedure('_rhtmx_sync_idempotency_usage()') AND prosrc = $1) \
+         AND EXISTS (SELECT 1 FROM pg_trigger \
+             WHERE tgrelid = to_regclass('_rhtmx_sync_idempotency') \
+             AND tgname = '_rhtmx_sync_idempotency_usage')",
+    )
+    .bind(USAGE_BODY)
+    .fetch_one(&mut *conn)
+    .await?)
+}
 
 /// See `crate::idempotency::store`'s claim.
 const CLAIM: &str = "

@@ -85,6 +85,9 @@ pub(crate) async fn start(
 /// (Advisory locks are per database: other databases of the cluster are not concerned.)
 pub(crate) const SCHEMA_LOCK: i64 = 0x7268_746d_7873_0001;
 
+/// The `schema_version` [`DDL`] records (kept in step with it).
+const SCHEMA_VERSION: &str = "4";
+
 /// The channel the stamper notifies, once per stamped batch.
 pub(crate) const CHANNEL: &str = "_rhtmx_sync";
 
@@ -130,7 +133,7 @@ INSERT INTO _rhtmx_sync_meta (key, value)
     VALUES ('log_id', substr(md5(random()::text || clock_timestamp()::text), 1, 16))
     ON CONFLICT (key) DO NOTHING;
 INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('head', '0') ON CONFLICT (key) DO NOTHING;
-INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '4')
+INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '4') -- SCHEMA_VERSION
     ON CONFLICT (key) DO NOTHING;
 "#;
 
@@ -149,8 +152,13 @@ pub(crate) async fn begin_read_committed(
 
 /// Creates the engine's tables (the log's and the idempotency layer's) if they are
 /// missing; safe to run from several processes at once (they take turns under
-/// [`SCHEMA_LOCK`]).
+/// [`SCHEMA_LOCK`]). When all is in place, as at every start after the first, it only
+/// reads the catalog: `CREATE INDEX IF NOT EXISTS` locks its table even when the index
+/// exists, which would hold the app's writes back behind any open transaction.
 pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<()> {
+    if installed(conn).await? {
+        return Ok(());
+    }
     let mut tx = sqlx::Connection::begin(&mut *conn).await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(SCHEMA_LOCK)
@@ -158,8 +166,32 @@ pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<()> {
         .await?;
     sqlx::raw_sql(DDL).execute(&mut *tx).await?;
     sqlx::raw_sql(idempotency::DDL).execute(&mut *tx).await?;
+    idempotency::install_usage(&mut tx).await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Whether every table [`DDL`] creates exists at this version's `schema_version`, and
+/// the idempotency layer's too.
+async fn installed(conn: &mut PgConnection) -> Result<bool> {
+    let tables: bool = sqlx::query_scalar(
+        "SELECT to_regclass('_rhtmx_sync_log') IS NOT NULL \
+         AND to_regclass('_rhtmx_sync_context') IS NOT NULL \
+         AND to_regclass('_rhtmx_sync_meta') IS NOT NULL \
+         AND to_regclass('_rhtmx_sync_idempotency') IS NOT NULL",
+    )
+    .fetch_one(&mut *conn)
+    .await?;
+    if !tables {
+        return Ok(false);
+    }
+    let version: Option<String> = sqlx::query_scalar(
+        "SELECT value FROM _rhtmx_sync_meta WHERE key = 'schema_version' \
+             AND (SELECT count(*) FROM _rhtmx_sync_meta WHERE key IN ('log_id', 'head')) = 2",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(version.as_deref() == Some(SCHEMA_VERSION) && idempotency::usage_installed(conn).await?)
 }
 
 /// The effective HLC of an entry (see `crate::log`): its `hlc`, or `created_at` in

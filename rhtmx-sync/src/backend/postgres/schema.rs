@@ -72,5 +72,30 @@ pub(crate) async fn resolve(
             false => BuildError::NoSuchTable { table },
         });
     }
+    // The log names a row by its key's text, and clients compare keys byte for byte:
+    // under a nondeterministic collation (or `citext`) `abc` and `ABC` are one row in
+    // the table but two in every mirror.
+    let collation: Option<String> = sqlx::query_scalar(KEY_COLLATION)
+        .bind(&spec.table)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if let Some(collation) = collation {
+        return Err(BuildError::KeyCollation {
+            table: spec.table,
+            collation,
+        });
+    }
     Entity::from_info(spec, &info, Vec::new())
 }
+
+/// The collation of the primary key of the table `$1` when it treats different texts as
+/// equal: a nondeterministic collation, or the `citext` type. No row otherwise.
+const KEY_COLLATION: &str = "
+SELECT CASE WHEN t.typname = 'citext' THEN 'citext' ELSE c.collname::text END
+FROM pg_index i
+JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+JOIN pg_type t ON t.oid = a.atttypid
+LEFT JOIN pg_collation c ON c.oid = i.indcollation[0]
+WHERE i.indrelid = to_regclass(quote_ident($1)) AND i.indisprimary
+  AND (NOT COALESCE(c.collisdeterministic, true) OR t.typname = 'citext')
+LIMIT 1";

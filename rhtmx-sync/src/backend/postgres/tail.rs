@@ -72,7 +72,12 @@ pub(crate) async fn tail(
             if conn.ping().await.is_err() {
                 // Keep the old connection until a new one can be had.
                 match PgConnection::connect_with(&own_options(&pool, TAILER)).await {
-                    Ok(fresh) => conn = fresh,
+                    Ok(fresh) => {
+                        conn = fresh;
+                        // What woke this tick is still to be read: read again now
+                        // rather than at the next wake-up, which may be a poll away.
+                        continue;
+                    }
                     Err(error) => tracing::warn!(%error, "tailer cannot reconnect"),
                 }
             }
@@ -161,13 +166,14 @@ async fn listen(pool: PgPool, notified: Arc<Notify>, poll: Duration) {
         failures = 0;
         // Notifications sent before LISTEN took effect were missed: look again.
         notified.notify_one();
+        // On a lost connection, listen again from the top rather than through
+        // `PgListener`'s own reconnection: the tailer's re-read must come after the new
+        // `LISTEN` took effect, or a notification sent in between would be missed until
+        // the next poll.
         loop {
             match listener.try_recv().await {
                 Ok(Some(_)) => notified.notify_one(),
-                Ok(None) => {
-                    // The connection was lost and re-established.
-                    notified.notify_one();
-                }
+                Ok(None) => break,
                 Err(error) => {
                     tracing::warn!(%error, "the change listener's connection failed; reconnecting");
                     notified.notify_one();
