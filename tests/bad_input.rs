@@ -1,25 +1,82 @@
-//! Bad input gets a clear 4xx with a short JSON message and changes nothing: the
-//! database files are byte-for-byte the same afterwards.
+//! Bad input gets a clear 4xx with a short JSON message and changes nothing: every
+//! table (the app's and the engine's, the log included) holds the same rows afterwards,
+//! and on SQLite the database files are byte-for-byte the same too.
 
 mod common;
 
 use common::*;
 use serde_json::json;
-use std::path::Path;
 
-fn snapshot(db: &Path) -> Vec<Vec<u8>> {
-    ["", "-wal"]
-        .iter()
-        .map(|suffix| std::fs::read(format!("{}{suffix}", db.display())).unwrap_or_default())
-        .collect()
+/// What a rejected request must leave as it was.
+struct Snapshot {
+    /// Every row of every table, as text.
+    rows: String,
+    /// The SQLite database file and its WAL (none on PostgreSQL).
+    files: Vec<Vec<u8>>,
 }
 
-#[tokio::test]
-async fn every_bad_input_answers_its_status_and_changes_nothing() {
-    let (_dir, db) = temp_db();
+async fn snapshot(db: &TestDb, server: &Server) -> Snapshot {
+    // What is committed is numbered first (PostgreSQL numbers the log after commit).
+    server.engine.head().await.unwrap();
+    let (tables, columns, quote) = match db.backend {
+        Backend::Sqlite => (
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+            "quote",
+        ),
+        Backend::Postgres => (
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1",
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+            "quote_nullable",
+        ),
+    };
+    let mut rows = String::new();
+    for table in server.db.fetch_all::<(String,)>(tables, args![]).await {
+        let table = table.0;
+        let columns: Vec<(String,)> = server.db.fetch_all(columns, args![&table]).await;
+        let row = columns
+            .iter()
+            .map(|(c,)| format!("{quote}(\"{c}\")"))
+            .collect::<Vec<_>>()
+            .join(" || ',' || ");
+        let all: Vec<(String,)> = server
+            .db
+            .fetch_all(
+                &format!("SELECT {row} FROM \"{table}\" ORDER BY 1"),
+                args![],
+            )
+            .await;
+        rows.push_str(&format!("{table}: {all:?}\n"));
+    }
+    let files = match db.backend {
+        Backend::Sqlite => ["", "-wal"]
+            .iter()
+            .map(|suffix| {
+                std::fs::read(format!("{}{suffix}", db.path().display())).unwrap_or_default()
+            })
+            .collect(),
+        Backend::Postgres => Vec::new(),
+    };
+    Snapshot { rows, files }
+}
+
+impl Snapshot {
+    fn assert_same(&self, before: &Snapshot, what: &str) {
+        assert_eq!(self.rows, before.rows, "{what}");
+        assert!(
+            self.files == before.files,
+            "{what}: the database files differ"
+        );
+    }
+}
+
+async fn every_bad_input_answers_its_status_and_changes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.body_limit(4096)).await;
     add_todo(&server, &todo_id("keep"), "existing").await;
-    let before = snapshot(&db);
+    let before = snapshot(&db, &server).await;
 
     let push_cases: Vec<(&str, String, u16, &str)> = vec![
         ("malformed JSON", "{\"changes\": [".into(), 400, "malformed JSON"),
@@ -94,25 +151,23 @@ async fn every_bad_input_answers_its_status_and_changes_nothing() {
         .unwrap();
     assert_eq!(res.status(), 422);
 
+    snapshot(&db, &server)
+        .await
+        .assert_same(&before, "a rejected request changed the database");
     assert_eq!(
-        snapshot(&db),
-        before,
-        "a rejected request changed the database"
-    );
-    assert_eq!(
-        todos(&server.pool).await,
+        todos(&server.db).await,
         [(todo_id("keep"), "existing".into(), false)]
     );
 }
+both!(every_bad_input_answers_its_status_and_changes_nothing);
 
 /// A `text/plain` body is what a form with `enctype="text/plain"` on another site, or a
 /// `no-cors` fetch, can send with the user's cookies: only JSON is ever applied.
-#[tokio::test]
-async fn a_push_that_is_not_json_answers_415_and_changes_nothing() {
-    let (_dir, db) = temp_db();
+async fn a_push_that_is_not_json_answers_415_and_changes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     add_todo(&server, &todo_id("keep"), "existing").await;
-    let before = snapshot(&db);
+    let before = snapshot(&db, &server).await;
     let body = json!({"changes": [{"id": todo_id("keep"), "action": "delete"}]}).to_string();
     for content_type in [
         Some("text/plain"),
@@ -140,7 +195,9 @@ async fn a_push_that_is_not_json_answers_415_and_changes_nothing() {
             "{content_type:?}: {error}"
         );
     }
-    assert_eq!(snapshot(&db), before, "a refused push changed the database");
+    snapshot(&db, &server)
+        .await
+        .assert_same(&before, "a refused push changed the database");
     // JSON with parameters or a `+json` type is still JSON.
     for content_type in [
         "application/json; charset=utf-8",
@@ -156,11 +213,11 @@ async fn a_push_that_is_not_json_answers_415_and_changes_nothing() {
         assert_eq!(res.status(), 200, "{content_type}");
     }
 }
+both!(a_push_that_is_not_json_answers_415_and_changes_nothing);
 
 /// Whatever a client sends, an error message quotes at most a short prefix of it.
-#[tokio::test]
-async fn error_messages_quote_at_most_a_short_prefix_of_the_input() {
-    let (_dir, db) = temp_db();
+async fn error_messages_quote_at_most_a_short_prefix_of_the_input(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let long = "9".repeat(100_000);
     let huge = "x".repeat(100_000);
@@ -242,19 +299,22 @@ async fn error_messages_quote_at_most_a_short_prefix_of_the_input() {
         );
     }
 }
+both!(error_messages_quote_at_most_a_short_prefix_of_the_input);
 
-#[tokio::test]
-async fn a_constraint_violation_mid_push_rolls_everything_back() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE scores (id INTEGER PRIMARY KEY, points INTEGER NOT NULL CHECK (points >= 0))",
+async fn a_constraint_violation_mid_push_rolls_everything_back(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = db.connect().await;
+    let key = match backend {
+        Backend::Sqlite => "INTEGER PRIMARY KEY",
+        Backend::Postgres => "bigserial PRIMARY KEY",
+    };
+    pool.execute(
+        &format!("CREATE TABLE scores (id {key}, points INTEGER NOT NULL CHECK (points >= 0))"),
+        args![],
     )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     let server = start_with(&db, |b| b.entity_named("scores").writable("scores")).await;
-    let before = snapshot(&db);
+    let before = snapshot(&db, &server).await;
     let body = json!({"changes": [
         {"id": 1, "action": "create", "data": {"points": 3}},
         {"id": 2, "action": "create", "data": {"points": -1}},
@@ -265,63 +325,98 @@ async fn a_constraint_violation_mid_push_rolls_everything_back() {
         res["error"],
         "changes[1] violates a constraint of the table"
     );
-    assert_eq!(snapshot(&db), before);
-    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM scores")
-        .fetch_one(&pool)
+    snapshot(&db, &server)
         .await
-        .unwrap();
+        .assert_same(&before, "a rolled-back push changed the database");
+    let n: i64 = pool.scalar("SELECT count(*) FROM scores", args![]).await;
     assert_eq!(n, 0);
 }
+both!(a_constraint_violation_mid_push_rolls_everything_back);
 
-#[tokio::test]
-async fn misconfiguration_is_refused_when_the_engine_is_built() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE events (id INTEGER PRIMARY KEY); \
-         CREATE TABLE pairs (a INT, b INT, PRIMARY KEY (a, b)); \
-         CREATE TABLE nocase (id TEXT PRIMARY KEY COLLATE NOCASE, v TEXT); \
-         CREATE TABLE rtrim (id TEXT COLLATE RTRIM, v TEXT, PRIMARY KEY (id)) WITHOUT ROWID; \
-         CREATE TABLE binary_key (id TEXT PRIMARY KEY COLLATE BINARY, v TEXT)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+async fn misconfiguration_is_refused_when_the_engine_is_built(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let engine_pool = app::open(&db.url).await.unwrap();
+    let pool = Db::from(&engine_pool);
+    for table in [
+        "CREATE TABLE events (id INTEGER PRIMARY KEY)",
+        "CREATE TABLE pairs (a INT, b INT, PRIMARY KEY (a, b))",
+    ] {
+        pool.execute(table, args![]).await;
+    }
     let cases = [
         ("missing_table", "does not exist"),
         ("events", "route is taken"),
         ("pairs", "single-column PRIMARY KEY"),
-        // Keys that compare equal but differ in text would be logged as different rows.
-        ("nocase", "COLLATE NOCASE"),
-        ("rtrim", "COLLATE RTRIM"),
     ];
     for (table, message) in cases {
-        let err = rhtmx_sync::SyncEngine::builder(pool.clone())
+        let err = rhtmx_sync::SyncEngine::builder(engine_pool.clone())
             .entity_named(table)
             .build()
             .await
             .unwrap_err();
         assert!(err.to_string().contains(message), "{table}: {err}");
     }
-    let err = rhtmx_sync::SyncEngine::builder(pool.clone())
+    let err = rhtmx_sync::SyncEngine::builder(engine_pool.clone())
         .entity::<app::Todo>()
         .entity_named("todos")
         .build()
         .await
         .unwrap_err();
     assert!(err.to_string().contains("registered twice"), "{err}");
-    rhtmx_sync::SyncEngine::builder(pool.clone())
-        .entity_named("binary_key")
+}
+both!(misconfiguration_is_refused_when_the_engine_is_built);
+
+/// Keys that compare equal but differ in text would be logged as different rows: each
+/// backend's collations that equate different texts are refused for a key, an explicit
+/// byte-wise one is fine.
+async fn a_key_collation_that_equates_different_texts_is_refused(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let engine_pool = app::open(&db.url).await.unwrap();
+    let pool = Db::from(&engine_pool);
+    let (schema, refused, fine): (&[&str], &[(&str, &str)], &str) = match backend {
+        Backend::Sqlite => (
+            &[
+                "CREATE TABLE nocase (id TEXT PRIMARY KEY COLLATE NOCASE, v TEXT)",
+                "CREATE TABLE rtrim (id TEXT COLLATE RTRIM, v TEXT, PRIMARY KEY (id)) WITHOUT ROWID",
+                "CREATE TABLE binary_key (id TEXT PRIMARY KEY COLLATE BINARY, v TEXT)",
+            ],
+            &[("nocase", "COLLATE NOCASE"), ("rtrim", "COLLATE RTRIM")],
+            "binary_key",
+        ),
+        Backend::Postgres => (
+            &[
+                "CREATE COLLATION any_case (provider = icu, locale = 'und-u-ks-level2', \
+                 deterministic = false)",
+                "CREATE TABLE nocase (id TEXT COLLATE any_case PRIMARY KEY, v TEXT)",
+                "CREATE TABLE binary_key (id TEXT COLLATE \"C\" PRIMARY KEY, v TEXT)",
+            ],
+            &[("nocase", "COLLATE any_case")],
+            "binary_key",
+        ),
+    };
+    for statement in schema {
+        pool.execute(statement, args![]).await;
+    }
+    for (table, message) in refused {
+        let err = rhtmx_sync::SyncEngine::builder(engine_pool.clone())
+            .entity_named(*table)
+            .build()
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains(message), "{table}: {err}");
+    }
+    rhtmx_sync::SyncEngine::builder(engine_pool.clone())
+        .entity_named(fine)
         .build()
         .await
-        .expect("an explicit BINARY key is fine");
+        .expect("an explicit byte-wise key is fine");
 }
+both!(a_key_collation_that_equates_different_texts_is_refused);
 
 /// A misspelt or unknown parameter is a mistake, not a default: `?sinse=5` would
 /// otherwise pull everything from 0. So is a version with a sign.
-#[tokio::test]
-async fn unknown_query_parameters_and_signed_versions_answer_400() {
-    let (_dir, db) = temp_db();
+async fn unknown_query_parameters_and_signed_versions_answer_400(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     for query in ["?sinse=5", "?since=0&lmit=5", "?since=-0", "?since=%2B5"] {
         let (status, body) = pull(&server.base, "todos", query).await;
@@ -334,3 +429,4 @@ async fn unknown_query_parameters_and_signed_versions_answer_400() {
     // The documented parameters still work.
     assert_eq!(pull(&server.base, "todos", "?since=0&limit=5").await.0, 200);
 }
+both!(unknown_query_parameters_and_signed_versions_answer_400);

@@ -6,9 +6,10 @@ mod common;
 
 use common::*;
 
-#[tokio::test]
-async fn event_streams_past_the_budget_answer_429_and_a_closed_one_frees_its_place() {
-    let (_dir, db) = temp_db();
+async fn event_streams_past_the_budget_answer_429_and_a_closed_one_frees_its_place(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.max_event_streams(3)).await;
     let mut open = Vec::new();
     for _ in 0..3 {
@@ -46,6 +47,7 @@ async fn event_streams_past_the_budget_answer_429_and_a_closed_one_frees_its_pla
     })
     .await;
 }
+both!(event_streams_past_the_budget_answer_429_and_a_closed_one_frees_its_place);
 
 /// A pull whose answer is never read past its status line: the server cannot finish it.
 async fn stalled_pull(base: &str) -> tokio::net::TcpStream {
@@ -70,9 +72,8 @@ async fn answer_to_stalled_body(base: &str, head: &str) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pulls_past_the_budget_answer_429_until_one_ends() {
-    let (_dir, db) = temp_db();
+async fn pulls_past_the_budget_answer_429_until_one_ends(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.max_concurrent_pulls(2)).await;
     fill_log(&server).await;
     let mut stalled = vec![
@@ -92,12 +93,12 @@ async fn pulls_past_the_budget_answer_429_until_one_ends() {
     })
     .await;
 }
+both!(multi_thread: pulls_past_the_budget_answer_429_until_one_ends);
 
 /// A push whose body trickles in (or stops) is answered 408 once the body timeout
 /// passes, and writes nothing; the connection is not held forever.
-#[tokio::test]
-async fn a_push_body_that_trickles_is_cut_off_with_408() {
-    let (_dir, db) = temp_db();
+async fn a_push_body_that_trickles_is_cut_off_with_408(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| {
         b.body_timeout(std::time::Duration::from_millis(300))
     })
@@ -105,16 +106,16 @@ async fn a_push_body_that_trickles_is_cut_off_with_408() {
     let head = "POST /api/sync/todos HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"changes\": [";
     let text = answer_to_stalled_body(&server.base, head).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    assert!(todos(&server.pool).await.is_empty());
+    assert!(todos(&server.db).await.is_empty());
 }
+both!(a_push_body_that_trickles_is_cut_off_with_408);
 
 /// The idempotency layer reads a keyed request's body before the route: a body that
 /// trickles is cut off with 408 there too, and the key is not claimed.
-#[tokio::test]
-async fn a_keyed_body_that_trickles_is_cut_off_by_the_idempotency_layer() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
-    let engine = app::engine(&pool).await.unwrap();
+async fn a_keyed_body_that_trickles_is_cut_off_by_the_idempotency_layer(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = app::open(&db.url).await.unwrap();
+    let engine = app::engine(pool.clone()).await.unwrap();
     let layer = engine
         .idempotency_layer()
         .body_timeout(std::time::Duration::from_millis(300));
@@ -122,8 +123,9 @@ async fn a_keyed_body_that_trickles_is_cut_off_by_the_idempotency_layer() {
     let head = "POST /todos HTTP/1.1\r\nHost: 127.0.0.1\r\nIdempotency-Key: k-1\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ntitle=slo";
     let text = answer_to_stalled_body(&base, head).await;
     assert!(text.starts_with("HTTP/1.1 408"), "{text}");
-    assert!(todos(&pool).await.is_empty());
+    assert!(todos(&Db::from(&pool)).await.is_empty());
 }
+both!(a_keyed_body_that_trickles_is_cut_off_by_the_idempotency_layer);
 
 /// Who is asking, from a header (an app's session, in a real one).
 struct AsUser(Option<String>);
@@ -152,9 +154,8 @@ impl From<AsUser> for rhtmx_sync::Principal {
 
 /// One signed-in user cannot take every place: past their own share they get 429, and
 /// another user (or an anonymous visitor) still gets a stream and a pull.
-#[tokio::test]
-async fn one_principal_holds_at_most_its_share_of_streams_and_pulls() {
-    let (_dir, db) = temp_db();
+async fn one_principal_holds_at_most_its_share_of_streams_and_pulls(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| {
         b.authenticate::<AsUser>()
             .max_event_streams_per_principal(2)
@@ -205,3 +206,4 @@ async fn one_principal_holds_at_most_its_share_of_streams_and_pulls() {
     .await;
     drop((a2, open));
 }
+both!(one_principal_holds_at_most_its_share_of_streams_and_pulls);

@@ -5,9 +5,8 @@ mod common;
 use common::*;
 use std::time::Duration;
 
-#[tokio::test]
-async fn a_plain_sqlx_handler_write_appears_in_pull_and_on_sse() {
-    let (_dir, db) = temp_db();
+async fn a_plain_sqlx_handler_write_appears_in_pull_and_on_sse(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
 
@@ -66,35 +65,43 @@ async fn a_plain_sqlx_handler_write_appears_in_pull_and_on_sse() {
         "versions increase: {versions:?}"
     );
 }
+both!(a_plain_sqlx_handler_write_appears_in_pull_and_on_sse);
 
-#[tokio::test]
-async fn writes_outside_any_handler_are_captured_and_rollbacks_are_not() {
-    let (_dir, db) = temp_db();
+async fn writes_outside_any_handler_are_captured_and_rollbacks_are_not(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
 
-    // A second, independent pool on the same file: another writer the engine never saw.
-    let other = app::open_db(&url(&db)).await.unwrap();
-    let mut tx = other.begin().await.unwrap();
-    sqlx::query("INSERT INTO todos (id, title) VALUES ('r1', 'rolled back')")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
-    sqlx::query("INSERT INTO todos (id, title) VALUES ('k1', 'kept'), ('k2', 'kept too')")
-        .execute(&other)
-        .await
-        .unwrap();
+    // A second, independent pool on the same database: another writer the engine never
+    // saw.
+    let other = db.connect().await;
+    let rolled_back = "INSERT INTO todos (id, title) VALUES ('r1', 'rolled back')";
+    match &other {
+        Db::Sqlite(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(rolled_back).execute(&mut *tx).await.unwrap();
+            tx.rollback().await.unwrap();
+        }
+        Db::Postgres(pool) => {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query(rolled_back).execute(&mut *tx).await.unwrap();
+            tx.rollback().await.unwrap();
+        }
+    }
+    other
+        .execute(
+            "INSERT INTO todos (id, title) VALUES ('k1', 'kept'), ('k2', 'kept too')",
+            args![],
+        )
+        .await;
     // A no-op update changes nothing and logs nothing.
-    sqlx::query("UPDATE todos SET title = title")
-        .execute(&other)
-        .await
-        .unwrap();
+    other
+        .execute("UPDATE todos SET title = title", args![])
+        .await;
     // Changing a key is the old row's delete and the new row's create.
-    sqlx::query("UPDATE todos SET id = 'k3' WHERE id = 'k2'")
-        .execute(&other)
-        .await
-        .unwrap();
+    other
+        .execute("UPDATE todos SET id = 'k3' WHERE id = 'k2'", args![])
+        .await;
 
     let events = sse.take(4).await;
     let seen: Vec<(String, String)> = events
@@ -116,17 +123,18 @@ async fn writes_outside_any_handler_are_captured_and_rollbacks_are_not() {
         ] as [(String, String); 4]
     );
     sse.assert_quiet(Duration::from_millis(300)).await;
-    assert_eq!(replay_log(&server.pool).await, todos(&server.pool).await);
+    assert_eq!(replay_log(&server.db).await, todos(&server.db).await);
 }
+both!(writes_outside_any_handler_are_captured_and_rollbacks_are_not);
 
-#[tokio::test]
-async fn triggers_come_back_when_a_migration_recreates_the_table() {
-    let (_dir, db) = temp_db();
+async fn triggers_come_back_when_a_migration_recreates_the_table(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
-    // SQLite's usual "alter" recipe: new table, copy, drop old, rename. Dropping the old
-    // table drops its triggers.
-    sqlx::raw_sql(
+    // SQLite's usual "alter" recipe (valid on PostgreSQL too): new table, copy, drop
+    // old, rename. Dropping the old table drops its triggers.
+    raw(
+        &server.db,
         "BEGIN;
          CREATE TABLE todos_new (id TEXT PRIMARY KEY NOT NULL, title TEXT NOT NULL,
                                  completed BOOLEAN NOT NULL DEFAULT false);
@@ -135,47 +143,80 @@ async fn triggers_come_back_when_a_migration_recreates_the_table() {
          ALTER TABLE todos_new RENAME TO todos;
          COMMIT;",
     )
-    .execute(&server.pool)
-    .await
-    .unwrap();
-    // The broadcaster notices the schema change and reinstalls the triggers.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let n: i64 = sqlx::query_scalar(
+    .await;
+    // The broadcaster notices the schema change and reinstalls the triggers (each
+    // backend's own: three on SQLite, the row and the TRUNCATE one on PostgreSQL).
+    let (installed, wanted) = match backend {
+        Backend::Sqlite => (
             "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'todos'",
-        )
-        .fetch_one(&server.pool)
-        .await
-        .unwrap();
-        if n == 3 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "triggers not reinstalled"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+            3,
+        ),
+        Backend::Postgres => (
+            "SELECT count(*) FROM pg_trigger \
+             WHERE tgrelid = to_regclass('todos') AND NOT tgisinternal",
+            2,
+        ),
+    };
+    wait_until("triggers reinstalled", || async {
+        server.db.scalar::<i64>(installed, args![]).await == wanted
+    })
+    .await;
     add_todo(&server, &todo_id("m1"), "after migration").await;
     assert_eq!(sse.next().await.data["id"], todo_id("m1"));
 }
+both!(triggers_come_back_when_a_migration_recreates_the_table);
 
-#[tokio::test]
-async fn starting_twice_installs_nothing_new() {
-    let (_dir, db) = temp_db();
+async fn starting_twice_installs_nothing_new(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let first = start(&db).await;
-    let schema = |pool: sqlx::SqlitePool| async move {
-        let v: i64 = sqlx::query_scalar("PRAGMA schema_version")
-            .fetch_one(&pool)
-            .await
-            .unwrap();
-        v
-    };
-    let before = schema(first.pool.clone()).await;
+    let before = schema(&first.db).await;
     let second = start(&db).await;
     assert_eq!(
-        schema(second.pool.clone()).await,
+        schema(&second.db).await,
         before,
         "restart changed the schema"
     );
+}
+both!(starting_twice_installs_nothing_new);
+
+/// The schema's version: SQLite's counter of schema changes; on PostgreSQL every
+/// function, trigger, relation and column of the schema with the transaction that last
+/// wrote its definition (a `CREATE OR REPLACE` writes a new one).
+async fn schema(db: &Db) -> String {
+    match db.backend() {
+        Backend::Sqlite => db
+            .scalar::<i64>("PRAGMA schema_version", args![])
+            .await
+            .to_string(),
+        Backend::Postgres => {
+            db.scalar(
+                "SELECT string_agg(item, E'\\n' ORDER BY item) FROM (
+                   SELECT 'function ' || p.proname || ' ' || p.xmin::text AS item
+                   FROM pg_proc p WHERE p.pronamespace = current_schema()::regnamespace
+                   UNION ALL
+                   SELECT 'trigger ' || c.relname || '.' || t.tgname || ' ' || t.xmin::text
+                   FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+                   WHERE c.relnamespace = current_schema()::regnamespace
+                   UNION ALL
+                   SELECT 'relation ' || c.relname || ' ' || c.oid::text
+                   FROM pg_class c WHERE c.relnamespace = current_schema()::regnamespace
+                   UNION ALL
+                   SELECT 'column ' || c.relname || '.' || a.attname || ' ' || a.xmin::text
+                   FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                   WHERE c.relnamespace = current_schema()::regnamespace AND a.attnum > 0
+                 ) AS items",
+                args![],
+            )
+            .await
+        }
+    }
+}
+
+/// Runs `sql`, several statements, as one script.
+async fn raw(db: &Db, sql: &str) {
+    match db {
+        Db::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+        Db::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }

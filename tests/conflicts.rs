@@ -1,6 +1,6 @@
-//! Conflict resolution over real HTTP and SQLite: the push API's field-level merge by
-//! HLC, each strategy, tombstones, conflicts on the event stream, and the handler API
-//! for replayed forms.
+//! Conflict resolution over real HTTP, on SQLite and on PostgreSQL: the push API's
+//! field-level merge by HLC, each strategy, tombstones, conflicts on the event stream,
+//! and the handler API for replayed forms.
 
 mod common;
 
@@ -26,6 +26,21 @@ async fn push(base: &str, entity: &str, client: &str, changes: Value) -> Value {
     res
 }
 
+/// Creates the table `notes` (integer keys the database generates, a counter).
+async fn create_notes(db: &TestDb) {
+    let key = match db.backend {
+        Backend::Sqlite => "INTEGER PRIMARY KEY",
+        Backend::Postgres => "bigserial PRIMARY KEY",
+    };
+    let pool = db.connect().await;
+    pool.execute(
+        &format!("CREATE TABLE notes (id {key}, body TEXT NOT NULL, likes INTEGER NOT NULL)"),
+        args![],
+    )
+    .await;
+    pool.close().await;
+}
+
 /// Creates `r1` as client `a` and returns the version it was created at.
 async fn create_r1(base: &str, at: &str) -> i64 {
     let res = push(
@@ -40,9 +55,8 @@ async fn create_r1(base: &str, at: &str) -> i64 {
     res["version"].as_i64().unwrap()
 }
 
-#[tokio::test]
-async fn fields_changed_on_both_sides_go_to_the_later_user_action() {
-    let (_dir, db) = temp_db();
+async fn fields_changed_on_both_sides_go_to_the_later_user_action(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let t0 = hlc(0, A);
     let v1 = create_r1(&server.base, &t0).await;
@@ -82,7 +96,7 @@ async fn fields_changed_on_both_sides_go_to_the_later_user_action() {
         }])
     );
     assert_eq!(
-        todos(&server.pool).await,
+        todos(&server.db).await,
         [("r1".into(), "oat milk".into(), true)]
     );
 
@@ -100,9 +114,9 @@ async fn fields_changed_on_both_sides_go_to_the_later_user_action() {
     assert_eq!(conflict["outcome"], "client");
     assert_eq!(conflict["fields"]["title"]["resolved"], "rice milk");
     assert_eq!(conflict["server_hlc"], json!(hb));
-    assert_eq!(todos(&server.pool).await[0].1, "rice milk");
+    assert_eq!(todos(&server.db).await[0].1, "rice milk");
     // The log replays to the table, and every entry carries an HLC.
-    assert_eq!(replay_log(&server.pool).await, todos(&server.pool).await);
+    assert_eq!(replay_log(&server.db).await, todos(&server.db).await);
     let (_, page) = pull(&server.base, "todos", "").await;
     let hlcs: Vec<&str> = page["changes"]
         .as_array()
@@ -113,14 +127,14 @@ async fn fields_changed_on_both_sides_go_to_the_later_user_action() {
     assert_eq!(hlcs[0], t0);
     assert_eq!(*hlcs.last().unwrap(), hc);
 }
+both!(fields_changed_on_both_sides_go_to_the_later_user_action);
 
-#[tokio::test]
-async fn client_wins_and_server_wins_per_entity() {
+async fn client_wins_and_server_wins_per_entity(backend: Backend) {
     for (strategy, expected) in [
         (SyncStrategy::ClientWins, "late"),
         (SyncStrategy::ServerWins, "first"),
     ] {
-        let (_dir, db) = temp_db();
+        let db = TestDb::new(backend).await;
         let server = start_with(&db, |b| b.strategy("todos", strategy)).await;
         let v1 = create_r1(&server.base, &hlc(0, A)).await;
         let first = json!([{"id": "r1", "action": "update", "data": {"title": "first"},
@@ -131,20 +145,14 @@ async fn client_wins_and_server_wins_per_entity() {
                            "hlc": hlc(10, A), "client_version": v1}]);
         let res = push(&server.base, "todos", "a", late).await;
         assert_eq!(res["conflicts"][0]["strategy"], strategy.name());
-        assert_eq!(todos(&server.pool).await[0].1, expected, "{strategy:?}");
+        assert_eq!(todos(&server.db).await[0].1, expected, "{strategy:?}");
     }
 }
+both!(client_wins_and_server_wins_per_entity);
 
-#[tokio::test]
-async fn a_custom_resolver_merges_counters_and_text() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, likes INTEGER NOT NULL)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+async fn a_custom_resolver_merges_counters_and_text(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    create_notes(&db).await;
     // Counters add both sides' increments since the base; text keeps both versions.
     let merge = |c: &FieldConflict<'_>| match (c.field, c.server, c.client) {
         ("likes", server, client) => {
@@ -173,10 +181,13 @@ async fn a_custom_resolver_merges_counters_and_text() {
                              "client_version": v1, "data": {"likes": likes, "body": body}}]);
         push(&server.base, "notes", client, change).await;
     }
-    let row: (String, i64) = sqlx::query_as("SELECT body, likes FROM notes WHERE id = 1")
-        .fetch_one(&server.pool)
-        .await
-        .unwrap();
+    let row: (String, i64) = server
+        .db
+        .fetch_one(
+            "SELECT body, CAST(likes AS BIGINT) FROM notes WHERE id = 1",
+            args![],
+        )
+        .await;
     assert_eq!(row, ("hello / hey".to_owned(), 18));
     let (_, page) = pull(&server.base, "notes", "").await;
     let last = page["changes"].as_array().unwrap().last().unwrap().clone();
@@ -186,14 +197,8 @@ async fn a_custom_resolver_merges_counters_and_text() {
 
     // A resolver's value that does not fit the column fails the push, changing nothing.
     let bad = |_: &FieldConflict<'_>| json!(null);
-    let (_dir2, db2) = temp_db();
-    let pool2 = app::open_db(&url(&db2)).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT NOT NULL, likes INTEGER NOT NULL)",
-    )
-    .execute(&pool2)
-    .await
-    .unwrap();
+    let db2 = TestDb::new(backend).await;
+    create_notes(&db2).await;
     let server = start_with(&db2, |b| {
         b.entity_named("notes")
             .writable("notes")
@@ -225,10 +230,10 @@ async fn a_custom_resolver_merges_counters_and_text() {
     );
     assert_eq!(server.engine.head().await.unwrap(), head);
 }
+both!(a_custom_resolver_merges_counters_and_text);
 
-#[tokio::test]
-async fn deletes_win_and_tombstones_keep_rows_dead() {
-    let (_dir, db) = temp_db();
+async fn deletes_win_and_tombstones_keep_rows_dead(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let created = hlc(0, A);
     let v1 = create_r1(&server.base, &created).await;
@@ -258,7 +263,7 @@ async fn deletes_win_and_tombstones_keep_rows_dead() {
         )
     );
     assert_eq!(c["fields"]["title"]["server"], "new");
-    assert!(todos(&server.pool).await.is_empty());
+    assert!(todos(&server.db).await.is_empty());
 
     // A late update (even one made after the delete) does not resurrect the row.
     let res = push(
@@ -280,8 +285,8 @@ async fn deletes_win_and_tombstones_keep_rows_dead() {
     )
     .await;
     assert_eq!(res["conflicts"][0]["reason"], "deleted");
-    assert!(todos(&server.pool).await.is_empty());
-    assert_eq!(replay_log(&server.pool).await, Vec::new());
+    assert!(todos(&server.db).await.is_empty());
+    assert_eq!(replay_log(&server.db).await, Vec::new());
 
     // A delete that arrives before the create it follows leaves a tombstone.
     push(
@@ -299,12 +304,12 @@ async fn deletes_win_and_tombstones_keep_rows_dead() {
     )
     .await;
     assert_eq!(res["conflicts"][0]["reason"], "deleted");
-    assert!(todos(&server.pool).await.is_empty());
+    assert!(todos(&server.db).await.is_empty());
 }
+both!(deletes_win_and_tombstones_keep_rows_dead);
 
-#[tokio::test]
-async fn without_delete_wins_the_later_action_wins() {
-    let (_dir, db) = temp_db();
+async fn without_delete_wins_the_later_action_wins(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.delete_wins("todos", false)).await;
     let v1 = create_r1(&server.base, &hlc(0, A)).await;
     push(
@@ -325,14 +330,14 @@ async fn without_delete_wins_the_later_action_wins() {
     assert_eq!(res["applied"], json!(["r1"]));
     assert_eq!(res["conflicts"][0]["outcome"], "client");
     assert_eq!(
-        todos(&server.pool).await,
+        todos(&server.db).await,
         [("r1".into(), "milk".into(), true)]
     );
 }
+both!(without_delete_wins_the_later_action_wins);
 
-#[tokio::test]
-async fn a_replayed_push_changes_nothing() {
-    let (_dir, db) = temp_db();
+async fn a_replayed_push_changes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.strategy("todos", SyncStrategy::ClientWins)).await;
     let v1 = create_r1(&server.base, &hlc(0, A)).await;
     let first = json!([{"id": "r1", "action": "update", "data": {"title": "a"}, "hlc": hlc(10, A), "client_version": v1}]);
@@ -356,15 +361,15 @@ async fn a_replayed_push_changes_nothing() {
         (&json!([]), &json!(["r1"]), &json!([]))
     );
     assert_eq!(server.engine.head().await.unwrap(), head);
-    assert_eq!(todos(&server.pool).await[0].1, "b");
+    assert_eq!(todos(&server.db).await[0].1, "b");
 }
+both!(a_replayed_push_changes_nothing);
 
 /// A device whose clock is 20 h fast neither wins every conflict for 20 h nor drags
 /// the server's clock (and so every tab's) forward; at 36 h its queued edit is still
 /// applied, never refused.
-#[tokio::test]
-async fn an_hlc_far_ahead_is_clamped_to_the_server_clock_and_reported() {
-    let (_dir, db) = temp_db();
+async fn an_hlc_far_ahead_is_clamped_to_the_server_clock_and_reported(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let v1 = create_r1(&server.base, &hlc(0, A)).await;
     let hour = 3_600_000;
@@ -400,7 +405,7 @@ async fn an_hlc_far_ahead_is_clamped_to_the_server_clock_and_reported() {
     )
     .await;
     assert_eq!(res["applied"], json!(["r1"]), "{res}");
-    assert_eq!(todos(&server.pool).await[0].1, "from b, later");
+    assert_eq!(todos(&server.db).await[0].1, "from b, later");
     // 36 h ahead, through the handler API too: applied and reported, not refused.
     let ctx = SyncContext::new().with_hlc(hlc(36 * hour, C).parse().unwrap());
     let done = server
@@ -422,13 +427,15 @@ async fn an_hlc_far_ahead_is_clamped_to_the_server_clock_and_reported() {
     );
     assert_eq!(server.engine.head().await.unwrap(), head);
 }
+both!(an_hlc_far_ahead_is_clamped_to_the_server_clock_and_reported);
 
 /// Two different writes that share an HLC — two `engine.write` calls in one handler, or
 /// a create and an update in one push — are both applied; only the very same change
 /// sent again is a duplicate, and it is reported as one, never as applied.
-#[tokio::test]
-async fn writes_sharing_an_hlc_are_all_applied_and_only_true_replays_are_duplicates() {
-    let (_dir, db) = temp_db();
+async fn writes_sharing_an_hlc_are_all_applied_and_only_true_replays_are_duplicates(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let at = hlc(5, A);
     let batch = json!([
@@ -446,7 +453,7 @@ async fn writes_sharing_an_hlc_are_all_applied_and_only_true_replays_are_duplica
     );
     assert_eq!(res["duplicates"], json!([]));
     assert_eq!(
-        todos(&server.pool).await,
+        todos(&server.db).await,
         [
             ("r1".into(), "second".into(), false),
             ("r2".into(), "again".into(), false)
@@ -477,13 +484,13 @@ async fn writes_sharing_an_hlc_are_all_applied_and_only_true_replays_are_duplica
     let first = writer.update("r1", [("title", "one")]).await.unwrap();
     let second = writer.update("r1", [("title", "two")]).await.unwrap();
     assert!(first.applied() && second.applied(), "{second:?}");
-    assert_eq!(todos(&server.pool).await[0].1, "two");
+    assert_eq!(todos(&server.db).await[0].1, "two");
     let back = writer.update("r1", [("title", "one")]).await.unwrap();
     assert!(
         back.applied(),
         "the same write again later in a request is a write: {back:?}"
     );
-    assert_eq!(todos(&server.pool).await[0].1, "one");
+    assert_eq!(todos(&server.db).await[0].1, "one");
     // The request replayed: a new context from the same headers, the same writes.
     let replayed = SyncContext::new()
         .with_hlc(hlc(6, A).parse().unwrap())
@@ -494,7 +501,7 @@ async fn writes_sharing_an_hlc_are_all_applied_and_only_true_replays_are_duplica
         let again = writer.update("r1", [("title", title)]).await.unwrap();
         assert!(again.duplicate() && !again.applied(), "{again:?}");
     }
-    assert_eq!(todos(&server.pool).await[0].1, "one");
+    assert_eq!(todos(&server.db).await[0].1, "one");
 
     // In one push: [a, b, a] with one HLC ends at a; the same push again changes nothing.
     let at = hlc(7, A);
@@ -505,15 +512,15 @@ async fn writes_sharing_an_hlc_are_all_applied_and_only_true_replays_are_duplica
     ]);
     let res = push(&server.base, "todos", "a", batch.clone()).await;
     assert_eq!(res["applied"], json!(["r1", "r1", "r1"]), "{res}");
-    assert_eq!(todos(&server.pool).await[0].1, "a");
+    assert_eq!(todos(&server.db).await[0].1, "a");
     let res = push(&server.base, "todos", "a", batch).await;
     assert_eq!(res["duplicates"], json!(["r1", "r1", "r1"]), "{res}");
-    assert_eq!(todos(&server.pool).await[0].1, "a");
+    assert_eq!(todos(&server.db).await[0].1, "a");
 }
+both!(writes_sharing_an_hlc_are_all_applied_and_only_true_replays_are_duplicates);
 
-#[tokio::test]
-async fn conflicts_ride_on_their_change_in_the_event_stream_and_resume() {
-    let (_dir, db) = temp_db();
+async fn conflicts_ride_on_their_change_in_the_event_stream_and_resume(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let v1 = create_r1(&server.base, &hlc(0, A)).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
@@ -560,17 +567,20 @@ async fn conflicts_ride_on_their_change_in_the_event_stream_and_resume() {
     .await;
     assert_eq!(page["changes"][0]["conflict"], e.data["conflict"]);
 }
+both!(conflicts_ride_on_their_change_in_the_event_stream_and_resume);
 
-#[tokio::test]
-async fn the_apps_own_sql_writes_have_an_hlc_and_take_part() {
-    let (_dir, db) = temp_db();
+async fn the_apps_own_sql_writes_have_an_hlc_and_take_part(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let v1 = create_r1(&server.base, &hlc(-60_000, A)).await;
     // The app's own SQL renames: its HLC comes from when the database wrote it.
-    sqlx::query("UPDATE todos SET title = 'from the app' WHERE id = 'r1'")
-        .execute(&server.pool)
-        .await
-        .unwrap();
+    server
+        .db
+        .execute(
+            "UPDATE todos SET title = 'from the app' WHERE id = 'r1'",
+            args![],
+        )
+        .await;
     let (_, page) = pull(&server.base, "todos", &format!("?since={v1}")).await;
     let app_hlc: Hlc = page["changes"][0]["hlc"].as_str().unwrap().parse().unwrap();
     assert_eq!((app_hlc.counter(), app_hlc.node()), (0, 0));
@@ -579,9 +589,10 @@ async fn the_apps_own_sql_writes_have_an_hlc_and_take_part() {
         let change = json!([{"id": "r1", "action": "update", "data": {"title": "later"},
                              "hlc": hlc(offset, node), "client_version": v1}]);
         push(&server.base, "todos", "x", change).await;
-        assert_eq!(todos(&server.pool).await[0].1, expected);
+        assert_eq!(todos(&server.db).await[0].1, expected);
     }
 }
+both!(the_apps_own_sql_writes_have_an_hlc_and_take_part);
 
 /// A handler that opts in: a rename through the merge, answering its outcome.
 async fn rename(
@@ -610,10 +621,10 @@ async fn remove(
     ))
 }
 
-#[tokio::test]
-async fn replayed_forms_get_the_same_merge_through_the_handler_api() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
+async fn replayed_forms_get_the_same_merge_through_the_handler_api(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = app::open(&db.url).await.unwrap();
+    let rows = Db::from(&pool);
     let engine = SyncEngine::builder(pool.clone())
         .entity::<app::Todo>()
         .writable("todos")
@@ -661,7 +672,7 @@ async fn replayed_forms_get_the_same_merge_through_the_handler_api() {
     assert_eq!(res["applied"], true);
     assert_eq!(res["conflict"]["outcome"], "server");
     assert_eq!(res["conflict"]["client_id"], "a");
-    assert_eq!(todos(&pool).await[0].1, "b");
+    assert_eq!(todos(&rows).await[0].1, "b");
     // Without the headers a handler's write is last-arrival.
     let res: Value = form("plain", &[])
         .send()
@@ -674,7 +685,7 @@ async fn replayed_forms_get_the_same_merge_through_the_handler_api() {
         (&res["applied"], &res["conflict"]),
         (&json!(true), &Value::Null)
     );
-    assert_eq!(todos(&pool).await[0].1, "plain");
+    assert_eq!(todos(&rows).await[0].1, "plain");
     // A malformed header is refused.
     let res = form("x", &[("X-Rhtmx-Hlc", "yesterday".to_owned())])
         .send()
@@ -693,7 +704,7 @@ async fn replayed_forms_get_the_same_merge_through_the_handler_api() {
         .await
         .unwrap();
     assert_eq!(res["conflict"]["outcome"], "deleted");
-    assert!(todos(&pool).await.is_empty());
+    assert!(todos(&rows).await.is_empty());
     // Renaming the deleted row is refused, not resurrected. (A new action, so a new HLC:
     // the same HLC again would be a replay of the first rename.)
     let again = [
@@ -712,6 +723,7 @@ async fn replayed_forms_get_the_same_merge_through_the_handler_api() {
         (&json!(false), &json!("deleted"))
     );
 }
+both!(replayed_forms_get_the_same_merge_through_the_handler_api);
 
 #[derive(Syncable)]
 #[sync(table = "todos", strategy = Custom, delete_wins = false)]
@@ -721,13 +733,12 @@ struct CustomTodo {
     title: String,
 }
 
-#[tokio::test]
-async fn the_derive_names_custom_and_delete_wins_and_custom_needs_a_resolver() {
+async fn the_derive_names_custom_and_delete_wins_and_custom_needs_a_resolver(backend: Backend) {
     assert_eq!(CustomTodo::STRATEGY, SyncStrategy::Custom);
     assert!(!delete_wins::<CustomTodo>());
     assert!(delete_wins::<app::Todo>());
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
+    let db = TestDb::new(backend).await;
+    let pool = app::open(&db.url).await.unwrap();
     let err = SyncEngine::builder(pool.clone())
         .entity::<CustomTodo>()
         .build()
@@ -749,6 +760,7 @@ async fn the_derive_names_custom_and_delete_wins_and_custom_needs_a_resolver() {
         .await
         .unwrap();
 }
+both!(the_derive_names_custom_and_delete_wins_and_custom_needs_a_resolver);
 
 /// Read through a function so the assertions are not on constants.
 fn delete_wins<T: Syncable>() -> bool {

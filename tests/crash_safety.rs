@@ -21,75 +21,87 @@ fn writer_child() {
         return;
     };
     let count: Option<usize> = std::env::var(COUNT_ENV).ok().map(|c| c.parse().unwrap());
-    tokio::runtime::Runtime::new().unwrap().block_on(async move {
-        let pool = app::open_db(&url(std::path::Path::new(&db))).await.unwrap();
-        if let Some(count) = count {
-            for i in 0..count {
-                sqlx::query("INSERT INTO todos (id, title) VALUES (?, 'from another process')")
-                    .bind(format!("x{i:03}"))
-                    .execute(&pool)
-                    .await
-                    .unwrap();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(async move {
+            let pool = TestDb::existing(&db).connect().await;
+            // SQLite's REPLACE deletes the row it collides with; PostgreSQL's upsert updates it.
+            let replace = match pool.backend() {
+                Backend::Sqlite => "INSERT OR REPLACE INTO todos (id, title) VALUES ($1, $2)",
+                Backend::Postgres => {
+                    "INSERT INTO todos (id, title) VALUES ($1, $2) \
+                                  ON CONFLICT (id) DO UPDATE SET title = excluded.title"
+                }
+            };
+            if let Some(count) = count {
+                for i in 0..count {
+                    pool.execute(
+                        "INSERT INTO todos (id, title) VALUES ($1, 'from another process')",
+                        args![format!("x{i:03}")],
+                    )
+                    .await;
+                }
+                return;
             }
-            return;
-        }
-        let tasks: Vec<_> = (0..4u64)
-            .map(|task| {
-                let pool = pool.clone();
-                tokio::spawn(async move {
-                    let mut seed = task * 7919 + 1;
-                    for n in 0u64.. {
-                        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                        let id = format!("w{}", (seed >> 33) % 200);
-                        let result = match n % 4 {
-                            0 => sqlx::query("INSERT OR IGNORE INTO todos (id, title) VALUES (?, ?)")
-                                .bind(&id)
-                                .bind(format!("t{n}"))
-                                .execute(&pool)
+            let tasks: Vec<_> =
+                (0..4u64)
+                    .map(|task| {
+                        let pool = pool.clone();
+                        tokio::spawn(async move {
+                            let mut seed = task * 7919 + 1;
+                            for n in 0u64.. {
+                                seed = seed
+                                    .wrapping_mul(6364136223846793005)
+                                    .wrapping_add(1442695040888963407);
+                                let id = format!("w{}", (seed >> 33) % 200);
+                                let result = match n % 4 {
+                            0 => pool
+                                .try_execute(
+                                    "INSERT INTO todos (id, title) VALUES ($1, $2) \
+                                     ON CONFLICT DO NOTHING",
+                                    args![&id, format!("t{n}")],
+                                )
                                 .await
                                 .map(drop),
-                            1 => sqlx::query("UPDATE todos SET completed = NOT completed, title = ? WHERE id = ?")
-                                .bind(format!("u{n}"))
-                                .bind(&id)
-                                .execute(&pool)
+                            1 => pool
+                                .try_execute(
+                                    "UPDATE todos SET completed = NOT completed, title = $1 \
+                                     WHERE id = $2",
+                                    args![format!("u{n}"), &id],
+                                )
                                 .await
                                 .map(drop),
-                            2 => sqlx::query("DELETE FROM todos WHERE id = ?")
-                                .bind(&id)
-                                .execute(&pool)
+                            2 => pool
+                                .try_execute("DELETE FROM todos WHERE id = $1", args![&id])
                                 .await
                                 .map(drop),
-                            _ => async {
-                                let mut tx = pool.begin().await?;
-                                for k in 0..3 {
-                                    sqlx::query("INSERT OR REPLACE INTO todos (id, title) VALUES (?, ?)")
-                                        .bind(format!("{id}-{k}"))
-                                        .bind(format!("batch {n}"))
-                                        .execute(&mut *tx)
-                                        .await?;
-                                }
-                                sqlx::query("UPDATE todos SET title = 'batched' WHERE id = ?")
-                                    .bind(&id)
-                                    .execute(&mut *tx)
-                                    .await?;
-                                tx.commit().await
+                            _ => {
+                                let mut statements: Vec<(&str, Vec<Arg>)> = (0..3)
+                                    .map(|k| {
+                                        (replace, args![format!("{id}-{k}"), format!("batch {n}")])
+                                    })
+                                    .collect();
+                                statements.push((
+                                    "UPDATE todos SET title = 'batched' WHERE id = $1",
+                                    args![&id],
+                                ));
+                                pool.try_transaction(statements).await
                             }
-                            .await,
                         };
-                        if result.is_ok() {
-                            println!("committed {task} {n}");
-                        }
-                    }
-                })
-            })
-            .collect();
-        for t in tasks {
-            t.await.unwrap();
-        }
-    });
+                                if result.is_ok() {
+                                    println!("committed {task} {n}");
+                                }
+                            }
+                        })
+                    })
+                    .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
 }
 
-fn spawn_writer(db: &std::path::Path, count: Option<usize>) -> Child {
+fn spawn_writer(db: &str, count: Option<usize>) -> Child {
     let mut cmd = Command::new(std::env::current_exe().unwrap());
     cmd.args([
         "writer_child",
@@ -108,13 +120,12 @@ fn spawn_writer(db: &std::path::Path, count: Option<usize>) -> Child {
     cmd.spawn().expect("spawn the writer process")
 }
 
-#[tokio::test]
-async fn another_process_writes_reach_the_event_stream() {
-    let (_dir, db) = temp_db();
+async fn another_process_writes_reach_the_event_stream(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
     let status = tokio::task::spawn_blocking({
-        let db = db.clone();
+        let db = db.url.clone();
         move || spawn_writer(&db, Some(30)).wait().unwrap()
     })
     .await
@@ -128,16 +139,16 @@ async fn another_process_writes_reach_the_event_stream() {
     let expected: Vec<String> = (0..30).map(|i| format!("x{i:03}")).collect();
     assert_eq!(ids, expected);
 }
+both!(another_process_writes_reach_the_event_stream);
 
-#[tokio::test]
-async fn sigkill_mid_burst_leaves_no_row_without_its_log_entry_and_vice_versa() {
-    let (_dir, db) = temp_db();
-    // The engine installs the triggers; the killed process is a plain sqlx app.
+async fn sigkill_mid_burst_leaves_no_row_without_its_log_entry_and_vice_versa(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    // The engine installs the capture; the killed process is a plain sqlx app. The
+    // engine keeps running (on PostgreSQL it numbers what commits while the writer dies).
     let server = start(&db).await;
-    drop(server);
 
     let committed = tokio::task::spawn_blocking({
-        let db = db.clone();
+        let db = db.url.clone();
         move || {
             let mut child = spawn_writer(&db, None);
             let stdout = BufReader::new(child.stdout.take().unwrap());
@@ -160,20 +171,30 @@ async fn sigkill_mid_burst_leaves_no_row_without_its_log_entry_and_vice_versa() 
     .unwrap();
     assert_eq!(committed, 400, "the writer died before it was killed");
 
-    let pool = app::open_db(&url(&db)).await.unwrap();
-    let check: String = sqlx::query_scalar("PRAGMA integrity_check")
-        .fetch_one(&pool)
+    let pool = db.connect().await;
+    if backend == Backend::Sqlite {
+        let check: String = pool.scalar("PRAGMA integrity_check", args![]).await;
+        assert_eq!(check, "ok");
+    }
+    // Every committed entry numbered (PostgreSQL numbers them after commit).
+    wait_until("every logged change has its version", || async {
+        pool.scalar::<i64>(
+            "SELECT count(*) FROM _rhtmx_sync_log WHERE version IS NULL",
+            args![],
+        )
         .await
-        .unwrap();
-    assert_eq!(check, "ok");
+            == 0
+    })
+    .await;
+    drop(server);
     let rows = todos(&pool).await;
     assert!(!rows.is_empty());
     // Replaying the log rebuilds the table exactly: every committed row has its entry
     // and no entry exists for a change that did not commit.
     assert_eq!(replay_log(&pool).await, rows);
-    let logged: i64 = sqlx::query_scalar("SELECT count(*) FROM _rhtmx_sync_log")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let logged: i64 = pool
+        .scalar("SELECT count(*) FROM _rhtmx_sync_log", args![])
+        .await;
     assert!(logged >= 100, "only {logged} log entries for 400 commits");
 }
+both!(sigkill_mid_burst_leaves_no_row_without_its_log_entry_and_vice_versa);

@@ -10,7 +10,6 @@ use std::sync::Arc;
 use common::*;
 use futures_util::StreamExt;
 use rhtmx_sync::{Principal, Scope, SyncEngine};
-use sqlx::SqlitePool;
 
 /// xorshift64*: small, seeded, and enough for picking shapes.
 struct Rng(u64);
@@ -314,59 +313,65 @@ impl From<Session> for Principal {
     }
 }
 
-async fn everything(pool: &SqlitePool) -> String {
+/// Every row of every table (the app's and the engine's, the log included), as text.
+async fn everything(db: &Db, engine: &SyncEngine) -> String {
+    // What is committed is numbered first (PostgreSQL numbers the log after commit).
+    engine.head().await.unwrap();
+    let (tables, columns, quote) = match db.backend() {
+        Backend::Sqlite => (
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+            "quote",
+        ),
+        Backend::Postgres => (
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1",
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+            "quote_nullable",
+        ),
+    };
     let mut out = String::new();
-    for (table, columns) in [
-        ("docs", "id, tenant_id, body"),
-        ("notes", "id, owner_id, body"),
-        ("secrets", "id, body"),
-        (
-            "_rhtmx_sync_log",
-            "version, entity, entity_id, action, data, changed, client_id, hlc, created_at, \
-             conflict, digest, scope_before, scope_after",
-        ),
-        ("_rhtmx_sync_meta", "key, value"),
-        (
-            "_rhtmx_sync_context",
-            "entity, entity_id, hlc, client_id, changed, conflict, digest",
-        ),
-    ] {
-        let quoted = columns
-            .split(", ")
-            .map(|c| format!("quote({c})"))
+    for (table,) in db.fetch_all::<(String,)>(tables, args![]).await {
+        let columns: Vec<(String,)> = db.fetch_all(columns, args![&table]).await;
+        let row = columns
+            .iter()
+            .map(|(c,)| format!("{quote}(\"{c}\")"))
             .collect::<Vec<_>>()
             .join(" || ',' || ");
-        let rows: Vec<String> =
-            sqlx::query_scalar(&format!("SELECT {quoted} FROM {table} ORDER BY 1"))
-                .fetch_all(pool)
-                .await
-                .unwrap();
+        let rows: Vec<(String,)> = db
+            .fetch_all(
+                &format!("SELECT {row} FROM \"{table}\" ORDER BY 1"),
+                args![],
+            )
+            .await;
         out.push_str(&format!("{table} {rows:?}\n"));
     }
     out
 }
 
-#[tokio::test]
-async fn random_and_malformed_requests_all_answer_4xx_and_change_nothing() {
+async fn random_and_malformed_requests_all_answer_4xx_and_change_nothing(backend: Backend) {
     let seed: u64 = std::env::var("FUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(0x5eed_cafe_f00d_0001);
-    let (_dir, db) = temp_db();
-    let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
-        .await
-        .unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT);
-         CREATE TABLE notes (id INTEGER PRIMARY KEY, owner_id TEXT, body TEXT NOT NULL);
-         CREATE TABLE secrets (id TEXT PRIMARY KEY, body TEXT);
-         INSERT INTO docs VALUES ('doc-of-a', 'a', 'x'), ('doc-of-b', 'b', 'y');
-         INSERT INTO notes VALUES (1, 'alice', 'n');
-         INSERT INTO secrets VALUES ('s', 'z');",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    let db = TestDb::new(backend).await;
+    let pool = app::open(&db.url).await.unwrap();
+    let sql = Db::from(&pool);
+    let note_key = match backend {
+        Backend::Sqlite => "INTEGER PRIMARY KEY",
+        Backend::Postgres => "bigserial PRIMARY KEY",
+    };
+    for statement in [
+        "CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT)".to_owned(),
+        format!("CREATE TABLE notes (id {note_key}, owner_id TEXT, body TEXT NOT NULL)"),
+        "CREATE TABLE secrets (id TEXT PRIMARY KEY, body TEXT)".to_owned(),
+        "INSERT INTO docs VALUES ('doc-of-a', 'a', 'x'), ('doc-of-b', 'b', 'y')".to_owned(),
+        "INSERT INTO notes VALUES (1, 'alice', 'n')".to_owned(),
+        "INSERT INTO secrets VALUES ('s', 'z')".to_owned(),
+    ] {
+        sql.execute(&statement, args![]).await;
+    }
     let engine = SyncEngine::builder(pool.clone())
         .entity_named("docs")
         .entity_named("notes")
@@ -380,7 +385,7 @@ async fn random_and_malformed_requests_all_answer_4xx_and_change_nothing() {
         .await
         .unwrap();
     let (base, _task) = serve(engine.routes()).await;
-    let before = everything(&pool).await;
+    let before = everything(&sql, &engine).await;
     assert!(before.contains("doc-of-a"), "{before}");
 
     let total: usize = std::env::var("FUZZ_REQUESTS")
@@ -425,5 +430,6 @@ async fn random_and_malformed_requests_all_answer_4xx_and_change_nothing() {
         get_status(&format!("{base}/api/sync/docs?since=0")).await,
         200
     );
-    assert_eq!(everything(&pool).await, before, "seed {seed}");
+    assert_eq!(everything(&sql, &engine).await, before, "seed {seed}");
 }
+both!(random_and_malformed_requests_all_answer_4xx_and_change_nothing);

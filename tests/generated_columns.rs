@@ -1,4 +1,5 @@
-//! A generated column (`GENERATED ALWAYS AS ...`, virtual or stored) syncs read-only:
+//! A generated column (`GENERATED ALWAYS AS ...`, virtual or stored; PostgreSQL before
+//! 18 has only stored ones) syncs read-only:
 //! the engine builds, clients get its value in every row, and a client writing it is
 //! refused with a 422 that says why.
 
@@ -7,7 +8,6 @@ mod common;
 use common::*;
 use rhtmx_sync::{Hlc, SyncContext, Syncable};
 use serde_json::{json, Value};
-use sqlx::SqlitePool;
 
 /// A model whose table computes two of its columns.
 #[derive(Debug, PartialEq, sqlx::FromRow, Syncable)]
@@ -16,46 +16,53 @@ struct Person {
     id: String,
     first: String,
     last: String,
-    /// `GENERATED ALWAYS AS (...) VIRTUAL`.
+    /// `GENERATED ALWAYS AS (...) VIRTUAL` (`STORED` on PostgreSQL).
     full_name: String,
     /// `GENERATED ALWAYS AS (...) STORED`, and `NOT NULL` without a default.
     initials: String,
 }
 
-const PEOPLE: &str = "CREATE TABLE people (
+/// The table on `backend`: PostgreSQL (before 18) has no virtual generated column.
+fn people(backend: Backend) -> String {
+    let virtual_ = match backend {
+        Backend::Sqlite => "VIRTUAL",
+        Backend::Postgres => "STORED",
+    };
+    format!(
+        "CREATE TABLE people (
     id TEXT PRIMARY KEY NOT NULL,
     first TEXT NOT NULL,
     last TEXT NOT NULL,
-    full_name TEXT GENERATED ALWAYS AS (first || ' ' || last) VIRTUAL,
+    full_name TEXT GENERATED ALWAYS AS (first || ' ' || last) {virtual_},
     initials TEXT NOT NULL GENERATED ALWAYS AS (substr(first, 1, 1) || substr(last, 1, 1)) STORED
-)";
+)"
+    )
+}
 
 /// The example's database with `people` added, on a pool of its own.
-async fn people_db(db: &std::path::Path) -> SqlitePool {
-    let pool = app::open_db(&url(db)).await.expect("open db");
-    sqlx::query(PEOPLE).execute(&pool).await.unwrap();
+async fn people_db(db: &TestDb) -> Db {
+    let pool = db.connect().await;
+    pool.execute(&people(db.backend), args![]).await;
     pool
 }
 
 /// The rows, read through the model.
-async fn rows(pool: &SqlitePool) -> Vec<Person> {
-    sqlx::query_as("SELECT * FROM people ORDER BY id")
-        .fetch_all(pool)
+async fn rows(pool: &Db) -> Vec<Person> {
+    pool.fetch_all("SELECT * FROM people ORDER BY id", args![])
         .await
-        .unwrap()
 }
 
-#[tokio::test]
-async fn a_model_with_generated_columns_builds_and_syncs_them_read_only() {
-    let (_dir, db) = temp_db();
+async fn a_model_with_generated_columns_builds_and_syncs_them_read_only(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let pool = people_db(&db).await;
     let server = start_with(&db, |b| b.entity::<Person>().writable("people")).await;
 
     // Written by the app's own SQL: the log carries the computed values.
-    sqlx::query("INSERT INTO people (id, first, last) VALUES ('p1', 'Ada', 'Lovelace')")
-        .execute(&pool)
-        .await
-        .unwrap();
+    pool.execute(
+        "INSERT INTO people (id, first, last) VALUES ('p1', 'Ada', 'Lovelace')",
+        args![],
+    )
+    .await;
     let (status, page) = pull(&server.base, "people", "").await;
     assert_eq!(status, 200, "{page}");
     assert_eq!(
@@ -109,26 +116,29 @@ async fn a_model_with_generated_columns_builds_and_syncs_them_read_only() {
     assert!(err.to_string().contains("generated"), "{err}");
     assert_eq!(rows(&pool).await, before, "a refused write changed a row");
 }
+both!(a_model_with_generated_columns_builds_and_syncs_them_read_only);
 
-#[tokio::test]
-async fn a_table_registered_by_name_syncs_its_generated_columns_too() {
-    let (_dir, db) = temp_db();
+async fn a_table_registered_by_name_syncs_its_generated_columns_too(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let pool = people_db(&db).await;
     let server = start_with(&db, |b| b.entity_named("people").writable("people")).await;
-    sqlx::query("INSERT INTO people (id, first, last) VALUES ('p1', 'Ada', 'Lovelace')")
-        .execute(&pool)
-        .await
-        .unwrap();
+    pool.execute(
+        "INSERT INTO people (id, first, last) VALUES ('p1', 'Ada', 'Lovelace')",
+        args![],
+    )
+    .await;
     let (_, page) = pull(&server.base, "people", "").await;
     assert_eq!(page["changes"][0]["data"]["full_name"], "Ada Lovelace");
     assert_eq!(page["changes"][0]["data"]["initials"], "AL");
 }
+both!(a_table_registered_by_name_syncs_its_generated_columns_too);
 
-#[tokio::test]
-async fn an_update_newer_than_a_delete_restores_the_row_without_writing_generated_columns() {
+async fn an_update_newer_than_a_delete_restores_the_row_without_writing_generated_columns(
+    backend: Backend,
+) {
     // With delete_wins = false the row comes back from its last logged state, which
     // holds the generated values: they must not be inserted.
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(backend).await;
     let pool = people_db(&db).await;
     let server = start_with(&db, |b| {
         b.entity::<Person>()
@@ -180,3 +190,4 @@ async fn an_update_newer_than_a_delete_restores_the_row_without_writing_generate
         }]
     );
 }
+both!(an_update_newer_than_a_delete_restores_the_row_without_writing_generated_columns);

@@ -19,7 +19,6 @@ use axum::Router;
 use common::*;
 use reqwest::{Method, RequestBuilder};
 use rhtmx_sync::{IdempotencyLayer, SyncEngine};
-use sqlx::SqlitePool;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 
@@ -187,13 +186,15 @@ async fn stream(State(probe): State<Arc<Probe>>) -> axum::body::Body {
 /// idempotency layer.
 struct Harness {
     base: String,
-    pool: SqlitePool,
+    /// The app's own pool (the one the engine runs on).
+    db: Db,
     engine: SyncEngine,
     probe: Arc<Probe>,
     entered: mpsc::UnboundedReceiver<usize>,
     cancelled: mpsc::UnboundedReceiver<usize>,
     servers: Vec<JoinHandle<()>>,
-    _dir: tempfile::TempDir,
+    /// The database, kept until the end of the test.
+    _db: TestDb,
 }
 
 impl Drop for Harness {
@@ -206,10 +207,13 @@ impl Drop for Harness {
 
 impl Harness {
     /// Starts a server whose layer is configured by `configure`.
-    async fn start(configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer) -> Harness {
-        let (dir, db) = temp_db();
-        let pool = app::open_db(&url(&db)).await.expect("open db");
-        let engine = app::engine(&pool).await.expect("engine");
+    async fn start(
+        backend: Backend,
+        configure: impl FnOnce(IdempotencyLayer) -> IdempotencyLayer,
+    ) -> Harness {
+        let test_db = TestDb::new(backend).await;
+        let pool = app::open(&test_db.url).await.expect("open db");
+        let engine = app::engine(pool.clone()).await.expect("engine");
         let (entered_tx, entered) = mpsc::unbounded_channel();
         let (cancelled_tx, cancelled) = mpsc::unbounded_channel();
         let probe = Arc::new(Probe {
@@ -221,13 +225,13 @@ impl Harness {
         });
         let mut harness = Harness {
             base: String::new(),
-            pool,
+            db: Db::from(&pool),
             engine,
             probe,
             entered,
             cancelled,
             servers: Vec::new(),
-            _dir: dir,
+            _db: test_db,
         };
         let layer = configure(harness.engine.idempotency_layer());
         harness.base = harness.serve(layer).await;
@@ -276,10 +280,12 @@ impl Harness {
 
     /// The stored keys as `(key, state)`, ordered by key.
     async fn keys(&self) -> Vec<(String, String)> {
-        sqlx::query_as("SELECT key, state FROM _rhtmx_sync_idempotency ORDER BY key")
-            .fetch_all(&self.pool)
+        self.db
+            .fetch_all(
+                "SELECT key, state FROM _rhtmx_sync_idempotency ORDER BY key",
+                args![],
+            )
             .await
-            .unwrap()
     }
 }
 
@@ -340,9 +346,8 @@ fn keys(list: &[(&str, &str)]) -> Vec<(String, String)> {
         .collect()
 }
 
-#[tokio::test]
-async fn a_replayed_write_is_applied_once_and_gets_the_same_response() {
-    let mut h = Harness::start(|layer| layer).await;
+async fn a_replayed_write_is_applied_once_and_gets_the_same_response(backend: Backend) {
+    let mut h = Harness::start(backend, |layer| layer).await;
     // A create without a client id: only the layer stands between a replay and a
     // second row.
     let base = h.base.clone();
@@ -356,7 +361,7 @@ async fn a_replayed_write_is_applied_once_and_gets_the_same_response() {
     assert!(replay.replayed(), "{replay:?}");
     assert_eq!(replay.body, first.body);
     assert_eq!(replay.header("content-type"), first.header("content-type"));
-    assert_eq!(todos(&h.pool).await.len(), 1);
+    assert_eq!(todos(&h.db).await.len(), 1);
     assert_eq!(h.keys().await, keys(&[("create-1", "completed")]));
 
     // Status and htmx headers are replayed; other headers belong to the first answer.
@@ -372,7 +377,7 @@ async fn a_replayed_write_is_applied_once_and_gets_the_same_response() {
     assert_eq!(h.calls(), 1);
 
     // PUT is covered too.
-    let id = &todos(&h.pool).await[0].0;
+    let id = &todos(&h.db).await[0].0;
     let rename = |base: &str| {
         request_to(base, Method::PUT, &format!("/todos/{id}"), Some("rename-1"))
             .form(&[("title", "oat milk")])
@@ -391,17 +396,17 @@ async fn a_replayed_write_is_applied_once_and_gets_the_same_response() {
     assert_eq!(replay.body, "call 1", "other headers are not fingerprinted");
     assert_eq!(h.calls(), 1);
 }
+both!(a_replayed_write_is_applied_once_and_gets_the_same_response);
 
-#[tokio::test]
-async fn the_same_key_for_a_different_request_answers_422_and_changes_nothing() {
-    let h = Harness::start(|layer| layer).await;
+async fn the_same_key_for_a_different_request_answers_422_and_changes_nothing(backend: Backend) {
+    let h = Harness::start(backend, |layer| layer).await;
     let first = send(
         h.request(Method::POST, "/todos", Some("k"))
             .form(&[("title", "milk")]),
     )
     .await;
     assert_eq!(first.status, 200);
-    let before = todos(&h.pool).await;
+    let before = todos(&h.db).await;
 
     let other_body = send(
         h.request(Method::POST, "/todos", Some("k"))
@@ -420,14 +425,14 @@ async fn the_same_key_for_a_different_request_answers_422_and_changes_nothing() 
     .await;
     assert_eq!(other_type.status, 422);
 
-    assert_eq!(todos(&h.pool).await, before);
+    assert_eq!(todos(&h.db).await, before);
     assert_eq!(h.calls(), 0);
     assert_eq!(h.keys().await, keys(&[("k", "completed")]));
 }
+both!(the_same_key_for_a_different_request_answers_422_and_changes_nothing);
 
-#[tokio::test]
-async fn a_duplicate_while_the_first_is_in_flight_answers_409() {
-    let mut h = Harness::start(|layer| layer).await;
+async fn a_duplicate_while_the_first_is_in_flight_answers_409(backend: Backend) {
+    let mut h = Harness::start(backend, |layer| layer).await;
     let base = h.base.clone();
     let slow = || request_to(&base, Method::POST, "/slow", Some("k")).body("a");
     let first = tokio::spawn(send(slow()));
@@ -448,10 +453,10 @@ async fn a_duplicate_while_the_first_is_in_flight_answers_409() {
     assert!(retry.replayed());
     assert_eq!(h.calls(), 1);
 }
+both!(a_duplicate_while_the_first_is_in_flight_answers_409);
 
-#[tokio::test]
-async fn a_server_error_is_not_stored_so_the_retry_runs_again() {
-    let h = Harness::start(|layer| layer).await;
+async fn a_server_error_is_not_stored_so_the_retry_runs_again(backend: Backend) {
+    let h = Harness::start(backend, |layer| layer).await;
     let flaky = || h.request(Method::POST, "/flaky", Some("k"));
     let failed = send(flaky()).await;
     assert_eq!((failed.status, failed.body.as_str()), (503, "try again"));
@@ -465,11 +470,11 @@ async fn a_server_error_is_not_stored_so_the_retry_runs_again() {
     assert!(replayed.replayed());
     assert_eq!(h.calls(), 2);
 }
+both!(a_server_error_is_not_stored_so_the_retry_runs_again);
 
-#[tokio::test]
-async fn an_expired_lease_is_taken_over_and_the_newest_attempt_is_stored() {
+async fn an_expired_lease_is_taken_over_and_the_newest_attempt_is_stored(backend: Backend) {
     // With no lease, an in-flight key looks exactly like one left by a crash.
-    let mut h = Harness::start(|layer| layer.lease(Duration::ZERO)).await;
+    let mut h = Harness::start(backend, |layer| layer.lease(Duration::ZERO)).await;
     let base = h.base.clone();
     let slow = || request_to(&base, Method::POST, "/slow", Some("k")).body("a");
     let first = tokio::spawn(send(slow()));
@@ -491,10 +496,10 @@ async fn an_expired_lease_is_taken_over_and_the_newest_attempt_is_stored() {
     assert!(retry.replayed());
     assert_eq!(h.calls(), 2);
 }
+both!(an_expired_lease_is_taken_over_and_the_newest_attempt_is_stored);
 
-#[tokio::test]
-async fn a_claim_left_by_a_crash_blocks_retries_until_its_lease_expires() {
-    let mut h = Harness::start(|layer| layer).await;
+async fn a_claim_left_by_a_crash_blocks_retries_until_its_lease_expires(backend: Backend) {
+    let mut h = Harness::start(backend, |layer| layer).await;
     let base = h.base.clone();
     let slow = || request_to(&base, Method::POST, "/slow", Some("k")).body("a");
     let first = tokio::spawn(send(slow()));
@@ -502,10 +507,11 @@ async fn a_claim_left_by_a_crash_blocks_retries_until_its_lease_expires() {
     assert_eq!(send(slow()).await.status, 409);
 
     // The first attempt is now as good as dead: its lease runs out.
-    sqlx::query("UPDATE _rhtmx_sync_idempotency SET locked_until = 0 WHERE key = 'k'")
-        .execute(&h.pool)
-        .await
-        .unwrap();
+    h.db.execute(
+        "UPDATE _rhtmx_sync_idempotency SET locked_until = 0 WHERE key = 'k'",
+        args![],
+    )
+    .await;
     let retry = tokio::spawn(send(slow()));
     assert_eq!(h.entered().await, 2);
     // The presumed-dead attempt finishes after all; the key is no longer its own.
@@ -516,10 +522,10 @@ async fn a_claim_left_by_a_crash_blocks_retries_until_its_lease_expires() {
     assert_eq!(send(slow()).await.body, "slow 2: a");
     assert_eq!(h.calls(), 2);
 }
+both!(a_claim_left_by_a_crash_blocks_retries_until_its_lease_expires);
 
-#[tokio::test]
-async fn a_request_whose_client_disconnects_still_completes_and_is_stored() {
-    let mut h = Harness::start(|layer| layer).await;
+async fn a_request_whose_client_disconnects_still_completes_and_is_stored(backend: Backend) {
+    let mut h = Harness::start(backend, |layer| layer).await;
     let base = h.base.clone();
     let slow = || request_to(&base, Method::POST, "/slow", Some("k")).body("a");
     let abandoned = tokio::spawn(send(slow()));
@@ -547,10 +553,10 @@ async fn a_request_whose_client_disconnects_still_completes_and_is_stored() {
     assert_eq!((retry.status, retry.body.as_str()), (200, "slow 1: a"));
     assert!(retry.replayed());
 }
+both!(a_request_whose_client_disconnects_still_completes_and_is_stored);
 
-#[tokio::test]
-async fn requests_without_a_key_or_with_a_safe_method_pass_through() {
-    let h = Harness::start(|layer| layer).await;
+async fn requests_without_a_key_or_with_a_safe_method_pass_through(backend: Backend) {
+    let h = Harness::start(backend, |layer| layer).await;
     // One keyed request, so the table is known to be in use.
     assert_eq!(
         send(h.request(Method::POST, "/count", Some("keyed")))
@@ -573,10 +579,10 @@ async fn requests_without_a_key_or_with_a_safe_method_pass_through() {
     assert_eq!(status, 200);
     assert_eq!(h.keys().await, keys(&[("keyed", "completed")]));
 }
+both!(requests_without_a_key_or_with_a_safe_method_pass_through);
 
-#[tokio::test]
-async fn a_malformed_key_answers_400_and_runs_nothing() {
-    let h = Harness::start(|layer| layer).await;
+async fn a_malformed_key_answers_400_and_runs_nothing(backend: Backend) {
+    let h = Harness::start(backend, |layer| layer).await;
     assert_eq!(
         send(h.request(Method::POST, "/count", Some("keyed")))
             .await
@@ -618,10 +624,12 @@ async fn a_malformed_key_answers_400_and_runs_nothing() {
     assert_eq!(res.status, 201, "255 visible characters are a valid key");
     assert_eq!(h.keys().await.len(), 2);
 }
+both!(a_malformed_key_answers_400_and_runs_nothing);
 
-#[tokio::test]
-async fn a_request_body_over_the_layer_limit_is_streamed_to_the_route_and_applied_once() {
-    let h = Harness::start(|layer| layer.body_limit(1024)).await;
+async fn a_request_body_over_the_layer_limit_is_streamed_to_the_route_and_applied_once(
+    backend: Backend,
+) {
+    let h = Harness::start(backend, |layer| layer.body_limit(1024)).await;
     let large = "x".repeat(2000);
     let keyed = || {
         h.request(Method::POST, "/count", Some("large"))
@@ -646,31 +654,34 @@ async fn a_request_body_over_the_layer_limit_is_streamed_to_the_route_and_applie
     assert_eq!(h.calls(), 2);
     assert_eq!(h.keys().await, keys(&[("large", "completed")]));
 }
+both!(a_request_body_over_the_layer_limit_is_streamed_to_the_route_and_applied_once);
 
-#[tokio::test]
-async fn keys_older_than_the_retention_window_are_pruned() {
+async fn keys_older_than_the_retention_window_are_pruned(backend: Backend) {
     let hour = Duration::from_secs(3600);
-    let mut h = Harness::start(|layer| layer.retention(hour)).await;
+    let mut h = Harness::start(backend, |layer| layer.retention(hour)).await;
     for key in ["old", "new"] {
         let res = send(h.request(Method::POST, "/count", Some(key))).await;
         assert_eq!(res.status, 201);
     }
     // Two hours pass for `old`; a crashed claim as old, and a live one.
-    let two_hours_ago = "(CAST(strftime('%s', 'now') AS INTEGER) - 7200) * 1000";
-    sqlx::query(&format!(
-        "UPDATE _rhtmx_sync_idempotency SET created_at = {two_hours_ago} WHERE key = 'old'"
-    ))
-    .execute(&h.pool)
-    .await
-    .unwrap();
-    sqlx::query(&format!(
+    // The store's times are Unix milliseconds.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let two_hours_ago = now_ms - 7_200_000;
+    h.db.execute(
+        "UPDATE _rhtmx_sync_idempotency SET created_at = $1 WHERE key = 'old'",
+        args![two_hours_ago],
+    )
+    .await;
+    h.db.execute(
         "INSERT INTO _rhtmx_sync_idempotency (key, fingerprint, state, created_at, locked_until)
-         VALUES ('crashed', 'f', 'in_flight', {two_hours_ago}, {two_hours_ago} + 60000),
-                ('running', 'f', 'in_flight', {two_hours_ago}, 9223372036854775807)"
-    ))
-    .execute(&h.pool)
-    .await
-    .unwrap();
+         VALUES ('crashed', 'f', 'in_flight', $1, $1 + 60000),
+                ('running', 'f', 'in_flight', $1, 9223372036854775807)",
+        args![two_hours_ago],
+    )
+    .await;
 
     // This layer pruned less than a minute ago: nothing is deleted yet.
     send(h.request(Method::POST, "/count", Some("third"))).await;
@@ -695,10 +706,10 @@ async fn keys_older_than_the_retention_window_are_pruned() {
     assert_eq!(res.body, format!("call {}", calls + 1));
     assert!(!res.replayed());
 }
+both!(keys_older_than_the_retention_window_are_pruned);
 
-#[tokio::test]
-async fn a_refusal_that_is_not_final_is_not_stored_and_the_retry_runs_again() {
-    let h = Harness::start(|layer| layer).await;
+async fn a_refusal_that_is_not_final_is_not_stored_and_the_retry_runs_again(backend: Backend) {
+    let h = Harness::start(backend, |layer| layer).await;
     // Each of these says "not now" (log in again, slow down, try later), not "no".
     let refusals: &[(u16, &[(&str, &str)])] = &[
         (401, &[("www-authenticate", "Bearer")]),
@@ -762,10 +773,10 @@ async fn a_refusal_that_is_not_final_is_not_stored_and_the_retry_runs_again() {
         assert_eq!(h.calls(), calls + 2, "{what}");
     }
 }
+both!(a_refusal_that_is_not_final_is_not_stored_and_the_retry_runs_again);
 
-#[tokio::test]
-async fn final_answers_are_stored_with_the_headers_a_client_needs() {
-    let h = Harness::start(|layer| layer).await;
+async fn final_answers_are_stored_with_the_headers_a_client_needs(backend: Backend) {
+    let h = Harness::start(backend, |layer| layer).await;
     let finals: &[(u16, &[(&str, &str)])] = &[
         // Post/Redirect/Get: the normal answer to a successful form post.
         (303, &[("location", "/todos")]),
@@ -820,10 +831,12 @@ async fn final_answers_are_stored_with_the_headers_a_client_needs() {
         assert_eq!(h.calls(), calls + 1, "{what}");
     }
 }
+both!(final_answers_are_stored_with_the_headers_a_client_needs);
 
-#[tokio::test]
-async fn a_keyed_upload_over_the_layer_limit_reaches_the_route_and_is_applied_once() {
-    let h = Harness::start(|layer| layer).await;
+async fn a_keyed_upload_over_the_layer_limit_reaches_the_route_and_is_applied_once(
+    backend: Backend,
+) {
+    let h = Harness::start(backend, |layer| layer).await;
     // A 3 MB photo: more than the layer buffers (1 MiB), less than the route accepts.
     let photo = bytes(3_000_000);
     let upload = |key: &str, body: Vec<u8>| {
@@ -887,10 +900,10 @@ async fn a_keyed_upload_over_the_layer_limit_reaches_the_route_and_is_applied_on
     assert_eq!((keyless.status, keyed.status), (413, 413), "{keyed:?}");
     assert_eq!(h.calls(), calls);
 }
+both!(a_keyed_upload_over_the_layer_limit_reaches_the_route_and_is_applied_once);
 
-#[tokio::test]
-async fn a_large_form_re_encoded_by_the_browser_is_still_the_same_request() {
-    let h = Harness::start(|layer| layer).await;
+async fn a_large_form_re_encoded_by_the_browser_is_still_the_same_request(backend: Backend) {
+    let h = Harness::start(backend, |layer| layer).await;
     // A form over the layer's limit, sent once as htmx encodes it and replayed as the
     // browser client re-encodes it: another multipart boundary, `+` for `%20`.
     let text = "a b ".repeat(400_000);
@@ -940,11 +953,11 @@ async fn a_large_form_re_encoded_by_the_browser_is_still_the_same_request() {
     );
     assert_eq!(h.calls(), 2);
 }
+both!(a_large_form_re_encoded_by_the_browser_is_still_the_same_request);
 
-#[tokio::test]
-async fn an_upload_broken_off_mid_body_frees_its_key() {
+async fn an_upload_broken_off_mid_body_frees_its_key(backend: Backend) {
     use tokio::io::AsyncWriteExt;
-    let h = Harness::start(|layer| layer).await;
+    let h = Harness::start(backend, |layer| layer).await;
     let photo = bytes(3_000_000);
     // Half the photo, then the connection drops: the route never saw the request
     // whole, so its answer (a 400) is not an answer to the request.
@@ -979,31 +992,28 @@ async fn an_upload_broken_off_mid_body_frees_its_key() {
     assert!(!retry.replayed());
     assert_eq!(retry.body, format!("upload 1: {}", summary(&photo)));
 }
+both!(an_upload_broken_off_mid_body_frees_its_key);
 
 /// Adds `n` todos straight to the database (fast; the change log records them too).
-async fn add_todos(pool: &SqlitePool, n: usize) {
-    sqlx::query(
-        "WITH RECURSIVE i(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM i WHERE n < ?)
-         INSERT INTO todos (id, title, completed)
-         SELECT printf('t%06d', n), printf('todo number %d', n), false FROM i",
+async fn add_todos(db: &Db, n: usize) {
+    db.execute_each(
+        "INSERT INTO todos (id, title, completed) VALUES ($1, $2, false)",
+        (1..=n).map(|i| args![format!("t{i:06}"), format!("todo number {i}")]),
     )
-    .bind(n as i64)
-    .execute(pool)
-    .await
-    .unwrap();
+    .await;
 }
 
 /// The stored body's length per key: `None` when it was not kept.
-async fn stored_bodies(pool: &SqlitePool) -> Vec<(String, Option<i64>)> {
-    sqlx::query_as("SELECT key, length(body) FROM _rhtmx_sync_idempotency ORDER BY key")
-        .fetch_all(pool)
-        .await
-        .unwrap()
+async fn stored_bodies(db: &Db) -> Vec<(String, Option<i64>)> {
+    db.fetch_all(
+        "SELECT key, CAST(length(body) AS BIGINT) FROM _rhtmx_sync_idempotency ORDER BY key",
+        args![],
+    )
+    .await
 }
 
-#[tokio::test]
-async fn a_response_too_large_to_store_is_still_applied_once() {
-    let h = Harness::start(|layer| layer).await;
+async fn a_response_too_large_to_store_is_still_applied_once(backend: Backend) {
+    let h = Harness::start(backend, |layer| layer).await;
     for (path, key) in [("/huge", "huge"), ("/huge-stream", "huge-stream")] {
         let calls = h.calls();
         let first = send(h.request(Method::POST, path, Some(key))).await;
@@ -1030,29 +1040,28 @@ async fn a_response_too_large_to_store_is_still_applied_once() {
         }
     }
     assert_eq!(
-        stored_bodies(&h.pool).await,
+        stored_bodies(&h.db).await,
         vec![("huge".to_owned(), None), ("huge-stream".to_owned(), None)]
     );
 
     // The example: its list passes 1 MiB at about 2,000 todos of these titles, and a
     // bodiless toggle flips. Replayed with its key, it must flip once.
-    add_todos(&h.pool, 2500).await;
+    add_todos(&h.db, 2500).await;
     let toggle = || h.request(Method::POST, "/todos/t000001/toggle", Some("toggle"));
     let first = send(toggle()).await;
     assert_eq!(first.status, 200);
     assert!(first.body.len() > MIB, "{} bytes", first.body.len());
     let replay = send(toggle()).await;
     assert_eq!((replay.status, replay.replayed()), (200, true));
-    let completed: bool = sqlx::query_scalar("SELECT completed FROM todos WHERE id = 't000001'")
-        .fetch_one(&h.pool)
-        .await
-        .unwrap();
+    let completed: bool =
+        h.db.scalar("SELECT completed FROM todos WHERE id = 't000001'", args![])
+            .await;
     assert!(completed, "toggled twice");
 }
+both!(a_response_too_large_to_store_is_still_applied_once);
 
-#[tokio::test]
-async fn a_response_whose_body_fails_is_still_applied_once() {
-    let h = Harness::start(|layer| layer).await;
+async fn a_response_whose_body_fails_is_still_applied_once(backend: Backend) {
+    let h = Harness::start(backend, |layer| layer).await;
     // The client sees the broken answer as a network error and retries with the key.
     match h.request(Method::POST, "/broken", Some("k")).send().await {
         Ok(first) => assert!(
@@ -1070,17 +1079,17 @@ async fn a_response_whose_body_fails_is_still_applied_once() {
     assert_eq!(replay.header("idempotent-body-omitted"), Some("true"));
     assert_eq!(h.calls(), 1);
 }
+both!(a_response_whose_body_fails_is_still_applied_once);
 
-#[tokio::test]
-async fn the_store_keeps_each_body_below_its_cap_by_default() {
-    let h = Harness::start(|layer| layer).await;
+async fn the_store_keeps_each_body_below_its_cap_by_default(backend: Backend) {
+    let h = Harness::start(backend, |layer| layer).await;
     // 200 todos render to well over 64 KiB; only the first create's list is smaller.
     let small = send(
         h.request(Method::POST, "/todos", Some("small"))
             .form(&[("title", "first")]),
     )
     .await;
-    add_todos(&h.pool, 200).await;
+    add_todos(&h.db, 200).await;
     let large = send(
         h.request(Method::POST, "/todos", Some("large"))
             .form(&[("title", "milk")]),
@@ -1088,7 +1097,7 @@ async fn the_store_keeps_each_body_below_its_cap_by_default() {
     .await;
     assert!(large.body.len() > 64 * 1024, "{}", large.body.len());
     assert_eq!(
-        stored_bodies(&h.pool).await,
+        stored_bodies(&h.db).await,
         vec![
             ("large".to_owned(), None),
             ("small".to_owned(), Some(small.body.len() as i64))
@@ -1100,26 +1109,29 @@ async fn the_store_keeps_each_body_below_its_cap_by_default() {
     )
     .await;
     assert!(replay.replayed());
-    assert_eq!(todos(&h.pool).await.len(), 202);
+    assert_eq!(todos(&h.db).await.len(), 202);
 }
+both!(the_store_keeps_each_body_below_its_cap_by_default);
 
 /// What the store holds, counted by SQL: `(keys, bytes)`.
-async fn counted(pool: &SqlitePool) -> (u64, u64) {
-    let (keys, bytes): (i64, i64) = sqlx::query_as(
-        "SELECT count(*), coalesce(sum(length(key) + length(fingerprint)
-                + coalesce(length(headers), 0) + coalesce(length(body), 0)), 0)
-         FROM _rhtmx_sync_idempotency",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
+async fn counted(db: &Db) -> (u64, u64) {
+    let (keys, bytes): (i64, i64) = db
+        .fetch_one(
+            "SELECT CAST(count(*) AS BIGINT), CAST(coalesce(sum(length(key) + length(fingerprint)
+                    + coalesce(length(headers), 0) + coalesce(length(body), 0)), 0) AS BIGINT)
+             FROM _rhtmx_sync_idempotency",
+            args![],
+        )
+        .await;
     (keys as u64, bytes as u64)
 }
 
-#[tokio::test]
-async fn the_store_stays_within_its_byte_budget_and_keeps_every_key() {
+async fn the_store_stays_within_its_byte_budget_and_keeps_every_key(backend: Backend) {
     const BUDGET: u64 = 1024 * 1024;
-    let h = Harness::start(|layer| layer.replay_body_limit(256 * 1024).max_bytes(BUDGET)).await;
+    let h = Harness::start(backend, |layer| {
+        layer.replay_body_limit(256 * 1024).max_bytes(BUDGET)
+    })
+    .await;
     // Keyed creates without a client id: only the layer stands between a replay and a
     // second row. Each answer is the whole list, so stored answers grow with it.
     let layer = h.engine.idempotency_layer();
@@ -1131,11 +1143,7 @@ async fn the_store_stays_within_its_byte_budget_and_keeps_every_key() {
         .await;
         assert_eq!(res.status, 200);
         let usage = layer.usage().await.unwrap();
-        assert_eq!(
-            (usage.keys, usage.bytes),
-            counted(&h.pool).await,
-            "after {i}"
-        );
+        assert_eq!((usage.keys, usage.bytes), counted(&h.db).await, "after {i}");
         assert!(usage.bytes <= BUDGET, "after {i}: {usage:?}");
     }
     let usage = layer.usage().await.unwrap();
@@ -1143,7 +1151,7 @@ async fn the_store_stays_within_its_byte_budget_and_keeps_every_key() {
 
     // Every key still answers without running again: the newest with their bodies,
     // the oldest with status and headers only.
-    let bodies = stored_bodies(&h.pool).await;
+    let bodies = stored_bodies(&h.db).await;
     assert_eq!(bodies[0].1, None, "the oldest body was dropped first");
     assert!(bodies[299].1.is_some(), "the newest body is kept");
     for i in [0, 150, 299] {
@@ -1159,25 +1167,32 @@ async fn the_store_stays_within_its_byte_budget_and_keeps_every_key() {
             "{i}"
         );
     }
-    assert_eq!(todos(&h.pool).await.len(), 300);
+    assert_eq!(todos(&h.db).await.len(), 300);
 
     // A database from before the totals existed: they start from what it holds.
-    for statement in [
-        "DROP TRIGGER _rhtmx_sync_idempotency_usage_insert",
-        "DROP TRIGGER _rhtmx_sync_idempotency_usage_update",
-        "DROP TRIGGER _rhtmx_sync_idempotency_usage_delete",
-        "DROP TABLE _rhtmx_sync_idempotency_usage",
-    ] {
-        sqlx::query(statement).execute(&h.pool).await.unwrap();
+    let drop_totals: &[&str] = match backend {
+        Backend::Sqlite => &[
+            "DROP TRIGGER _rhtmx_sync_idempotency_usage_insert",
+            "DROP TRIGGER _rhtmx_sync_idempotency_usage_update",
+            "DROP TRIGGER _rhtmx_sync_idempotency_usage_delete",
+        ],
+        Backend::Postgres => {
+            &["DROP TRIGGER _rhtmx_sync_idempotency_usage ON _rhtmx_sync_idempotency"]
+        }
+    };
+    for statement in drop_totals {
+        h.db.execute(statement, args![]).await;
     }
-    let engine = app::engine(&h.pool).await.unwrap();
+    h.db.execute("DROP TABLE _rhtmx_sync_idempotency_usage", args![])
+        .await;
+    let engine = app::engine(h.engine.pool().clone()).await.unwrap();
     let usage = engine.idempotency_layer().usage().await.unwrap();
-    assert_eq!((usage.keys, usage.bytes), counted(&h.pool).await);
+    assert_eq!((usage.keys, usage.bytes), counted(&h.db).await);
 }
+both!(the_store_stays_within_its_byte_budget_and_keeps_every_key);
 
-#[tokio::test]
-async fn past_the_key_budget_the_oldest_completed_keys_go_first() {
-    let mut h = Harness::start(|layer| layer.max_keys(10)).await;
+async fn past_the_key_budget_the_oldest_completed_keys_go_first(backend: Backend) {
+    let mut h = Harness::start(backend, |layer| layer.max_keys(10)).await;
     let base = h.base.clone();
     // A claim still in flight is never evicted.
     let slow = tokio::spawn(send(
@@ -1189,7 +1204,7 @@ async fn past_the_key_budget_the_oldest_completed_keys_go_first() {
         assert_eq!(res.status, 201);
         let usage = h.engine.idempotency_layer().usage().await.unwrap();
         assert!(usage.keys <= 10, "after {i}: {usage:?}");
-        assert_eq!((usage.keys, usage.bytes), counted(&h.pool).await);
+        assert_eq!((usage.keys, usage.bytes), counted(&h.db).await);
     }
     let kept: Vec<String> = h.keys().await.into_iter().map(|(k, _)| k).collect();
     assert!(kept.contains(&"slow".to_owned()), "{kept:?}");
@@ -1207,3 +1222,4 @@ async fn past_the_key_budget_the_oldest_completed_keys_go_first() {
         .replayed());
     assert_eq!(h.calls(), calls + 1);
 }
+both!(past_the_key_budget_the_oldest_completed_keys_go_first);

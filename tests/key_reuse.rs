@@ -1,5 +1,6 @@
 //! A synced table whose key is SQLite's rowid without `AUTOINCREMENT` gives a deleted
-//! row's number to the next row: the engine says so when it is built.
+//! row's number to the next row: the engine says so when it is built. (SQLite only: a
+//! PostgreSQL sequence never hands out a number twice.)
 
 mod common;
 
@@ -14,9 +15,9 @@ async fn warned(schema: &str, tables: &[&str]) -> Vec<String> {
     let _guard = tracing::subscriber::set_default(
         tracing_subscriber::registry().with(Capture(captured.clone())),
     );
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(Backend::Sqlite).await;
     let pool = SqlitePoolOptions::new()
-        .connect(&format!("{}?mode=rwc", url(&db)))
+        .connect(&format!("{}?mode=rwc", db.url))
         .await
         .unwrap();
     sqlx::raw_sql(schema).execute(&pool).await.unwrap();

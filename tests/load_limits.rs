@@ -77,10 +77,9 @@ async fn trickle(addr: std::net::SocketAddr, head: String, body: Option<usize>) 
         .to_owned()
 }
 
-#[tokio::test]
-async fn the_app_answers_while_one_client_abuses_every_budget() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
+async fn the_app_answers_while_one_client_abuses_every_budget(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = app::open(&db.url).await.unwrap();
     let engine = SyncEngine::builder(pool.clone())
         .entity::<app::Todo>()
         .writable("todos")
@@ -100,7 +99,8 @@ async fn the_app_answers_while_one_client_abuses_every_budget() {
     let addr = listener.local_addr().unwrap();
     let base = format!("http://{addr}");
     let _server = tokio::spawn(serve::serve(listener, router, 1000, std::future::pending()));
-    fill_todos(&pool).await;
+    fill_todos(&Db::from(&pool)).await;
+    numbered(&engine, 12_000).await;
 
     // 200 tricklers: request headers, push bodies, and form bodies to the app.
     let mut tricklers = tokio::task::JoinSet::new();
@@ -203,3 +203,4 @@ async fn the_app_answers_while_one_client_abuses_every_budget() {
     assert_eq!(seen, [50, 50, 50, 50]);
     drop((stalled, streams));
 }
+both!(the_app_answers_while_one_client_abuses_every_budget);

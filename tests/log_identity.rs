@@ -13,11 +13,107 @@ async fn add(server: &Server, names: &[&str]) {
     }
 }
 
-/// Stops the server and closes its pool, so the database file can be swapped.
-async fn stop(server: Server) {
-    let pool = server.pool.clone();
+/// Stops the server (its open streams ended first, so no connection keeps the engine
+/// alive) and closes its pool; on PostgreSQL, waits until no session is left on the
+/// database, which a copy (`CREATE DATABASE ... TEMPLATE`) or a restore needs.
+async fn stop(server: Server, db: &TestDb) {
+    server.engine.shutdown();
+    let pool = server.db.clone();
     drop(server);
     pool.close().await;
+    if db.backend == Backend::Postgres {
+        let admin = admin(db).await;
+        wait_until("no session is left on the database", || async {
+            admin
+                .scalar::<i64>(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                    args![name(db)],
+                )
+                .await
+                == 0
+        })
+        .await;
+        admin.close().await;
+    }
+}
+
+/// The PostgreSQL database's name.
+fn name(db: &TestDb) -> &str {
+    db.url.rsplit_once('/').unwrap().1
+}
+
+/// A pool on the test server's `postgres` database, to copy, drop and create others.
+async fn admin(db: &TestDb) -> Db {
+    let server = db.url.rsplit_once('/').unwrap().0;
+    Db::Postgres(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&format!("{server}/postgres"))
+            .await
+            .expect("connect to the test server"),
+    )
+}
+
+/// Where the backup of the SQLite file goes (beside it, in the test's temp dir).
+fn backup_file(db: &TestDb) -> std::path::PathBuf {
+    db.path().with_file_name("backup.db")
+}
+
+/// The backup of the PostgreSQL database.
+fn backup_database(db: &TestDb) -> String {
+    format!("{}_backup", name(db))
+}
+
+/// Takes a copy of the database as it is now (a backup, for [`restore`]); the server
+/// goes on over the original. On PostgreSQL the copy is a database made from this one
+/// as template, which no session may use meanwhile: the server is stopped for it and
+/// started again.
+async fn back_up(server: Server, db: &TestDb) -> Server {
+    match db.backend {
+        Backend::Sqlite => {
+            let sql = format!("VACUUM INTO '{}'", backup_file(db).display());
+            server.db.execute(&sql, args![]).await;
+            server
+        }
+        Backend::Postgres => {
+            stop(server, db).await;
+            let admin = admin(db).await;
+            let sql = format!(
+                "CREATE DATABASE {} TEMPLATE {}",
+                backup_database(db),
+                name(db)
+            );
+            admin.execute(&sql, args![]).await;
+            admin.close().await;
+            start(db).await
+        }
+    }
+}
+
+/// Replaces the database (its server stopped) with the backup [`back_up`] took.
+async fn restore(db: &TestDb) {
+    match db.backend {
+        Backend::Sqlite => {
+            let file = db.path();
+            for suffix in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+            }
+            std::fs::copy(backup_file(db), &file).unwrap();
+        }
+        Backend::Postgres => {
+            let admin = admin(db).await;
+            admin
+                .execute(&format!("DROP DATABASE {}", name(db)), args![])
+                .await;
+            let sql = format!(
+                "CREATE DATABASE {} TEMPLATE {}",
+                name(db),
+                backup_database(db)
+            );
+            admin.execute(&sql, args![]).await;
+            admin.close().await;
+        }
+    }
 }
 
 /// The cursor a pull of everything ends at.
@@ -27,17 +123,12 @@ async fn pulled_cursor(server: &Server) -> String {
     page["cursor"].as_str().unwrap().to_owned()
 }
 
-#[tokio::test]
-async fn a_cursor_from_a_restored_database_gets_exactly_one_reset() {
-    let (dir, db) = temp_db();
+async fn a_cursor_from_a_restored_database_gets_exactly_one_reset(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     add(&server, &["a", "b"]).await;
     let before_backup = pulled_cursor(&server).await;
-    let backup = dir.path().join("backup.db");
-    sqlx::query(&format!("VACUUM INTO '{}'", backup.display()))
-        .execute(&server.pool)
-        .await
-        .unwrap();
+    let server = back_up(server, &db).await;
     add(&server, &["c", "d", "e"]).await;
     // A browser holds version 5 of this history.
     let held = pulled_cursor(&server).await;
@@ -45,13 +136,10 @@ async fn a_cursor_from_a_restored_database_gets_exactly_one_reset() {
     let mut events = Sse::connect(&server.base, "", Some(&before_backup)).await;
     let caught_up = events.take(3).await;
     assert_eq!(caught_up[2].id, held, "stream ids and pull cursors agree");
-    stop(server).await;
+    stop(server, &db).await;
 
     // Restore the older copy and write again: versions 3 to 5 now name other changes.
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", db.display()));
-    }
-    std::fs::copy(&backup, &db).unwrap();
+    restore(&db).await;
     let server = start(&db).await;
     add(&server, &["x", "y", "z"]).await;
     assert_eq!(server.engine.head().await.unwrap(), 5);
@@ -92,14 +180,14 @@ async fn a_cursor_from_a_restored_database_gets_exactly_one_reset() {
     let mut resumed = Sse::connect(&server.base, "", Some(&before_backup)).await;
     assert_eq!(resumed.next().await.version(), 3);
 }
+both!(a_cursor_from_a_restored_database_gets_exactly_one_reset);
 
-#[tokio::test]
-async fn a_cursor_beyond_the_log_or_from_another_database_is_reset() {
-    let (_dir, db) = temp_db();
+async fn a_cursor_beyond_the_log_or_from_another_database_is_reset(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     add(&server, &["a", "b"]).await;
     let cursor = pulled_cursor(&server).await;
-    let (_dir2, other_db) = temp_db();
+    let other_db = TestDb::new(backend).await;
     let other = start(&other_db).await;
     add(&other, &["p", "q", "r"]).await;
     // The same version in another database is another history.
@@ -120,24 +208,39 @@ async fn a_cursor_beyond_the_log_or_from_another_database_is_reset() {
         assert_eq!(sse.next().await.data["reason"], "ahead_of_log");
     }
 }
+both!(a_cursor_beyond_the_log_or_from_another_database_is_reset);
 
 /// The history changes under a running server (here: the log is cut back and versions
 /// reused, as a restore does): the broadcaster notices and resets every open stream.
-#[tokio::test]
-async fn the_broadcaster_resets_open_streams_when_the_head_goes_back() {
-    let (_dir, db) = temp_db();
+async fn the_broadcaster_resets_open_streams_when_the_head_goes_back(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     add(&server, &["a", "b", "c"]).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
     add(&server, &["d"]).await;
     assert_eq!(sse.next().await.version(), 4);
-    sqlx::raw_sql(
-        "DELETE FROM _rhtmx_sync_log WHERE version > 2;
-         UPDATE sqlite_sequence SET seq = 2 WHERE name = '_rhtmx_sync_log';",
-    )
-    .execute(&server.pool)
-    .await
-    .unwrap();
+    // Each backend keeps its head where its writes take the next version from.
+    match &server.db {
+        Db::Sqlite(pool) => {
+            sqlx::raw_sql(
+                "DELETE FROM _rhtmx_sync_log WHERE version > 2;
+                 UPDATE sqlite_sequence SET seq = 2 WHERE name = '_rhtmx_sync_log';",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+        // One simple query: one transaction.
+        Db::Postgres(pool) => {
+            sqlx::raw_sql(
+                "DELETE FROM _rhtmx_sync_log WHERE version > 2;
+                 UPDATE _rhtmx_sync_meta SET value = '2' WHERE key = 'head';",
+            )
+            .execute(pool)
+            .await
+            .unwrap();
+        }
+    }
     let reset = sse.next().await;
     assert_eq!((reset.event.as_str(), reset.version()), ("reset", 2));
     add(&server, &["e"]).await;
@@ -145,3 +248,4 @@ async fn the_broadcaster_resets_open_streams_when_the_head_goes_back() {
     assert_eq!((next.event.as_str(), next.version()), ("message", 3));
     assert_eq!(next.data["id"], todo_id("e"));
 }
+both!(the_broadcaster_resets_open_streams_when_the_head_goes_back);

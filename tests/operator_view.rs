@@ -1,7 +1,8 @@
-//! The operator view over real HTTP and SQLite: its figures are what SQL counts at that
-//! moment, an open event stream is listed with its cursor until it disconnects, the
-//! page shows the same numbers as the JSON, conflicts and errors are listed, the
-//! figures are logged as `tracing` events, and `engine.routes()` does not serve it.
+//! The operator view over real HTTP, on SQLite and on PostgreSQL: its figures are what
+//! SQL counts at that moment, an open event stream is listed with its cursor until it
+//! disconnects, the page shows the same numbers as the JSON, conflicts and errors are
+//! listed, the figures are logged as `tracing` events, and `engine.routes()` does not
+//! serve it.
 
 mod common;
 
@@ -9,9 +10,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use rhtmx_sync::{Hlc, SyncEngine};
+use rhtmx_sync::SyncEngine;
 use serde_json::{json, Value};
-use sqlx::SqlitePool;
 use tokio::task::JoinHandle;
 
 const TOKEN: &str = "operator-test-token";
@@ -20,7 +20,7 @@ const TOKEN: &str = "operator-test-token";
 /// behind the example's token check.
 struct Running {
     base: String,
-    pool: SqlitePool,
+    db: Db,
     engine: SyncEngine,
     task: JoinHandle<()>,
 }
@@ -32,10 +32,10 @@ impl Drop for Running {
 }
 
 async fn start_operator(
-    db: &std::path::Path,
+    db: &TestDb,
     configure: impl FnOnce(rhtmx_sync::SyncEngineBuilder) -> rhtmx_sync::SyncEngineBuilder,
 ) -> Running {
-    let pool = app::open_db(&url(db)).await.expect("open db");
+    let pool = app::open(&db.url).await.expect("open db");
     let builder = SyncEngine::builder(pool.clone())
         .entity::<app::Todo>()
         .writable("todos");
@@ -47,7 +47,7 @@ async fn start_operator(
     let (base, task) = serve(router).await;
     Running {
         base,
-        pool,
+        db: Db::from(&pool),
         engine,
         task,
     }
@@ -83,18 +83,6 @@ async fn figures(base: &str) -> Value {
     let (status, body) = operator_get(base, "/admin/sync/figures.json", "*/*").await;
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
-}
-
-/// An HLC `offset_ms` after the first call, on `node`.
-fn hlc(offset_ms: u64, node: u64) -> String {
-    static ORIGIN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let origin = *ORIGIN.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64
-    });
-    Hlc::new(origin + offset_ms, 0, node).to_string()
 }
 
 /// Pushes `changes` to `todos` as `client`, expecting 200.
@@ -146,12 +134,13 @@ struct Counted {
     keys: i64,
 }
 
-async fn count(pool: &SqlitePool) -> Counted {
-    let (rows, oldest, newest): (i64, Option<i64>, Option<i64>) =
-        sqlx::query_as("SELECT COUNT(*), MIN(version), MAX(version) FROM _rhtmx_sync_log")
-            .fetch_one(pool)
-            .await
-            .unwrap();
+async fn count(db: &Db) -> Counted {
+    let (rows, oldest, newest): (i64, Option<i64>, Option<i64>) = db
+        .fetch_one(
+            "SELECT COUNT(*), MIN(version), MAX(version) FROM _rhtmx_sync_log",
+            args![],
+        )
+        .await;
     // Every value of every entry as bytes, summed here rather than in SQL.
     let values: Vec<Vec<Option<Vec<u8>>>> = {
         let columns = [
@@ -170,8 +159,14 @@ async fn count(pool: &SqlitePool) -> Counted {
         ];
         let mut all = Vec::new();
         for column in columns {
-            let sql = format!("SELECT CAST({column} AS BLOB) FROM _rhtmx_sync_log");
-            all.push(sqlx::query_scalar(&sql).fetch_all(pool).await.unwrap());
+            // As stored: SQLite's own bytes; PostgreSQL's text (a timestamp as text).
+            let bytes = match db.backend() {
+                Backend::Sqlite => format!("CAST({column} AS BLOB)"),
+                Backend::Postgres => format!("convert_to(CAST({column} AS TEXT), 'UTF8')"),
+            };
+            let sql = format!("SELECT {bytes} FROM _rhtmx_sync_log");
+            let column: Vec<(Option<Vec<u8>>,)> = db.fetch_all(&sql, args![]).await;
+            all.push(column.into_iter().map(|(v,)| v).collect());
         }
         all
     };
@@ -180,16 +175,15 @@ async fn count(pool: &SqlitePool) -> Counted {
         .flatten()
         .map(|v| v.as_ref().map_or(0, Vec::len) as u64)
         .sum();
-    let (conflicts, latest_conflict): (i64, Option<i64>) = sqlx::query_as(
-        "SELECT COUNT(*), MAX(version) FROM _rhtmx_sync_log WHERE conflict IS NOT NULL",
-    )
-    .fetch_one(pool)
-    .await
-    .unwrap();
-    let keys: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _rhtmx_sync_idempotency")
-        .fetch_one(pool)
-        .await
-        .unwrap();
+    let (conflicts, latest_conflict): (i64, Option<i64>) = db
+        .fetch_one(
+            "SELECT COUNT(*), MAX(version) FROM _rhtmx_sync_log WHERE conflict IS NOT NULL",
+            args![],
+        )
+        .await;
+    let keys: i64 = db
+        .scalar("SELECT COUNT(*) FROM _rhtmx_sync_idempotency", args![])
+        .await;
     Counted {
         rows,
         oldest,
@@ -206,9 +200,8 @@ fn shows(page: &str, name: &str, value: impl std::fmt::Display) -> bool {
     page.contains(&format!("data-figure=\"{name}\">{value}<"))
 }
 
-#[tokio::test]
-async fn the_figures_are_what_the_database_holds_and_the_open_stream_is_listed() {
-    let (_dir, db) = temp_db();
+async fn the_figures_are_what_the_database_holds_and_the_open_stream_is_listed(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_operator(&db, |b| b).await;
 
     // An empty log first: nothing, exactly.
@@ -246,7 +239,7 @@ async fn the_figures_are_what_the_database_holds_and_the_open_stream_is_listed()
     .await;
 
     let f = figures(&server.base).await;
-    let sql = count(&server.pool).await;
+    let sql = count(&server.db).await;
     let log = &f["log"];
     assert_eq!(log["rows"], sql.rows);
     assert_eq!(sql.rows, 6);
@@ -260,15 +253,18 @@ async fn the_figures_are_what_the_database_holds_and_the_open_stream_is_listed()
     assert_eq!(log["changes_last_minute"], sql.rows);
     assert_eq!(log["changes_last_hour"], sql.rows);
     assert_eq!(log["horizon"], 0);
-    let page_count: i64 = sqlx::query_scalar("PRAGMA page_count")
-        .fetch_one(&server.pool)
-        .await
-        .unwrap();
-    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
-        .fetch_one(&server.pool)
-        .await
-        .unwrap();
-    assert_eq!(log["database_bytes"], page_count * page_size);
+    let database_bytes: i64 = match backend {
+        Backend::Sqlite => {
+            let pages: i64 = server.db.scalar("PRAGMA page_count", args![]).await;
+            let size: i64 = server.db.scalar("PRAGMA page_size", args![]).await;
+            pages * size
+        }
+        Backend::Postgres => {
+            let sql = "SELECT pg_database_size(current_database())";
+            server.db.scalar(sql, args![]).await
+        }
+    };
+    assert_eq!(log["database_bytes"], database_bytes);
 
     assert_eq!(f["idempotency"]["keys"], sql.keys);
     assert_eq!(sql.keys, 1);
@@ -351,9 +347,9 @@ async fn the_figures_are_what_the_database_holds_and_the_open_stream_is_listed()
     .await;
     assert_eq!(figures(&server.base).await["streams"]["list"], json!([]));
 }
+both!(the_figures_are_what_the_database_holds_and_the_open_stream_is_listed);
 
-#[tokio::test]
-async fn a_stream_of_a_signed_in_user_is_listed_as_that_user() {
+async fn a_stream_of_a_signed_in_user_is_listed_as_that_user(backend: Backend) {
     #[derive(Debug)]
     struct User(String);
     impl<S: Send + Sync> axum::extract::FromRequestParts<S> for User {
@@ -371,7 +367,7 @@ async fn a_stream_of_a_signed_in_user_is_listed_as_that_user() {
             rhtmx_sync::Principal::user(user.0)
         }
     }
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(backend).await;
     let server = start_operator(&db, |b| b.authenticate::<User>()).await;
     add(&server.base, &todo_id("t0"), "x").await;
     let head = server.engine.head().await.unwrap();
@@ -390,10 +386,10 @@ async fn a_stream_of_a_signed_in_user_is_listed_as_that_user() {
     let (_, page) = operator_get(&server.base, "/admin/sync", "text/html").await;
     assert!(shows(&page, "stream.user", "alice"), "{page}");
 }
+both!(a_stream_of_a_signed_in_user_is_listed_as_that_user);
 
-#[tokio::test]
-async fn the_operator_view_needs_the_apps_own_check() {
-    let (_dir, db) = temp_db();
+async fn the_operator_view_needs_the_apps_own_check(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_operator(&db, |b| b).await;
     for path in ["/admin/sync", "/admin/sync/figures.json"] {
         assert_eq!(get_status(&format!("{}{path}", server.base)).await, 404);
@@ -407,11 +403,11 @@ async fn the_operator_view_needs_the_apps_own_check() {
         assert_eq!(operator_get(&server.base, path, "*/*").await.0, 200);
     }
 }
+both!(the_operator_view_needs_the_apps_own_check);
 
-#[tokio::test]
-async fn the_engine_routes_do_not_serve_the_operator_view() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
+async fn the_engine_routes_do_not_serve_the_operator_view(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = app::open(&db.url).await.unwrap();
     let engine = SyncEngine::builder(pool)
         .entity::<app::Todo>()
         .build()
@@ -445,6 +441,7 @@ async fn the_engine_routes_do_not_serve_the_operator_view() {
     // While the engine itself has the figures.
     assert_eq!(engine.figures().await.unwrap().log.rows, 0);
 }
+both!(the_engine_routes_do_not_serve_the_operator_view);
 
 /// The events logged at the metrics target so far.
 fn metrics(captured: &Captured) -> Vec<BTreeMap<String, String>> {
@@ -459,14 +456,13 @@ fn metrics(captured: &Captured) -> Vec<BTreeMap<String, String>> {
 
 // A current-thread runtime (the default): the engine's tasks run on this thread, under
 // the subscriber set here.
-#[tokio::test]
-async fn the_figures_are_logged_on_demand_and_every_period() {
+async fn the_figures_are_logged_on_demand_and_every_period(backend: Backend) {
     use tracing_subscriber::layer::SubscriberExt;
     let captured = Captured::default();
     let _guard = tracing::subscriber::set_default(
         tracing_subscriber::registry().with(Capture(captured.clone())),
     );
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(backend).await;
     let server = start_operator(&db, |b| b.emit_figures_every(Duration::from_secs(1))).await;
     add(&server.base, &todo_id("t0"), "x").await;
     add(&server.base, &todo_id("t1"), "y").await;
@@ -495,3 +491,4 @@ async fn the_figures_are_logged_on_demand_and_every_period() {
     })
     .await;
 }
+both!(the_figures_are_logged_on_demand_and_every_period);

@@ -3,7 +3,7 @@
 //! to the other instance runs once, and a merged edit made through either is the same.
 
 mod common;
-mod pg;
+use common::pg;
 
 use common::{app, client, serve, Sse};
 use serde_json::json;

@@ -3,7 +3,7 @@
 //! instances on one database streaming the same history.
 
 mod common;
-mod pg;
+use common::pg;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

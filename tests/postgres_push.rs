@@ -2,7 +2,7 @@
 //! PostgreSQL's own column types, with pushes arriving at several app instances at once.
 
 mod common;
-mod pg;
+use common::pg;
 
 use std::time::Duration;
 
@@ -337,6 +337,21 @@ async fn postgres_types_are_written_and_read_back() {
         last["data"]["big"], "123456789012345678901234.5",
         "beyond a float's precision: a string"
     );
+    // Beyond a double's range, either way: the app's write succeeds and the value is a
+    // string too.
+    for big in ["1e400", "-1e400", "1e-400"] {
+        sqlx::query(&format!("UPDATE things SET big = {big}"))
+            .execute(&pool)
+            .await
+            .unwrap_or_else(|e| panic!("the app's own write of {big}: {e}"));
+        let head = one.engine.head().await.unwrap();
+        let (_, page) = pull(&one.base, "things", &format!("?since={}", head - 1)).await;
+        let stored: String = sqlx::query_scalar("SELECT big::text FROM things")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(page["changes"][0]["data"]["big"], stored.as_str(), "{big}");
+    }
     // Bytes are hexadecimal: other text would be stored as other bytes.
     let (status, res) = push_raw(
         &one.base,

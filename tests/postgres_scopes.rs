@@ -2,7 +2,7 @@
 //! a row moved to another owner by the app's SQL leaves its old owner's view.
 
 mod common;
-mod pg;
+use common::pg;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;

@@ -29,9 +29,8 @@ impl From<AsUser> for Principal {
     }
 }
 
-#[tokio::test]
-async fn a_replay_made_by_another_user_is_refused_and_writes_nothing() {
-    let (_dir, db) = temp_db();
+async fn a_replay_made_by_another_user_is_refused_and_writes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.authenticate::<AsUser>()).await;
     let post = |key: &str, title: &str, made_by: Option<&str>, cookie_user: &str| {
         let mut req = client()
@@ -47,7 +46,7 @@ async fn a_replay_made_by_another_user_is_refused_and_writes_nothing() {
     };
     let refused = post("k1", "alice's", Some("alice"), "bob").await.unwrap();
     assert_eq!(refused.status(), 403);
-    assert!(todos(&server.pool).await.is_empty());
+    assert!(todos(&server.db).await.is_empty());
     // Percent-encoded names (as the client sends them) compare by their text.
     let ok = post("k2", "alice's", Some("al%C3%AFce"), "alïce")
         .await
@@ -59,24 +58,30 @@ async fn a_replay_made_by_another_user_is_refused_and_writes_nothing() {
     // The refused key was not claimed: alice's own replay goes through.
     let alice = post("k1", "alice's", Some("alice"), "alice").await.unwrap();
     assert_eq!(alice.status(), 200);
-    assert_eq!(todos(&server.pool).await.len(), 3);
+    assert_eq!(todos(&server.db).await.len(), 3);
 }
+both!(a_replay_made_by_another_user_is_refused_and_writes_nothing);
 
-/// Who wrote a row's entries, as the log has them.
-async fn writers(pool: &sqlx::SqlitePool) -> Vec<Option<String>> {
-    sqlx::query_scalar("SELECT client_id FROM _rhtmx_sync_log ORDER BY version")
-        .fetch_all(pool)
-        .await
-        .unwrap()
+/// Who wrote a row's entries, as the log has them (everything written so far numbered
+/// first: on PostgreSQL an entry waits for its version until it is committed).
+async fn writers(server: &Server) -> Vec<Option<String>> {
+    server.engine.head().await.unwrap();
+    let rows: Vec<(Option<String>,)> = server
+        .db
+        .fetch_all(
+            "SELECT client_id FROM _rhtmx_sync_log WHERE version IS NOT NULL ORDER BY version",
+            args![],
+        )
+        .await;
+    rows.into_iter().map(|(c,)| c).collect()
 }
 
 /// A request cannot claim another user's client id: the id is bound to the signed-in
 /// user, so bob's edit made "as alice's client" is a concurrent edit of alice's (a
 /// conflict), not her own later one — through the push API and through the app's own
 /// handler (`SyncContext` behind the idempotency layer).
-#[tokio::test]
-async fn a_forged_client_id_does_not_make_a_write_count_as_another_users() {
-    let (_dir, db) = temp_db();
+async fn a_forged_client_id_does_not_make_a_write_count_as_another_users(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.authenticate::<AsUser>()).await;
     let id = todo_id("shared");
     add_todo(&server, &id, "start").await;
@@ -103,7 +108,7 @@ async fn a_forged_client_id_does_not_make_a_write_count_as_another_users() {
     assert!(alice["conflicts"].as_array().unwrap().is_empty(), "{alice}");
     let bob: serde_json::Value = push("bob", "bob's").await.unwrap().json().await.unwrap();
     assert_eq!(bob["conflicts"].as_array().unwrap().len(), 1, "{bob}");
-    let logged = writers(&server.pool).await;
+    let logged = writers(&server).await;
     let (a, b) = (logged[1].clone().unwrap(), logged[2].clone().unwrap());
     assert!(
         a.ends_with("~alices-tab") && b.ends_with("~alices-tab"),
@@ -124,7 +129,7 @@ async fn a_forged_client_id_does_not_make_a_write_count_as_another_users() {
         .await
         .unwrap();
     assert_eq!(again.status(), 200);
-    let logged = writers(&server.pool).await;
+    let logged = writers(&server).await;
     assert_ne!(logged.last().unwrap().as_deref(), Some(a.as_str()));
 
     // The app's handler, through the idempotency layer: the same binding.
@@ -139,19 +144,19 @@ async fn a_forged_client_id_does_not_make_a_write_count_as_another_users() {
     };
     assert_eq!(rename("alice", "r1").await.unwrap().status(), 200);
     assert_eq!(rename("bob", "r2").await.unwrap().status(), 200);
-    let logged = writers(&server.pool).await;
+    let logged = writers(&server).await;
     let n = logged.len();
     assert_eq!(logged[n - 2].as_deref(), Some(a.as_str()), "{logged:?}");
     assert_ne!(logged[n - 1].as_deref(), Some(a.as_str()), "{logged:?}");
     assert!(logged[n - 1].as_deref().unwrap().ends_with("~alices-tab"));
 }
+both!(a_forged_client_id_does_not_make_a_write_count_as_another_users);
 
 /// A stored answer belongs to the user whose request made it: the same key from
 /// another user (or nobody) is another request, never answered with the first one's
 /// response (which would show that user's page).
-#[tokio::test]
-async fn an_idempotency_key_of_another_user_is_another_request() {
-    let (_dir, db) = temp_db();
+async fn an_idempotency_key_of_another_user_is_another_request(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.authenticate::<AsUser>()).await;
     let post = |user: Option<&'static str>, title: &'static str| {
         let mut req = client()
@@ -178,5 +183,6 @@ async fn an_idempotency_key_of_another_user_is_another_request() {
             "{user:?}"
         );
     }
-    assert_eq!(todos(&server.pool).await.len(), 3);
+    assert_eq!(todos(&server.db).await.len(), 3);
 }
+both!(an_idempotency_key_of_another_user_is_another_request);

@@ -5,9 +5,8 @@ mod common;
 use common::*;
 use serde_json::json;
 
-#[tokio::test]
-async fn pull_pages_through_the_log_in_version_order() {
-    let (_dir, db) = temp_db();
+async fn pull_pages_through_the_log_in_version_order(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     for i in 0..25 {
         add_todo(&server, &todo_id(&format!("p{i:02}")), "x").await;
@@ -41,16 +40,14 @@ async fn pull_pages_through_the_log_in_version_order() {
     assert_eq!(page["changes"], json!([]));
     assert_eq!(page["version"].as_i64(), Some(since));
 }
+both!(pull_pages_through_the_log_in_version_order);
 
-#[tokio::test]
-async fn a_complete_page_skips_past_other_entities_versions() {
-    let (_dir, db) = temp_db();
+async fn a_complete_page_skips_past_other_entities_versions(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let (server, pool) = start_with_notes(&db).await;
     add_todo(&server, &todo_id("t"), "x").await;
-    sqlx::query("INSERT INTO notes (body) VALUES ('a'), ('b')")
-        .execute(&pool)
-        .await
-        .unwrap();
+    pool.execute("INSERT INTO notes (body) VALUES ('a'), ('b')", args![])
+        .await;
     let (_, page) = pull(&server.base, "todos", "").await;
     assert_eq!(page["changes"].as_array().unwrap().len(), 1);
     assert_eq!(page["version"], 3);
@@ -58,20 +55,19 @@ async fn a_complete_page_skips_past_other_entities_versions() {
     assert_eq!(notes["changes"][0]["id"], 1);
     assert_eq!(notes["changes"][1]["data"], json!({"id": 2, "body": "b"}));
 }
+both!(a_complete_page_skips_past_other_entities_versions);
 
-#[tokio::test]
-async fn pull_streams_a_large_page() {
-    let (_dir, db) = temp_db();
+async fn pull_streams_a_large_page(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.pull_limit(1000, 50_000)).await;
-    let mut tx = server.pool.begin().await.unwrap();
-    for i in 0..20_000 {
-        sqlx::query("INSERT INTO todos (id, title) VALUES (?, 'row with some text in it')")
-            .bind(format!("r{i:05}"))
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-    }
-    tx.commit().await.unwrap();
+    server
+        .db
+        .execute_each(
+            "INSERT INTO todos (id, title) VALUES ($1, 'row with some text in it')",
+            (0..20_000).map(|i| args![format!("r{i:05}")]),
+        )
+        .await;
+    numbered(&server.engine, 20_000).await;
     let res = client()
         .get(format!("{}/api/sync/todos?limit=50000", server.base))
         .send()
@@ -86,10 +82,10 @@ async fn pull_streams_a_large_page() {
     assert_eq!(body["changes"].as_array().unwrap().len(), 20_000);
     assert_eq!(body["has_more"], false);
 }
+both!(pull_streams_a_large_page);
 
-#[tokio::test]
-async fn push_applies_creates_updates_and_deletes_and_reports_them() {
-    let (_dir, db) = temp_db();
+async fn push_applies_creates_updates_and_deletes_and_reports_them(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let old = todo_id("old");
     add_todo(&server, &old, "to delete").await;
@@ -114,10 +110,7 @@ async fn push_applies_creates_updates_and_deletes_and_reports_them() {
         res["version"].as_i64(),
         Some(server.engine.head().await.unwrap())
     );
-    assert_eq!(
-        todos(&server.pool).await,
-        [("n1".into(), "new".into(), true)]
-    );
+    assert_eq!(todos(&server.db).await, [("n1".into(), "new".into(), true)]);
 
     let events = sse.take(3).await;
     assert!(events.iter().all(|e| e.data["client_id"] == "tab-1"));
@@ -127,12 +120,12 @@ async fn push_applies_creates_updates_and_deletes_and_reports_them() {
     let again = json!({"changes": [{"id": "n1", "action": "create", "data": {"title": "new"}}]});
     let (status, _) = push_raw(&server.base, "todos", again.to_string()).await;
     assert_eq!(status, 200);
-    assert_eq!(todos(&server.pool).await.len(), 1);
+    assert_eq!(todos(&server.db).await.len(), 1);
 }
+both!(push_applies_creates_updates_and_deletes_and_reports_them);
 
-#[tokio::test]
-async fn the_client_id_header_is_recorded() {
-    let (_dir, db) = temp_db();
+async fn the_client_id_header_is_recorded(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let res = client()
         .post(format!("{}/api/sync/todos", server.base))
@@ -149,10 +142,10 @@ async fn the_client_id_header_is_recorded() {
     let (_, page) = pull(&server.base, "todos", "").await;
     assert_eq!(page["changes"][0]["client_id"], "browser-9");
 }
+both!(the_client_id_header_is_recorded);
 
-#[tokio::test]
-async fn client_js_is_served_with_an_etag_and_revalidates() {
-    let (_dir, db) = temp_db();
+async fn client_js_is_served_with_an_etag_and_revalidates(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let res = client()
         .get(format!("{}/api/sync/client.js", server.base))
@@ -182,10 +175,10 @@ async fn client_js_is_served_with_an_etag_and_revalidates() {
         .unwrap();
     assert_eq!(res.status(), 200);
 }
+both!(client_js_is_served_with_an_etag_and_revalidates);
 
-#[tokio::test]
-async fn routes_live_under_a_custom_prefix() {
-    let (_dir, db) = temp_db();
+async fn routes_live_under_a_custom_prefix(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.prefix("/sync/")).await;
     add_todo(&server, &todo_id("t"), "x").await;
     assert_eq!(
@@ -197,14 +190,14 @@ async fn routes_live_under_a_custom_prefix() {
         404
     );
 }
+both!(routes_live_under_a_custom_prefix);
 
-#[tokio::test]
-async fn the_routes_merge_into_a_router_with_any_state() {
+async fn the_routes_merge_into_a_router_with_any_state(backend: Backend) {
     #[derive(Clone)]
     struct AppState {
         greeting: &'static str,
     }
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let app: axum::Router = axum::Router::<AppState>::new()
         .route(
@@ -223,3 +216,4 @@ async fn the_routes_merge_into_a_router_with_any_state() {
     let (status, _) = pull(&base, "todos", "").await;
     assert_eq!(status, 200);
 }
+both!(the_routes_merge_into_a_router_with_any_state);

@@ -12,9 +12,8 @@ fn create(id: &str, title: &str) -> serde_json::Value {
     json!({"id": todo_id(id), "action": "create", "data": {"title": title}})
 }
 
-#[tokio::test]
-async fn an_entity_the_app_did_not_make_writable_refuses_every_push() {
-    let (_dir, db) = temp_db();
+async fn an_entity_the_app_did_not_make_writable_refuses_every_push(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_without_push(&db).await;
     let (status, body) = push_raw(
         &server.base,
@@ -27,14 +26,14 @@ async fn an_entity_the_app_did_not_make_writable_refuses_every_push() {
         body["error"].as_str().unwrap().contains("not writable"),
         "{body}"
     );
-    assert!(todos(&server.pool).await.is_empty());
+    assert!(todos(&server.db).await.is_empty());
     // Reads still work.
     assert_eq!(pull(&server.base, "todos", "?since=0").await.0, 200);
 }
+both!(an_entity_the_app_did_not_make_writable_refuses_every_push);
 
-#[tokio::test]
-async fn the_apps_validation_runs_on_every_pushed_change_all_or_nothing() {
-    let (_dir, db) = temp_db();
+async fn the_apps_validation_runs_on_every_pushed_change_all_or_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| {
         b.validate("todos", |change: &PushedChange<'_>| {
             let title = change
@@ -61,7 +60,7 @@ async fn the_apps_validation_runs_on_every_pushed_change_all_or_nothing() {
         body["error"],
         "changes[1]: title must be 1 to 500 characters"
     );
-    assert!(todos(&server.pool).await.is_empty(), "all or nothing");
+    assert!(todos(&server.db).await.is_empty(), "all or nothing");
     let (status, body) = push_raw(
         &server.base,
         "todos",
@@ -69,8 +68,9 @@ async fn the_apps_validation_runs_on_every_pushed_change_all_or_nothing() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(todos(&server.pool).await.len(), 1);
+    assert_eq!(todos(&server.db).await.len(), 1);
 }
+both!(the_apps_validation_runs_on_every_pushed_change_all_or_nothing);
 
 #[derive(sqlx::FromRow, rhtmx_sync::Syncable)]
 #[sync(table = "audit", offline_writes = false)]
@@ -80,14 +80,19 @@ struct Audit {
     what: String,
 }
 
-#[tokio::test]
-async fn an_entity_that_takes_no_offline_writes_cannot_be_made_writable() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
-    sqlx::query("CREATE TABLE audit (id INTEGER PRIMARY KEY, what TEXT NOT NULL)")
-        .execute(&pool)
-        .await
-        .unwrap();
+async fn an_entity_that_takes_no_offline_writes_cannot_be_made_writable(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = app::open(&db.url).await.unwrap();
+    let key = match backend {
+        Backend::Sqlite => "INTEGER PRIMARY KEY",
+        Backend::Postgres => "bigserial PRIMARY KEY",
+    };
+    Db::from(&pool)
+        .execute(
+            &format!("CREATE TABLE audit (id {key}, what TEXT NOT NULL)"),
+            args![],
+        )
+        .await;
     let built = SyncEngine::builder(pool.clone())
         .entity::<Audit>()
         .writable("audit")
@@ -107,13 +112,13 @@ async fn an_entity_that_takes_no_offline_writes_cannot_be_made_writable() {
         "{unknown:?}"
     );
 }
+both!(an_entity_that_takes_no_offline_writes_cannot_be_made_writable);
 
 /// The example's push API obeys its handlers' rules (a blank title is refused by both).
-#[tokio::test]
-async fn the_example_holds_pushed_todos_to_its_handlers_rules() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
-    let engine = app::engine(&pool).await.unwrap();
+async fn the_example_holds_pushed_todos_to_its_handlers_rules(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = app::open(&db.url).await.unwrap();
+    let engine = app::engine(pool.clone()).await.unwrap();
     let (base, _task) = serve(app::app(engine.clone()).merge(engine.routes())).await;
     let cases = [
         (
@@ -144,5 +149,6 @@ async fn the_example_holds_pushed_todos_to_its_handlers_rules() {
             assert_eq!(body["error"], error);
         }
     }
-    assert_eq!(todos(&pool).await.len(), 1);
+    assert_eq!(todos(&Db::from(&pool)).await.len(), 1);
 }
+both!(the_example_holds_pushed_todos_to_its_handlers_rules);

@@ -14,7 +14,6 @@ use axum::http::request::Parts;
 use common::*;
 use rhtmx_sync::{BuildError, Principal, Scope, SyncEngine};
 use serde_json::{json, Value};
-use sqlx::SqlitePool;
 
 /// Which tenant each user is in now; a test moves users by editing it.
 static DIRECTORY: Mutex<Option<HashMap<String, String>>> = Mutex::new(None);
@@ -58,39 +57,45 @@ impl From<Session> for Principal {
     }
 }
 
-/// Users are named per test (`{prefix}-alice`): tests share the directory.
+/// Users are named per test and backend (`{prefix}-{backend}-alice`): tests share the
+/// directory.
 struct World {
     server_base: String,
-    pool: SqlitePool,
+    pool: Db,
     engine: SyncEngine,
+    prefix: String,
     users: [String; 4],
     _task: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    _db: TestDb,
 }
 
 const TENANT_OF: [usize; 4] = [0, 0, 1, 1];
 
 impl World {
-    async fn new(prefix: &str) -> World {
-        World::build(prefix, |b| b).await
+    async fn new(backend: Backend, prefix: &str) -> World {
+        World::build(backend, prefix, |b| b).await
     }
 
     async fn build(
+        backend: Backend,
         prefix: &str,
         configure: impl FnOnce(rhtmx_sync::SyncEngineBuilder) -> rhtmx_sync::SyncEngineBuilder,
     ) -> World {
-        let (dir, pool) = pool_with(
+        let (db, pool) = pool_with(
+            backend,
             "CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT);
              CREATE TABLE notes (id TEXT PRIMARY KEY, owner_id TEXT, body TEXT);
              CREATE TABLE news (id TEXT PRIMARY KEY, body TEXT);
              CREATE TABLE secrets (id TEXT PRIMARY KEY, body TEXT);",
         )
         .await;
+        // Both backends' runs of a test go at once: each has its own users.
+        let prefix = format!("{prefix}-{backend:?}");
         let users = ["alice", "amy", "bob", "bea"].map(|u| format!("{prefix}-{u}"));
         for (i, user) in users.iter().enumerate() {
-            set_tenant(user, Some(&tenant(prefix, TENANT_OF[i])));
+            set_tenant(user, Some(&tenant(&prefix, TENANT_OF[i])));
         }
-        let engine = SyncEngine::builder(pool.clone())
+        let engine = SyncEngine::builder(engine_pool(&pool))
             .entity_named("docs")
             .entity_named("notes")
             .entity_named("news")
@@ -108,14 +113,20 @@ impl World {
             server_base,
             pool,
             engine,
+            prefix,
             users,
             _task: task,
-            _dir: dir,
+            _db: db,
         }
     }
 
     fn user(&self, i: usize) -> &str {
         &self.users[i]
+    }
+
+    /// Tenant `i` of this world.
+    fn tenant(&self, i: usize) -> String {
+        tenant(&self.prefix, i)
     }
 
     async fn pull_as(&self, user: &str, entity: &str, since: &str) -> (u16, String) {
@@ -156,33 +167,52 @@ impl World {
     /// Every table and the whole log, to show a refused write changed nothing.
     async fn dump(&self) -> String {
         let mut out = String::new();
-        let log: Vec<(i64, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT version, entity, entity_id, data FROM _rhtmx_sync_log ORDER BY version",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap();
+        // What is committed is numbered first (PostgreSQL numbers the log after commit).
+        self.engine.head().await.unwrap();
+        let log: Vec<(Option<i64>, String, String, Option<String>)> = self
+            .pool
+            .fetch_all(
+                "SELECT version, entity, entity_id, data FROM _rhtmx_sync_log ORDER BY version",
+                args![],
+            )
+            .await;
         out.push_str(&format!("{log:?}"));
-        let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
-            "SELECT id, tenant_id, body FROM docs UNION ALL SELECT id, owner_id, body FROM notes \
-             UNION ALL SELECT id, NULL, body FROM secrets ORDER BY 1",
-        )
-        .fetch_all(&self.pool)
-        .await
-        .unwrap();
+        let rows: Vec<(String, Option<String>, Option<String>)> = self
+            .pool
+            .fetch_all(
+                "SELECT id, tenant_id, body FROM docs UNION ALL SELECT id, owner_id, body FROM notes \
+                 UNION ALL SELECT id, NULL, body FROM secrets ORDER BY 1",
+                args![],
+            )
+            .await;
         out.push_str(&format!("{rows:?}"));
         out
     }
 }
 
-/// A fresh database file with `schema`; the dir lives as long as the returned guard.
-async fn pool_with(schema: &str) -> (tempfile::TempDir, SqlitePool) {
-    let (dir, db) = temp_db();
-    let pool = SqlitePool::connect(&format!("{}?mode=rwc", url(&db)))
-        .await
-        .unwrap();
-    sqlx::raw_sql(schema).execute(&pool).await.unwrap();
-    (dir, pool)
+/// A fresh database with `schema`; it lives as long as the returned guard.
+async fn pool_with(backend: Backend, schema: &str) -> (TestDb, Db) {
+    let db = TestDb::new(backend).await;
+    let pool = db.connect().await;
+    script(&pool, schema).await;
+    (db, pool)
+}
+
+/// Runs `sql`, any number of statements without parameters, on one connection.
+async fn script(db: &Db, sql: &str) {
+    match db {
+        Db::Sqlite(p) => sqlx::raw_sql(sql).execute(p).await.map(drop),
+        Db::Postgres(p) => sqlx::raw_sql(sql).execute(p).await.map(drop),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// The engine's handle on the pool `db`.
+fn engine_pool(db: &Db) -> rhtmx_sync::Pool {
+    match db {
+        Db::Sqlite(p) => p.into(),
+        Db::Postgres(p) => p.into(),
+    }
 }
 
 /// `open` gets a reset for an access change, and then nothing of tenant 0's doc: an edit
@@ -191,14 +221,15 @@ async fn resets_then_misses_tenant_0(w: &World, open: &mut Sse) {
     let event = open.next().await;
     assert_eq!(event.event, "reset", "{event:?}");
     assert_eq!(event.data["reason"], "access_changed");
-    sqlx::query("UPDATE docs SET body = 'unseen' WHERE id = 'doc-of-0'")
-        .execute(&w.pool)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO news VALUES ('end', '')")
-        .execute(&w.pool)
-        .await
-        .unwrap();
+    w.pool
+        .execute(
+            "UPDATE docs SET body = 'unseen' WHERE id = 'doc-of-0'",
+            args![],
+        )
+        .await;
+    w.pool
+        .execute("INSERT INTO news VALUES ('end', '')", args![])
+        .await;
     assert_eq!(open.next().await.data["id"], "end");
 }
 
@@ -207,31 +238,35 @@ fn tenant(prefix: &str, i: usize) -> String {
 }
 
 /// Each user's own note, and one doc per tenant, written by the app's own SQL.
-async fn seed(w: &World, prefix: &str) {
+async fn populate(w: &World) {
     for (i, user) in w.users.iter().enumerate() {
-        sqlx::query("INSERT INTO notes VALUES (?, ?, 'private')")
-            .bind(format!("note-of-{i}"))
-            .bind(user)
-            .execute(&w.pool)
-            .await
-            .unwrap();
+        w.pool
+            .execute(
+                "INSERT INTO notes VALUES ($1, $2, 'private')",
+                args![format!("note-of-{i}"), user],
+            )
+            .await;
     }
     for t in 0..2 {
-        sqlx::query("INSERT INTO docs VALUES (?, ?, 'internal')")
-            .bind(format!("doc-of-{t}"))
-            .bind(tenant(prefix, t))
-            .execute(&w.pool)
-            .await
-            .unwrap();
+        w.pool
+            .execute(
+                "INSERT INTO docs VALUES ($1, $2, 'internal')",
+                args![format!("doc-of-{t}"), w.tenant(t)],
+            )
+            .await;
     }
-    sqlx::query("INSERT INTO secrets VALUES ('secret-1', 'nobody reads this')")
-        .execute(&w.pool)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO news VALUES ('news-1', 'everybody reads this')")
-        .execute(&w.pool)
-        .await
-        .unwrap();
+    w.pool
+        .execute(
+            "INSERT INTO secrets VALUES ('secret-1', 'nobody reads this')",
+            args![],
+        )
+        .await;
+    w.pool
+        .execute(
+            "INSERT INTO news VALUES ('news-1', 'everybody reads this')",
+            args![],
+        )
+        .await;
 }
 
 fn ids(page: &str) -> BTreeSet<String> {
@@ -256,10 +291,9 @@ fn foreign(i: usize) -> Vec<String> {
     out
 }
 
-#[tokio::test]
-async fn each_principal_pulls_and_streams_only_its_scope() {
-    let w = World::new("pull").await;
-    seed(&w, "pull").await;
+async fn each_principal_pulls_and_streams_only_its_scope(backend: Backend) {
+    let w = World::new(backend, "pull").await;
+    populate(&w).await;
     for (i, user) in w.users.iter().enumerate() {
         let (status, notes) = w.pull_as(user, "notes", "0").await;
         assert_eq!(status, 200, "{notes}");
@@ -298,23 +332,19 @@ async fn each_principal_pulls_and_streams_only_its_scope() {
     for i in 0..4 {
         streams.push(w.stream_as(w.user(i), Some("0")).await);
     }
-    sqlx::query("UPDATE docs SET body = 'edited'")
-        .execute(&w.pool)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE notes SET body = 'edited'")
-        .execute(&w.pool)
-        .await
-        .unwrap();
-    sqlx::query("UPDATE secrets SET body = 'edited'")
-        .execute(&w.pool)
-        .await
-        .unwrap();
+    w.pool
+        .execute("UPDATE docs SET body = 'edited'", args![])
+        .await;
+    w.pool
+        .execute("UPDATE notes SET body = 'edited'", args![])
+        .await;
+    w.pool
+        .execute("UPDATE secrets SET body = 'edited'", args![])
+        .await;
     // Everybody reads news: its last change ends what each stream gets.
-    sqlx::query("INSERT INTO news VALUES ('news-end', 'end')")
-        .execute(&w.pool)
-        .await
-        .unwrap();
+    w.pool
+        .execute("INSERT INTO news VALUES ('news-end', 'end')", args![])
+        .await;
     for (i, stream) in streams.iter_mut().enumerate() {
         let mut seen = Vec::new();
         loop {
@@ -339,13 +369,13 @@ async fn each_principal_pulls_and_streams_only_its_scope() {
         assert_eq!(seen.iter().filter(|s| **s == doc).count(), 2, "{seen:?}");
     }
 }
+both!(each_principal_pulls_and_streams_only_its_scope);
 
-#[tokio::test]
-async fn a_push_outside_the_principals_scope_is_refused_and_writes_nothing() {
-    let w = World::new("push").await;
-    seed(&w, "push").await;
+async fn a_push_outside_the_principals_scope_is_refused_and_writes_nothing(backend: Backend) {
+    let w = World::new(backend, "push").await;
+    populate(&w).await;
     let bob = w.user(2);
-    let a = tenant("push", 0);
+    let a = w.tenant(0);
     let before = w.dump().await;
     let attempts = [
         // Another tenant's doc: edit, delete, edit against an old version (a conflict
@@ -361,7 +391,7 @@ async fn a_push_outside_the_principals_scope_is_refused_and_writes_nothing() {
         ),
         (
             "docs",
-            json!([{"id": "doc-of-0", "action": "update", "data": {"tenant_id": tenant("push", 1)}}]),
+            json!([{"id": "doc-of-0", "action": "update", "data": {"tenant_id": w.tenant(1)}}]),
         ),
         // A create over another tenant's key; a create into another tenant.
         (
@@ -440,12 +470,11 @@ async fn a_push_outside_the_principals_scope_is_refused_and_writes_nothing() {
         )
         .await;
     assert_eq!(status, 200, "{body}");
-    let tenant_of_new: String =
-        sqlx::query_scalar("SELECT tenant_id FROM docs WHERE id = 'bobs-new'")
-            .fetch_one(&w.pool)
-            .await
-            .unwrap();
-    assert_eq!(tenant_of_new, tenant("push", 1));
+    let tenant_of_new: String = w
+        .pool
+        .scalar("SELECT tenant_id FROM docs WHERE id = 'bobs-new'", args![])
+        .await;
+    assert_eq!(tenant_of_new, w.tenant(1));
     let (status, body) = w
         .push_as(
             bob,
@@ -462,11 +491,11 @@ async fn a_push_outside_the_principals_scope_is_refused_and_writes_nothing() {
         .1
         .contains("bobs-new"));
 }
+both!(a_push_outside_the_principals_scope_is_refused_and_writes_nothing);
 
-#[tokio::test]
-async fn a_row_moved_to_another_scope_leaves_one_mirror_and_enters_the_other() {
-    let w = World::new("move").await;
-    seed(&w, "move").await;
+async fn a_row_moved_to_another_scope_leaves_one_mirror_and_enters_the_other(backend: Backend) {
+    let w = World::new(backend, "move").await;
+    populate(&w).await;
     let (alice, bob) = (w.user(0), w.user(2));
     let cursor_of = |page: &str| {
         let page: Value = serde_json::from_str(page).unwrap();
@@ -476,11 +505,12 @@ async fn a_row_moved_to_another_scope_leaves_one_mirror_and_enters_the_other() {
     let bob_cursor = cursor_of(&w.pull_as(bob, "docs", "0").await.1);
     let mut alice_sse = w.stream_as(alice, None).await;
     let mut bob_sse = w.stream_as(bob, None).await;
-    sqlx::query("UPDATE docs SET tenant_id = ?, body = 'moved' WHERE id = 'doc-of-0'")
-        .bind(tenant("move", 1))
-        .execute(&w.pool)
-        .await
-        .unwrap();
+    w.pool
+        .execute(
+            "UPDATE docs SET tenant_id = $1, body = 'moved' WHERE id = 'doc-of-0'",
+            args![w.tenant(1)],
+        )
+        .await;
     let gone = alice_sse.next().await;
     assert_eq!(gone.data["id"], "doc-of-0");
     assert_eq!(gone.data["action"], "delete", "{gone:?}");
@@ -489,7 +519,7 @@ async fn a_row_moved_to_another_scope_leaves_one_mirror_and_enters_the_other() {
     assert_eq!(came.data["id"], "doc-of-0");
     assert_eq!(came.data["action"], "create", "{came:?}");
     assert_eq!(came.data["data"]["body"], "moved");
-    assert_eq!(came.data["data"]["tenant_id"], tenant("move", 1));
+    assert_eq!(came.data["data"]["tenant_id"], w.tenant(1));
     // The same by pull, from the cursors of before.
     let page: Value =
         serde_json::from_str(&w.pull_as(alice, "docs", &alice_cursor).await.1).unwrap();
@@ -499,18 +529,18 @@ async fn a_row_moved_to_another_scope_leaves_one_mirror_and_enters_the_other() {
     assert_eq!(page["changes"][0]["action"], "create", "{page}");
     assert_eq!(page["changes"][0]["data"]["body"], "moved", "{page}");
     // A later edit reaches bob only; a delete too.
-    sqlx::query("UPDATE docs SET body = 'again' WHERE id = 'doc-of-0'")
-        .execute(&w.pool)
-        .await
-        .unwrap();
-    sqlx::query("DELETE FROM docs WHERE id = 'doc-of-0'")
-        .execute(&w.pool)
-        .await
-        .unwrap();
-    sqlx::query("INSERT INTO news VALUES ('end', '')")
-        .execute(&w.pool)
-        .await
-        .unwrap();
+    w.pool
+        .execute(
+            "UPDATE docs SET body = 'again' WHERE id = 'doc-of-0'",
+            args![],
+        )
+        .await;
+    w.pool
+        .execute("DELETE FROM docs WHERE id = 'doc-of-0'", args![])
+        .await;
+    w.pool
+        .execute("INSERT INTO news VALUES ('end', '')", args![])
+        .await;
     let bob_saw: Vec<String> = bob_sse
         .take(3)
         .await
@@ -527,11 +557,11 @@ async fn a_row_moved_to_another_scope_leaves_one_mirror_and_enters_the_other() {
     );
     assert_eq!(alice_sse.next().await.data["id"], "end");
 }
+both!(a_row_moved_to_another_scope_leaves_one_mirror_and_enters_the_other);
 
-#[tokio::test]
-async fn a_principal_whose_access_changed_resets_by_pull_and_on_its_open_stream() {
-    let w = World::new("revoke").await;
-    seed(&w, "revoke").await;
+async fn a_principal_whose_access_changed_resets_by_pull_and_on_its_open_stream(backend: Backend) {
+    let w = World::new(backend, "revoke").await;
+    populate(&w).await;
     let alice = w.user(0);
     let page: Value = serde_json::from_str(&w.pull_as(alice, "docs", "0").await.1).unwrap();
     let cursor = page["cursor"].as_str().unwrap().to_owned();
@@ -555,38 +585,39 @@ async fn a_principal_whose_access_changed_resets_by_pull_and_on_its_open_stream(
     // A stream whose access did not change is not reset.
     let mut amy = w.stream_as(w.user(1), None).await;
     w.engine.access_changed();
-    sqlx::query("INSERT INTO news VALUES ('end-2', '')")
-        .execute(&w.pool)
-        .await
-        .unwrap();
+    w.pool
+        .execute("INSERT INTO news VALUES ('end-2', '')", args![])
+        .await;
     assert_eq!(amy.next().await.data["id"], "end-2");
 }
+both!(a_principal_whose_access_changed_resets_by_pull_and_on_its_open_stream);
 
-#[tokio::test]
-async fn a_keyed_scope_reads_the_apps_own_membership_rule() {
-    let (_dir, pool) = pool_with(
+/// The projects `user` is a member of: the app's own rule, in its own SQL.
+async fn projects_of(db: Db, user: Option<String>) -> Result<Vec<String>, sqlx::Error> {
+    let sql = "SELECT CAST(project_id AS TEXT) FROM members WHERE \"user\" = $1";
+    match db {
+        Db::Sqlite(p) => sqlx::query_scalar(sql).bind(user).fetch_all(&p).await,
+        Db::Postgres(p) => sqlx::query_scalar(sql).bind(user).fetch_all(&p).await,
+    }
+}
+
+async fn a_keyed_scope_reads_the_apps_own_membership_rule(backend: Backend) {
+    let (_db, pool) = pool_with(
+        backend,
         "CREATE TABLE tasks (id INTEGER PRIMARY KEY, project_id INTEGER, title TEXT);
-         CREATE TABLE members (user TEXT, project_id INTEGER);
+         CREATE TABLE members (\"user\" TEXT, project_id INTEGER);
          INSERT INTO members VALUES ('keyed-carol', 1), ('keyed-carol', 3), ('keyed-dan', 2);
          INSERT INTO tasks VALUES (10, 1, 'a'), (20, 2, 'b'), (30, 3, 'c');",
     )
     .await;
     let members = pool.clone();
-    let engine = SyncEngine::builder(pool.clone())
+    let engine = SyncEngine::builder(engine_pool(&pool))
         .entity_named("tasks")
         .authenticate::<Session>()
         .scope(
             "tasks",
             Scope::keyed("project_id", move |who: Principal| {
-                let pool = members.clone();
-                async move {
-                    sqlx::query_scalar(
-                        "SELECT CAST(project_id AS TEXT) FROM members WHERE user = ?",
-                    )
-                    .bind(who.user)
-                    .fetch_all(&pool)
-                    .await
-                }
+                projects_of(members.clone(), who.user)
             }),
         )
         .build()
@@ -617,28 +648,30 @@ async fn a_keyed_scope_reads_the_apps_own_membership_rule() {
     assert_eq!(pull_ids("keyed-dan").await, [20]);
     assert_eq!(pull_ids("keyed-nobody").await, Vec::<i64>::new());
 }
+both!(a_keyed_scope_reads_the_apps_own_membership_rule);
 
-#[tokio::test]
-async fn a_table_logged_before_it_had_a_scope_is_scoped_from_its_whole_history() {
-    let (_dir, pool) =
-        pool_with("CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT)").await;
+async fn a_table_logged_before_it_had_a_scope_is_scoped_from_its_whole_history(backend: Backend) {
+    let (_db, pool) = pool_with(
+        backend,
+        "CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT)",
+    )
+    .await;
     // An engine without scopes logs a while.
-    let unscoped = SyncEngine::builder(pool.clone())
+    let unscoped = SyncEngine::builder(engine_pool(&pool))
         .entity_named("docs")
         .build()
         .await
         .unwrap();
-    sqlx::raw_sql(
+    script(
+        &pool,
         "INSERT INTO docs VALUES ('d1', 'history-a', 'x'), ('d2', 'history-b', 'y'), ('d3', 'history-a', 'z');
          UPDATE docs SET body = 'x2' WHERE id = 'd1';
          DELETE FROM docs WHERE id = 'd3';",
     )
-    .execute(&pool)
-    .await
-    .unwrap();
+    .await;
     drop(unscoped);
     set_tenant("history-user", Some("history-a"));
-    let engine = SyncEngine::builder(pool.clone())
+    let engine = SyncEngine::builder(engine_pool(&pool))
         .entity_named("docs")
         .authenticate::<Session>()
         .scope("docs", Scope::tenant("tenant_id"))
@@ -658,30 +691,35 @@ async fn a_table_logged_before_it_had_a_scope_is_scoped_from_its_whole_history()
     assert_eq!(ids(&body), BTreeSet::from(["d1".to_owned()]), "{body}");
     assert!(!body.contains("\"d2\""), "{body}");
     // The scope is recorded once: a second build changes nothing in the log.
-    let log = |pool: SqlitePool| async move {
-        sqlx::query_as::<_, (i64, Option<String>, Option<String>)>(
-            "SELECT version, scope_before, scope_after FROM _rhtmx_sync_log ORDER BY version",
+    let log = |pool: Db| async move {
+        pool.fetch_all::<(i64, Option<String>, Option<String>)>(
+            "SELECT version, scope_before, scope_after FROM _rhtmx_sync_log \
+             WHERE version IS NOT NULL ORDER BY version",
+            args![],
         )
-        .fetch_all(&pool)
         .await
-        .unwrap()
     };
     let first = log(pool.clone()).await;
     drop(engine);
-    let _again = SyncEngine::builder(pool.clone())
+    let again = SyncEngine::builder(engine_pool(&pool))
         .entity_named("docs")
         .authenticate::<Session>()
         .scope("docs", Scope::tenant("tenant_id"))
         .build()
         .await
         .unwrap();
+    again.head().await.unwrap();
     assert_eq!(log(pool).await, first);
 }
+both!(a_table_logged_before_it_had_a_scope_is_scoped_from_its_whole_history);
 
-#[tokio::test]
-async fn a_scope_the_engine_cannot_apply_is_a_build_error() {
-    let (_dir, pool) =
-        pool_with("CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT)").await;
+async fn a_scope_the_engine_cannot_apply_is_a_build_error(backend: Backend) {
+    let (_db, pool) = pool_with(
+        backend,
+        "CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, body TEXT)",
+    )
+    .await;
+    let pool = engine_pool(&pool);
     let no_auth = SyncEngine::builder(pool.clone())
         .entity_named("docs")
         .scope("docs", Scope::tenant("tenant_id"))
@@ -711,21 +749,29 @@ async fn a_scope_the_engine_cannot_apply_is_a_build_error() {
         .await
         .unwrap();
 }
+both!(a_scope_the_engine_cannot_apply_is_a_build_error);
 
-/// Every way a row's entry reaches the log records its scope: a REPLACE's victim, a
-/// key change, a write the triggers missed (logged at the next build), a cascade.
-#[tokio::test]
-async fn every_path_into_the_log_records_the_scope() {
-    let (_dir, pool) = pool_with(
-        "PRAGMA foreign_keys = ON;
-         CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, slug TEXT UNIQUE, body TEXT);
-         CREATE TABLE parts (id TEXT PRIMARY KEY, tenant_id TEXT,
-                             doc TEXT REFERENCES docs (id) ON DELETE CASCADE);",
+/// Every way a row's entry reaches the log records its scope: a REPLACE's victim (on
+/// PostgreSQL, which has no REPLACE, an upsert that takes the row's slug over, key and
+/// all), a key change, a write the triggers missed (logged at the next build), a cascade.
+async fn every_path_into_the_log_records_the_scope(backend: Backend) {
+    let foreign_keys = match backend {
+        Backend::Sqlite => "PRAGMA foreign_keys = ON;",
+        Backend::Postgres => "",
+    };
+    let (_db, pool) = pool_with(
+        backend,
+        &format!(
+            "{foreign_keys}
+             CREATE TABLE docs (id TEXT PRIMARY KEY, tenant_id TEXT, slug TEXT UNIQUE, body TEXT);
+             CREATE TABLE parts (id TEXT PRIMARY KEY, tenant_id TEXT,
+                                 doc TEXT REFERENCES docs (id) ON DELETE CASCADE);"
+        ),
     )
     .await;
     set_tenant("paths-user", Some("paths-a"));
     let build = || {
-        SyncEngine::builder(pool.clone())
+        SyncEngine::builder(engine_pool(&pool))
             .entity_named("docs")
             .entity_named("parts")
             .authenticate::<Session>()
@@ -734,27 +780,57 @@ async fn every_path_into_the_log_records_the_scope() {
             .build()
     };
     let engine = build().await.unwrap();
-    let mut conn = pool.acquire().await.unwrap();
-    sqlx::raw_sql(
-        "PRAGMA foreign_keys = ON;
-         INSERT INTO docs VALUES ('victim', 'paths-a', 's1', 'v'), ('keyed', 'paths-a', 's2', 'k'),
-                                 ('parent', 'paths-a', 's3', 'p');
-         INSERT INTO parts VALUES ('child', 'paths-a', 'parent');
-         INSERT OR REPLACE INTO docs VALUES ('other', 'paths-b', 's1', 'took the slug');
-         UPDATE docs SET id = 'rekeyed' WHERE id = 'keyed';
-         DELETE FROM docs WHERE id = 'parent';",
+    let take_slug = match backend {
+        Backend::Sqlite => {
+            "INSERT OR REPLACE INTO docs VALUES ('other', 'paths-b', 's1', 'took the slug')"
+        }
+        Backend::Postgres => {
+            "INSERT INTO docs VALUES ('other', 'paths-b', 's1', 'took the slug')
+             ON CONFLICT (slug) DO UPDATE
+             SET id = excluded.id, tenant_id = excluded.tenant_id, body = excluded.body"
+        }
+    };
+    // One connection: the PRAGMA holds for the statements after it.
+    script(
+        &pool,
+        &format!(
+            "{foreign_keys}
+             INSERT INTO docs VALUES ('victim', 'paths-a', 's1', 'v'), ('keyed', 'paths-a', 's2', 'k'),
+                                     ('parent', 'paths-a', 's3', 'p');
+             INSERT INTO parts VALUES ('child', 'paths-a', 'parent');
+             {take_slug};
+             UPDATE docs SET id = 'rekeyed' WHERE id = 'keyed';
+             DELETE FROM docs WHERE id = 'parent';"
+        ),
     )
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    drop(conn);
+    .await;
     drop(engine);
     // Written while no engine ran and the triggers were gone: the next build logs it.
-    rhtmx_sync::drop_triggers(&pool).await.unwrap();
-    sqlx::query("INSERT INTO docs VALUES ('unseen', 'paths-a', 's4', 'u')")
-        .execute(&pool)
-        .await
-        .unwrap();
+    match &pool {
+        Db::Sqlite(p) => {
+            assert!(rhtmx_sync::drop_triggers(p).await.unwrap() > 0);
+        }
+        // No `drop_triggers` there: a migration drops the engine's triggers itself.
+        Db::Postgres(_) => {
+            script(
+                &pool,
+                "DO $$ DECLARE t record; dropped int := 0; BEGIN
+                     FOR t IN SELECT tgname, tgrelid::regclass AS tab FROM pg_trigger
+                              WHERE tgname LIKE '\\_rhtmx\\_sync\\_%' AND NOT tgisinternal LOOP
+                         EXECUTE format('DROP TRIGGER %I ON %s', t.tgname, t.tab);
+                         dropped := dropped + 1;
+                     END LOOP;
+                     IF dropped = 0 THEN RAISE EXCEPTION 'no trigger of the engine'; END IF;
+                 END $$",
+            )
+            .await
+        }
+    }
+    pool.execute(
+        "INSERT INTO docs VALUES ('unseen', 'paths-a', 's4', 'u')",
+        args![],
+    )
+    .await;
     let engine = build().await.unwrap();
     let (base, _task) = serve(engine.routes()).await;
     let pull = |entity: &'static str| {
@@ -800,13 +876,13 @@ async fn every_path_into_the_log_records_the_scope() {
     );
     assert_eq!(pull("parts").await, ["child create", "child delete"]);
 }
+both!(every_path_into_the_log_records_the_scope);
 
 /// The app's own handlers can hold a write to the signed-in user's scope, atomically.
-#[tokio::test]
-async fn an_apps_write_within_a_principal_is_held_to_its_scope() {
-    let w = World::new("within").await;
-    seed(&w, "within").await;
-    let bob = Principal::user(w.user(2)).in_tenant(tenant("within", 1));
+async fn an_apps_write_within_a_principal_is_held_to_its_scope(backend: Backend) {
+    let w = World::new(backend, "within").await;
+    populate(&w).await;
+    let bob = Principal::user(w.user(2)).in_tenant(w.tenant(1));
     let ctx = rhtmx_sync::SyncContext::new();
     let before = w.dump().await;
     let refused = w
@@ -823,7 +899,7 @@ async fn an_apps_write_within_a_principal_is_held_to_its_scope() {
         .engine
         .write_to("docs", &ctx)
         .within(&bob)
-        .update("doc-of-1", [("tenant_id", tenant("within", 0))])
+        .update("doc-of-1", [("tenant_id", w.tenant(0))])
         .await;
     assert!(
         matches!(moved, Err(rhtmx_sync::Error::OutOfScope(_))),
@@ -847,31 +923,31 @@ async fn an_apps_write_within_a_principal_is_held_to_its_scope() {
         .unwrap();
     assert!(app.applied());
 }
+both!(an_apps_write_within_a_principal_is_held_to_its_scope);
 
 /// A session that ends, or a membership removed, without `access_changed()`: open
 /// streams notice by themselves at the next recheck.
-#[tokio::test]
-async fn open_streams_recheck_access_by_themselves() {
-    let w = World::build("recheck", |b| {
+async fn open_streams_recheck_access_by_themselves(backend: Backend) {
+    let w = World::build(backend, "recheck", |b| {
         b.access_recheck(std::time::Duration::from_millis(200))
     })
     .await;
-    seed(&w, "recheck").await;
+    populate(&w).await;
     let alice = w.user(0);
     let mut open = w.stream_as(alice, None).await;
     set_tenant(alice, None);
     resets_then_misses_tenant_0(&w, &mut open).await;
 }
+both!(open_streams_recheck_access_by_themselves);
 
 /// Every user against every row that is not theirs: update, delete, a take-over of the
 /// scope column, and a create under the foreign key — all 403, nothing written.
-#[tokio::test]
-async fn every_user_is_refused_every_other_users_and_tenants_rows() {
-    let w = World::new("matrix").await;
-    seed(&w, "matrix").await;
+async fn every_user_is_refused_every_other_users_and_tenants_rows(backend: Backend) {
+    let w = World::new(backend, "matrix").await;
+    populate(&w).await;
     let before = w.dump().await;
     for (i, user) in w.users.iter().enumerate() {
-        let own_tenant = tenant("matrix", TENANT_OF[i]);
+        let own_tenant = w.tenant(TENANT_OF[i]);
         for target in foreign(i) {
             if target == "secret-1" {
                 continue; // not writable at all: see the push-closed tests
@@ -899,23 +975,23 @@ async fn every_user_is_refused_every_other_users_and_tenants_rows() {
     }
     assert_eq!(w.dump().await, before);
 }
+both!(every_user_is_refused_every_other_users_and_tenants_rows);
 
 /// At sign-out the app names the principal: its streams end at once, whatever its
 /// extractor would still say on the request the stream was opened with (a session
 /// cached in that request); other principals' streams go on.
-#[tokio::test]
-async fn a_revoked_principals_streams_end_and_others_go_on() {
-    let w = World::new("revoke-now").await;
-    seed(&w, "revoke-now").await;
+async fn a_revoked_principals_streams_end_and_others_go_on(backend: Backend) {
+    let w = World::new(backend, "revoke-now").await;
+    populate(&w).await;
     let (alice, bob) = (w.user(0), w.user(2));
     let mut alices = w.stream_as(alice, None).await;
     let mut bobs = w.stream_as(bob, None).await;
     w.engine
-        .revoke(&Principal::user(alice).in_tenant(tenant("revoke-now", 0)));
+        .revoke(&Principal::user(alice).in_tenant(w.tenant(0)));
     assert!(alices.ended().await, "alice's stream ended");
-    sqlx::query("INSERT INTO news VALUES ('after', '')")
-        .execute(&w.pool)
-        .await
-        .unwrap();
+    w.pool
+        .execute("INSERT INTO news VALUES ('after', '')", args![])
+        .await;
     assert_eq!(bobs.next().await.data["id"], "after");
 }
+both!(a_revoked_principals_streams_end_and_others_go_on);

@@ -16,9 +16,8 @@ async fn cache_control(res: reqwest::Response) -> (u16, String) {
     (status, value)
 }
 
-#[tokio::test]
-async fn row_data_is_never_cached_and_the_client_files_are_revalidated() {
-    let (_dir, db) = temp_db();
+async fn row_data_is_never_cached_and_the_client_files_are_revalidated(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     add_todo(&server, &todo_id("a"), "private").await;
     let http = client();
@@ -52,13 +51,13 @@ async fn row_data_is_never_cached_and_the_client_files_are_revalidated() {
     .await;
     assert_eq!((status, value.as_str()), (200, "no-cache"));
 }
+both!(row_data_is_never_cached_and_the_client_files_are_revalidated);
 
 /// Request headers a case adds.
 type Headers = Vec<(&'static str, String)>;
 
-#[tokio::test]
-async fn a_push_from_another_site_is_refused_and_changes_nothing() {
-    let (_dir, db) = temp_db();
+async fn a_push_from_another_site_is_refused_and_changes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.allowed_origins(["https://partner.example"])).await;
     let http = client();
     let host = server.base.trim_start_matches("http://").to_owned();
@@ -122,7 +121,7 @@ async fn a_push_from_another_site_is_refused_and_changes_nothing() {
         let res = push(&format!("o{i}"), what, headers).await.expect(what);
         assert_eq!(res.status().as_u16(), status, "{what}");
     }
-    let titles: Vec<String> = todos(&server.pool).await.into_iter().map(|t| t.1).collect();
+    let titles: Vec<String> = todos(&server.db).await.into_iter().map(|t| t.1).collect();
     let mut expected = vec![
         "same origin",
         "Origin only, this host",
@@ -134,3 +133,4 @@ async fn a_push_from_another_site_is_refused_and_changes_nothing() {
     titles.sort();
     assert_eq!(titles, expected);
 }
+both!(a_push_from_another_site_is_refused_and_changes_nothing);

@@ -10,11 +10,10 @@ use common::*;
 use futures_util::StreamExt;
 use tokio::sync::oneshot;
 
-#[tokio::test]
-async fn graceful_shutdown_ends_open_event_streams() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
-    let engine = app::engine(&pool).await.unwrap();
+async fn graceful_shutdown_ends_open_event_streams(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = app::open(&db.url).await.unwrap();
+    let engine = app::engine(pool).await.unwrap();
     let router = app::app(engine.clone()).merge(engine.routes());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
@@ -61,10 +60,10 @@ async fn graceful_shutdown_ends_open_event_streams() {
         chunk.expect("ended cleanly, not cut off");
     }
 }
+both!(graceful_shutdown_ends_open_event_streams);
 
-#[tokio::test]
-async fn after_shutdown_new_streams_get_503_and_other_routes_still_work() {
-    let (_dir, db) = temp_db();
+async fn after_shutdown_new_streams_get_503_and_other_routes_still_work(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     server.engine.shutdown();
     server.engine.shutdown();
@@ -83,3 +82,4 @@ async fn after_shutdown_new_streams_get_503_and_other_routes_still_work() {
         (200, Some(todo_id("b").as_str()))
     );
 }
+both!(after_shutdown_new_streams_get_503_and_other_routes_still_work);

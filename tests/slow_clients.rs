@@ -8,9 +8,8 @@ use std::time::Duration;
 use common::*;
 use tokio::io::AsyncReadExt;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalled_pulls_do_not_block_the_app_or_the_sync_api() {
-    let (_dir, db) = temp_db();
+async fn stalled_pulls_do_not_block_the_app_or_the_sync_api(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     fill_log(&server).await;
     let addr: std::net::SocketAddr = server.base.trim_start_matches("http://").parse().unwrap();
@@ -56,6 +55,7 @@ async fn stalled_pulls_do_not_block_the_app_or_the_sync_api() {
     assert_eq!(page["changes"].as_array().unwrap().len(), 10_000);
     assert_eq!(page["has_more"], true);
 }
+both!(multi_thread: stalled_pulls_do_not_block_the_app_or_the_sync_api);
 
 /// Decodes an HTTP/1.1 chunked body (the response is read raw off the socket).
 fn dechunk(mut s: &str) -> String {

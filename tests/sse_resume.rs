@@ -17,9 +17,8 @@ fn ids(events: &[SseEvent]) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test]
-async fn resume_with_last_event_id_has_no_gap_and_no_duplicate() {
-    let (_dir, db) = temp_db();
+async fn resume_with_last_event_id_has_no_gap_and_no_duplicate(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
     for i in 0..3 {
@@ -47,11 +46,11 @@ async fn resume_with_last_event_id_has_no_gap_and_no_duplicate() {
         ["t2", "t3", "t4", "t5", "t6"].map(todo_id)
     );
 }
+both!(resume_with_last_event_id_has_no_gap_and_no_duplicate);
 
-#[tokio::test]
-async fn the_header_wins_over_a_stale_query_parameter() {
+async fn the_header_wins_over_a_stale_query_parameter(backend: Backend) {
     // A browser reconnecting by itself keeps its original URL but sends a newer header.
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
     for i in 0..3 {
@@ -67,10 +66,10 @@ async fn the_header_wins_over_a_stale_query_parameter() {
     assert_eq!(ids(&resumed.take(1).await), ["t2"].map(todo_id));
     resumed.assert_quiet(Duration::from_millis(300)).await;
 }
+both!(the_header_wins_over_a_stale_query_parameter);
 
-#[tokio::test]
-async fn resume_works_across_a_server_restart() {
-    let (_dir, db) = temp_db();
+async fn resume_works_across_a_server_restart(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
     for i in 0..3 {
@@ -78,15 +77,15 @@ async fn resume_works_across_a_server_restart() {
     }
     let seen = sse.take(3).await;
     drop(sse);
-    let pool = server.pool.clone();
+    let pool = server.db.clone();
     drop(server);
     // While no server runs, another writer changes the data: the triggers live in the
-    // database file, so the log still records it.
-    sqlx::query("UPDATE todos SET completed = true WHERE id = ?")
-        .bind(todo_id("t1"))
-        .execute(&pool)
-        .await
-        .unwrap();
+    // database, so the log still records it.
+    pool.execute(
+        "UPDATE todos SET completed = true WHERE id = $1",
+        args![todo_id("t1")],
+    )
+    .await;
     pool.close().await;
 
     let restarted = start(&db).await;
@@ -99,10 +98,10 @@ async fn resume_works_across_a_server_restart() {
     assert!(versions(&events).windows(2).all(|w| w[0] < w[1]));
     resumed.assert_quiet(Duration::from_millis(300)).await;
 }
+both!(resume_works_across_a_server_restart);
 
-#[tokio::test]
-async fn an_id_the_log_never_had_gets_a_reset() {
-    let (_dir, db) = temp_db();
+async fn an_id_the_log_never_had_gets_a_reset(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     add_todo(&server, &todo_id("t0"), "x").await;
     let mut sse = Sse::connect(&server.base, "", Some("999")).await;
@@ -115,19 +114,22 @@ async fn an_id_the_log_never_had_gets_a_reset() {
     add_todo(&server, &todo_id("t1"), "x").await;
     assert_eq!(sse.next().await.data["id"], todo_id("t1"));
 }
+both!(an_id_the_log_never_had_gets_a_reset);
 
-#[tokio::test]
-async fn an_id_behind_the_compaction_horizon_gets_a_reset() {
-    let (_dir, db) = temp_db();
+async fn an_id_behind_the_compaction_horizon_gets_a_reset(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     for i in 0..3 {
         add_todo(&server, &todo_id(&format!("t{i}")), "x").await;
     }
     // What compaction records once it has collapsed versions up to 2.
-    sqlx::query("INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('horizon', '2')")
-        .execute(&server.pool)
-        .await
-        .unwrap();
+    server
+        .db
+        .execute(
+            "INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('horizon', '2')",
+            args![],
+        )
+        .await;
     let mut sse = Sse::connect(&server.base, "", Some("1")).await;
     let reset = sse.next().await;
     assert_eq!(reset.event, "reset");
@@ -136,17 +138,15 @@ async fn an_id_behind_the_compaction_horizon_gets_a_reset() {
     let mut ok = Sse::connect(&server.base, "", Some("2")).await;
     assert_eq!(ok.next().await.data["id"], todo_id("t2"));
 }
+both!(an_id_behind_the_compaction_horizon_gets_a_reset);
 
-#[tokio::test]
-async fn the_entities_filter_keeps_other_entities_out_and_names_unknown_ones() {
-    let (_dir, db) = temp_db();
+async fn the_entities_filter_keeps_other_entities_out_and_names_unknown_ones(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let (server, pool) = start_with_notes(&db).await;
     let mut todos_only = Sse::connect(&server.base, "?entities=todos", None).await;
     let mut notes_only = Sse::connect(&server.base, "?entities=notes", None).await;
-    sqlx::query("INSERT INTO notes (id, body) VALUES (7, 'n')")
-        .execute(&pool)
-        .await
-        .unwrap();
+    pool.execute("INSERT INTO notes (id, body) VALUES (7, 'n')", args![])
+        .await;
     add_todo(&server, &todo_id("t0"), "x").await;
     let todo = todos_only.next().await;
     assert_eq!(todo.data["entity"], "todos");
@@ -179,33 +179,29 @@ async fn the_entities_filter_keeps_other_entities_out_and_names_unknown_ones() {
         400
     );
 }
+both!(the_entities_filter_keeps_other_entities_out_and_names_unknown_ones);
 
-#[tokio::test]
-async fn a_stalled_consumer_blocks_no_writer_and_misses_nothing() {
-    let (_dir, db) = temp_db();
+async fn a_stalled_consumer_blocks_no_writer_and_misses_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
     // A tiny channel, so the stream is certain to fall behind it.
     let server = start_with(&db, |b| b.event_buffer(2)).await;
     let mut sse = Sse::connect(&server.base, "", None).await;
     // Nobody reads the stream while 600 writes of 4 KiB each go through (more than
     // socket buffers hold), some as one big transaction so the channel overflows.
     let title = "x".repeat(4096);
-    let mut tx = server.pool.begin().await.unwrap();
-    for i in 0..300 {
-        sqlx::query("INSERT INTO todos (id, title) VALUES (?, ?)")
-            .bind(format!("b{i:04}"))
-            .bind(&title)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-    }
-    tx.commit().await.unwrap();
+    let insert = "INSERT INTO todos (id, title) VALUES ($1, $2)";
+    server
+        .db
+        .execute_each(
+            insert,
+            (0..300).map(|i| args![format!("b{i:04}"), title.as_str()]),
+        )
+        .await;
     for i in 300..600 {
-        sqlx::query("INSERT INTO todos (id, title) VALUES (?, ?)")
-            .bind(format!("b{i:04}"))
-            .bind(&title)
-            .execute(&server.pool)
-            .await
-            .unwrap();
+        server
+            .db
+            .execute(insert, args![format!("b{i:04}"), title.as_str()])
+            .await;
     }
     let events = sse.take(600).await;
     let expected: Vec<String> = (0..600).map(|i| format!("b{i:04}")).collect();
@@ -213,10 +209,10 @@ async fn a_stalled_consumer_blocks_no_writer_and_misses_nothing() {
     assert!(versions(&events).windows(2).all(|w| w[0] < w[1]));
     sse.assert_quiet(Duration::from_millis(300)).await;
 }
+both!(a_stalled_consumer_blocks_no_writer_and_misses_nothing);
 
-#[tokio::test]
-async fn the_stream_suggests_a_retry_delay() {
-    let (_dir, db) = temp_db();
+async fn the_stream_suggests_a_retry_delay(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.sse_retry(Duration::from_millis(1500))).await;
     let mut res = client()
         .get(format!("{}/api/sync/events", server.base))
@@ -227,3 +223,4 @@ async fn the_stream_suggests_a_retry_delay() {
     let text = String::from_utf8_lossy(&chunk);
     assert!(text.contains("retry: 1500"), "first bytes: {text:?}");
 }
+both!(the_stream_suggests_a_retry_delay);

@@ -2,6 +2,11 @@
 //! whatever the triggers did not see (rows from before adoption, writes made while they
 //! were removed for a migration, renamed or dropped columns) is logged when they are
 //! back: replaying the log from version 0 gives the table.
+//!
+//! SQLite only: these are the handover rules of SQLite's triggers. On PostgreSQL the
+//! capture is reconciled at every start and follows migrations while it runs
+//! (`postgres_log.rs`: `rows_written_while_no_engine_ran_are_logged_at_the_next_start`,
+//! `a_migration_while_the_app_runs_is_followed`).
 
 mod common;
 
@@ -20,8 +25,8 @@ async fn exec(pool: &SqlitePool, sql: &str) {
     }
 }
 
-async fn pool_on(db: &std::path::Path) -> SqlitePool {
-    single_pool(db).await
+async fn pool_on(db: &TestDb) -> SqlitePool {
+    single_pool(db).await.sqlite().clone()
 }
 
 async fn engine(pool: &SqlitePool, tables: &[&str]) -> SyncEngine {
@@ -59,7 +64,7 @@ async fn table(pool: &SqlitePool, table: &str) -> BTreeMap<String, Value> {
 
 async fn assert_replay_is_table(pool: &SqlitePool, name: &str, after: &str) {
     assert_eq!(
-        replayed(pool, name).await,
+        replayed(&Db::Sqlite(pool.clone()), name).await,
         table(pool, name).await,
         "{name} after {after}"
     );
@@ -81,7 +86,7 @@ const TABLES: &str = "CREATE TABLE lists (id TEXT PRIMARY KEY, name TEXT);
 
 #[tokio::test]
 async fn an_engine_that_registers_fewer_tables_does_not_switch_capture_off_for_another() {
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(Backend::Sqlite).await;
     let pool = pool_on(&db).await;
     exec(&pool, TABLES).await;
     let app = engine(&pool, &["lists", "notes"]).await;
@@ -101,7 +106,7 @@ async fn an_engine_that_registers_fewer_tables_does_not_switch_capture_off_for_a
 
 #[tokio::test]
 async fn rows_the_triggers_never_saw_are_logged_when_an_engine_is_built() {
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(Backend::Sqlite).await;
     let pool = pool_on(&db).await;
     exec(&pool, TABLES).await;
     // Rows from before the app adopted sync.
@@ -148,7 +153,7 @@ async fn rows_the_triggers_never_saw_are_logged_when_an_engine_is_built() {
 
 #[tokio::test]
 async fn a_running_engine_follows_a_column_added_after_a_newer_build_exited() {
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(Backend::Sqlite).await;
     let pool = pool_on(&db).await;
     exec(&pool, TABLES).await;
     let app = engine(&pool, &["notes"]).await;
@@ -178,7 +183,7 @@ async fn a_running_engine_follows_a_column_added_after_a_newer_build_exited() {
 
 #[tokio::test]
 async fn tables_whose_names_extend_each_other_keep_their_own_triggers() {
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(Backend::Sqlite).await;
     let pool = pool_on(&db).await;
     exec(
         &pool,
@@ -218,7 +223,7 @@ async fn log_len(pool: &SqlitePool) -> i64 {
 
 #[tokio::test]
 async fn a_null_key_is_not_synced_and_fails_nothing() {
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(Backend::Sqlite).await;
     let pool = pool_on(&db).await;
     exec(&pool, TABLES).await;
     let app = engine(&pool, &["notes"]).await;
@@ -237,12 +242,12 @@ async fn a_null_key_is_not_synced_and_fails_nothing() {
     let third = engine(&pool, &["notes"]).await;
     assert_eq!(third.head().await.unwrap(), head);
     exec(&pool, "DELETE FROM notes WHERE id IS NULL").await;
-    assert_eq!(replayed(&pool, "notes").await.len(), 1);
+    assert_eq!(replayed(&Db::Sqlite(pool.clone()), "notes").await.len(), 1);
 }
 
 #[tokio::test]
 async fn rows_whose_keys_share_a_text_form_are_not_logged_again_at_each_restart() {
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(Backend::Sqlite).await;
     let pool = pool_on(&db).await;
     exec(
         &pool,
@@ -262,7 +267,7 @@ async fn rows_whose_keys_share_a_text_form_are_not_logged_again_at_each_restart(
 
 #[tokio::test]
 async fn after_a_pause_ends_two_registrations_do_not_take_a_table_from_each_other() {
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(Backend::Sqlite).await;
     let pool = pool_on(&db).await;
     exec(
         &pool,
@@ -314,7 +319,10 @@ async fn after_a_pause_ends_two_registrations_do_not_take_a_table_from_each_othe
         settled = Some(now);
     }
     // Whoever won, what it syncs replays as the table.
-    assert_eq!(replayed(&pool, "notes").await["n1"]["title"], "t3");
+    assert_eq!(
+        replayed(&Db::Sqlite(pool.clone()), "notes").await["n1"]["title"],
+        "t3"
+    );
 }
 
 #[derive(rhtmx_sync::Syncable)]
@@ -327,7 +335,7 @@ struct TitleOnly {
 
 #[tokio::test]
 async fn a_reconciled_row_conflicts_only_on_what_changed_unseen() {
-    let (_dir, db) = temp_db();
+    let db = TestDb::new(Backend::Sqlite).await;
     let pool = pool_on(&db).await;
     exec(
         &pool,

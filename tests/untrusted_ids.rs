@@ -5,24 +5,65 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 
-/// The database files, to show a refused request wrote nothing.
-fn snapshot(db: &Path) -> Vec<Vec<u8>> {
-    ["", "-wal"]
-        .iter()
-        .map(|suffix| std::fs::read(format!("{}{suffix}", db.display())).unwrap_or_default())
-        .collect()
+/// Every table of the database (the engine's own included) with its rows as text, to
+/// show a refused request wrote nothing. Everything written before is numbered first
+/// (on PostgreSQL the log's versions are given after commit).
+async fn snapshot(server: &Server) -> Vec<(String, Vec<String>)> {
+    server.engine.head().await.unwrap();
+    let db = &server.db;
+    let tables: Vec<(String,)> = match db.backend() {
+        Backend::Sqlite => {
+            db.fetch_all(
+                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+                args![],
+            )
+            .await
+        }
+        Backend::Postgres => {
+            db.fetch_all(
+                "SELECT table_name::text FROM information_schema.tables \
+                 WHERE table_schema = current_schema() ORDER BY 1",
+                args![],
+            )
+            .await
+        }
+    };
+    let mut out = Vec::new();
+    for (table,) in tables {
+        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
+        // One text per row, every column in it whatever its type.
+        let row = match db.backend() {
+            Backend::Sqlite => {
+                let columns: Vec<(String,)> = db
+                    .fetch_all("SELECT name FROM pragma_table_info($1)", args![&table])
+                    .await;
+                columns
+                    .iter()
+                    .map(|(c,)| format!("quote(\"{}\")", c.replace('"', "\"\"")))
+                    .collect::<Vec<_>>()
+                    .join(" || ',' || ")
+            }
+            Backend::Postgres => "t::text".to_owned(),
+        };
+        let rows: Vec<(String,)> = db
+            .fetch_all(
+                &format!("SELECT {row} FROM {quoted} AS t ORDER BY 1"),
+                args![],
+            )
+            .await;
+        out.push((table, rows.into_iter().map(|(r,)| r).collect()));
+    }
+    out
 }
 
 const OTHER: &str = "0192f0a0-0000-7000-8000-000000000001";
 
-#[tokio::test]
-async fn create_refuses_an_id_that_is_not_a_uuid_and_writes_nothing() {
-    let (_dir, db) = temp_db();
+async fn create_refuses_an_id_that_is_not_a_uuid_and_writes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     add_todo(&server, OTHER, "someone else's").await;
-    let before = snapshot(&db);
+    let before = snapshot(&server).await;
 
     let refused = [
         format!("../todos/{OTHER}#"),
@@ -55,30 +96,31 @@ async fn create_refuses_an_id_that_is_not_a_uuid_and_writes_nothing() {
         assert!(body.contains("UUID"), "id {id:?}: unclear message {body:?}");
     }
     assert_eq!(
-        snapshot(&db),
+        snapshot(&server).await,
         before,
         "a refused create changed the database"
     );
     assert_eq!(
-        todos(&server.pool).await,
+        todos(&server.db).await,
         [(OTHER.into(), "someone else's".into(), false)]
     );
 }
+both!(create_refuses_an_id_that_is_not_a_uuid_and_writes_nothing);
 
-#[tokio::test]
-async fn create_keeps_a_uuid_in_lowercase_and_still_makes_one_without_an_id() {
-    let (_dir, db) = temp_db();
+async fn create_keeps_a_uuid_in_lowercase_and_still_makes_one_without_an_id(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start(&db).await;
     add_todo(&server, &OTHER.to_uppercase(), "shouted").await;
     add_todo(&server, "", "named by the server").await;
-    let rows = todos(&server.pool).await;
+    let rows = todos(&server.db).await;
     assert_eq!(rows.len(), 2, "{rows:?}");
     assert_eq!(rows[0].0, OTHER, "stored in lowercase");
     assert!(uuid::Uuid::try_parse(&rows[1].0).is_ok(), "{rows:?}");
     // The same create again (a replay) does not duplicate.
     add_todo(&server, OTHER, "again").await;
-    assert_eq!(todos(&server.pool).await, rows);
+    assert_eq!(todos(&server.db).await, rows);
 }
+both!(create_keeps_a_uuid_in_lowercase_and_still_makes_one_without_an_id);
 
 /// The `(method, url)` of every control the list renders for the row `id`, as a browser
 /// resolves them against the page, and the element's `data-id`.
@@ -137,16 +179,16 @@ fn attr(tag: &str, name: &str) -> Option<String> {
 /// A row written by another writer (the push API, a script, an older version of the
 /// app), which the create handler never saw.
 async fn insert_row(server: &Server, id: &str, title: &str) {
-    sqlx::query("INSERT INTO todos (id, title, completed) VALUES (?, ?, false)")
-        .bind(id)
-        .bind(title)
-        .execute(&server.pool)
-        .await
-        .unwrap();
+    server
+        .db
+        .execute(
+            "INSERT INTO todos (id, title, completed) VALUES ($1, $2, false)",
+            args![id, title],
+        )
+        .await;
 }
 
-#[tokio::test]
-async fn every_control_acts_on_its_own_row_whatever_the_id_holds() {
+async fn every_control_acts_on_its_own_row_whatever_the_id_holds(backend: Backend) {
     let hostile = [
         format!("../todos/{OTHER}#"),
         format!("../{OTHER}"),
@@ -159,7 +201,7 @@ async fn every_control_acts_on_its_own_row_whatever_the_id_holds() {
         "...".into(),
     ];
     for id in &hostile {
-        let (_dir, db) = temp_db();
+        let db = TestDb::new(backend).await;
         let server = start(&db).await;
         add_todo(&server, OTHER, "someone else's").await;
         insert_row(&server, id, "hostile").await;
@@ -199,7 +241,7 @@ async fn every_control_acts_on_its_own_row_whatever_the_id_holds() {
             "id {id:?}: rename {rename}: {}",
             res.status()
         );
-        let mut rows = todos(&server.pool).await;
+        let mut rows = todos(&server.db).await;
         rows.sort();
         let mut want = vec![
             (OTHER.to_owned(), "someone else's".to_owned(), false),
@@ -215,20 +257,20 @@ async fn every_control_acts_on_its_own_row_whatever_the_id_holds() {
             res.status()
         );
         assert_eq!(
-            todos(&server.pool).await,
+            todos(&server.db).await,
             [(OTHER.into(), "someone else's".into(), false)],
             "id {id:?}: delete removed the wrong row"
         );
     }
 }
+both!(every_control_acts_on_its_own_row_whatever_the_id_holds);
 
-#[tokio::test]
-async fn the_ids_no_url_can_name_are_shown_without_controls() {
+async fn the_ids_no_url_can_name_are_shown_without_controls(backend: Backend) {
     // `.` and `..` are dot segments in any encoding, and an empty segment names nothing;
     // the create handler refuses them all, and a row another writer made with one is
     // shown read-only rather than with controls that would reach some other URL.
     for id in ["", ".", ".."] {
-        let (_dir, db) = temp_db();
+        let db = TestDb::new(backend).await;
         let server = start(&db).await;
         insert_row(&server, id, "unreachable").await;
         let (data_id, urls) = rendered(&server.base, id).await;
@@ -236,3 +278,4 @@ async fn the_ids_no_url_can_name_are_shown_without_controls() {
         assert_eq!(urls, [], "id {id:?}");
     }
 }
+both!(the_ids_no_url_can_name_are_shown_without_controls);

@@ -1,5 +1,6 @@
-//! Tables wider than SQLite's function-argument limit are logged whole, whatever their
-//! column names: the row JSON of such a table is built without JSON paths.
+//! Tables wider than a function's argument limit (SQLite's, PostgreSQL's 100) are logged
+//! whole, whatever their column names: the row JSON of such a table is built without
+//! JSON paths. PostgreSQL takes at most 1600 columns per table.
 
 mod common;
 
@@ -23,7 +24,7 @@ const ODD: [&str; 10] = [
 /// A 73-column table `wide` (integer key `id`): 60 plain columns `c00`..`c59`, then the
 /// odd names, a BOOLEAN and a JSON column named oddly too, so every odd name lies past
 /// the first 60 (the part that used to be added by path).
-async fn create_wide(pool: &sqlx::SqlitePool) -> Vec<String> {
+async fn create_wide(pool: &Db) -> Vec<String> {
     let mut names: Vec<String> = (0..60).map(|i| format!("c{i:02}")).collect();
     names.extend(ODD.iter().map(|s| s.to_string()));
     let mut defs: Vec<String> = names
@@ -38,7 +39,7 @@ async fn create_wide(pool: &sqlx::SqlitePool) -> Vec<String> {
         "CREATE TABLE wide (id INTEGER PRIMARY KEY, {})",
         defs.join(", ")
     );
-    sqlx::query(&ddl).execute(pool).await.unwrap();
+    pool.execute(&ddl, args![]).await;
     assert_eq!(names.len() + 1, 73);
     names
 }
@@ -47,10 +48,9 @@ fn quote(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
-#[tokio::test]
-async fn odd_column_names_past_the_argument_limit_are_logged() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
+async fn odd_column_names_past_the_argument_limit_are_logged(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = db.connect().await;
     let names = create_wide(&pool).await;
     let server = start_with(&db, |b| b.entity_named("wide").writable("wide")).await;
 
@@ -59,18 +59,16 @@ async fn odd_column_names_past_the_argument_limit_are_logged() {
         .iter()
         .filter(|n| !matches!(n.as_str(), "flag.[0]" | "$.meta"))
         .collect();
-    let sql =
-        format!(
-        "INSERT INTO wide (id, {}, \"flag.[0]\", \"$.meta\") VALUES (1, {}, 1, '{{\"k\":[1,2]}}')",
+    let sql = format!(
+        "INSERT INTO wide (id, {}, \"flag.[0]\", \"$.meta\") VALUES (1, {}, true, '{{\"k\":[1,2]}}')",
         texts.iter().map(|n| quote(n)).collect::<Vec<_>>().join(", "),
-        texts.iter().map(|_| "?").collect::<Vec<_>>().join(", ")
+        (1..=texts.len())
+            .map(|i| format!("${i}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
-    let mut insert = sqlx::query(&sql);
-    for n in &texts {
-        insert = insert.bind(format!("value of {n}"));
-    }
-    insert
-        .execute(&pool)
+    let values = texts.iter().map(|n| Arg::from(format!("value of {n}")));
+    pool.try_execute(&sql, values.collect())
         .await
         .expect("a write to a wide table");
 
@@ -100,10 +98,8 @@ async fn odd_column_names_past_the_argument_limit_are_logged() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    sqlx::query("UPDATE wide SET \"e[0]\" = 'plain' WHERE id = 1")
-        .execute(&pool)
-        .await
-        .unwrap();
+    pool.execute("UPDATE wide SET \"e[0]\" = 'plain' WHERE id = 1", args![])
+        .await;
     let (_, page) = pull(&server.base, "wide", "?since=0").await;
     let changes = page["changes"].as_array().unwrap();
     assert_eq!(changes.len(), 3);
@@ -119,22 +115,22 @@ async fn odd_column_names_past_the_argument_limit_are_logged() {
     assert_eq!(plain["data"]["a\"b"], json!("pushed"));
     assert_eq!(plain["changed"], json!(["e[0]"]));
 }
+both!(odd_column_names_past_the_argument_limit_are_logged);
 
-#[tokio::test]
-async fn a_table_of_1500_columns_is_logged_whole() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
+async fn a_table_of_1500_columns_is_logged_whole(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = db.connect().await;
     let cols: Vec<String> = (0..1500).map(|i| format!("\"x.{i}\" INTEGER")).collect();
-    sqlx::query(&format!(
-        "CREATE TABLE huge (id INTEGER PRIMARY KEY, {})",
-        cols.join(", ")
-    ))
-    .execute(&pool)
-    .await
-    .unwrap();
+    pool.execute(
+        &format!(
+            "CREATE TABLE huge (id INTEGER PRIMARY KEY, {})",
+            cols.join(", ")
+        ),
+        args![],
+    )
+    .await;
     let server = start_with(&db, |b| b.entity_named("huge").writable("huge")).await;
-    sqlx::query("INSERT INTO huge (id, \"x.1499\") VALUES (7, 42)")
-        .execute(&pool)
+    pool.try_execute("INSERT INTO huge (id, \"x.1499\") VALUES (7, 42)", args![])
         .await
         .expect("a write to a 1501-column table");
     let (_, page) = pull(&server.base, "huge", "?since=0").await;
@@ -142,11 +138,10 @@ async fn a_table_of_1500_columns_is_logged_whole() {
     assert_eq!(data.as_object().unwrap().len(), 1501);
     assert_eq!(data["x.1499"], json!(42));
     assert_eq!(data["x.0"], Value::Null);
-    sqlx::query("UPDATE huge SET \"x.700\" = 1 WHERE id = 7")
-        .execute(&pool)
-        .await
-        .unwrap();
+    pool.execute("UPDATE huge SET \"x.700\" = 1 WHERE id = 7", args![])
+        .await;
     let (_, page) = pull(&server.base, "huge", "?since=0").await;
     assert_eq!(page["changes"][1]["changed"], json!(["x.700"]));
     assert_eq!(page["changes"][1]["data"]["x.700"], json!(1));
 }
+both!(a_table_of_1500_columns_is_logged_whole);

@@ -10,22 +10,31 @@ use serde_json::{json, Value};
 
 /// `lists` with `items` that cascade on delete, and a `stats` row that an app trigger
 /// bumps on every rename of a list.
-async fn start_lists(db: &std::path::Path) -> Server {
-    let pool = app::open_db(&url(db)).await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE lists (id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL);
+async fn start_lists(db: &TestDb) -> Server {
+    let pool = db.connect().await;
+    let tables = "CREATE TABLE lists (id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL);
          CREATE TABLE items (id TEXT PRIMARY KEY NOT NULL,
                              list TEXT NOT NULL REFERENCES lists (id) ON DELETE CASCADE,
                              label TEXT);
          CREATE TABLE stats (id TEXT PRIMARY KEY NOT NULL, renames INTEGER NOT NULL);
-         INSERT INTO stats VALUES ('all', 0);
-         CREATE TRIGGER app_count_renames AFTER UPDATE OF name ON lists BEGIN
-             UPDATE stats SET renames = renames + 1 WHERE id = 'all';
-         END;",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+         INSERT INTO stats VALUES ('all', 0);";
+    let trigger = match db.backend {
+        Backend::Sqlite => {
+            "CREATE TRIGGER app_count_renames AFTER UPDATE OF name ON lists BEGIN
+                 UPDATE stats SET renames = renames + 1 WHERE id = 'all';
+             END;"
+        }
+        Backend::Postgres => {
+            "CREATE FUNCTION app_count_renames() RETURNS trigger LANGUAGE plpgsql AS $$
+             BEGIN
+                 UPDATE stats SET renames = renames + 1 WHERE id = 'all';
+                 RETURN NULL;
+             END $$;
+             CREATE TRIGGER app_count_renames AFTER UPDATE OF name ON lists
+                 FOR EACH ROW EXECUTE FUNCTION app_count_renames();"
+        }
+    };
+    raw(&pool, &format!("{tables}\n{trigger}")).await;
     start_with(db, |b| {
         b.entity_named("lists")
             .entity_named("items")
@@ -37,23 +46,30 @@ async fn start_lists(db: &std::path::Path) -> Server {
     .await
 }
 
+/// Runs `sql`, several statements, as one script.
+async fn raw(db: &Db, sql: &str) {
+    match db {
+        Db::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+        Db::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 /// Every log entry of `entity` as pulled.
 async fn changes(server: &Server, entity: &str) -> Vec<Value> {
     let (_, page) = pull(&server.base, entity, "").await;
     page["changes"].as_array().unwrap().clone()
 }
 
-#[tokio::test]
-async fn side_effects_are_not_stamped_with_the_change_that_caused_them() {
-    let (_dir, db) = temp_db();
+async fn side_effects_are_not_stamped_with_the_change_that_caused_them(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_lists(&db).await;
-    sqlx::raw_sql(
+    raw(
+        &server.db,
         "INSERT INTO lists VALUES ('l1', 'groceries');
          INSERT INTO items VALUES ('i1', 'l1', 'milk'), ('i2', 'l1', 'eggs');",
     )
-    .execute(&server.pool)
-    .await
-    .unwrap();
+    .await;
     let at = Hlc::new(1_750_000_000_000, 7, 0xabc);
     let seen = server.engine.head().await.unwrap();
     // A rename through the push API: the app's trigger bumps `stats`.
@@ -103,20 +119,20 @@ async fn side_effects_are_not_stamped_with_the_change_that_caused_them() {
     }
     // The context is gone once the change is written: a plain write after it is the
     // app's own.
-    sqlx::query("UPDATE lists SET name = 'x' WHERE id = 'nope'")
-        .execute(&server.pool)
-        .await
-        .unwrap();
-    let left: i64 = sqlx::query_scalar("SELECT count(*) FROM _rhtmx_sync_context")
-        .fetch_one(&server.pool)
-        .await
-        .unwrap();
+    server
+        .db
+        .execute("UPDATE lists SET name = 'x' WHERE id = 'nope'", args![])
+        .await;
+    let left: i64 = server
+        .db
+        .scalar("SELECT count(*) FROM _rhtmx_sync_context", args![])
+        .await;
     assert_eq!(left, 0);
 }
+both!(side_effects_are_not_stamped_with_the_change_that_caused_them);
 
-#[tokio::test]
-async fn a_push_with_more_changes_than_the_cap_answers_413_and_changes_nothing() {
-    let (_dir, db) = temp_db();
+async fn a_push_with_more_changes_than_the_cap_answers_413_and_changes_nothing(backend: Backend) {
+    let db = TestDb::new(backend).await;
     let server = start_with(&db, |b| b.max_push_changes(100)).await;
     let r1 = todo_id("r1");
     add_todo(&server, &r1, "start").await;
@@ -154,36 +170,46 @@ async fn a_push_with_more_changes_than_the_cap_answers_413_and_changes_nothing()
     .await;
     assert_eq!(status, 200, "{res}");
     assert_eq!(res["applied"].as_array().unwrap().len(), 100);
-    assert_eq!(todos(&server.pool).await[0].1, "t99");
+    assert_eq!(todos(&server.db).await[0].1, "t99");
     assert_eq!(server.engine.head().await.unwrap(), head + 100);
 }
+both!(a_push_with_more_changes_than_the_cap_answers_413_and_changes_nothing);
 
 /// A stored value serde cannot read (nesting deeper than 128, a number beyond f64) must
 /// not make the merge see an empty row and overwrite the others with nothing.
-#[tokio::test]
-async fn a_row_the_merge_cannot_read_is_refused_and_left_as_it_is() {
-    let (_dir, db) = temp_db();
-    let pool = app::open_db(&url(&db)).await.unwrap();
-    sqlx::query(
-        "CREATE TABLE docs (id TEXT PRIMARY KEY NOT NULL, body JSON, size REAL, title TEXT)",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+async fn a_row_the_merge_cannot_read_is_refused_and_left_as_it_is(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = db.connect().await;
+    // The number beyond f64: an infinite REAL on SQLite; on PostgreSQL (whose
+    // `double precision` infinity reads as the string "Infinity") a JSON number.
+    let (table, huge, row) = match backend {
+        Backend::Sqlite => (
+            "CREATE TABLE docs (id TEXT PRIMARY KEY NOT NULL, body JSON, size REAL, title TEXT)",
+            "('huge', '[]', 1e308 * 10, 'b')",
+            "json_object('b', body, 't', title)",
+        ),
+        Backend::Postgres => (
+            "CREATE TABLE docs (id TEXT PRIMARY KEY NOT NULL, body JSONB, \
+             size DOUBLE PRECISION, title TEXT)",
+            "('huge', '[1e400]', 1, 'b')",
+            "json_build_object('b', body, 't', title)::text",
+        ),
+    };
+    pool.execute(table, args![]).await;
     let server = start_with(&db, |b| b.entity_named("docs").writable("docs")).await;
     let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
-    sqlx::query("INSERT INTO docs VALUES ('deep', ?, 1, 'a'), ('huge', '[]', 1e308 * 10, 'b')")
-        .bind(&deep)
-        .execute(&pool)
-        .await
-        .unwrap();
+    let body = match backend {
+        Backend::Sqlite => "$1",
+        Backend::Postgres => "$1::jsonb",
+    };
+    pool.execute(
+        &format!("INSERT INTO docs VALUES ('deep', {body}, 1, 'a'), {huge}"),
+        args![&deep],
+    )
+    .await;
+    let read = format!("SELECT id, {row} FROM docs WHERE id = $1");
     for id in ["deep", "huge"] {
-        let before: (String, String) =
-            sqlx::query_as("SELECT id, json_object('b', body, 't', title) FROM docs WHERE id = ?")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let before: (String, String) = pool.fetch_one(&read, args![id]).await;
         let (status, res) = push_raw(
             &server.base,
             "docs",
@@ -197,15 +223,11 @@ async fn a_row_the_merge_cannot_read_is_refused_and_left_as_it_is() {
             res["error"].as_str().unwrap().contains("cannot read"),
             "{res}"
         );
-        let after: (String, String) =
-            sqlx::query_as("SELECT id, json_object('b', body, 't', title) FROM docs WHERE id = ?")
-                .bind(id)
-                .fetch_one(&pool)
-                .await
-                .unwrap();
+        let after: (String, String) = pool.fetch_one(&read, args![id]).await;
         assert_eq!(before, after, "{id} was changed");
     }
-    // Pulls still deliver such rows as SQLite wrote them (too deep for serde here too).
+    // Pulls still deliver such rows as the database wrote them (too deep for serde here
+    // too).
     let res = client()
         .get(format!("{}/api/sync/docs", server.base))
         .send()
@@ -215,3 +237,4 @@ async fn a_row_the_merge_cannot_read_is_refused_and_left_as_it_is() {
     let body = res.text().await.unwrap();
     assert!(body.contains(&deep) && body.contains("\"huge\""));
 }
+both!(a_row_the_merge_cannot_read_is_refused_and_left_as_it_is);

@@ -1,22 +1,29 @@
 //! Test harness: the example app plus the engine on a real listener on 127.0.0.1, over a
-//! fresh SQLite file, and a small SSE client.
+//! fresh SQLite file or a fresh PostgreSQL database ([`Backend`]), and a small SSE
+//! client.
 #![allow(dead_code)]
 
 #[path = "../../examples/todo_sync/app.rs"]
 pub mod app;
+mod db;
+#[path = "../pg/mod.rs"]
+pub mod pg;
 
-use std::path::{Path, PathBuf};
+#[allow(unused_imports)]
+pub(crate) use db::{args, both};
+pub use db::{Arg, Backend, Db, TestDb};
+
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use rhtmx_sync::{SyncEngine, SyncEngineBuilder};
-use sqlx::SqlitePool;
 use tokio::task::JoinHandle;
 
-/// A running server over a database file.
+/// A running server over a test database.
 pub struct Server {
     pub base: String,
-    pub pool: SqlitePool,
+    /// The app's own pool (the one the engine runs on).
+    pub db: Db,
     pub engine: SyncEngine,
     task: JoinHandle<()>,
 }
@@ -27,25 +34,14 @@ impl Drop for Server {
     }
 }
 
-/// A fresh temp dir holding `app.db`.
-pub fn temp_db() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("app.db");
-    (dir, path)
-}
-
-pub fn url(path: &Path) -> String {
-    format!("sqlite://{}", path.display())
-}
-
 /// Starts the example app with the default engine over `db`.
-pub async fn start(db: &Path) -> Server {
+pub async fn start(db: &TestDb) -> Server {
     start_with(db, |b| b).await
 }
 
 /// Starts the example app with an engine configured by `configure`.
 pub async fn start_with(
-    db: &Path,
+    db: &TestDb,
     configure: impl FnOnce(SyncEngineBuilder) -> SyncEngineBuilder,
 ) -> Server {
     // Tests use the push API: the app allows it for todos.
@@ -53,15 +49,15 @@ pub async fn start_with(
 }
 
 /// Starts the example with the push API closed (nothing made writable).
-pub async fn start_without_push(db: &Path) -> Server {
+pub async fn start_without_push(db: &TestDb) -> Server {
     start_built(db, |b| b).await
 }
 
 async fn start_built(
-    db: &Path,
+    db: &TestDb,
     configure: impl FnOnce(SyncEngineBuilder) -> SyncEngineBuilder,
 ) -> Server {
-    let pool = app::open_db(&url(db)).await.expect("open db");
+    let pool = app::open(&db.url).await.expect("open db");
     let engine = configure(SyncEngine::builder(pool.clone()).entity::<app::Todo>())
         .build()
         .await
@@ -72,20 +68,25 @@ async fn start_built(
     let (base, task) = serve(router).await;
     Server {
         base,
-        pool,
+        db: Db::from(&pool),
         engine,
         task,
     }
 }
 
 /// Starts the example with a second entity, `notes` (integer keys), registered by name;
-/// returns the server and a pool of its own on the same file.
-pub async fn start_with_notes(db: &Path) -> (Server, SqlitePool) {
-    let pool = app::open_db(&url(db)).await.expect("open db");
-    sqlx::query("CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)")
-        .execute(&pool)
-        .await
-        .unwrap();
+/// returns the server and a pool of its own on the same database.
+pub async fn start_with_notes(db: &TestDb) -> (Server, Db) {
+    let pool = db.connect().await;
+    let key = match db.backend {
+        Backend::Sqlite => "INTEGER PRIMARY KEY",
+        Backend::Postgres => "bigserial PRIMARY KEY",
+    };
+    pool.execute(
+        &format!("CREATE TABLE notes (id {key}, body TEXT)"),
+        args![],
+    )
+    .await;
     (
         start_with(db, |b| b.entity_named("notes").writable("notes")).await,
         pool,
@@ -262,21 +263,23 @@ pub async fn push_raw(
 }
 
 /// The rows of `todos` as `(id, title, completed)`, ordered by id.
-pub async fn todos(pool: &SqlitePool) -> Vec<(String, String, bool)> {
-    sqlx::query_as("SELECT id, title, completed FROM todos ORDER BY id")
-        .fetch_all(pool)
-        .await
-        .unwrap()
+pub async fn todos(db: &Db) -> Vec<(String, String, bool)> {
+    db.fetch_all(
+        "SELECT id, title, completed FROM todos ORDER BY id",
+        args![],
+    )
+    .await
 }
 
 /// Replays the change log of `todos` into rows, ordered by id: must equal [`todos`].
-pub async fn replay_log(pool: &SqlitePool) -> Vec<(String, String, bool)> {
-    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT entity_id, action, data FROM _rhtmx_sync_log WHERE entity = 'todos' ORDER BY version",
-    )
-    .fetch_all(pool)
-    .await
-    .unwrap();
+pub async fn replay_log(db: &Db) -> Vec<(String, String, bool)> {
+    let rows: Vec<(String, String, Option<String>)> = db
+        .fetch_all(
+            "SELECT entity_id, action, data FROM _rhtmx_sync_log \
+             WHERE entity = 'todos' AND version IS NOT NULL ORDER BY version",
+            args![],
+        )
+        .await;
     let mut state = std::collections::BTreeMap::new();
     for (id, action, data) in rows {
         if action == "delete" {
@@ -298,16 +301,16 @@ pub async fn replay_log(pool: &SqlitePool) -> Vec<(String, String, bool)> {
 /// The log of `entity` replayed from version 0, as `entity_id -> row`: must equal the
 /// table (see each test's own reading of the table).
 pub async fn replayed(
-    pool: &SqlitePool,
+    db: &Db,
     entity: &str,
 ) -> std::collections::BTreeMap<String, serde_json::Value> {
-    let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
-        "SELECT entity_id, action, data FROM _rhtmx_sync_log WHERE entity = ? ORDER BY version",
-    )
-    .bind(entity)
-    .fetch_all(pool)
-    .await
-    .unwrap();
+    let rows: Vec<(String, String, Option<String>)> = db
+        .fetch_all(
+            "SELECT entity_id, action, data FROM _rhtmx_sync_log \
+             WHERE entity = $1 AND version IS NOT NULL ORDER BY version",
+            args![entity],
+        )
+        .await;
     let mut state = std::collections::BTreeMap::new();
     for (id, action, data) in rows {
         match data {
@@ -340,34 +343,36 @@ where
 /// change the schema while engines run: statements of the test then never go through a
 /// pooled connection that still holds the schema from before its own earlier change
 /// (seen: "index already exists" right after `DROP INDEX` on another pooled connection).
-pub async fn single_pool(db: &Path) -> SqlitePool {
-    app::open_db(&url(db)).await.expect("open db").close().await;
-    let options: sqlx::sqlite::SqliteConnectOptions = url(db).parse().expect("url");
-    sqlx::sqlite::SqlitePoolOptions::new()
-        .max_connections(1)
-        .connect_with(options.busy_timeout(Duration::from_secs(5)))
-        .await
-        .expect("single pool")
+pub async fn single_pool(db: &TestDb) -> Db {
+    db.connect().await.close().await;
+    db.connect_single().await
 }
 
-/// About 12 MB of log: 12,000 todos with 1 KB titles, written by the app's own SQL.
+/// About 12 MB of log: 12,000 todos with 1 KB titles, written by the app's own SQL,
+/// and numbered (see [`numbered`]).
 pub async fn fill_log(server: &Server) {
-    fill_todos(&server.pool).await;
+    let head = server.engine.head().await.unwrap();
+    fill_todos(&server.db).await;
+    numbered(&server.engine, head + 12_000).await;
+}
+
+/// Waits until the engine's head is at least `head`: on PostgreSQL entries are numbered
+/// after their commit, and a pull that comes first may answer from the head before them.
+pub async fn numbered(engine: &SyncEngine, head: i64) {
+    wait_until("the log is numbered", || async {
+        engine.head().await.unwrap() >= head
+    })
+    .await;
 }
 
 /// [`fill_log`] on any pool over the example's schema.
-pub async fn fill_todos(pool: &SqlitePool) {
+pub async fn fill_todos(db: &Db) {
     let title = "t".repeat(1000);
-    let mut tx = pool.begin().await.unwrap();
-    for i in 0..12_000 {
-        sqlx::query("INSERT INTO todos (id, title) VALUES (?, ?)")
-            .bind(format!("row-{i:05}"))
-            .bind(&title)
-            .execute(&mut *tx)
-            .await
-            .unwrap();
-    }
-    tx.commit().await.unwrap();
+    db.execute_each(
+        "INSERT INTO todos (id, title) VALUES ($1, $2)",
+        (0..12_000).map(|i| args![format!("row-{i:05}"), title.as_str()]),
+    )
+    .await;
 }
 
 /// Sends a request on a socket with a tiny receive buffer and never reads the answer
