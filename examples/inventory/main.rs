@@ -9,10 +9,17 @@
 //! The handlers are plain sqlx; what sync needs is marked `SYNC`.
 //!
 //! Run with: `cargo run --example inventory` (`PORT`, default 3002; `DATABASE_URL`,
-//! default `sqlite://inventory.db`; `HTMX=2|4|4-compat` as the other examples).
+//! default `sqlite://inventory.db`; `HTMX=2|4|4-compat` as the other examples). On
+//! PostgreSQL: `DATABASE_URL=postgres://user:password@localhost/inventory cargo run
+//! --example inventory` (the database must exist; the app creates its tables). Its SQL
+//! is written once for both (see [`Db`]); only the tables' definitions differ.
 
+#[path = "../shared/db.rs"]
+mod db;
 #[path = "../shared/htmx.rs"]
 mod htmx;
+
+use db::{on_db, Db};
 
 use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::{header, StatusCode};
@@ -21,7 +28,6 @@ use axum::routing::{get, post};
 use axum::{Form, Router};
 use maud::{html, Markup, DOCTYPE};
 use serde::Deserialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 
 /// Photos larger than this are refused (413), before any is stored.
 const MAX_PHOTO: usize = 1024 * 1024;
@@ -51,7 +57,7 @@ struct Movement {
 // AUTOINCREMENT: a deleted item's number is never given to a new one. Without it SQLite
 // reuses the highest number freed, and a write queued offline for the deleted item
 // (`POST /items/2/movements`) would land on whichever item got number 2 meanwhile.
-const SCHEMA: &str = "
+const SQLITE_SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS items (
     item_no INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL,
@@ -66,6 +72,25 @@ CREATE TABLE IF NOT EXISTS item_photos (
     item_no INTEGER PRIMARY KEY REFERENCES items (item_no) ON DELETE CASCADE,
     content_type TEXT NOT NULL,
     bytes BLOB NOT NULL
+);
+";
+
+// The same tables on PostgreSQL, whose sequences never give a number twice.
+const POSTGRES_SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS items (
+    item_no bigserial PRIMARY KEY,
+    name text NOT NULL,
+    photo_bytes bigint NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS movements (
+    movement_id bigserial PRIMARY KEY,
+    item_no bigint NOT NULL REFERENCES items (item_no) ON DELETE CASCADE,
+    delta bigint NOT NULL
+);
+CREATE TABLE IF NOT EXISTS item_photos (
+    item_no bigint PRIMARY KEY REFERENCES items (item_no) ON DELETE CASCADE,
+    content_type text NOT NULL,
+    bytes bytea NOT NULL
 );
 ";
 
@@ -129,18 +154,21 @@ fn page(body: Markup) -> Markup {
     }
 }
 
-async fn index(State(pool): State<SqlitePool>) -> Result<Markup, Refusal> {
-    Ok(page(list(State(pool)).await?))
+async fn index(State(db): State<Db>) -> Result<Markup, Refusal> {
+    Ok(page(list(State(db)).await?))
 }
 
-async fn list(State(pool): State<SqlitePool>) -> Result<Markup, Refusal> {
-    let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
-        "SELECT i.item_no, i.name, i.photo_bytes, COALESCE(SUM(m.delta), 0)
-         FROM items i LEFT JOIN movements m ON m.item_no = i.item_no
-         GROUP BY i.item_no ORDER BY i.item_no",
-    )
-    .fetch_all(&pool)
-    .await?;
+async fn list(State(db): State<Db>) -> Result<Markup, Refusal> {
+    // The sum cast: PostgreSQL sums a bigint column as a numeric.
+    let rows: Vec<(i64, String, i64, i64)> = on_db!(&db, |pool| {
+        sqlx::query_as(
+            "SELECT i.item_no, i.name, i.photo_bytes, CAST(COALESCE(SUM(m.delta), 0) AS BIGINT)
+             FROM items i LEFT JOIN movements m ON m.item_no = i.item_no
+             GROUP BY i.item_no ORDER BY i.item_no",
+        )
+        .fetch_all(pool)
+        .await?
+    });
     Ok(html! {
         ul {
             @for (no, name, photo, stock) in &rows {
@@ -174,7 +202,7 @@ struct NewItem {
 }
 
 /// Adds an item and, in the same transaction, its opening stock as a movement.
-async fn add(State(pool): State<SqlitePool>, Form(new): Form<NewItem>) -> Result<Markup, Refusal> {
+async fn add(State(db): State<Db>, Form(new): Form<NewItem>) -> Result<Markup, Refusal> {
     let name = new.name.trim();
     if name.is_empty() {
         return Err(Refusal(
@@ -195,20 +223,22 @@ async fn add(State(pool): State<SqlitePool>, Form(new): Form<NewItem>) -> Result
                 )
             })?,
     };
-    let mut tx = pool.begin().await?;
-    let no: i64 = sqlx::query_scalar("INSERT INTO items (name) VALUES (?) RETURNING item_no")
-        .bind(name)
-        .fetch_one(&mut *tx)
-        .await?;
-    if stock > 0 {
-        sqlx::query("INSERT INTO movements (item_no, delta) VALUES (?, ?)")
-            .bind(no)
-            .bind(stock)
-            .execute(&mut *tx)
+    on_db!(&db, |pool| {
+        let mut tx = pool.begin().await?;
+        let no: i64 = sqlx::query_scalar("INSERT INTO items (name) VALUES ($1) RETURNING item_no")
+            .bind(name)
+            .fetch_one(&mut *tx)
             .await?;
-    }
-    tx.commit().await?;
-    list(State(pool)).await
+        if stock > 0 {
+            sqlx::query("INSERT INTO movements (item_no, delta) VALUES ($1, $2)")
+                .bind(no)
+                .bind(stock)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+    });
+    list(State(db)).await
 }
 
 #[derive(Deserialize)]
@@ -217,7 +247,7 @@ struct NewMovement {
 }
 
 async fn add_movement(
-    State(pool): State<SqlitePool>,
+    State(db): State<Db>,
     Path(no): Path<i64>,
     Form(m): Form<NewMovement>,
 ) -> Result<Markup, Refusal> {
@@ -229,22 +259,25 @@ async fn add_movement(
     }
     // A movement for an item deleted meanwhile (say, in another tab while this one was
     // offline) is refused: the foreign key makes it so, this makes it a 404.
-    let done = sqlx::query(
-        "INSERT INTO movements (item_no, delta) SELECT item_no, ? FROM items WHERE item_no = ?",
-    )
-    .bind(m.delta)
-    .bind(no)
-    .execute(&pool)
-    .await?;
-    if done.rows_affected() == 0 {
+    let added = on_db!(&db, |pool| {
+        sqlx::query(
+            "INSERT INTO movements (item_no, delta) SELECT item_no, $1 FROM items WHERE item_no = $2",
+        )
+        .bind(m.delta)
+        .bind(no)
+        .execute(pool)
+        .await?
+        .rows_affected()
+    });
+    if added == 0 {
         return Err(Refusal(StatusCode::NOT_FOUND, format!("no item {no}")));
     }
-    list(State(pool)).await
+    list(State(db)).await
 }
 
 /// Replaces an item's photo (one `photo` field of an image type, at most [`MAX_PHOTO`]).
 async fn upload_photo(
-    State(pool): State<SqlitePool>,
+    State(db): State<Db>,
     Path(no): Path<i64>,
     mut form: Multipart,
 ) -> Result<Markup, Refusal> {
@@ -272,34 +305,39 @@ async fn upload_photo(
         photo = Some((kind, bytes));
     }
     let (kind, bytes) = photo.ok_or_else(|| bad("no `photo` field".into()))?;
-    let mut tx = pool.begin().await?;
-    // The synced row says a photo changed; the bytes stay out of the change log.
-    let found = sqlx::query("UPDATE items SET photo_bytes = ? WHERE item_no = ?")
-        .bind(bytes.len() as i64)
+    on_db!(&db, |pool| {
+        let mut tx = pool.begin().await?;
+        // The synced row says a photo changed; the bytes stay out of the change log.
+        let found = sqlx::query("UPDATE items SET photo_bytes = $1 WHERE item_no = $2")
+            .bind(bytes.len() as i64)
+            .bind(no)
+            .execute(&mut *tx)
+            .await?;
+        if found.rows_affected() == 0 {
+            return Err(Refusal(StatusCode::NOT_FOUND, format!("no item {no}")));
+        }
+        sqlx::query(
+            "INSERT INTO item_photos (item_no, content_type, bytes) VALUES ($1, $2, $3)
+             ON CONFLICT (item_no) DO UPDATE
+             SET content_type = excluded.content_type, bytes = excluded.bytes",
+        )
         .bind(no)
+        .bind(&kind)
+        .bind(bytes.as_ref())
         .execute(&mut *tx)
         .await?;
-    if found.rows_affected() == 0 {
-        return Err(Refusal(StatusCode::NOT_FOUND, format!("no item {no}")));
-    }
-    sqlx::query(
-        "INSERT OR REPLACE INTO item_photos (item_no, content_type, bytes) VALUES (?, ?, ?)",
-    )
-    .bind(no)
-    .bind(kind)
-    .bind(bytes.as_ref())
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    list(State(pool)).await
+        tx.commit().await?;
+    });
+    list(State(db)).await
 }
 
-async fn photo(State(pool): State<SqlitePool>, Path(no): Path<i64>) -> Result<Response, Refusal> {
-    let row: Option<(String, Vec<u8>)> =
-        sqlx::query_as("SELECT content_type, bytes FROM item_photos WHERE item_no = ?")
+async fn photo(State(db): State<Db>, Path(no): Path<i64>) -> Result<Response, Refusal> {
+    let row: Option<(String, Vec<u8>)> = on_db!(&db, |pool| {
+        sqlx::query_as("SELECT content_type, bytes FROM item_photos WHERE item_no = $1")
             .bind(no)
-            .fetch_optional(&pool)
-            .await?;
+            .fetch_optional(pool)
+            .await?
+    });
     let (kind, bytes) = row.ok_or_else(|| Refusal(StatusCode::NOT_FOUND, "no photo".into()))?;
     // Shown as an image and nothing else: no sniffing, and opened on its own it runs
     // nothing (a sandbox with no permissions).
@@ -316,28 +354,24 @@ async fn photo(State(pool): State<SqlitePool>, Path(no): Path<i64>) -> Result<Re
 
 /// Deletes an item; the database deletes its movements and photo (`ON DELETE CASCADE`),
 /// and the change log records each deleted movement as its own change.
-async fn remove(State(pool): State<SqlitePool>, Path(no): Path<i64>) -> Result<Markup, Refusal> {
-    sqlx::query("DELETE FROM items WHERE item_no = ?")
-        .bind(no)
-        .execute(&pool)
-        .await?;
-    list(State(pool)).await
+async fn remove(State(db): State<Db>, Path(no): Path<i64>) -> Result<Markup, Refusal> {
+    on_db!(&db, |pool| {
+        sqlx::query("DELETE FROM items WHERE item_no = $1")
+            .bind(no)
+            .execute(pool)
+            .await?;
+    });
+    list(State(db)).await
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://inventory.db".into());
     let port: u16 = std::env::var("PORT").map_or(Ok(3002), |p| p.parse())?;
-    let options = url
-        .parse::<SqliteConnectOptions>()?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal)
-        .foreign_keys(true); // sqlx's default too: cascades need it
-    let pool = SqlitePool::connect_with(options).await?;
-    sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+    let db = Db::open(&url, SQLITE_SCHEMA, POSTGRES_SCHEMA).await?;
 
-    // SYNC: the engine, built once the tables exist.
-    let engine = rhtmx_sync::SyncEngine::builder(pool.clone())
+    // SYNC: the engine, built on the app's pool once the tables exist.
+    let engine = rhtmx_sync::SyncEngine::builder(db.pool())
         .entity::<Item>()
         .entity::<Movement>()
         .build()
@@ -353,7 +387,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .post(upload_photo)
                 .layer(DefaultBodyLimit::max(MAX_PHOTO + 64 * 1024)),
         )
-        .with_state(pool)
+        .with_state(db)
         .merge(htmx::routes())
         .merge(engine.routes()) // SYNC
         .layer(engine.idempotency_layer()); // SYNC: a replayed write is applied once

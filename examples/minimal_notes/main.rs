@@ -2,18 +2,26 @@
 //! the migration steps of the README (1 to 6; it has no sign-in) — and nothing else.
 //! Every handler below is plain sqlx; the lines added for sync are marked `STEP n`.
 //!
-//! Run with: `cargo run --example minimal_notes` (`PORT`, `DATABASE_URL` as todo_sync).
+//! Run with: `cargo run --example minimal_notes` (`PORT`, default 3001; `DATABASE_URL`,
+//! default `sqlite://minimal_notes.db`). On PostgreSQL:
+//! `DATABASE_URL=postgres://user:password@localhost/notes cargo run --example minimal_notes`
+//! (the database must exist; the app creates its table). Its SQL is written once for both
+//! (see `shared/db.rs`); an app on one database keeps its plain pool instead.
 
 // The pinned htmx the page loads: 2, or 4 with `HTMX=4` (not a step: the app had htmx).
 #[path = "../shared/htmx.rs"]
 mod htmx;
+// The app's pool on either database (not a step: an app on one keeps its plain pool).
+#[path = "../shared/db.rs"]
+mod db;
+
+use db::{on_db, Db};
 
 use axum::extract::State;
 use axum::response::Html;
 use axum::routing::get;
 use axum::{Form, Router};
 use serde::Deserialize;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool};
 
 // STEP 1 is the dependency in Cargo.toml (a git or path dependency: see the README).
 
@@ -25,7 +33,7 @@ struct Note {
     body: String,
 }
 
-async fn page(State(pool): State<SqlitePool>) -> Result<Html<String>, String> {
+async fn page(State(db): State<Db>) -> Result<Html<String>, String> {
     Ok(Html(format!(
         r##"<!doctype html><html><head><meta charset="utf-8"><title>Notes</title>
 {}{}
@@ -37,15 +45,17 @@ async fn page(State(pool): State<SqlitePool>) -> Result<Html<String>, String> {
 </body></html>"##,
         htmx::config_tag(),
         htmx::script_tags(),
-        list(State(pool)).await?.0
+        list(State(db)).await?.0
     )))
 }
 
-async fn list(State(pool): State<SqlitePool>) -> Result<Html<String>, String> {
-    let notes: Vec<Note> = sqlx::query_as("SELECT note_id, body FROM notes ORDER BY note_id")
-        .fetch_all(&pool)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn list(State(db): State<Db>) -> Result<Html<String>, String> {
+    let notes: Vec<Note> = on_db!(&db, |pool| {
+        sqlx::query_as("SELECT note_id, body FROM notes ORDER BY note_id")
+            .fetch_all(pool)
+            .await
+    })
+    .map_err(|e| e.to_string())?;
     let items: String = notes
         .iter()
         .map(|n| {
@@ -64,16 +74,16 @@ struct NewNote {
     body: String,
 }
 
-async fn add(
-    State(pool): State<SqlitePool>,
-    Form(new): Form<NewNote>,
-) -> Result<Html<String>, String> {
-    sqlx::query("INSERT INTO notes (body) VALUES (?)")
-        .bind(new.body)
-        .execute(&pool)
-        .await
-        .map_err(|e| e.to_string())?;
-    list(State(pool)).await
+async fn add(State(db): State<Db>, Form(new): Form<NewNote>) -> Result<Html<String>, String> {
+    on_db!(&db, |pool| {
+        sqlx::query("INSERT INTO notes (body) VALUES ($1)")
+            .bind(&new.body)
+            .execute(pool)
+            .await
+            .map(drop)
+    })
+    .map_err(|e| e.to_string())?;
+    list(State(db)).await
 }
 
 fn html_escape(s: &str) -> String {
@@ -87,26 +97,22 @@ fn html_escape(s: &str) -> String {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("DATABASE_URL").unwrap_or_else(|_| "sqlite://minimal_notes.db".into());
     let port: u16 = std::env::var("PORT").map_or(Ok(3001), |p| p.parse())?;
-    let options = url
-        .parse::<SqliteConnectOptions>()?
-        .create_if_missing(true)
-        .journal_mode(SqliteJournalMode::Wal);
-    let pool = SqlitePool::connect_with(options).await?;
-    sqlx::query(
+    let db = Db::open(
+        &url,
         "CREATE TABLE IF NOT EXISTS notes (note_id INTEGER PRIMARY KEY, body TEXT NOT NULL)",
+        "CREATE TABLE IF NOT EXISTS notes (note_id bigserial PRIMARY KEY, body text NOT NULL)",
     )
-    .execute(&pool)
     .await?;
 
-    // STEP 3: build the engine on the app's pool and merge its routes.
-    let engine = rhtmx_sync::SyncEngine::builder(pool.clone())
+    // STEP 3: build the engine on the app's pool (either kind) and merge its routes.
+    let engine = rhtmx_sync::SyncEngine::builder(db.pool())
         .entity::<Note>()
         .build()
         .await?;
     let app = Router::new()
         .route("/", get(page))
         .route("/notes", get(list).post(add))
-        .with_state(pool)
+        .with_state(db)
         .merge(htmx::routes())
         .merge(engine.routes()) // STEP 3
         .layer(engine.idempotency_layer()); // STEP 3: replays applied once

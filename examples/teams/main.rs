@@ -13,7 +13,14 @@
 //! it are refused when replayed.
 //!
 //! Run with: `cargo run --example teams`, then open http://127.0.0.1:3001.
-//! `PORT` and `DATABASE_URL` (default `sqlite://teams.db`) override the defaults.
+//! `PORT` and `DATABASE_URL` (default `sqlite://teams.db`) override the defaults. On
+//! PostgreSQL (an existing database; the example creates its tables):
+//!
+//! ```sh
+//! DATABASE_URL=postgres://user:password@localhost/teams cargo run --example teams
+//! ```
+//!
+//! The app's own SQL is written once for both (see [`Db`]).
 //!
 //! Sign-in is a demo: pick a user, no password. A real app uses its own authentication;
 //! sessions come from `tower-sessions` (an in-memory store here: a restart signs
@@ -36,7 +43,6 @@ use maud::{html, Markup, PreEscaped, DOCTYPE};
 use rhtmx_sync::{Forbidden, Principal, Scope, SyncContext, SyncEngine};
 use serde::Deserialize;
 use serde_json::json;
-use sqlx::SqlitePool;
 use tower_sessions::{MemoryStore, Session, SessionManagerLayer};
 
 #[path = "../shared/headers.rs"]
@@ -44,8 +50,12 @@ mod headers;
 #[path = "../shared/serve.rs"]
 mod serve;
 
+#[path = "../shared/db.rs"]
+mod db;
 #[path = "../shared/htmx.rs"]
 mod htmx;
+
+use db::{on_db, Db};
 #[path = "../../templates/todos.rs"]
 #[allow(dead_code)] // the page layout of todo_sync is not used here
 mod templates;
@@ -61,6 +71,7 @@ struct Todo {
     completed: bool,
 }
 
+/// The app's tables and demo users, in SQL both databases read alike.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS teams (id TEXT PRIMARY KEY NOT NULL, name TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS members (
@@ -73,9 +84,22 @@ CREATE TABLE IF NOT EXISTS todos (
     title     TEXT NOT NULL,
     completed BOOLEAN NOT NULL DEFAULT false
 );
-INSERT OR IGNORE INTO teams VALUES ('acme', 'Acme'), ('globex', 'Globex');
-INSERT OR IGNORE INTO members VALUES ('alice', 'acme'), ('bob', 'globex');
+INSERT INTO teams VALUES ('acme', 'Acme'), ('globex', 'Globex') ON CONFLICT DO NOTHING;
+INSERT INTO members VALUES ('alice', 'acme'), ('bob', 'globex') ON CONFLICT DO NOTHING;
 ";
+
+impl Db {
+    /// Runs one statement whose parameters are all text.
+    async fn execute<'q>(&self, sql: &'q str, params: &[&'q str]) -> sqlx::Result<()> {
+        on_db!(self, |pool| {
+            let mut query = sqlx::query(sql);
+            for param in params {
+                query = query.bind(*param);
+            }
+            query.execute(pool).await.map(drop)
+        })
+    }
+}
 
 /// The demo users.
 const USERS: [&str; 2] = ["alice", "bob"];
@@ -101,15 +125,17 @@ impl<S: Send + Sync> FromRequestParts<S> for Member {
             .ok()
             .flatten()
             .ok_or_else(to_login)?;
-        let pool = parts
+        let db = parts
             .extensions
-            .get::<SqlitePool>()
+            .get::<Db>()
             .ok_or_else(|| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
-        let team = sqlx::query_scalar("SELECT team_id FROM members WHERE user_id = ?")
-            .bind(&user)
-            .fetch_optional(pool)
-            .await
-            .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
+        let team = on_db!(db, |pool| {
+            sqlx::query_scalar("SELECT team_id FROM members WHERE user_id = $1")
+                .bind(&user)
+                .fetch_optional(pool)
+                .await
+        })
+        .map_err(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())?;
         Ok(Member { user, team })
     }
 }
@@ -144,7 +170,7 @@ impl Member {
 
 #[derive(Clone)]
 struct AppState {
-    pool: SqlitePool,
+    db: Db,
     engine: SyncEngine,
 }
 
@@ -174,12 +200,14 @@ fn sync_error(e: rhtmx_sync::Error) -> AppError {
 async fn team_todos(s: &AppState, team: &str) -> Result<Markup, AppError> {
     // The version first, the rows after (see todo_sync).
     let version = s.engine.head().await.map_err(sync_error)?;
-    let rows: Vec<Todo> = sqlx::query_as(
-        "SELECT id, team_id, title, completed FROM todos WHERE team_id = ? ORDER BY id",
-    )
-    .bind(team)
-    .fetch_all(&s.pool)
-    .await
+    let rows: Vec<Todo> = on_db!(&s.db, |pool| {
+        sqlx::query_as(
+            "SELECT id, team_id, title, completed FROM todos WHERE team_id = $1 ORDER BY id",
+        )
+        .bind(team)
+        .fetch_all(pool)
+        .await
+    })
     .map_err(fail)?;
     let views: Vec<templates::TodoView<'_>> = rows
         .iter()
@@ -345,9 +373,7 @@ async fn logout(
 
 /// Leaves the team: the member's open streams are told to look again (and reset).
 async fn leave(State(s): State<AppState>, member: Member) -> Result<Response, AppError> {
-    sqlx::query("DELETE FROM members WHERE user_id = ?")
-        .bind(&member.user)
-        .execute(&s.pool)
+    s.db.execute("DELETE FROM members WHERE user_id = $1", &[&member.user])
         .await
         .map_err(fail)?;
     s.engine.access_changed();
@@ -390,13 +416,10 @@ async fn create(
         None => uuid::Uuid::now_v7().to_string(),
     };
     // An id taken in another team is not overwritten (and not revealed): nothing happens.
-    sqlx::query(
-        "INSERT INTO todos (id, team_id, title) VALUES (?, ?, ?) ON CONFLICT (id) DO NOTHING",
+    s.db.execute(
+        "INSERT INTO todos (id, team_id, title) VALUES ($1, $2, $3) ON CONFLICT (id) DO NOTHING",
+        &[&id, team, title],
     )
-    .bind(&id)
-    .bind(team)
-    .bind(title)
-    .execute(&s.pool)
     .await
     .map_err(fail)?;
     team_todos(&s, team).await
@@ -493,16 +516,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(p) => p.parse()?,
         Err(_) => 3001,
     };
-    let options: sqlx::sqlite::SqliteConnectOptions = url.parse()?;
-    let pool = SqlitePool::connect_with(
-        options
-            .create_if_missing(true)
-            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
-            .busy_timeout(std::time::Duration::from_secs(5)),
-    )
-    .await?;
-    sqlx::raw_sql(SCHEMA).execute(&pool).await?;
-    let engine = SyncEngine::builder(pool.clone())
+    let db = Db::open(&url, SCHEMA, SCHEMA).await?;
+    let engine = SyncEngine::builder(db.pool())
         .entity::<Todo>()
         // The scoping step: who is asking, and which rows they may read.
         .authenticate::<Member>()
@@ -510,7 +525,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build()
         .await?;
     let state = AppState {
-        pool: pool.clone(),
+        db: db.clone(),
         engine: engine.clone(),
     };
     let app = Router::new()
@@ -533,7 +548,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             StatusCode::REQUEST_TIMEOUT,
             std::time::Duration::from_secs(30),
         ));
-    // The session and the pool reach every route, the engine's and the idempotency
+    // The session and the database reach every route, the engine's and the idempotency
     // layer's use of `Member` included; outermost, so they run first.
     let sessions = SessionManagerLayer::new(MemoryStore::default())
         .with_secure(false) // plain http on 127.0.0.1; true behind TLS
@@ -541,7 +556,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router = headers::protective_headers(
         app.merge(engine.routes())
             .layer(engine.idempotency_layer())
-            .layer(Extension(pool))
+            .layer(Extension(db))
             .layer(sessions)
             // Plain http on 127.0.0.1; `with_secure(true)` behind TLS.
             .layer(CsrfLayer::new(CsrfConfig::default())),

@@ -20,8 +20,8 @@ export const HTMX = process.env.HTMX || "2";
 /** The `htmx.version` the pages run. */
 export const HTMX_VERSION = HTMX.startsWith("4") ? "4.0.1" : "2.0.11";
 
-/** `RHTMX_TEST_DB=postgres` runs the todo example on PostgreSQL (a throwaway server per
- *  test file, a fresh database per server); the other examples run on SQLite only. */
+/** `RHTMX_TEST_DB=postgres` runs every example on PostgreSQL (a throwaway server per
+ *  test file, a fresh database per server). */
 export const ON_POSTGRES = process.env.RHTMX_TEST_DB === "postgres";
 
 let cluster = null;
@@ -41,7 +41,7 @@ export async function freshPostgresDatabase() {
 
 /** Starts the example; resolves once it prints its address. */
 export async function startServer({ dir, port = 0, example = "todo_sync", databaseUrl } = {}) {
-  if (ON_POSTGRES && example === "todo_sync" && !databaseUrl && !dir) {
+  if (ON_POSTGRES && !databaseUrl && !dir) {
     databaseUrl = await freshPostgresDatabase();
   }
   const bin = exampleBin(example);
@@ -113,6 +113,17 @@ export function dbQuery(dbPath, sql) {
     "print(json.dumps([dict(zip(names, row)) for row in cur.fetchall()]))",
   ].join("\n");
   return JSON.parse(execFileSync("python3", ["-c", script, dbPath, sql], { encoding: "utf8" }));
+}
+
+/** Runs one statement on the database (a SQLite file, or a PostgreSQL URL through psql),
+ *  as another program writing to it would. */
+export function dbExec(dbPath, sql) {
+  if (dbPath.startsWith("postgres")) {
+    execFileSync("psql", [dbPath, "-q", "-v", "ON_ERROR_STOP=1", "-c", sql]);
+    return;
+  }
+  const script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1])\nc.execute(sys.argv[2])\nc.commit()";
+  execFileSync("python3", ["-c", script, dbPath, sql]);
 }
 
 /** The todos table, ordered by id. */

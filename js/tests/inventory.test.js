@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { startServer, launchBrowser, dbQuery } from "./harness.js";
+import { startServer, launchBrowser, dbQuery, ON_POSTGRES } from "./harness.js";
 import { waitInPage } from "./app.js";
 
 let browser;
@@ -20,6 +20,8 @@ after(async () => {
 });
 
 const q = (sql) => dbQuery(server.dbPath, sql);
+// A blob as hexadecimal digits, in either database's words.
+const hex = (column) => (ON_POSTGRES ? `encode(${column}, 'hex')` : `hex(${column})`);
 const sha = (buffer) => createHash("sha256").update(buffer).digest("hex");
 // A 1×1 PNG; the bytes, not the picture, are what must arrive.
 const PNG = Buffer.from(
@@ -69,7 +71,7 @@ test("integer keys, a cascade and a file upload, offline and live", async () => 
     await pageA.waitForFunction(() => RhtmxSync.pendingCount === 0);
     assert.deepEqual(q("SELECT name FROM items ORDER BY item_no").map((r) => r.name), ["Crate", "Barrel"]);
     assert.deepEqual(q(`SELECT SUM(delta) AS s, COUNT(*) AS n FROM movements WHERE item_no = ${no}`), [{ s: 4, n: 2 }]);
-    const [photo] = q(`SELECT content_type, hex(bytes) AS hex FROM item_photos WHERE item_no = ${no}`);
+    const [photo] = q(`SELECT content_type, ${hex("bytes")} AS hex FROM item_photos WHERE item_no = ${no}`);
     assert.equal(photo.content_type, "image/png");
     const served = await fetch(`${server.base}/items/${no}/photo`);
     assert.equal(served.headers.get("x-content-type-options"), "nosniff");

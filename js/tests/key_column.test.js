@@ -2,8 +2,7 @@
 // mirror fills and follows changes, and the outbox is not disturbed.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { execFileSync } from "node:child_process";
-import { startServer, launchBrowser, dbQuery, eventually } from "./harness.js";
+import { startServer, launchBrowser, dbQuery, dbExec, eventually } from "./harness.js";
 import { waitInPage } from "./app.js";
 
 let browser;
@@ -18,8 +17,8 @@ after(async () => {
   await server?.stop();
 });
 
-/** Writes as another program would, straight into the database file. */
-const sql = (statement) => execFileSync("python3", ["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(sys.argv[2]); c.commit()", server.dbPath, statement]);
+/** Writes as another program would, straight into the database. */
+const sql = (statement) => dbExec(server.dbPath, statement);
 const notes = () => dbQuery(server.dbPath, "SELECT body FROM notes ORDER BY note_id").map((r) => r.body);
 const mirror = (page) => page.evaluate(() => RhtmxSync.get("notes"));
 

@@ -6,6 +6,7 @@ import { test, before, after, beforeEach, afterEach } from "node:test";
 import assert from "node:assert/strict";
 import { startServer, launchBrowser, dbQuery } from "./harness.js";
 import { openApp, addTodo, waitInPage, waitPending } from "./app.js";
+import { startProxy } from "./proxy.js";
 
 let browser, server;
 before(async () => {
@@ -33,13 +34,14 @@ async function post(context, path, form = {}) {
   return context.request.post(server.base + path, { form, headers, maxRedirects: 0 });
 }
 
-/** A browser context signed in as `user`, with the app open. */
-async function signedIn(user) {
+/** A browser context signed in as `user`, with the app open (at `base`: the server, or a
+ *  proxy in front of it). */
+async function signedIn(user, base = server.base) {
   const context = await browser.newContext();
   const res = await post(context, "/login", { user });
   assert.equal(res.status(), 200);
   assert.equal(res.headers()["hx-redirect"], "/");
-  const page = await openApp(context, server.base);
+  const page = await openApp(context, base);
   return { context, page };
 }
 
@@ -84,12 +86,19 @@ test("a user removed from their team while their browser is open drops the team'
   for (const c of [alice, other, bob]) await c.context.close();
 });
 
-test("a user removed from their team while offline: mirror emptied, queued writes dead letters", async () => {
-  const alice = await signedIn("alice");
+test("a user removed from their team while offline: mirror emptied, queued writes dead letters", async (t) => {
+  // Alice's browser reaches the server through a proxy: going offline drops her open
+  // event stream there, as a real network loss does (the browser's offline emulation
+  // leaves an open stream running, which would tell the page of her leaving while its
+  // service worker is still offline).
+  const proxy = await startProxy(server.base);
+  t.after(() => proxy.close());
+  const alice = await signedIn("alice", proxy.base);
   await addTodo(alice.page, "acme plan");
   await waitInPage(alice.page, async () => (await RhtmxSync.get("todos")).length === 1);
   const id = await alice.page.getAttribute("#todo-list li", "data-id");
   await alice.context.setOffline(true);
+  proxy.dropConnections();
   await alice.page.waitForFunction(() => !navigator.onLine);
   // Two writes queued offline: a rename and a new todo.
   await alice.page.fill(`li[data-id="${id}"] form.rename input`, "renamed offline");

@@ -189,11 +189,13 @@ pub enum BuildError {
         /// The table.
         table: String,
     },
-    /// The key uses a collation other than `BINARY`: keys it treats as equal would be
-    /// synced as different rows.
+    /// The key compares texts other than byte for byte (SQLite: a collation other than
+    /// `BINARY`; PostgreSQL: a nondeterministic collation, or the `citext` type): keys
+    /// it treats as equal would be synced as different rows.
     #[error(
         "the primary key of `{table}` uses COLLATE {collation}: keys it treats as equal would \
-         be synced as different rows; use the default BINARY collation for the key"
+         be synced as different rows; give the key a collation that compares byte for byte \
+         (SQLite's default BINARY, or any deterministic collation on PostgreSQL)"
     )]
     KeyCollation {
         /// The table.
