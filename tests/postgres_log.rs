@@ -612,3 +612,135 @@ async fn a_table_outside_the_search_path_is_named_as_such() {
         assert!(error.to_string().contains(name), "{error}");
     }
 }
+
+/// The table as `id -> title`, as read with SQL.
+async fn titles(pool: &PgPool, table: &str) -> BTreeMap<String, Value> {
+    let rows: Vec<(String, Option<String>)> =
+        sqlx::query_as(&format!("SELECT id, title FROM {table} ORDER BY id"))
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    rows.into_iter()
+        .map(|(id, title)| (id, json!(title)))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_partitioned_table_is_captured_whichever_partition_a_write_reaches() {
+    let pool = pg::database().await;
+    sqlx::raw_sql(
+        "CREATE TABLE ev (id text PRIMARY KEY, title text) PARTITION BY HASH (id);
+         CREATE TABLE ev0 PARTITION OF ev FOR VALUES WITH (modulus 2, remainder 0);
+         CREATE TABLE ev1 PARTITION OF ev FOR VALUES WITH (modulus 2, remainder 1);
+         INSERT INTO ev SELECT 'before' || i, 'old' FROM generate_series(1, 4) AS i;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let one = instance(&pool, &["ev"], Duration::from_millis(10)).await;
+    // Through the parent and straight into a partition: the app's writes succeed and
+    // are logged.
+    sqlx::raw_sql(
+        "INSERT INTO ev SELECT 'r' || i, 'new' FROM generate_series(1, 6) AS i;
+         UPDATE ev SET title = 'changed' WHERE id IN ('r1', 'r2', 'before1');
+         DELETE FROM ev WHERE id = 'r3';
+         INSERT INTO ev0 SELECT id || 'x', 'direct' FROM ev0;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let synced = || async {
+        settled(&pool, &one.engine).await;
+        let rows: BTreeMap<String, Value> = replayed(&one.base, "ev")
+            .await
+            .into_iter()
+            .map(|(id, row)| (id, row["title"].clone()))
+            .collect();
+        rows == titles(&pool, "ev").await
+    };
+    assert!(synced().await, "row writes");
+    // One partition emptied alone, then the whole table's TRUNCATE (each row's delete
+    // logged once).
+    sqlx::query("TRUNCATE ev1").execute(&pool).await.unwrap();
+    assert!(synced().await, "a partition truncated");
+    sqlx::raw_sql("INSERT INTO ev VALUES ('a', 'x'), ('b', 'y'), ('c', 'z'); TRUNCATE ev;")
+        .execute(&pool)
+        .await
+        .unwrap();
+    assert!(synced().await, "the table truncated");
+    let deletes: i64 = sqlx::query_scalar(
+        "SELECT count(*) - count(DISTINCT (entity_id, version)) FROM _rhtmx_sync_log",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(deletes, 0);
+    // A partition added, written, then detached: its rows leave the table without a
+    // trigger, and the engine follows (within its once-a-second schema check).
+    sqlx::raw_sql(
+        "INSERT INTO ev SELECT 'k' || i, 'kept' FROM generate_series(1, 6) AS i;
+         ALTER TABLE ev DETACH PARTITION ev0;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    common::wait_until("the detached partition's rows are deleted", &synced).await;
+    // The detached table is the app's own now: truncating it is nothing to the engine.
+    // Its rows come back in another table attached in its place.
+    sqlx::raw_sql(
+        "CREATE TABLE ev_back (id text PRIMARY KEY, title text);
+         INSERT INTO ev_back SELECT * FROM ev0;
+         TRUNCATE ev0;
+         ALTER TABLE ev ATTACH PARTITION ev_back FOR VALUES WITH (modulus 2, remainder 0);",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    common::wait_until("the attached partition's rows are created", &synced).await;
+    assert!(!titles(&pool, "ev").await.is_empty());
+    sqlx::query("TRUNCATE ev_back")
+        .execute(&pool)
+        .await
+        .unwrap();
+    common::wait_until("the attached partition's truncate is logged", &synced).await;
+}
+
+#[tokio::test]
+async fn a_row_two_transactions_wrote_replays_as_the_later_commit_left_it() {
+    let pool = pg::database().await;
+    sqlx::query(TODOS).execute(&pool).await.unwrap();
+    insert(&pool, "a").await;
+    insert(&pool, "b").await;
+    let one = instance(&pool, &["todos"], Duration::from_millis(10)).await;
+    settled(&pool, &one.engine).await;
+    // The stampers' lock, held by the test: both transactions commit before the next
+    // stamp and are numbered in one batch.
+    let mut hold = pool.acquire().await.unwrap();
+    sqlx::query("SELECT pg_advisory_lock(x'7268746d78730002'::int8)")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let mut t1 = pool.begin().await.unwrap();
+    sqlx::query("UPDATE todos SET title = 't1' WHERE id = 'a'")
+        .execute(&mut *t1)
+        .await
+        .unwrap();
+    // T2 writes `b` and commits; T1 then overwrites it and commits last.
+    sqlx::query("UPDATE todos SET title = 't2' WHERE id = 'b'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE todos SET title = 't1' WHERE id = 'b'")
+        .execute(&mut *t1)
+        .await
+        .unwrap();
+    t1.commit().await.unwrap();
+    sqlx::query("SELECT pg_advisory_unlock(x'7268746d78730002'::int8)")
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    settled(&pool, &one.engine).await;
+    let rows = replayed(&one.base, "todos").await;
+    assert_eq!(rows["b"]["title"], "t1", "the later commit's value");
+    assert_eq!(rows["a"]["title"], "t1");
+}

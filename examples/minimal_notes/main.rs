@@ -33,7 +33,7 @@ struct Note {
     body: String,
 }
 
-async fn page(State(db): State<Db>) -> Result<Html<String>, String> {
+async fn page(State(db): State<Db>) -> Result<Html<String>, Failed> {
     Ok(Html(format!(
         r##"<!doctype html><html><head><meta charset="utf-8"><title>Notes</title>
 {}{}
@@ -49,13 +49,12 @@ async fn page(State(db): State<Db>) -> Result<Html<String>, String> {
     )))
 }
 
-async fn list(State(db): State<Db>) -> Result<Html<String>, String> {
+async fn list(State(db): State<Db>) -> Result<Html<String>, Failed> {
     let notes: Vec<Note> = on_db!(&db, |pool| {
         sqlx::query_as("SELECT note_id, body FROM notes ORDER BY note_id")
             .fetch_all(pool)
             .await
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     let items: String = notes
         .iter()
         .map(|n| {
@@ -74,16 +73,33 @@ struct NewNote {
     body: String,
 }
 
-async fn add(State(db): State<Db>, Form(new): Form<NewNote>) -> Result<Html<String>, String> {
+async fn add(State(db): State<Db>, Form(new): Form<NewNote>) -> Result<Html<String>, Failed> {
     on_db!(&db, |pool| {
         sqlx::query("INSERT INTO notes (body) VALUES ($1)")
             .bind(&new.body)
             .execute(pool)
             .await
             .map(drop)
-    })
-    .map_err(|e| e.to_string())?;
+    })?;
     list(State(db)).await
+}
+
+/// A database error: answered `500` (never `200`: a replayed write must not be taken
+/// as done when it failed), its words kept in the server's log.
+struct Failed(sqlx::Error);
+
+impl From<sqlx::Error> for Failed {
+    fn from(e: sqlx::Error) -> Failed {
+        Failed(e)
+    }
+}
+
+impl axum::response::IntoResponse for Failed {
+    fn into_response(self) -> axum::response::Response {
+        eprintln!("minimal_notes: database error: {}", self.0);
+        let status = axum::http::StatusCode::INTERNAL_SERVER_ERROR;
+        (status, "database error (see the server's log)").into_response()
+    }
 }
 
 fn html_escape(s: &str) -> String {

@@ -115,7 +115,7 @@ pub(super) fn kind_of(entity: &Entity, column: &str) -> ColumnKind {
 
 /// `CREATE OR REPLACE FUNCTION` for `entity`'s trigger function, its tables qualified
 /// with `schema` (the one the engine's tables live in).
-fn function(entity: &Entity, schema: &str, table: &str, oid: i64) -> (String, String) {
+fn function(entity: &Entity, schema: &str, oid: i64) -> (String, String) {
     let log = format!("{}._rhtmx_sync_log", quote_ident(schema));
     let context = format!("{}._rhtmx_sync_context", quote_ident(schema));
     let ent = quote_literal(&entity.table);
@@ -159,14 +159,22 @@ DECLARE
     _o jsonb; _n jsonb; _ok text; _nk text; _od text; _nd text;
     _c_client text; _c_hlc text; _c_conflict text; _c_digest text; _c_changed text;
 BEGIN
-    -- Only the table it was made for (it runs with its owner's rights).
-    IF TG_RELID <> {oid}::oid THEN
+    -- Only the table it was made for, or one of its partitions (it runs with its
+    -- owner's rights; only the table's owner can add a partition).
+    IF TG_RELID <> {oid}::oid
+       AND NOT {oid}::oid::regclass IN (SELECT pg_partition_ancestors(TG_RELID)) THEN
+        -- A partition detached since keeps its TRUNCATE trigger until the engine
+        -- removes it: its rows are no longer the table's.
+        IF TG_OP = 'TRUNCATE' THEN RETURN NULL; END IF;
         RAISE EXCEPTION 'rhtmx-sync: this capture function belongs to table %', {ent};
     END IF;
     IF TG_OP = 'TRUNCATE' THEN
-        INSERT INTO {log} (entity, entity_id, action, scope_before)
-            SELECT {ent}, {all_key}, 'delete', {all_scope}
-            FROM (SELECT to_jsonb(_t) AS _o FROM {table} AS _t) AS _rows;
+        -- A partitioned table's own TRUNCATE fires its partitions' too: each leaf logs
+        -- its rows, whether truncated through the table or alone.
+        IF (SELECT relkind FROM pg_class WHERE oid = TG_RELID) = 'p' THEN
+            RETURN NULL;
+        END IF;
+        EXECUTE {truncate_head} || TG_RELID::regclass::text || ' AS _t) AS _rows';
         RETURN NULL;
     END IF;
     IF TG_OP <> 'INSERT' THEN _o := to_jsonb(OLD); _ok := {old_key}; END IF;
@@ -198,11 +206,16 @@ BEGIN
     RETURN NULL;
 END
 "#,
-        all_key = key_text("_rows._o", &entity.id, key_kind),
-        all_scope = match entity.scope_column() {
-            Some(c) => key_text("_rows._o", c, kind_of(entity, c)),
-            None => "NULL".to_owned(),
-        },
+        truncate_head = quote_literal(&format!(
+            "INSERT INTO {log} (entity, entity_id, action, scope_before) \
+             SELECT {ent}, {all_key}, 'delete', {all_scope} \
+             FROM (SELECT to_jsonb(_t) AS _o FROM ",
+            all_key = key_text("_rows._o", &entity.id, key_kind),
+            all_scope = match entity.scope_column() {
+                Some(c) => key_text("_rows._o", c, kind_of(entity, c)),
+                None => "NULL".to_owned(),
+            },
+        )),
         new_row = row_json(entity, "_n"),
         old_row = row_json(entity, "_o"),
     );
@@ -265,15 +278,11 @@ pub(crate) async fn install(
     pin(&mut tx).await?;
     for entity in entities {
         let fname = function_name(&entity.table);
-        let (qualified_table, oid): (String, i64) = sqlx::query_as(
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), c.oid::int8 \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.oid = to_regclass(quote_ident($1))",
-        )
-        .bind(&entity.table)
-        .fetch_one(&mut *tx)
-        .await?;
-        let (want, body) = function(entity, &schema, &qualified_table, oid);
+        let oid: i64 = sqlx::query_scalar("SELECT to_regclass(quote_ident($1))::oid::int8")
+            .bind(&entity.table)
+            .fetch_one(&mut *tx)
+            .await?;
+        let (want, body) = function(entity, &schema, oid);
         let current: Option<String> = sqlx::query_scalar(
             "SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
              WHERE n.nspname = $1 AND p.proname = $2",
@@ -291,7 +300,14 @@ pub(crate) async fn install(
         .bind(TRUNCATE_TRIGGER)
         .fetch_one(&mut *tx)
         .await?;
-        if current.as_deref() == Some(body.as_str()) && triggers == 2 {
+        let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&fname));
+        let leaves = partitions_to_watch(&mut tx, oid).await?;
+        let stale = detached(&mut tx, oid, &qualified).await?;
+        if current.as_deref() == Some(body.as_str())
+            && triggers == 2
+            && leaves.is_empty()
+            && stale.is_empty()
+        {
             // In place: still, what was written while no engine ran (or by a path no
             // trigger sees, such as a partition detached) is logged.
             let logged = reconcile(&mut tx, entity).await?;
@@ -305,7 +321,6 @@ pub(crate) async fn install(
             continue;
         }
         let table = quote_ident(&entity.table);
-        let qualified = format!("{}.{}", quote_ident(&schema), quote_ident(&fname));
         sqlx::query(&want).execute(&mut *tx).await?;
         // Only triggers may run it: a role that could attach it to a table of its own
         // would write the log with the owner's rights.
@@ -335,6 +350,26 @@ pub(crate) async fn install(
             .execute(&mut *tx)
             .await?;
         }
+        // A row trigger reaches every partition (PostgreSQL clones it), a TRUNCATE
+        // trigger only its own table: each leaf partition gets one.
+        for leaf in partitions_to_watch(&mut tx, oid).await? {
+            sqlx::query(&format!(
+                "CREATE OR REPLACE TRIGGER {TRUNCATE_TRIGGER} BEFORE TRUNCATE ON {leaf} \
+                 FOR EACH STATEMENT EXECUTE FUNCTION {qualified}()"
+            ))
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(&format!(
+                "ALTER TABLE {leaf} ENABLE ALWAYS TRIGGER {TRUNCATE_TRIGGER}"
+            ))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for table in detached(&mut tx, oid, &qualified).await? {
+            sqlx::query(&format!("DROP TRIGGER {TRUNCATE_TRIGGER} ON {table}"))
+                .execute(&mut *tx)
+                .await?;
+        }
         let logged = reconcile(&mut tx, entity).await?;
         tracing::info!(
             entity = entity.table,
@@ -344,6 +379,37 @@ pub(crate) async fn install(
     }
     tx.commit().await?;
     Ok(())
+}
+
+/// The leaf partitions of the table `oid` (qualified names) whose TRUNCATE the capture
+/// does not see yet: none for a table that is not partitioned.
+async fn partitions_to_watch(conn: &mut PgConnection, oid: i64) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT p.relid::regclass::text FROM pg_partition_tree($1::oid::regclass) AS p \
+         WHERE p.isleaf AND p.relid <> $1::oid::regclass \
+         AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = p.relid \
+                         AND t.tgname = $2 AND t.tgenabled = 'A')",
+    )
+    .bind(oid)
+    .bind(TRUNCATE_TRIGGER)
+    .fetch_all(&mut *conn)
+    .await?)
+}
+
+/// The tables, once partitions of the table `oid`, that still have its TRUNCATE trigger
+/// (calling `function`, qualified) though they left it.
+async fn detached(conn: &mut PgConnection, oid: i64, function: &str) -> Result<Vec<String>> {
+    Ok(sqlx::query_scalar(
+        "SELECT t.tgrelid::regclass::text FROM pg_trigger t \
+         WHERE t.tgname = $2 AND t.tgfoid = to_regprocedure($3 || '()') \
+         AND t.tgrelid <> $1::oid \
+         AND t.tgrelid NOT IN (SELECT relid FROM pg_partition_tree($1::oid::regclass))",
+    )
+    .bind(oid)
+    .bind(TRUNCATE_TRIGGER)
+    .bind(function)
+    .fetch_all(&mut *conn)
+    .await?)
 }
 
 /// Logs what the triggers did not see: a create (or update) for each row whose latest

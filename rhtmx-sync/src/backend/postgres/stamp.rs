@@ -6,7 +6,12 @@
 //! (`_rhtmx_sync_meta.head`) and moves the counter, all in one transaction under an
 //! advisory lock. Entries of one transaction (`xact`) get consecutive versions, in the
 //! order they were written; transactions that committed between two stamps follow in
-//! the order they first wrote.
+//! the order of their *last* entry. That order agrees with commit order wherever order
+//! matters — two transactions that wrote one row: the second writer's entry for it is
+//! inserted (AFTER ROW trigger, row lock held) only after the first writer committed,
+//! so after all the first writer's entries. Ordering by the first entry would not: a
+//! transaction that began writing early and overwrote another's committed row later
+//! would be replayed before it, and every client would keep the older value.
 //!
 //! - Stampers take turns (the lock), and each one's statement snapshot is taken after
 //!   the lock is granted, when the previous stamper's commit is visible (PostgreSQL
@@ -36,10 +41,10 @@ pub(super) const BATCH: i64 = 50_000;
 const STAMP: &str = "
 WITH _head AS (SELECT value::bigint AS v FROM _rhtmx_sync_meta WHERE key = 'head'),
 _todo AS (
-    SELECT seq, row_number() OVER (ORDER BY first, seq) AS n FROM (
-        SELECT seq, min(seq) OVER (PARTITION BY xact) AS first FROM _rhtmx_sync_log
+    SELECT seq, row_number() OVER (ORDER BY last, seq) AS n FROM (
+        SELECT seq, max(seq) OVER (PARTITION BY xact) AS last FROM _rhtmx_sync_log
         WHERE version IS NULL) AS _waiting
-    ORDER BY first, seq LIMIT $1),
+    ORDER BY last, seq LIMIT $1),
 _stamped AS (
     UPDATE _rhtmx_sync_log AS l SET version = (SELECT v FROM _head) + _todo.n
     FROM _todo WHERE l.seq = _todo.seq RETURNING 1),

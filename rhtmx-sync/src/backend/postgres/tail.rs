@@ -91,7 +91,8 @@ pub(crate) async fn tail(
 }
 
 /// What a schema change would alter for the registered tables: each column (by table
-/// oid, so a recreated table differs) and how many capture triggers they have.
+/// oid, so a recreated table differs), how many capture triggers they have, and their
+/// partitions (one attached or detached adds or removes rows no trigger saw).
 const SCHEMA: &str = "
 WITH _rels AS (SELECT to_regclass(quote_ident(t)) AS oid FROM unnest($1::text[]) AS t)
 SELECT coalesce((SELECT string_agg(format('%s/%s/%s/%s', a.attrelid::int8, a.attnum, a.attname,
@@ -99,7 +100,10 @@ SELECT coalesce((SELECT string_agg(format('%s/%s/%s/%s', a.attrelid::int8, a.att
                  FROM pg_attribute a WHERE a.attrelid IN (SELECT oid FROM _rels)
                  AND a.attnum > 0 AND NOT a.attisdropped), '')
     || '|' || (SELECT count(*) FROM pg_trigger t WHERE t.tgrelid IN (SELECT oid FROM _rels)
-               AND t.tgname IN ('_rhtmx_sync_capture', '_rhtmx_sync_truncate'))";
+               AND t.tgname IN ('_rhtmx_sync_capture', '_rhtmx_sync_truncate'))
+    || '|' || coalesce((SELECT string_agg(p.relid::int8::text, ',' ORDER BY p.relid)
+                        FROM _rels, pg_partition_tree(_rels.oid) AS p
+                        WHERE p.relid <> _rels.oid), '')";
 
 /// Where the schema of `tables` stands now (see [`SCHEMA`]).
 pub(super) async fn schema_of(conn: &mut PgConnection, tables: &[String]) -> Result<String> {
