@@ -16,40 +16,7 @@ struct Snapshot {
 }
 
 async fn snapshot(db: &TestDb, server: &Server) -> Snapshot {
-    // What is committed is numbered first (PostgreSQL numbers the log after commit).
-    server.engine.head().await.unwrap();
-    let (tables, columns, quote) = match db.backend {
-        Backend::Sqlite => (
-            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
-            "SELECT name FROM pragma_table_info($1) ORDER BY cid",
-            "quote",
-        ),
-        Backend::Postgres => (
-            "SELECT table_name::text FROM information_schema.tables \
-             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1",
-            "SELECT column_name::text FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
-            "quote_nullable",
-        ),
-    };
-    let mut rows = String::new();
-    for table in server.db.fetch_all::<(String,)>(tables, args![]).await {
-        let table = table.0;
-        let columns: Vec<(String,)> = server.db.fetch_all(columns, args![&table]).await;
-        let row = columns
-            .iter()
-            .map(|(c,)| format!("{quote}(\"{c}\")"))
-            .collect::<Vec<_>>()
-            .join(" || ',' || ");
-        let all: Vec<(String,)> = server
-            .db
-            .fetch_all(
-                &format!("SELECT {row} FROM \"{table}\" ORDER BY 1"),
-                args![],
-            )
-            .await;
-        rows.push_str(&format!("{table}: {all:?}\n"));
-    }
+    let rows = every_row(&server.db, &server.engine).await;
     let files = match db.backend {
         Backend::Sqlite => ["", "-wal"]
             .iter()

@@ -133,17 +133,18 @@ async fn triggers_come_back_when_a_migration_recreates_the_table(backend: Backen
     let mut sse = Sse::connect(&server.base, "", None).await;
     // SQLite's usual "alter" recipe (valid on PostgreSQL too): new table, copy, drop
     // old, rename. Dropping the old table drops its triggers.
-    raw(
-        &server.db,
-        "BEGIN;
+    server
+        .db
+        .execute_script(
+            "BEGIN;
          CREATE TABLE todos_new (id TEXT PRIMARY KEY NOT NULL, title TEXT NOT NULL,
                                  completed BOOLEAN NOT NULL DEFAULT false);
          INSERT INTO todos_new SELECT * FROM todos;
          DROP TABLE todos;
          ALTER TABLE todos_new RENAME TO todos;
          COMMIT;",
-    )
-    .await;
+        )
+        .await;
     // The broadcaster notices the schema change and reinstalls the triggers (each
     // backend's own: three on SQLite, the row and the TRUNCATE one on PostgreSQL).
     let (installed, wanted) = match backend {
@@ -210,13 +211,4 @@ async fn schema(db: &Db) -> String {
             .await
         }
     }
-}
-
-/// Runs `sql`, several statements, as one script.
-async fn raw(db: &Db, sql: &str) {
-    match db {
-        Db::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
-        Db::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
-    }
-    .unwrap_or_else(|e| panic!("{sql}: {e}"));
 }

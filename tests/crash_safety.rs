@@ -176,16 +176,7 @@ async fn sigkill_mid_burst_leaves_no_row_without_its_log_entry_and_vice_versa(ba
         let check: String = pool.scalar("PRAGMA integrity_check", args![]).await;
         assert_eq!(check, "ok");
     }
-    // Every committed entry numbered (PostgreSQL numbers them after commit).
-    wait_until("every logged change has its version", || async {
-        pool.scalar::<i64>(
-            "SELECT count(*) FROM _rhtmx_sync_log WHERE version IS NULL",
-            args![],
-        )
-        .await
-            == 0
-    })
-    .await;
+    all_numbered(&pool).await;
     drop(server);
     let rows = todos(&pool).await;
     assert!(!rows.is_empty());

@@ -313,43 +313,6 @@ impl From<Session> for Principal {
     }
 }
 
-/// Every row of every table (the app's and the engine's, the log included), as text.
-async fn everything(db: &Db, engine: &SyncEngine) -> String {
-    // What is committed is numbered first (PostgreSQL numbers the log after commit).
-    engine.head().await.unwrap();
-    let (tables, columns, quote) = match db.backend() {
-        Backend::Sqlite => (
-            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
-            "SELECT name FROM pragma_table_info($1) ORDER BY cid",
-            "quote",
-        ),
-        Backend::Postgres => (
-            "SELECT table_name::text FROM information_schema.tables \
-             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1",
-            "SELECT column_name::text FROM information_schema.columns \
-             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
-            "quote_nullable",
-        ),
-    };
-    let mut out = String::new();
-    for (table,) in db.fetch_all::<(String,)>(tables, args![]).await {
-        let columns: Vec<(String,)> = db.fetch_all(columns, args![&table]).await;
-        let row = columns
-            .iter()
-            .map(|(c,)| format!("{quote}(\"{c}\")"))
-            .collect::<Vec<_>>()
-            .join(" || ',' || ");
-        let rows: Vec<(String,)> = db
-            .fetch_all(
-                &format!("SELECT {row} FROM \"{table}\" ORDER BY 1"),
-                args![],
-            )
-            .await;
-        out.push_str(&format!("{table} {rows:?}\n"));
-    }
-    out
-}
-
 async fn random_and_malformed_requests_all_answer_4xx_and_change_nothing(backend: Backend) {
     let seed: u64 = std::env::var("FUZZ_SEED")
         .ok()
@@ -385,7 +348,7 @@ async fn random_and_malformed_requests_all_answer_4xx_and_change_nothing(backend
         .await
         .unwrap();
     let (base, _task) = serve(engine.routes()).await;
-    let before = everything(&sql, &engine).await;
+    let before = every_row(&sql, &engine).await;
     assert!(before.contains("doc-of-a"), "{before}");
 
     let total: usize = std::env::var("FUZZ_REQUESTS")
@@ -430,6 +393,6 @@ async fn random_and_malformed_requests_all_answer_4xx_and_change_nothing(backend
         get_status(&format!("{base}/api/sync/docs?since=0")).await,
         200
     );
-    assert_eq!(everything(&sql, &engine).await, before, "seed {seed}");
+    assert_eq!(every_row(&sql, &engine).await, before, "seed {seed}");
 }
 both!(random_and_malformed_requests_all_answer_4xx_and_change_nothing);

@@ -60,22 +60,8 @@ async fn table(pool: &Db, entity: &str) -> BTreeMap<String, Value> {
         .collect()
 }
 
-/// Waits until every entry written so far has its version (on PostgreSQL they are
-/// numbered after commit; on SQLite at once).
-async fn settled(pool: &Db) {
-    wait_until("every entry numbered", || async {
-        pool.scalar::<i64>(
-            "SELECT count(*) FROM _rhtmx_sync_log WHERE version IS NULL",
-            args![],
-        )
-        .await
-            == 0
-    })
-    .await;
-}
-
 async fn assert_log_matches(pool: &Db, after: &str) {
-    settled(pool).await;
+    all_numbered(pool).await;
     for entity in ["tags", "items"] {
         assert_eq!(
             replayed(pool, entity).await,
@@ -87,7 +73,7 @@ async fn assert_log_matches(pool: &Db, after: &str) {
 
 /// Nothing was logged twice: no two deletes of a row without a create between.
 async fn assert_no_double_delete(pool: &Db) {
-    settled(pool).await;
+    all_numbered(pool).await;
     let doubled: i64 = pool
         .scalar(
             "SELECT count(*) FROM _rhtmx_sync_log AS d WHERE d.action = 'delete' AND \

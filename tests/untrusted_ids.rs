@@ -7,54 +7,9 @@ mod common;
 use common::*;
 
 /// Every table of the database (the engine's own included) with its rows as text, to
-/// show a refused request wrote nothing. Everything written before is numbered first
-/// (on PostgreSQL the log's versions are given after commit).
-async fn snapshot(server: &Server) -> Vec<(String, Vec<String>)> {
-    server.engine.head().await.unwrap();
-    let db = &server.db;
-    let tables: Vec<(String,)> = match db.backend() {
-        Backend::Sqlite => {
-            db.fetch_all(
-                "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
-                args![],
-            )
-            .await
-        }
-        Backend::Postgres => {
-            db.fetch_all(
-                "SELECT table_name::text FROM information_schema.tables \
-                 WHERE table_schema = current_schema() ORDER BY 1",
-                args![],
-            )
-            .await
-        }
-    };
-    let mut out = Vec::new();
-    for (table,) in tables {
-        let quoted = format!("\"{}\"", table.replace('"', "\"\""));
-        // One text per row, every column in it whatever its type.
-        let row = match db.backend() {
-            Backend::Sqlite => {
-                let columns: Vec<(String,)> = db
-                    .fetch_all("SELECT name FROM pragma_table_info($1)", args![&table])
-                    .await;
-                columns
-                    .iter()
-                    .map(|(c,)| format!("quote(\"{}\")", c.replace('"', "\"\"")))
-                    .collect::<Vec<_>>()
-                    .join(" || ',' || ")
-            }
-            Backend::Postgres => "t::text".to_owned(),
-        };
-        let rows: Vec<(String,)> = db
-            .fetch_all(
-                &format!("SELECT {row} FROM {quoted} AS t ORDER BY 1"),
-                args![],
-            )
-            .await;
-        out.push((table, rows.into_iter().map(|(r,)| r).collect()));
-    }
-    out
+/// show a refused request wrote nothing.
+async fn snapshot(server: &Server) -> String {
+    every_row(&server.db, &server.engine).await
 }
 
 const OTHER: &str = "0192f0a0-0000-7000-8000-000000000001";

@@ -34,7 +34,7 @@ async fn start_lists(db: &TestDb) -> Server {
                  FOR EACH ROW EXECUTE FUNCTION app_count_renames();"
         }
     };
-    raw(&pool, &format!("{tables}\n{trigger}")).await;
+    pool.execute_script(&format!("{tables}\n{trigger}")).await;
     start_with(db, |b| {
         b.entity_named("lists")
             .entity_named("items")
@@ -46,15 +46,6 @@ async fn start_lists(db: &TestDb) -> Server {
     .await
 }
 
-/// Runs `sql`, several statements, as one script.
-async fn raw(db: &Db, sql: &str) {
-    match db {
-        Db::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
-        Db::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
-    }
-    .unwrap_or_else(|e| panic!("{sql}: {e}"));
-}
-
 /// Every log entry of `entity` as pulled.
 async fn changes(server: &Server, entity: &str) -> Vec<Value> {
     let (_, page) = pull(&server.base, entity, "").await;
@@ -64,12 +55,13 @@ async fn changes(server: &Server, entity: &str) -> Vec<Value> {
 async fn side_effects_are_not_stamped_with_the_change_that_caused_them(backend: Backend) {
     let db = TestDb::new(backend).await;
     let server = start_lists(&db).await;
-    raw(
-        &server.db,
-        "INSERT INTO lists VALUES ('l1', 'groceries');
+    server
+        .db
+        .execute_script(
+            "INSERT INTO lists VALUES ('l1', 'groceries');
          INSERT INTO items VALUES ('i1', 'l1', 'milk'), ('i2', 'l1', 'eggs');",
-    )
-    .await;
+        )
+        .await;
     let at = Hlc::new(1_750_000_000_000, 7, 0xabc);
     let seen = server.engine.head().await.unwrap();
     // A rename through the push API: the app's trigger bumps `stats`.

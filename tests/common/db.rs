@@ -234,6 +234,15 @@ impl Db {
         })
     }
 
+    /// Runs `sql`, several statements, as one script.
+    pub async fn execute_script(&self, sql: &str) {
+        match self {
+            Db::Sqlite(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+            Db::Postgres(pool) => sqlx::raw_sql(sql).execute(pool).await.map(drop),
+        }
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+
     /// Runs `sql` once per set of values, all in one transaction.
     pub async fn execute_each(&self, sql: &str, rows: impl IntoIterator<Item = Vec<Arg>>) {
         match self {

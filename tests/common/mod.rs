@@ -356,6 +356,58 @@ pub async fn fill_log(server: &Server) {
     numbered(&server.engine, head + 12_000).await;
 }
 
+/// Every row of every table (the app's and the engine's, the log included), as text:
+/// equal before and after shows that nothing was written. What is committed is
+/// numbered first (PostgreSQL numbers the log after commit).
+pub async fn every_row(db: &Db, engine: &SyncEngine) -> String {
+    engine.head().await.unwrap();
+    let (tables, columns, quote) = match db.backend() {
+        Backend::Sqlite => (
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name",
+            "SELECT name FROM pragma_table_info($1) ORDER BY cid",
+            "quote",
+        ),
+        Backend::Postgres => (
+            "SELECT table_name::text FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_type = 'BASE TABLE' ORDER BY 1",
+            "SELECT column_name::text FROM information_schema.columns \
+             WHERE table_schema = current_schema() AND table_name = $1 ORDER BY ordinal_position",
+            "quote_nullable",
+        ),
+    };
+    let mut out = String::new();
+    for (table,) in db.fetch_all::<(String,)>(tables, args![]).await {
+        let columns: Vec<(String,)> = db.fetch_all(columns, args![&table]).await;
+        let row = columns
+            .iter()
+            .map(|(c,)| format!("{quote}(\"{c}\")"))
+            .collect::<Vec<_>>()
+            .join(" || ',' || ");
+        let rows: Vec<(String,)> = db
+            .fetch_all(
+                &format!("SELECT {row} FROM \"{table}\" ORDER BY 1"),
+                args![],
+            )
+            .await;
+        out.push_str(&format!("{table} {rows:?}\n"));
+    }
+    out
+}
+
+/// Waits until every entry logged so far has its version (PostgreSQL numbers them
+/// after commit; SQLite at once).
+pub async fn all_numbered(db: &Db) {
+    wait_until("every logged change has its version", || async {
+        db.scalar::<i64>(
+            "SELECT count(*) FROM _rhtmx_sync_log WHERE version IS NULL",
+            args![],
+        )
+        .await
+            == 0
+    })
+    .await;
+}
+
 /// Waits until the engine's head is at least `head`: on PostgreSQL entries are numbered
 /// after their commit, and a pull that comes first may answer from the head before them.
 pub async fn numbered(engine: &SyncEngine, head: i64) {
