@@ -4,7 +4,7 @@
 #
 #   ./scripts/bench.sh                 # quick suite (a few minutes on 2 cores)
 #   ./scripts/bench.sh --full          # the big sizes: 10k SSE clients, 1M-row pulls, more repetitions
-#   ./scripts/bench.sh --only write,ingest,fanout,pull,postgres,browser
+#   ./scripts/bench.sh --only write,ingest,fanout,pull,postgres,browser,compaction,integrity
 #
 # Not part of the test run (scripts/test-all.sh only compiles the bench binary, and runs
 # it without `--bench`, when it exits at once). Network traffic stays on 127.0.0.1.
@@ -66,7 +66,7 @@ results="$out/results.jsonl"
 rm -f "$results"
 
 rust_only=""
-for part in write ingest fanout pull postgres; do
+for part in write ingest fanout pull postgres compaction integrity; do
   if [ -z "$only" ]; then rust_only="all"; break; fi
   for o in ${only//,/ }; do
     if [ "$o" = "$part" ] || [[ "$o" == "$part:"* ]]; then rust_only="$rust_only,$o"; fi

@@ -995,3 +995,130 @@ async fn a_revoked_principals_streams_end_and_others_go_on(backend: Backend) {
     assert_eq!(bobs.next().await.data["id"], "after");
 }
 both!(a_revoked_principals_streams_end_and_others_go_on);
+
+async fn erasing_a_tenant_leaves_none_of_its_rows_history_and_the_others_whole(backend: Backend) {
+    let w = World::new(backend, "erase").await;
+    let (a, b) = (w.tenant(0), w.tenant(1));
+    script(
+        &w.pool,
+        &format!(
+            "INSERT INTO docs VALUES ('ea1', '{a}', 'secret-a1'), ('ea2', '{a}', 'secret-a2'), \
+             ('eb1', '{b}', 'kept-b1');
+             UPDATE docs SET body = 'secret-a1-v2' WHERE id = 'ea1';
+             UPDATE docs SET body = 'kept-b1-v2' WHERE id = 'eb1';
+             UPDATE docs SET tenant_id = '{b}', body = 'moved' WHERE id = 'ea2';
+             DELETE FROM docs WHERE id = 'ea1';"
+        ),
+    )
+    .await;
+    let erased = w.engine.erase_scope("docs", &a).await.unwrap();
+    assert_eq!(erased.rows, 2, "{erased:?}");
+    let dump = w.dump().await;
+    assert!(!dump.contains("secret"), "{dump}");
+    // The other tenant's row keeps its history; the moved row keeps its present.
+    assert_eq!(
+        dump.matches("kept-b1").count(),
+        3,
+        "both entries and the row: {dump}"
+    );
+    assert!(dump.contains("moved"), "{dump}");
+    // Tenant b's user still reads its rows, the moved one included.
+    let (status, body) = w.pull_as(w.user(2), "docs", "0").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        ids(&body),
+        BTreeSet::from(["ea2".to_owned(), "eb1".to_owned()]),
+        "{body}"
+    );
+    let err = w.engine.erase_scope("nope", &a).await.unwrap_err();
+    assert!(matches!(err, rhtmx_sync::Error::UnknownEntity(_)), "{err}");
+}
+both!(erasing_a_tenant_leaves_none_of_its_rows_history_and_the_others_whole);
+
+async fn a_digest_covers_only_what_the_principal_holds(backend: Backend) {
+    let w = World::new(backend, "digest").await;
+    populate(&w).await;
+    // A doc moves from tenant 0 to tenant 1: it leaves one mirror and enters the other.
+    w.pool
+        .execute(
+            "INSERT INTO docs VALUES ('moving', $1, 'first')",
+            args![w.tenant(0)],
+        )
+        .await;
+    w.pool
+        .execute(
+            "UPDATE docs SET tenant_id = $1, body = 'moved' WHERE id = 'moving'",
+            args![w.tenant(1)],
+        )
+        .await;
+    w.engine.head().await.unwrap();
+    for (i, user) in w.users.iter().enumerate() {
+        let (status, page) = w.pull_as(user, "docs", "0").await;
+        assert_eq!(status, 200, "{page}");
+        let page: Value = serde_json::from_str(&page).unwrap();
+        // The mirror the client holds after applying the page in order.
+        let mut held = std::collections::BTreeMap::new();
+        for c in page["changes"].as_array().unwrap() {
+            let id = c["id"].as_str().unwrap().to_owned();
+            if c["action"] == "delete" {
+                held.remove(&id);
+            } else {
+                held.insert(id, (c["id"].clone(), c["data"].clone()));
+            }
+        }
+        let mut mine = rhtmx_sync::integrity::Digest::default();
+        for (id, data) in held.values() {
+            mine.add("docs", id, data);
+        }
+        let cursor = page["cursor"].as_str().unwrap();
+        let res = client()
+            .get(format!(
+                "{}/api/sync/docs/digest?at={cursor}",
+                w.server_base
+            ))
+            .header("x-user", user)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["buckets"], json!(mine.hex()), "user {i}");
+        // Every bucket's rows: only this principal's.
+        let all: Vec<String> = (0..64).map(|b| b.to_string()).collect();
+        let res = client()
+            .get(format!(
+                "{}/api/sync/docs/rows?at={cursor}&buckets={}",
+                w.server_base,
+                all.join(",")
+            ))
+            .header("x-user", user)
+            .send()
+            .await
+            .unwrap();
+        let body: Value = res.json().await.unwrap();
+        let got: BTreeSet<String> = body["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["id"].as_str().unwrap().to_owned())
+            .collect();
+        let expected: BTreeSet<String> = if TENANT_OF[i] == 0 {
+            ["doc-of-0".to_owned()].into()
+        } else {
+            ["doc-of-1".to_owned(), "moving".to_owned()].into()
+        };
+        assert_eq!(got, expected, "user {i}");
+        for other in foreign(i) {
+            assert!(!got.contains(&other), "user {i} sees {other}");
+        }
+    }
+    // Nobody's digest of what nobody may read.
+    let res = client()
+        .get(format!("{}/api/sync/secrets/digest?at=0", w.server_base))
+        .header("x-user", w.user(0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+}
+both!(a_digest_covers_only_what_the_principal_holds);

@@ -21,9 +21,11 @@
 #[path = "../../examples/todo_sync/app.rs"]
 #[allow(dead_code)]
 mod app;
+mod compaction;
 
 mod fanout;
 mod ingest;
+mod integrity;
 #[path = "../../tests/pg/mod.rs"]
 mod pg;
 mod postgres;
@@ -40,7 +42,7 @@ use std::path::PathBuf;
 pub struct Config {
     /// The big sizes (10k SSE clients, 1M-row pulls, more repetitions).
     pub full: bool,
-    /// Only these sections (`write`, `ingest`, `fanout`, `pull`, `postgres`) or parts of them
+    /// Only these sections (`write`, `ingest`, `fanout`, `pull`, `postgres`, `compaction`, `integrity`) or parts of them
     /// (`ingest:push`); empty = all.
     pub only: Vec<String>,
     /// Where result rows are appended as JSON lines.
@@ -153,5 +155,15 @@ async fn suite(config: Config) {
         let cpu = util::CpuWatch::start();
         postgres::run(&config, &mut out).await;
         out.push(cpu.row(postgres::SECTION));
+    }
+    if config.wants("compaction") {
+        let cpu = util::CpuWatch::start();
+        compaction::run(&config, &mut out).await;
+        out.push(cpu.row(compaction::SECTION));
+    }
+    if config.wants("integrity") {
+        let cpu = util::CpuWatch::start();
+        integrity::run(&config, &mut out).await;
+        out.push(cpu.row(integrity::SECTION));
     }
 }

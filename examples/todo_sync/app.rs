@@ -378,14 +378,26 @@ pub async fn open(url: &str) -> Result<rhtmx_sync::Pool, Box<dyn std::error::Err
 
 /// The engine for this app: one typed entity, writable through the push API (for
 /// scripts and other services) under the same rules as the handlers.
+// The example itself builds with `engine_with`; tests and benchmarks use this.
+#[allow(dead_code)]
 pub async fn engine(
     pool: impl Into<rhtmx_sync::Pool>,
 ) -> Result<rhtmx_sync::SyncEngine, rhtmx_sync::BuildError> {
-    rhtmx_sync::SyncEngine::builder(pool)
-        .entity::<Todo>()
-        .validate("todos", pushed_todo)
-        .build()
-        .await
+    engine_with(pool, |b| b).await
+}
+
+/// [`engine`] with more settings made by `configure`.
+pub async fn engine_with(
+    pool: impl Into<rhtmx_sync::Pool>,
+    configure: impl FnOnce(rhtmx_sync::SyncEngineBuilder) -> rhtmx_sync::SyncEngineBuilder,
+) -> Result<rhtmx_sync::SyncEngine, rhtmx_sync::BuildError> {
+    configure(
+        rhtmx_sync::SyncEngine::builder(pool)
+            .entity::<Todo>()
+            .validate("todos", pushed_todo),
+    )
+    .build()
+    .await
 }
 
 /// A pushed todo obeys the handlers' rules: a UUID id (in its lowercase hyphenated

@@ -3,7 +3,9 @@
 //! Run with: `cargo run --example todo_sync`, then open http://127.0.0.1:3000.
 //! `PORT` and `DATABASE_URL` (default `sqlite://todo_sync.db`; `postgres://...` runs it on
 //! PostgreSQL, where any number of instances can share the database) override the
-//! defaults.
+//! defaults. `KEEP_HISTORY_MS` and `COMPACT_EVERY_MS` set how much history the change
+//! log keeps whole and how often it is compacted (default: 7 days, hourly), to watch
+//! browsers resync after a compaction.
 
 mod app;
 #[path = "../shared/headers.rs"]
@@ -16,6 +18,24 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use tower_http::timeout::TimeoutLayer;
+
+/// The compaction settings, from `KEEP_HISTORY_MS` and `COMPACT_EVERY_MS` if set.
+fn compaction_from_env() -> Result<rhtmx_sync::Compaction, std::num::ParseIntError> {
+    let ms = |name: &str| -> Result<Option<Duration>, std::num::ParseIntError> {
+        std::env::var(name)
+            .ok()
+            .map(|v| v.parse().map(Duration::from_millis))
+            .transpose()
+    };
+    let mut compaction = rhtmx_sync::Compaction::new();
+    if let Some(keep) = ms("KEEP_HISTORY_MS")? {
+        compaction = compaction.keep_history(keep);
+    }
+    if let Some(every) = ms("COMPACT_EVERY_MS")? {
+        compaction = compaction.every(Some(every));
+    }
+    Ok(compaction)
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +51,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 3000,
     };
     let pool = app::open(&url).await?;
-    let engine = app::engine(pool).await?;
+    let compaction = compaction_from_env()?;
+    let engine = app::engine_with(pool, |b| b.compaction(compaction)).await?;
     // Replayed offline writes carry an Idempotency-Key: applied once, answered again.
     // The app's own requests get 30 s in all, body included, else 408 (a per-read
     // timeout would let a body trickle in a byte at a time forever); the engine's

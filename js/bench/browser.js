@@ -119,6 +119,9 @@ async function pullInto(browser, n, reps, { nodelay = false } = {}) {
           document.body.addEventListener("rhtmx:todos:changed", (e) => {
             if (e.detail.version >= head && !window.__doneAt) window.__doneAt = performance.now();
           });
+          document.body.addEventListener("rhtmx:integrity", (e) => {
+            window.__verified = { at: performance.now(), ok: e.detail.ok };
+          });
         });
       }, n);
       await page.goto(server.base + "/bench/blank");
@@ -138,6 +141,11 @@ async function pullInto(browser, n, reps, { nodelay = false } = {}) {
         });
         return { done: window.__doneAt, pullStart: pulls.length ? pulls[0].startTime : NaN, network, client, pages: pulls.length };
       });
+      // The state check after the sync (docs/ARCHITECTURE.md §13): digest request, every
+      // mirrored row read back and hashed with WebCrypto.
+      await page.waitForFunction(() => window.__verified, null, { timeout: 600000, polling: 50 });
+      const verified = await page.evaluate(() => window.__verified);
+      if (!verified.ok) throw new Error("the mirror failed its integrity check");
       const got = await page.evaluate(async () => (await RhtmxSync.get("todos")).length);
       if (got !== n) throw new Error(`IndexedDB holds ${got} of ${n} rows`);
       // Baseline: the same number of rows of the same shape written straight into
@@ -159,7 +167,7 @@ async function pullInto(browser, n, reps, { nodelay = false } = {}) {
         db.close();
         return ms;
       }, n);
-      runs.push({ total: t.done, pull: t.done - t.pullStart, raw, network: t.network, client: t.client, pages: t.pages });
+      runs.push({ total: t.done, pull: t.done - t.pullStart, raw, network: t.network, client: t.client, pages: t.pages, verify: verified.at - t.done });
     } finally {
       await context.close();
       await server.stop();
@@ -185,6 +193,20 @@ async function pullInto(browser, n, reps, { nodelay = false } = {}) {
     note: `${Math.round(total)} ms from navigation start, of which ${Math.round(pull)} ms from the first pull request: ` +
       `${pages} pull requests ${Math.round(network)} ms, client work between them ${Math.round(client)} ms; ` +
       `baseline: the same rows put straight into IndexedDB in pages of 1000 (${Math.round(raw)} ms); median of ${reps}`,
+  });
+  if (nodelay) return;
+  const verify = median(runs.map((x) => x.verify));
+  emit({
+    metric: "integrity check after the first sync",
+    size: `${human(n)} rows`,
+    value: verify,
+    unit: "ms",
+    baseline: pull,
+    ratio: verify / pull,
+    target: "≤ 0.5× the sync",
+    pass: verify <= 0.5 * pull,
+    note: `${((verify * 1000) / n).toFixed(1)} µs per row: the server's digest, every mirrored row read back and ` +
+      `hashed (SHA-256, WebCrypto); baseline: the sync itself from its first pull (${Math.round(pull)} ms); median of ${reps}`,
   });
 }
 

@@ -1,7 +1,7 @@
 // Page helpers shared by the browser tests.
 export const EVENTS = [
   "queued", "replayed", "rejected", "online", "offline", "auth-required", "storage-error", "stale",
-  "principal-changed", "warning",
+  "principal-changed", "warning", "integrity",
 ];
 
 /** Opens the app in a new page of `context` and waits until the client is running. */

@@ -40,7 +40,7 @@ export async function freshPostgresDatabase() {
 }
 
 /** Starts the example; resolves once it prints its address. */
-export async function startServer({ dir, port = 0, example = "todo_sync", databaseUrl } = {}) {
+export async function startServer({ dir, port = 0, example = "todo_sync", databaseUrl, env = {} } = {}) {
   if (ON_POSTGRES && !databaseUrl && !dir) {
     databaseUrl = await freshPostgresDatabase();
   }
@@ -58,6 +58,7 @@ export async function startServer({ dir, port = 0, example = "todo_sync", databa
       PORT: String(port),
       DATABASE_URL: databaseUrl ?? `sqlite://${dbPath}`,
       RUST_LOG: process.env.RUST_LOG ?? "warn",
+      ...env,
     },
     // SERVER_LOG=path keeps the server's log for debugging a failure.
     stdio: ["ignore", "pipe", process.env.SERVER_LOG ? openSync(process.env.SERVER_LOG, "a") : "inherit"],
@@ -87,7 +88,7 @@ export async function startServer({ dir, port = 0, example = "todo_sync", databa
     },
     /** Starts the same example again over the same database. */
     restart() {
-      return startServer({ dir, example, databaseUrl });
+      return startServer({ dir, example, databaseUrl, env });
     },
     async stop() {
       await this.kill();

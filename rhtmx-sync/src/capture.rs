@@ -8,6 +8,7 @@ mod reconcile;
 
 pub(crate) use self::install::{claim, refresh};
 pub use self::install::{drop_triggers, drop_triggers_for, DROP_TRIGGERS_PAUSE};
+pub(crate) use self::reconcile::reconcile;
 
 use crate::entity::{quote_ident, quote_literal, Column, ColumnKind, Entity};
 use crate::log::{CONTEXT_TABLE, LOG_TABLE};

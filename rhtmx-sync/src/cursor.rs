@@ -132,13 +132,19 @@ pub(crate) async fn check(
         return Ok(Some(Reset::AheadOfLog));
     }
     // From 0 is always whole: compaction keeps every row's latest entry.
-    if cursor.version > 0 && cursor.version < conn.horizon().await? {
+    let horizon = conn.horizon().await?;
+    if cursor.version > 0 && cursor.version < horizon {
         return Ok(Some(Reset::BehindHorizon));
     }
     // Version 0 is the start of every history.
     if let (Some(sent), true) = (&cursor.tag, cursor.version > 0) {
         let entry = conn.entry_at(cursor.version).await?;
         if *sent != tag(log_id, cursor.version, entry.as_ref()) {
+            // The entry at the horizon itself can be gone (an expired tombstone): the
+            // tag cannot be checked, and the client resyncs for that reason.
+            if entry.is_none() && cursor.version == horizon {
+                return Ok(Some(Reset::BehindHorizon));
+            }
             return Ok(Some(Reset::OtherHistory));
         }
     }

@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 
 use crate::backend::{self, Pool, ReadLog, Schema, Started};
 use crate::broadcast::Hub;
+use crate::compaction::{self, Compaction, LastReport};
 use crate::conflict::{ConflictResolver, SharedResolver};
 use crate::entity::{Entity, EntitySpec};
 use crate::error::{BuildError, Error, Result};
@@ -227,6 +228,9 @@ pub(crate) struct Inner {
     pub authenticate: Option<Authenticate>,
     /// Whether any entity has a scope (then one without is readable by nobody).
     pub scoped: bool,
+    /// How long the log keeps what (see `crate::compaction`), and the latest pass.
+    pub compaction: Compaction,
+    pub last_compaction: LastReport,
     tailer: JoinHandle<()>,
 }
 
@@ -279,6 +283,7 @@ impl SyncEngine {
             overrides: Vec::new(),
             options: Options::default(),
             authenticate: None,
+            compaction: Compaction::default(),
         }
     }
 
@@ -430,6 +435,7 @@ pub struct SyncEngineBuilder {
     overrides: Vec<(String, Override)>,
     options: Options,
     authenticate: Option<Authenticate>,
+    compaction: Compaction,
 }
 
 /// A per-entity conflict setting given on the builder.
@@ -656,6 +662,15 @@ impl SyncEngineBuilder {
         self
     }
 
+    /// How long the change log keeps history, tombstones, conflict reports and replay
+    /// digests, and how often it is compacted in the background (default:
+    /// [`Compaction::default`]: 7 days of history, a pass every hour). See
+    /// [`Compaction`] for what a pass keeps and [`SyncEngine::compact`] to run one now.
+    pub fn compaction(mut self, compaction: Compaction) -> Self {
+        self.compaction = compaction;
+        self
+    }
+
     /// Where the routes live (default `/api/sync`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.options.prefix = prefix.into().trim_end_matches('/').to_owned();
@@ -792,6 +807,8 @@ impl SyncEngineBuilder {
                 recent_errors: Arc::default(),
                 authenticate: self.authenticate,
                 scoped,
+                compaction: self.compaction,
+                last_compaction: LastReport::default(),
                 options: self.options,
                 clock,
                 log_id,
@@ -800,6 +817,9 @@ impl SyncEngineBuilder {
         };
         if let Some(period) = engine.inner.options.figures_every {
             operator::emit_every(&engine, period);
+        }
+        if let Some(period) = engine.inner.compaction.every {
+            compaction::run_every(&engine, period);
         }
         Ok(engine)
     }

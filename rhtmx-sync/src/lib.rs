@@ -7,18 +7,22 @@ extern crate self as rhtmx_sync;
 compile_error!("rhtmx-sync needs a database: enable the `sqlite` feature, `postgres`, or both");
 
 mod apply;
+mod audit;
 mod backend;
 mod broadcast;
 #[cfg(feature = "sqlite")]
 mod capture;
+mod compaction;
 pub mod conflict;
 mod cursor;
 mod engine;
 mod entity;
+mod erasure;
 mod error;
 pub mod hlc;
 mod http;
 mod idempotency;
+pub mod integrity;
 mod log;
 pub mod operator;
 mod permission;
@@ -33,12 +37,16 @@ pub use self::backend::Pool;
 #[doc(inline)]
 pub use self::capture::{drop_triggers, drop_triggers_for, DROP_TRIGGERS_PAUSE};
 #[doc(inline)]
+pub use self::compaction::{Compaction, CompactionReport};
+#[doc(inline)]
 pub use self::conflict::{Conflict, ConflictResolver};
 #[cfg(feature = "sqlite")]
 #[doc(inline)]
 pub use self::engine::SyncConfig;
 #[doc(inline)]
 pub use self::engine::{SyncEngine, SyncEngineBuilder};
+#[doc(inline)]
+pub use self::erasure::Erased;
 #[doc(inline)]
 pub use self::error::{BuildError, Error, Result};
 #[doc(inline)]

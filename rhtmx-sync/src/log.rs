@@ -32,8 +32,9 @@ pub(crate) const CONTEXT_TABLE: &str = "_rhtmx_sync_context";
 
 #[cfg(feature = "sqlite")]
 /// The version of the engine's own tables: 2 added `conflict`, 3 `digest`, 4 the
-/// scopes (`scope_before`, `scope_after`, and the REPLACE victims' `scope`).
-const SCHEMA_VERSION: i64 = 4;
+/// scopes (`scope_before`, `scope_after`, and the REPLACE victims' `scope`), 5
+/// compaction (`clocks`, `_rhtmx_sync_replays`).
+const SCHEMA_VERSION: i64 = 5;
 
 #[cfg(feature = "sqlite")]
 const DDL: &str = r#"
@@ -50,7 +51,8 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
     conflict   TEXT,
     digest     TEXT,
     scope_before TEXT,
-    scope_after  TEXT
+    scope_after  TEXT,
+    clocks     TEXT
 );
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_entity ON _rhtmx_sync_log (entity, version);
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_row ON _rhtmx_sync_log (entity, entity_id, version);
@@ -70,6 +72,13 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_replaced (
     key,
     scope     TEXT
 );
+CREATE TABLE IF NOT EXISTS _rhtmx_sync_replays (
+    digest     TEXT PRIMARY KEY,
+    entity     TEXT NOT NULL,
+    entity_id  TEXT NOT NULL,
+    created_at TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS _rhtmx_sync_replays_row ON _rhtmx_sync_replays (entity, entity_id);
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_meta (
     key   TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -88,6 +97,7 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
         (LOG_TABLE, "digest"),
         (LOG_TABLE, "scope_before"),
         (LOG_TABLE, "scope_after"),
+        (LOG_TABLE, "clocks"),
         ("_rhtmx_sync_replaced", "scope"),
     ] {
         let has: bool =
@@ -236,11 +246,18 @@ pub(crate) async fn log_id(conn: &mut SqliteConnection) -> Result<String> {
 /// Versions at or below the horizon may have been compacted away: a client resuming from
 /// there must reset.
 pub(crate) async fn horizon(conn: &mut SqliteConnection) -> Result<i64> {
-    let h: Option<String> =
-        sqlx::query_scalar("SELECT value FROM _rhtmx_sync_meta WHERE key = 'horizon'")
+    meta_int(conn, "horizon").await
+}
+
+#[cfg(feature = "sqlite")]
+/// A number kept in `_rhtmx_sync_meta` (0 when absent).
+pub(crate) async fn meta_int(conn: &mut SqliteConnection, key: &str) -> Result<i64> {
+    let value: Option<String> =
+        sqlx::query_scalar("SELECT value FROM _rhtmx_sync_meta WHERE key = ?")
+            .bind(key)
             .fetch_optional(&mut *conn)
             .await?;
-    Ok(h.and_then(|h| h.parse().ok()).unwrap_or(0))
+    Ok(value.and_then(|v| v.parse().ok()).unwrap_or(0))
 }
 
 #[cfg(feature = "sqlite")]
@@ -300,6 +317,30 @@ pub(crate) async fn read_entity(
         None => query,
     };
     Ok(query.fetch_all(&mut *conn).await?)
+}
+
+#[cfg(feature = "sqlite")]
+/// The latest entry at or below `upto` of up to `limit` rows of `entity` keyed after
+/// `after`, in key order.
+pub(crate) async fn latest_at(
+    conn: &mut SqliteConnection,
+    entity: &str,
+    upto: i64,
+    after: &str,
+    limit: i64,
+) -> Result<Vec<LogRow>> {
+    Ok(sqlx::query_as(&format!(
+        "SELECT {ROW_COLUMNS} FROM (SELECT entity_id AS k, max(version) AS v FROM {LOG_TABLE} \
+         WHERE entity = ?1 AND version <= ?2 AND entity_id > ?3 \
+         GROUP BY entity_id ORDER BY entity_id LIMIT ?4) AS t \
+         JOIN {LOG_TABLE} ON version = t.v ORDER BY t.k"
+    ))
+    .bind(entity)
+    .bind(upto)
+    .bind(after)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?)
 }
 
 #[cfg(all(test, feature = "sqlite"))]
@@ -366,7 +407,7 @@ mod tests {
     async fn a_schema_1_log_gains_the_later_columns() {
         let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
         sqlx::raw_sql(&DDL.replace(
-            ",\n    conflict   TEXT,\n    digest     TEXT,\n    scope_before TEXT,\n    scope_after  TEXT",
+            ",\n    conflict   TEXT,\n    digest     TEXT,\n    scope_before TEXT,\n    scope_after  TEXT,\n    clocks     TEXT",
             "",
         ))
             .execute(&mut conn)
@@ -379,7 +420,7 @@ mod tests {
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(version, "4");
+        assert_eq!(version, "5");
         assert!(read_after(&mut conn, 0, 1).await.unwrap().is_empty());
     }
 }

@@ -38,6 +38,25 @@ fn parse_hlc(s: &str) -> Hlc {
     })
 }
 
+/// A logged entry as the merge reads it: one entry, preceded by the changes compaction
+/// folded into it, if any (see `crate::compaction`).
+fn entries(row: EntryRow, entity: &Entity) -> impl Iterator<Item = Entry> {
+    let past = row.clocks.as_deref().map_or_else(Vec::new, |c| {
+        crate::compaction::expand(&crate::compaction::Clocks::parse(c), row.version)
+    });
+    let past = past
+        .into_iter()
+        .map(|(version, hlc, client_id, fields)| Entry {
+            version,
+            action: Action::Update,
+            changed: Some(fields),
+            data: None,
+            hlc: parse_hlc(&hlc),
+            client_id,
+        });
+    past.chain(std::iter::once(entry(row, entity)))
+}
+
 fn entry(row: EntryRow, entity: &Entity) -> Entry {
     Entry {
         version: row.version,
@@ -89,7 +108,8 @@ impl HistoryCache {
             if floor < cached.after {
                 // Read what the cache lacks: (floor, cached.after].
                 let rows = conn.row_log(name, id, (floor, cached.after)).await?;
-                let mut older: Vec<Entry> = rows.into_iter().map(|r| entry(r, entity)).collect();
+                let mut older: Vec<Entry> =
+                    rows.into_iter().flat_map(|r| entries(r, entity)).collect();
                 older.append(&mut cached.entries);
                 cached.entries = older;
                 cached.after = floor;
@@ -134,7 +154,7 @@ impl HistoryCache {
             }
             let key = (row.entity.clone(), row.entity_id.clone());
             if let Some(cached) = self.rows.get_mut(&key) {
-                cached.entries.push(entry(row, entity));
+                cached.entries.extend(entries(row, entity));
             }
         }
         Ok(())

@@ -150,6 +150,10 @@ pub(crate) trait ReadLog: Send {
     }
     /// Versions at or below the horizon may have been compacted away.
     fn horizon(&mut self) -> impl Future<Output = Result<i64>> + Send;
+    /// How many compaction transactions have removed a deleted row's last entries: a
+    /// reader that sees it change while it reads may have sent a row whose delete it
+    /// can no longer send (see `crate::compaction`).
+    fn purges(&mut self) -> impl Future<Output = Result<i64>> + Send;
     /// The entry at `version`, if the log holds it.
     fn entry_at(&mut self, version: i64) -> impl Future<Output = Result<Option<LogRow>>> + Send;
     /// Up to `limit` entries after `after`, in version order, of every entity.
@@ -168,6 +172,15 @@ pub(crate) trait ReadLog: Send {
         keys: Option<&str>,
         limit: i64,
     ) -> impl Future<Output = Result<Vec<LogRow>>> + Send;
+    /// The latest entry at or below `upto` of up to `limit` rows of `entity` whose key
+    /// text sorts after `after`, in key order: the state at `upto` (`crate::integrity`).
+    fn latest_at(
+        &mut self,
+        entity: &str,
+        upto: i64,
+        after: &str,
+        limit: i64,
+    ) -> impl Future<Output = Result<Vec<LogRow>>> + Send;
 }
 
 #[cfg(feature = "sqlite")]
@@ -177,6 +190,9 @@ impl ReadLog for SqliteConnection {
     }
     async fn horizon(&mut self) -> Result<i64> {
         log::horizon(self).await
+    }
+    async fn purges(&mut self) -> Result<i64> {
+        log::meta_int(self, "purges").await
     }
     async fn entry_at(&mut self, version: i64) -> Result<Option<LogRow>> {
         log::entry_at(self, version).await
@@ -192,6 +208,15 @@ impl ReadLog for SqliteConnection {
         limit: i64,
     ) -> Result<Vec<LogRow>> {
         log::read_entity(self, entity, range, keys, limit).await
+    }
+    async fn latest_at(
+        &mut self,
+        entity: &str,
+        upto: i64,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<LogRow>> {
+        log::latest_at(self, entity, upto, after, limit).await
     }
 }
 
@@ -223,6 +248,9 @@ impl ReadLog for Conn {
     async fn horizon(&mut self) -> Result<i64> {
         each!(self, c => c.horizon().await)
     }
+    async fn purges(&mut self) -> Result<i64> {
+        each!(self, c => c.purges().await)
+    }
     async fn entry_at(&mut self, version: i64) -> Result<Option<LogRow>> {
         each!(self, c => c.entry_at(version).await)
     }
@@ -237,5 +265,14 @@ impl ReadLog for Conn {
         limit: i64,
     ) -> Result<Vec<LogRow>> {
         each!(self, c => c.read_entity(entity, range, keys, limit).await)
+    }
+    async fn latest_at(
+        &mut self,
+        entity: &str,
+        upto: i64,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<LogRow>> {
+        each!(self, c => c.latest_at(entity, upto, after, limit).await)
     }
 }

@@ -25,6 +25,8 @@ pub(crate) struct EntryRow {
     pub changed: Option<String>,
     pub client_id: Option<String>,
     pub hlc: String,
+    /// What compaction folded into this entry (see `crate::compaction`).
+    pub clocks: Option<String>,
 }
 
 /// What the capture triggers record with the next entry of one row (the context row).
@@ -156,7 +158,8 @@ pub(crate) trait WriteTx: ReadLog {
         after: i64,
     ) -> impl Future<Output = Result<(Option<i64>, Option<String>)>> + Send;
 
-    /// Whether any entry carries `digest` (the change was applied before).
+    /// Whether any entry carries `digest`, or compaction kept it (the change was
+    /// applied before).
     fn replayed(&mut self, digest: &str) -> impl Future<Output = Result<bool>> + Send;
 
     /// What the entries of `entity` after `after` did to scopes.

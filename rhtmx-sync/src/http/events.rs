@@ -35,7 +35,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 
 use crate::backend::{Pool, ReadLog};
 use crate::broadcast::LogEvent;
-use crate::cursor::{self, Cursor};
+use crate::cursor::{self, Cursor, Reset};
 use crate::engine::Entities;
 use crate::error::{quote, Error, Result};
 use crate::log::LogRow;
@@ -127,8 +127,9 @@ pub(crate) async fn events(
     // Subscribe before reading the log: whatever commits after the read below is then
     // certain to arrive through the channel.
     let mut rx = inner.hub.tx.subscribe();
-    let (head, head_id, verdict) = {
+    let (head, head_id, verdict, purges) = {
         let mut conn = inner.pool.acquire().await?;
+        let purges = conn.purges().await?;
         let head = conn.settled_head().await?;
         let head_id = cursor::token(&mut conn, &inner.log_id, head).await? + access.suffix();
         let fingerprint = access.fingerprint.as_deref();
@@ -136,7 +137,7 @@ pub(crate) async fn events(
             Some(last) => cursor::check(&mut conn, &inner.log_id, last, head, fingerprint).await?,
             None => None,
         };
-        (head, head_id, verdict)
+        (head, head_id, verdict, purges)
     };
     let retry = inner.options.sse_retry;
     let scoped = inner.scoped;
@@ -175,7 +176,17 @@ pub(crate) async fn events(
                         return;
                     }
                     let rows = match read_page(&inner.pool, cursor).await {
-                        Ok(rows) => rows,
+                        // Compaction removed a deleted row's entries meanwhile: an
+                        // earlier event may have sent a row whose delete is gone. Below
+                        // the horizon, the client must resync.
+                        Ok((_, now, horizon)) if now != purges && cursor < horizon => {
+                            let Ok(id) = token(&inner.pool, &inner.log_id, head).await else { return };
+                            yield Ok(reset(&(id + access.suffix()), head, Reset::BehindHorizon.reason()));
+                            cursor = head;
+                            tracked.at(cursor);
+                            break;
+                        }
+                        Ok((rows, _, _)) => rows,
                         Err(error) => {
                             // The browser reconnects with its last id: nothing is lost.
                             tracing::warn!(%error, "event stream catch-up failed; closing");
@@ -317,8 +328,12 @@ fn encode(
     })
 }
 
-async fn read_page(pool: &Pool, after: i64) -> Result<Vec<LogRow>> {
-    pool.acquire().await?.read_after(after, CATCH_UP_PAGE).await
+/// A page of catch-up, then the purge count and horizon (read after it, see
+/// `ReadLog::purges`).
+async fn read_page(pool: &Pool, after: i64) -> Result<(Vec<LogRow>, i64, i64)> {
+    let mut conn = pool.acquire().await?;
+    let rows = conn.read_after(after, CATCH_UP_PAGE).await?;
+    Ok((rows, conn.purges().await?, conn.horizon().await?))
 }
 
 async fn token(pool: &Pool, log_id: &str, version: i64) -> Result<String> {

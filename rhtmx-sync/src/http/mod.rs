@@ -1,7 +1,9 @@
-//! The HTTP face of the engine: pull, push, the event stream and the browser files.
+//! The HTTP face of the engine: pull, push, the event stream, state digests and the
+//! browser files.
 
 mod assets;
 pub(crate) mod budget;
+mod digest;
 mod events;
 mod origin;
 mod pull;
@@ -33,6 +35,8 @@ where
             &format!("{prefix}/{{entity}}"),
             get(pull::pull).post(push::push),
         )
+        .route(&format!("{prefix}/{{entity}}/digest"), get(digest::digest))
+        .route(&format!("{prefix}/{{entity}}/rows"), get(digest::rows))
         .layer(SetResponseHeaderLayer::overriding(
             header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),

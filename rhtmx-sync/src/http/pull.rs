@@ -40,7 +40,7 @@ const BATCH: i64 = 256;
 
 /// 409 with the reset the client must make: its cursor is from another history of the
 /// log (or beyond it). It drops what it holds and pulls from 0.
-fn reset(head_id: &str, head: i64, why: Reset) -> Response {
+pub(super) fn reset(head_id: &str, head: i64, why: Reset) -> Response {
     tracing::debug!(head, reason = why.reason(), "pull reset");
     let error = match why {
         Reset::AccessChanged => {
@@ -98,21 +98,34 @@ pub(crate) async fn pull(
     // Read the head and the first batch before answering, so a failing database still
     // gets a 500 rather than a truncated 200.
     let log_id = engine.inner.log_id.clone();
-    let (head, head_id, first) = {
+    let (head, head_id, first, purges) = {
         let mut conn = pool.acquire().await?;
-        let head = conn.settled_head().await?;
-        let head_id = cursor::token(&mut conn, &log_id, head).await? + &suffix;
-        let fingerprint = access.fingerprint.as_deref();
-        if let Some(why) = cursor::check(&mut conn, &log_id, &since, head, fingerprint).await? {
-            return Ok(reset(&head_id, head, why));
+        let mut attempts = 0;
+        loop {
+            let head = conn.settled_head().await?;
+            let head_id = cursor::token(&mut conn, &log_id, head).await? + &suffix;
+            let fingerprint = access.fingerprint.as_deref();
+            let purges = conn.purges().await?;
+            if let Some(why) = cursor::check(&mut conn, &log_id, &since, head, fingerprint).await? {
+                return Ok(reset(&head_id, head, why));
+            }
+            let first = conn
+                .read_entity(
+                    &entity.name,
+                    (since.version, head),
+                    keys.as_deref(),
+                    BATCH.min(limit + 1),
+                )
+                .await?;
+            // Compaction removed a deleted row meanwhile: read again (nothing is sent yet).
+            if conn.purges().await? == purges {
+                break (head, head_id, first, purges);
+            }
+            attempts += 1;
+            if attempts == 5 {
+                return Err(Error::Contended { retry_after: 1 });
+            }
         }
-        let first = conn.read_entity(
-            &entity.name,
-            (since.version, head),
-            keys.as_deref(),
-            BATCH.min(limit + 1),
-        );
-        (head, head_id, first.await?)
     };
     let since = since.version;
 
@@ -150,8 +163,17 @@ pub(crate) async fn pull(
             rows = {
                 let mut conn = pool.acquire().await?;
                 let want = BATCH.min(limit + 1 - count);
-                conn.read_entity(&entity.name, (last, head), keys.as_deref(), want)
-                    .await?
+                let rows = conn
+                    .read_entity(&entity.name, (last, head), keys.as_deref(), want)
+                    .await?;
+                // Compaction removed a deleted row's entries meanwhile: a row this page
+                // sent may have lost the delete it would have read next. End here;
+                // resuming from `last` resets if that is below the horizon.
+                if conn.purges().await? != purges {
+                    has_more = true;
+                    break 'pages;
+                }
+                rows
             };
         }
         // The next `since`: where this page stopped, or the head when it is complete,
@@ -159,7 +181,12 @@ pub(crate) async fn pull(
         // A page cut short ends at its last row: one lookup for its tag, not a hash per row.
         let (version, cursor) = if has_more {
             let mut conn = pool.acquire().await?;
-            (last, cursor::token(&mut conn, &log_id, last).await? + &suffix)
+            let tag = if last == 0 {
+                "0".to_owned()
+            } else {
+                cursor::token(&mut conn, &log_id, last).await? + &suffix
+            };
+            (last, tag)
         } else {
             (head, head_id)
         };

@@ -111,7 +111,7 @@
   // Every rhtmx:* event redraws (they bubble to body); a timer catches the stream's state.
   let scheduled = 0;
   const soon = () => scheduled || (scheduled = setTimeout(() => ((scheduled = 0), render()), 50));
-  for (const name of ["queued", "replayed", "rejected", "online", "offline", "conflict", "sync-progress", "auth-required", "warning", "principal-changed"]) {
+  for (const name of ["queued", "replayed", "rejected", "online", "offline", "conflict", "sync-progress", "auth-required", "warning", "principal-changed", "integrity"]) {
     document.body.addEventListener("rhtmx:" + name, soon);
   }
   setInterval(render, 1000);

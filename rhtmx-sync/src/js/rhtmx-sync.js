@@ -377,6 +377,102 @@
     for (const e of entities) versions[e] = 0;
   }
 
+  // ---- integrity: state digests (docs/ARCHITECTURE.md §13) -----------------------------------
+  // After a sync, the mirror's digest at its cursor is compared with the server's; a bucket
+  // that differs is replaced by the server's rows of that bucket, and nothing else.
+  // `data-sync-verify="false"` turns it off; without WebCrypto (a page not served over
+  // HTTPS or localhost) it is skipped.
+  const verifyOn = data.syncVerify !== "false";
+  const BUCKETS = 64;
+  const utf8 = new TextEncoder();
+  const tagged = (tag, n) => {
+    const b = new Uint8Array(5);
+    b[0] = tag;
+    new DataView(b.buffer).setUint32(1, n);
+    return b;
+  };
+  const byBytes = (a, b) => {
+    for (let i = 0; i < a[0].length && i < b[0].length; i++) if (a[0][i] !== b[0][i]) return a[0][i] - b[0][i];
+    return a[0].length - b[0].length;
+  };
+  /** The canonical encoding of a JSON value, as byte arrays appended to `out`. */
+  function encode(v, out) {
+    if (v === null || v === undefined) out.push(Uint8Array.of(0x6e));
+    else if (typeof v === "boolean") out.push(Uint8Array.of(v ? 0x74 : 0x66));
+    else if (typeof v === "number") {
+      const b = new Uint8Array(9);
+      b[0] = 0x64;
+      new DataView(b.buffer).setFloat64(1, v === 0 ? 0 : v);
+      out.push(b);
+    } else if (typeof v === "string") {
+      const bytes = utf8.encode(v);
+      out.push(tagged(0x73, bytes.length), bytes);
+    } else if (Array.isArray(v)) {
+      out.push(tagged(0x61, v.length));
+      for (const x of v) encode(x, out);
+    } else {
+      const keys = Object.keys(v).map((k) => [utf8.encode(k), k]).sort(byBytes);
+      out.push(tagged(0x6f, keys.length));
+      for (const [bytes, k] of keys) out.push(tagged(0x73, bytes.length), bytes), encode(v[k], out);
+    }
+    return out;
+  }
+  const sha256 = async (parts) => {
+    const all = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+    parts.reduce((at, p) => (all.set(p, at), at + p.length), 0);
+    return new Uint8Array(await crypto.subtle.digest("SHA-256", all));
+  };
+  const hex = (bytes) => Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  const rowHash = (entity, id, row) =>
+    sha256(encode(row, encode(id, encode(entity, [utf8.encode("rhtmx-sync row v1\n")]))));
+  const bucketOf = async (id) => (await sha256(encode(id, [utf8.encode("rhtmx-sync bucket v1\n")])))[0] % BUCKETS;
+
+  /** The mirror's rows of an entity as [id, row, bucket], and their digest. */
+  async function localDigest(entity) {
+    const [keys, values] = await run(entity, "readonly", (tx) => {
+      const store = tx.objectStore(entity);
+      return [store.getAllKeys(), store.getAll()];
+    });
+    const digest = Array.from({ length: BUCKETS }, () => new Uint8Array(16));
+    const rows = [];
+    await Promise.all(keys.result.map(async (id, i) => {
+      const { _version, _deleted, ...row } = values.result[i];
+      if (_deleted) return;
+      const [hash, bucket] = await Promise.all([rowHash(entity, id, row), bucketOf(id)]);
+      for (let j = 0; j < 16; j++) digest[bucket][j] ^= hash[j];
+      rows.push([id, bucket]);
+    }));
+    return { rows, buckets: digest.map(hex) };
+  }
+
+  /** Checks an entity's mirror against the server at its cursor; repairs what differs. */
+  async function verify(entity) {
+    const at = versions[entity];
+    const q = `${base}/${encodeURIComponent(entity)}`;
+    const get = async (path) => {
+      const res = await fetch(`${q}/${path}`, { credentials: "same-origin" });
+      if (res.status === 409) throw { reset: (await res.json()).reset };
+      if (!res.ok) throw new Error(`${path.split("?")[0]} ${entity}: ${res.status}`);
+      return res.json();
+    };
+    const theirs = (await get(`digest?at=${encodeURIComponent(at)}`)).buckets;
+    const mine = await localDigest(entity);
+    const bad = mine.buckets.flatMap((h, i) => (h === theirs[i] ? [] : [i]));
+    const version = num(at);
+    if (!bad.length) return emit("integrity", { entity, ok: true, version });
+    log("integrity: buckets differ", entity, bad);
+    const { rows } = await get(`rows?at=${encodeURIComponent(at)}&buckets=${bad.join(",")}`);
+    await run(entity, "readwrite", (tx) => {
+      const store = tx.objectStore(entity);
+      for (const [id, bucket] of mine.rows) if (bad.includes(bucket)) store.delete(id);
+      for (const r of rows) store.put({ ...r.data, _version: version }, r.id);
+    });
+    emit("integrity", { entity, ok: false, version, buckets: bad, repaired: rows.length });
+    const detail = { entity, action: "repair", version };
+    markChanged(detail);
+    tell({ type: "changed", details: [detail] });
+  }
+
   // ---- live events (leader only) ---------------------------------------------------------
   let source = null;
   let sourceRetry = 0;
@@ -443,6 +539,14 @@
     }
     try {
       const heads = (await Promise.all(entities.filter((e) => !unknown.has(e)).map(pull))).filter(Boolean);
+      if (verifyOn && globalThis.crypto && crypto.subtle) {
+        for (const e of entities.filter((e) => !unknown.has(e))) {
+          await verify(e).catch((error) => {
+            if (error && error.reset) throw error;
+            log("integrity check failed", e, error);
+          });
+        }
+      }
       synced = true;
       // Everything up to the lowest head is held now.
       const lowest = heads.reduce((a, b) => (num(b) < num(a) ? b : a), heads[0]);
@@ -1297,6 +1401,9 @@
     uuid,
     /** A fresh hybrid-logical-clock timestamp (for app code that writes by fetch). */
     hlc: tick,
+    /** The state-digest hashing of docs/ARCHITECTURE.md §13 (hex row hash, bucket
+     *  number), for checking another implementation against this one. */
+    integrity: { rowHash: async (entity, id, row) => hex(await rowHash(entity, id, row)), bucket: bucketOf },
     /** The mirrored rows of an entity (tombstones left out). */
     async get(entity) { return (await all(entity)).filter((r) => !r._deleted); },
     /** The queued requests, oldest first. */

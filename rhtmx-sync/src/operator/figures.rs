@@ -39,6 +39,9 @@ pub struct OperatorFigures {
     pub recent_conflicts: Vec<ConflictFigure>,
     /// The errors the engine's routes answered with lately.
     pub errors: ErrorFigures,
+    /// What the latest compaction pass of this engine did (`None` before the first;
+    /// another instance's passes are not counted here).
+    pub last_compaction: Option<crate::CompactionReport>,
 }
 
 /// The change log's size and pace.
@@ -196,6 +199,7 @@ pub(crate) async fn read(engine: &SyncEngine) -> Result<OperatorFigures> {
     let (recent, total) = inner.recent_errors.read();
     Ok(OperatorFigures {
         read_at_ms,
+        last_compaction: engine.last_compaction(),
         log,
         streams: StreamFigures {
             open: list.len(),

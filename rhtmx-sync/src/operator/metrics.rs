@@ -23,12 +23,15 @@ impl OperatorFigures {
     /// `log_head_version`, `log_horizon`, `changes_last_minute`, `changes_last_hour`,
     /// `log_conflicts`, `database_bytes`, `streams_open`, `streams_limit`,
     /// `streams_most_behind` (versions; 0 with no stream open), `idempotency_keys`,
-    /// `idempotency_in_flight`, `idempotency_bytes`, `errors_total`.
+    /// `idempotency_in_flight`, `idempotency_bytes`, `errors_total`, and after this
+    /// engine's first compaction pass `compaction_removed`, `compaction_finished_at_ms`
+    /// and `compaction_longest_transaction_us` (see [`crate::CompactionReport`]).
     ///
     /// Per-stream and per-conflict detail is left to the operator view: a metric
     /// should not grow with the number of clients.
     pub fn emit(&self) {
         let most_behind = self.streams.list.iter().map(|s| s.behind).max();
+        let compaction = self.last_compaction.as_ref();
         tracing::info!(
             target: METRICS_TARGET,
             log_rows = self.log.rows,
@@ -47,6 +50,9 @@ impl OperatorFigures {
             idempotency_in_flight = self.idempotency.in_flight,
             idempotency_bytes = self.idempotency.bytes,
             errors_total = self.errors.total,
+            compaction_removed = compaction.map(|c| c.removed),
+            compaction_finished_at_ms = compaction.map(|c| c.finished_at_ms),
+            compaction_longest_transaction_us = compaction.map(|c| c.longest_transaction_us),
             "sync figures"
         );
     }

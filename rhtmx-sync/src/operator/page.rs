@@ -46,6 +46,17 @@ pub(super) fn render(figures: &OperatorFigures, json_href: &str) -> Markup {
                     }
                     dt { "Head version" } dd data-figure="log.head_version" { (log.head_version) }
                     dt { "Compaction horizon" } dd data-figure="log.horizon" { (log.horizon) }
+                    dt { "Last compaction" }
+                    dd data-figure="last_compaction" {
+                        @match &figures.last_compaction {
+                            Some(c) => {
+                                (c.removed) " entries removed from " (c.rows) " rows ("
+                                (c.tombstones) " expired tombstones), longest lock "
+                                (c.longest_transaction_us) " µs, finished at " (c.finished_at_ms)
+                            }
+                            None => "none yet on this instance",
+                        }
+                    }
                     dt { "Changes in the last minute" }
                     dd data-figure="log.changes_last_minute" { (log.changes_last_minute) }
                     dt { "Changes in the last hour" }

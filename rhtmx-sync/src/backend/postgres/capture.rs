@@ -241,7 +241,7 @@ const PINNED: &str = "SET bytea_output = 'hex' SET timezone = 'UTC' SET datestyl
      SET intervalstyle = 'postgres' SET extra_float_digits = 1";
 
 /// [`PINNED`] for the rest of the current transaction.
-pub(super) async fn pin(conn: &mut PgConnection) -> Result<()> {
+pub(crate) async fn pin(conn: &mut PgConnection) -> Result<()> {
     sqlx::query(
         "SELECT set_config('bytea_output', 'hex', true), set_config('timezone', 'UTC', true), \
          set_config('datestyle', 'ISO, YMD', true), set_config('intervalstyle', 'postgres', true), \
@@ -418,7 +418,7 @@ async fn detached(conn: &mut PgConnection, oid: i64, function: &str) -> Result<V
 /// column added without a default does not log the whole table again), and a logged
 /// field the table no longer has does (a column another registration syncs does not).
 /// Returns how many entries were written.
-async fn reconcile(conn: &mut PgConnection, entity: &Entity) -> Result<u64> {
+pub(crate) async fn reconcile(conn: &mut PgConnection, entity: &Entity) -> Result<u64> {
     backfill(conn, entity).await?;
     let table = quote_ident(&entity.table);
     let ent = quote_literal(&entity.table);

@@ -8,6 +8,7 @@
 //! committed. See docs/ARCHITECTURE.md ("Versions on PostgreSQL").
 
 pub(crate) mod capture;
+mod compact;
 pub(crate) mod figures;
 pub(crate) mod idempotency;
 pub(crate) mod schema;
@@ -15,6 +16,7 @@ pub(crate) mod stamp;
 pub(crate) mod tail;
 mod write;
 
+pub(crate) use self::compact::{compact, erase};
 pub(crate) use self::write::begin;
 
 use std::sync::Arc;
@@ -86,7 +88,7 @@ pub(crate) async fn start(
 pub(crate) const SCHEMA_LOCK: i64 = 0x7268_746d_7873_0001;
 
 /// The `schema_version` [`DDL`] records (kept in step with it).
-const SCHEMA_VERSION: &str = "4";
+const SCHEMA_VERSION: &str = "5";
 
 /// The channel the stamper notifies, once per stamped batch.
 pub(crate) const CHANNEL: &str = "_rhtmx_sync";
@@ -107,8 +109,17 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
     conflict     text,
     digest       text,
     scope_before text,
-    scope_after  text
+    scope_after  text,
+    clocks       text
 );
+ALTER TABLE _rhtmx_sync_log ADD COLUMN IF NOT EXISTS clocks text;
+CREATE TABLE IF NOT EXISTS _rhtmx_sync_replays (
+    digest     text PRIMARY KEY,
+    entity     text NOT NULL,
+    entity_id  text NOT NULL,
+    created_at timestamptz NOT NULL
+);
+CREATE INDEX IF NOT EXISTS _rhtmx_sync_replays_row ON _rhtmx_sync_replays (entity, entity_id);
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_unstamped ON _rhtmx_sync_log (seq)
     WHERE version IS NULL;
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_entity ON _rhtmx_sync_log (entity, version);
@@ -133,8 +144,9 @@ INSERT INTO _rhtmx_sync_meta (key, value)
     VALUES ('log_id', substr(md5(random()::text || clock_timestamp()::text), 1, 16))
     ON CONFLICT (key) DO NOTHING;
 INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('head', '0') ON CONFLICT (key) DO NOTHING;
-INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '4') -- SCHEMA_VERSION
-    ON CONFLICT (key) DO NOTHING;
+INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '5') -- SCHEMA_VERSION
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+    WHERE _rhtmx_sync_meta.value::int < excluded.value::int;
 "#;
 
 /// Begins a transaction at READ COMMITTED, whatever the database's default: the
@@ -178,6 +190,7 @@ async fn installed(conn: &mut PgConnection) -> Result<bool> {
         "SELECT to_regclass('_rhtmx_sync_log') IS NOT NULL \
          AND to_regclass('_rhtmx_sync_context') IS NOT NULL \
          AND to_regclass('_rhtmx_sync_meta') IS NOT NULL \
+         AND to_regclass('_rhtmx_sync_replays') IS NOT NULL \
          AND to_regclass('_rhtmx_sync_idempotency') IS NOT NULL",
     )
     .fetch_one(&mut *conn)
@@ -269,6 +282,10 @@ impl ReadLog for PgConnection {
         meta_int(self, "horizon").await
     }
 
+    async fn purges(&mut self) -> Result<i64> {
+        meta_int(self, "purges").await
+    }
+
     async fn entry_at(&mut self, version: i64) -> Result<Option<LogRow>> {
         Ok(sqlx::query_as(&format!(
             "SELECT {} FROM _rhtmx_sync_log WHERE version = $1",
@@ -318,5 +335,27 @@ impl ReadLog for PgConnection {
             None => query,
         };
         Ok(query.fetch_all(&mut *self).await?)
+    }
+
+    async fn latest_at(
+        &mut self,
+        entity: &str,
+        upto: i64,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<LogRow>> {
+        Ok(sqlx::query_as(&format!(
+            "SELECT {} FROM (SELECT entity_id AS k, max(version) AS v FROM _rhtmx_sync_log \
+             WHERE entity = $1 AND version <= $2 AND entity_id > $3 \
+             GROUP BY entity_id ORDER BY entity_id LIMIT $4) AS t \
+             JOIN _rhtmx_sync_log ON version = t.v ORDER BY t.k",
+            row_columns()
+        ))
+        .bind(entity)
+        .bind(upto)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&mut *self)
+        .await?)
     }
 }

@@ -115,7 +115,7 @@ async fn run(conn: &mut PgConnection, sql: &str, binds: Vec<SqlValue>) -> Result
 
 /// The columns of [`EntryRow`].
 fn entry_columns() -> String {
-    format!("version, entity, entity_id, action, data, changed, client_id, {EFFECTIVE_HLC} AS hlc")
+    format!("version, entity, entity_id, action, data, changed, client_id, {EFFECTIVE_HLC} AS hlc, clocks")
 }
 
 /// The one row with the key bound as `$1`, as `_o` (its `to_jsonb`), locked by `lock`.
@@ -408,12 +408,13 @@ impl WriteTx for PgConnection {
     }
 
     async fn replayed(&mut self, digest: &str) -> Result<bool> {
-        Ok(
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _rhtmx_sync_log WHERE digest = $1)")
-                .bind(digest)
-                .fetch_one(&mut *self)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM _rhtmx_sync_log WHERE digest = $1) \
+                 OR EXISTS (SELECT 1 FROM _rhtmx_sync_replays WHERE digest = $1)",
         )
+        .bind(digest)
+        .fetch_one(&mut *self)
+        .await?)
     }
 
     async fn effects(&mut self, entity: &str, after: i64) -> Result<Vec<Effect>> {

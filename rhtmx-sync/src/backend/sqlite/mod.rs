@@ -2,7 +2,10 @@
 //! the broadcaster themselves live in `crate::log`, `crate::capture` and
 //! `crate::broadcast`, which predate the other backend).
 
+mod compact;
 mod write;
+
+pub(crate) use self::compact::{compact, erase};
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -34,7 +34,7 @@ async fn run(conn: &mut SqliteConnection, sql: &str, binds: Vec<SqlValue>) -> Re
 
 /// The columns of [`EntryRow`].
 fn entry_columns() -> String {
-    format!("version, entity, entity_id, action, data, changed, client_id, {EFFECTIVE_HLC} AS hlc")
+    format!("version, entity, entity_id, action, data, changed, client_id, {EFFECTIVE_HLC} AS hlc, clocks")
 }
 
 impl WriteTx for SqliteConnection {
@@ -256,7 +256,8 @@ impl WriteTx for SqliteConnection {
 
     async fn replayed(&mut self, digest: &str) -> Result<bool> {
         Ok(sqlx::query_scalar(&format!(
-            "SELECT EXISTS (SELECT 1 FROM {LOG_TABLE} WHERE digest = ?)"
+            "SELECT EXISTS (SELECT 1 FROM {LOG_TABLE} WHERE digest = ?1) \
+             OR EXISTS (SELECT 1 FROM _rhtmx_sync_replays WHERE digest = ?1)"
         ))
         .bind(digest)
         .fetch_one(&mut *self)

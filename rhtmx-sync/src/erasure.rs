@@ -1,0 +1,96 @@
+//! Erasure: removing what the change log remembers of rows, for right-to-erasure
+//! requests.
+
+use crate::error::Result;
+use crate::SyncEngine;
+
+/// Which rows of an entity to erase.
+#[derive(Debug)]
+pub(crate) enum Erase {
+    /// These keys, as the log stores them.
+    Ids(Vec<String>),
+    /// Every row that was ever in this scope.
+    Scope(String),
+}
+
+/// What an erasure did; see [`SyncEngine::erase`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Erased {
+    /// Rows whose history was rewritten.
+    pub rows: u64,
+    /// Log entries removed.
+    pub entries: u64,
+}
+
+impl SyncEngine {
+    /// Erases the history of the rows of `entity` with these ids (as on the wire: a
+    /// number or a string), so that no earlier value of theirs is left in the change log.
+    ///
+    /// Each row keeps only its latest entry: the row as it is now, or — for a row
+    /// already deleted — its tombstone, which holds no values, so that a browser that
+    /// still has the row learns of the delete. The conflict reports and replay digests
+    /// of the row go too. To erase a row entirely, delete it first (with the app's own
+    /// SQL), then erase it. Merges of later pushes are unaffected: the kept entry
+    /// carries each field's clock, as after a compaction (see [`crate::Compaction`]).
+    /// A browser whose cursor is exactly at a removed entry resets once.
+    ///
+    /// Not covered: responses the [idempotency layer](crate::IdempotencyLayer) stored
+    /// (they expire with its retention), database backups, and the database's own
+    /// free pages (run `VACUUM` on SQLite, `VACUUM` on PostgreSQL, to overwrite them).
+    ///
+    /// # Errors
+    /// [`Error::UnknownEntity`](crate::Error::UnknownEntity) for an entity the engine
+    /// does not sync; [`Error::Invalid`](crate::Error::Invalid) for an id its key
+    /// cannot hold (nothing is erased then); [`Error::Database`](crate::Error::Database).
+    pub async fn erase<I>(&self, entity: &str, ids: I) -> Result<Erased>
+    where
+        I: IntoIterator,
+        I::Item: Into<serde_json::Value>,
+    {
+        let spec = self.entity(entity)?;
+        let mut ids = ids
+            .into_iter()
+            .map(|id| spec.parse_id(&id.into()).map(|key| key.text))
+            .collect::<Result<Vec<_>>>()?;
+        // One row named twice is one row: its entries must be read once.
+        ids.sort_unstable();
+        ids.dedup();
+        self.erase_rows(&spec.name, Erase::Ids(ids)).await
+    }
+
+    /// Erases, as [`erase`](SyncEngine::erase) does, every row of `entity` that was ever
+    /// in the scope `key` (a user's or a tenant's rows, see [`crate::Scope`]): whatever
+    /// the log recorded while they were there, including rows that moved elsewhere since.
+    ///
+    /// # Errors
+    /// As [`erase`](SyncEngine::erase).
+    pub async fn erase_scope(&self, entity: &str, key: &str) -> Result<Erased> {
+        let spec = self.entity(entity)?;
+        self.erase_rows(&spec.name, Erase::Scope(key.to_owned()))
+            .await
+    }
+
+    async fn erase_rows(&self, entity: &str, target: Erase) -> Result<Erased> {
+        let report = match &self.inner.pool {
+            #[cfg(feature = "sqlite")]
+            crate::Pool::Sqlite(pool) => {
+                crate::backend::sqlite::erase(pool, entity, target).await?
+            }
+            #[cfg(feature = "postgres")]
+            crate::Pool::Postgres(pool) => {
+                crate::backend::postgres::erase(pool, entity, target).await?
+            }
+        };
+        tracing::info!(
+            entity,
+            rows = report.rows,
+            entries = report.removed,
+            "row history erased"
+        );
+        Ok(Erased {
+            rows: report.rows,
+            entries: report.removed,
+        })
+    }
+}
