@@ -37,9 +37,15 @@ fn eager_with_tombstones(b: SyncEngineBuilder) -> SyncEngineBuilder {
 /// Pulls `todos` from `since` to the end: the changes, and the cursor to go on from.
 /// `None` if the server answered with a reset.
 async fn pull_all(base: &str, since: &str) -> Option<(Vec<Value>, String)> {
+    pull_pages(base, since, 1000).await
+}
+
+/// [`pull_all`] in pages of at most `limit` changes.
+async fn pull_pages(base: &str, since: &str, limit: u32) -> Option<(Vec<Value>, String)> {
     let (mut changes, mut cursor) = (Vec::new(), since.to_owned());
     loop {
-        let (status, page) = pull(base, "todos", &format!("?since={cursor}&limit=1000")).await;
+        let query = format!("?since={cursor}&limit={limit}");
+        let (status, page) = pull(base, "todos", &query).await;
         if status == 409 {
             assert_eq!(page["reset"]["reason"], "behind_horizon", "{page}");
             return None;
@@ -181,6 +187,71 @@ async fn a_cursor_below_the_horizon_resets_once_then_resumes(backend: Backend) {
 both!(a_cursor_below_the_horizon_resets_once_then_resumes);
 
 /// Pushes `changes` as `client`, expecting 200.
+async fn a_fresh_client_pages_through_a_compacted_log(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = start_with(&db, eager_with_tombstones).await;
+    let insert = "INSERT INTO todos (id, title) VALUES ($1, 'new')";
+    server
+        .db
+        .execute_each(insert, (0..40).map(|i| args![format!("row-{i:02}")]))
+        .await;
+    server
+        .db
+        .execute(
+            "UPDATE todos SET title = 'edited' WHERE id < 'row-20'",
+            args![],
+        )
+        .await;
+    server
+        .db
+        .execute("DELETE FROM todos WHERE id >= 'row-35'", args![])
+        .await;
+    all_numbered(&server.db).await;
+    server.engine.compact().await.unwrap();
+
+    // Pages of 7 from 0, all below the horizon: every page goes on, none resets.
+    let (changes, cursor) = pull_pages(&server.base, "0", 7).await.expect("no reset");
+    let mut mirror = BTreeMap::new();
+    apply(&mut mirror, &changes);
+    assert_eq!(rows(&mirror), todos(&server.db).await);
+    let (more, _) = pull_all(&server.base, &cursor).await.unwrap();
+    assert!(more.is_empty(), "{more:?}");
+
+    // Half-way through, a pass removes only superseded entries: the read goes on.
+    let (status, first) = pull(&server.base, "todos", "?since=0&limit=7").await;
+    assert_eq!(status, 200, "{first}");
+    let half = first["cursor"].as_str().unwrap().to_owned();
+    let mut mirror = BTreeMap::new();
+    apply(&mut mirror, first["changes"].as_array().unwrap());
+    server
+        .db
+        .execute("UPDATE todos SET title = 'again'", args![])
+        .await;
+    add_todo(&server, &todo_id("late"), "late").await;
+    all_numbered(&server.db).await;
+    let report = server.engine.compact().await.unwrap();
+    assert!(report.removed > 0 && report.tombstones == 0, "{report:?}");
+    let (rest, _) = pull_pages(&server.base, &half, 7).await.expect("no reset");
+    apply(&mut mirror, &rest);
+    assert_eq!(rows(&mirror), todos(&server.db).await);
+
+    // Half-way through, a pass purges a tombstone the read has not reached: it cannot
+    // go on (the client may hold that row), and resets once.
+    let (status, first) = pull(&server.base, "todos", "?since=0&limit=7").await;
+    assert_eq!(status, 200, "{first}");
+    let half = first["cursor"].as_str().unwrap().to_owned();
+    let last = first["changes"][6]["id"].as_str().unwrap().to_owned();
+    server
+        .db
+        .execute("DELETE FROM todos WHERE id = $1", args![last])
+        .await;
+    all_numbered(&server.db).await;
+    let report = server.engine.compact().await.unwrap();
+    assert_eq!(report.tombstones, 1, "{report:?}");
+    assert!(pull_pages(&server.base, &half, 7).await.is_none(), "{half}");
+}
+both!(a_fresh_client_pages_through_a_compacted_log);
+
 async fn push(base: &str, client: &str, changes: Value) -> Value {
     let body = json!({"client_id": client, "changes": changes});
     let (status, res) = push_raw(base, "todos", body.to_string()).await;

@@ -1122,3 +1122,50 @@ async fn a_digest_covers_only_what_the_principal_holds(backend: Backend) {
     assert_eq!(res.status(), 403);
 }
 both!(a_digest_covers_only_what_the_principal_holds);
+
+async fn a_read_from_0_that_a_pass_hid_a_rows_leaving_from_resets(backend: Backend) {
+    let keep_nothing = |b: rhtmx_sync::SyncEngineBuilder| {
+        b.compaction(
+            rhtmx_sync::Compaction::new()
+                .keep_history(std::time::Duration::ZERO)
+                .every(None),
+        )
+    };
+    let w = World::build(backend, "leave", keep_nothing).await;
+    let (a, b) = (w.tenant(0), w.tenant(1));
+    let alice = w.user(0);
+    w.pool
+        .execute_each(
+            "INSERT INTO docs VALUES ($1, $2, 'x')",
+            (0..9).map(|i| args![format!("d{i}"), a.as_str()]),
+        )
+        .await;
+    w.engine.head().await.unwrap();
+    w.engine.compact().await.unwrap();
+    let (status, page) = w.pull_as(alice, "docs", "0&limit=3").await;
+    assert_eq!(status, 200, "{page}");
+    let page: Value = serde_json::from_str(&page).unwrap();
+    let cursor = page["cursor"].as_str().unwrap().to_owned();
+    let held = page["changes"][0]["id"].as_str().unwrap().to_owned();
+    // A row alice holds leaves her tenant and changes again: a pass removes the entry
+    // that said it left.
+    w.pool
+        .execute(
+            "UPDATE docs SET tenant_id = $1 WHERE id = $2",
+            args![b.as_str(), held.as_str()],
+        )
+        .await;
+    w.pool
+        .execute(
+            "UPDATE docs SET body = 'y' WHERE id = $1",
+            args![held.as_str()],
+        )
+        .await;
+    w.engine.head().await.unwrap();
+    w.engine.compact().await.unwrap();
+    let (status, body) = w.pull_as(alice, "docs", &cursor).await;
+    assert_eq!(status, 409, "going on would keep {held} for good: {body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["reset"]["reason"], "behind_horizon", "{body}");
+}
+both!(a_read_from_0_that_a_pass_hid_a_rows_leaving_from_resets);

@@ -67,3 +67,28 @@ test("offline across a compaction: one reset, then the page shows the table", as
   assert.equal(dbTodos(server.dbPath).filter((r) => r.title === "written offline").length, 1);
   await context.close();
 });
+
+test("a fresh page reads a compacted log longer than a page, with no reset", async () => {
+  // More live rows than the largest page: the first sync takes several pulls, each
+  // going on from a cursor below the compaction horizon.
+  const rows = 12000;
+  dbExec(server.dbPath,
+    `WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ${rows}) ` +
+    `INSERT INTO todos (id, title, completed) ` +
+    `SELECT '0192f0a0-0000-7000-9000-' || (100000000000 + i), 'bulk ' || i, false FROM n`);
+  const [{ head }] = dbQuery(server.dbPath, "SELECT max(version) AS head FROM _rhtmx_sync_log");
+  await eventually(() => {
+    const [row] = dbQuery(server.dbPath, "SELECT value FROM _rhtmx_sync_meta WHERE key = 'horizon'");
+    return row && Number(row.value) >= Number(head);
+  }, { what: "a compaction past the bulk insert", timeout: 30000 });
+
+  const context = await browser.newContext();
+  const page = await openApp(context, proxy.base);
+  await page.waitForFunction(() => RhtmxSync.progress.phase === "synced", null, { timeout: 120000 });
+  const pulls = await page.evaluate(() => window.__changes.filter((c) => c.action === "pull").length);
+  assert.ok(pulls >= 3, `several pages: ${pulls}`);
+  assert.equal(await page.evaluate(() => window.__changes.filter((c) => c.action === "reset").length), 0);
+  const mirrored = await page.evaluate(async () => (await RhtmxSync.get("todos")).length);
+  assert.equal(mirrored, dbTodos(server.dbPath).length);
+  await context.close();
+});

@@ -14,6 +14,15 @@
 //! the user left a tenant, lost a membership, signed out — gets a reset too, so the
 //! client drops rows it may no longer read and pulls what it may now.
 //!
+//! Below the compaction horizon (see [`crate::Compaction`]) a cursor resumes only if it
+//! was handed out there — a page of a read from 0 through the compacted log — and
+//! nothing was purged since: such a tag also hashes the log's purge count
+//! ([`ReadLog::purges`]). Compaction removing superseded entries never hides a change
+//! from such a reader (each row's later entry is still ahead of it); a purge (an
+//! expired tombstone, or the entry where a row left a scope) can, so it ends every
+//! such cursor, and its reader resyncs once. Any other cursor below the horizon is
+//! from a client offline longer than the history window, and resyncs too.
+//!
 //! A bare version (`5`) is accepted too, unverified, for tools such as curl.
 
 use crate::backend::ReadLog;
@@ -87,14 +96,30 @@ impl Reset {
 
 /// The tag of `version` given the entry there (absent: compacted, or the empty log).
 pub(crate) fn tag(log_id: &str, version: i64, entry: Option<&LogRow>) -> String {
-    let mut hash = Sha256::new();
-    for part in [
+    hash(&[
         log_id,
         &version.to_string(),
         entry.map_or("", |e| e.entity.as_str()),
         entry.map_or("", |e| e.entity_id.as_str()),
         entry.and_then(|e| e.hlc.as_deref()).unwrap_or(""),
-    ] {
+    ])
+}
+
+/// The tag of `version` below the horizon, valid while the purge count is `purges`.
+/// Not of the entry there: a later pass may remove it (its row changed again), which
+/// hides nothing from the reader, who is still to read that later change.
+fn tag_below(log_id: &str, version: i64, purges: i64) -> String {
+    hash(&[
+        log_id,
+        &version.to_string(),
+        "below the horizon",
+        &purges.to_string(),
+    ])
+}
+
+fn hash(parts: &[&str]) -> String {
+    let mut hash = Sha256::new();
+    for part in parts {
         hash.update((part.len() as u64).to_be_bytes());
         hash.update(part.as_bytes());
     }
@@ -110,6 +135,16 @@ pub(crate) fn token_of(log_id: &str, row: &LogRow) -> String {
     format!("{}.{}", row.version, tag(log_id, row.version, Some(row)))
 }
 
+/// The cursor of `row`, read in a pass that began when the purge count was `purges`
+/// and the horizon `horizon`: below the horizon, one that resumes only while the count
+/// stays `purges`.
+pub(crate) fn token_below(log_id: &str, row: &LogRow, horizon: i64, purges: i64) -> String {
+    if row.version >= horizon {
+        return token_of(log_id, row);
+    }
+    format!("{}.{}", row.version, tag_below(log_id, row.version, purges))
+}
+
 /// `"{version}.{tag}"`, reading the entry at `version`.
 pub(crate) async fn token(conn: &mut impl ReadLog, log_id: &str, version: i64) -> Result<String> {
     let entry = conn.entry_at(version).await?;
@@ -117,6 +152,20 @@ pub(crate) async fn token(conn: &mut impl ReadLog, log_id: &str, version: i64) -
         "{version}.{}",
         tag(log_id, version, entry.as_ref())
     ))
+}
+
+/// `"{version}.{tag}"` for where a read that began when the purge count was `purges`
+/// stopped: below the horizon (read now), one that resumes only while the count stays.
+pub(crate) async fn token_resuming(
+    conn: &mut impl ReadLog,
+    log_id: &str,
+    version: i64,
+    purges: i64,
+) -> Result<String> {
+    if version < conn.horizon().await? {
+        return Ok(format!("{version}.{}", tag_below(log_id, version, purges)));
+    }
+    token(conn, log_id, version).await
 }
 
 /// Whether `cursor` can be resumed against the log as it is now (`head` read by the
@@ -134,7 +183,11 @@ pub(crate) async fn check(
     // From 0 is always whole: compaction keeps every row's latest entry.
     let horizon = conn.horizon().await?;
     if cursor.version > 0 && cursor.version < horizon {
-        return Ok(Some(Reset::BehindHorizon));
+        let below = tag_below(log_id, cursor.version, conn.purges().await?);
+        if cursor.tag.as_deref() != Some(below.as_str()) {
+            return Ok(Some(Reset::BehindHorizon));
+        }
+        return Ok(access_check(cursor, access));
     }
     // Version 0 is the start of every history.
     if let (Some(sent), true) = (&cursor.tag, cursor.version > 0) {
@@ -148,12 +201,13 @@ pub(crate) async fn check(
             return Ok(Some(Reset::OtherHistory));
         }
     }
+    Ok(access_check(cursor, access))
+}
+
+fn access_check(cursor: &Cursor, access: Option<&str>) -> Option<Reset> {
     // A tagged cursor from before the access it is used under (a bare version is the
     // caller's own business: it can only miss changes, never see more).
-    if cursor.tag.is_some() && cursor.access.as_deref() != access {
-        return Ok(Some(Reset::AccessChanged));
-    }
-    Ok(None)
+    (cursor.tag.is_some() && cursor.access.as_deref() != access).then_some(Reset::AccessChanged)
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! Erasure: removing what the change log remembers of rows, for right-to-erasure
 //! requests.
 
+use crate::compaction::{self, CompactLog, CompactionReport};
 use crate::error::Result;
 use crate::SyncEngine;
 
@@ -74,12 +75,10 @@ impl SyncEngine {
     async fn erase_rows(&self, entity: &str, target: Erase) -> Result<Erased> {
         let report = match &self.inner.pool {
             #[cfg(feature = "sqlite")]
-            crate::Pool::Sqlite(pool) => {
-                crate::backend::sqlite::erase(pool, entity, target).await?
-            }
+            crate::Pool::Sqlite(pool) => erase(&mut *pool.acquire().await?, entity, target).await?,
             #[cfg(feature = "postgres")]
             crate::Pool::Postgres(pool) => {
-                crate::backend::postgres::erase(pool, entity, target).await?
+                erase(&mut *pool.acquire().await?, entity, target).await?
             }
         };
         tracing::info!(
@@ -93,4 +92,12 @@ impl SyncEngine {
             entries: report.removed,
         })
     }
+}
+
+async fn erase(log: &mut impl CompactLog, entity: &str, target: Erase) -> Result<CompactionReport> {
+    let ids = match target {
+        Erase::Ids(ids) => ids,
+        Erase::Scope(key) => log.ever_in_scope(entity, &key).await?,
+    };
+    compaction::erase(log, entity, ids).await
 }

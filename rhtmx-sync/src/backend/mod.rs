@@ -150,9 +150,10 @@ pub(crate) trait ReadLog: Send {
     }
     /// Versions at or below the horizon may have been compacted away.
     fn horizon(&mut self) -> impl Future<Output = Result<i64>> + Send;
-    /// How many compaction transactions have removed a deleted row's last entries: a
+    /// How many compaction transactions have removed an entry a reader behind it could
+    /// not do without (a deleted row's last entries, or where a row left a scope): a
     /// reader that sees it change while it reads may have sent a row whose delete it
-    /// can no longer send (see `crate::compaction`).
+    /// can no longer send (see `crate::compaction`, `crate::cursor`).
     fn purges(&mut self) -> impl Future<Output = Result<i64>> + Send;
     /// The entry at `version`, if the log holds it.
     fn entry_at(&mut self, version: i64) -> impl Future<Output = Result<Option<LogRow>>> + Send;

@@ -3,10 +3,12 @@
 //! backend in `crate::backend::{sqlite, postgres}::compact`.
 
 mod clocks;
+mod pass;
 mod plan;
 
 pub(crate) use self::clocks::{expand, Clocks};
-pub(crate) use self::plan::{plan, Held, Policy};
+pub(crate) use self::pass::{erase, Candidate, CompactLog};
+pub(crate) use self::plan::{plan, Held, Plan, Policy};
 
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -27,7 +29,9 @@ use crate::SyncEngine;
 /// [`keep_tombstones`](Compaction::keep_tombstones) loses it too. A client whose cursor
 /// is below the horizon gets exactly one `reset` (reason `behind_horizon`) and pulls
 /// from 0, which then reads about one change per live row: the compacted log *is* the
-/// snapshot.
+/// snapshot. That read may page through it (cursors below the horizon); it goes on
+/// across later passes, and resets once only if a pass removed something it had yet to
+/// read and could not do without (an expired tombstone, or where a row left a scope).
 ///
 /// What the removed entries carried that is still needed is kept first:
 ///
@@ -124,17 +128,17 @@ impl Compaction {
     }
 
     /// The cut-offs of a pass starting at `now_ms` (Unix milliseconds): entries written
-    /// at or before each are past their window.
+    /// at or before each are past their window. Each window is at least the history
+    /// window, and no cut-off is before 1970 (a window of `Duration::MAX` keeps all).
     pub(crate) fn cutoffs(&self, now_ms: i64) -> Cutoffs {
-        let before =
-            |d: Duration| now_ms.saturating_sub(d.as_millis().min(i64::MAX as u128) as i64);
+        let before = |d: Duration| {
+            let d = d.max(self.history).as_millis().min(i64::MAX as u128) as i64;
+            now_ms.saturating_sub(d).max(0)
+        };
         Cutoffs {
             history: before(self.history),
-            policy: Policy {
-                tombstones: before(self.tombstones),
-                conflicts: before(self.conflicts),
-                erase: false,
-            },
+            tombstones: before(self.tombstones),
+            conflicts: before(self.conflicts),
             replays: before(self.replays),
         }
     }
@@ -144,7 +148,8 @@ impl Compaction {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Cutoffs {
     pub history: i64,
-    pub policy: Policy,
+    pub tombstones: i64,
+    pub conflicts: i64,
     pub replays: i64,
 }
 
@@ -177,52 +182,6 @@ pub struct CompactionReport {
 /// The latest pass's report, shared by the engine and its background task.
 pub(crate) type LastReport = Arc<Mutex<Option<CompactionReport>>>;
 
-/// Entries a pass reads in one transaction, at most (a row's whole run is read at once,
-/// so one row with more goes alone).
-pub(crate) const BATCH_ENTRIES: i64 = 2000;
-
-/// `(entity, entity_id, entries at or below the horizon)` of a row with something to
-/// compact.
-pub(crate) type Candidate = (String, String, i64);
-
-/// Splits candidate rows into transactions of about [`BATCH_ENTRIES`] entries (a row
-/// with more goes alone).
-pub(crate) fn batches(rows: &[Candidate]) -> impl Iterator<Item = &[Candidate]> {
-    let mut rest = rows;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let mut entries = 0;
-        let n = rest
-            .iter()
-            .take_while(|c| {
-                let first = entries == 0;
-                entries += c.2;
-                first || entries <= BATCH_ENTRIES
-            })
-            .count();
-        let (now, later) = rest.split_at(n);
-        rest = later;
-        Some(now)
-    })
-}
-
-/// Times one transaction into the report.
-pub(crate) struct Timer(Instant);
-
-impl Timer {
-    pub(crate) fn start() -> Timer {
-        Timer(Instant::now())
-    }
-
-    pub(crate) fn stop(self, report: &mut CompactionReport) {
-        let us = self.0.elapsed().as_micros().min(u64::MAX as u128) as u64;
-        report.transactions += 1;
-        report.longest_transaction_us = report.longest_transaction_us.max(us);
-    }
-}
-
 impl SyncEngine {
     /// Runs one compaction pass now (see [`Compaction`]) and returns what it did.
     ///
@@ -237,12 +196,26 @@ impl SyncEngine {
     pub async fn compact(&self) -> Result<CompactionReport> {
         let started = Instant::now();
         let options = &self.inner.compaction;
-        let cutoffs = options.cutoffs(crate::hlc::system_ms() as i64);
+        let cut = options.cutoffs(crate::hlc::system_ms() as i64);
+        let restoring: Vec<Arc<str>> = (self.inner.entities.load().list())
+            .filter(|e| !e.delete_wins)
+            .map(|e| e.name.clone())
+            .collect();
+        let policy = Policy {
+            tombstones: cut.tombstones,
+            conflicts: cut.conflicts,
+            erase: false,
+            restoring: &restoring,
+        };
         let mut report = match &self.inner.pool {
             #[cfg(feature = "sqlite")]
-            crate::Pool::Sqlite(pool) => crate::backend::sqlite::compact(pool, cutoffs).await?,
+            crate::Pool::Sqlite(pool) => {
+                pass::compact(&mut *pool.acquire().await?, cut, policy).await?
+            }
             #[cfg(feature = "postgres")]
-            crate::Pool::Postgres(pool) => crate::backend::postgres::compact(pool, cutoffs).await?,
+            crate::Pool::Postgres(pool) => {
+                pass::compact(&mut *pool.acquire().await?, cut, policy).await?
+            }
         };
         report.took_ms = started.elapsed().as_millis().min(u64::MAX as u128) as u64;
         report.finished_at_ms = crate::hlc::system_ms() as i64;

@@ -1,6 +1,8 @@
 //! What one batch of compaction removes and rewrites, decided from the rows' entries
 //! alone (no database access, so both backends share it and it is tested directly).
 
+use std::sync::Arc;
+
 use super::clocks::{Clock, Clocks};
 
 /// One log entry at or below the horizon, as compaction reads it.
@@ -24,26 +26,33 @@ pub(crate) struct Held {
     pub digest: Option<String>,
     /// The clocks of an earlier survivor.
     pub clocks: Option<String>,
+    /// Whether the row left a scope here (and a reader of that scope learns it here).
+    pub left_scope: bool,
 }
 
 /// The per-row retention cut-offs (Unix ms): entries written at or before them are past
 /// their window.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Policy {
+pub(crate) struct Policy<'a> {
     pub tombstones: i64,
     pub conflicts: i64,
     /// Erasure (`SyncEngine::erase`): every entry but the latest goes whatever its age,
     /// conflict reports and replay digests included; a tombstone stays (it holds no
     /// values, and a client that has the row must still learn of the delete).
     pub erase: bool,
+    /// Entities where a newer update brings a deleted row back (`delete_wins` off): a
+    /// deleted row keeps its last live entry as long as its tombstone, for the row to
+    /// come back as it was.
+    pub restoring: &'a [Arc<str>],
 }
 
-impl Policy {
+impl Policy<'_> {
     /// The policy of an erasure.
-    pub(crate) const ERASE: Policy = Policy {
+    pub(crate) const ERASE: Policy<'static> = Policy {
         tombstones: i64::MIN,
         conflicts: i64::MAX,
         erase: true,
+        restoring: &[],
     };
 }
 
@@ -64,11 +73,14 @@ pub(crate) struct Plan {
     pub rows: u64,
     /// Rows whose expired tombstone went, leaving no entry.
     pub tombstones: u64,
+    /// Whether an entry goes that a reader behind it could not do without: an expired
+    /// tombstone, or where a row left a scope (see `ReadLog::purges`).
+    pub purges: bool,
 }
 
 /// Plans a batch: `held` is every entry at or below the horizon of some rows, sorted by
 /// row and then version.
-pub(crate) fn plan(held: &[Held], policy: Policy) -> Plan {
+pub(crate) fn plan(held: &[Held], policy: Policy<'_>) -> Plan {
     let mut plan = Plan::default();
     for run in held.chunk_by(|a, b| a.entity == b.entity && a.entity_id == b.entity_id) {
         row(run, policy, &mut plan);
@@ -76,21 +88,28 @@ pub(crate) fn plan(held: &[Held], policy: Policy) -> Plan {
     plan
 }
 
-fn row(run: &[Held], policy: Policy, plan: &mut Plan) {
+fn row(run: &[Held], policy: Policy<'_>, plan: &mut Plan) {
     let Some(survivor) = run.last() else { return };
     // An entry that resolved a conflict stays while its report is kept.
     let kept = |e: &Held| !policy.erase && e.conflict && e.created_ms > policy.conflicts;
-    let dead =
-        !policy.erase && survivor.action == "delete" && survivor.created_ms <= policy.tombstones;
+    let deleted = !policy.erase && survivor.action == "delete";
+    // An expired tombstone goes with every entry of its row, unless a kept report
+    // still holds one: that entry would be the row's latest, and bring it back.
+    let dead = deleted && survivor.created_ms <= policy.tombstones && !run.iter().any(kept);
+    let restoring = policy.restoring.iter().any(|e| **e == *survivor.entity);
+    let last_live = (deleted && !dead && restoring)
+        .then(|| run.iter().rposition(|e| e.action != "delete"))
+        .flatten();
     let mut removed = 0;
     let mut clocks = Clocks::default();
     for (i, e) in run.iter().enumerate() {
         fold(&mut clocks, e);
         let last = i + 1 == run.len();
-        if (last && !dead) || kept(e) {
+        if (last && !dead) || kept(e) || last_live == Some(i) {
             continue;
         }
         plan.remove.push(e.version);
+        plan.purges |= e.left_scope;
         if let (Some(digest), false) = (&e.digest, policy.erase) {
             let row = (e.entity.clone(), e.entity_id.clone());
             plan.replays
@@ -112,6 +131,7 @@ fn row(run: &[Held], policy: Policy, plan: &mut Plan) {
     plan.rows += 1;
     if dead && removed == run.len() {
         plan.tombstones += 1;
+        plan.purges = true;
     } else if survivor.action != "delete" {
         let json = clocks.to_json();
         if survivor.clocks.as_deref() != Some(json.as_str()) {
@@ -163,6 +183,7 @@ mod tests {
             conflict: false,
             digest: Some(format!("d{version}")),
             clocks: None,
+            left_scope: false,
         }
     }
 
@@ -170,6 +191,7 @@ mod tests {
         tombstones: 100,
         conflicts: 100,
         erase: false,
+        restoring: &[],
     };
 
     #[test]
@@ -203,6 +225,7 @@ mod tests {
         let plan_old = plan(&old, POLICY);
         assert_eq!(plan_old.remove, [1, 2]);
         assert_eq!(plan_old.tombstones, 1);
+        assert!(plan_old.purges);
         assert!(plan_old.clocks.is_empty());
         let recent = [
             held(1, "a", "create", None, 10),
@@ -211,6 +234,7 @@ mod tests {
         let plan_recent = plan(&recent, POLICY);
         assert_eq!(plan_recent.remove, [1]);
         assert_eq!(plan_recent.tombstones, 0);
+        assert!(!plan_recent.purges);
         assert!(plan_recent.clocks.is_empty());
     }
 
@@ -253,6 +277,70 @@ mod tests {
         assert_eq!(plan.clear_conflicts, [2]);
         assert_eq!(plan.forget, [("todos".to_owned(), "a".to_owned())]);
         assert_eq!(plan.tombstones, 0);
+    }
+
+    #[test]
+    fn removing_where_a_row_left_a_scope_is_a_purge() {
+        let mut moved = held(2, "a", "update", Some(r#"["tenant"]"#), 20);
+        moved.left_scope = true;
+        let rows = [
+            held(1, "a", "create", None, 10),
+            moved,
+            held(3, "a", "update", Some(r#"["title"]"#), 30),
+        ];
+        let plan = plan(&rows, POLICY);
+        assert_eq!(plan.remove, [1, 2]);
+        assert!(plan.purges);
+        // Only superseded entries: nothing a reader behind them needs.
+        assert!(!plan_one().purges);
+        let superseded = [
+            held(1, "a", "create", None, 10),
+            held(3, "a", "update", None, 30),
+        ];
+        assert!(!super::plan(&superseded, POLICY).purges);
+    }
+
+    #[test]
+    fn a_kept_report_keeps_the_tombstone_after_it() {
+        let mut conflicted = held(2, "a", "update", Some(r#"["done"]"#), 150);
+        conflicted.conflict = true;
+        // The tombstone is past its window, the report is not: both stay, or the
+        // report's entry would be the row's latest and bring it back.
+        let policy = Policy {
+            tombstones: 200,
+            ..POLICY
+        };
+        let rows = [
+            held(1, "a", "create", None, 10),
+            conflicted,
+            held(3, "a", "delete", None, 160),
+        ];
+        let plan = plan(&rows, policy);
+        assert_eq!(plan.remove, [1]);
+        assert_eq!(plan.tombstones, 0);
+        assert!(!plan.purges);
+    }
+
+    #[test]
+    fn a_restoring_entity_keeps_a_deleted_rows_last_values_with_its_tombstone() {
+        let rows = [
+            held(1, "a", "create", None, 10),
+            held(2, "a", "update", Some(r#"["title"]"#), 20),
+            held(3, "a", "delete", None, 150),
+        ];
+        let restoring: [Arc<str>; 1] = ["todos".into()];
+        let policy = Policy {
+            restoring: &restoring,
+            ..POLICY
+        };
+        assert_eq!(plan(&rows, policy).remove, [1]);
+        assert_eq!(plan(&rows, POLICY).remove, [1, 2]);
+        // Once the tombstone expires, everything goes.
+        let expired = Policy {
+            tombstones: 200,
+            ..policy
+        };
+        assert_eq!(plan(&rows, expired).remove, [1, 2, 3]);
     }
 
     fn plan_one() -> Plan {

@@ -175,7 +175,7 @@ pub(crate) async fn events(
                     if *closing.borrow() {
                         return;
                     }
-                    let rows = match read_page(&inner.pool, cursor).await {
+                    let (rows, horizon) = match read_page(&inner.pool, cursor).await {
                         // Compaction removed a deleted row's entries meanwhile: an
                         // earlier event may have sent a row whose delete is gone. Below
                         // the horizon, the client must resync.
@@ -186,7 +186,7 @@ pub(crate) async fn events(
                             tracked.at(cursor);
                             break;
                         }
-                        Ok((rows, _, _)) => rows,
+                        Ok((rows, _, horizon)) => (rows, horizon),
                         Err(error) => {
                             // The browser reconnects with its last id: nothing is lost.
                             tracing::warn!(%error, "event stream catch-up failed; closing");
@@ -197,7 +197,9 @@ pub(crate) async fn events(
                     for row in &rows {
                         cursor = row.version;
                         tracked.at(cursor);
-                        if let Some(event) = encode(&entities, &filter, &access, row, &inner.log_id) {
+                        // Below the horizon, an id that resumes while nothing is purged.
+                        let id = cursor::token_below(&inner.log_id, row, horizon, purges);
+                        if let Some(event) = encode(&entities, &filter, &access, row, id) {
                             yield Ok(event);
                         }
                     }
@@ -310,7 +312,7 @@ fn encode(
     filter: &Filter,
     access: &Access,
     row: &LogRow,
-    log_id: &str,
+    id: String,
 ) -> Option<Event> {
     let entity = entities.get(&row.entity)?;
     if !filter.wants(&entity.name) {
@@ -319,11 +321,7 @@ fn encode(
     let view = access.read(&entity.name).view_row(row);
     (view != View::Hidden).then(|| {
         Event::default()
-            .id(format!(
-                "{}{}",
-                cursor::token_of(log_id, row),
-                access.suffix()
-            ))
+            .id(id + access.suffix())
             .data(wire::encode_as(entity, row, true, view))
     })
 }

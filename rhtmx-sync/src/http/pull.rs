@@ -166,9 +166,9 @@ pub(crate) async fn pull(
                 let rows = conn
                     .read_entity(&entity.name, (last, head), keys.as_deref(), want)
                     .await?;
-                // Compaction removed a deleted row's entries meanwhile: a row this page
-                // sent may have lost the delete it would have read next. End here;
-                // resuming from `last` resets if that is below the horizon.
+                // Compaction purged entries meanwhile: a row this page sent may have
+                // lost the delete it would have read next. End here; resuming from
+                // `last` resets if that is below the horizon (`cursor::token_resuming`).
                 if conn.purges().await? != purges {
                     has_more = true;
                     break 'pages;
@@ -184,7 +184,7 @@ pub(crate) async fn pull(
             let tag = if last == 0 {
                 "0".to_owned()
             } else {
-                cursor::token(&mut conn, &log_id, last).await? + &suffix
+                cursor::token_resuming(&mut conn, &log_id, last, purges).await? + &suffix
             };
             (last, tag)
         } else {

@@ -1,181 +1,198 @@
-//! A compaction pass on PostgreSQL (see `crate::compaction`): each batch is one short
-//! transaction. It only touches numbered entries at or below the horizon, which no
-//! writer or stamper changes, so it takes no lock the app's writers wait for; two
-//! instances compacting at once do the same work twice, harmlessly.
+//! The log as a compaction pass sees it, on PostgreSQL (see `crate::compaction`): each
+//! rewrite is one short transaction. It only touches numbered entries at or below the
+//! horizon, which no writer or stamper changes, so it takes no lock the app's writers
+//! wait for; two instances compacting at once do the same work twice, harmlessly.
 
-use sqlx::{PgConnection, PgPool};
+use std::time::{Duration, Instant};
+
+use sqlx::PgConnection;
 
 use super::{begin_read_committed, EFFECTIVE_HLC};
 use crate::backend::ReadLog;
-use crate::compaction::{self, Candidate, CompactionReport, Cutoffs, Held, Policy, Timer};
-use crate::erasure::Erase;
+use crate::compaction::{self, Candidate, CompactLog, Held, Plan, Policy};
 use crate::error::Result;
 
-pub(crate) async fn compact(pool: &PgPool, cut: Cutoffs) -> Result<CompactionReport> {
-    let mut report = CompactionReport::default();
-    let mut conn = pool.acquire().await?;
-    let newest: Option<i64> = sqlx::query_scalar(
-        "SELECT version FROM _rhtmx_sync_log \
-         WHERE version IS NOT NULL AND created_at <= to_timestamp($1 / 1000.0) \
-         ORDER BY version DESC LIMIT 1",
-    )
-    .bind(cut.history)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let old = conn.horizon().await?;
-    let horizon = newest.unwrap_or(0).max(old);
-    report.horizon = horizon;
-    if horizon > old {
-        // Raised before anything below it goes (see the SQLite pass).
+/// Unix milliseconds (bound as `$N`) as a timestamp.
+fn at(n: u8) -> String {
+    format!("to_timestamp(${n} / 1000.0)")
+}
+
+impl CompactLog for PgConnection {
+    async fn newest_by(&mut self, ms: i64) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT version FROM _rhtmx_sync_log \
+             WHERE version IS NOT NULL AND created_at <= {} ORDER BY version DESC LIMIT 1",
+            at(1)
+        ))
+        .bind(ms)
+        .fetch_optional(self)
+        .await?)
+    }
+
+    async fn horizon(&mut self) -> Result<i64> {
+        ReadLog::horizon(self).await
+    }
+
+    async fn raise_horizon(&mut self, horizon: i64) -> Result<()> {
         sqlx::query(
             "INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('horizon', $1) \
              ON CONFLICT (key) DO UPDATE SET value = excluded.value \
              WHERE _rhtmx_sync_meta.value::bigint < excluded.value::bigint",
         )
         .bind(horizon.to_string())
-        .execute(&mut *conn)
+        .execute(self)
         .await?;
+        Ok(())
     }
-    let mut after = (String::new(), String::new());
-    loop {
-        let rows: Vec<Candidate> = sqlx::query_as(
+
+    async fn candidates(
+        &mut self,
+        horizon: i64,
+        after: &(String, String),
+        tombstones: i64,
+        limit: i64,
+    ) -> Result<Vec<Candidate>> {
+        Ok(sqlx::query_as(&format!(
             "SELECT entity, entity_id, count(*) FROM _rhtmx_sync_log \
              WHERE version <= $1 AND (entity, entity_id) > ($2, $3) \
              GROUP BY entity, entity_id \
-             HAVING count(*) > 1 \
-                 OR (max(action) = 'delete' AND max(created_at) <= to_timestamp($4 / 1000.0)) \
-             ORDER BY entity, entity_id LIMIT 256",
-        )
+             HAVING count(*) > 1 OR (max(action) = 'delete' AND max(created_at) <= {}) \
+             ORDER BY entity, entity_id LIMIT $5",
+            at(4)
+        ))
         .bind(horizon)
         .bind(&after.0)
         .bind(&after.1)
-        .bind(cut.policy.tombstones)
-        .fetch_all(&mut *conn)
-        .await?;
-        let Some(last) = rows.last() else { break };
-        after = (last.0.clone(), last.1.clone());
-        for batch in compaction::batches(&rows) {
-            compact_rows(&mut conn, batch, horizon, cut.policy, &mut report).await?;
-        }
+        .bind(tombstones)
+        .bind(limit)
+        .fetch_all(self)
+        .await?)
     }
-    report.replays = sqlx::query(
-        "DELETE FROM _rhtmx_sync_replays WHERE created_at <= to_timestamp($1 / 1000.0)",
-    )
-    .bind(cut.replays)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
-    Ok(report)
-}
 
-/// Erases the history of rows of `entity` (see `SyncEngine::erase`): each keeps only
-/// its latest numbered entry, without a conflict report or replay digests.
-pub(crate) async fn erase(pool: &PgPool, entity: &str, target: Erase) -> Result<CompactionReport> {
-    let mut report = CompactionReport::default();
-    let mut conn = pool.acquire().await?;
-    // Committed entries still waiting for their version are numbered first: erasure
-    // only reads numbered ones.
-    conn.settled_head().await?;
-    let ids = match target {
-        Erase::Ids(ids) => ids,
-        Erase::Scope(key) => {
-            sqlx::query_scalar(
-                "SELECT DISTINCT entity_id FROM _rhtmx_sync_log \
-                 WHERE entity = $1 AND (scope_before = $2 OR scope_after = $2)",
-            )
-            .bind(entity)
-            .bind(&key)
-            .fetch_all(&mut *conn)
-            .await?
-        }
-    };
-    let rows: Vec<Candidate> = ids
-        .into_iter()
-        .map(|id| (entity.to_owned(), id, 1))
-        .collect();
-    for batch in rows.chunks(256) {
-        compact_rows(&mut conn, batch, i64::MAX, Policy::ERASE, &mut report).await?;
-    }
-    Ok(report)
-}
-
-async fn compact_rows(
-    conn: &mut PgConnection,
-    rows: &[Candidate],
-    horizon: i64,
-    policy: Policy,
-    report: &mut CompactionReport,
-) -> Result<()> {
-    let mut tx = begin_read_committed(conn).await?;
-    // From when the lock is held: waiting for it is not holding it.
-    let timer = Timer::start();
-    let mut held = Vec::new();
-    for (entity, id, _) in rows {
-        let entries: Vec<Held> = sqlx::query_as(&format!(
-            "SELECT version, entity, entity_id, action, data, changed, client_id, \
-             {EFFECTIVE_HLC} AS hlc, floor(extract(epoch FROM created_at) * 1000)::bigint \
-             AS created_ms, conflict IS NOT NULL AS conflict, digest, clocks \
-             FROM _rhtmx_sync_log \
-             WHERE entity = $1 AND entity_id = $2 AND version <= $3 ORDER BY version"
-        ))
-        .bind(entity)
-        .bind(id)
-        .bind(horizon)
-        .fetch_all(&mut *tx)
-        .await?;
-        held.extend(entries);
-    }
-    let plan = compaction::plan(&held, policy);
-    for (digest, entity, id, ms) in &plan.replays {
-        sqlx::query(
-            "INSERT INTO _rhtmx_sync_replays (digest, entity, entity_id, created_at) \
-             VALUES ($1, $2, $3, to_timestamp($4 / 1000.0)) ON CONFLICT DO NOTHING",
+    async fn counts(&mut self, entity: &str, ids: &[String]) -> Result<Vec<Candidate>> {
+        // Committed entries still waiting for their version are numbered first: a
+        // rewrite only reads numbered ones.
+        self.settled_head().await?;
+        Ok(sqlx::query_as(
+            "SELECT entity, entity_id, count(*) FROM _rhtmx_sync_log \
+             WHERE entity = $1 AND entity_id = ANY($2) AND version IS NOT NULL \
+             GROUP BY entity, entity_id ORDER BY entity_id",
         )
-        .bind(digest)
         .bind(entity)
-        .bind(id)
-        .bind(ms)
-        .execute(&mut *tx)
-        .await?;
+        .bind(ids)
+        .fetch_all(self)
+        .await?)
     }
-    for version in &plan.clear_conflicts {
-        sqlx::query("UPDATE _rhtmx_sync_log SET conflict = NULL WHERE version = $1")
-            .bind(version)
-            .execute(&mut *tx)
-            .await?;
+
+    async fn cuts(&mut self, row: &Candidate, horizon: i64, every: i64) -> Result<Vec<i64>> {
+        Ok(sqlx::query_scalar(
+            "SELECT version FROM (SELECT version, row_number() OVER (ORDER BY version) AS n \
+             FROM _rhtmx_sync_log WHERE entity = $1 AND entity_id = $2 AND version <= $3) AS run \
+             WHERE n % $4 = 0 ORDER BY version",
+        )
+        .bind(&row.0)
+        .bind(&row.1)
+        .bind(horizon)
+        .bind(every)
+        .fetch_all(self)
+        .await?)
     }
-    for (entity, id) in &plan.forget {
-        sqlx::query("DELETE FROM _rhtmx_sync_replays WHERE entity = $1 AND entity_id = $2")
+
+    async fn rewrite(
+        &mut self,
+        rows: &[Candidate],
+        horizon: i64,
+        policy: Policy<'_>,
+    ) -> Result<(Plan, Duration)> {
+        let mut tx = begin_read_committed(self).await?;
+        let started = Instant::now();
+        let mut held = Vec::new();
+        for (entity, id, _) in rows {
+            let entries: Vec<Held> = sqlx::query_as(&format!(
+                "SELECT version, entity, entity_id, action, data, changed, client_id, \
+                 {EFFECTIVE_HLC} AS hlc, floor(extract(epoch FROM created_at) * 1000)::bigint \
+                 AS created_ms, conflict IS NOT NULL AS conflict, digest, clocks, \
+                 (scope_before IS NOT NULL AND scope_before IS DISTINCT FROM scope_after \
+                  AND action <> 'delete') AS left_scope \
+                 FROM _rhtmx_sync_log \
+                 WHERE entity = $1 AND entity_id = $2 AND version <= $3 ORDER BY version"
+            ))
             .bind(entity)
             .bind(id)
+            .bind(horizon)
+            .fetch_all(&mut *tx)
+            .await?;
+            held.extend(entries);
+        }
+        let plan = compaction::plan(&held, policy);
+        for (digest, entity, id, ms) in &plan.replays {
+            sqlx::query(&format!(
+                "INSERT INTO _rhtmx_sync_replays (digest, entity, entity_id, created_at) \
+                 VALUES ($1, $2, $3, {}) ON CONFLICT DO NOTHING",
+                at(4)
+            ))
+            .bind(digest)
+            .bind(entity)
+            .bind(id)
+            .bind(ms)
             .execute(&mut *tx)
             .await?;
-    }
-    for (version, clocks) in &plan.clocks {
-        sqlx::query("UPDATE _rhtmx_sync_log SET clocks = $1 WHERE version = $2")
-            .bind(clocks)
-            .bind(version)
+        }
+        sqlx::query("UPDATE _rhtmx_sync_log SET conflict = NULL WHERE version = ANY($1)")
+            .bind(&plan.clear_conflicts)
             .execute(&mut *tx)
             .await?;
+        for (entity, id) in &plan.forget {
+            sqlx::query("DELETE FROM _rhtmx_sync_replays WHERE entity = $1 AND entity_id = $2")
+                .bind(entity)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        for (version, clocks) in &plan.clocks {
+            sqlx::query("UPDATE _rhtmx_sync_log SET clocks = $1 WHERE version = $2")
+                .bind(clocks)
+                .bind(version)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM _rhtmx_sync_log WHERE version = ANY($1)")
+            .bind(&plan.remove)
+            .execute(&mut *tx)
+            .await?;
+        if plan.purges {
+            // In the same transaction: a reader that read before it and after it sees the
+            // count change (see `ReadLog::purges`).
+            sqlx::query(
+                "INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('purges', '1') \
+                 ON CONFLICT (key) DO UPDATE SET value = (_rhtmx_sync_meta.value::bigint + 1)::text",
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok((plan, started.elapsed()))
     }
-    sqlx::query("DELETE FROM _rhtmx_sync_log WHERE version = ANY($1)")
-        .bind(&plan.remove)
-        .execute(&mut *tx)
-        .await?;
-    if plan.tombstones > 0 {
-        // In the same transaction: a reader that read before it and after it sees the
-        // count change (see `ReadLog::purges`).
-        sqlx::query(
-            "INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('purges', '1') \
-             ON CONFLICT (key) DO UPDATE SET value = (_rhtmx_sync_meta.value::bigint + 1)::text",
+
+    async fn expire_replays(&mut self, ms: i64) -> Result<u64> {
+        Ok(sqlx::query(&format!(
+            "DELETE FROM _rhtmx_sync_replays WHERE created_at <= {}",
+            at(1)
+        ))
+        .bind(ms)
+        .execute(self)
+        .await?
+        .rows_affected())
+    }
+
+    async fn ever_in_scope(&mut self, entity: &str, key: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT entity_id FROM _rhtmx_sync_log \
+             WHERE entity = $1 AND (scope_before = $2 OR scope_after = $2)",
         )
-        .execute(&mut *tx)
-        .await?;
+        .bind(entity)
+        .bind(key)
+        .fetch_all(self)
+        .await?)
     }
-    tx.commit().await?;
-    timer.stop(report);
-    report.rows += plan.rows;
-    report.removed += plan.remove.len() as u64;
-    report.tombstones += plan.tombstones;
-    Ok(())
 }

@@ -16,7 +16,6 @@ pub(crate) mod stamp;
 pub(crate) mod tail;
 mod write;
 
-pub(crate) use self::compact::{compact, erase};
 pub(crate) use self::write::begin;
 
 use std::sync::Arc;

@@ -5,8 +5,6 @@
 mod compact;
 mod write;
 
-pub(crate) use self::compact::{compact, erase};
-
 use std::sync::Arc;
 use std::time::Duration;
 
