@@ -1,6 +1,6 @@
 //! Erasure, on SQLite and on PostgreSQL: after `SyncEngine::erase`, no earlier value of
-//! the row is anywhere in the database — log entries, conflict reports, replay
-//! digests — while browsers still converge and later pushes still merge.
+//! the row is anywhere in the database — log entries, conflict reports — while browsers
+//! still converge, later pushes still merge and a retried push is not applied again.
 
 mod common;
 
@@ -206,3 +206,31 @@ async fn an_erasure_of_what_cannot_be_erases_nothing(backend: Backend) {
     assert_eq!(every_row(&server.db, &server.engine).await, before);
 }
 both!(an_erasure_of_what_cannot_be_erases_nothing);
+
+async fn a_push_retried_after_an_erasure_is_not_applied_again(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = start(&db).await;
+    let id = todo_id("again");
+    let base = secret_history(&server, &id).await;
+    server
+        .db
+        .execute(
+            "UPDATE todos SET title = 'now' WHERE id = $1",
+            args![id.as_str()],
+        )
+        .await;
+    all_numbered(&server.db).await;
+    server.engine.erase("todos", [id.as_str()]).await.unwrap();
+    // The browser never saw the answer to its push (a 502) and sends it again.
+    let res = push(
+        &server.base,
+        "b",
+        json!([{"id": id, "action": "update", "hlc": hlc(-1000, 0xb),
+                "data": {"title": "secret-3"}, "client_version": base}]),
+    )
+    .await;
+    assert_eq!(res["duplicates"], json!([id]), "{res}");
+    let dump = every_row(&server.db, &server.engine).await;
+    assert!(!dump.contains("secret"), "not logged again:\n{dump}");
+}
+both!(a_push_retried_after_an_erasure_is_not_applied_again);

@@ -1169,3 +1169,56 @@ async fn a_read_from_0_that_a_pass_hid_a_rows_leaving_from_resets(backend: Backe
     assert_eq!(body["reset"]["reason"], "behind_horizon", "{body}");
 }
 both!(a_read_from_0_that_a_pass_hid_a_rows_leaving_from_resets);
+
+async fn an_erased_row_that_left_a_scope_still_leaves_its_readers(backend: Backend) {
+    let w = World::new(backend, "erase-left").await;
+    let (a, b) = (w.tenant(0), w.tenant(1));
+    let alice = w.user(0);
+    w.pool
+        .execute(
+            "INSERT INTO docs VALUES ('m1', $1, 'secret-body'), ('k1', $1, 'kept')",
+            args![a.as_str()],
+        )
+        .await;
+    w.engine.head().await.unwrap();
+    let (status, page) = w.pull_as(alice, "docs", "0").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        ids(&page),
+        BTreeSet::from(["k1".to_owned(), "m1".to_owned()])
+    );
+    let cursor = serde_json::from_str::<Value>(&page).unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The row moves to tenant b and changes again; then its history is erased.
+    w.pool
+        .execute(
+            "UPDATE docs SET tenant_id = $1, body = 'secret-moved' WHERE id = 'm1'",
+            args![b.as_str()],
+        )
+        .await;
+    w.pool
+        .execute("UPDATE docs SET body = 'now' WHERE id = 'm1'", args![])
+        .await;
+    w.engine.head().await.unwrap();
+    w.engine.erase("docs", ["m1"]).await.unwrap();
+    let dump = w.dump().await;
+    assert!(!dump.contains("secret"), "{dump}");
+    // Alice still learns that it left her tenant.
+    let (status, page) = w.pull_as(alice, "docs", &cursor).await;
+    assert_eq!(status, 200, "{page}");
+    let page: Value = serde_json::from_str(&page).unwrap();
+    let changes = page["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{page}");
+    assert_eq!(changes[0]["id"], "m1");
+    assert_eq!(changes[0]["action"], "delete", "{page}");
+    // Bob, of tenant b, reads it as it is now.
+    let (status, page) = w.pull_as(w.user(2), "docs", "0").await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("\"now\"") && !page.contains("secret"),
+        "{page}"
+    );
+}
+both!(an_erased_row_that_left_a_scope_still_leaves_its_readers);

@@ -30,11 +30,17 @@ impl SyncEngine {
     ///
     /// Each row keeps only its latest entry: the row as it is now, or — for a row
     /// already deleted — its tombstone, which holds no values, so that a browser that
-    /// still has the row learns of the delete. The conflict reports and replay digests
-    /// of the row go too. To erase a row entirely, delete it first (with the app's own
-    /// SQL), then erase it. Merges of later pushes are unaffected: the kept entry
-    /// carries each field's clock, as after a compaction (see [`crate::Compaction`]).
-    /// A browser whose cursor is exactly at a removed entry resets once.
+    /// still has the row learns of the delete. The row's conflict reports go too. An
+    /// entry where the row left a scope stays, holding the row's latest values instead
+    /// of its own (or `{}` after a delete): a browser of that scope learns there, and
+    /// only there, that the row is no longer its to read. Replay digests stay for
+    /// [`keep_replays`](crate::Compaction::keep_replays): each is a truncated SHA-256 of
+    /// a pushed change and its HLC, no value, and without it a browser retrying a push
+    /// whose answer it lost would apply the erased value again. To erase a row
+    /// entirely, delete it first (with the app's own SQL), then erase it. Merges of
+    /// later pushes are unaffected: the kept entry carries each field's clock, as after
+    /// a compaction (see [`crate::Compaction`]). A browser whose cursor is exactly at a
+    /// removed entry resets once.
     ///
     /// Not covered: responses the [idempotency layer](crate::IdempotencyLayer) stored
     /// (they expire with its retention), database backups, and the database's own

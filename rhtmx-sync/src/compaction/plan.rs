@@ -37,8 +37,10 @@ pub(crate) struct Policy<'a> {
     pub tombstones: i64,
     pub conflicts: i64,
     /// Erasure (`SyncEngine::erase`): every entry but the latest goes whatever its age,
-    /// conflict reports and replay digests included; a tombstone stays (it holds no
-    /// values, and a client that has the row must still learn of the delete).
+    /// conflict reports included; a tombstone stays (it holds no values, and a client
+    /// that has the row must still learn of the delete), and so does where the row left
+    /// a scope, with the latest values instead of its own. Replay digests (hashes, no
+    /// values) are kept as by compaction, so a retried push is still not applied twice.
     pub erase: bool,
     /// Entities where a newer update brings a deleted row back (`delete_wins` off): a
     /// deleted row keeps its last live entry as long as its tombstone, for the row to
@@ -67,8 +69,9 @@ pub(crate) struct Plan {
     pub replays: Vec<(String, String, String, i64)>,
     /// Survivors whose conflict report goes (erasure).
     pub clear_conflicts: Vec<i64>,
-    /// Rows whose kept replay digests go (erasure): `(entity, entity_id)`.
-    pub forget: Vec<(String, String)>,
+    /// Entries where a row left a scope, kept by an erasure with these values (the
+    /// latest, or `{}` after a delete) instead of their own.
+    pub scrub: Vec<(i64, String)>,
     /// Rows changed.
     pub rows: u64,
     /// Rows whose expired tombstone went, leaving no entry.
@@ -100,6 +103,7 @@ fn row(run: &[Held], policy: Policy<'_>, plan: &mut Plan) {
     let last_live = (deleted && !dead && restoring)
         .then(|| run.iter().rposition(|e| e.action != "delete"))
         .flatten();
+    // Entries removed (or, by an erasure, rewritten).
     let mut removed = 0;
     let mut clocks = Clocks::default();
     for (i, e) in run.iter().enumerate() {
@@ -108,21 +112,29 @@ fn row(run: &[Held], policy: Policy<'_>, plan: &mut Plan) {
         if (last && !dead) || kept(e) || last_live == Some(i) {
             continue;
         }
+        if policy.erase && e.left_scope {
+            // A reader of the scope it left learns it here and nowhere else.
+            let latest = survivor.data.as_deref().unwrap_or("{}");
+            if e.data.as_deref() != Some(latest) || e.conflict {
+                plan.scrub.push((e.version, latest.to_owned()));
+                if e.conflict {
+                    plan.clear_conflicts.push(e.version);
+                }
+                removed += 1;
+            }
+            continue;
+        }
         plan.remove.push(e.version);
         plan.purges |= e.left_scope;
-        if let (Some(digest), false) = (&e.digest, policy.erase) {
+        if let Some(digest) = &e.digest {
             let row = (e.entity.clone(), e.entity_id.clone());
             plan.replays
                 .push((digest.clone(), row.0, row.1, e.created_ms));
         }
         removed += 1;
     }
-    if policy.erase {
-        if survivor.conflict {
-            plan.clear_conflicts.push(survivor.version);
-        }
-        let row = (survivor.entity.clone(), survivor.entity_id.clone());
-        plan.forget.push(row);
+    if policy.erase && survivor.conflict {
+        plan.clear_conflicts.push(survivor.version);
     }
     if removed == 0 {
         plan.rows += u64::from(policy.erase && survivor.conflict);
@@ -266,17 +278,38 @@ mod tests {
     }
 
     #[test]
-    fn an_erasure_keeps_only_the_latest_entry_and_no_report_or_digest() {
+    fn an_erasure_keeps_only_the_latest_entry_and_no_report() {
         let mut first = held(1, "a", "create", None, 10);
         first.conflict = true;
         let mut last = held(2, "a", "delete", None, 999);
         last.conflict = true;
         let plan = plan(&[first, last], Policy::ERASE);
         assert_eq!(plan.remove, [1]);
-        assert!(plan.replays.is_empty());
+        // The digest, a hash of the push, still recognises its retry.
+        let digest = ("d1".to_owned(), "todos".to_owned(), "a".to_owned(), 10);
+        assert_eq!(plan.replays, [digest]);
         assert_eq!(plan.clear_conflicts, [2]);
-        assert_eq!(plan.forget, [("todos".to_owned(), "a".to_owned())]);
         assert_eq!(plan.tombstones, 0);
+    }
+
+    #[test]
+    fn an_erasure_keeps_where_a_row_left_a_scope_with_the_latest_values() {
+        let mut moved = held(2, "a", "update", Some(r#"["tenant"]"#), 20);
+        moved.left_scope = true;
+        moved.data = Some(r#"{"id":"a","title":"old","tenant":"t2"}"#.into());
+        let mut latest = held(3, "a", "update", Some(r#"["title"]"#), 30);
+        latest.data = Some(r#"{"id":"a","title":"new","tenant":"t2"}"#.into());
+        let rows = [held(1, "a", "create", None, 10), moved, latest.clone()];
+        let plan = plan(&rows, Policy::ERASE);
+        assert_eq!(plan.remove, [1]);
+        assert_eq!(plan.scrub, [(2, latest.data.clone().unwrap())]);
+        // Done once: a second erasure finds nothing to rewrite.
+        let mut scrubbed = rows[1].clone();
+        scrubbed.data = latest.data.clone();
+        assert_eq!(
+            super::plan(&[scrubbed, latest], Policy::ERASE),
+            Plan::default()
+        );
     }
 
     #[test]

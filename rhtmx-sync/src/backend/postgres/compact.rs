@@ -142,10 +142,10 @@ impl CompactLog for PgConnection {
             .bind(&plan.clear_conflicts)
             .execute(&mut *tx)
             .await?;
-        for (entity, id) in &plan.forget {
-            sqlx::query("DELETE FROM _rhtmx_sync_replays WHERE entity = $1 AND entity_id = $2")
-                .bind(entity)
-                .bind(id)
+        for (version, data) in &plan.scrub {
+            sqlx::query("UPDATE _rhtmx_sync_log SET data = $1 WHERE version = $2")
+                .bind(data)
+                .bind(version)
                 .execute(&mut *tx)
                 .await?;
         }

@@ -144,12 +144,14 @@ impl CompactLog for SqliteConnection {
             .execute(&mut *tx)
             .await?;
         }
-        for (entity, id) in &plan.forget {
-            sqlx::query("DELETE FROM _rhtmx_sync_replays WHERE entity = ? AND entity_id = ?")
-                .bind(entity)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
+        for (version, data) in &plan.scrub {
+            sqlx::query(&format!(
+                "UPDATE {LOG_TABLE} SET data = ? WHERE version = ?"
+            ))
+            .bind(data)
+            .bind(version)
+            .execute(&mut *tx)
+            .await?;
         }
         for (version, clocks) in &plan.clocks {
             sqlx::query(&format!(
