@@ -198,3 +198,42 @@ async fn windows_of_any_length_are_accepted(backend: Backend) {
     assert_eq!((report.removed, report.horizon), (0, 0), "{report:?}");
 }
 both!(windows_of_any_length_are_accepted);
+
+async fn a_transaction_that_ran_long_does_not_move_the_horizon_past_newer_entries(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let hour = |b: SyncEngineBuilder| {
+        b.compaction(
+            Compaction::new()
+                .keep_history(Duration::from_secs(3600))
+                .every(None),
+        )
+    };
+    let server = start_with(&db, hour).await;
+    let insert = "INSERT INTO todos (id, title) VALUES ($1, 'x')";
+    server.db.execute(insert, args!["recent"]).await;
+    server.db.execute(insert, args!["long"]).await;
+    all_numbered(&server.db).await;
+    // On PostgreSQL an entry is written when its transaction began and numbered when it
+    // committed: one that ran for a day comes after a minute-old entry.
+    let a_day_ago = match backend {
+        Backend::Sqlite => "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-1 day')",
+        Backend::Postgres => "now() - interval '1 day'",
+    };
+    server
+        .db
+        .execute(
+            &format!(
+                "UPDATE _rhtmx_sync_log SET created_at = {a_day_ago} WHERE entity_id = 'long'"
+            ),
+            args![],
+        )
+        .await;
+    let report = server.engine.compact().await.unwrap();
+    assert_eq!(
+        report.horizon, 0,
+        "the minute-old entry stays above: {report:?}"
+    );
+}
+both!(a_transaction_that_ran_long_does_not_move_the_horizon_past_newer_entries);

@@ -21,8 +21,12 @@ pub(crate) type Candidate = (String, String, i64);
 
 /// The log as a compaction pass reads and rewrites it.
 pub(crate) trait CompactLog: Send {
-    /// The newest numbered version written at or before `ms` (Unix milliseconds).
-    fn newest_by(&mut self, ms: i64) -> impl Future<Output = Result<Option<i64>>> + Send;
+    /// The newest numbered version below which every entry was written at or before
+    /// `ms` (Unix milliseconds): the version before the oldest one written later, or the
+    /// head. Not the newest version written by then: on PostgreSQL an entry is written
+    /// when its transaction began and numbered when it committed, so a transaction that
+    /// ran for days would put that far above entries written a minute ago.
+    fn written_by(&mut self, ms: i64) -> impl Future<Output = Result<i64>> + Send;
     /// The horizon recorded so far (0 before the first pass).
     fn horizon(&mut self) -> impl Future<Output = Result<i64>> + Send;
     /// Records `horizon`, unless a higher one is recorded already.
@@ -79,7 +83,7 @@ pub(crate) async fn compact(
 ) -> Result<CompactionReport> {
     let mut report = CompactionReport::default();
     let old = log.horizon().await?;
-    let horizon = log.newest_by(cut.history).await?.unwrap_or(0).max(old);
+    let horizon = log.written_by(cut.history).await?.max(old);
     report.horizon = horizon;
     if horizon > old {
         // Raised before anything below it goes: a reader that reads the horizon after a

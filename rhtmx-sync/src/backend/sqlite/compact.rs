@@ -19,13 +19,16 @@ fn at(n: u8) -> String {
 }
 
 impl CompactLog for SqliteConnection {
-    async fn newest_by(&mut self, ms: i64) -> Result<Option<i64>> {
+    async fn written_by(&mut self, ms: i64) -> Result<i64> {
         Ok(sqlx::query_scalar(&format!(
-            "SELECT version FROM {LOG_TABLE} WHERE created_at <= {} ORDER BY version DESC LIMIT 1",
+            "SELECT coalesce(\
+               (SELECT version - 1 FROM {LOG_TABLE} WHERE created_at > {} \
+                ORDER BY version LIMIT 1), \
+               (SELECT max(version) FROM {LOG_TABLE}), 0)",
             at(1)
         ))
         .bind(ms)
-        .fetch_optional(self)
+        .fetch_one(self)
         .await?)
     }
 
