@@ -37,14 +37,19 @@ fn eager_with_tombstones(b: SyncEngineBuilder) -> SyncEngineBuilder {
 /// Pulls `todos` from `since` to the end: the changes, and the cursor to go on from.
 /// `None` if the server answered with a reset.
 async fn pull_all(base: &str, since: &str) -> Option<(Vec<Value>, String)> {
-    pull_pages(base, since, 1000).await
+    pull_pages(base, since, 1000, "").await
 }
 
-/// [`pull_all`] in pages of at most `limit` changes.
-async fn pull_pages(base: &str, since: &str, limit: u32) -> Option<(Vec<Value>, String)> {
+/// [`pull_all`] in pages of at most `limit` changes, with `extra` parameters.
+async fn pull_pages(
+    base: &str,
+    since: &str,
+    limit: u32,
+    extra: &str,
+) -> Option<(Vec<Value>, String)> {
     let (mut changes, mut cursor) = (Vec::new(), since.to_owned());
     loop {
-        let query = format!("?since={cursor}&limit={limit}");
+        let query = format!("?since={cursor}&limit={limit}{extra}");
         let (status, page) = pull(base, "todos", &query).await;
         if status == 409 {
             assert_eq!(page["reset"]["reason"], "behind_horizon", "{page}");
@@ -113,6 +118,22 @@ async fn a_compacted_log_holds_about_one_entry_per_live_row(backend: Backend) {
     all_numbered(&server.db).await;
     let before = log_entries(&server.db).await;
     assert!(before > 100_000, "{before}");
+    // Before any compaction, a client asking for `latest` (the browser's) already
+    // reads one change per live row: superseded entries and, from 0, deletes are left
+    // out. In pages, and from a cursor half-way too.
+    let (changes, _) = pull_pages(&server.base, "0", 5000, "&latest=true")
+        .await
+        .unwrap();
+    assert_eq!(changes.len(), 900, "one change per live row");
+    // In pages, a later page cannot tell a delete the client needs from one it does
+    // not: at most the 100 deletes come on top.
+    let (changes, _) = pull_pages(&server.base, "0", 300, "&latest=true")
+        .await
+        .unwrap();
+    assert!(changes.len() <= 1000, "{}", changes.len());
+    let mut mirror = BTreeMap::new();
+    apply(&mut mirror, &changes);
+    assert_eq!(rows(&mirror), todos(&server.db).await);
     // A client that pulled half-way, to come back after the compaction.
     let report = server.engine.compact().await.unwrap();
     let live = todos(&server.db).await;
@@ -210,7 +231,9 @@ async fn a_fresh_client_pages_through_a_compacted_log(backend: Backend) {
     server.engine.compact().await.unwrap();
 
     // Pages of 7 from 0, all below the horizon: every page goes on, none resets.
-    let (changes, cursor) = pull_pages(&server.base, "0", 7).await.expect("no reset");
+    let (changes, cursor) = pull_pages(&server.base, "0", 7, "")
+        .await
+        .expect("no reset");
     let mut mirror = BTreeMap::new();
     apply(&mut mirror, &changes);
     assert_eq!(rows(&mirror), todos(&server.db).await);
@@ -231,7 +254,9 @@ async fn a_fresh_client_pages_through_a_compacted_log(backend: Backend) {
     all_numbered(&server.db).await;
     let report = server.engine.compact().await.unwrap();
     assert!(report.removed > 0 && report.tombstones == 0, "{report:?}");
-    let (rest, _) = pull_pages(&server.base, &half, 7).await.expect("no reset");
+    let (rest, _) = pull_pages(&server.base, &half, 7, "")
+        .await
+        .expect("no reset");
     apply(&mut mirror, &rest);
     assert_eq!(rows(&mirror), todos(&server.db).await);
 
@@ -248,7 +273,10 @@ async fn a_fresh_client_pages_through_a_compacted_log(backend: Backend) {
     all_numbered(&server.db).await;
     let report = server.engine.compact().await.unwrap();
     assert_eq!(report.tombstones, 1, "{report:?}");
-    assert!(pull_pages(&server.base, &half, 7).await.is_none(), "{half}");
+    assert!(
+        pull_pages(&server.base, &half, 7, "").await.is_none(),
+        "{half}"
+    );
 }
 both!(a_fresh_client_pages_through_a_compacted_log);
 

@@ -183,6 +183,15 @@ async fn bad_digest_requests_get_a_4xx(backend: Backend) {
             400,
         ),
         (format!("/api/sync/todos/rows?at={cursor}&buckets=-1"), 400),
+        (
+            format!("/api/sync/todos/rows?at={cursor}&buckets=%2B1"),
+            400,
+        ),
+        (format!("/api/sync/todos/rows?at={cursor}&buckets=01"), 400),
+        (
+            format!("/api/sync/todos/rows?at={cursor}&buckets=%201"),
+            400,
+        ),
         (format!("/api/sync/nope/digest?at={cursor}"), 404),
         ("/api/sync/todos/digest?at=999999".to_owned(), 409),
         ("/api/sync/todos/digest?at=5.deadbeef".to_owned(), 409),

@@ -1222,3 +1222,185 @@ async fn an_erased_row_that_left_a_scope_still_leaves_its_readers(backend: Backe
     );
 }
 both!(an_erased_row_that_left_a_scope_still_leaves_its_readers);
+
+async fn an_erased_row_that_passed_through_a_tenant_shows_it_nothing_written_elsewhere(
+    backend: Backend,
+) {
+    let w = World::new(backend, "erase-pass").await;
+    let (a, b) = (w.tenant(0), w.tenant(1));
+    let bob = w.user(2);
+    w.pool
+        .execute(
+            "INSERT INTO docs VALUES ('m1', $1, 'a-start')",
+            args![a.as_str()],
+        )
+        .await;
+    // Bob's cursor on an entry the erasure keeps.
+    w.pool
+        .execute("INSERT INTO news VALUES ('pad', '')", args![])
+        .await;
+    w.engine.head().await.unwrap();
+    let (_, page) = w.pull_as(bob, "docs", "0").await;
+    let cursor = serde_json::from_str::<Value>(&page).unwrap()["cursor"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Through tenant b and back to a, where it gets a value b must never see.
+    for sql in [
+        "UPDATE docs SET tenant_id = $1, body = 'while-in-b' WHERE id = 'm1'",
+        "UPDATE docs SET tenant_id = $1 WHERE id = 'm1'",
+    ] {
+        let tenant = if sql.contains("while") { &b } else { &a };
+        w.pool.execute(sql, args![tenant.as_str()]).await;
+    }
+    w.pool
+        .execute("UPDATE docs SET body = 'A-ONLY' WHERE id = 'm1'", args![])
+        .await;
+    w.engine.head().await.unwrap();
+    w.engine.erase("docs", ["m1"]).await.unwrap();
+    let (status, page) = w.pull_as(bob, "docs", &cursor).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        !page.contains("A-ONLY") && !page.contains("while-in-b"),
+        "{page}"
+    );
+    let changes: Vec<Value> = serde_json::from_str::<Value>(&page).unwrap()["changes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let actions: Vec<&str> = changes
+        .iter()
+        .map(|c| c["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["create", "delete"], "in, then out: {page}");
+    // Nor the rows route at the version where it came in.
+    let buckets = (0..64).map(|i| i.to_string()).collect::<Vec<_>>().join(",");
+    let res = client()
+        .get(format!(
+            "{}/api/sync/docs/rows?at={}&buckets={buckets}",
+            w.server_base, changes[0]["version"]
+        ))
+        .header("x-user", bob)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body = res.text().await.unwrap();
+    assert!(!body.contains("A-ONLY"), "{body}");
+}
+both!(an_erased_row_that_passed_through_a_tenant_shows_it_nothing_written_elsewhere);
+
+async fn open_streams_go_on_across_compaction_and_erasure(backend: Backend) {
+    let keep_nothing = |b: rhtmx_sync::SyncEngineBuilder| {
+        b.compaction(
+            rhtmx_sync::Compaction::new()
+                .keep_history(std::time::Duration::ZERO)
+                .keep_tombstones(std::time::Duration::ZERO)
+                .every(None),
+        )
+    };
+    let w = World::build(backend, "stream-on", keep_nothing).await;
+    let bob = w.user(2);
+    let mut stream = w.stream_as(bob, None).await;
+    // The documented erasure: delete, then erase, while the stream is open.
+    w.pool
+        .execute(
+            "INSERT INTO docs VALUES ('x1', $1, 'personal')",
+            args![w.tenant(0).as_str()],
+        )
+        .await;
+    w.pool
+        .execute("DELETE FROM docs WHERE id = 'x1'", args![])
+        .await;
+    w.engine.erase("docs", ["x1"]).await.unwrap();
+    w.pool
+        .execute("INSERT INTO news VALUES ('n1', 'x')", args![])
+        .await;
+    let event = stream.next().await;
+    assert_eq!(
+        (event.event.as_str(), &event.data["id"]),
+        ("message", &json!("n1")),
+        "{event:?}"
+    );
+    // The entry the stream last sent is a tombstone, and a pass drops it.
+    w.pool
+        .execute("DELETE FROM news WHERE id = 'n1'", args![])
+        .await;
+    let event = stream.next().await;
+    assert_eq!(event.data["action"], "delete", "{event:?}");
+    let report = w.engine.compact().await.unwrap();
+    assert!(report.tombstones >= 1, "{report:?}");
+    w.pool
+        .execute("INSERT INTO news VALUES ('n2', 'y')", args![])
+        .await;
+    let event = stream.next().await;
+    assert_eq!(
+        (event.event.as_str(), &event.data["id"]),
+        ("message", &json!("n2")),
+        "{event:?}"
+    );
+}
+both!(open_streams_go_on_across_compaction_and_erasure);
+
+async fn a_latest_pull_still_tells_a_tenant_that_a_row_left_it(backend: Backend) {
+    let w = World::new(backend, "latest").await;
+    let (a, b) = (w.tenant(0), w.tenant(1));
+    let (alice, bob) = (w.user(0), w.user(2));
+    w.pool
+        .execute(
+            "INSERT INTO docs VALUES ('l1', $1, 'one'), ('l2', $1, 'two')",
+            args![a.as_str()],
+        )
+        .await;
+    w.engine.head().await.unwrap();
+    let cursor_of = |page: &str| {
+        let page: Value = serde_json::from_str(page).unwrap();
+        page["cursor"].as_str().unwrap().to_owned()
+    };
+    let alice_at = cursor_of(&w.pull_as(alice, "docs", "0&latest=true").await.1);
+    let bob_at = cursor_of(&w.pull_as(bob, "docs", "0&latest=true").await.1);
+    // l1 leaves for tenant b and changes there twice; l2 changes twice at home.
+    w.pool
+        .execute(
+            "UPDATE docs SET tenant_id = $1 WHERE id = 'l1'",
+            args![b.as_str()],
+        )
+        .await;
+    for body in ["x", "y"] {
+        w.pool
+            .execute("UPDATE docs SET body = $1", args![body])
+            .await;
+    }
+    w.engine.head().await.unwrap();
+    let seen = |page: &str| -> Vec<String> {
+        let page: Value = serde_json::from_str(page).unwrap();
+        page["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| format!("{} {} {}", c["id"], c["action"], c["data"]["body"]))
+            .collect()
+    };
+    let (_, page) = w
+        .pull_as(alice, "docs", &format!("{alice_at}&latest=true"))
+        .await;
+    assert_eq!(
+        seen(&page),
+        ["\"l1\" \"delete\" null", "\"l2\" \"update\" \"y\""],
+        "{page}"
+    );
+    let (_, page) = w
+        .pull_as(bob, "docs", &format!("{bob_at}&latest=true"))
+        .await;
+    // Bob gets where it came in (the entry where it left tenant a is kept for every
+    // reader), then its latest.
+    assert_eq!(
+        seen(&page),
+        ["\"l1\" \"create\" \"one\"", "\"l1\" \"update\" \"y\""],
+        "{page}"
+    );
+    // From 0: the rows as they are, once each.
+    let (_, page) = w.pull_as(bob, "docs", "0&latest=true").await;
+    assert_eq!(seen(&page), ["\"l1\" \"update\" \"y\""], "{page}");
+}
+both!(a_latest_pull_still_tells_a_tenant_that_a_row_left_it);

@@ -282,8 +282,17 @@ pub(crate) async fn publish(
     let (registry, log_id) = (&follow.registry, &*follow.log_id);
     // Is the log still the history we follow? Its head must not be behind us, and the
     // entry we stand on must be the one we read (a restored copy may have reused it).
+    // An entry gone altogether was compacted or erased under us: a restored copy holds
+    // its own entry at every version up to its head.
     let head = conn.head().await?;
-    if head < at.version || cursor::token(conn, log_id, at.version).await? != at.token {
+    let entry = conn.entry_at(at.version).await?;
+    let gone = at.version > 0 && entry.is_none();
+    let token = format!(
+        "{}.{}",
+        at.version,
+        cursor::tag(log_id, at.version, entry.as_ref())
+    );
+    if head < at.version || (!gone && token != at.token) {
         let id = cursor::token(conn, log_id, head).await?;
         tracing::warn!(
             from = at.version,

@@ -31,9 +31,10 @@ impl SyncEngine {
     /// Each row keeps only its latest entry: the row as it is now, or — for a row
     /// already deleted — its tombstone, which holds no values, so that a browser that
     /// still has the row learns of the delete. The row's conflict reports go too. An
-    /// entry where the row left a scope stays, holding the row's latest values instead
-    /// of its own (or `{}` after a delete): a browser of that scope learns there, and
-    /// only there, that the row is no longer its to read. Replay digests stay for
+    /// entry where the row left a scope stays, holding no values (`{}`): a browser of
+    /// that scope learns there, and only there, that the row is no longer its to read
+    /// (a browser of the scope the row entered there gets its values from the row's
+    /// later entries). Replay digests stay for
     /// [`keep_replays`](crate::Compaction::keep_replays): each is a truncated SHA-256 of
     /// a pushed change and its HLC, no value, and without it a browser retrying a push
     /// whose answer it lost would apply the erased value again. To erase a row
@@ -43,8 +44,13 @@ impl SyncEngine {
     /// removed entry resets once.
     ///
     /// Not covered: responses the [idempotency layer](crate::IdempotencyLayer) stored
-    /// (they expire with its retention), database backups, and the database's own
-    /// free pages (run `VACUUM` on SQLite, `VACUUM` on PostgreSQL, to overwrite them).
+    /// (they expire with its retention), database backups, and what the database
+    /// itself still holds of removed rows. On SQLite, run `VACUUM` and then
+    /// `PRAGMA wal_checkpoint(TRUNCATE)`: in WAL mode the old pages also sit in the
+    /// `-wal` file until it is truncated (or open the pool with `PRAGMA secure_delete
+    /// = ON`, which overwrites them as they are freed). On PostgreSQL, `VACUUM FULL
+    /// _rhtmx_sync_log` rewrites the table; its WAL segments, replicas and archives
+    /// keep the old values until they are recycled.
     ///
     /// # Errors
     /// [`Error::UnknownEntity`](crate::Error::UnknownEntity) for an entity the engine

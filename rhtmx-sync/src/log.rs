@@ -296,6 +296,7 @@ pub(crate) async fn read_entity(
     (after, upto): (i64, i64),
     keys: Option<&str>,
     limit: i64,
+    select: crate::backend::Select,
 ) -> Result<Vec<LogRow>> {
     let scoped = if keys.is_some() {
         " AND (scope_before IN (SELECT value FROM json_each(?5)) \
@@ -303,9 +304,26 @@ pub(crate) async fn read_entity(
     } else {
         ""
     };
+    // See `ReadLog::read_entity` for what `latest` leaves out, and why that is safe.
+    use crate::backend::Select;
+    let latest = match select {
+        Select::Every => "",
+        Select::Latest { fresh: true } => {
+            " AND l.action <> 'delete' AND NOT EXISTS (SELECT 1 FROM _rhtmx_sync_log AS n \
+             WHERE n.entity = l.entity AND n.entity_id = l.entity_id \
+             AND n.version > l.version AND n.version <= ?3)"
+        }
+        Select::Latest { fresh: false } => {
+            " AND (NOT EXISTS (SELECT 1 FROM _rhtmx_sync_log AS n \
+             WHERE n.entity = l.entity AND n.entity_id = l.entity_id \
+             AND n.version > l.version AND n.version <= ?3) \
+             OR (l.scope_before IS NOT NULL AND l.scope_before IS NOT l.scope_after))"
+        }
+    };
     let sql = format!(
-        "SELECT {ROW_COLUMNS} FROM {LOG_TABLE} \
-         WHERE entity = ?1 AND version > ?2 AND version <= ?3{scoped} ORDER BY version LIMIT ?4"
+        "SELECT {ROW_COLUMNS} FROM {LOG_TABLE} AS l \
+         WHERE l.entity = ?1 AND l.version > ?2 AND l.version <= ?3{scoped}{latest} \
+         ORDER BY l.version LIMIT ?4"
     );
     let query = sqlx::query_as(&sql)
         .bind(entity)

@@ -135,6 +135,15 @@ impl Schema for SqliteConnection {
     }
 }
 
+/// Which entries of a range [`ReadLog::read_entity`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Select {
+    /// Every entry.
+    Every,
+    /// Each row's latest; `fresh`: for a reader that started from 0.
+    Latest { fresh: bool },
+}
+
 /// Reading the log, the same on every backend: what pulls, event streams, cursors and
 /// the broadcaster need.
 pub(crate) trait ReadLog: Send {
@@ -166,12 +175,22 @@ pub(crate) trait ReadLog: Send {
     /// Up to `limit` entries of `entity` in `(after, upto]`, in version order; with
     /// `keys` (a JSON array of scope keys), only those whose scope before or after is
     /// one of them.
+    ///
+    ///
+    /// With [`Select::Latest`], an entry whose row has a later entry at or below `upto`
+    /// is left out: the reader gets that one in the same read (a page cut short goes on
+    /// to a head at least `upto`), and the entry holds the whole row. So a client reads
+    /// each changed row once, however often it changed — a first sync about one change
+    /// per live row, history or not. Kept: an entry where the row left a scope (a
+    /// reader of that scope does not see what came after). For a read from 0 (`fresh`),
+    /// deletes are left out too: its reader holds nothing to delete.
     fn read_entity(
         &mut self,
         entity: &str,
         range: (i64, i64),
         keys: Option<&str>,
         limit: i64,
+        select: Select,
     ) -> impl Future<Output = Result<Vec<LogRow>>> + Send;
     /// The latest entry at or below `upto` of up to `limit` rows of `entity` whose key
     /// text sorts after `after`, in key order: the state at `upto` (`crate::integrity`).
@@ -207,8 +226,9 @@ impl ReadLog for SqliteConnection {
         range: (i64, i64),
         keys: Option<&str>,
         limit: i64,
+        select: Select,
     ) -> Result<Vec<LogRow>> {
-        log::read_entity(self, entity, range, keys, limit).await
+        log::read_entity(self, entity, range, keys, limit, select).await
     }
     async fn latest_at(
         &mut self,
@@ -264,8 +284,9 @@ impl ReadLog for Conn {
         range: (i64, i64),
         keys: Option<&str>,
         limit: i64,
+        select: Select,
     ) -> Result<Vec<LogRow>> {
-        each!(self, c => c.read_entity(entity, range, keys, limit).await)
+        each!(self, c => c.read_entity(entity, range, keys, limit, select).await)
     }
     async fn latest_at(
         &mut self,

@@ -39,7 +39,7 @@ pub(crate) struct Policy<'a> {
     /// Erasure (`SyncEngine::erase`): every entry but the latest goes whatever its age,
     /// conflict reports included; a tombstone stays (it holds no values, and a client
     /// that has the row must still learn of the delete), and so does where the row left
-    /// a scope, with the latest values instead of its own. Replay digests (hashes, no
+    /// a scope, without values. Replay digests (hashes, no
     /// values) are kept as by compaction, so a retried push is still not applied twice.
     pub erase: bool,
     /// Entities where a newer update brings a deleted row back (`delete_wins` off): a
@@ -69,8 +69,8 @@ pub(crate) struct Plan {
     pub replays: Vec<(String, String, String, i64)>,
     /// Survivors whose conflict report goes (erasure).
     pub clear_conflicts: Vec<i64>,
-    /// Entries where a row left a scope, kept by an erasure with these values (the
-    /// latest, or `{}` after a delete) instead of their own.
+    /// Entries where a row left a scope, kept by an erasure with these values (`{}`)
+    /// instead of their own.
     pub scrub: Vec<(i64, String)>,
     /// Rows changed.
     pub rows: u64,
@@ -113,10 +113,12 @@ fn row(run: &[Held], policy: Policy<'_>, plan: &mut Plan) {
             continue;
         }
         if policy.erase && e.left_scope {
-            // A reader of the scope it left learns it here and nowhere else.
-            let latest = survivor.data.as_deref().unwrap_or("{}");
-            if e.data.as_deref() != Some(latest) || e.conflict {
-                plan.scrub.push((e.version, latest.to_owned()));
+            // A reader of the scope it left learns it here and nowhere else. No values:
+            // for the scope it entered, this is where the row came in, and readers
+            // there may not see what it held before or after (a later entry there, or
+            // where it left, follows).
+            if e.data.as_deref() != Some("{}") || e.conflict {
+                plan.scrub.push((e.version, "{}".to_owned()));
                 if e.conflict {
                     plan.clear_conflicts.push(e.version);
                 }
@@ -293,7 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn an_erasure_keeps_where_a_row_left_a_scope_with_the_latest_values() {
+    fn an_erasure_keeps_where_a_row_left_a_scope_without_values() {
         let mut moved = held(2, "a", "update", Some(r#"["tenant"]"#), 20);
         moved.left_scope = true;
         moved.data = Some(r#"{"id":"a","title":"old","tenant":"t2"}"#.into());
@@ -302,10 +304,10 @@ mod tests {
         let rows = [held(1, "a", "create", None, 10), moved, latest.clone()];
         let plan = plan(&rows, Policy::ERASE);
         assert_eq!(plan.remove, [1]);
-        assert_eq!(plan.scrub, [(2, latest.data.clone().unwrap())]);
+        assert_eq!(plan.scrub, [(2, "{}".to_owned())]);
         // Done once: a second erasure finds nothing to rewrite.
         let mut scrubbed = rows[1].clone();
-        scrubbed.data = latest.data.clone();
+        scrubbed.data = Some("{}".into());
         assert_eq!(
             super::plan(&[scrubbed, latest], Policy::ERASE),
             Plan::default()

@@ -135,8 +135,12 @@ pub(crate) async fn rows(
     let Query(query) = query.map_err(|e| Error::BadQuery(e.body_text()))?;
     let mut wanted = [false; BUCKETS];
     for part in query.buckets.split(',') {
-        match part.trim().parse::<usize>() {
-            Ok(b) if b < BUCKETS => wanted[b] = true,
+        // Digits as the client writes them: no sign, no leading zeros.
+        let plain = part == "0" || (!part.starts_with('0') && !part.is_empty());
+        match part.parse::<usize>() {
+            Ok(b) if b < BUCKETS && plain && part.bytes().all(|c| c.is_ascii_digit()) => {
+                wanted[b] = true
+            }
             _ => {
                 return Err(Error::BadQuery(format!(
                 "`buckets` must be bucket numbers below {BUCKETS}, separated by commas, not `{}`",

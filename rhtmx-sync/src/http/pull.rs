@@ -1,4 +1,4 @@
-//! `GET {prefix}/{entity}?since=&limit=`: the entity's changes after a version.
+//! `GET {prefix}/{entity}?since=&limit=&latest=`: the entity's changes after a version.
 //!
 //! The body is streamed in version order, in batches read on a pooled connection that
 //! is returned before the batch is written: the server's memory stays flat however many
@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::TryStreamExt;
 use serde::Deserialize;
 
-use crate::backend::ReadLog;
+use crate::backend::{ReadLog, Select};
 use crate::cursor::{self, Cursor, Reset};
 use crate::error::{quote, Error, Result};
 use crate::principal::Asking;
@@ -29,6 +29,10 @@ pub(crate) struct PullQuery {
     /// A cursor (`version.tag`, or a bare version).
     since: Option<String>,
     limit: Option<i64>,
+    /// Each changed row once, at its latest (`ReadLog::read_entity`): what the browser
+    /// client asks for. Without it, every entry the log holds.
+    #[serde(default)]
+    latest: bool,
 }
 
 /// Rows are flushed to the socket in chunks of about this many bytes.
@@ -91,6 +95,12 @@ pub(crate) async fn pull(
         Some(n) if n >= 1 => n.min(options.max_pull_limit),
         Some(_) => return Err(Error::BadQuery("`limit` must be at least 1".into())),
     };
+    let select = match query.latest {
+        false => Select::Every,
+        true => Select::Latest {
+            fresh: since.version == 0,
+        },
+    };
     // A place in the budget (in total and of this principal), held until the whole body
     // is written.
     let place = engine.inner.pulls.take(&access.principal)?;
@@ -115,6 +125,7 @@ pub(crate) async fn pull(
                     (since.version, head),
                     keys.as_deref(),
                     BATCH.min(limit + 1),
+                    select,
                 )
                 .await?;
             // Compaction removed a deleted row meanwhile: read again (nothing is sent yet).
@@ -164,7 +175,7 @@ pub(crate) async fn pull(
                 let mut conn = pool.acquire().await?;
                 let want = BATCH.min(limit + 1 - count);
                 let rows = conn
-                    .read_entity(&entity.name, (last, head), keys.as_deref(), want)
+                    .read_entity(&entity.name, (last, head), keys.as_deref(), want, select)
                     .await?;
                 // Compaction purged entries meanwhile: a row this page sent may have
                 // lost the delete it would have read next. End here; resuming from
@@ -188,7 +199,16 @@ pub(crate) async fn pull(
             };
             (last, tag)
         } else {
-            (head, head_id)
+            // A pass raised the horizon past the head meanwhile (a short history
+            // window): a cursor that resumes while nothing was purged, not one that
+            // resets at once.
+            let mut conn = pool.acquire().await?;
+            if head < conn.horizon().await? {
+                let tag = cursor::token_resuming(&mut conn, &log_id, head, purges).await?;
+                (head, tag + &suffix)
+            } else {
+                (head, head_id)
+            }
         };
         buf.push_str(&format!(
             "],\"version\":{version},\"cursor\":\"{cursor}\",\"head\":{head},\"has_more\":{has_more}}}"

@@ -338,7 +338,8 @@
     for (;;) {
       const since = encodeURIComponent(versions[entity] || 0);
       // Big pages: each costs a round trip and an IndexedDB commit (the server caps it).
-      const res = await fetch(`${base}/${encodeURIComponent(entity)}?since=${since}&limit=5000`, { credentials: "same-origin" });
+      // `latest`: each changed row once, however often it changed (no history to replay).
+      const res = await fetch(`${base}/${encodeURIComponent(entity)}?since=${since}&limit=5000&latest=true`, { credentials: "same-origin" });
       // 409 + reset: our cursor is from another history (the database was restored).
       if (res.status === 409) throw { reset: (await res.json()).reset };
       if (res.status === 404) return void unknown.add(entity); // not synced: the others still are

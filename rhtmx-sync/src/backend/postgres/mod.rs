@@ -87,7 +87,7 @@ pub(crate) async fn start(
 pub(crate) const SCHEMA_LOCK: i64 = 0x7268_746d_7873_0001;
 
 /// The `schema_version` [`DDL`] records (kept in step with it).
-const SCHEMA_VERSION: &str = "5";
+const SCHEMA_VERSION: &str = "6";
 
 /// The channel the stamper notifies, once per stamped batch.
 pub(crate) const CHANNEL: &str = "_rhtmx_sync";
@@ -123,6 +123,8 @@ CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_unstamped ON _rhtmx_sync_log (seq)
     WHERE version IS NULL;
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_entity ON _rhtmx_sync_log (entity, version);
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_row ON _rhtmx_sync_log (entity, entity_id, seq);
+CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_row_version
+    ON _rhtmx_sync_log (entity, entity_id, version);
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_digest ON _rhtmx_sync_log (digest)
     WHERE digest IS NOT NULL;
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_context (
@@ -143,7 +145,7 @@ INSERT INTO _rhtmx_sync_meta (key, value)
     VALUES ('log_id', substr(md5(random()::text || clock_timestamp()::text), 1, 16))
     ON CONFLICT (key) DO NOTHING;
 INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('head', '0') ON CONFLICT (key) DO NOTHING;
-INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '5') -- SCHEMA_VERSION
+INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '6') -- SCHEMA_VERSION
     ON CONFLICT (key) DO UPDATE SET value = excluded.value
     WHERE _rhtmx_sync_meta.value::int < excluded.value::int;
 "#;
@@ -312,6 +314,7 @@ impl ReadLog for PgConnection {
         (after, upto): (i64, i64),
         keys: Option<&str>,
         limit: i64,
+        select: crate::backend::Select,
     ) -> Result<Vec<LogRow>> {
         let scoped = if keys.is_some() {
             " AND (scope_before IN (SELECT jsonb_array_elements_text($5::jsonb)) \
@@ -319,9 +322,22 @@ impl ReadLog for PgConnection {
         } else {
             ""
         };
+        // See `ReadLog::read_entity` for what `latest` leaves out, and why that is safe.
+        let later = "NOT EXISTS (SELECT 1 FROM _rhtmx_sync_log AS n \
+             WHERE n.entity = l.entity AND n.entity_id = l.entity_id \
+             AND n.version > l.version AND n.version <= $3)";
+        use crate::backend::Select;
+        let latest = match select {
+            Select::Every => String::new(),
+            Select::Latest { fresh: true } => format!(" AND l.action <> 'delete' AND {later}"),
+            Select::Latest { fresh: false } => format!(
+                " AND ({later} OR (l.scope_before IS NOT NULL \
+                 AND l.scope_before IS DISTINCT FROM l.scope_after))"
+            ),
+        };
         let sql = format!(
-            "SELECT {} FROM _rhtmx_sync_log WHERE entity = $1 AND version > $2 \
-             AND version <= $3{scoped} ORDER BY version LIMIT $4",
+            "SELECT {} FROM _rhtmx_sync_log AS l WHERE l.entity = $1 AND l.version > $2 \
+             AND l.version <= $3{scoped}{latest} ORDER BY l.version LIMIT $4",
             row_columns()
         );
         let query = sqlx::query_as(&sql)
