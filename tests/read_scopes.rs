@@ -1404,3 +1404,43 @@ async fn a_latest_pull_still_tells_a_tenant_that_a_row_left_it(backend: Backend)
     assert_eq!(seen(&page), ["\"l1\" \"update\" \"y\""], "{page}");
 }
 both!(a_latest_pull_still_tells_a_tenant_that_a_row_left_it);
+
+async fn a_stream_says_where_it_is_when_it_had_nothing_to_send(backend: Backend) {
+    let often =
+        |b: rhtmx_sync::SyncEngineBuilder| b.keep_alive(std::time::Duration::from_millis(50));
+    let w = World::build(backend, "told", often).await;
+    let alice = w.user(0);
+    let mut stream = w.stream_as(alice, None).await;
+    // Only the other tenant writes: nothing for alice, yet her stream moved on.
+    w.pool
+        .execute(
+            "INSERT INTO docs VALUES ('o1', $1, 'not hers')",
+            args![w.tenant(1).as_str()],
+        )
+        .await;
+    let head = w.engine.head().await.unwrap();
+    let told = stream.next().await;
+    assert_eq!(told.event, "cursor", "{told:?}");
+    assert_eq!(told.data["version"], head, "{told:?}");
+    // Its id is a cursor alice resumes from, with nothing to read.
+    let (status, page) = w.pull_as(alice, "docs", &told.id).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&page).unwrap()["changes"],
+        json!([])
+    );
+    // Said once, not at every tick.
+    w.pool
+        .execute(
+            "INSERT INTO docs VALUES ('a1', $1, 'hers')",
+            args![w.tenant(0).as_str()],
+        )
+        .await;
+    let next = stream.next().await;
+    assert_eq!(
+        (next.event.as_str(), &next.data["id"]),
+        ("message", &json!("a1")),
+        "{next:?}"
+    );
+}
+both!(a_stream_says_where_it_is_when_it_had_nothing_to_send);

@@ -4,7 +4,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
-import { startServer, launchBrowser, dbQuery, ON_POSTGRES } from "./harness.js";
+import { startServer, launchBrowser, dbQuery, dbExec, eventually, ON_POSTGRES } from "./harness.js";
 import { waitInPage } from "./app.js";
 
 let browser;
@@ -158,6 +158,43 @@ test("a write queued for an item deleted meanwhile is refused, never applied to 
     const [dead] = await page.evaluate(() => RhtmxSync.deadLetters());
     assert.equal(dead.status, 404);
     assert.deepEqual(q(`SELECT COUNT(*) AS n FROM movements WHERE item_no = ${newer}`), [{ n: 0 }]);
+  } finally {
+    await context.close();
+  }
+});
+
+test("a quiet entity's cursor moves with the stream's other changes", async () => {
+  const context = await browser.newContext();
+  try {
+    const page = await open(context);
+    // Only items change: movements has no event, yet it holds everything up to them too.
+    for (let i = 0; i < 3; i++) dbExec(server.dbPath, `INSERT INTO items (name) VALUES ('quiet ${i}')`);
+    const [{ head }] = dbQuery(server.dbPath, "SELECT max(version) AS head FROM _rhtmx_sync_log");
+    const stored = () => page.evaluate(async () => {
+      const out = {};
+      for (const { name } of (await indexedDB.databases()).filter((d) => d.name.startsWith("rhtmx-sync"))) {
+        const db = await new Promise((ok, fail) => {
+          const r = indexedDB.open(name);
+          r.onsuccess = () => ok(r.result);
+          r.onerror = () => fail(r.error);
+        });
+        if (db.objectStoreNames.contains("_meta")) {
+          for (const key of ["version:items", "version:movements"]) {
+            out[key] = await new Promise((ok) => {
+              const get = db.transaction("_meta").objectStore("_meta").get(key);
+              get.onsuccess = () => ok(get.result?.value);
+            });
+          }
+        }
+        db.close();
+      }
+      return out;
+    });
+    await eventually(async () => parseInt((await stored())["version:items"], 10) >= Number(head), {
+      what: "the items' events stored",
+    });
+    const cursors = await stored();
+    assert.equal(parseInt(cursors["version:movements"], 10), Number(head), JSON.stringify(cursors));
   } finally {
     await context.close();
   }

@@ -91,7 +91,9 @@ impl Compaction {
     }
 
     /// Entries younger than this are kept whole: a client offline for less resumes
-    /// normally; one offline for longer gets one reset. Default: 7 days.
+    /// normally; one offline for longer gets one reset. Default: 7 days. Keep it well
+    /// above the time a first sync takes: a client whose cursor a pass overtook while
+    /// a tombstone expired starts over.
     pub fn keep_history(mut self, window: Duration) -> Self {
         self.history = window;
         self

@@ -167,6 +167,13 @@ pub(crate) async fn events(
         };
         // Listed in the operator view until the stream is dropped.
         let tracked = inner.open_streams.open(&access.principal, cursor);
+        // The position the client was last given. Changes it may not read, or of
+        // entities it did not ask for, move the stream on without an event; now and
+        // then a `cursor` event says so, or the client's cursors would stay where they
+        // were, fall behind the compaction horizon and reset its mirror on the next load.
+        let mut told = cursor;
+        let mut tell = tokio::time::interval_at(tokio::time::Instant::now() + keep_alive, keep_alive);
+        tell.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut catch_up = last_id.is_some();
         loop {
             if catch_up {
@@ -183,6 +190,7 @@ pub(crate) async fn events(
                             let Ok(id) = token(&inner.pool, &inner.log_id, head).await else { return };
                             yield Ok(reset(&(id + access.suffix()), head, Reset::BehindHorizon.reason()));
                             cursor = head;
+                            told = head;
                             tracked.at(cursor);
                             break;
                         }
@@ -200,6 +208,7 @@ pub(crate) async fn events(
                         // Below the horizon, an id that resumes while nothing is purged.
                         let id = cursor::token_below(&inner.log_id, row, horizon, purges);
                         if let Some(event) = encode(&entities, &filter, &access, row, id) {
+                            told = cursor;
                             yield Ok(event);
                         }
                     }
@@ -208,18 +217,18 @@ pub(crate) async fn events(
                     }
                 }
             }
-            let received = tokio::select! {
+            let woke = tokio::select! {
                 biased;
                 // Shutdown: end the response, so the server's graceful shutdown can
                 // finish; the browser reconnects, to another instance or after restart.
                 _ = closing.wait_for(|closing| *closing) => return,
                 changed = access_seen.changed() => match changed {
-                    Ok(()) => None,
+                    Ok(()) => Woke::Recheck,
                     Err(_) => return,
                 },
                 // And now and then by itself: a session ended or a membership changed
                 // without `access_changed()` still ends what the stream sends.
-                _ = recheck.tick(), if scoped => None,
+                _ = recheck.tick(), if scoped => Woke::Recheck,
                 // Its principal signed out (or missed revocations): end; the browser
                 // reconnects and is asked afresh who it is.
                 who = revoked.recv() => match who {
@@ -227,9 +236,19 @@ pub(crate) async fn events(
                     Err(broadcast::error::RecvError::Closed) => continue,
                     _ => return,
                 },
-                received = rx.recv() => Some(received),
+                _ = tell.tick(), if cursor > told => Woke::Tell,
+                received = rx.recv() => Woke::Received(received),
             };
-            let Some(received) = received else {
+            let received = match woke {
+                Woke::Received(received) => received,
+                Woke::Tell => {
+                    let Ok(id) = token(&inner.pool, &inner.log_id, cursor).await else { return };
+                    let data = serde_json::json!({ "version": cursor });
+                    told = cursor;
+                    yield Ok(Event::default().event("cursor").id(id + access.suffix()).data(data.to_string()));
+                    continue;
+                }
+                Woke::Recheck => {
                 access_seen.mark_unchanged();
                 // Who is this, and what may they read, now? A failure closes the
                 // stream: the browser reconnects and asks afresh.
@@ -239,9 +258,11 @@ pub(crate) async fn events(
                     access = now;
                     tracked.reads_as(&access.principal);
                     let Ok(id) = token(&inner.pool, &inner.log_id, cursor).await else { return };
+                    told = cursor;
                     yield Ok(reset(&(id + access.suffix()), cursor, "access_changed"));
                 }
                 continue;
+                }
             };
             match received {
                 Ok(event) => match &*event {
@@ -260,11 +281,13 @@ pub(crate) async fn events(
                             None => (*read != Read::Nothing).then_some(json.as_str()),
                         };
                         if let Some(data) = data {
+                            told = cursor;
                             yield Ok(Event::default().id(with_suffix(id, access.suffix())).data(data));
                         }
                     }
                     LogEvent::Reset { head, id } => {
                         cursor = *head;
+                        told = cursor;
                         tracked.at(cursor);
                         yield Ok(reset(&with_suffix(id, access.suffix()), *head, "log_replaced"));
                     }
@@ -286,6 +309,15 @@ pub(crate) async fn events(
         .headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)
+}
+
+/// What woke an open stream.
+enum Woke {
+    /// Ask again what its principal may read.
+    Recheck,
+    /// Tell the client where the stream is.
+    Tell,
+    Received(Result<Arc<LogEvent>, RecvError>),
 }
 
 /// An event's id with the stream's access fingerprint; no copy for an unscoped engine

@@ -491,17 +491,35 @@
     if (lastEventId !== null && num(message.lastEventId) <= num(lastEventId)) return;
     lastEventId = message.lastEventId;
     observe(change.hlc);
-    if (change.version <= num(versions[change.entity])) return;
-    versions[change.entity] = message.lastEventId;
-    queue.push(change);
+    const fresh = change.version > num(versions[change.entity]);
+    moveCursors();
+    queue.push(fresh ? change : null);
     applying ||= new Promise((r) => setTimeout(r, 10)).then(flushQueue);
   }
 
+  /** `cursor`: the stream moved on past changes this page does not get (rows it may
+   *  not read, entities it did not ask for). */
+  function onCursor(message) {
+    if (resyncing) return void held.push(message);
+    if (lastEventId !== null && num(message.lastEventId) <= num(lastEventId)) return;
+    lastEventId = message.lastEventId;
+    moveCursors();
+    queue.push(null); // the cursors are stored with the next batch, in order
+    applying ||= new Promise((r) => setTimeout(r, 10)).then(flushQueue);
+  }
+
+  /** The stream carries every entity of the page, in order: each holds everything up to
+   *  its last id, so every cursor moves there — a quiet one would otherwise fall behind
+   *  the server's compaction horizon and reset the mirror on the next load. */
+  function moveCursors() {
+    for (const e of entities) if (!unknown.has(e) && num(versions[e]) < num(lastEventId)) versions[e] = lastEventId;
+  }
+
   async function flushQueue() {
-    const batch = queue;
+    const batch = queue.filter(Boolean);
     queue = [];
     const meta = { lastEventId };
-    for (const c of batch) meta["version:" + c.entity] = versions[c.entity];
+    for (const e of entities) if (!unknown.has(e)) meta["version:" + e] = versions[e];
     try {
       await applyChanges(batch, meta);
     } catch (error) {
@@ -521,7 +539,7 @@
       }
     }
     for (const d of Object.values(latest)) markChanged(d);
-    tell({ type: "changed", details: Object.values(latest) });
+    if (batch.length) tell({ type: "changed", details: Object.values(latest) });
     if (queue.length) applying = flushQueue();
   }
 
@@ -573,7 +591,7 @@
     }
     const waiting = held;
     held = [];
-    waiting.forEach(onChange);
+    waiting.forEach((m) => (m.type === "cursor" ? onCursor(m) : onChange(m)));
   }
 
   async function onReset(reason) {
@@ -610,6 +628,7 @@
       if (!synced || !resumable) syncAll();
     };
     source.onmessage = onChange;
+    source.addEventListener("cursor", onCursor);
     // Entities the server does not sync: said always, not only in debug mode.
     source.addEventListener("warning", (e) => {
       const detail = JSON.parse(e.data);
