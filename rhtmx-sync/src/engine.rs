@@ -209,6 +209,30 @@ pub struct SyncEngine {
     pub(crate) inner: Arc<Inner>,
 }
 
+/// Runs `job` every `period`, the first time `period` from now, in `span`, until the
+/// engine is dropped: the task holds it weakly, so it never keeps the engine alive.
+pub(crate) fn every<F, Fut>(engine: &SyncEngine, period: Duration, span: tracing::Span, job: F)
+where
+    F: Fn(SyncEngine) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    use tracing::Instrument;
+    let engine = Arc::downgrade(&engine.inner);
+    let task = async move {
+        let start = tokio::time::Instant::now() + period;
+        let mut ticks = tokio::time::interval_at(start, period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            let Some(inner) = engine.upgrade() else {
+                return;
+            };
+            job(SyncEngine { inner }).await;
+        }
+    };
+    tokio::spawn(task.instrument(span));
+}
+
 pub(crate) struct Inner {
     pub pool: Pool,
     pub entities: Arc<Registry>,

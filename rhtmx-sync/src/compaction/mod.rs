@@ -10,12 +10,9 @@ pub(crate) use self::clocks::{expand, Clocks};
 pub(crate) use self::pass::{erase, Candidate, CompactLog};
 pub(crate) use self::plan::{plan, Held, Plan, Policy};
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tracing::Instrument;
-
-use crate::engine::Inner;
 use crate::error::Result;
 use crate::SyncEngine;
 
@@ -248,20 +245,10 @@ impl SyncEngine {
 
 /// Runs a pass every `period` while the engine lives.
 pub(crate) fn run_every(engine: &SyncEngine, period: Duration) {
-    let engine: Weak<Inner> = Arc::downgrade(&engine.inner);
-    let task = async move {
-        let start = tokio::time::Instant::now() + period;
-        let mut ticks = tokio::time::interval_at(start, period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(inner) = engine.upgrade() else {
-                return;
-            };
-            if let Err(error) = (SyncEngine { inner }).compact().await {
-                tracing::warn!(%error, "compacting the change log failed; the next pass retries");
-            }
+    let span = tracing::info_span!("rhtmx_sync_compaction");
+    crate::engine::every(engine, period, span, |engine| async move {
+        if let Err(error) = engine.compact().await {
+            tracing::warn!(%error, "compacting the change log failed; the next pass retries");
         }
-    };
-    tokio::spawn(task.instrument(tracing::info_span!("rhtmx_sync_compaction")));
+    });
 }

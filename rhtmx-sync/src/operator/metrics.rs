@@ -2,13 +2,9 @@
 //! ([`OperatorFigures::emit`]) and, when the builder asks, every period
 //! ([`SyncEngineBuilder::emit_figures_every`](crate::SyncEngineBuilder::emit_figures_every)).
 
-use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use tracing::Instrument;
-
 use super::figures::OperatorFigures;
-use crate::engine::Inner;
 use crate::SyncEngine;
 
 /// The `tracing` target of the figures' events: turn them on or off with a filter such
@@ -63,23 +59,13 @@ impl OperatorFigures {
 /// the engine alive). A failed read is a warning at the same target; the next period
 /// tries again.
 pub(crate) fn emit_every(engine: &SyncEngine, period: Duration) {
-    let engine: Weak<Inner> = Arc::downgrade(&engine.inner);
-    let task = async move {
-        let start = tokio::time::Instant::now() + period;
-        let mut ticks = tokio::time::interval_at(start, period);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
-            let Some(inner) = engine.upgrade() else {
-                return;
-            };
-            match (SyncEngine { inner }).figures().await {
-                Ok(figures) => figures.emit(),
-                Err(error) => {
-                    tracing::warn!(target: METRICS_TARGET, %error, "reading the sync figures failed");
-                }
+    let span = tracing::info_span!("rhtmx_sync_metrics");
+    crate::engine::every(engine, period, span, |engine| async move {
+        match engine.figures().await {
+            Ok(figures) => figures.emit(),
+            Err(error) => {
+                tracing::warn!(target: METRICS_TARGET, %error, "reading the sync figures failed");
             }
         }
-    };
-    tokio::spawn(task.instrument(tracing::info_span!("rhtmx_sync_metrics")));
+    });
 }
