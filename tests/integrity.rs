@@ -284,3 +284,129 @@ async fn a_damaged_log_is_corrected_by_an_audit_and_clients_refetch_those_rows(b
     assert_eq!(server.engine.audit().await.unwrap(), 0);
 }
 both!(a_damaged_log_is_corrected_by_an_audit_and_clients_refetch_those_rows);
+
+async fn a_damaged_log_is_found_by_the_next_digest_request_and_only_those_rows_refetched(
+    backend: Backend,
+) {
+    let db = TestDb::new(backend).await;
+    let server = start(&db).await;
+    history(&server).await;
+    let (mut early, early_cursor) = mirror(&server.base).await;
+    let truth = digest(&early);
+
+    // Four rows' latest entries damaged on the server: data altered, the entry
+    // removed, the entry moved to another row, the data no longer JSON.
+    let altered = latest(&server.db, todo_id("r42")).await;
+    server
+        .db
+        .execute(
+            "UPDATE _rhtmx_sync_log SET data = replace(data, 'todo 42', 'evil') WHERE version = $1",
+            args![altered],
+        )
+        .await;
+    let removed = latest(&server.db, todo_id("r50")).await;
+    server
+        .db
+        .execute(
+            "DELETE FROM _rhtmx_sync_log WHERE version = $1",
+            args![removed],
+        )
+        .await;
+    let moved = latest(&server.db, todo_id("r60")).await;
+    server
+        .db
+        .execute(
+            "UPDATE _rhtmx_sync_log SET entity_id = $1 WHERE version = $2",
+            args![todo_id("ghost"), moved],
+        )
+        .await;
+    let garbled = latest(&server.db, todo_id("r70")).await;
+    server
+        .db
+        .execute(
+            "UPDATE _rhtmx_sync_log SET data = '{\"title\": \"todo 7' WHERE version = $1",
+            args![garbled],
+        )
+        .await;
+    let (mut late, late_cursor) = mirror(&server.base).await;
+    assert_ne!(
+        digest(&late),
+        truth,
+        "a client pulling now mirrors the damage"
+    );
+
+    // The client's check after that pull: the digest of the log agrees with it, but
+    // the server compared its log with the table and logged what differed: the three
+    // rows, and a delete of the row that never was.
+    let (status, body) = get(
+        &server.base,
+        &format!("/api/sync/todos/digest?at={late_cursor}"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["corrected"], 5, "{body}");
+    all_numbered(&server.db).await;
+    // Each client refetches those rows and nothing else, and holds the table.
+    let (n, cursor) = pull_into(&server.base, &mut late, &late_cursor).await;
+    assert_eq!(n, 5);
+    assert_eq!(digest(&late), truth);
+    let (n, _) = pull_into(&server.base, &mut early, &early_cursor).await;
+    assert_eq!(n, 5);
+    assert_eq!(digest(&early), truth);
+    // In step again: nothing more to correct, for the check or the audit.
+    let (_, body) = get(&server.base, &format!("/api/sync/todos/digest?at={cursor}")).await;
+    assert_eq!(body["corrected"], 0, "{body}");
+    assert_eq!(server.engine.audit().await.unwrap(), 0);
+}
+both!(a_damaged_log_is_found_by_the_next_digest_request_and_only_those_rows_refetched);
+
+/// Writes of every kind commit while clients check: the check reads the log and the
+/// table in one snapshot, so it never takes a write in flight for damage.
+async fn the_check_finds_nothing_to_correct_while_writes_commit(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = start(&db).await;
+    history(&server).await;
+    let writer = {
+        let db = server.db.clone();
+        let base = server.base.clone();
+        tokio::spawn(async move {
+            for i in 0..60 {
+                let id = todo_id(&format!("w{i}"));
+                db.execute(
+                    "INSERT INTO todos (id, title) VALUES ($1, $2)",
+                    args![id.clone(), format!("w {i}")],
+                )
+                .await;
+                db.execute(
+                    "UPDATE todos SET title = title || '!' WHERE id = $1",
+                    args![todo_id(&format!("r{}", i * 3 % 300))],
+                )
+                .await;
+                let body = json!({"client_id": "w", "changes": [{"id": id, "action": "update",
+                    "hlc": hlc(i, 0xb), "data": {"completed": true}}]});
+                let (status, res) = push_raw(&base, "todos", body.to_string()).await;
+                assert_eq!(status, 200, "{res}");
+                if i % 4 == 0 {
+                    db.execute("DELETE FROM todos WHERE id = $1", args![id])
+                        .await;
+                }
+            }
+        })
+    };
+    let mut checks = 0;
+    while !writer.is_finished() {
+        let (_, cursor) = mirror(&server.base).await;
+        let (status, body) =
+            get(&server.base, &format!("/api/sync/todos/digest?at={cursor}")).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["corrected"], 0,
+            "a write in flight is no damage: {body}"
+        );
+        checks += 1;
+    }
+    writer.await.unwrap();
+    assert!(checks > 1, "the checks ran while the writes did");
+    assert_eq!(server.engine.audit().await.unwrap(), 0);
+}
+both!(the_check_finds_nothing_to_correct_while_writes_commit);

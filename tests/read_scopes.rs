@@ -1444,3 +1444,62 @@ async fn a_stream_says_where_it_is_when_it_had_nothing_to_send(backend: Backend)
     );
 }
 both!(a_stream_says_where_it_is_when_it_had_nothing_to_send);
+
+/// What a digest request answers `corrected` for `user`: the server checks its log
+/// against the table within that principal's scope.
+async fn corrected_for(w: &World, user: &str) -> Value {
+    let res = client()
+        .get(format!("{}/api/sync/docs/digest?at=0", w.server_base))
+        .header("x-user", user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.unwrap();
+    body["corrected"].clone()
+}
+
+async fn the_log_check_of_a_digest_request_covers_the_principals_scope(backend: Backend) {
+    let w = World::new(backend, "check").await;
+    populate(&w).await;
+    // A row that moved between tenants is in step for both.
+    w.pool
+        .execute(
+            "INSERT INTO docs VALUES ('moving', $1, 'first')",
+            args![w.tenant(0)],
+        )
+        .await;
+    w.pool
+        .execute(
+            "UPDATE docs SET tenant_id = $1, body = 'moved' WHERE id = 'moving'",
+            args![w.tenant(1)],
+        )
+        .await;
+    w.engine.head().await.unwrap();
+    for user in &w.users {
+        assert_eq!(
+            corrected_for(&w, user).await,
+            0,
+            "{user}: nothing to correct"
+        );
+    }
+    // Tenant 1's doc damaged in the log: tenant 0 has no business with it, tenant 1's
+    // first request corrects it.
+    w.pool
+        .execute(
+            "UPDATE _rhtmx_sync_log SET data = replace(data, 'internal', 'forged') \
+             WHERE entity = 'docs' AND entity_id = 'doc-of-1'",
+            args![],
+        )
+        .await;
+    assert_eq!(corrected_for(&w, &w.users[0]).await, 0);
+    assert_eq!(corrected_for(&w, &w.users[2]).await, 1);
+    assert_eq!(corrected_for(&w, &w.users[3]).await, 0);
+    let (_, page) = w.pull_as(&w.users[2], "docs", "0").await;
+    let page: Value = serde_json::from_str(&page).unwrap();
+    let last = page["changes"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["id"], "doc-of-1");
+    assert_eq!(last["data"]["body"], "internal", "{last}");
+    assert_eq!(w.engine.audit().await.unwrap(), 0);
+}
+both!(the_log_check_of_a_digest_request_covers_the_principals_scope);

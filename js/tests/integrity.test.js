@@ -105,3 +105,43 @@ test("a change damaged in transit is repaired in the same sync", async () => {
   assert.ok(event.detail.buckets.length <= 2, JSON.stringify(event.detail));
   assert.deepEqual(await mirrored(page), table());
 });
+
+test("a log entry damaged on the server is corrected at the next sync, and the page refetches that row alone", async () => {
+  for (let i = 1; i <= 40; i++) {
+    dbExec(w.server.dbPath, `INSERT INTO todos (id, title, completed) VALUES ('${id(i)}', 'todo ${i}', false)`);
+  }
+  // Edited by hand on the server: the log no longer says what the table holds.
+  dbExec(
+    w.server.dbPath,
+    `UPDATE _rhtmx_sync_log SET data = replace(data, '"todo 7"', '"evil"') WHERE entity = 'todos' AND entity_id = '${id(7)}'`,
+  );
+  // How many changes each pull brings (the answers pass through unchanged).
+  const pulled = [];
+  w.proxy.rule({
+    match: (req) => req.method === "GET" && req.url.startsWith("/api/sync/todos?"),
+    respond: (req, res) => {
+      fetch(new URL(req.url, w.server.base), { headers: { cookie: req.headers.cookie ?? "" } })
+        .then((r) => r.text().then((body) => [r.status, body]))
+        .then(([status, body]) => {
+          if (status === 200) pulled.push(JSON.parse(body).changes.map((c) => c.id));
+          res.writeHead(status, { "Content-Type": "application/json" });
+          res.end(body);
+        });
+      return true;
+    },
+  });
+  const page = await openApp(w.context, w.proxy.base);
+  await integrity(page);
+  const [event] = await events(page, "integrity");
+  assert.equal(event.detail.ok, true, "the mirror holds what the log said");
+  assert.equal(event.detail.corrected, 1, JSON.stringify(event.detail));
+  assert.deepEqual(await mirrored(page), table());
+  assert.equal((await mirrored(page))[id(7)], "todo 7");
+  assert.deepEqual(pulled.map((p) => p.length), [40, 1], JSON.stringify(pulled));
+  assert.deepEqual(pulled[1], [id(7)]);
+  // In step now: the next sync corrects nothing.
+  await page.reload();
+  await integrity(page);
+  const [again] = await events(page, "integrity");
+  assert.equal(again.detail.corrected, 0, JSON.stringify(again.detail));
+});

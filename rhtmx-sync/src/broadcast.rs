@@ -231,8 +231,10 @@ async fn tick(
         // not stop the events of every entity: it is logged and tried again at the next
         // check.
         let refreshed = async {
-            let matching = registry.refresh(conn).await?;
-            capture::refresh(conn, &matching, generation).await
+            let refreshed = registry.refresh(conn).await?;
+            let steps = capture::refresh(conn, &refreshed.matching, generation).await?;
+            registry.publish(refreshed);
+            Ok::<_, crate::Error>(steps)
         };
         match refreshed.await {
             Ok(steps) => {

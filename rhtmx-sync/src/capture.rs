@@ -365,7 +365,7 @@ const SAFE_INTEGER: &str = "9007199254740991";
 /// exactly as `json_object` does and leaves a JSON value as it is), parsed once by
 /// `json`. No JSON path is involved, so a column name may hold any character; paths
 /// (`'$."name"'`) cannot name a key containing `"`, and misread `.`, `[` or `$`.
-pub(super) fn row_json(entity: &Entity, row: &str) -> String {
+pub(crate) fn row_json(entity: &Entity, row: &str) -> String {
     let pairs: Vec<(&str, String)> = entity
         .columns
         .iter()

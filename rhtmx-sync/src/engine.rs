@@ -98,12 +98,16 @@ impl Registry {
             .clone()
     }
 
-    /// Reads every registration against the schema again and makes the result current.
-    /// Returns the entities that match their table now. One that no longer does (its
+    /// Reads every registration against the schema again. [`Refreshed::matching`]
+    /// holds the entities that match their table now; one that no longer does (its
     /// table is gone, or lost a column its model names) keeps its previous definition for
-    /// requests, is logged, and is left out of the result, so that no trigger naming a
-    /// missing column is installed for it.
-    pub(crate) async fn refresh(&self, conn: &mut impl Schema) -> Result<Vec<Arc<Entity>>> {
+    /// requests, is logged, and is left out, so that no trigger naming a missing column
+    /// is installed for it.
+    ///
+    /// Nothing changes until [`Registry::publish`]: the caller installs the capture of
+    /// `matching` first, so a push never writes a column (one just added) that the
+    /// triggers would not log yet.
+    pub(crate) async fn refresh(&self, conn: &mut impl Schema) -> Result<Refreshed> {
         let before = self.load();
         let mut next = Vec::with_capacity(self.specs.len());
         let mut matching = Vec::with_capacity(self.specs.len());
@@ -141,12 +145,23 @@ impl Registry {
                 }
             }
         }
+        Ok(Refreshed { next, matching })
+    }
+
+    /// Makes a refreshed registry current.
+    pub(crate) fn publish(&self, refreshed: Refreshed) {
         *self
             .current
             .write()
-            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(Entities(next));
-        Ok(matching)
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Arc::new(Entities(refreshed.next));
     }
+}
+
+/// The registry as [`Registry::refresh`] read it, not yet current.
+pub(crate) struct Refreshed {
+    next: Vec<Arc<Entity>>,
+    /// The entities that match their table now.
+    pub matching: Vec<Arc<Entity>>,
 }
 
 /// Tunables, all with defaults that suit a typical app.
@@ -255,6 +270,8 @@ pub(crate) struct Inner {
     /// How long the log keeps what (see `crate::compaction`), and the latest pass.
     pub compaction: Compaction,
     pub last_compaction: LastReport,
+    /// The digest route's check of the log against the tables (`crate::audit`).
+    pub checks: crate::audit::Checks,
     tailer: JoinHandle<()>,
 }
 
@@ -833,6 +850,7 @@ impl SyncEngineBuilder {
                 scoped,
                 compaction: self.compaction,
                 last_compaction: LastReport::default(),
+                checks: crate::audit::Checks::default(),
                 options: self.options,
                 clock,
                 log_id,

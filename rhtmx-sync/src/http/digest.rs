@@ -122,7 +122,21 @@ pub(crate) async fn digest(
         digest.add(&name, id, data)
     })
     .await?;
-    Ok(answer(walked, &name, "buckets", json!(digest.hex())))
+    let Ok(at) = walked else {
+        return Ok(answer(walked, &name, &[]));
+    };
+    // The digest is of the log: an entry damaged on the server agrees with the client
+    // that mirrored it. What the check corrects is logged after the cursor.
+    let entity = engine.entity(&name)?;
+    let corrected = engine.check_log(&entity, access.read(&entity.name)).await?;
+    Ok(answer(
+        Ok(at),
+        &name,
+        &[
+            ("buckets", json!(digest.hex())),
+            ("corrected", json!(corrected)),
+        ],
+    ))
 }
 
 #[tracing::instrument(skip_all, fields(entity = %name))]
@@ -156,20 +170,21 @@ pub(crate) async fn rows(
         }
     })
     .await?;
-    Ok(answer(walked, &name, "rows", Value::Array(rows)))
+    Ok(answer(walked, &name, &[("rows", Value::Array(rows))]))
 }
 
-/// `{entity, version, cursor, <field>: value}` for a walked state, or its reset.
+/// `{entity, version, cursor, <fields>}` for a walked state, or its reset.
 fn answer(
     walked: std::result::Result<(i64, String), Response>,
     name: &str,
-    field: &str,
-    value: Value,
+    fields: &[(&str, Value)],
 ) -> Response {
     match walked {
         Ok((version, cursor)) => {
             let mut body = json!({"entity": name, "version": version, "cursor": cursor});
-            body[field] = value;
+            for (field, value) in fields {
+                body[*field] = value.clone();
+            }
             Json(body).into_response()
         }
         Err(reset) => reset,

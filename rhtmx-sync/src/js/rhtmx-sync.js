@@ -456,22 +456,35 @@
       if (!res.ok) throw new Error(`${path.split("?")[0]} ${entity}: ${res.status}`);
       return res.json();
     };
-    const theirs = (await get(`digest?at=${encodeURIComponent(at)}`)).buckets;
+    const answer = await get(`digest?at=${encodeURIComponent(at)}`);
+    const theirs = answer.buckets;
     const mine = await localDigest(entity);
     const bad = mine.buckets.flatMap((h, i) => (h === theirs[i] ? [] : [i]));
     const version = num(at);
-    if (!bad.length) return emit("integrity", { entity, ok: true, version });
-    log("integrity: buckets differ", entity, bad);
-    const { rows } = await get(`rows?at=${encodeURIComponent(at)}&buckets=${bad.join(",")}`);
-    await run(entity, "readwrite", (tx) => {
-      const store = tx.objectStore(entity);
-      for (const [id, bucket] of mine.rows) if (bad.includes(bucket)) store.delete(id);
-      for (const r of rows) store.put({ ...r.data, _version: version }, r.id);
-    });
-    emit("integrity", { entity, ok: false, version, buckets: bad, repaired: rows.length });
-    const detail = { entity, action: "repair", version };
-    markChanged(detail);
-    tell({ type: "changed", details: [detail] });
+    let rows = [];
+    if (bad.length) {
+      log("integrity: buckets differ", entity, bad);
+      ({ rows } = await get(`rows?at=${encodeURIComponent(at)}&buckets=${bad.join(",")}`));
+      await run(entity, "readwrite", (tx) => {
+        const store = tx.objectStore(entity);
+        for (const [id, bucket] of mine.rows) if (bad.includes(bucket)) store.delete(id);
+        for (const r of rows) store.put({ ...r.data, _version: version }, r.id);
+      });
+      const detail = { entity, action: "repair", version };
+      markChanged(detail);
+      tell({ type: "changed", details: [detail] });
+    }
+    // The server found its own log damaged and logged those rows as they are, after
+    // our cursor: pulling now refetches exactly them (after the repair, which is of
+    // the state at our cursor).
+    const corrected = answer.corrected || 0;
+    if (corrected) {
+      log("integrity: the server corrected its log", entity, corrected);
+      await pull(entity);
+    }
+    const detail = { entity, ok: !bad.length, version, corrected };
+    if (bad.length) Object.assign(detail, { buckets: bad, repaired: rows.length });
+    emit("integrity", detail);
   }
 
   // ---- live events (leader only) ---------------------------------------------------------

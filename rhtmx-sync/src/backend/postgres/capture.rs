@@ -453,14 +453,21 @@ pub(crate) async fn reconcile(conn: &mut PgConnection, entity: &Entity) -> Resul
                  _now.scope
              FROM _now LEFT JOIN _last ON _last.entity_id = _now.entity_id
              WHERE _last.action IS NULL OR _last.action = 'delete'
-                OR EXISTS (SELECT 1 FROM jsonb_each(_now.data::jsonb) AS _n
-                           LEFT JOIN jsonb_each(_last.data::jsonb) AS _w ON _w.key = _n.key
+                -- The same text is the same row; an entry that is not a JSON object
+                -- (damaged) differs from every row.
+                OR CASE WHEN _now.data = _last.data THEN false
+                   WHEN jsonb_typeof(_rhtmx_sync_jsonb(_last.data)) IS DISTINCT FROM 'object'
+                   THEN true
+                   ELSE EXISTS (SELECT 1 FROM jsonb_each(_now.data::jsonb) AS _n
+                           LEFT JOIN jsonb_each(_rhtmx_sync_jsonb(_last.data)) AS _w
+                           ON _w.key = _n.key
                            WHERE (_w.key IS NULL AND _n.value <> 'null'::jsonb)
                               OR _w.value <> _n.value)
-                OR EXISTS (SELECT 1 FROM jsonb_object_keys(_last.data::jsonb) AS _w(key)
+                   OR EXISTS (SELECT 1 FROM jsonb_object_keys(_rhtmx_sync_jsonb(_last.data))
+                           AS _w(key)
                            WHERE _w.key NOT IN (SELECT attname FROM pg_attribute
                                WHERE attrelid = to_regclass({table_name}) AND attnum > 0
-                               AND NOT attisdropped))
+                               AND NOT attisdropped)) END
              ORDER BY _now.entity_id
              RETURNING 1)
          SELECT (SELECT count(*) FROM _gone) + (SELECT count(*) FROM _changed)"

@@ -7,6 +7,7 @@
 //! committed entries consecutive versions under one lock, after their transaction
 //! committed. See docs/ARCHITECTURE.md ("Versions on PostgreSQL").
 
+pub(crate) mod audit;
 pub(crate) mod capture;
 mod compact;
 pub(crate) mod figures;
@@ -87,7 +88,7 @@ pub(crate) async fn start(
 pub(crate) const SCHEMA_LOCK: i64 = 0x7268_746d_7873_0001;
 
 /// The `schema_version` [`DDL`] records (kept in step with it).
-const SCHEMA_VERSION: &str = "6";
+const SCHEMA_VERSION: &str = "7";
 
 /// The channel the stamper notifies, once per stamped batch.
 pub(crate) const CHANNEL: &str = "_rhtmx_sync";
@@ -127,6 +128,15 @@ CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_row_version
     ON _rhtmx_sync_log (entity, entity_id, version);
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_digest ON _rhtmx_sync_log (digest)
     WHERE digest IS NOT NULL;
+-- An entry's data as jsonb, or NULL where it is not JSON (damaged): the audit compares
+-- entries with rows, and one bad entry must not make it fail (schema 7).
+CREATE OR REPLACE FUNCTION _rhtmx_sync_jsonb(t text) RETURNS jsonb
+    LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE AS $$
+BEGIN
+    RETURN t::jsonb;
+EXCEPTION WHEN invalid_text_representation THEN
+    RETURN NULL;
+END $$;
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_context (
     entity    text NOT NULL,
     entity_id text NOT NULL,
@@ -145,7 +155,7 @@ INSERT INTO _rhtmx_sync_meta (key, value)
     VALUES ('log_id', substr(md5(random()::text || clock_timestamp()::text), 1, 16))
     ON CONFLICT (key) DO NOTHING;
 INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('head', '0') ON CONFLICT (key) DO NOTHING;
-INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '6') -- SCHEMA_VERSION
+INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '7') -- SCHEMA_VERSION
     ON CONFLICT (key) DO UPDATE SET value = excluded.value
     WHERE _rhtmx_sync_meta.value::int < excluded.value::int;
 "#;

@@ -127,8 +127,9 @@ async fn follow_schema(conn: &mut PgConnection, follow: &Follow, seen: &mut Stri
     if *seen == schema_of(conn, &tables).await? {
         return Ok(());
     }
-    let matching = follow.registry.refresh(conn).await?;
-    capture::install(conn, &matching).await?;
+    let refreshed = follow.registry.refresh(conn).await?;
+    capture::install(conn, &refreshed.matching).await?;
+    follow.registry.publish(refreshed);
     tracing::info!("a registered table changed: its capture follows it");
     // Read again: the installation itself may have added triggers.
     *seen = schema_of(conn, &tables).await?;

@@ -2,6 +2,7 @@
 //! the broadcaster themselves live in `crate::log`, `crate::capture` and
 //! `crate::broadcast`, which predate the other backend).
 
+pub(crate) mod audit;
 mod compact;
 mod write;
 

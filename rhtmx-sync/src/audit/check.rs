@@ -1,0 +1,162 @@
+//! The check a digest request makes: does the log say the tables hold what they hold?
+//!
+//! A state digest (`crate::integrity`) is of the log's state, so a log entry damaged on
+//! the server — edited by hand, half restored, bit-rotted — is mirrored faithfully and
+//! the digests agree. So before answering, the digest route compares, in one read
+//! snapshot, the rows the log says the asking principal's scope holds now (each row's
+//! latest entry, in write order) with the rows the table holds in that scope. Both are
+//! folded into an order-independent sum; when the sums differ, the table is audited
+//! ([`SyncEngine::audit`]'s step for one entity), which logs a corrective entry for
+//! each row that differs, and clients pull those like any change.
+//!
+//! It costs one scan of the principal's rows in the log's index and in the table per
+//! digest request, about what the digest itself costs. A difference the audit cannot
+//! correct (two keys with one text form in an untyped column, say) would make every
+//! request audit again: after such a miss the entity is not checked for
+//! [`QUIET_AFTER_MISS`], and a warning says so.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::entity::Entity;
+use crate::error::Result;
+use crate::scope::Read;
+use crate::SyncEngine;
+
+/// How long an entity goes unchecked after the audit could not remove a difference.
+pub(crate) const QUIET_AFTER_MISS: Duration = Duration::from_secs(600);
+
+/// An order-independent sum of rows: the XOR of each row's hash, and the count.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Sum {
+    xor: [u8; 32],
+    rows: u64,
+}
+
+impl Sum {
+    /// Adds the row with key text `key` and JSON `data` (as logged, or as the table's
+    /// row would be logged). Members that are `null` do not count: a column added
+    /// without a default is in the table's row but not in entries logged before, and
+    /// the audit treats the two as equal too. Data that is not a JSON object (a damaged
+    /// entry) counts as itself, so it differs from every row.
+    pub(crate) fn add(&mut self, entity: &str, key: &str, data: Option<&str>) {
+        let row = match data.map(serde_json::from_str::<Value>) {
+            Some(Ok(Value::Object(mut members))) => {
+                members.retain(|_, v| !v.is_null());
+                Value::Object(members)
+            }
+            _ => Value::Array(vec![data.map_or(Value::Null, |d| d.into())]),
+        };
+        let hash = crate::integrity::row_hash(entity, &Value::String(key.to_owned()), &row);
+        for (x, h) in self.xor.iter_mut().zip(hash) {
+            *x ^= h;
+        }
+        self.rows += 1;
+    }
+}
+
+/// The two sides of an entity, read in one snapshot by a backend.
+#[derive(Debug, Default)]
+pub(crate) struct Sides {
+    /// The rows the log says exist: each row's latest entry unless it is a delete.
+    pub log: Sum,
+    /// The rows the table holds.
+    pub table: Sum,
+}
+
+/// When each entity was last found to differ in a way the audit did not correct, and
+/// a turn for running the audit (so that many requests that see the same damage at
+/// once audit once, and the others find it corrected).
+#[derive(Debug, Default)]
+pub(crate) struct Checks {
+    missed: Mutex<HashMap<String, Instant>>,
+    turn: tokio::sync::Mutex<()>,
+}
+
+impl SyncEngine {
+    /// Compares `entity`'s log with its table within what `read` covers, and audits
+    /// the table when they differ. Returns how many corrective entries were logged.
+    pub(crate) async fn check_log(&self, entity: &Entity, read: &Read) -> Result<u64> {
+        let checks = &self.inner.checks;
+        let missed = |now: Instant| {
+            let missed = checks.missed.lock().expect("never held across a panic");
+            missed
+                .get(&entity.table)
+                .is_some_and(|at| now.duration_since(*at) < QUIET_AFTER_MISS)
+        };
+        if missed(Instant::now()) {
+            return Ok(0);
+        }
+        let keys = read.keys_json();
+        if self.sides(entity, keys.as_deref()).await?.differ() {
+            let _turn = checks.turn.lock().await;
+            // Another request may have corrected it while this one waited.
+            if !self.sides(entity, keys.as_deref()).await?.differ() {
+                return Ok(0);
+            }
+            let corrected = self.audit_entity(entity).await?;
+            if corrected == 0 && self.sides(entity, keys.as_deref()).await?.differ() {
+                tracing::warn!(
+                    entity = &*entity.name,
+                    quiet_secs = QUIET_AFTER_MISS.as_secs(),
+                    "the change log and the table differ in a way the audit does not \
+                     correct; not checked again for a while"
+                );
+                let mut missed = checks.missed.lock().expect("never held across a panic");
+                missed.insert(entity.table.clone(), Instant::now());
+            }
+            return Ok(corrected);
+        }
+        Ok(0)
+    }
+
+    async fn sides(&self, entity: &Entity, keys: Option<&str>) -> Result<Sides> {
+        match &self.inner.pool {
+            #[cfg(feature = "sqlite")]
+            crate::Pool::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                crate::backend::sqlite::audit::sides(&mut conn, entity, keys).await
+            }
+            #[cfg(feature = "postgres")]
+            crate::Pool::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                crate::backend::postgres::audit::sides(&mut conn, entity, keys).await
+            }
+        }
+    }
+}
+
+impl Sides {
+    fn differ(&self) -> bool {
+        self.log != self.table
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sum;
+
+    #[test]
+    fn a_sum_is_of_the_rows_not_their_order_nor_their_null_members() {
+        let (mut a, mut b) = (Sum::default(), Sum::default());
+        a.add("t", "1", Some(r#"{"id":1,"x":"a"}"#));
+        a.add("t", "2", Some(r#"{"id":2,"x":null}"#));
+        b.add("t", "2", Some(r#"{"id":2}"#));
+        b.add("t", "1", Some(r#"{"x":"a","id":1.0}"#));
+        assert_eq!(a, b);
+        let mut c = b;
+        c.add("t", "3", Some("{\"id\":3,"));
+        assert_ne!(c, b, "a damaged entry counts");
+        let mut d = Sum::default();
+        d.add("t", "2", Some(r#"{"id":2}"#));
+        d.add("t", "1", Some(r#"{"x":"b","id":1}"#));
+        assert_ne!(d, b, "another value");
+        let mut e = Sum::default();
+        e.add("t", "2", Some(r#"{"id":2}"#));
+        e.add("t", "9", Some(r#"{"x":"a","id":1}"#));
+        assert_ne!(e, b, "another key");
+    }
+}
