@@ -76,6 +76,7 @@ async fn repair(base: &str, cursor: &str, mirror: &mut Mirror, buckets: &[usize]
     )
     .await;
     assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], true, "{body}");
     mirror.retain(|_, (id, _)| !buckets.contains(&bucket(id)));
     let rows = body["rows"].as_array().unwrap();
     for r in rows {
@@ -410,3 +411,33 @@ async fn the_check_finds_nothing_to_correct_while_writes_commit(backend: Backend
     assert_eq!(server.engine.audit().await.unwrap(), 0);
 }
 both!(the_check_finds_nothing_to_correct_while_writes_commit);
+
+/// A cursor a page of a first sync ended on below the compaction horizon resumes, but
+/// the state at it is no longer in the log: its digest is unknown, not a reset.
+async fn a_digest_at_a_cursor_below_the_horizon_is_unknown_not_a_reset(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = start_with(&db, |b| {
+        b.compaction(Compaction::new().keep_history(Duration::ZERO).every(None))
+    })
+    .await;
+    history(&server).await;
+    server.engine.compact().await.unwrap();
+    let (status, page) = pull(&server.base, "todos", "?since=0&limit=7").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["has_more"], true);
+    let cursor = page["cursor"].as_str().unwrap().to_owned();
+    let (status, body) = get(&server.base, &format!("/api/sync/todos/digest?at={cursor}")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["buckets"], Value::Null, "{body}");
+    let (status, body) = get(
+        &server.base,
+        &format!("/api/sync/todos/rows?at={cursor}&buckets=0,1,2"),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["complete"], false, "{body}");
+    // The cursor still resumes: the first sync goes on.
+    let (status, page) = pull(&server.base, "todos", &format!("?since={cursor}")).await;
+    assert_eq!(status, 200, "{page}");
+}
+both!(a_digest_at_a_cursor_below_the_horizon_is_unknown_not_a_reset);

@@ -1503,3 +1503,30 @@ async fn the_log_check_of_a_digest_request_covers_the_principals_scope(backend: 
     assert_eq!(w.engine.audit().await.unwrap(), 0);
 }
 both!(the_log_check_of_a_digest_request_covers_the_principals_scope);
+
+async fn another_scopes_erasure_leaves_a_readers_cursor_valid(backend: Backend) {
+    let w = World::new(backend, "erased-cursor").await;
+    populate(&w).await;
+    // Tenant 1 writes last: tenant 0's complete pull ends on tenant 1's entry.
+    w.pool
+        .execute(
+            "INSERT INTO docs VALUES ('t1-doc', $1, 'theirs')",
+            args![w.tenant(1)],
+        )
+        .await;
+    w.engine.head().await.unwrap();
+    let (status, page) = w.pull_as(w.user(0), "docs", "0").await;
+    assert_eq!(status, 200, "{page}");
+    let page: Value = serde_json::from_str(&page).unwrap();
+    let cursor = page["cursor"].as_str().unwrap().to_owned();
+    w.pool
+        .execute("DELETE FROM docs WHERE id = 't1-doc'", args![])
+        .await;
+    w.engine.erase("docs", ["t1-doc"]).await.unwrap();
+    w.engine.head().await.unwrap();
+    // The entry it stood on is gone; tenant 0 goes on without a resync.
+    let (status, page) = w.pull_as(w.user(0), "docs", &cursor).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(ids(&page).is_empty(), "nothing of tenant 1: {page}");
+}
+both!(another_scopes_erasure_leaves_a_readers_cursor_valid);

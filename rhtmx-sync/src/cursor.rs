@@ -198,6 +198,14 @@ pub(crate) async fn check(
             if entry.is_none() && cursor.version == horizon {
                 return Ok(Some(Reset::BehindHorizon));
             }
+            // Above the horizon only an erasure removes entries (compaction works
+            // below it, and versions have no gaps): the cursor stood on an entry of a
+            // row since erased — often another scope's, that a quiet stream passed.
+            // Nothing is left to check it by; it resumes as a bare version would,
+            // rather than every reader of the log resyncing after each erasure.
+            if entry.is_none() && cursor.version > horizon {
+                return Ok(access_check(cursor, access));
+            }
             return Ok(Some(Reset::OtherHistory));
         }
     }

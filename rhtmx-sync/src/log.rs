@@ -337,30 +337,6 @@ pub(crate) async fn read_entity(
     Ok(query.fetch_all(&mut *conn).await?)
 }
 
-#[cfg(feature = "sqlite")]
-/// The latest entry at or below `upto` of up to `limit` rows of `entity` keyed after
-/// `after`, in key order.
-pub(crate) async fn latest_at(
-    conn: &mut SqliteConnection,
-    entity: &str,
-    upto: i64,
-    after: &str,
-    limit: i64,
-) -> Result<Vec<LogRow>> {
-    Ok(sqlx::query_as(&format!(
-        "SELECT {ROW_COLUMNS} FROM (SELECT entity_id AS k, max(version) AS v FROM {LOG_TABLE} \
-         WHERE entity = ?1 AND version <= ?2 AND entity_id > ?3 \
-         GROUP BY entity_id ORDER BY entity_id LIMIT ?4) AS t \
-         JOIN {LOG_TABLE} ON version = t.v ORDER BY t.k"
-    ))
-    .bind(entity)
-    .bind(upto)
-    .bind(after)
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?)
-}
-
 #[cfg(all(test, feature = "sqlite"))]
 mod tests {
     use super::*;

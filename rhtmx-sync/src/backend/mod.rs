@@ -192,15 +192,6 @@ pub(crate) trait ReadLog: Send {
         limit: i64,
         select: Select,
     ) -> impl Future<Output = Result<Vec<LogRow>>> + Send;
-    /// The latest entry at or below `upto` of up to `limit` rows of `entity` whose key
-    /// text sorts after `after`, in key order: the state at `upto` (`crate::integrity`).
-    fn latest_at(
-        &mut self,
-        entity: &str,
-        upto: i64,
-        after: &str,
-        limit: i64,
-    ) -> impl Future<Output = Result<Vec<LogRow>>> + Send;
 }
 
 #[cfg(feature = "sqlite")]
@@ -229,15 +220,6 @@ impl ReadLog for SqliteConnection {
         select: Select,
     ) -> Result<Vec<LogRow>> {
         log::read_entity(self, entity, range, keys, limit, select).await
-    }
-    async fn latest_at(
-        &mut self,
-        entity: &str,
-        upto: i64,
-        after: &str,
-        limit: i64,
-    ) -> Result<Vec<LogRow>> {
-        log::latest_at(self, entity, upto, after, limit).await
     }
 }
 
@@ -287,14 +269,5 @@ impl ReadLog for Conn {
         select: Select,
     ) -> Result<Vec<LogRow>> {
         each!(self, c => c.read_entity(entity, range, keys, limit, select).await)
-    }
-    async fn latest_at(
-        &mut self,
-        entity: &str,
-        upto: i64,
-        after: &str,
-        limit: i64,
-    ) -> Result<Vec<LogRow>> {
-        each!(self, c => c.latest_at(entity, upto, after, limit).await)
     }
 }

@@ -1,18 +1,33 @@
 //! `GET {prefix}/{entity}/digest?at=` and `GET {prefix}/{entity}/rows?at=&buckets=`:
 //! the principal's state of an entity at a cursor, as a digest and as the rows of some
 //! buckets (see `crate::integrity`).
+//!
+//! The state is read as a first pull reads it (`Select::Latest` from 0 up to the
+//! cursor, filtered by the principal's scope in SQL), a page per pooled connection: the
+//! work grows with what the principal may read, not with the table, and the rows of
+//! every bucket are streamed, never held. When compaction has passed the cursor, the
+//! state there is no longer in the log (a row's entry at it may be superseded and gone):
+//! the digest is `null` and the rows `complete: false` — the client checks again at a
+//! later cursor rather than resyncing.
 
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures_util::TryStreamExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::backend::ReadLog;
-use crate::cursor::{self, Cursor, Reset};
+use crate::backend::{ReadLog, Select};
+use crate::cursor::{self, Cursor};
+use crate::entity::Entity;
 use crate::error::{quote, Error, Result};
 use crate::integrity::{self, Digest, BUCKETS};
+use crate::log::LogRow;
 use crate::principal::Asking;
 use crate::scope::{Read, View};
 use crate::SyncEngine;
@@ -32,19 +47,30 @@ pub(crate) struct RowsQuery {
     buckets: String,
 }
 
-/// Rows read per query while walking the state.
+/// Entries read per pooled connection while walking the state.
 const PAGE: i64 = 1000;
 
-/// The state at a checked cursor: calls `each(id, data)` for every row the principal
-/// holds there, and returns the cursor's version and token; or the reset to answer.
-async fn walk(
+/// Rows are flushed to the socket in chunks of about this many bytes.
+const CHUNK: usize = 16 * 1024;
+
+/// A state request whose cursor checked out.
+struct At {
+    entity: Arc<Entity>,
+    read: Read,
+    keys: Option<String>,
+    version: i64,
+    /// The cursor to answer with.
+    token: String,
+}
+
+/// The principal's state of `name` at the cursor `at`, checked; or the reset to answer.
+async fn check(
     engine: &SyncEngine,
     name: &str,
     access: &crate::scope::Access,
     at: &str,
-    mut each: impl FnMut(&Value, &Value),
-) -> Result<std::result::Result<(i64, String), Response>> {
-    let entity = engine.entity(name)?;
+) -> Result<std::result::Result<At, Response>> {
+    let entity = engine.entity(name)?.clone();
     let read = access.read(&entity.name).clone();
     if read == Read::Nothing {
         return Err(Error::NotReadable(name.to_owned()));
@@ -55,7 +81,6 @@ async fn walk(
             quote(at)
         ))
     })?;
-    let _place = engine.inner.pulls.take(&access.principal)?;
     let log_id = &engine.inner.log_id;
     let suffix = access.suffix();
     let mut conn = engine.inner.pool.acquire().await?;
@@ -65,48 +90,60 @@ async fn walk(
         let head_id = cursor::token(&mut conn, log_id, head).await? + suffix;
         return Ok(Err(super::pull::reset(&head_id, head, why)));
     }
-    let mut after = String::new();
-    loop {
-        let rows = conn
-            .latest_at(&entity.name, at.version, &after, PAGE)
-            .await?;
-        for row in &rows {
-            let held = match read.view_row(row) {
-                View::AsIs => row.action != "delete",
-                View::Entering => true,
-                View::Hidden | View::Removal => false,
-            };
-            if !held {
-                continue;
-            }
-            let data: Value = row
-                .data
-                .as_deref()
+    let token = match at.version {
+        0 => "0".to_owned(),
+        v => {
+            let purges = conn.purges().await?;
+            cursor::token_resuming(&mut conn, log_id, v, purges).await? + suffix
+        }
+    };
+    let keys = read.keys_json();
+    Ok(Ok(At {
+        entity,
+        read,
+        keys,
+        version: at.version,
+        token,
+    }))
+}
+
+/// The next page of the state at `at` after version `after`, on a pooled connection of
+/// its own; `None` when compaction has passed the cursor (the state is no longer there).
+async fn page(engine: &SyncEngine, at: &At, after: i64) -> Result<Option<Vec<LogRow>>> {
+    if matches!(&at.read, Read::Keys(keys) if keys.is_empty()) {
+        return Ok(Some(Vec::new()));
+    }
+    let mut conn = engine.inner.pool.acquire().await?;
+    let rows = conn
+        .read_entity(
+            &at.entity.name,
+            (after, at.version),
+            at.keys.as_deref(),
+            PAGE,
+            Select::Latest { fresh: true },
+        )
+        .await?;
+    // Read after the page: a pass that removed an entry of it had raised it first.
+    if at.version > 0 && conn.horizon().await? > at.version {
+        return Ok(None);
+    }
+    Ok(Some(rows))
+}
+
+/// The rows of a page the principal holds, as `(id, data)`.
+fn held<'a>(at: &'a At, rows: &'a [LogRow]) -> impl Iterator<Item = (Value, Value)> + 'a {
+    rows.iter()
+        .filter(|row| match at.read.view_row(row) {
+            View::AsIs => row.action != "delete",
+            View::Entering => true,
+            View::Hidden | View::Removal => false,
+        })
+        .map(|row| {
+            let data = (row.data.as_deref())
                 .and_then(|d| serde_json::from_str(d).ok())
                 .unwrap_or(Value::Null);
-            each(&entity.wire_id(&row.entity_id), &data);
-        }
-        match rows.last() {
-            Some(last) if rows.len() as i64 == PAGE => after = last.entity_id.clone(),
-            _ => break,
-        }
-    }
-    // Compaction that moved past the cursor meanwhile may have taken a row's entry at
-    // it: the state read may be short, and the cursor is no longer resumable anyway.
-    if conn.horizon().await? > at.version {
-        let head_id = cursor::token(&mut conn, log_id, head).await? + suffix;
-        return Ok(Err(super::pull::reset(
-            &head_id,
-            head,
-            Reset::BehindHorizon,
-        )));
-    }
-    let token = if at.version == 0 {
-        "0".to_owned()
-    } else {
-        cursor::token(&mut conn, log_id, at.version).await? + suffix
-    };
-    Ok(Ok((at.version, token)))
+            (at.entity.wire_id(&row.entity_id), data)
+        })
 }
 
 #[tracing::instrument(skip_all, fields(entity = %name))]
@@ -117,26 +154,55 @@ pub(crate) async fn digest(
     query: std::result::Result<Query<DigestQuery>, QueryRejection>,
 ) -> Result<Response> {
     let Query(query) = query.map_err(|e| Error::BadQuery(e.body_text()))?;
+    let _place = engine.inner.pulls.take(&access.principal)?;
+    let at = match check(&engine, &name, &access, &query.at).await? {
+        Ok(at) => at,
+        Err(reset) => return Ok(reset),
+    };
     let mut digest = Digest::default();
-    let walked = walk(&engine, &name, &access, &query.at, |id, data| {
-        digest.add(&name, id, data)
-    })
-    .await?;
-    let Ok(at) = walked else {
-        return Ok(answer(walked, &name, &[]));
+    let mut after = 0;
+    let buckets = loop {
+        let Some(rows) = page(&engine, &at, after).await? else {
+            break Value::Null;
+        };
+        for (id, data) in held(&at, &rows) {
+            digest.add(&at.entity.name, &id, &data);
+        }
+        match rows.last() {
+            Some(last) if rows.len() as i64 == PAGE => after = last.version,
+            _ => break json!(digest.hex()),
+        }
     };
     // The digest is of the log: an entry damaged on the server agrees with the client
     // that mirrored it. What the check corrects is logged after the cursor.
-    let entity = engine.entity(&name)?;
-    let corrected = engine.check_log(&entity, access.read(&entity.name)).await?;
-    Ok(answer(
-        Ok(at),
-        &name,
-        &[
-            ("buckets", json!(digest.hex())),
-            ("corrected", json!(corrected)),
-        ],
-    ))
+    let corrected = engine.check_log(&at.entity, &at.read).await?;
+    Ok(Json(json!({
+        "entity": name,
+        "version": at.version,
+        "cursor": at.token,
+        "buckets": buckets,
+        "corrected": corrected,
+    }))
+    .into_response())
+}
+
+/// The buckets a `buckets` parameter names.
+fn buckets(list: &str) -> Result<[bool; BUCKETS]> {
+    let mut wanted = [false; BUCKETS];
+    for part in list.split(',') {
+        // Digits as the client writes them: no sign, no leading zeros.
+        let plain = part == "0" || (!part.starts_with('0') && !part.is_empty());
+        match part.parse::<usize>() {
+            Ok(b) if b < BUCKETS && plain && part.bytes().all(|c| c.is_ascii_digit()) => {
+                wanted[b] = true
+            }
+            _ => return Err(Error::BadQuery(format!(
+                "`buckets` must be bucket numbers below {BUCKETS}, separated by commas, not `{}`",
+                quote(list)
+            ))),
+        }
+    }
+    Ok(wanted)
 }
 
 #[tracing::instrument(skip_all, fields(entity = %name))]
@@ -147,46 +213,53 @@ pub(crate) async fn rows(
     query: std::result::Result<Query<RowsQuery>, QueryRejection>,
 ) -> Result<Response> {
     let Query(query) = query.map_err(|e| Error::BadQuery(e.body_text()))?;
-    let mut wanted = [false; BUCKETS];
-    for part in query.buckets.split(',') {
-        // Digits as the client writes them: no sign, no leading zeros.
-        let plain = part == "0" || (!part.starts_with('0') && !part.is_empty());
-        match part.parse::<usize>() {
-            Ok(b) if b < BUCKETS && plain && part.bytes().all(|c| c.is_ascii_digit()) => {
-                wanted[b] = true
+    let wanted = buckets(&query.buckets)?;
+    let place = engine.inner.pulls.take(&access.principal)?;
+    let at = match check(&engine, &name, &access, &query.at).await? {
+        Ok(at) => at,
+        Err(reset) => return Ok(reset),
+    };
+    // The first page before answering: a failing database gets a 500, not a cut 200.
+    let first = page(&engine, &at, 0).await?;
+    let stream = async_stream::try_stream! {
+        let _place = place;
+        let mut buf = json!({"entity": name, "version": at.version, "cursor": at.token})
+            .to_string();
+        buf.pop();
+        buf.push_str(",\"rows\":[");
+        let (mut next, mut count) = (first, 0usize);
+        let complete = loop {
+            let Some(rows) = next else { break false };
+            for (id, data) in held(&at, &rows) {
+                if !wanted[integrity::bucket(&id)] {
+                    continue;
+                }
+                if count > 0 {
+                    buf.push(',');
+                }
+                buf.push_str(&json!({"id": id, "data": data}).to_string());
+                count += 1;
+                if buf.len() >= CHUNK {
+                    yield Bytes::from(std::mem::take(&mut buf));
+                }
             }
-            _ => {
-                return Err(Error::BadQuery(format!(
-                "`buckets` must be bucket numbers below {BUCKETS}, separated by commas, not `{}`",
-                quote(&query.buckets)
-            )))
+            match rows.last() {
+                Some(last) if rows.len() as i64 == PAGE => {
+                    next = page(&engine, &at, last.version).await?;
+                }
+                _ => break true,
             }
-        }
-    }
-    let mut rows = Vec::new();
-    let walked = walk(&engine, &name, &access, &query.at, |id, data| {
-        if wanted[integrity::bucket(id)] {
-            rows.push(json!({"id": id, "data": data}));
-        }
-    })
-    .await?;
-    Ok(answer(walked, &name, &[("rows", Value::Array(rows))]))
-}
-
-/// `{entity, version, cursor, <fields>}` for a walked state, or its reset.
-fn answer(
-    walked: std::result::Result<(i64, String), Response>,
-    name: &str,
-    fields: &[(&str, Value)],
-) -> Response {
-    match walked {
-        Ok((version, cursor)) => {
-            let mut body = json!({"entity": name, "version": version, "cursor": cursor});
-            for (field, value) in fields {
-                body[*field] = value.clone();
-            }
-            Json(body).into_response()
-        }
-        Err(reset) => reset,
-    }
+        };
+        buf.push_str(&format!("],\"complete\":{complete}}}"));
+        yield Bytes::from(buf);
+    };
+    let stream = stream.map_err(|e: Error| {
+        tracing::error!(error = %e, "a state read failed mid-stream");
+        e
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }

@@ -127,7 +127,7 @@ pub(crate) async fn events(
     // Subscribe before reading the log: whatever commits after the read below is then
     // certain to arrive through the channel.
     let mut rx = inner.hub.tx.subscribe();
-    let (head, head_id, verdict, purges) = {
+    let (head, head_id, verdict, mut purges) = {
         let mut conn = inner.pool.acquire().await?;
         let purges = conn.purges().await?;
         let head = conn.settled_head().await?;
@@ -187,8 +187,11 @@ pub(crate) async fn events(
                         // earlier event may have sent a row whose delete is gone. Below
                         // the horizon, the client must resync.
                         Ok((_, now, horizon)) if now != purges && cursor < horizon => {
-                            let Ok(id) = token(&inner.pool, &inner.log_id, head).await else { return };
+                            // From the head as it is now, and the purges as they are: a
+                            // later catch-up of this stream resets only for a later pass.
+                            let Ok((head, id)) = head_token(&inner.pool, &inner.log_id).await else { return };
                             yield Ok(reset(&(id + access.suffix()), head, Reset::BehindHorizon.reason()));
+                            purges = now;
                             cursor = head;
                             told = head;
                             tracked.at(cursor);
@@ -364,6 +367,13 @@ async fn read_page(pool: &Pool, after: i64) -> Result<(Vec<LogRow>, i64, i64)> {
     let mut conn = pool.acquire().await?;
     let rows = conn.read_after(after, CATCH_UP_PAGE).await?;
     Ok((rows, conn.purges().await?, conn.horizon().await?))
+}
+
+/// The settled head and its token.
+async fn head_token(pool: &Pool, log_id: &str) -> Result<(i64, String)> {
+    let mut conn = pool.acquire().await?;
+    let head = conn.settled_head().await?;
+    Ok((head, cursor::token(&mut conn, log_id, head).await?))
 }
 
 async fn token(pool: &Pool, log_id: &str, version: i64) -> Result<String> {

@@ -361,26 +361,4 @@ impl ReadLog for PgConnection {
         };
         Ok(query.fetch_all(&mut *self).await?)
     }
-
-    async fn latest_at(
-        &mut self,
-        entity: &str,
-        upto: i64,
-        after: &str,
-        limit: i64,
-    ) -> Result<Vec<LogRow>> {
-        Ok(sqlx::query_as(&format!(
-            "SELECT {} FROM (SELECT entity_id AS k, max(version) AS v FROM _rhtmx_sync_log \
-             WHERE entity = $1 AND version <= $2 AND entity_id > $3 \
-             GROUP BY entity_id ORDER BY entity_id LIMIT $4) AS t \
-             JOIN _rhtmx_sync_log ON version = t.v ORDER BY t.k",
-            row_columns()
-        ))
-        .bind(entity)
-        .bind(upto)
-        .bind(after)
-        .bind(limit)
-        .fetch_all(&mut *self)
-        .await?)
-    }
 }
