@@ -4,13 +4,15 @@
 //! the server — edited by hand, half restored, bit-rotted — is mirrored faithfully and
 //! the digests agree. So before answering, the digest route compares, in one read
 //! snapshot, the rows the log says the asking principal's scope holds now (each row's
-//! latest entry, in write order) with the rows the table holds in that scope. Both are
-//! folded into an order-independent sum; when the sums differ, the table is audited
+//! latest entry, in write order) with the rows the table holds in that scope: first in
+//! one SQL statement, by text; where the text differs, both sides are read out and
+//! folded into an order-independent sum of their values; when the sums differ, the
+//! table is audited
 //! ([`SyncEngine::audit`]'s step for one entity), which logs a corrective entry for
 //! each row that differs, and clients pull those like any change.
 //!
-//! It costs one scan of the principal's rows in the log's index and in the table per
-//! digest request, about what the digest itself costs. A difference the audit cannot
+//! It costs one statement per digest request: a scan of the principal's rows in the
+//! table and in the log's index, nothing read out. A difference the audit cannot
 //! correct (two keys with one text form in an untyped column, say) would make every
 //! request audit again: after such a miss the entity is not checked for
 //! [`QUIET_AFTER_MISS`], and a warning says so.
@@ -92,6 +94,10 @@ impl SyncEngine {
             return Ok(0);
         }
         let keys = read.keys_json();
+        // Compared in SQL first; only a textual difference is read out and hashed.
+        if self.in_step(entity, keys.as_deref()).await? {
+            return Ok(0);
+        }
         if self.sides(entity, keys.as_deref()).await?.differ() {
             let _turn = checks.turn.lock().await;
             // Another request may have corrected it while this one waited.
@@ -112,6 +118,21 @@ impl SyncEngine {
             return Ok(corrected);
         }
         Ok(0)
+    }
+
+    async fn in_step(&self, entity: &Entity, keys: Option<&str>) -> Result<bool> {
+        match &self.inner.pool {
+            #[cfg(feature = "sqlite")]
+            crate::Pool::Sqlite(pool) => {
+                let mut conn = pool.acquire().await?;
+                crate::backend::sqlite::audit::in_step(&mut conn, entity, keys).await
+            }
+            #[cfg(feature = "postgres")]
+            crate::Pool::Postgres(pool) => {
+                let mut conn = pool.acquire().await?;
+                crate::backend::postgres::audit::in_step(&mut conn, entity, keys).await
+            }
+        }
     }
 
     async fn sides(&self, entity: &Entity, keys: Option<&str>) -> Result<Sides> {

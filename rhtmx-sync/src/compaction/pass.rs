@@ -10,7 +10,7 @@ use crate::error::Result;
 
 /// Entries a pass rewrites in one transaction, at most: a row with more is rewritten in
 /// slices of this many, oldest first.
-pub(crate) const BATCH_ENTRIES: i64 = 2000;
+pub(crate) const BATCH_ENTRIES: i64 = 500;
 
 /// Candidate rows read per query.
 const CANDIDATES: i64 = 256;
@@ -65,6 +65,9 @@ pub(crate) trait CompactLog: Send {
         horizon: i64,
         policy: Policy<'_>,
     ) -> impl Future<Output = Result<(Plan, Duration)>> + Send;
+    /// Waits after a rewrite that held the write lock for `held`, so the app's writers
+    /// get their turn (nothing where writers do not wait for a pass).
+    fn pause(&mut self, held: Duration) -> impl Future<Output = ()> + Send;
     /// Removes replay digests written at or before `ms`; how many.
     fn expire_replays(&mut self, ms: i64) -> impl Future<Output = Result<u64>> + Send;
     /// The keys of every row of `entity` the log ever recorded in scope `key`.
@@ -144,15 +147,18 @@ async fn rewrite_all(
                 for cut in log.cuts(row, horizon, BATCH_ENTRIES).await? {
                     let (plan, held) = log.rewrite(batch, cut, middle).await?;
                     add(report, &plan, held);
+                    log.pause(held).await;
                 }
                 let (plan, held) = log.rewrite(batch, horizon, policy).await?;
                 add(report, &plan, held);
+                log.pause(held).await;
                 // A row counts once, however many slices it took.
                 report.rows = report.rows.min(rows + 1);
             }
             _ => {
                 let (plan, held) = log.rewrite(batch, horizon, policy).await?;
                 add(report, &plan, held);
+                log.pause(held).await;
             }
         }
     }

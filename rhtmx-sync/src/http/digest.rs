@@ -159,23 +159,27 @@ pub(crate) async fn digest(
         Ok(at) => at,
         Err(reset) => return Ok(reset),
     };
-    let mut digest = Digest::default();
-    let mut after = 0;
-    let buckets = loop {
-        let Some(rows) = page(&engine, &at, after).await? else {
-            break Value::Null;
-        };
-        for (id, data) in held(&at, &rows) {
-            digest.add(&at.entity.name, &id, &data);
-        }
-        match rows.last() {
-            Some(last) if rows.len() as i64 == PAGE => after = last.version,
-            _ => break json!(digest.hex()),
+    let walk = async {
+        let mut digest = Digest::default();
+        let mut after = 0;
+        loop {
+            let Some(rows) = page(&engine, &at, after).await? else {
+                return Ok(Value::Null);
+            };
+            for (id, data) in held(&at, &rows) {
+                digest.add(&at.entity.name, &id, &data);
+            }
+            match rows.last() {
+                Some(last) if rows.len() as i64 == PAGE => after = last.version,
+                _ => return Ok::<_, Error>(json!(digest.hex())),
+            }
         }
     };
     // The digest is of the log: an entry damaged on the server agrees with the client
-    // that mirrored it. What the check corrects is logged after the cursor.
-    let corrected = engine.check_log(&at.entity, &at.read).await?;
+    // that mirrored it. What the check corrects is logged after the cursor. Neither
+    // waits for the other (each on a pooled connection of its own).
+    let (buckets, corrected) = tokio::join!(walk, engine.check_log(&at.entity, &at.read));
+    let (buckets, corrected) = (buckets?, corrected?);
     Ok(Json(json!({
         "entity": name,
         "version": at.version,
@@ -196,10 +200,12 @@ fn buckets(list: &str) -> Result<[bool; BUCKETS]> {
             Ok(b) if b < BUCKETS && plain && part.bytes().all(|c| c.is_ascii_digit()) => {
                 wanted[b] = true
             }
-            _ => return Err(Error::BadQuery(format!(
+            _ => {
+                return Err(Error::BadQuery(format!(
                 "`buckets` must be bucket numbers below {BUCKETS}, separated by commas, not `{}`",
                 quote(list)
-            ))),
+            )))
+            }
         }
     }
     Ok(wanted)

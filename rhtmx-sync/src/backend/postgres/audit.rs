@@ -9,6 +9,37 @@ use crate::audit::Sides;
 use crate::entity::{quote_ident, Entity};
 use crate::error::Result;
 
+/// Whether the log and the table agree exactly within the scope keys `keys` (as on
+/// SQLite, `crate::backend::sqlite::audit::in_step`): one statement, compared in SQL.
+pub(crate) async fn in_step(
+    conn: &mut PgConnection,
+    entity: &Entity,
+    keys: Option<&str>,
+) -> Result<bool> {
+    let scope = match entity.scope_column() {
+        Some(c) => key_text("_o", c, kind_of(entity, c)),
+        None => "NULL".to_owned(),
+    };
+    let key = key_text("_o", &entity.id, kind_of(entity, &entity.id));
+    let in_keys =
+        "($2::jsonb IS NULL OR _e.scope_after IN (SELECT jsonb_array_elements_text($2::jsonb)))";
+    let sql = format!(
+        "SELECT (SELECT count(*) FROM                  (SELECT DISTINCT ON (entity_id) action, scope_after FROM _rhtmx_sync_log                   WHERE entity = $1 ORDER BY entity_id, seq DESC) AS _e                  WHERE _e.action <> 'delete' AND {in_keys}),          count(*),          count(*) FILTER (WHERE (SELECT CASE WHEN _e.action <> 'delete' AND {in_keys}                                   THEN _e.data END                                  FROM _rhtmx_sync_log AS _e                                  WHERE _e.entity = $1 AND _e.entity_id = _r.k                                  ORDER BY _e.seq DESC LIMIT 1) IS NOT DISTINCT FROM _r.j)          FROM (SELECT {key} AS k, {json} AS j, {scope} AS s                FROM (SELECT to_jsonb(_t) AS _o FROM {table} AS _t) AS _rows) AS _r          WHERE k IS NOT NULL          AND ($2::jsonb IS NULL OR s IN (SELECT jsonb_array_elements_text($2::jsonb)))",
+        json = row_json(entity, "_o"),
+        table = quote_ident(&entity.table),
+    );
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    // Values formatted as the triggers format them.
+    pin(&mut tx).await?;
+    let (logged, held, matching): (i64, i64, i64) = sqlx::query_as(&sql)
+        .bind(&entity.table)
+        .bind(keys)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(logged == held && held == matching)
+}
+
 /// Both sides of `entity` within the scope keys `keys` (a JSON array; `None`: every
 /// row), in one `REPEATABLE READ` snapshot: the log's entries and the table's rows of
 /// the same committed transactions. Entries not numbered yet count (the latest entry

@@ -176,6 +176,10 @@ impl CompactLog for PgConnection {
         Ok((plan, started.elapsed()))
     }
 
+    /// None: a pass's rewrite locks only the log entries it removes, which the app's
+    /// writers never wait for.
+    async fn pause(&mut self, _held: Duration) {}
+
     async fn expire_replays(&mut self, ms: i64) -> Result<u64> {
         Ok(sqlx::query(&format!(
             "DELETE FROM _rhtmx_sync_replays WHERE created_at <= {}",

@@ -186,6 +186,16 @@ impl CompactLog for SqliteConnection {
         Ok((plan, started.elapsed()))
     }
 
+    /// Twice as long as the lock was held. A writer that found the lock taken sleeps
+    /// in SQLite's busy handler, 1, 2, 5 … then 100 ms between tries: with batches back
+    /// to back it mostly woke while the next one held the lock, and waited up to
+    /// 433 ms during one pass. With the lock free two thirds of the time it waits a few
+    /// times what it does with no pass (BENCHMARKS.md, section 6); holding it free half
+    /// the time was not enough.
+    async fn pause(&mut self, held: Duration) {
+        tokio::time::sleep(held * 2).await;
+    }
+
     async fn expire_replays(&mut self, ms: i64) -> Result<u64> {
         Ok(sqlx::query(&format!(
             "DELETE FROM _rhtmx_sync_replays WHERE created_at <= {}",
