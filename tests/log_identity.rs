@@ -34,7 +34,30 @@ async fn stop(server: Server, db: &TestDb) {
         })
         .await;
         admin.close().await;
+    } else {
+        // The engine's own connections (the broadcaster's) close when its tasks end,
+        // after the drop: replacing the files under one still open corrupts the copy.
+        let file = db.path().canonicalize().unwrap();
+        wait_until("no connection has the database file open", || {
+            let file = file.clone();
+            async move { !open_here(&file) }
+        })
+        .await;
     }
+}
+
+/// Whether this process has `file` (or its WAL or shared-memory file) open.
+fn open_here(file: &std::path::Path) -> bool {
+    let name = file.display().to_string();
+    let ours = ["", "-wal", "-shm", "-journal"].map(|suffix| format!("{name}{suffix}"));
+    std::fs::read_dir("/proc/self/fd")
+        .map(|fds| {
+            fds.flatten().any(|fd| {
+                std::fs::read_link(fd.path())
+                    .is_ok_and(|target| ours.contains(&target.display().to_string()))
+            })
+        })
+        .unwrap_or(false)
 }
 
 /// The PostgreSQL database's name.
