@@ -1530,3 +1530,94 @@ async fn another_scopes_erasure_leaves_a_readers_cursor_valid(backend: Backend) 
     assert!(ids(&page).is_empty(), "nothing of tenant 1: {page}");
 }
 both!(another_scopes_erasure_leaves_a_readers_cursor_valid);
+
+/// A log entry edited to put a row in another tenant's scope shows it to that tenant:
+/// the check finds it, the audit logs the row's real scope (a move out of the wrong
+/// one), and each tenant is told only of its own corrections.
+async fn an_entry_moved_to_another_scope_by_hand_is_moved_back(backend: Backend) {
+    let w = World::new(backend, "scope-damage").await;
+    populate(&w).await;
+    w.pool
+        .execute(
+            "INSERT INTO docs VALUES ('secret-of-0', $1, 'alice secret')",
+            args![w.tenant(0)],
+        )
+        .await;
+    w.engine.head().await.unwrap();
+    let (_, before) = w.pull_as(w.user(2), "docs", "0").await;
+    let before: Value = serde_json::from_str(&before).unwrap();
+    let cursor = before["cursor"].as_str().unwrap().to_owned();
+    w.pool
+        .execute(
+            "UPDATE _rhtmx_sync_log SET scope_after = $1 \
+             WHERE entity = 'docs' AND entity_id = 'secret-of-0'",
+            args![w.tenant(1)],
+        )
+        .await;
+    // Tenant 1 now pulls tenant 0's row: the damage. Its check corrects it.
+    let (_, leaked) = w.pull_as(w.user(2), "docs", &cursor).await;
+    assert!(ids(&leaked).is_empty(), "a cursor past the entry: {leaked}");
+    assert_eq!(corrected_for(&w, w.user(2)).await, 1);
+    w.engine.head().await.unwrap();
+    let (status, page) = w.pull_as(w.user(2), "docs", &cursor).await;
+    assert_eq!(status, 200, "{page}");
+    let page: Value = serde_json::from_str(&page).unwrap();
+    let changes = page["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{page}");
+    assert_eq!(
+        (&changes[0]["id"], &changes[0]["action"]),
+        (&json!("secret-of-0"), &json!("delete")),
+        "a removal, no values: {page}"
+    );
+    assert!(!page.to_string().contains("alice secret"), "{page}");
+    // A fresh pull of tenant 1 no longer has it; tenant 0 holds it again.
+    let (_, fresh) = w.pull_as(w.user(2), "docs", "0").await;
+    let fresh: Value = serde_json::from_str(&fresh).unwrap();
+    let mut held = BTreeSet::new();
+    for c in fresh["changes"].as_array().unwrap() {
+        let id = c["id"].as_str().unwrap().to_owned();
+        if c["action"] == "delete" {
+            held.remove(&id);
+        } else {
+            held.insert(id);
+        }
+    }
+    assert!(!held.contains("secret-of-0"), "{fresh}");
+    assert_eq!(
+        corrected_for(&w, w.user(0)).await,
+        0,
+        "in step for tenant 0"
+    );
+    assert_eq!(w.engine.audit().await.unwrap(), 0);
+
+    // Damage in both tenants at once: each is told only of its own.
+    for (id, tenant) in [("doc-of-0", 0), ("doc-of-1", 1), ("moving-1", 1)] {
+        if id == "moving-1" {
+            w.pool
+                .execute(
+                    "INSERT INTO docs VALUES ('moving-1', $1, 'internal')",
+                    args![w.tenant(tenant)],
+                )
+                .await;
+            w.engine.head().await.unwrap();
+        }
+        w.pool
+            .execute(
+                "UPDATE _rhtmx_sync_log SET data = replace(data, 'internal', 'forged') \
+                 WHERE entity = 'docs' AND entity_id = $1",
+                args![id],
+            )
+            .await;
+    }
+    assert_eq!(
+        corrected_for(&w, w.user(0)).await,
+        1,
+        "its one row, not three"
+    );
+    assert_eq!(
+        w.engine.audit().await.unwrap(),
+        0,
+        "the audit corrected all"
+    );
+}
+both!(an_entry_moved_to_another_scope_by_hand_is_moved_back);

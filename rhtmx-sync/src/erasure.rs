@@ -40,8 +40,9 @@ impl SyncEngine {
     /// whose answer it lost would apply the erased value again. To erase a row
     /// entirely, delete it first (with the app's own SQL), then erase it. Merges of
     /// later pushes are unaffected: the kept entry carries each field's clock, as after
-    /// a compaction (see [`crate::Compaction`]). A browser whose cursor is exactly at a
-    /// removed entry resets once.
+    /// a compaction (see [`crate::Compaction`]). A client whose cursor stood on a
+    /// removed entry resumes from its version (nothing after it was removed); one below
+    /// the compaction horizon resets once.
     ///
     /// Not covered: responses the [idempotency layer](crate::IdempotencyLayer) stored
     /// (they expire with its retention), database backups, and what the database

@@ -14,12 +14,12 @@
 //! It costs one statement per digest request: a scan of the principal's rows in the
 //! table and in the log's index, nothing read out. A difference the audit cannot
 //! correct (two keys with one text form in an untyped column, say) would make every
-//! request audit again: after such a miss the entity is not checked for
-//! [`QUIET_AFTER_MISS`], and a warning says so.
+//! request audit again: it is remembered (per entity and scope, as its two sums), and
+//! the audit runs again only when either side has changed since — new damage is found
+//! at once, an old difference costs no more audits.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -27,9 +27,6 @@ use crate::entity::Entity;
 use crate::error::Result;
 use crate::scope::Read;
 use crate::SyncEngine;
-
-/// How long an entity goes unchecked after the audit could not remove a difference.
-pub(crate) const QUIET_AFTER_MISS: Duration = Duration::from_secs(600);
 
 /// An order-independent sum of rows: the XOR of each row's hash, and the count.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -42,17 +39,25 @@ impl Sum {
     /// Adds the row with key text `key` and JSON `data` (as logged, or as the table's
     /// row would be logged). Members that are `null` do not count: a column added
     /// without a default is in the table's row but not in entries logged before, and
-    /// the audit treats the two as equal too. Data that is not a JSON object (a damaged
-    /// entry) counts as itself, so it differs from every row.
-    pub(crate) fn add(&mut self, entity: &str, key: &str, data: Option<&str>) {
+    /// the audit treats the two as equal too. Nor do members that are not columns of
+    /// this registration: entries logged by another version of the app may hold one.
+    /// Data that is not a JSON object (a damaged entry) counts as itself, so it differs
+    /// from every row.
+    pub(crate) fn add(
+        &mut self,
+        table: &str,
+        synced: impl Fn(&str) -> bool,
+        key: &str,
+        data: Option<&str>,
+    ) {
         let row = match data.map(serde_json::from_str::<Value>) {
             Some(Ok(Value::Object(mut members))) => {
-                members.retain(|_, v| !v.is_null());
+                members.retain(|name, v| !v.is_null() && synced(name));
                 Value::Object(members)
             }
             _ => Value::Array(vec![data.map_or(Value::Null, |d| d.into())]),
         };
-        let hash = crate::integrity::row_hash(entity, &Value::String(key.to_owned()), &row);
+        let hash = crate::integrity::row_hash(table, &Value::String(key.to_owned()), &row);
         for (x, h) in self.xor.iter_mut().zip(hash) {
             *x ^= h;
         }
@@ -61,7 +66,7 @@ impl Sum {
 }
 
 /// The two sides of an entity, read in one snapshot by a backend.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Sides {
     /// The rows the log says exist: each row's latest entry unless it is a delete.
     pub log: Sum,
@@ -69,55 +74,67 @@ pub(crate) struct Sides {
     pub table: Sum,
 }
 
-/// When each entity was last found to differ in a way the audit did not correct, and
-/// a turn for running the audit (so that many requests that see the same damage at
-/// once audit once, and the others find it corrected).
+/// The differences the audit could not correct, by entity and scope keys, and a turn
+/// for running the audit (so that many requests that see the same damage at once audit
+/// once, and the others find it corrected).
 #[derive(Debug, Default)]
 pub(crate) struct Checks {
-    missed: Mutex<HashMap<String, Instant>>,
+    missed: Mutex<HashMap<(String, Option<String>), Sides>>,
     turn: tokio::sync::Mutex<()>,
 }
 
+/// At most this many remembered differences (one per entity and scope); beyond, they
+/// are forgotten and found again.
+const MISSED: usize = 10_000;
+
 impl SyncEngine {
     /// Compares `entity`'s log with its table within what `read` covers, and audits
-    /// the table when they differ. Returns how many corrective entries were logged.
+    /// the table when they differ. Returns how many corrective entries were logged
+    /// that this reader may read (the audit corrects the whole table; other scopes'
+    /// corrections are not its business).
     pub(crate) async fn check_log(&self, entity: &Entity, read: &Read) -> Result<u64> {
-        let checks = &self.inner.checks;
-        let missed = |now: Instant| {
-            let missed = checks.missed.lock().expect("never held across a panic");
-            missed
-                .get(&entity.table)
-                .is_some_and(|at| now.duration_since(*at) < QUIET_AFTER_MISS)
-        };
         // Nothing to compare for a principal that reads no row of it.
-        if missed(Instant::now()) || matches!(read, Read::Keys(keys) if keys.is_empty()) {
+        if matches!(read, Read::Keys(keys) if keys.is_empty()) {
             return Ok(0);
         }
         let keys = read.keys_json();
+        let at = (entity.table.clone(), keys.clone());
+        let missed = &self.inner.checks.missed;
+        let remembered = |sides: &Sides| {
+            let missed = missed.lock().expect("never held across a panic");
+            missed.get(&at) == Some(sides)
+        };
         // Compared in SQL first; only a textual difference is read out and hashed.
         if self.in_step(entity, keys.as_deref()).await? {
             return Ok(0);
         }
-        if self.sides(entity, keys.as_deref()).await?.differ() {
-            let _turn = checks.turn.lock().await;
-            // Another request may have corrected it while this one waited.
-            if !self.sides(entity, keys.as_deref()).await?.differ() {
-                return Ok(0);
-            }
-            let corrected = self.audit_entity(entity).await?;
-            if corrected == 0 && self.sides(entity, keys.as_deref()).await?.differ() {
+        let sides = self.sides(entity, keys.as_deref()).await?;
+        // A difference the audit could not correct before, unchanged: nothing new.
+        if !sides.differ() || remembered(&sides) {
+            return Ok(0);
+        }
+        let _turn = self.inner.checks.turn.lock().await;
+        // Another request may have corrected it while this one waited.
+        if !self.sides(entity, keys.as_deref()).await?.differ() {
+            return Ok(0);
+        }
+        let (written, seen) = self.audit_entity(entity, keys.as_deref()).await?;
+        if written == 0 {
+            let sides = self.sides(entity, keys.as_deref()).await?;
+            if sides.differ() && !remembered(&sides) {
                 tracing::warn!(
                     entity = &*entity.name,
-                    quiet_secs = QUIET_AFTER_MISS.as_secs(),
                     "the change log and the table differ in a way the audit does not \
-                     correct; not checked again for a while"
+                     correct; checked again when either changes"
                 );
-                let mut missed = checks.missed.lock().expect("never held across a panic");
-                missed.insert(entity.table.clone(), Instant::now());
+                let mut missed = missed.lock().expect("never held across a panic");
+                if missed.len() >= MISSED {
+                    missed.clear();
+                }
+                missed.insert(at.clone(), sides);
             }
-            return Ok(corrected);
         }
-        Ok(0)
+        Ok(seen)
     }
 
     async fn in_step(&self, entity: &Entity, keys: Option<&str>) -> Result<bool> {
@@ -164,21 +181,30 @@ mod tests {
     #[test]
     fn a_sum_is_of_the_rows_not_their_order_nor_their_null_members() {
         let (mut a, mut b) = (Sum::default(), Sum::default());
-        a.add("t", "1", Some(r#"{"id":1,"x":"a"}"#));
-        a.add("t", "2", Some(r#"{"id":2,"x":null}"#));
-        b.add("t", "2", Some(r#"{"id":2}"#));
-        b.add("t", "1", Some(r#"{"x":"a","id":1.0}"#));
+        a.add("t", |_| true, "1", Some(r#"{"id":1,"x":"a"}"#));
+        a.add("t", |_| true, "2", Some(r#"{"id":2,"x":null}"#));
+        b.add("t", |_| true, "2", Some(r#"{"id":2}"#));
+        b.add("t", |_| true, "1", Some(r#"{"x":"a","id":1.0}"#));
         assert_eq!(a, b);
         let mut c = b;
-        c.add("t", "3", Some("{\"id\":3,"));
+        c.add("t", |_| true, "3", Some("{\"id\":3,"));
         assert_ne!(c, b, "a damaged entry counts");
         let mut d = Sum::default();
-        d.add("t", "2", Some(r#"{"id":2}"#));
-        d.add("t", "1", Some(r#"{"x":"b","id":1}"#));
+        d.add("t", |_| true, "2", Some(r#"{"id":2}"#));
+        d.add("t", |_| true, "1", Some(r#"{"x":"b","id":1}"#));
         assert_ne!(d, b, "another value");
         let mut e = Sum::default();
-        e.add("t", "2", Some(r#"{"id":2}"#));
-        e.add("t", "9", Some(r#"{"x":"a","id":1}"#));
+        e.add("t", |_| true, "2", Some(r#"{"id":2}"#));
+        e.add("t", |_| true, "9", Some(r#"{"x":"a","id":1}"#));
         assert_ne!(e, b, "another key");
+        let mut f = Sum::default();
+        f.add(
+            "t",
+            |c| c != "old",
+            "2",
+            Some(r#"{"id":2,"old":"kept by an older app"}"#),
+        );
+        f.add("t", |_| true, "1", Some(r#"{"x":"a","id":1}"#));
+        assert_eq!(f, b, "a member this registration does not sync");
     }
 }

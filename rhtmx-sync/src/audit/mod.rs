@@ -33,21 +33,39 @@ impl SyncEngine {
         for name in &names {
             let entity = self.entity(name)?;
             let entity = &*entity;
-            written += self.audit_entity(entity).await?;
+            written += self.audit_entity(entity, None).await?.0;
         }
         Ok(written)
     }
 
     /// [`SyncEngine::audit`] of one entity: compares the table with the log, writers
-    /// held back meanwhile, and logs what differs. Returns how many entries it wrote.
-    pub(crate) async fn audit_entity(&self, entity: &Entity) -> Result<u64> {
-        let logged = match &self.inner.pool {
+    /// held back meanwhile, and logs what differs. Returns how many entries it wrote,
+    /// and how many of them a reader of the scope keys `keys` (a JSON array; `None`:
+    /// every row) may read.
+    pub(crate) async fn audit_entity(
+        &self,
+        entity: &Entity,
+        keys: Option<&str>,
+    ) -> Result<(u64, u64)> {
+        let (logged, seen) = match &self.inner.pool {
             #[cfg(feature = "sqlite")]
             crate::Pool::Sqlite(pool) => {
                 let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+                let head = crate::log::head(&mut tx).await?;
                 let n = crate::capture::reconcile(&mut tx, entity).await?;
+                let seen: i64 = sqlx::query_scalar(&format!(
+                    "SELECT count(*) FROM {} WHERE entity = ?1 AND version > ?2 \
+                     AND (?3 IS NULL OR scope_before IN (SELECT value FROM json_each(?3)) \
+                     OR scope_after IN (SELECT value FROM json_each(?3)))",
+                    crate::log::LOG_TABLE
+                ))
+                .bind(&entity.table)
+                .bind(head)
+                .bind(keys)
+                .fetch_one(&mut *tx)
+                .await?;
                 tx.commit().await?;
-                n
+                (n, seen as u64)
             }
             #[cfg(feature = "postgres")]
             crate::Pool::Postgres(pool) => {
@@ -64,8 +82,19 @@ impl SyncEngine {
                 .execute(&mut *tx)
                 .await?;
                 let n = postgres::capture::reconcile(&mut tx, entity).await?;
+                // This transaction's own entries: the corrections.
+                let seen: i64 = sqlx::query_scalar(
+                    "SELECT count(*) FROM _rhtmx_sync_log WHERE entity = $1 \
+                     AND xact = pg_current_xact_id() AND ($2::jsonb IS NULL \
+                     OR scope_before IN (SELECT jsonb_array_elements_text($2::jsonb)) \
+                     OR scope_after IN (SELECT jsonb_array_elements_text($2::jsonb)))",
+                )
+                .bind(&entity.table)
+                .bind(keys)
+                .fetch_one(&mut *tx)
+                .await?;
                 tx.commit().await?;
-                n
+                (n, seen as u64)
             }
         };
         if logged > 0 {
@@ -75,6 +104,6 @@ impl SyncEngine {
                 "the change log disagreed with the table; corrective entries logged"
             );
         }
-        Ok(logged)
+        Ok((logged, seen))
     }
 }

@@ -97,6 +97,14 @@ pub(crate) async fn reconcile(conn: &mut SqliteConnection, entity: &Entity) -> R
         None => ("", "", String::new()),
     };
     let one_s = if scope.is_some() { ", _one.s" } else { "" };
+    // An entry that puts the row in another scope than its own (damaged, or written
+    // by hand) would show it to that scope's readers: the row's scope is logged again,
+    // as a move out of the wrong scope.
+    let moved = if scope.is_some() {
+        " OR _entry.scope_after IS NOT _cur.s"
+    } else {
+        ""
+    };
     let unseen = sqlx::query(&format!(
         "INSERT INTO {LOG_TABLE} (entity, entity_id, action, data, changed{cur_cols}) \
          SELECT {ent}, _cur.k, \
@@ -111,7 +119,7 @@ pub(crate) async fn reconcile(conn: &mut SqliteConnection, entity: &Entity) -> R
                      WHERE _row.{id} IS NOT NULL GROUP BY 1) AS _one) AS _cur \
          LEFT JOIN {LOG_TABLE} AS _entry ON _entry.version = _cur.v \
          WHERE _entry.action IS NULL OR _entry.action = 'delete' \
-         OR (_entry.data IS NOT _cur.j AND {differs}) \
+         OR (_entry.data IS NOT _cur.j AND {differs}){moved} \
          ORDER BY _cur.k"
     ))
     .execute(&mut *conn)

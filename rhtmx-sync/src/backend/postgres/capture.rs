@@ -453,6 +453,9 @@ pub(crate) async fn reconcile(conn: &mut PgConnection, entity: &Entity) -> Resul
                  _now.scope
              FROM _now LEFT JOIN _last ON _last.entity_id = _now.entity_id
              WHERE _last.action IS NULL OR _last.action = 'delete'
+                -- An entry that puts the row in another scope than its own would show
+                -- it to that scope's readers.
+                OR _last.scope_after IS DISTINCT FROM _now.scope
                 -- The same text is the same row; an entry that is not a JSON object
                 -- (damaged) differs from every row.
                 OR CASE WHEN _now.data = _last.data THEN false
