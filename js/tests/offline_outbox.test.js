@@ -219,6 +219,9 @@ test("page closed mid-replay and reopened: one row", async () => {
   await page.close(); // mid-replay: the request is in flight
   hold.release(); // ...and reaches the server after all
   const again = await openApp(w.context, w.proxy.base);
+  // `pendingCount` reads 0 until the reopened page has counted its outbox: wait for
+  // the write itself first, then for the queue to be empty.
+  await eventually(() => rows().length === 1, { what: "the queued write reached the table" });
   await waitPending(again, 0).catch(async (e) => {
     console.log("DEBUG", JSON.stringify({
       state: await again.evaluate(() => [RhtmxSync.isLeader, RhtmxSync.pendingCount, window.__events.map((x) => x.name)]),
