@@ -441,3 +441,28 @@ async fn a_digest_at_a_cursor_below_the_horizon_is_unknown_not_a_reset(backend: 
     assert_eq!(status, 200, "{page}");
 }
 both!(a_digest_at_a_cursor_below_the_horizon_is_unknown_not_a_reset);
+
+/// A member edited into an entry (no column of the table) is damage like any other:
+/// the next digest request corrects it.
+async fn a_member_edited_into_an_entry_is_corrected_at_the_next_check(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = start(&db).await;
+    history(&server).await;
+    let (_, cursor) = mirror(&server.base).await;
+    let entry = latest(&server.db, todo_id("r42")).await;
+    server
+        .db
+        .execute(
+            "UPDATE _rhtmx_sync_log SET data = replace(data, '\"title\"', \
+             '\"injected\": \"<img src=x onerror=alert(1)>\", \"title\"') WHERE version = $1",
+            args![entry],
+        )
+        .await;
+    let (_, body) = get(&server.base, &format!("/api/sync/todos/digest?at={cursor}")).await;
+    assert_eq!(body["corrected"], 1, "{body}");
+    all_numbered(&server.db).await;
+    let (_, page) = pull(&server.base, "todos", &format!("?since={cursor}")).await;
+    assert!(!page.to_string().contains("injected"), "{page}");
+    assert_eq!(page["changes"].as_array().unwrap().len(), 1, "{page}");
+}
+both!(a_member_edited_into_an_entry_is_corrected_at_the_next_check);

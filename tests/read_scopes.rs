@@ -1621,3 +1621,41 @@ async fn an_entry_moved_to_another_scope_by_hand_is_moved_back(backend: Backend)
     );
 }
 both!(an_entry_moved_to_another_scope_by_hand_is_moved_back);
+
+/// Two rows whose keys share one text form (`'1'` and `1` in an untyped SQLite column)
+/// in two tenants are one row to clients: the audit compares one of them, and never
+/// logs one's values under the other's scope.
+async fn rows_sharing_a_key_text_never_mix_their_tenants(backend: Backend) {
+    if backend != Backend::Sqlite {
+        return; // PostgreSQL keys are typed: no two rows share a text form.
+    }
+    let (_db, pool) = pool_with(
+        backend,
+        "CREATE TABLE shared (id PRIMARY KEY, tenant_id TEXT, body TEXT);",
+    )
+    .await;
+    let engine = SyncEngine::builder(engine_pool(&pool))
+        .entity_named("shared")
+        .authenticate::<Session>()
+        .scope("shared", Scope::tenant("tenant_id"))
+        .build()
+        .await
+        .unwrap();
+    script(
+        &pool,
+        "INSERT INTO shared VALUES ('1', 't1', 'bob'); \
+         INSERT INTO shared VALUES (1, 't0', 'alice secret');",
+    )
+    .await;
+    engine.head().await.unwrap();
+    assert_eq!(engine.audit().await.unwrap(), 0);
+    let moved: i64 = pool
+        .scalar(
+            "SELECT count(*) FROM _rhtmx_sync_log WHERE data LIKE '%alice%' \
+             AND scope_after IS NOT 't0'",
+            args![],
+        )
+        .await;
+    assert_eq!(moved, 0, "alice's values under another scope");
+}
+both!(rows_sharing_a_key_text_never_mix_their_tenants);

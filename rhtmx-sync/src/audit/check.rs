@@ -15,11 +15,12 @@
 //! table and in the log's index, nothing read out. A difference the audit cannot
 //! correct (two keys with one text form in an untyped column, say) would make every
 //! request audit again: it is remembered (per entity and scope, as its two sums), and
-//! the audit runs again only when either side has changed since — new damage is found
-//! at once, an old difference costs no more audits.
+//! the audit runs again only when either side has changed since, and at most every
+//! [`AFTER_FUTILE`] — new damage is found, an old difference costs no more audits.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -39,20 +40,12 @@ impl Sum {
     /// Adds the row with key text `key` and JSON `data` (as logged, or as the table's
     /// row would be logged). Members that are `null` do not count: a column added
     /// without a default is in the table's row but not in entries logged before, and
-    /// the audit treats the two as equal too. Nor do members that are not columns of
-    /// this registration: entries logged by another version of the app may hold one.
-    /// Data that is not a JSON object (a damaged entry) counts as itself, so it differs
+    /// the audit treats the two as equal too. Data that is not a JSON object (a damaged entry) counts as itself, so it differs
     /// from every row.
-    pub(crate) fn add(
-        &mut self,
-        table: &str,
-        synced: impl Fn(&str) -> bool,
-        key: &str,
-        data: Option<&str>,
-    ) {
+    pub(crate) fn add(&mut self, table: &str, key: &str, data: Option<&str>) {
         let row = match data.map(serde_json::from_str::<Value>) {
             Some(Ok(Value::Object(mut members))) => {
-                members.retain(|name, v| !v.is_null() && synced(name));
+                members.retain(|_, v| !v.is_null());
                 Value::Object(members)
             }
             _ => Value::Array(vec![data.map_or(Value::Null, |d| d.into())]),
@@ -79,9 +72,18 @@ pub(crate) struct Sides {
 /// once, and the others find it corrected).
 #[derive(Debug, Default)]
 pub(crate) struct Checks {
-    missed: Mutex<HashMap<(String, Option<String>), Sides>>,
+    missed: Mutex<HashMap<Scoped, (Sides, Instant)>>,
     turn: tokio::sync::Mutex<()>,
 }
+
+/// An entity's table and the scope keys of a reader (a JSON array; `None`: every row).
+type Scoped = (String, Option<String>);
+
+/// After an audit that corrected nothing, the next for the same entity and scope waits
+/// at least this long, whatever changed: a scope with a difference the audit cannot
+/// correct, written to between requests, would otherwise audit the whole table (the
+/// writers held back) at every request.
+const AFTER_FUTILE: Duration = Duration::from_secs(30);
 
 /// At most this many remembered differences (one per entity and scope); beyond, they
 /// are forgotten and found again.
@@ -100,9 +102,13 @@ impl SyncEngine {
         let keys = read.keys_json();
         let at = (entity.table.clone(), keys.clone());
         let missed = &self.inner.checks.missed;
+        // The same difference as the audit could not correct before, or any one
+        // shortly after such an audit: nothing to do now.
         let remembered = |sides: &Sides| {
             let missed = missed.lock().expect("never held across a panic");
-            missed.get(&at) == Some(sides)
+            missed
+                .get(&at)
+                .is_some_and(|(old, when)| old == sides || when.elapsed() < AFTER_FUTILE)
         };
         // Compared in SQL first; only a textual difference is read out and hashed.
         if self.in_step(entity, keys.as_deref()).await? {
@@ -121,7 +127,7 @@ impl SyncEngine {
         let (written, seen) = self.audit_entity(entity, keys.as_deref()).await?;
         if written == 0 {
             let sides = self.sides(entity, keys.as_deref()).await?;
-            if sides.differ() && !remembered(&sides) {
+            if sides.differ() {
                 tracing::warn!(
                     entity = &*entity.name,
                     "the change log and the table differ in a way the audit does not \
@@ -131,7 +137,7 @@ impl SyncEngine {
                 if missed.len() >= MISSED {
                     missed.clear();
                 }
-                missed.insert(at.clone(), sides);
+                missed.insert(at.clone(), (sides, Instant::now()));
             }
         }
         Ok(seen)
@@ -181,30 +187,21 @@ mod tests {
     #[test]
     fn a_sum_is_of_the_rows_not_their_order_nor_their_null_members() {
         let (mut a, mut b) = (Sum::default(), Sum::default());
-        a.add("t", |_| true, "1", Some(r#"{"id":1,"x":"a"}"#));
-        a.add("t", |_| true, "2", Some(r#"{"id":2,"x":null}"#));
-        b.add("t", |_| true, "2", Some(r#"{"id":2}"#));
-        b.add("t", |_| true, "1", Some(r#"{"x":"a","id":1.0}"#));
+        a.add("t", "1", Some(r#"{"id":1,"x":"a"}"#));
+        a.add("t", "2", Some(r#"{"id":2,"x":null}"#));
+        b.add("t", "2", Some(r#"{"id":2}"#));
+        b.add("t", "1", Some(r#"{"x":"a","id":1.0}"#));
         assert_eq!(a, b);
         let mut c = b;
-        c.add("t", |_| true, "3", Some("{\"id\":3,"));
+        c.add("t", "3", Some("{\"id\":3,"));
         assert_ne!(c, b, "a damaged entry counts");
         let mut d = Sum::default();
-        d.add("t", |_| true, "2", Some(r#"{"id":2}"#));
-        d.add("t", |_| true, "1", Some(r#"{"x":"b","id":1}"#));
+        d.add("t", "2", Some(r#"{"id":2}"#));
+        d.add("t", "1", Some(r#"{"x":"b","id":1}"#));
         assert_ne!(d, b, "another value");
         let mut e = Sum::default();
-        e.add("t", |_| true, "2", Some(r#"{"id":2}"#));
-        e.add("t", |_| true, "9", Some(r#"{"x":"a","id":1}"#));
+        e.add("t", "2", Some(r#"{"id":2}"#));
+        e.add("t", "9", Some(r#"{"x":"a","id":1}"#));
         assert_ne!(e, b, "another key");
-        let mut f = Sum::default();
-        f.add(
-            "t",
-            |c| c != "old",
-            "2",
-            Some(r#"{"id":2,"old":"kept by an older app"}"#),
-        );
-        f.add("t", |_| true, "1", Some(r#"{"x":"a","id":1}"#));
-        assert_eq!(f, b, "a member this registration does not sync");
     }
 }

@@ -92,7 +92,10 @@ pub(crate) async fn reconcile(conn: &mut SqliteConnection, entity: &Entity) -> R
             ", scope_before, scope_after",
             ", CASE WHEN _entry.action IS NULL OR _entry.action = 'delete' THEN NULL \
              ELSE _entry.scope_after END, _cur.s",
-            format!(", max({}) AS s", key_text("_row", column)),
+            // A bare column beside `max()`: SQLite takes it from the row the maximum
+            // came from, so data and scope are of one row, never one's data under
+            // another's scope.
+            format!(", {} AS s", key_text("_row", column)),
         ),
         None => ("", "", String::new()),
     };

@@ -51,7 +51,6 @@ pub(crate) async fn sides(
 ) -> Result<Sides> {
     let mut sides = Sides::default();
     let name = &entity.table;
-    let synced = |column: &str| entity.column(column).is_some();
     let mut tx = sqlx::Connection::begin(conn).await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .execute(&mut *tx)
@@ -68,7 +67,7 @@ pub(crate) async fn sides(
         .bind(keys)
         .fetch(&mut *tx);
     while let Some((key, data)) = rows.try_next().await? {
-        sides.log.add(name, synced, &key, data.as_deref());
+        sides.log.add(name, &key, data.as_deref());
     }
     drop(rows);
     let scope = match entity.scope_column() {
@@ -88,7 +87,7 @@ pub(crate) async fn sides(
         .bind(keys)
         .fetch(&mut *tx);
     while let Some((key, data)) = rows.try_next().await? {
-        sides.table.add(name, synced, &key, data.as_deref());
+        sides.table.add(name, &key, data.as_deref());
     }
     drop(rows);
     tx.commit().await?;

@@ -49,7 +49,6 @@ pub(crate) async fn sides(
 ) -> Result<Sides> {
     let mut sides = Sides::default();
     let name = &entity.table;
-    let synced = |column: &str| entity.column(column).is_some();
     let mut tx = conn.begin().await?;
     // Each row's latest entry: versions are in write order on SQLite.
     let logged = format!(
@@ -63,7 +62,7 @@ pub(crate) async fn sides(
         .bind(keys)
         .fetch(&mut *tx);
     while let Some((key, data)) = rows.try_next().await? {
-        sides.log.add(name, synced, &key, data.as_deref());
+        sides.log.add(name, &key, data.as_deref());
     }
     drop(rows);
     // The row as the triggers would log it (the same expressions).
@@ -83,7 +82,7 @@ pub(crate) async fn sides(
         .bind(keys)
         .fetch(&mut *tx);
     while let Some((key, data)) = rows.try_next().await? {
-        sides.table.add(name, synced, &key, data.as_deref());
+        sides.table.add(name, &key, data.as_deref());
     }
     drop(rows);
     tx.commit().await?;
