@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::backend::AuditLog;
 use crate::entity::Entity;
 use crate::error::Result;
 use crate::scope::Read;
@@ -144,33 +145,11 @@ impl SyncEngine {
     }
 
     async fn in_step(&self, entity: &Entity, keys: Option<&str>) -> Result<bool> {
-        match &self.inner.pool {
-            #[cfg(feature = "sqlite")]
-            crate::Pool::Sqlite(pool) => {
-                let mut conn = pool.acquire().await?;
-                crate::backend::sqlite::audit::in_step(&mut conn, entity, keys).await
-            }
-            #[cfg(feature = "postgres")]
-            crate::Pool::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
-                crate::backend::postgres::audit::in_step(&mut conn, entity, keys).await
-            }
-        }
+        self.inner.pool.acquire().await?.in_step(entity, keys).await
     }
 
     async fn sides(&self, entity: &Entity, keys: Option<&str>) -> Result<Sides> {
-        match &self.inner.pool {
-            #[cfg(feature = "sqlite")]
-            crate::Pool::Sqlite(pool) => {
-                let mut conn = pool.acquire().await?;
-                crate::backend::sqlite::audit::sides(&mut conn, entity, keys).await
-            }
-            #[cfg(feature = "postgres")]
-            crate::Pool::Postgres(pool) => {
-                let mut conn = pool.acquire().await?;
-                crate::backend::postgres::audit::sides(&mut conn, entity, keys).await
-            }
-        }
+        self.inner.pool.acquire().await?.sides(entity, keys).await
     }
 }
 

@@ -271,3 +271,73 @@ impl ReadLog for Conn {
         each!(self, c => c.read_entity(entity, range, keys, limit, select).await)
     }
 }
+
+/// Comparing the log with a table, the same on every backend (`crate::audit`).
+pub(crate) trait AuditLog: Send {
+    /// Whether the log and the table agree exactly, by text, within the scope keys
+    /// `keys` (a JSON array; `None`: every row): one statement, nothing read out.
+    fn in_step(
+        &mut self,
+        entity: &crate::entity::Entity,
+        keys: Option<&str>,
+    ) -> impl Future<Output = Result<bool>> + Send;
+    /// Both sides within `keys`, read out and summed, in one snapshot.
+    fn sides(
+        &mut self,
+        entity: &crate::entity::Entity,
+        keys: Option<&str>,
+    ) -> impl Future<Output = Result<crate::audit::Sides>> + Send;
+}
+
+#[cfg(feature = "sqlite")]
+impl AuditLog for SqliteConnection {
+    async fn in_step(
+        &mut self,
+        entity: &crate::entity::Entity,
+        keys: Option<&str>,
+    ) -> Result<bool> {
+        sqlite::audit::in_step(self, entity, keys).await
+    }
+    async fn sides(
+        &mut self,
+        entity: &crate::entity::Entity,
+        keys: Option<&str>,
+    ) -> Result<crate::audit::Sides> {
+        sqlite::audit::sides(self, entity, keys).await
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl AuditLog for sqlx::PgConnection {
+    async fn in_step(
+        &mut self,
+        entity: &crate::entity::Entity,
+        keys: Option<&str>,
+    ) -> Result<bool> {
+        postgres::audit::in_step(self, entity, keys).await
+    }
+    async fn sides(
+        &mut self,
+        entity: &crate::entity::Entity,
+        keys: Option<&str>,
+    ) -> Result<crate::audit::Sides> {
+        postgres::audit::sides(self, entity, keys).await
+    }
+}
+
+impl AuditLog for Conn {
+    async fn in_step(
+        &mut self,
+        entity: &crate::entity::Entity,
+        keys: Option<&str>,
+    ) -> Result<bool> {
+        each!(self, c => c.in_step(entity, keys).await)
+    }
+    async fn sides(
+        &mut self,
+        entity: &crate::entity::Entity,
+        keys: Option<&str>,
+    ) -> Result<crate::audit::Sides> {
+        each!(self, c => c.sides(entity, keys).await)
+    }
+}
