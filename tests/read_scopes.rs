@@ -1622,6 +1622,108 @@ async fn an_entry_moved_to_another_scope_by_hand_is_moved_back(backend: Backend)
 }
 both!(an_entry_moved_to_another_scope_by_hand_is_moved_back);
 
+/// Applies a pull page's changes to a client's mirror of `docs`: id → (wire id, data).
+fn apply_page(held: &mut std::collections::BTreeMap<String, (Value, Value)>, page: &str) -> String {
+    let page: Value = serde_json::from_str(page).unwrap();
+    for c in page["changes"].as_array().unwrap() {
+        let id = c["id"].as_str().unwrap().to_owned();
+        if c["action"] == "delete" {
+            held.remove(&id);
+        } else {
+            held.insert(id, (c["id"].clone(), c["data"].clone()));
+        }
+    }
+    page["cursor"].as_str().unwrap().to_owned()
+}
+
+async fn get_as(w: &World, user: &str, path: &str) -> Value {
+    let res = client()
+        .get(format!("{}{path}", w.server_base))
+        .header("x-user", user)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+/// Damage to an entry a later one supersedes (its scope edited into another tenant) is
+/// not the row's latest entry, so the server's own check cannot see it; but a client
+/// whose cursor is below it mirrors a row its scope does not hold, and its digest shows
+/// that row's bucket alone, whose refetch removes it.
+async fn an_older_entry_moved_to_another_scope_is_repaired_by_the_clients_digest(backend: Backend) {
+    let w = World::new(backend, "old-damage").await;
+    populate(&w).await;
+    let mut held = std::collections::BTreeMap::new();
+    let (_, page) = w.pull_as(w.user(2), "docs", "0").await;
+    let cursor = apply_page(&mut held, &page);
+    w.pool
+        .execute(
+            "INSERT INTO docs VALUES ('secret-of-0', $1, 'old secret')",
+            args![w.tenant(0)],
+        )
+        .await;
+    w.pool
+        .execute(
+            "UPDATE docs SET body = 'new secret' WHERE id = 'secret-of-0'",
+            args![],
+        )
+        .await;
+    w.engine.head().await.unwrap();
+    w.pool
+        .execute(
+            "UPDATE _rhtmx_sync_log SET scope_after = $1 WHERE version = \
+             (SELECT min(version) FROM _rhtmx_sync_log \
+              WHERE entity = 'docs' AND entity_id = 'secret-of-0')",
+            args![w.tenant(1)],
+        )
+        .await;
+    let (status, page) = w.pull_as(w.user(2), "docs", &cursor).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        ids(&page).contains("secret-of-0"),
+        "the damage reaches it: {page}"
+    );
+    let cursor = apply_page(&mut held, &page);
+
+    let body = get_as(&w, w.user(2), &format!("/api/sync/docs/digest?at={cursor}")).await;
+    let mut mine = rhtmx_sync::integrity::Digest::default();
+    for (id, data) in held.values() {
+        mine.add("docs", id, data);
+    }
+    let theirs: Vec<String> = serde_json::from_value(body["buckets"].clone()).unwrap();
+    let differ: Vec<usize> = (0..theirs.len())
+        .filter(|&b| theirs[b] != mine.hex()[b])
+        .collect();
+    let damaged = rhtmx_sync::integrity::bucket(&json!("secret-of-0"));
+    assert_eq!(differ, vec![damaged], "{body}");
+
+    let rows = get_as(
+        &w,
+        w.user(2),
+        &format!("/api/sync/docs/rows?at={cursor}&buckets={damaged}"),
+    )
+    .await;
+    assert_eq!(rows["complete"], true, "{rows}");
+    held.retain(|_, (id, _)| rhtmx_sync::integrity::bucket(id) != damaged);
+    for r in rows["rows"].as_array().unwrap() {
+        held.insert(
+            r["id"].as_str().unwrap().to_owned(),
+            (r["id"].clone(), r["data"].clone()),
+        );
+    }
+    assert!(!held.contains_key("secret-of-0"), "{rows}");
+    let mut repaired = rhtmx_sync::integrity::Digest::default();
+    for (id, data) in held.values() {
+        repaired.add("docs", id, data);
+    }
+    assert_eq!(json!(repaired.hex()), body["buckets"]);
+    // Tenant 0 never lost it.
+    let (_, page) = w.pull_as(w.user(0), "docs", "0").await;
+    assert!(page.contains("new secret"), "{page}");
+}
+both!(an_older_entry_moved_to_another_scope_is_repaired_by_the_clients_digest);
+
 /// Two rows whose keys share one text form (`'1'` and `1` in an untyped SQLite column)
 /// in two tenants are one row to clients: the audit compares one of them, and never
 /// logs one's values under the other's scope.
