@@ -272,3 +272,38 @@ async fn the_broadcaster_resets_open_streams_when_the_head_goes_back(backend: Ba
     assert_eq!(next.data["id"], todo_id("e"));
 }
 both!(the_broadcaster_resets_open_streams_when_the_head_goes_back);
+
+/// A restore that begins a new history (`begin_new_history`, as the backup tool's
+/// restore does): even a cursor the restored copy still holds unchanged is reset, once,
+/// on pull and on the stream, since the copy may lack what that browser saw after it.
+async fn a_restore_that_begins_a_new_history_resets_every_cursor_once(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let server = start(&db).await;
+    add(&server, &["a", "b"]).await;
+    let before_backup = pulled_cursor(&server).await;
+    let server = back_up(server, &db).await;
+    add(&server, &["c"]).await;
+    stop(server, &db).await;
+    restore(&db).await;
+    let pool = db.connect().await;
+    match &pool {
+        Db::Sqlite(p) => rhtmx_sync::begin_new_history(p.clone()).await.unwrap(),
+        Db::Postgres(p) => rhtmx_sync::begin_new_history(p.clone()).await.unwrap(),
+    }
+    pool.close().await;
+    let server = start(&db).await;
+
+    let (status, res) = pull(&server.base, "todos", &format!("?since={before_backup}")).await;
+    assert_eq!(status, 409, "{res}");
+    assert_eq!(res["reset"]["reason"], "other_history");
+    let mut sse = Sse::connect(&server.base, "", Some(&before_backup)).await;
+    let reset = sse.next().await;
+    assert_eq!(reset.event, "reset");
+    // The reset's cursor resumes: one reset, no loop.
+    let (status, page) = pull(&server.base, "todos", &format!("?since={}", reset.id)).await;
+    assert_eq!(status, 200, "{page}");
+    let (status, page) = pull(&server.base, "todos", "?since=0").await;
+    assert_eq!(status, 200);
+    assert_eq!(page["changes"].as_array().unwrap().len(), 2, "{page}");
+}
+both!(a_restore_that_begins_a_new_history_resets_every_cursor_once);

@@ -27,6 +27,7 @@ mod log;
 pub mod operator;
 mod permission;
 mod principal;
+mod restore;
 mod scope;
 mod syncable;
 mod wire;
@@ -58,6 +59,8 @@ pub use self::operator::OperatorFigures;
 #[doc(inline)]
 pub use self::permission::{Forbidden, PushedChange, ValidatePush, FORBIDDEN_HEADER};
 pub use self::principal::Principal;
+#[doc(inline)]
+pub use self::restore::begin_new_history;
 #[doc(inline)]
 pub use self::scope::{BoxError, Scope, ScopeKeys};
 #[doc(inline)]
