@@ -1,0 +1,241 @@
+//! Restoring a backup to a fresh database file: verified part by part, resumable,
+//! moved into place only when whole.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+
+use crate::manifest::{hex, sha256, Backup};
+use crate::snapshot::Backups;
+use crate::store::ObjectStore;
+use crate::{Error, Result};
+
+/// How much of a restore is done; the command line draws it as a progress bar.
+pub trait Progress: Send + Sync {
+    /// The restore will fetch `total` bytes.
+    fn start(&self, total: u64);
+    /// `bytes` more are fetched and verified (parts already fetched by an interrupted
+    /// restore count when they are found).
+    fn advance(&self, bytes: u64);
+}
+
+/// Which backup to restore, and how.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub struct RestoreOptions {
+    /// The newest backup taken at or before this time (point in time); `None` for the
+    /// newest of all.
+    pub at: Option<SystemTime>,
+    /// This backup ([`Backup::id`]), whatever `at` says.
+    pub id: Option<String>,
+    /// Replace a database at the target path (its `-wal` and `-shm` files too). The app
+    /// must be stopped: a process with the old file open keeps writing to it.
+    pub overwrite: bool,
+    /// Told how far the restore is.
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl std::fmt::Debug for RestoreOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RestoreOptions")
+            .field("at", &self.at)
+            .field("id", &self.id)
+            .field("overwrite", &self.overwrite)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RestoreOptions {
+    /// The newest backup.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The newest backup taken at or before `at`.
+    pub fn at(mut self, at: SystemTime) -> Self {
+        self.at = Some(at);
+        self
+    }
+
+    /// The backup with this id.
+    pub fn id(mut self, id: impl Into<String>) -> Self {
+        self.id = Some(id.into());
+        self
+    }
+
+    /// Replaces a database at the target path.
+    pub fn overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
+    }
+
+    /// Reports progress to `progress`.
+    pub fn progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = Some(progress);
+        self
+    }
+}
+
+impl<S: ObjectStore> Backups<S> {
+    /// Restores a backup into a new database file at `to`, and returns which.
+    ///
+    /// The parts are fetched into `{to}.restore-{id}/` beside the target, each checked
+    /// against its SHA-256 in the manifest; an interrupted restore, run again, keeps the
+    /// parts it has. The file is then checked whole (SHA-256, `PRAGMA integrity_check`),
+    /// its log given a new identity ([`rhtmx_sync::begin_new_history`]: every browser
+    /// gets exactly one reset, never a silent resume), and only then renamed to `to`.
+    /// Until that rename, `to` is untouched.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::NoBackup`] if no complete backup matches; [`Error::TargetExists`] if `to`
+    /// exists without [`RestoreOptions::overwrite`]; [`Error::Corrupt`] if a part or the
+    /// file does not match its manifest (nothing is applied); [`Error::WrongPassphrase`]
+    /// or [`Error::Encryption`] from an encrypted store; [`Error::Store`] when the store
+    /// fails after its retries (run it again to resume).
+    pub async fn restore(&self, to: &Path, options: RestoreOptions) -> Result<Backup> {
+        let backup = self.pick(&options).await?;
+        if !options.overwrite && tokio::fs::try_exists(to).await.unwrap_or(true) {
+            return Err(Error::TargetExists(to.to_owned()));
+        }
+        let staging = staging_dir(to, &backup.id);
+        tokio::fs::create_dir_all(&staging)
+            .await
+            .map_err(Error::io(&staging))?;
+        if let Some(p) = &options.progress {
+            p.start(backup.size);
+        }
+        for (n, part) in backup.parts.iter().enumerate() {
+            self.fetch_part(&backup, n, part, &staging).await?;
+            if let Some(p) = &options.progress {
+                p.advance(part.size);
+            }
+        }
+        let file = staging.join("restored.db");
+        assemble(&backup, &staging, &file).await?;
+        check_and_rename_history(&file).await?;
+        if options.overwrite {
+            for suffix in ["-wal", "-shm", "-journal", ""] {
+                let old = PathBuf::from(format!("{}{suffix}", to.display()));
+                match tokio::fs::remove_file(&old).await {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io(old)(e))
+                    }
+                    _ => {}
+                }
+            }
+        }
+        tokio::fs::rename(&file, to).await.map_err(Error::io(to))?;
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        tracing::info!(id = %backup.id, to = %to.display(), "backup restored");
+        Ok(backup)
+    }
+
+    async fn pick(&self, options: &RestoreOptions) -> Result<Backup> {
+        let backups = self.list().await?;
+        let found = match (&options.id, options.at) {
+            (Some(id), _) => backups.into_iter().find(|b| &b.id == id),
+            (None, Some(at)) => backups.into_iter().rev().find(|b| b.created() <= at),
+            (None, None) => backups.into_iter().next_back(),
+        };
+        found.ok_or_else(|| {
+            Error::NoBackup(match (&options.id, options.at) {
+                (Some(id), _) => format!(" with id {id}"),
+                (None, Some(at)) => format!(
+                    " taken at or before {}",
+                    humantime::format_rfc3339_seconds(at)
+                ),
+                (None, None) => String::new(),
+            })
+        })
+    }
+
+    /// Fetches part `n` into `staging`, unless an earlier run left it there whole.
+    async fn fetch_part(
+        &self,
+        backup: &Backup,
+        n: usize,
+        part: &crate::manifest::Part,
+        staging: &Path,
+    ) -> Result<()> {
+        let path = staging.join(format!("{n:05}"));
+        if let Ok(held) = tokio::fs::read(&path).await {
+            if sha256(&held) == part.sha256 {
+                return Ok(());
+            }
+        }
+        let name = Backup::part_name(&backup.id, n);
+        let body = self
+            .store
+            .get(&name)
+            .await?
+            .ok_or_else(|| Error::corrupt(&name, "missing"))?;
+        if body.len() as u64 != part.size || sha256(&body) != part.sha256 {
+            return Err(Error::corrupt(
+                &name,
+                "its SHA-256 differs from the manifest's",
+            ));
+        }
+        let partial = path.with_extension("partial");
+        tokio::fs::write(&partial, &body)
+            .await
+            .map_err(Error::io(&partial))?;
+        tokio::fs::rename(&partial, &path)
+            .await
+            .map_err(Error::io(&path))
+    }
+}
+
+/// `{to}.restore-{id}`, beside the target so the final rename stays on one filesystem.
+fn staging_dir(to: &Path, id: &str) -> PathBuf {
+    let mut name = to.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".restore-{id}"));
+    to.with_file_name(name)
+}
+
+/// Concatenates the parts into `file` and checks the whole.
+async fn assemble(backup: &Backup, staging: &Path, file: &Path) -> Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut out = tokio::fs::File::create(file)
+        .await
+        .map_err(Error::io(file))?;
+    let mut whole = Sha256::new();
+    for n in 0..backup.parts.len() {
+        let path = staging.join(format!("{n:05}"));
+        let part = tokio::fs::read(&path).await.map_err(Error::io(&path))?;
+        whole.update(&part);
+        out.write_all(&part).await.map_err(Error::io(file))?;
+    }
+    out.sync_all().await.map_err(Error::io(file))?;
+    if hex(&whole.finalize()) != backup.sha256 {
+        return Err(Error::corrupt(
+            &Backup::manifest_name(&backup.id),
+            "the parts together differ from the file's SHA-256",
+        ));
+    }
+    Ok(())
+}
+
+/// Checks the restored file is a sound database and begins its log's new history.
+async fn check_and_rename_history(file: &Path) -> Result<()> {
+    let options = SqliteConnectOptions::new()
+        .filename(file)
+        .journal_mode(SqliteJournalMode::Delete);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(options)
+        .await?;
+    let verdict: String = sqlx::query_scalar("PRAGMA integrity_check")
+        .fetch_one(&pool)
+        .await?;
+    if verdict != "ok" {
+        pool.close().await;
+        return Err(Error::corrupt(file.display().to_string().as_str(), verdict));
+    }
+    rhtmx_sync::begin_new_history(pool.clone()).await?;
+    pool.close().await;
+    Ok(())
+}
