@@ -81,7 +81,11 @@ async fn handle(
     every: usize,
 ) -> Result<Response<Body>, std::io::Error> {
     let n = faults.requests.fetch_add(1, Ordering::SeqCst) + 1;
-    let fault = if n.is_multiple_of(every) { (n / every) % 3 } else { 3 };
+    let fault = if n.is_multiple_of(every) {
+        (n / every) % 3
+    } else {
+        3
+    };
     if fault == 0 {
         faults.errors_500.fetch_add(1, Ordering::SeqCst);
         let body = Full::new(Bytes::from_static(
