@@ -47,6 +47,15 @@ pub enum Error {
     /// A name given to a store is not a plain relative name (`a/b.c`, no `..`, no `//`).
     #[error("not a valid object name: {0:?}")]
     InvalidName(String),
+    /// Bundles need an engine on SQLite: they keep their download positions in its
+    /// database (PostgreSQL is not supported yet).
+    #[error("bundles need an engine on SQLite")]
+    NotSqlite,
+    /// This machine's clock is behind the time of this author's newest bundle, whose
+    /// name a new one must follow; nothing was uploaded. Uploads resume once the clock
+    /// has passed it.
+    #[error("the clock is behind this author's newest bundle {0}: nothing uploaded")]
+    ClockBehind(String),
     /// The database could not be read (backup) or the restored copy written.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),

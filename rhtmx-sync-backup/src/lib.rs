@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod bundles;
 pub mod encrypt;
 mod error;
 mod manifest;
@@ -7,6 +8,8 @@ mod restore;
 mod snapshot;
 pub mod store;
 
+#[doc(inline)]
+pub use self::bundles::{Bundles, SyncReport};
 #[doc(inline)]
 pub use self::encrypt::Encrypted;
 #[doc(inline)]

@@ -27,6 +27,7 @@ mod log;
 pub mod operator;
 mod permission;
 mod principal;
+pub mod replication;
 mod restore;
 mod scope;
 mod syncable;

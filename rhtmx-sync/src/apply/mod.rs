@@ -20,7 +20,7 @@ use crate::conflict::{self, Change, Conflict, Row, Status};
 use crate::engine::Inner;
 use crate::entity::{convert, normalize, Entity, Key};
 use crate::error::{quote, Error, Result};
-use crate::hlc::{Hlc, HlcClock, Received};
+use crate::hlc::{Hlc, Received};
 use crate::scope::Read;
 use crate::wire::Action;
 
@@ -41,6 +41,10 @@ pub(crate) struct Validated {
     /// the order they were sent: the third of `[a, b, a]` in one push, or of three
     /// writes in one handler, is not a replay of the first.
     pub occurrence: u32,
+    /// Another engine's change (see [`crate::replication`]): its HLC is that engine's
+    /// clock, kept as it is even beyond the clock tolerance, or authors would stop
+    /// agreeing on which write is the last.
+    pub authored: bool,
 }
 
 /// A change as a client sends it.
@@ -119,6 +123,7 @@ pub(crate) fn validate(entity: &Entity, c: Incoming<'_>) -> Result<Validated> {
         hlc: c.hlc,
         base: c.base,
         occurrence: 0,
+        authored: false,
     })
 }
 
@@ -243,7 +248,7 @@ async fn run(
                 }
             }
         }
-        let applied = apply(tx, entity, &inner.clock, change, client_id, &mut cache)
+        let applied = apply(tx, entity, inner, change, client_id, &mut cache)
             .await
             .map_err(|error| Failed { index, error })?;
         done.push(applied);
@@ -269,16 +274,19 @@ async fn run(
 async fn apply(
     conn: &mut impl WriteTx,
     entity: &Entity,
-    clock: &HlcClock,
+    inner: &Inner,
     v: &Validated,
     client_id: Option<&str>,
     cache: &mut HistoryCache,
 ) -> Result<Applied> {
+    let clock = &inner.clock;
     // An HLC ahead of the server by more than the tolerance is a wrong device clock:
     // the server's clock stamps the change instead, and the clock is not dragged along.
-    let (hlc, clamped) = match v.hlc.map(|h| clock.receive(h)) {
-        Some(Received::Observed(hlc)) => (hlc, None),
-        Some(Received::Clamped { now, ahead }) => (now, Some(ahead)),
+    let (hlc, clamped) = match v.hlc.map(|h| (h, clock.receive(h))) {
+        // Observed if it can be; kept either way.
+        Some((hlc, _)) if v.authored => (hlc, None),
+        Some((_, Received::Observed(hlc))) => (hlc, None),
+        Some((_, Received::Clamped { now, ahead })) => (now, Some(ahead)),
         None => (clock.now(), None),
     };
     let change = Change {
@@ -305,7 +313,7 @@ async fn apply(
                 entity.name
             ))
         })?;
-    let history = cache
+    let mut history = cache
         .read(
             conn,
             entity,
@@ -315,6 +323,10 @@ async fn apply(
             digest.as_deref(),
         )
         .await?;
+    if v.authored {
+        // The app's own SQL writes here, as the other engines know them.
+        crate::replication::localize(&mut history, &inner.log_id);
+    }
     let decision = conflict::merge(&change, current.as_ref(), &history, &entity.policy());
     let before = conn.head().await?;
     let status = decision.status;

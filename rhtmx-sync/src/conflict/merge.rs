@@ -289,6 +289,14 @@ pub fn merge(
     }
 }
 
+/// Whether `change` is another engine's ([`crate::replication`]).
+fn authored(change: &Change) -> bool {
+    change
+        .client_id
+        .as_deref()
+        .is_some_and(|c| c.starts_with(crate::replication::AUTHOR_PREFIX))
+}
+
 /// Whether `entry` was written by the same client as `change`.
 fn own(entry: &Entry, change: &Change) -> bool {
     matches!((&entry.client_id, &change.client_id), (Some(a), Some(b)) if a == b)
@@ -333,7 +341,9 @@ fn create_absent(change: &Change, history: &History) -> Decision {
     match &history.tombstone {
         // A create from before the delete (a late replay) must not bring the row back;
         // a newer one is a deliberate re-creation.
-        Some(t) if t.hlc > change.hlc => {
+        // Another engine's create at the delete's very HLC loses, as the delete would
+        // win on that engine.
+        Some(t) if t.hlc > change.hlc || (t.hlc == change.hlc && authored(change)) => {
             let mut c = conflict(
                 change,
                 Reason::Deleted,
@@ -347,8 +357,43 @@ fn create_absent(change: &Change, history: &History) -> Decision {
                 ..Decision::new(Status::Deleted, Write::Nothing)
             }
         }
+        _ if authored(change) => {
+            Decision::new(Status::Applied, Write::Insert(recreated(change, history)))
+        }
         _ => Decision::new(Status::Applied, Write::Insert(change.fields.clone())),
     }
+}
+
+/// Another engine's create of a row absent here, with the fields this engine's updates
+/// set after it (by HLC) on top: writes made here while the row was gone, which that
+/// engine applies to the created row when they reach it.
+fn recreated(change: &Change, history: &History) -> Row {
+    let floor = history
+        .tombstone
+        .as_ref()
+        .map_or(change.hlc, |t| t.hlc.max(change.hlc));
+    let mut fields = change.fields.clone();
+    let mut newest: BTreeMap<&str, Hlc> = BTreeMap::new();
+    let later = history
+        .since_base
+        .iter()
+        .filter(|e| e.action == Action::Update && e.hlc > floor);
+    for entry in later {
+        let (Some(data), Some(changed)) = (&entry.data, &entry.changed) else {
+            continue;
+        };
+        for field in changed {
+            let (Some(value), true) = (
+                data.get(field),
+                newest.get(field.as_str()).is_none_or(|h| entry.hlc > *h),
+            ) else {
+                continue;
+            };
+            fields.insert(field.clone(), value.clone());
+            newest.insert(field, entry.hlc);
+        }
+    }
+    fields
 }
 
 fn update_absent(change: &Change, history: &History, policy: &Policy<'_>) -> Decision {
@@ -416,6 +461,13 @@ fn resolve(
                 Outcome::Merged
             };
             return (resolved, outcome);
+        }
+        // Another engine's write with the very same HLC (the app's own SQL on two
+        // engines in one millisecond: both node 0): the greater value wins, the same
+        // on both engines, or they would each keep the other's.
+        _ if change.hlc == server_hlc && authored(change) => {
+            let (ours, theirs) = (client.to_string(), server.to_string());
+            ours > theirs
         }
         // Ties cannot happen between two nodes. An identical HLC is another write of the
         // same user action (two writes in one handler, one push): the later one wins.
@@ -513,6 +565,22 @@ fn merge_fields(change: &Change, row: &Row, history: &History, policy: &Policy<'
 fn delete_present(change: &Change, row: &Row, history: &History, policy: &Policy<'_>) -> Decision {
     if change.base.is_none() {
         return Decision::new(Status::Applied, Write::Delete);
+    }
+    // Between engines, the order of HLCs decides whether a row exists: it does when
+    // it was last created after it was last deleted. A delete older than the row's
+    // latest creation removed an earlier life of it, and does nothing here.
+    if authored(change) {
+        let created = history
+            .since_base
+            .iter()
+            .filter(|e| e.action == Action::Create)
+            .map(|e| e.hlc)
+            .max();
+        return if created.is_some_and(|c| c > change.hlc) {
+            Decision::new(Status::Applied, Write::Nothing)
+        } else {
+            Decision::new(Status::Applied, Write::Delete)
+        };
     }
     // Fields changed since the base by someone else, with their latest HLC.
     let mut concurrent: BTreeMap<&str, Hlc> = BTreeMap::new();

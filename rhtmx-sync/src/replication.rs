@@ -1,0 +1,253 @@
+//! Changes between engines that share no database (another server, a device), passed
+//! through something they do share, such as a bucket (`rhtmx-sync-backup`'s bundles).
+//!
+//! Each engine is an *author*, named by its log's identity. [`SyncEngine::authored_changes`]
+//! reads what this engine's own writers logged — the app's SQL, pushes, `engine.write` —
+//! and leaves out what it applied from other authors, so nothing echoes back.
+//! [`SyncEngine::apply_authored`] applies another author's changes through the
+//! field-level merge as if that author's whole history were concurrent with this one's
+//! (base version 0): each field takes the write with the greatest HLC, whichever engine
+//! sees it first, so authors that exchange all their changes converge. Each applied
+//! entry carries `client_id = "author:{id}"`: the change is attributed to its author in
+//! the log, in pulls and on the event stream.
+//!
+//! The app's own SQL writes have an HLC derived from when they were written, with node
+//! 0 (see the conflict docs): two engines writing one field in one millisecond would
+//! tie. So an author exports them with its own node (its id, 16 hex digits, is a
+//! 64-bit number), and compares its own against other authors' the same way: every
+//! engine then orders any two writes alike.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::apply::{self, Incoming};
+use crate::backend::ReadLog;
+use crate::conflict::Status;
+use crate::error::{Error, Result};
+use crate::hlc::Hlc;
+use crate::scope::Read;
+use crate::wire::Action;
+use crate::SyncEngine;
+
+/// The client id prefix of entries applied from another author.
+pub const AUTHOR_PREFIX: &str = "author:";
+
+/// A change as its author's log recorded it, for another engine to apply.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct AuthoredChange {
+    /// The entity (table) name.
+    pub entity: String,
+    /// The row's id as it travels on the wire.
+    pub id: Value,
+    /// What the author's writer did.
+    pub action: Action,
+    /// The fields it set: all of them for a create, the changed ones for an update,
+    /// none for a delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<serde_json::Map<String, Value>>,
+    /// When (the author's HLC, or the one derived from the write's time for the app's
+    /// own SQL).
+    pub hlc: Hlc,
+    /// Its version in the author's log.
+    pub version: i64,
+}
+
+/// A page of this engine's own changes ([`SyncEngine::authored_changes`]).
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct AuthoredPage {
+    /// The changes, in version order.
+    pub changes: Vec<AuthoredChange>,
+    /// Where the next page starts (`after` for the next call): past every entry read,
+    /// those left out included.
+    pub next: i64,
+    /// Whether entries after `next` were already committed when the page was read.
+    pub more: bool,
+}
+
+/// What became of another author's changes ([`SyncEngine::apply_authored`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AppliedAuthored {
+    /// Changes applied (some fields may have lost to later writes here).
+    pub applied: usize,
+    /// Changes already applied before (a bundle read twice).
+    pub duplicates: usize,
+    /// Changes refused by the merge: an update of a row deleted here, or of one that
+    /// never existed.
+    pub refused: usize,
+}
+
+/// The HLC node standing for `author`'s own SQL writes.
+fn author_node(author: &str) -> u64 {
+    u64::from_str_radix(author, 16)
+        .ok()
+        .filter(|n| *n != 0)
+        .unwrap_or(1)
+}
+
+/// `hlc` as another author sees it: node 0 (this engine's SQL writes) is this author's.
+fn as_author(hlc: Hlc, author: &str) -> Hlc {
+    if hlc.node() == 0 {
+        Hlc::new(hlc.physical_ms(), hlc.counter(), author_node(author))
+    } else {
+        hlc
+    }
+}
+
+/// Makes the node-0 HLCs of a row's history (this engine's SQL writes) this author's,
+/// before another author's change is merged against it.
+pub(crate) fn localize(history: &mut crate::conflict::History, author: &str) {
+    for entry in &mut history.since_base {
+        entry.hlc = as_author(entry.hlc, author);
+    }
+    if let Some(t) = &mut history.tombstone {
+        t.hlc = as_author(t.hlc, author);
+    }
+}
+
+impl SyncEngine {
+    /// This engine's identity as an author: its log's identity, 16 hex digits. A
+    /// restored database is a new author ([`crate::begin_new_history`]).
+    pub fn author_id(&self) -> &str {
+        &self.inner.log_id
+    }
+
+    /// Up to `limit` of this engine's own changes after log version `after` (0 for
+    /// all), in version order, across every registered entity. Entries applied from
+    /// other authors, entries that only carry a conflict report, and entries of tables
+    /// not registered are left out. Compaction may have folded superseded entries
+    /// together: a reader that fell behind the horizon gets each row's latest state.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the log cannot be read.
+    pub async fn authored_changes(&self, after: i64, limit: usize) -> Result<AuthoredPage> {
+        let limit = limit.clamp(1, 10_000) as i64;
+        let mut conn = self.inner.pool.acquire().await?;
+        let head = conn.settled_head().await?;
+        let rows = conn.read_after(after, limit).await?;
+        let mut page = AuthoredPage {
+            next: rows.last().map_or(head.max(after), |r| r.version),
+            more: rows.len() as i64 == limit,
+            changes: Vec::new(),
+        };
+        drop(conn);
+        let entities = self.inner.entities.load();
+        for row in rows {
+            if row
+                .client_id
+                .as_deref()
+                .is_some_and(|c| c.starts_with(AUTHOR_PREFIX))
+            {
+                continue;
+            }
+            let Some(entity) = entities.shared(&row.entity) else {
+                continue;
+            };
+            let Some(action) = Action::parse(&row.action) else {
+                continue;
+            };
+            let Some(hlc) = row.hlc.as_deref().and_then(|h| h.parse::<Hlc>().ok()) else {
+                continue;
+            };
+            let hlc = as_author(hlc, self.author_id());
+            let changed: Option<Vec<String>> = row
+                .changed
+                .as_deref()
+                .and_then(|c| serde_json::from_str(c).ok());
+            let data = match action {
+                Action::Delete => None,
+                _ => {
+                    let Some(mut data) = row.data.as_deref().and_then(|d| {
+                        serde_json::from_str::<serde_json::Map<String, Value>>(d).ok()
+                    }) else {
+                        continue;
+                    };
+                    data.remove(&entity.id);
+                    if let (Action::Update, Some(changed)) = (action, &changed) {
+                        data.retain(|k, _| changed.contains(k));
+                        if data.is_empty() {
+                            // Only a conflict report: nothing was set.
+                            continue;
+                        }
+                    }
+                    Some(data)
+                }
+            };
+            page.changes.push(AuthoredChange {
+                entity: row.entity.clone(),
+                id: entity.wire_id(&row.entity_id),
+                action,
+                data,
+                hlc,
+                version: row.version,
+            });
+        }
+        Ok(page)
+    }
+
+    /// Applies another author's changes, in order, through the field-level merge, one
+    /// write transaction per run of changes to one entity. Every field takes the write
+    /// with the greatest HLC, here or there; a delete beats concurrent updates unless
+    /// the entity says otherwise (`delete_wins`); a change applied before is a
+    /// duplicate. Entities need not be [`writable`](crate::SyncEngineBuilder::writable):
+    /// that guards the push API, and this is the app's own call.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Invalid`] for an `author` that is not 1 to 64 of `[A-Za-z0-9_.-]`
+    /// or this engine's own id, or a change this engine's schema cannot take (an
+    /// unknown field); [`Error::UnknownEntity`]; [`Error::Database`]. Nothing of the
+    /// failing run of changes is applied; runs before it are.
+    pub async fn apply_authored(
+        &self,
+        author: &str,
+        changes: &[AuthoredChange],
+    ) -> Result<AppliedAuthored> {
+        let plain = |c: char| c.is_ascii_alphanumeric() || "_.-".contains(c);
+        if author.is_empty() || author.len() > 64 || !author.chars().all(plain) {
+            return Err(Error::invalid("an author id is 1 to 64 of [A-Za-z0-9_.-]"));
+        }
+        if author == self.author_id() {
+            return Err(Error::invalid("these changes are this engine's own"));
+        }
+        let client = format!("{AUTHOR_PREFIX}{author}");
+        let mut report = AppliedAuthored::default();
+        for run in changes.chunk_by(|a, b| a.entity == b.entity) {
+            let entity = self.entity(&run[0].entity)?;
+            let mut validated = Vec::with_capacity(run.len());
+            let mut seen = std::collections::HashMap::new();
+            for c in run {
+                let mut v = apply::validate(
+                    &entity,
+                    Incoming {
+                        id: &c.id,
+                        action: c.action,
+                        data: c.data.as_ref(),
+                        hlc: Some(c.hlc),
+                        base: Some(0),
+                    },
+                )?;
+                let count = seen.entry(v.identity()).or_insert(0u32);
+                v.occurrence = *count;
+                *count += 1;
+                v.authored = true;
+                validated.push(v);
+            }
+            let (done, _) =
+                apply::transaction(&self.inner, &entity, &validated, Some(&client), &Read::All)
+                    .await
+                    .map_err(|failed| failed.error)?;
+            for d in done {
+                match d.status {
+                    Status::Applied => report.applied += 1,
+                    Status::Duplicate => report.duplicates += 1,
+                    Status::NotFound | Status::Deleted => report.refused += 1,
+                }
+            }
+        }
+        Ok(report)
+    }
+}
