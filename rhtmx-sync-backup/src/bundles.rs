@@ -307,6 +307,35 @@ impl<S: ObjectStore> Bundles<S> {
     }
 }
 
+/// `author`'s changes in its bundles after log version `head`, in version order, those
+/// made after `until` (ms since the Unix epoch, by HLC) left out: what a restore replays
+/// on top of a backup of that author's database. A change a roll-up folded away is
+/// gone: a point in time among rolled-up changes gets each row's later state.
+pub(crate) async fn authored_since<S: ObjectStore>(
+    store: &S,
+    author: &str,
+    head: i64,
+    until: Option<u64>,
+) -> Result<Vec<AuthoredChange>> {
+    let mut changes = BTreeMap::new();
+    for name in store.list(&format!("{BUNDLES}{author}/")).await? {
+        let Some(body) = store.get(&name).await? else {
+            continue;
+        };
+        let bundle: Bundle = serde_json::from_slice(&body)
+            .map_err(|e| Error::corrupt(&name, format!("not a bundle: {e}")))?;
+        if bundle.author != author {
+            return Err(Error::corrupt(&name, "a bundle of another author"));
+        }
+        for c in bundle.changes {
+            if c.version > head && until.is_none_or(|t| c.hlc.physical_ms() <= t) {
+                changes.insert(c.version, c);
+            }
+        }
+    }
+    Ok(changes.into_values().collect())
+}
+
 /// Drops each change a later change of the same row makes moot: a create or delete
 /// (the whole row), or an update setting every field it set. Order is kept.
 fn superseded_dropped(changes: Vec<AuthoredChange>) -> Vec<AuthoredChange> {

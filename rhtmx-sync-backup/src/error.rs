@@ -56,6 +56,10 @@ pub enum Error {
     /// has passed it.
     #[error("the clock is behind this author's newest bundle {0}: nothing uploaded")]
     ClockBehind(String),
+    /// The restored database would not take the changes made after its backup (its
+    /// schema does not fit them); the target is untouched.
+    #[error("cannot replay the changes made after the backup: {0}")]
+    Replay(String),
     /// The database could not be read (backup) or the restored copy written.
     #[error("database: {0}")]
     Database(#[from] sqlx::Error),

@@ -17,7 +17,7 @@ pub use self::error::{Error, Result};
 #[doc(inline)]
 pub use self::manifest::Backup;
 #[doc(inline)]
-pub use self::restore::{Progress, RestoreOptions};
+pub use self::restore::{Progress, RestoreOptions, Restored};
 #[doc(inline)]
 pub use self::snapshot::{Backups, PART_SIZE};
 #[doc(inline)]

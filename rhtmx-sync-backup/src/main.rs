@@ -144,11 +144,13 @@ async fn run(command: Command) -> Result<(), String> {
             let restored = backups.restore(&to, options).await;
             bar.0.finish_and_clear();
             let restored = restored.map_err(text)?;
+            let b = &restored.backup;
             println!(
-                "restored backup {} ({} bytes, taken {}) to {}",
-                restored.id,
-                restored.size,
-                taken(&restored),
+                "restored backup {} ({} bytes, taken {}) and {} later changes to {}",
+                b.id,
+                b.size,
+                taken(b),
+                restored.replayed,
                 to.display()
             );
         }

@@ -8,6 +8,9 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 
+use std::collections::BTreeSet;
+
+use crate::bundles::authored_since;
 use crate::manifest::{hex, sha256, Backup};
 use crate::snapshot::Backups;
 use crate::store::ObjectStore;
@@ -79,6 +82,16 @@ impl RestoreOptions {
     }
 }
 
+/// What [`Backups::restore`] restored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Restored {
+    /// The backup.
+    pub backup: Backup,
+    /// Changes made after it, replayed from the database's bundles in the store.
+    pub replayed: usize,
+}
+
 impl<S: ObjectStore> Backups<S> {
     /// Restores a backup into a new database file at `to`, and returns which.
     ///
@@ -86,8 +99,11 @@ impl<S: ObjectStore> Backups<S> {
     /// against its SHA-256 in the manifest; an interrupted restore, run again, keeps the
     /// parts it has. The file is then checked whole (SHA-256, `PRAGMA integrity_check`),
     /// its log given a new identity ([`rhtmx_sync::begin_new_history`]: every browser
-    /// gets exactly one reset, never a silent resume), and only then renamed to `to`.
-    /// Until that rename, `to` is untouched.
+    /// gets exactly one reset, never a silent resume). If the backed-up database
+    /// uploaded its changes as bundles ([`crate::Bundles`]) to the same store, those made
+    /// after the backup (up to [`RestoreOptions::at`]) are applied on top, attributed
+    /// to it. Only then is the file renamed to `to`; until that rename, `to` is
+    /// untouched.
     ///
     /// # Errors
     ///
@@ -96,7 +112,7 @@ impl<S: ObjectStore> Backups<S> {
     /// file does not match its manifest (nothing is applied); [`Error::WrongPassphrase`]
     /// or [`Error::Encryption`] from an encrypted store; [`Error::Store`] when the store
     /// fails after its retries (run it again to resume).
-    pub async fn restore(&self, to: &Path, options: RestoreOptions) -> Result<Backup> {
+    pub async fn restore(&self, to: &Path, options: RestoreOptions) -> Result<Restored> {
         let backup = self.pick(&options).await?;
         if !options.overwrite && tokio::fs::try_exists(to).await.unwrap_or(true) {
             return Err(Error::TargetExists(to.to_owned()));
@@ -117,6 +133,7 @@ impl<S: ObjectStore> Backups<S> {
         let file = staging.join("restored.db");
         assemble(&backup, &staging, &file).await?;
         check_and_rename_history(&file).await?;
+        let replayed = self.replay(&backup, &file, options.at).await?;
         if options.overwrite {
             for suffix in ["-wal", "-shm", "-journal", ""] {
                 let old = PathBuf::from(format!("{}{suffix}", to.display()));
@@ -130,8 +147,52 @@ impl<S: ObjectStore> Backups<S> {
         }
         tokio::fs::rename(&file, to).await.map_err(Error::io(to))?;
         let _ = tokio::fs::remove_dir_all(&staging).await;
-        tracing::info!(id = %backup.id, to = %to.display(), "backup restored");
-        Ok(backup)
+        tracing::info!(id = %backup.id, to = %to.display(), replayed, "backup restored");
+        Ok(Restored { backup, replayed })
+    }
+
+    /// Applies the changes the backed-up database made after the backup, as its
+    /// bundles in the store hold them (none if it did not upload bundles), up to `at`.
+    async fn replay(&self, backup: &Backup, file: &Path, at: Option<SystemTime>) -> Result<usize> {
+        let Some(author) = &backup.log_id else {
+            return Ok(0);
+        };
+        let until = at.map(|t| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as u64
+        });
+        let changes = authored_since(&self.store, author, backup.head, until).await?;
+        if changes.is_empty() {
+            return Ok(0);
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(file)
+            .journal_mode(SqliteJournalMode::Delete);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await?;
+        let entities: BTreeSet<&str> = changes.iter().map(|c| c.entity.as_str()).collect();
+        let mut builder = rhtmx_sync::SyncEngine::builder(pool.clone());
+        for entity in entities {
+            builder = builder.entity_named(entity);
+        }
+        let engine = builder
+            .build()
+            .await
+            .map_err(|e| Error::Replay(e.to_string()))?;
+        let applied = async {
+            for chunk in changes.chunks(1000) {
+                engine.apply_authored(author, chunk).await?;
+            }
+            Ok::<_, Error>(())
+        }
+        .await;
+        engine.shutdown();
+        drop(engine);
+        pool.close().await;
+        applied.map(|()| changes.len())
     }
 
     async fn pick(&self, options: &RestoreOptions) -> Result<Backup> {

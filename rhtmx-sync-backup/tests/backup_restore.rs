@@ -62,7 +62,7 @@ async fn backup_and_restore<S: ObjectStore>(backups: Backups<S>) {
     }
 
     let restored = backups.restore(&db, RestoreOptions::new()).await.unwrap();
-    assert_eq!(restored, taken);
+    assert_eq!((restored.backup, restored.replayed), (taken, 0));
     assert_same_but_history(&original, &db).await;
     assert_ne!(log_id(&db).await, old_id, "a new history");
     let leftovers: Vec<_> = std::fs::read_dir(dir.path())
@@ -423,8 +423,8 @@ async fn point_in_time_restores_the_newest_backup_taken_at_or_before() {
             backups.restore(&to, RestoreOptions::new().at(at)).await
         }
     };
-    assert_eq!(pick(first.created()).await.unwrap().id, first.id);
-    assert_eq!(pick(second.created()).await.unwrap().id, second.id);
+    assert_eq!(pick(first.created()).await.unwrap().backup.id, first.id);
+    assert_eq!(pick(second.created()).await.unwrap().backup.id, second.id);
     let before = first.created() - std::time::Duration::from_secs(1);
     assert!(matches!(
         pick(before).await.unwrap_err(),
@@ -523,4 +523,100 @@ async fn every_store_behaves_alike() {
             );
         }
     }
+}
+
+/// Asserts two dumps of a table hold the same rows, showing only those that differ.
+fn same_rows(got: &[String], want: &[String], what: &str) {
+    let only_got: Vec<&String> = got.iter().filter(|r| !want.contains(r)).collect();
+    let only_want: Vec<&String> = want.iter().filter(|r| !got.contains(r)).collect();
+    assert!(
+        only_got.is_empty() && only_want.is_empty(),
+        "{what}: restored only {only_got:?}, original only {only_want:?}"
+    );
+}
+
+/// Waits until the wall clock has passed `t` by a millisecond (writes after it get a
+/// later HLC).
+async fn past(t: std::time::SystemTime) {
+    while std::time::SystemTime::now() <= t + std::time::Duration::from_millis(1) {
+        tokio::task::yield_now().await;
+    }
+}
+
+/// A database that also uploads its changes as bundles is restored to its latest
+/// state (the backup plus the changes since), or to a point in time between them.
+#[tokio::test]
+async fn a_restore_replays_the_changes_made_after_the_backup_up_to_a_point_in_time() {
+    let server = S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let (pool, engine) = app_db(&db, 200).await;
+    let store = Arc::new(
+        Encrypted::with_passphrase(s3(&server.endpoint, "app"), PASSPHRASE)
+            .await
+            .unwrap(),
+    );
+    let backups = Backups::new(store.clone()).part_size(32 << 10);
+    let bundles = rhtmx_sync_backup::Bundles::new(store.clone(), engine.clone()).unwrap();
+    bundles.sync().await.unwrap();
+    let taken = backups.backup(&pool).await.unwrap();
+    write(&pool, 200, 260).await;
+    sqlx::query("UPDATE todos SET title = 'edited after the backup' WHERE id < 't000020'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    bundles.sync().await.unwrap();
+    let middle = std::time::SystemTime::now();
+    let at_middle = dump(&db).await["todos"].clone();
+    past(middle).await;
+    write(&pool, 260, 300).await;
+    sqlx::query("DELETE FROM todos WHERE id < 't000010'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let report = bundles.sync().await.unwrap();
+    assert!(report.uploaded_changes > 40, "{report:?}");
+    let latest = dump(&db).await["todos"].clone();
+    engine.shutdown();
+
+    let to = dir.path().join("latest.db");
+    let restored = backups.restore(&to, RestoreOptions::new()).await.unwrap();
+    assert_eq!(restored.backup, taken);
+    assert!(restored.replayed > 100, "{restored:?}");
+    same_rows(
+        &dump(&to).await["todos"],
+        &latest,
+        "the backup and every change since",
+    );
+
+    let to = dir.path().join("middle.db");
+    let restored = backups
+        .restore(&to, RestoreOptions::new().at(middle))
+        .await
+        .unwrap();
+    assert_eq!(restored.backup, taken);
+    same_rows(
+        &dump(&to).await["todos"],
+        &at_middle,
+        "as it was at that time",
+    );
+
+    // Restored, the engine's log agrees with the table, and the replayed changes are
+    // attributed to the database they came from.
+    let pool = open(&to).await;
+    let engine = rhtmx_sync::SyncEngine::builder(pool.clone())
+        .entity_named("todos")
+        .build()
+        .await
+        .unwrap();
+    assert_eq!(engine.audit().await.unwrap(), 0);
+    assert_ne!(engine.author_id(), taken.log_id.as_deref().unwrap());
+    let attributed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM _rhtmx_sync_log WHERE client_id = ?")
+            .bind(format!("author:{}", taken.log_id.as_deref().unwrap()))
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert!(attributed > 50, "{attributed}");
+    engine.shutdown();
 }

@@ -471,6 +471,7 @@ mod tests {
             not_null: false,
             has_default: false,
             generated: false,
+            bytes: false,
             sql_type: String::new(),
         };
         for (n, json) in [

@@ -230,6 +230,7 @@ impl Entity {
                 not_null: c.notnull != 0,
                 has_default: c.dflt_value.is_some(),
                 generated: matches!(c.hidden, 2 | 3),
+                bytes: value::holds_bytes(&c.declared) || value::holds_bytes(&c.sql_type),
                 sql_type: c.sql_type.clone(),
             });
         }

@@ -54,6 +54,9 @@ pub(crate) struct Column {
     pub has_default: bool,
     /// `GENERATED ALWAYS AS (...)`, virtual or stored: synced read-only.
     pub generated: bool,
+    /// Declared for bytes (`BLOB`, PostgreSQL's `bytea`): their text form (a UUID or
+    /// hex) is converted back to bytes.
+    pub bytes: bool,
     /// The column's type as the database names it (PostgreSQL casts values to it).
     #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     pub sql_type: String,
@@ -112,10 +115,26 @@ pub(crate) fn convert(column: &Column, value: &serde_json::Value) -> Result<SqlV
             Some(i) => SqlValue::Int(i),
             None => SqlValue::Real(n.as_f64().unwrap_or_default()),
         },
+        // Bytes travel in their text form (a UUID or hex, as the log encodes them): in a
+        // column declared for bytes, that form is bytes again, or a round trip through
+        // a client or another engine would turn them into text.
+        (ColumnKind::Any, J::String(s)) if column.bytes && s.is_empty() => {
+            SqlValue::Blob(Vec::new())
+        }
+        (ColumnKind::Any, J::String(s)) if column.bytes => {
+            super::key::parse_blob_text(s).map_or_else(|| SqlValue::Text(s.clone()), SqlValue::Blob)
+        }
         (ColumnKind::Numeric | ColumnKind::Any, J::String(s)) => SqlValue::Text(s.clone()),
         (ColumnKind::Numeric | ColumnKind::Any, J::Bool(b)) => SqlValue::Int(*b as i64),
         (ColumnKind::Numeric | ColumnKind::Any, _) => return Err(wrong("a scalar")),
     })
+}
+
+/// Whether a column whose declared type (or PostgreSQL's name for it) is `declared`
+/// holds bytes: `BLOB`, `bytea`.
+pub(crate) fn holds_bytes(declared: &str) -> bool {
+    let t = declared.to_ascii_uppercase();
+    t.contains("BLOB") || t.contains("BYTEA")
 }
 
 /// The JSON a value gets in the change log (as the capture triggers encode it), so that
@@ -162,6 +181,7 @@ mod tests {
             not_null,
             has_default: false,
             generated: false,
+            bytes: false,
             sql_type: String::new(),
         }
     }
@@ -196,6 +216,33 @@ mod tests {
         assert_eq!(
             convert(&j, &json!({"a": 1})).unwrap(),
             SqlValue::Text("{\"a\":1}".into())
+        );
+    }
+
+    #[test]
+    fn bytes_in_their_text_form_are_bytes_again_in_a_column_for_bytes() {
+        let blob = Column {
+            bytes: holds_bytes("BLOB"),
+            ..col(ColumnKind::Any, false)
+        };
+        let bytes = vec![0xc8; 8];
+        let sent = normalize(&blob, &SqlValue::Blob(bytes.clone()));
+        assert_eq!(sent, json!("c8c8c8c8c8c8c8c8"));
+        assert_eq!(convert(&blob, &sent).unwrap(), SqlValue::Blob(bytes));
+        let uuid = json!("d0d0d0d0-d0d0-d0d0-d0d0-d0d0d0d0d0d0");
+        assert_eq!(
+            convert(&blob, &uuid).unwrap(),
+            SqlValue::Blob(vec![0xd0; 16])
+        );
+        // Text that is not a blob's form stays text; untyped columns keep strings.
+        assert_eq!(
+            convert(&blob, &json!("note")).unwrap(),
+            SqlValue::Text("note".into())
+        );
+        let untyped = col(ColumnKind::Any, false);
+        assert_eq!(
+            convert(&untyped, &json!("c8c8")).unwrap(),
+            SqlValue::Text("c8c8".into())
         );
     }
 
