@@ -4,7 +4,7 @@
 #
 #   ./scripts/bench.sh                 # quick suite (a few minutes on 2 cores)
 #   ./scripts/bench.sh --full          # the big sizes: 10k SSE clients, 1M-row pulls, more repetitions
-#   ./scripts/bench.sh --only write,ingest,fanout,pull,postgres,browser,compaction,integrity
+#   ./scripts/bench.sh --only write,ingest,fanout,pull,postgres,browser,compaction,integrity,backup
 #
 # Not part of the test run (scripts/test-all.sh only compiles the bench binary, and runs
 # it without `--bench`, when it exits at once). Network traffic stays on 127.0.0.1.
@@ -79,6 +79,11 @@ elif [ -n "$rust_only" ]; then
 fi
 if wants browser; then
   (cd js && node bench/browser.js --bin "$bin" $full --out "../$results")
+fi
+if wants backup; then
+  # Backups, restores and bundles against s3s-fs on 127.0.0.1 (rhtmx-sync-backup).
+  echo "==> backups (release)" >&2
+  cargo bench -p rhtmx-sync-backup --bench backup -- --out "$(pwd)/$results"
 fi
 
 {
