@@ -620,3 +620,27 @@ async fn a_restore_replays_the_changes_made_after_the_backup_up_to_a_point_in_ti
     assert!(attributed > 50, "{attributed}");
     engine.shutdown();
 }
+
+/// On a schedule: a backup at once, then one every period, until the task is aborted.
+#[tokio::test]
+async fn scheduled_backups_come_on_time_and_stop_with_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pool, engine) = app_db(&dir.path().join("app.db"), 20).await;
+    let store = Arc::new(MemoryStore::new());
+    let backups = Arc::new(Backups::new(store.clone()).keep(2));
+    let task = backups
+        .clone()
+        .spawn(pool.clone(), std::time::Duration::from_millis(20));
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 4 {
+        for b in backups.list().await.unwrap() {
+            seen.insert(b.id);
+        }
+        tokio::task::yield_now().await;
+    }
+    task.abort();
+    let _ = task.await;
+    let after = backups.list().await.unwrap();
+    assert!(after.len() <= 2, "keep(2) holds: {after:?}");
+    engine.shutdown();
+}
