@@ -4,7 +4,6 @@
 //! Without `--bench` (as `cargo test --all-targets` runs it) it exits at once.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::path::Path;

@@ -122,6 +122,7 @@ impl<S: ObjectStore> Bundles<S> {
     /// uploaded or applied twice), [`Error::Corrupt`] for a bundle that is damaged or
     /// not its author's, [`Error::Engine`] for one this engine's schema cannot take.
     pub async fn sync(&self) -> Result<SyncReport> {
+        crate::encrypt::refuse_if_encrypted(&self.store).await?;
         let (uploaded_bundles, uploaded_changes) = self.upload().await?;
         let (applied_bundles, applied) = self.download().await?;
         self.roll_up().await?;

@@ -7,8 +7,8 @@
 //! ```
 //!
 //! A store is `s3://bucket/prefix`, `file:///path` or a directory path. S3 settings come
-//! from the standard variables (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ACCESS_KEY_ID`,
-//! `AWS_SECRET_ACCESS_KEY`) or the flags; the passphrase from `RHTMX_SYNC_PASSPHRASE` or
+//! from the standard variables (`AWS_ENDPOINT_URL`, `AWS_REGION` or `AWS_DEFAULT_REGION`,
+//! `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`) or the flags; the passphrase from `RHTMX_SYNC_PASSPHRASE` or
 //! `--passphrase-file`. Exits 0 on success, 1 with a message on stderr on any failure,
 //! 2 on bad arguments.
 
@@ -52,8 +52,8 @@ enum Command {
         /// Where the restored database goes; it must not exist unless --overwrite.
         #[arg(long)]
         to: PathBuf,
-        /// The newest backup taken at or before this time (RFC 3339, e.g.
-        /// 2026-12-01T10:00:00Z).
+        /// The state at this time: the newest backup taken at or before it, and the
+        /// changes after it up to then (RFC 3339 in UTC, e.g. 2026-12-01T10:00:00Z).
         #[arg(long, value_parser = humantime::parse_rfc3339_weak)]
         at: Option<std::time::SystemTime>,
         /// The backup with this id (see `list`).
@@ -79,9 +79,10 @@ struct StoreArgs {
     /// The S3 endpoint URL.
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     endpoint: Option<String>,
-    /// The S3 region requests are signed for.
-    #[arg(long, env = "AWS_REGION", default_value = "us-east-1")]
-    region: String,
+    /// The S3 region requests are signed for [env: AWS_REGION, AWS_DEFAULT_REGION;
+    /// default: us-east-1].
+    #[arg(long)]
+    region: Option<String>,
     /// Address buckets as bucket.endpoint instead of endpoint/bucket.
     #[arg(long)]
     virtual_hosted: bool,
@@ -181,8 +182,8 @@ fn text(e: Error) -> String {
 async fn open(args: &StoreArgs) -> Result<Backups<Box<dyn ObjectStore>>, String> {
     let plain = plain_store(args)?;
     let store: Box<dyn ObjectStore> = if let Some(file) = &args.identity_file {
-        let text = read_secret(file)?;
-        let identity = text
+        let contents = read_secret(file)?;
+        let identity = contents
             .lines()
             .map(str::trim)
             .find(|l| l.starts_with("AGE-SECRET-KEY-"))
@@ -193,7 +194,11 @@ async fn open(args: &StoreArgs) -> Result<Backups<Box<dyn ObjectStore>>, String>
                     file.display()
                 )
             })?;
-        Box::new(Encrypted::with_identity(plain, identity))
+        Box::new(
+            Encrypted::with_identity(plain, identity)
+                .await
+                .map_err(text)?,
+        )
     } else if let Some(passphrase) = passphrase(args)? {
         Box::new(
             Encrypted::with_passphrase(plain, &passphrase)
@@ -215,9 +220,13 @@ fn passphrase(args: &StoreArgs) -> Result<Option<String>, String> {
         }
         return Ok(Some(line));
     }
-    Ok(std::env::var("RHTMX_SYNC_PASSPHRASE")
-        .ok()
-        .filter(|p| !p.is_empty()))
+    match std::env::var("RHTMX_SYNC_PASSPHRASE") {
+        Ok(p) if p.is_empty() => {
+            Err("RHTMX_SYNC_PASSPHRASE is set but empty: unset it for unencrypted backups".into())
+        }
+        Ok(p) => Ok(Some(p)),
+        Err(_) => Ok(None),
+    }
 }
 
 fn read_secret(file: &Path) -> Result<String, String> {
@@ -236,17 +245,27 @@ fn plain_store(args: &StoreArgs) -> Result<Box<dyn ObjectStore>, String> {
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| format!("{name} is not set: S3 needs credentials"))
         };
+        let region = args
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "us-east-1".to_owned());
         let endpoint = args
             .endpoint
             .clone()
-            .unwrap_or_else(|| format!("https://s3.{}.amazonaws.com", args.region));
+            .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
         return Ok(Box::new(S3Store::new(S3Config {
             endpoint,
             bucket: bucket.to_owned(),
             prefix: prefix.to_owned(),
-            region: args.region.clone(),
+            region,
             access_key_id: var("AWS_ACCESS_KEY_ID")?,
             secret_access_key: var("AWS_SECRET_ACCESS_KEY")?,
+            session_token: std::env::var("AWS_SESSION_TOKEN")
+                .ok()
+                .filter(|t| !t.is_empty()),
             path_style: !args.virtual_hosted,
         })));
     }

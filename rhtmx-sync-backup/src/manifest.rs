@@ -65,12 +65,26 @@ impl Backup {
         if Backup::manifest_name(&backup.id) != name {
             return Err(Error::corrupt(name, "the manifest of another backup"));
         }
-        let sum: u64 = backup.parts.iter().map(|p| p.size).sum();
-        if sum != backup.size {
+        if uuid::Uuid::parse_str(&backup.id).map_or(true, |u| u.get_version_num() != 7) {
+            return Err(Error::corrupt(name, "its id is not a UUIDv7"));
+        }
+        let sum = backup
+            .parts
+            .iter()
+            .try_fold(0u64, |sum, p| sum.checked_add(p.size));
+        if sum != Some(backup.size) {
             return Err(Error::corrupt(name, "its parts do not add up to its size"));
         }
         Ok(backup)
     }
+}
+
+/// When the backup with this id was taken (a UUIDv7 holds its time in milliseconds).
+pub(crate) fn taken_at(id: &uuid::Uuid) -> SystemTime {
+    id.get_timestamp().map_or(UNIX_EPOCH, |t| {
+        let (s, ns) = t.to_unix();
+        UNIX_EPOCH + Duration::new(s, ns)
+    })
 }
 
 /// Lowercase hex SHA-256 of `bytes`.

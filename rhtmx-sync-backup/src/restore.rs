@@ -11,7 +11,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
 use std::collections::BTreeSet;
 
 use crate::bundles::authored_since;
-use crate::manifest::{hex, sha256, Backup};
+use crate::manifest::{hex, sha256, taken_at, Backup, SNAPSHOTS};
 use crate::snapshot::Backups;
 use crate::store::ObjectStore;
 use crate::{Error, Result};
@@ -113,30 +113,60 @@ impl<S: ObjectStore> Backups<S> {
     /// or [`Error::Encryption`] from an encrypted store; [`Error::Store`] when the store
     /// fails after its retries (run it again to resume).
     pub async fn restore(&self, to: &Path, options: RestoreOptions) -> Result<Restored> {
+        check_target(to, options.overwrite).await?;
         let backup = self.pick(&options).await?;
-        if !options.overwrite && tokio::fs::try_exists(to).await.unwrap_or(true) {
-            return Err(Error::TargetExists(to.to_owned()));
-        }
         let staging = staging_dir(to, &backup.id);
-        tokio::fs::create_dir_all(&staging)
-            .await
-            .map_err(Error::io(&staging))?;
+        make_private_dir(&staging).await?;
+        // One restore per target and backup at a time: they would share the parts.
+        let lock_path = staging.join("lock");
+        let lock = std::fs::File::create(&lock_path).map_err(Error::io(&lock_path))?;
+        if lock.try_lock().is_err() {
+            return Err(Error::io(&staging)(std::io::Error::new(
+                std::io::ErrorKind::WouldBlock,
+                "another restore to this target is running",
+            )));
+        }
+        let done = self.restore_in(&backup, &staging, to, &options).await;
+        match &done {
+            // Interrupted: the parts fetched so far stay for the next run.
+            Err(Error::Store { .. } | Error::Io { .. }) => {}
+            // Done, or nothing a new run could resume: no decrypted copy stays behind.
+            _ => {
+                let _ = tokio::fs::remove_dir_all(&staging).await;
+            }
+        }
+        drop(lock);
+        let replayed = done?;
+        tracing::info!(id = %backup.id, to = %to.display(), replayed, "backup restored");
+        Ok(Restored { backup, replayed })
+    }
+
+    async fn restore_in(
+        &self,
+        backup: &Backup,
+        staging: &Path,
+        to: &Path,
+        options: &RestoreOptions,
+    ) -> Result<usize> {
         if let Some(p) = &options.progress {
             p.start(backup.size);
         }
         for (n, part) in backup.parts.iter().enumerate() {
-            self.fetch_part(&backup, n, part, &staging).await?;
+            self.fetch_part(backup, n, part, staging).await?;
             if let Some(p) = &options.progress {
                 p.advance(part.size);
             }
         }
         let file = staging.join("restored.db");
-        assemble(&backup, &staging, &file).await?;
+        assemble(backup, staging, &file).await?;
         check_and_rename_history(&file).await?;
-        let replayed = self.replay(&backup, &file, options.at).await?;
+        let replayed = self.replay(backup, &file, options.at).await?;
+        check_target(to, options.overwrite).await?;
         if options.overwrite {
-            for suffix in ["-wal", "-shm", "-journal", ""] {
-                let old = PathBuf::from(format!("{}{suffix}", to.display()));
+            // A -wal or -shm left by the old database would be read into the restored
+            // one: they go first, then the file is renamed over the old one.
+            for suffix in ["-wal", "-shm", "-journal"] {
+                let old = sibling(to, suffix);
                 match tokio::fs::remove_file(&old).await {
                     Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                         return Err(Error::io(old)(e))
@@ -146,9 +176,7 @@ impl<S: ObjectStore> Backups<S> {
             }
         }
         tokio::fs::rename(&file, to).await.map_err(Error::io(to))?;
-        let _ = tokio::fs::remove_dir_all(&staging).await;
-        tracing::info!(id = %backup.id, to = %to.display(), replayed, "backup restored");
-        Ok(Restored { backup, replayed })
+        Ok(replayed)
     }
 
     /// Applies the changes the backed-up database made after the backup, as its
@@ -195,23 +223,44 @@ impl<S: ObjectStore> Backups<S> {
         applied.map(|()| changes.len())
     }
 
+    /// The backup to restore. Only its manifest is read: a damaged manifest of another
+    /// backup does not stand in the way, but the one picked must be sound — a restore
+    /// never falls back to an older backup because the newer one is damaged.
     async fn pick(&self, options: &RestoreOptions) -> Result<Backup> {
-        let backups = self.list().await?;
+        self.check_encryption().await?;
+        // Backups by id (UUIDv7: in the order they were taken), complete ones only.
+        let mut ids: Vec<uuid::Uuid> = self
+            .store
+            .list(SNAPSHOTS)
+            .await?
+            .iter()
+            .filter_map(|n| n.strip_prefix(SNAPSHOTS)?.strip_suffix("/manifest.json"))
+            .filter_map(|id| uuid::Uuid::parse_str(id).ok())
+            .filter(|id| id.get_version_num() == 7)
+            .collect();
+        ids.sort();
         let found = match (&options.id, options.at) {
-            (Some(id), _) => backups.into_iter().find(|b| &b.id == id),
-            (None, Some(at)) => backups.into_iter().rev().find(|b| b.created() <= at),
-            (None, None) => backups.into_iter().next_back(),
+            (Some(id), _) => ids.into_iter().find(|u| u.hyphenated().to_string() == *id),
+            (None, Some(at)) => ids.into_iter().rev().find(|u| taken_at(u) <= at),
+            (None, None) => ids.into_iter().next_back(),
         };
-        found.ok_or_else(|| {
-            Error::NoBackup(match (&options.id, options.at) {
+        let Some(id) = found else {
+            return Err(Error::NoBackup(match (&options.id, options.at) {
                 (Some(id), _) => format!(" with id {id}"),
                 (None, Some(at)) => format!(
                     " taken at or before {}",
                     humantime::format_rfc3339_seconds(at)
                 ),
                 (None, None) => String::new(),
-            })
-        })
+            }));
+        };
+        let name = Backup::manifest_name(&id.hyphenated().to_string());
+        let body = self
+            .store
+            .get(&name)
+            .await?
+            .ok_or_else(|| Error::NoBackup(" (it was removed while being restored)".into()))?;
+        Backup::parse(&name, &body)
     }
 
     /// Fetches part `n` into `staging`, unless an earlier run left it there whole.
@@ -250,6 +299,60 @@ impl<S: ObjectStore> Backups<S> {
     }
 }
 
+/// `to` with `suffix` appended to its name (`app.db-wal`).
+fn sibling(to: &Path, suffix: &str) -> PathBuf {
+    let mut name = to.as_os_str().to_os_string();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A restore may write `to`: its directory exists, and neither it nor the files SQLite
+/// keeps beside it (`-wal`, `-shm`, `-journal`: a stale `-wal` would be read into the
+/// restored database) exist, unless `overwrite`.
+async fn check_target(to: &Path, overwrite: bool) -> Result<()> {
+    let dir = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    if !tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir()) {
+        return Err(Error::io(&dir)(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no such directory",
+        )));
+    }
+    if to.file_name().is_none() || tokio::fs::metadata(to).await.is_ok_and(|m| m.is_dir()) {
+        return Err(Error::io(to)(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "is a directory: name the database file",
+        )));
+    }
+    if !overwrite {
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let path = sibling(to, suffix);
+            if tokio::fs::try_exists(&path).await.unwrap_or(true) {
+                return Err(Error::TargetExists(path));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Makes `dir` readable by its owner only: it holds decrypted parts.
+async fn make_private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let path = dir.to_owned();
+    tokio::task::spawn_blocking(move || {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&path)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))
+    })
+    .await
+    .expect("does not panic")
+    .map_err(Error::io(dir))
+}
+
 /// `{to}.restore-{id}`, beside the target so the final rename stays on one filesystem.
 fn staging_dir(to: &Path, id: &str) -> PathBuf {
     let mut name = to.file_name().unwrap_or_default().to_os_string();
@@ -271,6 +374,12 @@ async fn assemble(backup: &Backup, staging: &Path, file: &Path) -> Result<()> {
         out.write_all(&part).await.map_err(Error::io(file))?;
     }
     out.sync_all().await.map_err(Error::io(file))?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tokio::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600))
+            .await
+            .map_err(Error::io(file))?;
+    }
     if hex(&whole.finalize()) != backup.sha256 {
         return Err(Error::corrupt(
             &Backup::manifest_name(&backup.id),

@@ -9,7 +9,6 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 use tokio::io::AsyncReadExt;
 
-use crate::encrypt::KEY;
 use crate::manifest::{hex, sha256, Backup, Part, SNAPSHOTS};
 use crate::store::ObjectStore;
 use crate::{Error, Result};
@@ -18,8 +17,9 @@ use crate::{Error, Result};
 pub const PART_SIZE: usize = 8 << 20;
 
 /// An unfinished backup (parts, no manifest) older than this is removed by the next
-/// backup: its process died. Younger ones may still be uploading.
-const ABANDONED_AFTER: Duration = Duration::from_secs(3600);
+/// backup: its process died. Younger ones may still be uploading (a large backup over
+/// a slow link, or another host whose clock is ahead).
+const ABANDONED_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// Backups of one SQLite database in one store: take them, list them, restore one
 /// ([`Backups::restore`]).
@@ -80,7 +80,15 @@ impl<S: ObjectStore> Backups<S> {
     /// this one is not opened with its key.
     pub async fn backup(&self, pool: &SqlitePool) -> Result<Backup> {
         self.check_encryption().await?;
-        let dir = tempfile::tempdir().map_err(Error::io(std::env::temp_dir()))?;
+        // The copy is the database in plain: readable by its owner only.
+        let dir = {
+            use std::os::unix::fs::PermissionsExt;
+            tempfile::Builder::new()
+                .prefix("rhtmx-sync-backup-")
+                .permissions(std::fs::Permissions::from_mode(0o700))
+                .tempdir()
+                .map_err(Error::io(std::env::temp_dir()))?
+        };
         let copy = dir.path().join("copy.db");
         let id = uuid::Uuid::now_v7();
         let created_ms = SystemTime::now()
@@ -131,6 +139,22 @@ impl<S: ObjectStore> Backups<S> {
             log_id,
             head,
         };
+        // Every part must be there before the manifest says so (another process's
+        // tidying could have removed them).
+        let held = self
+            .store
+            .list(&format!("{SNAPSHOTS}{}/", backup.id))
+            .await?;
+        for n in 0..backup.parts.len() {
+            let name = Backup::part_name(&backup.id, n);
+            if !held.contains(&name) {
+                return Err(Error::Store {
+                    operation: "put",
+                    name,
+                    reason: "the part vanished before the manifest was written".into(),
+                });
+            }
+        }
         let manifest = serde_json::to_vec(&backup).expect("a manifest serializes");
         self.store
             .put(&Backup::manifest_name(&backup.id), manifest.into())
@@ -182,12 +206,7 @@ impl<S: ObjectStore> Backups<S> {
 
     /// A plain store must not write into, or read from, an encrypted one.
     pub(crate) async fn check_encryption(&self) -> Result<()> {
-        if !self.store.encrypted() && self.store.get(KEY).await?.is_some() {
-            return Err(Error::Encryption(
-                "this store is encrypted: give its passphrase".into(),
-            ));
-        }
-        Ok(())
+        crate::encrypt::refuse_if_encrypted(&self.store).await
     }
 
     /// Removes unfinished backups whose process died, and backups beyond `keep`.

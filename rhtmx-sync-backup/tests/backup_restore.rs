@@ -161,10 +161,13 @@ async fn encrypted_objects_are_unreadable_without_the_passphrase() {
     // What the server holds: no SQLite header, no row text, in any object.
     let raw = s3(&server.endpoint, "sealed");
     let names = raw.list("").await.unwrap();
-    assert!(names.contains(&"key.age".to_owned()), "{names:?}");
+    assert!(names[0].starts_with("keys/"), "{names:?}");
     assert_eq!(names.len(), taken.parts.len() + 2, "{names:?}");
     for name in &names {
         let body = raw.get(name).await.unwrap().unwrap();
+        if name.ends_with(".check") {
+            continue;
+        }
         assert!(
             body.starts_with(b"age-encryption.org/v1"),
             "{name} is an age file"
@@ -194,16 +197,14 @@ async fn encrypted_objects_are_unreadable_without_the_passphrase() {
         .await
         .unwrap_err();
     assert!(matches!(err, Error::WrongPassphrase), "{err}");
-    // With another age identity: every object fails to decrypt.
-    let other = Encrypted::with_identity(
+    // With an age identity instead: refused, the store is a passphrase's.
+    let err = Encrypted::with_identity(
         s3(&server.endpoint, "sealed"),
         age::x25519::Identity::generate(),
-    );
-    let err = Backups::new(other)
-        .restore(&to, RestoreOptions::new())
-        .await
-        .unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, Error::Encryption(_)), "{err}");
     assert!(!to.exists());
     // A plain store refuses to write into an encrypted one.
     let err = Backups::new(s3(&server.endpoint, "sealed"))
@@ -261,6 +262,15 @@ async fn a_tampered_truncated_or_swapped_object_is_never_applied() {
                     "{prefix}, {what}: {err}"
                 );
                 assert!(!to.exists(), "{prefix}, {what}: nothing applied");
+                let staged = std::fs::read_dir(to.parent().unwrap())
+                    .unwrap()
+                    .flatten()
+                    .filter(|e| e.file_name().to_string_lossy().contains(".restore-"))
+                    .count();
+                assert_eq!(
+                    staged, 0,
+                    "{prefix}, {what}: no decrypted parts left behind"
+                );
             }
         };
 
@@ -439,10 +449,24 @@ async fn point_in_time_restores_the_newest_backup_taken_at_or_before() {
         .unwrap_err();
     assert!(matches!(err, Error::TargetExists(_)), "{err}");
     assert_eq!(std::fs::read(&to).unwrap(), b"precious");
+    // Nor may a -wal or -shm be beside it: SQLite would read a stale -wal into the
+    // restored database.
+    let fresh = dir.path().join("fresh.db");
+    std::fs::write(dir.path().join("fresh.db-wal"), b"stale").unwrap();
+    let err = backups
+        .restore(&fresh, RestoreOptions::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::TargetExists(_)), "{err}");
     backups
         .restore(&to, RestoreOptions::new().overwrite(true))
         .await
         .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&to).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "the restored database is its owner's alone");
+    }
     assert_eq!(
         dump(&to).await["todos"].len(),
         dump(&dir.path().join("app.db")).await["todos"].len()
@@ -642,5 +666,99 @@ async fn scheduled_backups_come_on_time_and_stop_with_the_task() {
     let _ = task.await;
     let after = backups.list().await.unwrap();
     assert!(after.len() <= 2, "keep(2) holds: {after:?}");
+    engine.shutdown();
+}
+
+/// Two processes opening a fresh store at once each make a key; both stay, and every
+/// backup either takes can be restored by a third.
+#[tokio::test(flavor = "multi_thread")]
+async fn two_first_openers_at_once_both_keep_their_backups_readable() {
+    let server = S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (pool, engine) = app_db(&dir.path().join("app.db"), 100).await;
+    let (a, b) = tokio::join!(
+        Encrypted::with_passphrase(s3(&server.endpoint, "race"), PASSPHRASE),
+        Encrypted::with_passphrase(s3(&server.endpoint, "race"), PASSPHRASE),
+    );
+    let (a, b) = (Backups::new(a.unwrap()), Backups::new(b.unwrap()));
+    let taken = [
+        a.backup(&pool).await.unwrap(),
+        b.backup(&pool).await.unwrap(),
+    ];
+    engine.shutdown();
+    let third = Encrypted::with_passphrase(s3(&server.endpoint, "race"), PASSPHRASE)
+        .await
+        .unwrap();
+    let third = Backups::new(third);
+    assert_eq!(third.list().await.unwrap().len(), 2);
+    for (i, t) in taken.iter().enumerate() {
+        let to = dir.path().join(format!("r{i}.db"));
+        third
+            .restore(&to, RestoreOptions::new().id(&t.id))
+            .await
+            .unwrap();
+    }
+}
+
+/// With an age identity the operator keeps: another identity, a passphrase or no
+/// encryption are refused on that prefix, and the identity on a plain one; an object
+/// encrypted to the public key by someone without the identity is refused.
+#[tokio::test]
+async fn an_identity_store_refuses_other_keys_and_forged_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pool, engine) = app_db(&dir.path().join("app.db"), 50).await;
+    let store = Arc::new(MemoryStore::new());
+    let identity = age::x25519::Identity::generate();
+    let public = identity.to_public();
+    let mine = Encrypted::with_identity(store.clone(), identity.clone())
+        .await
+        .unwrap();
+    let backups = Backups::new(mine);
+    let taken = backups.backup(&pool).await.unwrap();
+    for refused in [
+        Encrypted::with_identity(store.clone(), age::x25519::Identity::generate())
+            .await
+            .err(),
+        Encrypted::with_passphrase(store.clone(), PASSPHRASE)
+            .await
+            .err(),
+        Backups::new(store.clone()).list().await.err(),
+    ] {
+        assert!(matches!(refused, Some(Error::Encryption(_))), "{refused:?}");
+    }
+    let plain = Arc::new(MemoryStore::new());
+    Backups::new(plain.clone()).backup(&pool).await.unwrap();
+    let err = Encrypted::with_identity(plain, identity.clone())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Encryption(_)), "{err}");
+
+    // A forger who knows only the public key writes a newer backup.
+    let forged_id = uuid::Uuid::now_v7().hyphenated().to_string();
+    let part = b"SQLite format 3\0 not really".to_vec();
+    let manifest = serde_json::json!({
+        "id": forged_id, "created_ms": 4102444800000u64, "size": part.len(),
+        "sha256": "00", "parts": [{"size": part.len(), "sha256": "00"}],
+        "log_id": null, "head": 0
+    });
+    for (name, body) in [
+        (format!("snapshots/{forged_id}/00000"), part.clone()),
+        (
+            format!("snapshots/{forged_id}/manifest.json"),
+            manifest.to_string().into_bytes(),
+        ),
+    ] {
+        let mut sealed = age::encrypt(&public, &body).unwrap();
+        sealed.extend_from_slice(&[0u8; 32]);
+        store.put(&name, sealed.into()).await.unwrap();
+    }
+    let err = backups.list().await.unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    // The genuine backup is still restorable by its id.
+    let to = dir.path().join("restored.db");
+    backups
+        .restore(&to, RestoreOptions::new().id(&taken.id))
+        .await
+        .unwrap();
     engine.shutdown();
 }

@@ -184,7 +184,15 @@ async fn every_failure_exits_non_zero_with_a_clear_message() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         format!("http://{}", l.local_addr().unwrap())
     };
-    fails_with(&run(&closed, &pass, &restore).await, "store: get");
+    fails_with(
+        &run(&closed, &pass, &restore).await,
+        "cannot reach the server",
+    );
+    let empty_pass = [("RHTMX_SYNC_PASSPHRASE", "")];
+    fails_with(
+        &run(&server.endpoint, &empty_pass, &restore).await,
+        "set but empty",
+    );
     let ftp = ["list", "ftp://somewhere/x"];
     fails_with(&run(&server.endpoint, &[], &ftp).await, "not a store");
     let missing = ["backup", "--db", "/nonexistent/app.db", url.as_str()];

@@ -64,9 +64,18 @@ impl ObjectStore for DirStore {
     async fn delete(&self, name: &str) -> Result<()> {
         let path = self.path(name)?;
         match tokio::fs::remove_file(&path).await {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(Error::io(path)(e)),
-            _ => Ok(()),
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(Error::io(path)(e)),
+            _ => {}
         }
+        // Directories left empty go too, up to the root (one not empty stays).
+        let mut dir = path.parent();
+        while let Some(d) = dir.filter(|d| *d != self.root && d.starts_with(&self.root)) {
+            if tokio::fs::remove_dir(d).await.is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
     }
 }
 

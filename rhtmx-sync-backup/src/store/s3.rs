@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_smithy_http_client::tls::{rustls_provider::CryptoMode, Provider};
 use bytes::Bytes;
@@ -32,6 +32,8 @@ pub struct S3Config {
     pub access_key_id: String,
     /// The secret access key; never printed (see the `Debug` impl).
     pub secret_access_key: String,
+    /// A session token, for temporary credentials; never printed.
+    pub session_token: Option<String>,
     /// Path-style addressing (`endpoint/bucket/key`), which most S3-compatible servers
     /// need; `false` for virtual-hosted style (`bucket.endpoint/key`).
     pub path_style: bool,
@@ -46,6 +48,10 @@ impl fmt::Debug for S3Config {
             .field("region", &self.region)
             .field("access_key_id", &self.access_key_id)
             .field("secret_access_key", &"<redacted>")
+            .field(
+                "session_token",
+                &self.session_token.as_ref().map(|_| "<redacted>"),
+            )
             .field("path_style", &self.path_style)
             .finish()
     }
@@ -81,7 +87,7 @@ impl S3Store {
             .credentials_provider(Credentials::new(
                 config.access_key_id,
                 config.secret_access_key,
-                None,
+                config.session_token,
                 None,
                 "rhtmx-sync",
             ))
@@ -117,14 +123,31 @@ impl S3Store {
     }
 }
 
-fn failed<'a, E: std::error::Error + Send + Sync + 'static, R: fmt::Debug>(
+fn failed<'a, E, R>(
     operation: &'static str,
     name: &'a str,
-) -> impl FnOnce(SdkError<E, R>) -> Error + 'a {
-    move |e| Error::Store {
-        operation,
-        name: name.to_owned(),
-        reason: DisplayErrorContext(&e).to_string(),
+) -> impl FnOnce(SdkError<E, R>) -> Error + 'a
+where
+    E: std::error::Error + ProvideErrorMetadata + Send + Sync + 'static,
+    R: fmt::Debug + 'static,
+{
+    move |e| {
+        // The server's own words when it answered (`AccessDenied: …`); else what broke.
+        let reason = match (e.code(), e.message()) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (Some(code), None) => code.to_owned(),
+            _ => match &e {
+                SdkError::DispatchFailure(f) if f.is_io() || f.is_timeout() => {
+                    format!("cannot reach the server: {}", chain(&e))
+                }
+                _ => chain(&e),
+            },
+        };
+        Error::Store {
+            operation,
+            name: name.to_owned(),
+            reason,
+        }
     }
 }
 

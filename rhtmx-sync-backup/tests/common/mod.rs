@@ -76,6 +76,7 @@ pub fn s3_config(endpoint: &str, prefix: &str) -> S3Config {
         region: "us-east-1".to_owned(),
         access_key_id: ACCESS_KEY.to_owned(),
         secret_access_key: SECRET_KEY.to_owned(),
+        session_token: None,
         path_style: true,
     }
 }
