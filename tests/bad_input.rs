@@ -61,6 +61,9 @@ async fn every_bad_input_answers_its_status_and_changes_nothing(backend: Backend
         ("id mismatch", json!({"changes": [{"id": "a", "action": "create", "data": {"id": "b", "title": "t"}}]}).to_string(), 422, "differs"),
         ("data not an object", json!({"changes": [{"id": "a", "action": "create", "data": [1]}]}).to_string(), 422, "invalid type"),
         ("unknown top-level key", json!({"changes": [], "extra": 1}).to_string(), 422, "unknown field `extra`"),
+        ("a client id claiming to be another engine", json!({"client_id": "author:0123456789abcdef", "changes": [
+            {"id": "keep", "action": "update", "data": {"title": "as if replicated"}}
+        ]}).to_string(), 422, "reserved for other engines"),
         ("one bad change among good ones", json!({"changes": [
             {"id": "good", "action": "create", "data": {"title": "fine"}},
             {"id": "keep", "action": "delete"},

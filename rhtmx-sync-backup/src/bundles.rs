@@ -252,6 +252,7 @@ impl<S: ObjectStore> Bundles<S> {
                     total.applied += done.applied;
                     total.duplicates += done.duplicates;
                     total.refused += done.refused;
+                    total.skipped += done.skipped;
                     bundles += 1;
                 }
                 sqlx::query(

@@ -12,9 +12,10 @@ use std::collections::BTreeSet;
 
 use crate::bundles::authored_since;
 use crate::manifest::{hex, sha256, taken_at, Backup, SNAPSHOTS};
-use crate::snapshot::Backups;
+use crate::snapshot::{Backups, IN_FLIGHT};
 use crate::store::ObjectStore;
 use crate::{Error, Result};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 
 /// How much of a restore is done; the command line draws it as a progress bar.
 pub trait Progress: Send + Sync {
@@ -151,10 +152,24 @@ impl<S: ObjectStore> Backups<S> {
         if let Some(p) = &options.progress {
             p.start(backup.size);
         }
+        // A few parts at once; each is checked before it is kept.
+        let mut fetches = FuturesUnordered::new();
         for (n, part) in backup.parts.iter().enumerate() {
-            self.fetch_part(backup, n, part, staging).await?;
+            fetches.push(async move {
+                self.fetch_part(backup, n, part, staging).await?;
+                Ok::<_, Error>(part.size)
+            });
+            if fetches.len() >= IN_FLIGHT {
+                let bytes = fetches.next().await.expect("one is in flight")?;
+                if let Some(p) = &options.progress {
+                    p.advance(bytes);
+                }
+            }
+        }
+        while let Some(bytes) = fetches.next().await {
+            let bytes = bytes?;
             if let Some(p) = &options.progress {
-                p.advance(part.size);
+                p.advance(bytes);
             }
         }
         let file = staging.join("restored.db");

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use sha2::{Digest, Sha256};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 use tokio::io::AsyncReadExt;
@@ -12,6 +13,9 @@ use tokio::io::AsyncReadExt;
 use crate::manifest::{hex, sha256, Backup, Part, SNAPSHOTS};
 use crate::store::ObjectStore;
 use crate::{Error, Result};
+
+/// Parts uploaded (or fetched, on restore) at once.
+pub(crate) const IN_FLIGHT: usize = 4;
 
 /// Default part size: 8 MiB.
 pub const PART_SIZE: usize = 8 << 20;
@@ -106,6 +110,8 @@ impl<S: ObjectStore> Backups<S> {
             .await
             .map_err(Error::io(&copy))?;
         let (mut parts, mut whole, mut size) = (Vec::new(), Sha256::new(), 0u64);
+        // Parts upload while the next ones are read and hashed, a few at once.
+        let mut uploads = FuturesUnordered::new();
         loop {
             let mut part = Vec::with_capacity(self.part_size);
             (&mut file)
@@ -123,12 +129,17 @@ impl<S: ObjectStore> Backups<S> {
                 sha256: sha256(&part),
             });
             let last = part.len() < self.part_size;
-            self.store
-                .put(&Backup::part_name(&id, parts.len() - 1), part.into())
-                .await?;
+            let name = Backup::part_name(&id, parts.len() - 1);
+            uploads.push(async move { self.store.put(&name, part.into()).await });
+            if uploads.len() >= IN_FLIGHT {
+                uploads.next().await.expect("one is in flight")?;
+            }
             if last {
                 break;
             }
+        }
+        while let Some(done) = uploads.next().await {
+            done?;
         }
         let backup = Backup {
             id,

@@ -257,3 +257,57 @@ async fn nothing_is_uploaded_twice_and_a_roll_up_bounds_the_bucket() {
     engine_a.shutdown();
     engine_c.shutdown();
 }
+
+/// A change the other database refuses (a UNIQUE constraint only it breaks) is
+/// skipped, and what comes after it still arrives; a generated column is not sent.
+#[tokio::test]
+async fn a_change_the_other_database_refuses_does_not_stop_replication() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let mut sides = Vec::new();
+    for name in ["a", "b"] {
+        let pool = open(&dir.path().join(format!("{name}.db"))).await;
+        sqlx::query(
+            "CREATE TABLE people (id TEXT PRIMARY KEY, email TEXT NOT NULL UNIQUE, \
+             shout TEXT GENERATED ALWAYS AS (upper(email)) VIRTUAL)",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        let engine = SyncEngine::builder(pool.clone())
+            .entity_named("people")
+            .build()
+            .await
+            .unwrap();
+        let bundles = Bundles::new(store.clone(), engine.clone()).unwrap();
+        sides.push((pool, engine, bundles));
+    }
+    // Both take one email for different people.
+    for (i, (pool, _, _)) in sides.iter().enumerate() {
+        sqlx::query("INSERT INTO people (id, email) VALUES (?, 'same@example.com')")
+            .bind(format!("p{i}"))
+            .execute(pool)
+            .await
+            .unwrap();
+    }
+    for (_, _, bundles) in &sides {
+        bundles.sync().await.unwrap();
+    }
+    let report = sides[0].2.sync().await.unwrap();
+    assert_eq!(report.applied.skipped, 1, "{report:?}");
+    // Later changes still flow, both ways.
+    sqlx::query("INSERT INTO people (id, email) VALUES ('later', 'later@example.com')")
+        .execute(&sides[1].0)
+        .await
+        .unwrap();
+    sides[1].2.sync().await.unwrap();
+    sides[0].2.sync().await.unwrap();
+    let shout: String = sqlx::query_scalar("SELECT shout FROM people WHERE id = 'later'")
+        .fetch_one(&sides[0].0)
+        .await
+        .unwrap();
+    assert_eq!(shout, "LATER@EXAMPLE.COM");
+    for (_, engine, _) in &sides {
+        engine.shutdown();
+    }
+}

@@ -44,7 +44,7 @@ use crate::error::{Error, Result};
 pub const HLC_LEN: usize = 38;
 
 /// The largest counter; the next tick moves the physical part instead.
-const MAX_COUNTER: u32 = 99_999;
+pub(crate) const MAX_COUNTER: u32 = 99_999;
 
 /// The largest physical part that fits in 15 digits.
 const MAX_PHYSICAL: u64 = 999_999_999_999_999;

@@ -32,6 +32,17 @@ use crate::SyncEngine;
 /// The client id prefix of entries applied from another author.
 pub const AUTHOR_PREFIX: &str = "author:";
 
+/// Refuses a client id that claims to be another engine (`author:…`): its writes
+/// would be merged by the rules between engines and never exported.
+pub(crate) fn refuse_author_claim(client_id: Option<&str>) -> Result<()> {
+    if client_id.is_some_and(|c| c.starts_with(AUTHOR_PREFIX)) {
+        return Err(Error::invalid(format!(
+            "client ids starting with `{AUTHOR_PREFIX}` are reserved for other engines"
+        )));
+    }
+    Ok(())
+}
+
 /// A change as its author's log recorded it, for another engine to apply.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[non_exhaustive]
@@ -77,6 +88,39 @@ pub struct AppliedAuthored {
     /// Changes refused by the merge: an update of a row deleted here, or of one that
     /// never existed.
     pub refused: usize,
+    /// Changes this database cannot take, skipped (logged at `warn`): a table or field
+    /// it does not sync, a constraint the row breaks here (UNIQUE, a foreign key).
+    pub skipped: usize,
+}
+
+impl AppliedAuthored {
+    fn count(&mut self, done: &[apply::Applied]) {
+        for d in done {
+            match d.status {
+                Status::Applied => self.applied += 1,
+                Status::Duplicate => self.duplicates += 1,
+                Status::NotFound | Status::Deleted => self.refused += 1,
+            }
+        }
+    }
+
+    fn skip(&mut self, n: usize, why: &Error) {
+        self.skipped += n;
+        tracing::warn!(changes = n, error = %why, "another engine's changes skipped");
+    }
+}
+
+/// Whether applying a change failed because of the change, not of the database's
+/// state now (a lock, a closed pool): it will fail again, so it is skipped.
+fn refusal(e: &Error) -> bool {
+    match e {
+        Error::Invalid(_) | Error::UnknownEntity(_) => true,
+        Error::Database(sqlx::Error::Database(db)) => {
+            !matches!(db.kind(), sqlx::error::ErrorKind::Other)
+                || db.message().contains("constraint")
+        }
+        _ => false,
+    }
 }
 
 /// The HLC node standing for `author`'s own SQL writes.
@@ -87,10 +131,14 @@ fn author_node(author: &str) -> u64 {
         .unwrap_or(1)
 }
 
-/// `hlc` as another author sees it: node 0 (this engine's SQL writes) is this author's.
-fn as_author(hlc: Hlc, author: &str) -> Hlc {
+/// `hlc` as another author sees it. Node 0 (this engine's SQL writes, whose HLC is the
+/// millisecond they were written) becomes this author's node, and the counter the log
+/// version's last digits, so that two writes in one millisecond (a delete and an
+/// insert in one handler) are ordered, the same way on every engine.
+fn as_author(hlc: Hlc, version: i64, author: &str) -> Hlc {
     if hlc.node() == 0 {
-        Hlc::new(hlc.physical_ms(), hlc.counter(), author_node(author))
+        let counter = version.rem_euclid(i64::from(crate::hlc::MAX_COUNTER) + 1) as u32;
+        Hlc::new(hlc.physical_ms(), counter, author_node(author))
     } else {
         hlc
     }
@@ -100,10 +148,10 @@ fn as_author(hlc: Hlc, author: &str) -> Hlc {
 /// before another author's change is merged against it.
 pub(crate) fn localize(history: &mut crate::conflict::History, author: &str) {
     for entry in &mut history.since_base {
-        entry.hlc = as_author(entry.hlc, author);
+        entry.hlc = as_author(entry.hlc, entry.version, author);
     }
     if let Some(t) = &mut history.tombstone {
-        t.hlc = as_author(t.hlc, author);
+        t.hlc = as_author(t.hlc, t.version, author);
     }
 }
 
@@ -152,7 +200,7 @@ impl SyncEngine {
             let Some(hlc) = row.hlc.as_deref().and_then(|h| h.parse::<Hlc>().ok()) else {
                 continue;
             };
-            let hlc = as_author(hlc, self.author_id());
+            let hlc = as_author(hlc, row.version, self.author_id());
             let changed: Option<Vec<String>> = row
                 .changed
                 .as_deref()
@@ -166,6 +214,8 @@ impl SyncEngine {
                         continue;
                     };
                     data.remove(&entity.id);
+                    // A generated column is the database's to compute, on every engine.
+                    data.retain(|k, _| entity.column(k).is_some_and(|c| !c.generated));
                     if let (Action::Update, Some(changed)) = (action, &changed) {
                         data.retain(|k, _| changed.contains(k));
                         if data.is_empty() {
@@ -197,10 +247,11 @@ impl SyncEngine {
     ///
     /// # Errors
     ///
-    /// [`Error::Invalid`] for an `author` that is not 1 to 64 of `[A-Za-z0-9_.-]`
-    /// or this engine's own id, or a change this engine's schema cannot take (an
-    /// unknown field); [`Error::UnknownEntity`]; [`Error::Database`]. Nothing of the
-    /// failing run of changes is applied; runs before it are.
+    /// [`Error::Invalid`] for an `author` that is not 1 to 64 of `[A-Za-z0-9_.-]` or
+    /// this engine's own id; [`Error::Database`] when the database fails (the changes
+    /// before the failing run stay applied; applying them again is harmless). A change
+    /// this database cannot take is skipped, not an error (see
+    /// [`AppliedAuthored::skipped`]): one bad change must not stop replication.
     pub async fn apply_authored(
         &self,
         author: &str,
@@ -216,36 +267,63 @@ impl SyncEngine {
         let client = format!("{AUTHOR_PREFIX}{author}");
         let mut report = AppliedAuthored::default();
         for run in changes.chunk_by(|a, b| a.entity == b.entity) {
-            let entity = self.entity(&run[0].entity)?;
+            let entity = match self.entity(&run[0].entity) {
+                Ok(entity) => entity,
+                // Schema skew: a table this engine does not sync.
+                Err(e) => {
+                    report.skip(run.len(), &e);
+                    continue;
+                }
+            };
             let mut validated = Vec::with_capacity(run.len());
             let mut seen = std::collections::HashMap::new();
             for c in run {
-                let mut v = apply::validate(
-                    &entity,
-                    Incoming {
-                        id: &c.id,
-                        action: c.action,
-                        data: c.data.as_ref(),
-                        hlc: Some(c.hlc),
-                        base: Some(0),
-                    },
-                )?;
+                let incoming = Incoming {
+                    id: &c.id,
+                    action: c.action,
+                    data: c.data.as_ref(),
+                    hlc: Some(c.hlc),
+                    base: Some(0),
+                };
+                let mut v = match apply::validate(&entity, incoming) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        report.skip(1, &e);
+                        continue;
+                    }
+                };
                 let count = seen.entry(v.identity()).or_insert(0u32);
                 v.occurrence = *count;
                 *count += 1;
                 v.authored = true;
                 validated.push(v);
             }
-            let (done, _) =
-                apply::transaction(&self.inner, &entity, &validated, Some(&client), &Read::All)
-                    .await
-                    .map_err(|failed| failed.error)?;
-            for d in done {
-                match d.status {
-                    Status::Applied => report.applied += 1,
-                    Status::Duplicate => report.duplicates += 1,
-                    Status::NotFound | Status::Deleted => report.refused += 1,
+            let all =
+                apply::transaction(&self.inner, &entity, &validated, Some(&client), &Read::All);
+            match all.await {
+                Ok((done, _)) => report.count(&done),
+                // One change this database refuses (a UNIQUE or foreign key constraint,
+                // a value out of its column's range) must not hold back the rest: each
+                // is applied alone, and the refused ones are skipped.
+                Err(failed) if refusal(&failed.error) => {
+                    for v in &validated {
+                        let one = std::slice::from_ref(v);
+                        match apply::transaction(
+                            &self.inner,
+                            &entity,
+                            one,
+                            Some(&client),
+                            &Read::All,
+                        )
+                        .await
+                        {
+                            Ok((done, _)) => report.count(&done),
+                            Err(failed) if refusal(&failed.error) => report.skip(1, &failed.error),
+                            Err(failed) => return Err(failed.error),
+                        }
+                    }
                 }
+                Err(failed) => return Err(failed.error),
             }
         }
         Ok(report)

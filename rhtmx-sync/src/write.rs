@@ -117,6 +117,7 @@ impl SyncContext {
         if client_id.as_ref().is_some_and(|c| c.len() > max) {
             return Err(Error::invalid("the client id must be 1 to 128 characters"));
         }
+        crate::replication::refuse_author_claim(client_id.as_deref())?;
         Ok(SyncContext {
             base_version,
             hlc,

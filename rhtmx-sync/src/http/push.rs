@@ -253,5 +253,6 @@ fn client_id(headers: &HeaderMap, body: Option<String>) -> Result<Option<String>
             "the client id must be 1 to {MAX_CLIENT_ID} characters"
         )));
     }
+    crate::replication::refuse_author_claim(id.as_deref())?;
     Ok(id)
 }
