@@ -152,25 +152,33 @@ impl<S: ObjectStore> Backups<S> {
         if let Some(p) = &options.progress {
             p.start(backup.size);
         }
-        // A few parts at once; each is checked before it is kept.
+        // A few parts at once; each is checked before it is kept. After a failure the
+        // fetches under way still finish and keep their parts, for the next run.
         let mut fetches = FuturesUnordered::new();
-        for (n, part) in backup.parts.iter().enumerate() {
-            fetches.push(async move {
-                self.fetch_part(backup, n, part, staging).await?;
-                Ok::<_, Error>(part.size)
-            });
-            if fetches.len() >= IN_FLIGHT {
-                let bytes = fetches.next().await.expect("one is in flight")?;
-                if let Some(p) = &options.progress {
-                    p.advance(bytes);
+        let mut failed = None;
+        let mut parts = backup.parts.iter().enumerate();
+        loop {
+            while failed.is_none() && fetches.len() < IN_FLIGHT {
+                let Some((n, part)) = parts.next() else { break };
+                fetches.push(async move {
+                    self.fetch_part(backup, n, part, staging).await?;
+                    Ok::<_, Error>(part.size)
+                });
+            }
+            match fetches.next().await {
+                None => break,
+                Some(Ok(bytes)) => {
+                    if let Some(p) = &options.progress {
+                        p.advance(bytes);
+                    }
+                }
+                Some(Err(e)) => {
+                    failed.get_or_insert(e);
                 }
             }
         }
-        while let Some(bytes) = fetches.next().await {
-            let bytes = bytes?;
-            if let Some(p) = &options.progress {
-                p.advance(bytes);
-            }
+        if let Some(e) = failed {
+            return Err(e);
         }
         let file = staging.join("restored.db");
         assemble(backup, staging, &file).await?;
