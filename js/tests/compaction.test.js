@@ -41,7 +41,14 @@ test("offline across a compaction: one reset, then the page shows the table", as
   dbExec(server.dbPath, `INSERT INTO todos (id, title, completed) VALUES ('${id(1)}', 'added while away', false)`);
   dbExec(server.dbPath, `INSERT INTO todos (id, title, completed) VALUES ('${id(2)}', 'gone again', false)`);
   dbExec(server.dbPath, `DELETE FROM todos WHERE id = '${id(2)}'`);
-  // ... and the log is compacted past all of it, and so past the page's cursor.
+  // ... and the log is compacted past all of it, and so past the page's cursor. On
+  // PostgreSQL entries get their version after they commit: the head is read once every
+  // entry has one (read earlier, it was too low, the wait below passed at once and the
+  // page resumed without the reset: a CI flake).
+  await eventually(() => {
+    const [{ n }] = dbQuery(server.dbPath, "SELECT count(*) AS n FROM _rhtmx_sync_log WHERE version IS NULL");
+    return Number(n) === 0;
+  }, { what: "every entry numbered" });
   const [{ head }] = dbQuery(server.dbPath, "SELECT max(version) AS head FROM _rhtmx_sync_log");
   await eventually(() => {
     const [row] = dbQuery(server.dbPath, "SELECT value FROM _rhtmx_sync_meta WHERE key = 'horizon'");

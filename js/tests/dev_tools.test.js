@@ -114,7 +114,8 @@ test("the progress component shows a 50 000-row first sync, then hides", async (
     route.fulfill({ response, body: emptyList(await response.text()) });
   });
   await page.goto(w.proxy.base + "/");
-  await page.waitForFunction(() => window.__progress.some((p) => p.phase === "synced"), null, { timeout: 120000 });
+  // About 90 s on PostgreSQL on a 2-core machine (120 s was too close: it flaked in CI).
+  await page.waitForFunction(() => window.__progress.some((p) => p.phase === "synced"), null, { timeout: 300000 });
 
   const progress = await page.evaluate(() => window.__progress);
   const syncing = progress.filter((p) => p.phase === "syncing");
