@@ -140,15 +140,9 @@ impl<S: ObjectStore> Bundles<S> {
     where
         S: 'static,
     {
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                if let Err(e) = self.sync().await {
-                    tracing::warn!(error = %e, "bundle sync failed");
-                }
-            }
+        crate::snapshot::every_period(every, "bundle sync", move || {
+            let this = self.clone();
+            async move { this.sync().await.map(drop) }
         })
     }
 

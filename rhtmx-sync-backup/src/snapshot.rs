@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use sqlx::{Connection, SqliteConnection, SqlitePool};
 use tokio::io::AsyncReadExt;
 
-use crate::manifest::{hex, sha256, Backup, Part, SNAPSHOTS};
+use crate::manifest::{hex, sha256, taken_at, Backup, Part, SNAPSHOTS};
 use crate::store::ObjectStore;
 use crate::{Error, Result};
 
@@ -203,15 +203,9 @@ impl<S: ObjectStore> Backups<S> {
     where
         S: 'static,
     {
-        tokio::spawn(async move {
-            let mut ticks = tokio::time::interval(every);
-            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                ticks.tick().await;
-                if let Err(e) = self.backup(&pool).await {
-                    tracing::warn!(error = %e, "backup failed");
-                }
-            }
+        every_period(every, "backup", move || {
+            let (this, pool) = (self.clone(), pool.clone());
+            async move { this.backup(&pool).await.map(drop) }
         })
     }
 
@@ -239,14 +233,9 @@ impl<S: ObjectStore> Backups<S> {
             .copied()
             .filter(|id| !complete.contains(id))
             .filter(|id| {
-                uuid::Uuid::parse_str(id)
-                    .ok()
-                    .and_then(|u| u.get_timestamp())
-                    .map(|t| {
-                        let (s, ns) = t.to_unix();
-                        UNIX_EPOCH + Duration::new(s, ns)
-                    })
-                    .is_some_and(|t| now.duration_since(t).unwrap_or_default() > ABANDONED_AFTER)
+                uuid::Uuid::parse_str(id).is_ok_and(|u| {
+                    now.duration_since(taken_at(&u)).unwrap_or_default() > ABANDONED_AFTER
+                })
             })
             .collect();
         if let Some(keep) = self.keep {
@@ -262,6 +251,29 @@ impl<S: ObjectStore> Backups<S> {
         }
         Ok(())
     }
+}
+
+/// Runs `task` every `every`, the first at once, until the returned task is aborted;
+/// a failure is logged (`tracing`, at `warn`) and the next run comes on time.
+pub(crate) fn every_period<F, Fut>(
+    every: Duration,
+    what: &'static str,
+    mut task: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<()>> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(e) = task().await {
+                tracing::warn!(error = %e, "{what} failed");
+            }
+        }
+    })
 }
 
 /// The log identity and head in a copy (`None`, 0 without the engine's tables).
