@@ -150,10 +150,43 @@ impl Model {
                 changed,
                 data,
                 hlc: Hlc::new(0, 0, 0),
+                origin_hlc: None,
                 client_id: None,
             },
             conflict: None,
         });
+    }
+
+    /// Causal stamping, as the log does it (`rhtmx-sync/src/causal.rs`): entry `i` is
+    /// moved one millisecond after the greatest HLC of the earlier writes it overwrites.
+    fn stamp(&mut self, i: usize) {
+        let e = self.log[i].entry.clone();
+        let earlier: Vec<&Entry> = self.by_id[&self.log[i].id]
+            .iter()
+            .filter(|&&j| j < i)
+            .map(|&j| &self.log[j].entry)
+            .collect();
+        let report = e.action == Action::Update && e.changed.as_deref() == Some(&[]);
+        let overwritten = earlier
+            .iter()
+            .filter(|p| {
+                e.action != Action::Update
+                    || p.action != Action::Update
+                    || match (&p.changed, &e.changed) {
+                        (Some(a), Some(b)) => a.iter().any(|f| b.contains(f)),
+                        _ => true,
+                    }
+            })
+            .map(|p| p.hlc)
+            .max();
+        match overwritten {
+            Some(o) if !report && o > e.hlc => {
+                let logged = &mut self.log[i].entry;
+                logged.origin_hlc = Some(e.hlc);
+                logged.hlc = Hlc::new(o.physical_ms() + 1, 99_999, e.hlc.node());
+            }
+            _ => {}
+        }
     }
 
     fn push_one(&mut self, client_id: Option<&str>, c: &Value, answer: &mut Answer) {
@@ -245,6 +278,8 @@ impl Model {
             }
             logged.entry.hlc = hlc;
             logged.entry.client_id = client_id.map(str::to_owned);
+            self.stamp(i);
+            let logged = &mut self.log[i];
             if i == last {
                 if let Some(c) = &mut conflict {
                     c.version = Some(logged.entry.version);
@@ -283,6 +318,9 @@ impl Model {
             m.insert("client_id".into(), json!(client));
         }
         m.insert("hlc".into(), json!(e.hlc.to_string()));
+        if let Some(origin) = &e.origin_hlc {
+            m.insert("origin_hlc".into(), json!(origin.to_string()));
+        }
         if let Some(c) = &logged.conflict {
             m.insert("conflict".into(), serde_json::to_value(c).unwrap());
         }
@@ -905,7 +943,10 @@ impl<S: Server> Sim<S> {
         for w in &self.made {
             let id = w["id"].as_str().unwrap();
             let Some(row) = rows.get(id) else { continue };
-            let mine = log.iter().find(|e| e["id"] == id && e["hlc"] == w["hlc"]);
+            // Found by the HLC its client gave it, which the log may have moved.
+            let mine = log
+                .iter()
+                .find(|e| e["id"] == id && (e["hlc"] == w["hlc"] || e["origin_hlc"] == w["hlc"]));
             if w["action"] == "delete" {
                 // A delete of a live row lost: it says so, or a newer write restored the row.
                 let lost = mine.is_some_and(|e| e["conflict"]["outcome"] == "server");
@@ -947,15 +988,35 @@ impl<S: Server> Sim<S> {
         check_conflicts_are_genuine(log);
         if config.delete_wins {
             match config.strategy {
-                // The latest user action by HLC, whatever the order of arrival.
-                SyncStrategy::LastWriteWins => self.check_reference(&rows, |w| {
-                    let hlc: Hlc = w["hlc"].as_str().unwrap().parse().unwrap();
-                    (hlc, 0)
-                }),
+                // The latest user action by HLC, whatever the order of arrival; a
+                // change made after one it overwrote but stamped before it by a
+                // client's clock counts at the HLC the log gave it (causal stamping).
+                SyncStrategy::LastWriteWins => {
+                    // The entry of each moved change: the fields it wrote moved with it
+                    // (a refused change's report wrote none).
+                    let moved: BTreeMap<(String, String), &Value> = log
+                        .iter()
+                        .filter(|e| e["origin_hlc"].is_string())
+                        .map(|e| ((e["id"].to_string(), e["origin_hlc"].to_string()), e))
+                        .collect();
+                    self.check_reference(&rows, |w, field| {
+                        let hlc: Hlc = w["hlc"].as_str().unwrap().parse().unwrap();
+                        let key = (w["id"].to_string(), w["hlc"].to_string());
+                        let stamped = moved.get(&key).filter(|e| {
+                            e["action"] == "create"
+                                || e["changed"]
+                                    .as_array()
+                                    .is_some_and(|c| c.iter().any(|f| f == field))
+                        });
+                        let at =
+                            stamped.map_or(hlc, |e| e["hlc"].as_str().unwrap().parse().unwrap());
+                        (at, 0)
+                    })
+                }
                 // The last change to arrive (the first time it arrived).
                 SyncStrategy::ClientWins => {
                     let arrived = &self.arrived;
-                    self.check_reference(&rows, |w| {
+                    self.check_reference(&rows, |w, _| {
                         let key = (w["id"].to_string(), w["hlc"].to_string());
                         (Hlc::new(0, 0, 0), arrived[&key])
                     })
@@ -967,18 +1028,17 @@ impl<S: Server> Sim<S> {
     }
 
     /// A reference model: a row is gone iff someone deleted it, and every field holds
-    /// the value of the change that sorts last by `order`.
+    /// the value of the change that sorts last by `order` (of the change and the field).
     fn check_reference<K: Ord + Copy + std::fmt::Debug>(
         &self,
         rows: &BTreeMap<String, Row>,
-        order: impl Fn(&Value) -> K,
+        order: impl Fn(&Value, &str) -> K,
     ) {
         // Per row: `None` once deleted, else per field the last change and its value.
         type Fields<'a, K> = BTreeMap<&'a str, (K, &'a Value)>;
         let mut expected: BTreeMap<&str, Option<Fields<'_, K>>> = BTreeMap::new();
         for w in &self.made {
             let id = w["id"].as_str().unwrap();
-            let hlc = order(w);
             match w["action"].as_str().unwrap() {
                 "delete" => {
                     expected.insert(id, None);
@@ -989,6 +1049,7 @@ impl<S: Server> Sim<S> {
                         continue;
                     };
                     for (field, value) in w["data"].as_object().unwrap() {
+                        let hlc = order(w, field);
                         let slot = fields.entry(field.as_str()).or_insert((hlc, value));
                         if hlc > slot.0 {
                             *slot = (hlc, value);
@@ -1029,19 +1090,31 @@ fn check_conflicts_are_genuine(log: &[Value]) {
         let base = c["client_version"].as_i64().unwrap_or(0);
         for (field, report) in c["fields"].as_object().unwrap() {
             let server_hlc = &report["server_hlc"];
-            let source = log.iter().find(|s| {
-                s["id"] == c["id"]
-                    && s["hlc"] == *server_hlc
-                    && s["version"].as_i64().unwrap() > base
-                    && s["version"].as_i64() < c["version"].as_i64()
-            });
-            let source = source
-                .unwrap_or_else(|| panic!("conflict {c} names no earlier write of `{field}`"));
-            let touched = source["action"] == "create"
-                || source["changed"]
-                    .as_array()
-                    .is_some_and(|ch| ch.iter().any(|f| f == field));
-            assert!(touched, "conflict {c}: {source} did not write `{field}`");
+            let writes = |s: &Value| {
+                s["action"] == "create"
+                    || s["changed"]
+                        .as_array()
+                        .is_some_and(|ch| ch.iter().any(|f| f == field))
+            };
+            // Writes of one client moved after the same earlier write share their HLC
+            // (causal stamping): the one that wrote the field is among them.
+            let sources: Vec<&Value> = log
+                .iter()
+                .filter(|s| {
+                    s["id"] == c["id"]
+                        && s["hlc"] == *server_hlc
+                        && s["version"].as_i64().unwrap() > base
+                        && s["version"].as_i64() < c["version"].as_i64()
+                })
+                .collect();
+            assert!(
+                !sources.is_empty(),
+                "conflict {c} names no earlier write of `{field}`"
+            );
+            let source = sources
+                .iter()
+                .find(|s| writes(s))
+                .unwrap_or_else(|| panic!("conflict {c}: {sources:?} did not write `{field}`"));
             if c["client_id"].is_string() {
                 assert_ne!(
                     source["client_id"], c["client_id"],

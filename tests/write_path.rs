@@ -62,7 +62,13 @@ async fn side_effects_are_not_stamped_with_the_change_that_caused_them(backend: 
          INSERT INTO items VALUES ('i1', 'l1', 'milk'), ('i2', 'l1', 'eggs');",
         )
         .await;
-    let at = Hlc::new(1_750_000_000_000, 7, 0xabc);
+    // A moment after the list was written (within the clock tolerance): an HLC below
+    // the row's would be moved after it (causal stamping).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let at = Hlc::new(now + 2_000, 7, 0xabc);
     let seen = server.engine.head().await.unwrap();
     // A rename through the push API: the app's trigger bumps `stats`.
     let (status, res) = push_raw(
@@ -88,7 +94,7 @@ async fn side_effects_are_not_stamped_with_the_change_that_caused_them(backend: 
     assert_ne!(bumped["hlc"], json!(at.to_string()), "{bumped}");
 
     // A delete through `engine.write`: the cascaded items are the database's doing.
-    let later = Hlc::new(1_750_000_000_500, 0, 0xabc);
+    let later = Hlc::new(now + 2_500, 0, 0xabc);
     let ctx = SyncContext::new()
         .with_hlc(later)
         .with_client_id("tab-1")

@@ -246,6 +246,7 @@ impl<S: ObjectStore> Bundles<S> {
                     total.applied += done.applied;
                     total.duplicates += done.duplicates;
                     total.refused += done.refused;
+                    total.parked += done.parked;
                     total.skipped += done.skipped;
                     bundles += 1;
                 }

@@ -268,6 +268,7 @@ mod tests {
             changed: None,
             client_id: None,
             hlc: Some(hlc.into()),
+            origin_hlc: None,
             conflict: None,
             scope_before: None,
             scope_after: None,

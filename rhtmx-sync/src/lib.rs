@@ -12,6 +12,7 @@ mod backend;
 mod broadcast;
 #[cfg(feature = "sqlite")]
 mod capture;
+mod causal;
 mod compaction;
 pub mod conflict;
 mod cursor;
@@ -25,6 +26,7 @@ mod idempotency;
 pub mod integrity;
 mod log;
 pub mod operator;
+mod parked;
 mod permission;
 mod principal;
 pub mod replication;

@@ -15,7 +15,9 @@
 //! process, derives the same value), needs no second write after the app's
 //! transaction, and is honest: it is when the server applied the change, which for a
 //! plain handler is when its user acted. The node sorts below every real node, so such
-//! a write loses a tie in the same millisecond to a client's.
+//! a write loses a tie in the same millisecond to a client's. Any entry of this
+//! database's own whose HLC would not be above every HLC its row has seen is moved after
+//! them by the log's own trigger ([`crate::causal`]).
 
 #[cfg(feature = "sqlite")]
 use crate::error::Result;
@@ -33,8 +35,9 @@ pub(crate) const CONTEXT_TABLE: &str = "_rhtmx_sync_context";
 #[cfg(feature = "sqlite")]
 /// The version of the engine's own tables: 2 added `conflict`, 3 `digest`, 4 the
 /// scopes (`scope_before`, `scope_after`, and the REPLACE victims' `scope`), 5
-/// compaction (`clocks`, `_rhtmx_sync_replays`).
-const SCHEMA_VERSION: i64 = 5;
+/// compaction (`clocks`, `_rhtmx_sync_replays`), 6 causal stamping (`row_hlc`,
+/// `origin_hlc` and the log's own trigger, see [`crate::causal`]).
+const SCHEMA_VERSION: i64 = 6;
 
 #[cfg(feature = "sqlite")]
 const DDL: &str = r#"
@@ -52,7 +55,9 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
     digest     TEXT,
     scope_before TEXT,
     scope_after  TEXT,
-    clocks     TEXT
+    clocks     TEXT,
+    row_hlc    TEXT,
+    origin_hlc TEXT
 );
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_entity ON _rhtmx_sync_log (entity, version);
 CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_row ON _rhtmx_sync_log (entity, entity_id, version);
@@ -98,6 +103,8 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
         (LOG_TABLE, "scope_before"),
         (LOG_TABLE, "scope_after"),
         (LOG_TABLE, "clocks"),
+        (LOG_TABLE, crate::causal::ROW_HLC),
+        (LOG_TABLE, "origin_hlc"),
         ("_rhtmx_sync_replaced", "scope"),
     ] {
         let has: bool =
@@ -116,6 +123,10 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
             }
         }
     }
+    sqlx::query(&crate::causal::sqlite_trigger())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(crate::parked::DDL).execute(&mut *tx).await?;
     // A replay is found by its digest (see `apply`), never by scanning a row's log.
     sqlx::query(
         "CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_digest ON _rhtmx_sync_log (digest) \
@@ -173,6 +184,9 @@ pub(crate) struct LogRow {
     pub client_id: Option<String>,
     /// The effective HLC ([`EFFECTIVE_HLC`]).
     pub hlc: Option<String>,
+    /// The HLC the writer gave, where the log ordered the entry later
+    /// ([`crate::causal`]).
+    pub origin_hlc: Option<String>,
     /// The conflict this entry resolved, as JSON.
     pub conflict: Option<String>,
     /// The row's scope before and after the change (see [`crate::scope`]); `None`
@@ -201,6 +215,7 @@ impl<'r> sqlx::FromRow<'r, sqlx::sqlite::SqliteRow> for LogRow {
             changed: text("changed")?,
             client_id: text("client_id")?,
             hlc: text("hlc")?,
+            origin_hlc: text("origin_hlc")?,
             conflict: text("conflict")?,
             scope_before: text("scope_before")?,
             scope_after: text("scope_after")?,
@@ -215,7 +230,7 @@ pub(crate) const ROW_COLUMNS: &str = concat!(
     "CAST(action AS BLOB) AS action, CAST(data AS BLOB) AS data, ",
     "CAST(changed AS BLOB) AS changed, CAST(client_id AS BLOB) AS client_id, CAST(",
     effective_hlc!(),
-    " AS BLOB) AS hlc, ",
+    " AS BLOB) AS hlc, CAST(origin_hlc AS BLOB) AS origin_hlc, ",
     // A conflict is stored without the version of the entry carrying it.
     "CAST(CASE WHEN conflict IS NULL THEN NULL ",
     "ELSE json_set(conflict, '$.version', version) END AS BLOB) AS conflict, ",
@@ -401,7 +416,7 @@ mod tests {
     async fn a_schema_1_log_gains_the_later_columns() {
         let mut conn = SqliteConnection::connect("sqlite::memory:").await.unwrap();
         sqlx::raw_sql(&DDL.replace(
-            ",\n    conflict   TEXT,\n    digest     TEXT,\n    scope_before TEXT,\n    scope_after  TEXT,\n    clocks     TEXT",
+            ",\n    conflict   TEXT,\n    digest     TEXT,\n    scope_before TEXT,\n    scope_after  TEXT,\n    clocks     TEXT,\n    row_hlc    TEXT,\n    origin_hlc TEXT",
             "",
         ))
             .execute(&mut conn)
@@ -414,7 +429,7 @@ mod tests {
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(version, "5");
+        assert_eq!(version, "6");
         assert!(read_after(&mut conn, 0, 1).await.unwrap().is_empty());
     }
 }

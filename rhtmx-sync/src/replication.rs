@@ -85,29 +85,38 @@ pub struct AppliedAuthored {
     pub applied: usize,
     /// Changes already applied before (a bundle read twice).
     pub duplicates: usize,
-    /// Changes refused by the merge: an update of a row deleted here, or of one that
-    /// never existed.
+    /// Changes refused by the merge: a create of a row deleted here later (by HLC).
     pub refused: usize,
+    /// Updates of a row this database does not have (not created here yet, or
+    /// deleted), kept and applied again when another author's change creates the row:
+    /// with three or more authors, changes arrive in any order.
+    pub parked: usize,
     /// Changes this database cannot take, skipped (logged at `warn`): a table or field
     /// it does not sync, a constraint the row breaks here (UNIQUE, a foreign key).
     pub skipped: usize,
 }
 
 impl AppliedAuthored {
-    fn count(&mut self, done: &[apply::Applied]) {
-        for d in done {
-            match d.status {
-                Status::Applied => self.applied += 1,
-                Status::Duplicate => self.duplicates += 1,
-                Status::NotFound | Status::Deleted => self.refused += 1,
-            }
-        }
+    fn add(&mut self, other: AppliedAuthored) {
+        self.applied += other.applied;
+        self.duplicates += other.duplicates;
+        self.refused += other.refused;
+        self.parked += other.parked;
+        self.skipped += other.skipped;
     }
 
     fn skip(&mut self, n: usize, why: &Error) {
         self.skipped += n;
         tracing::warn!(changes = n, error = %why, "another engine's changes skipped");
     }
+}
+
+/// What one [`SyncEngine::apply_run`] did: its counts, and the rows it created, by
+/// entity (as key text), whose parked updates are due.
+#[derive(Debug, Default)]
+struct Run {
+    counts: AppliedAuthored,
+    created: Vec<(String, Vec<String>)>,
 }
 
 /// Whether applying a change failed because of the change, not of the database's
@@ -242,8 +251,12 @@ impl SyncEngine {
     /// write transaction per run of changes to one entity. Every field takes the write
     /// with the greatest HLC, here or there; a delete beats concurrent updates unless
     /// the entity says otherwise (`delete_wins`); a change applied before is a
-    /// duplicate. Entities need not be [`writable`](crate::SyncEngineBuilder::writable):
-    /// that guards the push API, and this is the app's own call.
+    /// duplicate. An update of a row missing here (not created yet, or deleted) is
+    /// parked ([`AppliedAuthored::parked`]) and applied, through the same merge, once
+    /// another author's change creates the row: the order in which changes from several
+    /// authors arrive does not matter. Entities need not be
+    /// [`writable`](crate::SyncEngineBuilder::writable): that guards the push API, and
+    /// this is the app's own call.
     ///
     /// # Errors
     ///
@@ -264,18 +277,55 @@ impl SyncEngine {
         if author == self.author_id() {
             return Err(Error::invalid("these changes are this engine's own"));
         }
+        let mut report = self.apply_run(author, changes).await?;
+        // The rows these changes created may have updates waiting (`crate::parked`):
+        // applied now, in HLC order, each by its author. Parked again if still refused.
+        while !report.created.is_empty() {
+            let created = std::mem::take(&mut report.created);
+            let mut conn = self.inner.pool.acquire().await?;
+            let mut waiting = Vec::new();
+            for (entity, keys) in created {
+                waiting.extend(crate::parked::take(&mut conn, &entity, &keys).await?);
+            }
+            drop(conn);
+            for (i, (author, _, change)) in waiting.iter().enumerate() {
+                match self.apply_run(author, std::slice::from_ref(change)).await {
+                    Ok(mut again) => {
+                        // Counted when it was parked first.
+                        again.counts.parked = 0;
+                        report.counts.add(again.counts);
+                        report.created.extend(again.created);
+                    }
+                    Err(e) => {
+                        // What was not applied yet waits again.
+                        let mut conn = self.inner.pool.acquire().await?;
+                        for (author, key, change) in &waiting[i..] {
+                            crate::parked::park(&mut conn, author, key, change).await?;
+                        }
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Ok(report.counts)
+    }
+
+    /// Applies `changes` of `author` as [`SyncEngine::apply_authored`] does, parking the
+    /// updates of rows missing here; returns the counts and the rows it created.
+    async fn apply_run(&self, author: &str, changes: &[AuthoredChange]) -> Result<Run> {
         let client = format!("{AUTHOR_PREFIX}{author}");
-        let mut report = AppliedAuthored::default();
+        let mut report = Run::default();
         for run in changes.chunk_by(|a, b| a.entity == b.entity) {
             let entity = match self.entity(&run[0].entity) {
                 Ok(entity) => entity,
                 // Schema skew: a table this engine does not sync.
                 Err(e) => {
-                    report.skip(run.len(), &e);
+                    report.counts.skip(run.len(), &e);
                     continue;
                 }
             };
             let mut validated = Vec::with_capacity(run.len());
+            let mut sources = Vec::with_capacity(run.len());
             let mut seen = std::collections::HashMap::new();
             for c in run {
                 let incoming = Incoming {
@@ -288,7 +338,7 @@ impl SyncEngine {
                 let mut v = match apply::validate(&entity, incoming) {
                     Ok(v) => v,
                     Err(e) => {
-                        report.skip(1, &e);
+                        report.counts.skip(1, &e);
                         continue;
                     }
                 };
@@ -297,33 +347,59 @@ impl SyncEngine {
                 *count += 1;
                 v.authored = true;
                 validated.push(v);
+                sources.push(c);
             }
             let all =
                 apply::transaction(&self.inner, &entity, &validated, Some(&client), &Read::All);
-            match all.await {
-                Ok((done, _)) => report.count(&done),
+            let done = match all.await {
+                Ok((done, _)) => done.into_iter().map(Some).collect(),
                 // One change this database refuses (a UNIQUE or foreign key constraint,
                 // a value out of its column's range) must not hold back the rest: each
                 // is applied alone, and the refused ones are skipped.
                 Err(failed) if refusal(&failed.error) => {
+                    let mut done = Vec::with_capacity(validated.len());
                     for v in &validated {
                         let one = std::slice::from_ref(v);
-                        match apply::transaction(
-                            &self.inner,
-                            &entity,
-                            one,
-                            Some(&client),
-                            &Read::All,
-                        )
-                        .await
+                        let read = &Read::All;
+                        match apply::transaction(&self.inner, &entity, one, Some(&client), read)
+                            .await
                         {
-                            Ok((done, _)) => report.count(&done),
-                            Err(failed) if refusal(&failed.error) => report.skip(1, &failed.error),
+                            Ok((mut one, _)) => done.push(one.pop()),
+                            Err(failed) if refusal(&failed.error) => {
+                                report.counts.skip(1, &failed.error);
+                                done.push(None);
+                            }
                             Err(failed) => return Err(failed.error),
                         }
                     }
+                    done
                 }
                 Err(failed) => return Err(failed.error),
+            };
+            let mut created = Vec::new();
+            let mut conn = None;
+            for ((v, source), d) in validated.iter().zip(&sources).zip(done) {
+                let Some(d) = d else { continue };
+                match (d.status, v.action) {
+                    (Status::Applied, Action::Create) => {
+                        report.counts.applied += 1;
+                        created.push(v.key_text().to_owned());
+                    }
+                    (Status::Applied, _) => report.counts.applied += 1,
+                    (Status::Duplicate, _) => report.counts.duplicates += 1,
+                    (Status::NotFound | Status::Deleted, Action::Update) => {
+                        if conn.is_none() {
+                            conn = Some(self.inner.pool.acquire().await?);
+                        }
+                        let conn = conn.as_mut().expect("just acquired");
+                        crate::parked::park(conn, author, v.key_text(), source).await?;
+                        report.counts.parked += 1;
+                    }
+                    (Status::NotFound | Status::Deleted, _) => report.counts.refused += 1,
+                }
+            }
+            if !created.is_empty() {
+                report.created.push((entity.name.to_string(), created));
             }
         }
         Ok(report)

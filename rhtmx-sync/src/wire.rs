@@ -54,10 +54,14 @@ pub(crate) struct WireChange<'a> {
     /// The client that pushed the change, when it came through the push API.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub client_id: Option<&'a str>,
-    /// When the change's user acted (for the app's own SQL writes: when it was written).
-    /// Clients observe it so that their next HLC is later.
+    /// When the change's user acted (for the app's own SQL writes: when it was written),
+    /// or, where that was before the writes it overwrote, one millisecond after them
+    /// (causal stamping). Clients observe it so that their next HLC is later.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hlc: Option<&'a str>,
+    /// When its user acted, where `hlc` was moved after the writes it overwrote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub origin_hlc: Option<&'a str>,
     /// The conflict this change resolved, if any.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub conflict: Option<&'a RawValue>,
@@ -89,6 +93,7 @@ pub(crate) fn encode_as(entity: &Entity, row: &LogRow, with_entity: bool, view: 
         // Who wrote it, and any conflict, belong to a scope the reader did not share.
         client_id: None,
         hlc: row.hlc.as_deref(),
+        origin_hlc: None,
         conflict: None,
     };
     serde_json::to_string(&change).expect("a change always serializes")
@@ -112,6 +117,7 @@ pub(crate) fn encode(entity: &Entity, row: &LogRow, with_entity: bool) -> String
         changed: changed.as_deref(),
         client_id: row.client_id.as_deref(),
         hlc: row.hlc.as_deref(),
+        origin_hlc: row.origin_hlc.as_deref(),
         conflict: conflict.as_deref(),
     };
     serde_json::to_string(&change).expect("a change always serializes")

@@ -34,7 +34,17 @@ pub(super) async fn write(
         mut conflict,
         ..
     } = decision;
-    let must_record = write == Write::Tombstone || conflict.is_some() || !touched.is_empty();
+    // Another engine's change refused on a missing row leaves no report (an update waits,
+    // see `crate::parked`): as a `delete` entry it would read as that engine's delete and
+    // move the row's tombstone later.
+    let refused_remote = current.is_none()
+        && write == Write::Nothing
+        && change
+            .client_id
+            .as_deref()
+            .is_some_and(|c| c.starts_with(crate::replication::AUTHOR_PREFIX));
+    let must_record =
+        write == Write::Tombstone || (conflict.is_some() && !refused_remote) || !touched.is_empty();
     let changed = match &write {
         Write::Update(set) => Some(in_column_order(entity, set.keys().chain(&touched))),
         Write::Nothing if current.is_some() => Some(in_column_order(entity, touched.iter())),

@@ -52,6 +52,7 @@ fn entries(row: EntryRow, entity: &Entity) -> impl Iterator<Item = Entry> {
             changed: Some(fields),
             data: None,
             hlc: parse_hlc(&hlc),
+            origin_hlc: None,
             client_id,
         });
     past.chain(std::iter::once(entry(row, entity)))
@@ -67,6 +68,7 @@ fn entry(row: EntryRow, entity: &Entity) -> Entry {
             .and_then(|c| serde_json::from_str(c).ok()),
         data: row.data.as_deref().map(|d| parse_logged(entity, d)),
         hlc: parse_hlc(&row.hlc),
+        origin_hlc: row.origin_hlc.as_deref().map(parse_hlc),
         client_id: row.client_id,
     }
 }

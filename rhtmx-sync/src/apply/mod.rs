@@ -128,6 +128,11 @@ pub(crate) fn validate(entity: &Entity, c: Incoming<'_>) -> Result<Validated> {
 }
 
 impl Validated {
+    /// The row's key as the log writes it.
+    pub(crate) fn key_text(&self) -> &str {
+        &self.key.text
+    }
+
     /// What makes two changes identical, the occurrence aside.
     pub(crate) fn identity(&self) -> String {
         serde_json::json!([self.key.text, self.action, self.fields, self.base, self.hlc])

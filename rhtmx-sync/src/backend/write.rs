@@ -25,6 +25,8 @@ pub(crate) struct EntryRow {
     pub changed: Option<String>,
     pub client_id: Option<String>,
     pub hlc: String,
+    /// The HLC its writer gave it, where causal stamping moved it (`crate::causal`).
+    pub origin_hlc: Option<String>,
     /// What compaction folded into this entry (see `crate::compaction`).
     pub clocks: Option<String>,
 }

@@ -53,6 +53,9 @@ pub struct Entry {
     pub data: Option<Row>,
     /// Its HLC (derived from `created_at` for the app's own SQL writes).
     pub hlc: Hlc,
+    /// The HLC its writer gave it, where the log moved it after the writes it
+    /// overwrote (causal stamping); `None` where it did not.
+    pub origin_hlc: Option<Hlc>,
     /// The client that pushed it, if any.
     pub client_id: Option<String>,
 }
@@ -146,8 +149,10 @@ impl History {
             base_row,
             tombstone,
             // Entries carry no digest: a model whose every action has its own HLC can
-            // tell a replay by the HLC alone.
-            replayed: log.iter().any(|e| e.hlc == change.hlc),
+            // tell a replay by the HLC alone (the one its writer gave it).
+            replayed: log
+                .iter()
+                .any(|e| e.origin_hlc.unwrap_or(e.hlc) == change.hlc),
         }
     }
 }
@@ -490,8 +495,9 @@ fn merge_fields(change: &Change, row: &Row, history: &History, policy: &Policy<'
         let mut superseded = false;
         for entry in history.since_base.iter().filter(|e| e.touches(field)) {
             if own(entry, change) {
-                // Its own earlier write it had seen; a later one of its own wins.
-                superseded |= entry.hlc > change.hlc;
+                // Its own earlier write it had seen; a later one of its own wins. By
+                // the client's own clock: the log may have moved its entry later.
+                superseded |= entry.origin_hlc.unwrap_or(entry.hlc) > change.hlc;
             } else {
                 concurrent = concurrent.max(Some(entry.hlc));
             }
@@ -568,15 +574,20 @@ fn delete_present(change: &Change, row: &Row, history: &History, policy: &Policy
     }
     // Between engines, the order of HLCs decides whether a row exists: it does when
     // it was last created after it was last deleted. A delete older than the row's
-    // latest creation removed an earlier life of it, and does nothing here.
+    // latest creation removed an earlier life of it, and does nothing here. Where
+    // deletes do not win, an update at least as late as the delete keeps the row too,
+    // as it restores it on an engine that applied the delete first (`update_absent`).
     if authored(change) {
-        let created = history
-            .since_base
-            .iter()
-            .filter(|e| e.action == Action::Create)
-            .map(|e| e.hlc)
-            .max();
-        return if created.is_some_and(|c| c > change.hlc) {
+        let survives = |e: &Entry| match e.action {
+            Action::Create => e.hlc > change.hlc,
+            Action::Update => {
+                !policy.delete_wins
+                    && e.changed.as_ref().is_some_and(|c| !c.is_empty())
+                    && e.hlc >= change.hlc
+            }
+            Action::Delete => false,
+        };
+        return if history.since_base.iter().any(survives) {
             Decision::new(Status::Applied, Write::Nothing)
         } else {
             Decision::new(Status::Applied, Write::Delete)
@@ -678,6 +689,7 @@ mod tests {
                 .then(|| changed.iter().map(|s| (*s).to_owned()).collect()),
             data: (action != Action::Delete).then(|| row(data)),
             hlc: at,
+            origin_hlc: None,
             client_id: Some(client.into()),
         }
     }

@@ -88,7 +88,7 @@ pub(crate) async fn start(
 pub(crate) const SCHEMA_LOCK: i64 = 0x7268_746d_7873_0001;
 
 /// The `schema_version` [`DDL`] records (kept in step with it).
-const SCHEMA_VERSION: &str = "7";
+const SCHEMA_VERSION: &str = "8";
 
 /// The channel the stamper notifies, once per stamped batch.
 pub(crate) const CHANNEL: &str = "_rhtmx_sync";
@@ -110,9 +110,14 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
     digest       text,
     scope_before text,
     scope_after  text,
-    clocks       text
+    clocks       text,
+    row_hlc      text,
+    origin_hlc   text
 );
 ALTER TABLE _rhtmx_sync_log ADD COLUMN IF NOT EXISTS clocks text;
+-- Causal stamping (schema 8, `crate::causal`).
+ALTER TABLE _rhtmx_sync_log ADD COLUMN IF NOT EXISTS row_hlc text;
+ALTER TABLE _rhtmx_sync_log ADD COLUMN IF NOT EXISTS origin_hlc text;
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_replays (
     digest     text PRIMARY KEY,
     entity     text NOT NULL,
@@ -155,7 +160,7 @@ INSERT INTO _rhtmx_sync_meta (key, value)
     VALUES ('log_id', substr(md5(random()::text || clock_timestamp()::text), 1, 16))
     ON CONFLICT (key) DO NOTHING;
 INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('head', '0') ON CONFLICT (key) DO NOTHING;
-INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '7') -- SCHEMA_VERSION
+INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '8') -- SCHEMA_VERSION
     ON CONFLICT (key) DO UPDATE SET value = excluded.value
     WHERE _rhtmx_sync_meta.value::int < excluded.value::int;
 "#;
@@ -188,6 +193,9 @@ pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<()> {
         .execute(&mut *tx)
         .await?;
     sqlx::raw_sql(DDL).execute(&mut *tx).await?;
+    let causal = crate::causal::postgres_ddl(&capture::log_schema(&mut tx).await?);
+    sqlx::raw_sql(&causal).execute(&mut *tx).await?;
+    sqlx::query(crate::parked::DDL).execute(&mut *tx).await?;
     sqlx::raw_sql(idempotency::DDL).execute(&mut *tx).await?;
     idempotency::install_usage(&mut tx).await?;
     tx.commit().await?;
@@ -202,6 +210,7 @@ async fn installed(conn: &mut PgConnection) -> Result<bool> {
          AND to_regclass('_rhtmx_sync_context') IS NOT NULL \
          AND to_regclass('_rhtmx_sync_meta') IS NOT NULL \
          AND to_regclass('_rhtmx_sync_replays') IS NOT NULL \
+         AND to_regclass('_rhtmx_sync_parked') IS NOT NULL \
          AND to_regclass('_rhtmx_sync_idempotency') IS NOT NULL",
     )
     .fetch_one(&mut *conn)
@@ -226,7 +235,7 @@ const EFFECTIVE_HLC: &str = "COALESCE(hlc, lpad(floor(extract(epoch FROM created
 /// The columns of [`LogRow`], for `SELECT`s.
 fn row_columns() -> String {
     format!(
-        "version, entity, entity_id, action, data, changed, client_id, {EFFECTIVE_HLC} AS hlc, \
+        "version, entity, entity_id, action, data, changed, client_id, {EFFECTIVE_HLC} AS hlc, origin_hlc, \
          CASE WHEN conflict IS NULL THEN NULL \
          ELSE jsonb_set(conflict::jsonb, '{{version}}', to_jsonb(version))::text END AS conflict, \
          scope_before, scope_after"
@@ -246,6 +255,7 @@ impl<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> for LogRow {
             changed: row.try_get("changed")?,
             client_id: row.try_get("client_id")?,
             hlc: row.try_get("hlc")?,
+            origin_hlc: row.try_get("origin_hlc")?,
             conflict: row.try_get("conflict")?,
             scope_before: row.try_get("scope_before")?,
             scope_after: row.try_get("scope_after")?,

@@ -115,7 +115,7 @@ async fn run(conn: &mut PgConnection, sql: &str, binds: Vec<SqlValue>) -> Result
 
 /// The columns of [`EntryRow`].
 fn entry_columns() -> String {
-    format!("version, entity, entity_id, action, data, changed, client_id, {EFFECTIVE_HLC} AS hlc, clocks")
+    format!("version, entity, entity_id, action, data, changed, client_id, {EFFECTIVE_HLC} AS hlc, origin_hlc, clocks")
 }
 
 /// The one row with the key bound as `$1`, as `_o` (its `to_jsonb`), locked by `lock`.

@@ -34,7 +34,7 @@ async fn run(conn: &mut SqliteConnection, sql: &str, binds: Vec<SqlValue>) -> Re
 
 /// The columns of [`EntryRow`].
 fn entry_columns() -> String {
-    format!("version, entity, entity_id, action, data, changed, client_id, {EFFECTIVE_HLC} AS hlc, clocks")
+    format!("version, entity, entity_id, action, data, changed, client_id, {EFFECTIVE_HLC} AS hlc, origin_hlc, clocks")
 }
 
 impl WriteTx for SqliteConnection {

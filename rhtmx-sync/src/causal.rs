@@ -1,0 +1,155 @@
+//! Causal stamping: every entry a database writes itself — the app's own SQL, a push, a
+//! [`SyncEngine::write`](crate::SyncEngine::write) — is ordered after every change its row
+//! has seen, whatever the clocks say.
+//!
+//! Field-level merging converges only if each database's table holds, for every field,
+//! the write with the greatest HLC it has seen. A local write is the newest value here,
+//! so its HLC must exceed every HLC the row has: otherwise another database, which
+//! compares HLCs, keeps the value this one overwrote, and the two differ for good. The
+//! clocks alone do not ensure it: the app's SQL is stamped from the database's wall
+//! clock and never sees received HLCs, another engine's clock may run ahead by more
+//! than the tolerance a browser gets, and a replayed form carries the HLC of the moment
+//! it was filled in.
+//!
+//! So the log stamps its own entries, in the transaction that writes them: a local entry
+//! whose effective HLC ([`crate::log`]) is below the greatest HLC of the writes it
+//! overwrites (earlier writes of the fields it sets; for a create or a delete, every
+//! earlier entry of the row) is moved to one millisecond after that, on its own node,
+//! with the counter at its greatest (99999: a clock gets there only after 100,000
+//! events in one millisecond, so the moved HLC is never one its writer's clock also
+//! makes; and the physical part moves because an SQL write's counter is rewritten for
+//! other authors, see [`crate::replication`]), and the HLC it was given
+//! is kept in `origin_hlc`: a client's later change is compared with its own earlier
+//! ones by its own clock. An equal HLC is the same
+//! writer at the same instant (two writes of one handler, one push's batch): those keep
+//! their order by version, as they always did. An entry applied from another author
+//! keeps its HLC — it is that author's — and so does one that only carries a conflict
+//! report (it sets nothing); when it is below the row's greatest, it records the
+//! greatest in `row_hlc`. So one index probe per write finds the row's greatest HLC, and
+//! only when that is above the new entry's — a rare case of skewed clocks or concurrent
+//! edits — are the row's entries read to find what the fields it sets had. Field by
+//! field rather than by row, so that a write of one field is not moved after a
+//! concurrent write of another, which would make it beat later writes of its own field
+//! by the last-writer-wins rule. Every writer of the log goes through this, with no
+//! code of its own: a trigger on SQLite, a `BEFORE INSERT` trigger on PostgreSQL.
+//! Compaction keeps each row's latest entry, so it keeps the row's greatest HLC too.
+
+/// The column recording the greatest HLC of a row's entries up to and including this
+/// one, where that is not the entry's own effective HLC (otherwise `NULL`).
+pub(crate) const ROW_HLC: &str = "row_hlc";
+
+/// The clause matching the entries of `NEW` that keep their HLC: those applied from
+/// another engine (their `client_id`), and those that only carry a conflict report
+/// (an update that set nothing): they order no write. Never `NULL` (a `NOT` of it
+/// must be true for every other entry).
+fn keeps() -> String {
+    format!(
+        "(substr(COALESCE(NEW.client_id, ''), 1, {}) = '{}' \
+         OR (NEW.action = 'update' AND COALESCE(NEW.changed, '') = '[]'))",
+        crate::replication::AUTHOR_PREFIX.len(),
+        crate::replication::AUTHOR_PREFIX
+    )
+}
+
+/// The trigger stamping each new entry of the SQLite log (see the module docs).
+#[cfg(feature = "sqlite")]
+pub(crate) fn sqlite_trigger() -> String {
+    use crate::log::LOG_TABLE;
+    let effective = |a: &str| {
+        format!(
+            "COALESCE({a}.hlc, printf('%015d-00000-0000000000000000', \
+             CAST(strftime('%s', {a}.created_at) AS INTEGER) * 1000 \
+             + CAST(substr({a}.created_at, 21, 3) AS INTEGER)))"
+        )
+    };
+    // The row's greatest HLC before NEW: its latest entry's. The log's row index
+    // (entity, entity_id, version) finds it.
+    let before = format!(
+        "(SELECT COALESCE(_p.{ROW_HLC}, {}) FROM {LOG_TABLE} AS _p \
+         WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id \
+         AND _p.version < NEW.version ORDER BY _p.version DESC LIMIT 1)",
+        effective("_p")
+    );
+    // Only when that is above NEW: the greatest HLC of the writes NEW overwrites.
+    let overwritten = format!(
+        "(SELECT max({}) FROM {LOG_TABLE} AS _p \
+         WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id \
+         AND _p.version < NEW.version AND (NEW.action <> 'update' OR _p.action <> 'update' \
+         OR _p.changed IS NULL OR CASE WHEN json_valid(_p.changed) AND json_valid(NEW.changed) \
+         THEN EXISTS (SELECT 1 FROM json_each(_p.changed) AS _a, json_each(NEW.changed) AS _b \
+         WHERE _a.value = _b.value) ELSE 1 END))",
+        effective("_p")
+    );
+    let own = effective("NEW");
+    let keeps = keeps();
+    let this = effective(LOG_TABLE);
+    format!(
+        "CREATE TRIGGER IF NOT EXISTS _rhtmx_sync_log_causal AFTER INSERT ON {LOG_TABLE} \
+         WHEN {before} > {own} BEGIN \
+         UPDATE {LOG_TABLE} SET origin_hlc = {own}, hlc = printf('%015d-99999-%s', \
+         CAST(substr({overwritten}, 1, 15) AS INTEGER) + 1, substr({own}, 23)) \
+         WHERE version = NEW.version AND NOT {keeps} AND {overwritten} > {own}; \
+         UPDATE {LOG_TABLE} SET {ROW_HLC} = {before} \
+         WHERE version = NEW.version AND {this} < {before}; END"
+    )
+}
+
+/// The trigger function stamping each new entry of the PostgreSQL log in `schema`, and
+/// its trigger (see the module docs). It runs inside the capture functions, whose
+/// `search_path` is only `pg_catalog`: names are qualified. Text compares in the "C"
+/// collation: HLCs are fixed-width ASCII whose byte order is clock order.
+#[cfg(feature = "postgres")]
+pub(crate) fn postgres_ddl(schema: &str) -> String {
+    let schema = crate::entity::quote_ident(schema);
+    let effective = |a: &str| {
+        format!(
+            "COALESCE({a}.hlc, lpad(floor(extract(epoch FROM {a}.created_at) * 1000)\
+             ::bigint::text, 15, '0') || '-00000-0000000000000000')"
+        )
+    };
+    let (before, own) = (effective("_p"), effective("NEW"));
+    let keeps = keeps();
+    let json = format!("{schema}._rhtmx_sync_jsonb");
+    format!(
+        "CREATE OR REPLACE FUNCTION {schema}._rhtmx_sync_log_causal() RETURNS trigger \
+         LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    _before text;
+    _overwritten text;
+    _own text;
+BEGIN
+    -- Writes to one row hold its lock until they commit, so its latest entry by seq
+    -- is the one committed last.
+    SELECT COALESCE(_p.{ROW_HLC}, {before}) INTO _before FROM {schema}._rhtmx_sync_log AS _p
+        WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id
+        ORDER BY _p.seq DESC LIMIT 1;
+    _own := {own};
+    IF _before IS NULL OR _own COLLATE \"C\" >= _before COLLATE \"C\" THEN
+        RETURN NEW;
+    END IF;
+    IF NOT {keeps} THEN
+        -- The greatest HLC of the writes NEW overwrites.
+        SELECT max({before} COLLATE \"C\") INTO _overwritten
+            FROM {schema}._rhtmx_sync_log AS _p
+            WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id
+            AND (NEW.action <> 'update' OR _p.action <> 'update' OR _p.changed IS NULL
+                 OR COALESCE({json}(_p.changed) ?| ARRAY(
+                     SELECT jsonb_array_elements_text({json}(NEW.changed))), true));
+        IF _overwritten COLLATE \"C\" > _own COLLATE \"C\" THEN
+            NEW.origin_hlc := _own;
+            NEW.hlc := lpad((left(_overwritten, 15)::bigint + 1)::text, 15, '0')
+                || '-99999-' || substr(_own, 23);
+            _own := NEW.hlc;
+        END IF;
+    END IF;
+    IF _own COLLATE \"C\" < _before COLLATE \"C\" THEN
+        NEW.{ROW_HLC} := _before;
+    END IF;
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS _rhtmx_sync_log_causal ON {schema}._rhtmx_sync_log;
+CREATE TRIGGER _rhtmx_sync_log_causal BEFORE INSERT ON {schema}._rhtmx_sync_log
+    FOR EACH ROW EXECUTE FUNCTION {schema}._rhtmx_sync_log_causal();
+"
+    )
+}

@@ -1,0 +1,408 @@
+//! Two databases that exchange their authored changes converge, whatever their clocks
+//! say: every write a database makes itself — the app's own SQL, a browser's push,
+//! `engine.write` — is ordered after every change its row has seen (`crate::causal`),
+//! so another database, which orders by HLC, keeps it too.
+
+mod common;
+
+use common::*;
+use rhtmx_sync::replication::AuthoredChange;
+use rhtmx_sync::SyncContext;
+use serde_json::json;
+
+/// An engine that is neither of the two: its clock runs a minute ahead of theirs.
+const AHEAD: &str = "00000000000c10c4";
+
+/// An HLC `ms` after now on `node`: a user action a moment from now, within the clock
+/// tolerance (an offset from the tests' start could be long past).
+fn soon(ms: u64, node: u64) -> rhtmx_sync::Hlc {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    rhtmx_sync::Hlc::new(now + ms, 0, node)
+}
+
+/// Sends `from`'s authored changes after `*after` to `to` and moves `*after` on.
+async fn send(from: &Server, to: &Server, after: &mut i64) {
+    all_numbered(&from.db).await;
+    loop {
+        let page = from.engine.authored_changes(*after, 500).await.unwrap();
+        to.engine
+            .apply_authored(from.engine.author_id(), &page.changes)
+            .await
+            .unwrap();
+        *after = page.next;
+        if !page.more {
+            return;
+        }
+    }
+}
+
+/// A change of the engine [`AHEAD`], `offset_ms` after the tests started.
+fn ahead(id: &str, action: &str, data: serde_json::Value, offset_ms: i64) -> AuthoredChange {
+    let data = match action {
+        "delete" => serde_json::Value::Null,
+        _ => data,
+    };
+    serde_json::from_value(json!({
+        "entity": "todos", "id": id, "action": action, "data": data,
+        "hlc": hlc(offset_ms, 0xc10c4), "version": 1,
+    }))
+    .unwrap()
+}
+
+/// Two servers on two databases of `backend`, with `id` on both (created on `a`).
+async fn pair(backend: Backend, id: &str) -> (Server, Server, TestDb, TestDb, i64) {
+    let (db_a, db_b) = (TestDb::new(backend).await, TestDb::new(backend).await);
+    let (a, b) = (start(&db_a).await, start(&db_b).await);
+    add_todo(&a, id, "first").await;
+    let mut a_sent = 0;
+    send(&a, &b, &mut a_sent).await;
+    assert_eq!(todos(&b.db).await, todos(&a.db).await);
+    (a, b, db_a, db_b, a_sent)
+}
+
+/// The `(title, completed)` of `id` on `server`, if it has the row.
+async fn row(server: &Server, id: &str) -> Option<(String, bool)> {
+    todos(&server.db)
+        .await
+        .into_iter()
+        .find(|(i, _, _)| i == id)
+        .map(|(_, t, c)| (t, c))
+}
+
+/// A change from a clock a minute ahead reaches both databases; then `a` overwrites it
+/// in `write`, and both must end with `expected`.
+async fn after_a_change_from_ahead<F, Fut>(
+    backend: Backend,
+    change: &str,
+    write: F,
+    expected: (&str, bool),
+) where
+    F: FnOnce(Server, String) -> Fut,
+    Fut: std::future::Future<Output = Server>,
+{
+    let id = todo_id("r1");
+    let (a, b, _db_a, _db_b, mut a_sent) = pair(backend, &id).await;
+    let theirs = ahead(&id, change, json!({"title": "from ahead"}), 60_000);
+    for s in [&a, &b] {
+        let done = s
+            .engine
+            .apply_authored(AHEAD, std::slice::from_ref(&theirs))
+            .await;
+        assert_eq!(done.unwrap().applied, 1);
+    }
+    let a = write(a, id.clone()).await;
+    send(&a, &b, &mut a_sent).await;
+    let expected = Some((expected.0.to_owned(), expected.1));
+    assert_eq!(row(&a, &id).await, expected, "a holds its own write");
+    assert_eq!(
+        row(&b, &id).await,
+        expected,
+        "b keeps what a wrote after it"
+    );
+    // The entry a exported is ordered after the change it overwrote.
+    let mine = a.engine.authored_changes(0, 500).await.unwrap();
+    let last = mine.changes.last().unwrap();
+    assert!(last.hlc.to_string() > hlc(60_000, 0xc10c4), "{last:?}");
+}
+
+async fn an_sql_update_after_a_change_from_a_clock_ahead_wins_everywhere(backend: Backend) {
+    after_a_change_from_ahead(
+        backend,
+        "update",
+        |a, id| async move {
+            a.db.execute(
+                "UPDATE todos SET title = 'mine' WHERE id = $1",
+                args![id.as_str()],
+            )
+            .await;
+            a
+        },
+        ("mine", false),
+    )
+    .await;
+}
+
+async fn an_sql_insert_after_a_delete_from_a_clock_ahead_wins_everywhere(backend: Backend) {
+    after_a_change_from_ahead(
+        backend,
+        "delete",
+        |a, id| async move {
+            add_todo(&a, &id, "again").await;
+            a
+        },
+        ("again", false),
+    )
+    .await;
+}
+
+async fn a_push_after_a_change_from_a_clock_ahead_wins_everywhere(backend: Backend) {
+    after_a_change_from_ahead(
+        backend,
+        "update",
+        |a, id| async move {
+            let seen = a.engine.head().await.unwrap();
+            // A browser whose clock agrees with the server's, which has seen the change.
+            let (status, res) = push_raw(
+                &a.base,
+                "todos",
+                json!({"client_id": "tab-1", "changes": [{
+                    "id": id, "action": "update", "data": {"title": "pushed"},
+                    "hlc": hlc(0, 0xb0b), "client_version": seen,
+                }]})
+                .to_string(),
+            )
+            .await;
+            assert_eq!(status, 200, "{res}");
+            assert_eq!(res["conflicts"], json!([]), "{res}");
+            a
+        },
+        ("pushed", false),
+    )
+    .await;
+}
+
+async fn an_engine_write_after_a_change_from_a_clock_ahead_wins_everywhere(backend: Backend) {
+    after_a_change_from_ahead(
+        backend,
+        "update",
+        |a, id| async move {
+            let ctx = SyncContext::new().with_base_version(a.engine.head().await.unwrap());
+            let done = a
+                .engine
+                .write_to("todos", &ctx)
+                .update(
+                    &id,
+                    [("title", json!("written")), ("completed", json!(true))],
+                )
+                .await
+                .unwrap();
+            assert!(done.applied());
+            a
+        },
+        ("written", true),
+    )
+    .await;
+}
+
+/// A change applied from another author whose HLC is below the row's greatest (it lost
+/// on no field: it set another one) leaves the row's greatest in place, so a later write
+/// here is still ordered after every change the row has seen.
+async fn a_write_after_an_older_change_from_another_author_is_ordered_after_all(backend: Backend) {
+    let id = todo_id("r3");
+    let (a, b, _db_a, _db_b, mut a_sent) = pair(backend, &id).await;
+    let newest = ahead(&id, "update", json!({"title": "from ahead"}), 60_000);
+    let older = ahead(&id, "update", json!({"completed": true}), 30_000);
+    for s in [&a, &b] {
+        let done = s
+            .engine
+            .apply_authored(AHEAD, std::slice::from_ref(&newest))
+            .await;
+        assert_eq!(done.unwrap().applied, 1);
+        // From a third engine, whose clock is ahead too, by less.
+        let done = s
+            .engine
+            .apply_authored("0000000000000c30", std::slice::from_ref(&older));
+        assert_eq!(done.await.unwrap().applied, 1);
+    }
+    a.db.execute(
+        "UPDATE todos SET title = 'mine' WHERE id = $1",
+        args![id.as_str()],
+    )
+    .await;
+    send(&a, &b, &mut a_sent).await;
+    let expected = Some(("mine".to_owned(), true));
+    assert_eq!(row(&a, &id).await, expected);
+    assert_eq!(row(&b, &id).await, expected);
+}
+
+/// Three servers on databases of `backend`, with `id` created on the first and known
+/// to the others; `sent[i][j]` is how far server `i`'s changes reached server `j`.
+async fn three(backend: Backend, id: &str) -> (Vec<Server>, Vec<TestDb>, [[i64; 3]; 3]) {
+    let mut dbs = Vec::new();
+    let mut servers = Vec::new();
+    for _ in 0..3 {
+        let db = TestDb::new(backend).await;
+        servers.push(start(&db).await);
+        dbs.push(db);
+    }
+    add_todo(&servers[0], id, "first").await;
+    let mut sent = [[0; 3]; 3];
+    for to in [1, 2] {
+        send(&servers[0], &servers[to], &mut sent[0][to]).await;
+    }
+    (servers, dbs, sent)
+}
+
+/// An update made on one server to a row another created reaches a third before the
+/// create: it waits there for the row, and all three end alike.
+async fn an_update_that_arrives_before_its_rows_create_waits_for_it(backend: Backend) {
+    let id = todo_id("r4");
+    let (db_a, db_b, db_c) = (
+        TestDb::new(backend).await,
+        TestDb::new(backend).await,
+        TestDb::new(backend).await,
+    );
+    let (a, b, c) = (start(&db_a).await, start(&db_b).await, start(&db_c).await);
+    let (mut ab, mut ac, mut ba, mut bc) = (0, 0, 0, 0);
+    add_todo(&a, &id, "first").await;
+    send(&a, &b, &mut ab).await;
+    b.db.execute(
+        "UPDATE todos SET title = 'from b' WHERE id = $1",
+        args![id.as_str()],
+    )
+    .await;
+    // c hears from b first: the update of a row it does not have yet.
+    all_numbered(&b.db).await;
+    let page = b.engine.authored_changes(bc, 500).await.unwrap();
+    let done = c.engine.apply_authored(b.engine.author_id(), &page.changes);
+    let done = done.await.unwrap();
+    assert_eq!((done.parked, done.applied), (1, 0), "{done:?}");
+    bc = page.next;
+    assert_eq!(row(&c, &id).await, None);
+    send(&a, &c, &mut ac).await;
+    send(&b, &c, &mut bc).await;
+    send(&b, &a, &mut ba).await;
+    let expected = Some(("from b".to_owned(), false));
+    for s in [&a, &b, &c] {
+        assert_eq!(row(s, &id).await, expected);
+    }
+    // Nothing is left waiting, and nothing was logged as a delete.
+    let left: i64 =
+        c.db.scalar("SELECT count(*) FROM _rhtmx_sync_parked", args![])
+            .await;
+    assert_eq!(left, 0);
+    let deletes: i64 =
+        c.db.scalar(
+            "SELECT count(*) FROM _rhtmx_sync_log WHERE action = 'delete'",
+            args![],
+        )
+        .await;
+    assert_eq!(deletes, 0);
+}
+
+/// The sequence the attack on bundles found: a deletes the row, c re-creates it, b
+/// (which never saw the delete) then edits it. Whatever order each server hears the
+/// others in, all three end with the re-created row and b's edit.
+async fn a_delete_a_re_creation_and_a_later_edit_end_alike_on_three_servers(backend: Backend) {
+    let id = todo_id("r5");
+    let (servers, _dbs, mut sent) = three(backend, &id).await;
+    let [a, b, c] = [&servers[0], &servers[1], &servers[2]];
+    a.db.execute("DELETE FROM todos WHERE id = $1", args![id.as_str()])
+        .await;
+    send(a, c, &mut sent[0][2]).await;
+    add_todo(c, &id, "again").await;
+    let ctx = SyncContext::new()
+        .with_hlc(soon(2_000, 0xb0b))
+        .with_base_version(b.engine.head().await.unwrap());
+    let done = b.engine.write_to("todos", &ctx);
+    let done = done.update(&id, [("title", json!("edited on b"))]).await;
+    assert!(done.unwrap().applied());
+    // a hears b before c; b hears a before c; c hears b.
+    send(b, a, &mut sent[1][0]).await;
+    send(c, a, &mut sent[2][0]).await;
+    send(a, b, &mut sent[0][1]).await;
+    send(c, b, &mut sent[2][1]).await;
+    send(b, c, &mut sent[1][2]).await;
+    let expected = Some(("edited on b".to_owned(), false));
+    for (name, s) in ["a", "b", "c"].into_iter().zip([a, b, c]) {
+        assert_eq!(row(s, &id).await, expected, "{name}");
+    }
+}
+
+/// Two servers whose `notes` (text keys) do not let deletes win, with `n1` on both.
+async fn notes_pair(backend: Backend) -> (Server, Server, TestDb, TestDb, i64, i64) {
+    let (db_a, db_b) = (TestDb::new(backend).await, TestDb::new(backend).await);
+    for db in [&db_a, &db_b] {
+        let pool = db.connect().await;
+        pool.execute(
+            "CREATE TABLE notes (id TEXT PRIMARY KEY, body TEXT)",
+            args![],
+        )
+        .await;
+        pool.close().await;
+    }
+    let notes =
+        |b: rhtmx_sync::SyncEngineBuilder| b.entity_named("notes").delete_wins("notes", false);
+    let (a, b) = (
+        start_with(&db_a, notes).await,
+        start_with(&db_b, notes).await,
+    );
+    a.db.execute("INSERT INTO notes VALUES ('n1', 'first')", args![])
+        .await;
+    let (mut a_sent, b_sent) = (0, 0);
+    send(&a, &b, &mut a_sent).await;
+    (a, b, db_a, db_b, a_sent, b_sent)
+}
+
+/// The body of `n1` on `server`, if it has the row.
+async fn note(server: &Server) -> Option<String> {
+    server
+        .db
+        .fetch_all::<(String, String)>("SELECT id, body FROM notes", args![])
+        .await
+        .into_iter()
+        .find(|(id, _)| id == "n1")
+        .map(|(_, body)| body)
+}
+
+/// Where deletes do not win, a delete and a concurrent update on two servers end the
+/// same on both: the later by HLC wins, whichever server sees which first.
+async fn without_delete_wins_the_later_of_a_delete_and_an_update_wins_everywhere(backend: Backend) {
+    for update_later in [true, false] {
+        let (a, b, _db_a, _db_b, mut a_sent, mut b_sent) = notes_pair(backend).await;
+        let (update_at, delete_at) = match update_later {
+            true => (2_000, 1_000),
+            false => (1_000, 2_000),
+        };
+        // Each a user action on a page that showed the row as it was.
+        let at = |hlc, base| SyncContext::new().with_hlc(hlc).with_base_version(base);
+        let (update_at, delete_at) = (soon(update_at, 0xb), soon(delete_at, 0xa));
+        let ctx = at(delete_at, a.engine.head().await.unwrap());
+        let done = a.engine.write_to("notes", &ctx).delete("n1").await;
+        assert!(done.unwrap().applied());
+        let ctx = at(update_at, b.engine.head().await.unwrap());
+        let done = b.engine.write_to("notes", &ctx);
+        let done = done.update("n1", [("body", json!("edited"))]).await;
+        assert!(done.unwrap().applied());
+        send(&a, &b, &mut a_sent).await;
+        send(&b, &a, &mut b_sent).await;
+        let expected = update_later.then(|| "edited".to_owned());
+        assert_eq!(note(&a).await, expected, "a, update later: {update_later}");
+        assert_eq!(note(&b).await, expected, "b, update later: {update_later}");
+    }
+}
+
+/// A row deleted and inserted again many times in a burst (as a handler replacing a
+/// row does; many writes land in one millisecond) ends the same on both databases.
+async fn a_row_replaced_in_a_burst_replicates_in_order(backend: Backend) {
+    let id = todo_id("r2");
+    let (a, b, _db_a, _db_b, mut a_sent) = pair(backend, &id).await;
+    for round in 0..20 {
+        let title = format!("round {round}");
+        a.db.execute("DELETE FROM todos WHERE id = $1", args![id.as_str()])
+            .await;
+        a.db.execute(
+            "INSERT INTO todos (id, title) VALUES ($1, $2)",
+            args![id.as_str(), title.as_str()],
+        )
+        .await;
+    }
+    send(&a, &b, &mut a_sent).await;
+    assert_eq!(row(&b, &id).await, row(&a, &id).await);
+    assert_eq!(row(&a, &id).await.unwrap().0, "round 19");
+}
+
+both!(
+    an_sql_update_after_a_change_from_a_clock_ahead_wins_everywhere,
+    an_sql_insert_after_a_delete_from_a_clock_ahead_wins_everywhere,
+    a_push_after_a_change_from_a_clock_ahead_wins_everywhere,
+    an_engine_write_after_a_change_from_a_clock_ahead_wins_everywhere,
+    a_row_replaced_in_a_burst_replicates_in_order,
+    a_write_after_an_older_change_from_another_author_is_ordered_after_all,
+    without_delete_wins_the_later_of_a_delete_and_an_update_wins_everywhere,
+    an_update_that_arrives_before_its_rows_create_waits_for_it,
+    a_delete_a_re_creation_and_a_later_edit_end_alike_on_three_servers,
+);
