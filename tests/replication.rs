@@ -312,6 +312,54 @@ async fn a_delete_a_re_creation_and_a_later_edit_end_alike_on_three_servers(back
     }
 }
 
+/// An HLC a day or more ahead of this server cannot be real: the change is skipped, and
+/// the row is left as it was.
+async fn a_change_stamped_days_ahead_is_skipped(backend: Backend) {
+    let id = todo_id("r7");
+    let (a, _b, _db_a, _db_b, _) = pair(backend, &id).await;
+    let change = ahead(
+        &id,
+        "update",
+        json!({"title": "from the future"}),
+        2 * 86_400_000,
+    );
+    let done = a.engine.apply_authored(AHEAD, &[change]).await.unwrap();
+    assert_eq!((done.skipped, done.applied), (1, 0), "{done:?}");
+    assert_eq!(row(&a, &id).await, Some(("first".to_owned(), false)));
+}
+
+/// A damaged HLC in the log never fails the app's own write, nor moves it earlier.
+async fn a_damaged_hlc_in_the_log_does_not_fail_the_apps_write(backend: Backend) {
+    let id = todo_id("r8");
+    let (a, _b, _db_a, _db_b, _) = pair(backend, &id).await;
+    let theirs = ahead(&id, "update", json!({"title": "from ahead"}), 60_000);
+    a.engine.apply_authored(AHEAD, &[theirs]).await.unwrap();
+    all_numbered(&a.db).await;
+    a.db.execute(
+        "UPDATE _rhtmx_sync_log SET hlc = 'garbage' WHERE client_id LIKE 'author:%'",
+        args![],
+    )
+    .await;
+    a.db.execute(
+        "UPDATE todos SET title = 'mine' WHERE id = $1",
+        args![id.as_str()],
+    )
+    .await;
+    assert_eq!(row(&a, &id).await, Some(("mine".to_owned(), false)));
+    all_numbered(&a.db).await;
+    let (hlc, origin): (Option<String>, Option<String>) =
+        a.db.fetch_one(
+            "SELECT hlc, origin_hlc FROM _rhtmx_sync_log WHERE version = \
+             (SELECT max(version) FROM _rhtmx_sync_log)",
+            args![],
+        )
+        .await;
+    assert!(
+        origin.is_none() && hlc.is_none_or(|h| h.as_str() > "001"),
+        "moved earlier"
+    );
+}
+
 /// Two servers whose `notes` (text keys) do not let deletes win, with `n1` on both.
 async fn notes_pair(backend: Backend) -> (Server, Server, TestDb, TestDb, i64, i64) {
     let (db_a, db_b) = (TestDb::new(backend).await, TestDb::new(backend).await);
@@ -405,4 +453,6 @@ both!(
     without_delete_wins_the_later_of_a_delete_and_an_update_wins_everywhere,
     an_update_that_arrives_before_its_rows_create_waits_for_it,
     a_delete_a_re_creation_and_a_later_edit_end_alike_on_three_servers,
+    a_change_stamped_days_ahead_is_skipped,
+    a_damaged_hlc_in_the_log_does_not_fail_the_apps_write,
 );

@@ -88,7 +88,9 @@ pub(crate) fn sqlite_trigger() -> String {
          WHEN {before} > {own} BEGIN \
          UPDATE {LOG_TABLE} SET origin_hlc = {own}, hlc = printf('%015d-99999-%s', \
          CAST(substr({overwritten}, 1, 15) AS INTEGER) + 1, substr({own}, 23)) \
-         WHERE version = NEW.version AND NOT {keeps} AND {overwritten} > {own}; \
+         WHERE version = NEW.version AND NOT {keeps} AND {overwritten} > {own} \
+         AND printf('%015d-99999-%s', CAST(substr({overwritten}, 1, 15) AS INTEGER) + 1, \
+         substr({own}, 23)) > {own}; \
          UPDATE {LOG_TABLE} SET {ROW_HLC} = {before} \
          WHERE version = NEW.version AND {this} < {before}; END"
     )
@@ -116,6 +118,7 @@ pub(crate) fn postgres_ddl(schema: &str) -> String {
 DECLARE
     _before text;
     _overwritten text;
+    _moved text;
     _own text;
 BEGIN
     -- Writes to one row hold its lock until they commit, so its latest entry by seq
@@ -128,19 +131,28 @@ BEGIN
         RETURN NEW;
     END IF;
     IF NOT {keeps} THEN
-        -- The greatest HLC of the writes NEW overwrites.
-        SELECT max({before} COLLATE \"C\") INTO _overwritten
-            FROM {schema}._rhtmx_sync_log AS _p
-            WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id
-            AND (NEW.action <> 'update' OR _p.action <> 'update' OR _p.changed IS NULL
-                 OR COALESCE({json}(_p.changed) ?| ARRAY(
-                     SELECT jsonb_array_elements_text({json}(NEW.changed))), true));
-        IF _overwritten COLLATE \"C\" > _own COLLATE \"C\" THEN
-            NEW.origin_hlc := _own;
-            NEW.hlc := lpad((left(_overwritten, 15)::bigint + 1)::text, 15, '0')
-                || '-99999-' || substr(_own, 23);
-            _own := NEW.hlc;
-        END IF;
+        BEGIN
+            -- The greatest HLC of the writes NEW overwrites.
+            SELECT max({before} COLLATE \"C\") INTO _overwritten
+                FROM {schema}._rhtmx_sync_log AS _p
+                WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id
+                AND (NEW.action <> 'update' OR _p.action <> 'update' OR _p.changed IS NULL
+                     OR COALESCE({json}(_p.changed) ?| ARRAY(
+                         SELECT jsonb_array_elements_text({json}(NEW.changed))), true));
+            IF _overwritten COLLATE \"C\" > _own COLLATE \"C\" THEN
+                _moved := lpad((left(_overwritten, 15)::bigint + 1)::text, 15, '0')
+                    || '-99999-' || substr(_own, 23);
+                -- Never earlier than given (a damaged HLC in the log).
+                IF _moved COLLATE \"C\" > _own COLLATE \"C\" THEN
+                    NEW.origin_hlc := _own;
+                    NEW.hlc := _moved;
+                    _own := _moved;
+                END IF;
+            END IF;
+        EXCEPTION WHEN others THEN
+            -- A damaged log entry must not fail the app's write: it keeps its HLC.
+            NULL;
+        END;
     END IF;
     IF _own COLLATE \"C\" < _before COLLATE \"C\" THEN
         NEW.{ROW_HLC} := _before;

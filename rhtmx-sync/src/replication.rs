@@ -111,7 +111,7 @@ impl AppliedAuthored {
     }
 }
 
-/// What one [`SyncEngine::apply_run`] did: its counts, and the rows it created, by
+/// What one [`SyncEngine::apply_run`] did: its counts, and the rows it wrote, by
 /// entity (as key text), whose parked updates are due.
 #[derive(Debug, Default)]
 struct Run {
@@ -328,6 +328,18 @@ impl SyncEngine {
             let mut sources = Vec::with_capacity(run.len());
             let mut seen = std::collections::HashMap::new();
             for c in run {
+                // Nothing real is a day ahead of this server: such an HLC would win
+                // every field for good (and run past what the log can stamp after it).
+                let limit = crate::hlc::system_ms()
+                    .saturating_add(crate::hlc::DEFAULT_MAX_DRIFT.as_millis() as u64);
+                if c.hlc.physical_ms() > limit {
+                    let why = Error::invalid(format!(
+                        "the HLC {} is more than a day ahead of this server's clock",
+                        c.hlc
+                    ));
+                    report.counts.skip(1, &why);
+                    continue;
+                }
                 let incoming = Incoming {
                     id: &c.id,
                     action: c.action,
@@ -381,11 +393,12 @@ impl SyncEngine {
             for ((v, source), d) in validated.iter().zip(&sources).zip(done) {
                 let Some(d) = d else { continue };
                 match (d.status, v.action) {
-                    (Status::Applied, Action::Create) => {
+                    // Any applied change may have brought the row back (a create, or an
+                    // update restoring a deleted row): its parked changes are due.
+                    (Status::Applied, _) => {
                         report.counts.applied += 1;
                         created.push(v.key_text().to_owned());
                     }
-                    (Status::Applied, _) => report.counts.applied += 1,
                     (Status::Duplicate, _) => report.counts.duplicates += 1,
                     (Status::NotFound | Status::Deleted, Action::Update) => {
                         if conn.is_none() {
