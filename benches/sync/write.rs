@@ -164,8 +164,12 @@ async fn batch_sql(size: usize, reps: usize, out: &mut Out) {
 /// one part of the engine's schema taken away (engine stopped first, so it does not put
 /// anything back). Informational; names the bottleneck.
 async fn ablation(size: usize, reps: usize, out: &mut Out) {
-    let variants: [(&str, &[&str]); 7] = [
+    let variants: [(&str, &[&str]); 8] = [
         ("as installed", &[]),
+        (
+            "without causal stamping",
+            &["DROP TRIGGER _rhtmx_sync_log_causal"],
+        ),
         (
             "without index _rhtmx_sync_log_row",
             &["DROP INDEX _rhtmx_sync_log_row"],
@@ -223,7 +227,7 @@ async fn alter(pool: &SqlitePool, change: &str) {
         "@no-json" | "@const-json" => {
             let sql: String = sqlx::query_scalar(
                 "SELECT sql FROM sqlite_master WHERE type = 'trigger' \
-                 AND name = '_rhtmx_sync_todos_insert'",
+                 AND name = '_rhtmx_sync_insert_todos'",
             )
             .fetch_one(&mut *conn)
             .await
@@ -241,7 +245,7 @@ async fn alter(pool: &SqlitePool, change: &str) {
                 "'{\"id\":\"0193a5b2-7c1d-7e2f-8a3b-4c5d6e7f8091-00000001\",\"title\":\"todo number 1\",\"completed\":false}'"
             };
             let new = format!("{}{value}{}", &sql[..start], &sql[end..]);
-            sqlx::raw_sql(&format!("DROP TRIGGER _rhtmx_sync_todos_insert; {new};"))
+            sqlx::raw_sql(&format!("DROP TRIGGER _rhtmx_sync_insert_todos; {new};"))
                 .execute(&mut *conn)
                 .await
                 .expect("replace trigger");
