@@ -443,7 +443,146 @@ async fn a_row_replaced_in_a_burst_replicates_in_order(backend: Backend) {
     assert_eq!(row(&a, &id).await.unwrap().0, "round 19");
 }
 
+/// Compaction folds an earlier entry into the row's survivor, keeping only its field
+/// clocks: a later write of that field is still ordered after it.
+async fn a_write_after_compaction_folded_a_change_from_ahead_wins_everywhere(backend: Backend) {
+    let id = todo_id("r9");
+    let (db_a, db_b) = (TestDb::new(backend).await, TestDb::new(backend).await);
+    let eager = |b: rhtmx_sync::SyncEngineBuilder| {
+        b.compaction(
+            rhtmx_sync::Compaction::new()
+                .keep_history(std::time::Duration::ZERO)
+                .keep_conflicts(std::time::Duration::ZERO)
+                .every(None),
+        )
+    };
+    let (a, b) = (start_with(&db_a, eager).await, start(&db_b).await);
+    add_todo(&a, &id, "first").await;
+    let mut a_sent = 0;
+    send(&a, &b, &mut a_sent).await;
+    let theirs = ahead(&id, "update", json!({"title": "from ahead"}), 60_000);
+    for s in [&a, &b] {
+        let done = s
+            .engine
+            .apply_authored(AHEAD, std::slice::from_ref(&theirs));
+        assert_eq!(done.await.unwrap().applied, 1);
+    }
+    // Another field: not ordered after the change from ahead.
+    a.db.execute(
+        "UPDATE todos SET completed = TRUE WHERE id = $1",
+        args![id.as_str()],
+    )
+    .await;
+    send(&a, &b, &mut a_sent).await;
+    all_numbered(&a.db).await;
+    let report = a.engine.compact().await.unwrap();
+    assert!(report.removed >= 2, "{report:?}");
+    a.db.execute(
+        "UPDATE todos SET title = 'mine' WHERE id = $1",
+        args![id.as_str()],
+    )
+    .await;
+    send(&a, &b, &mut a_sent).await;
+    let expected = Some(("mine".to_owned(), true));
+    assert_eq!(row(&a, &id).await, expected);
+    assert_eq!(
+        row(&b, &id).await,
+        expected,
+        "b keeps what a wrote after it"
+    );
+}
+
+/// A log written before causal stamping has no `row_hlc`: the engine sets it when it
+/// upgrades the log, so the first write after the upgrade is ordered after the row's
+/// greatest HLC too.
+async fn a_write_after_an_upgrade_from_an_older_log_wins_everywhere(backend: Backend) {
+    let id = todo_id("r10");
+    let (a, b, db_a, _db_b, mut a_sent) = pair(backend, &id).await;
+    let theirs = ahead(&id, "update", json!({"title": "from ahead"}), 60_000);
+    for s in [&a, &b] {
+        let done = s
+            .engine
+            .apply_authored(AHEAD, std::slice::from_ref(&theirs));
+        assert_eq!(done.await.unwrap().applied, 1);
+    }
+    a.db.execute(
+        "UPDATE todos SET completed = TRUE WHERE id = $1",
+        args![id.as_str()],
+    )
+    .await;
+    send(&a, &b, &mut a_sent).await;
+    // As an older engine left it.
+    let older = match backend {
+        Backend::Sqlite => "5",
+        Backend::Postgres => "7",
+    };
+    a.db.execute("UPDATE _rhtmx_sync_log SET row_hlc = NULL", args![])
+        .await;
+    a.db.execute(
+        "UPDATE _rhtmx_sync_meta SET value = $1 WHERE key = 'schema_version'",
+        args![older],
+    )
+    .await;
+    drop(a);
+    let a = start(&db_a).await;
+    a.db.execute(
+        "UPDATE todos SET title = 'mine' WHERE id = $1",
+        args![id.as_str()],
+    )
+    .await;
+    send(&a, &b, &mut a_sent).await;
+    let expected = Some(("mine".to_owned(), true));
+    assert_eq!(row(&a, &id).await, expected);
+    assert_eq!(
+        row(&b, &id).await,
+        expected,
+        "b keeps what a wrote after it"
+    );
+}
+
+/// An update that waits for its row (deleted where it arrived) is applied once this
+/// server creates the row again itself — by its own SQL or `engine.write` — as it is on
+/// a server where the re-creation came first.
+async fn a_waiting_update_applies_to_a_row_this_server_creates_again(backend: Backend) {
+    for by_sql in [true, false] {
+        let id = todo_id(if by_sql { "r11" } else { "r12" });
+        let (a, b, _db_a, _db_b, mut a_sent) = pair(backend, &id).await;
+        a.db.execute("DELETE FROM todos WHERE id = $1", args![id.as_str()])
+            .await;
+        send(&a, &b, &mut a_sent).await;
+        // An edit from a server whose clock runs ahead reaches b, where the row is gone.
+        let theirs = ahead(&id, "update", json!({"title": "from ahead"}), 60_000);
+        let done = b
+            .engine
+            .apply_authored(AHEAD, std::slice::from_ref(&theirs));
+        assert_eq!(done.await.unwrap().parked, 1);
+        if by_sql {
+            add_todo(&b, &id, "again").await;
+        } else {
+            let ctx = SyncContext::new().with_base_version(b.engine.head().await.unwrap());
+            let done = b.engine.write_to("todos", &ctx);
+            let done = done.create(&id, [("title", json!("again"))]).await;
+            assert!(done.unwrap().applied());
+        }
+        let due = b.engine.apply_parked().await.unwrap();
+        assert_eq!(due.applied, 1, "{due:?}");
+        // a hears of the re-creation first, then of the edit.
+        let mut b_sent = 0;
+        send(&b, &a, &mut b_sent).await;
+        let done = a
+            .engine
+            .apply_authored(AHEAD, std::slice::from_ref(&theirs));
+        assert_eq!(done.await.unwrap().applied, 1);
+        let expected = Some(("from ahead".to_owned(), false));
+        assert_eq!(row(&a, &id).await, expected, "a, by SQL: {by_sql}");
+        assert_eq!(row(&b, &id).await, expected, "b, by SQL: {by_sql}");
+    }
+}
+
 both!(
+    a_waiting_update_applies_to_a_row_this_server_creates_again,
+    a_write_after_an_upgrade_from_an_older_log_wins_everywhere,
+    a_write_after_compaction_folded_a_change_from_ahead_wins_everywhere,
     an_sql_update_after_a_change_from_a_clock_ahead_wins_everywhere,
     an_sql_insert_after_a_delete_from_a_clock_ahead_wins_everywhere,
     a_push_after_a_change_from_a_clock_ahead_wins_everywhere,

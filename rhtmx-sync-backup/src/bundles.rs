@@ -260,6 +260,13 @@ impl<S: ObjectStore> Bundles<S> {
                 .await?;
             }
         }
+        // A row this database re-created itself may have another author's update
+        // waiting, and no other change may come for a while.
+        let due = self.engine.apply_parked().await?;
+        total.applied += due.applied;
+        total.duplicates += due.duplicates;
+        total.refused += due.refused;
+        total.skipped += due.skipped;
         Ok((bundles, total))
     }
 

@@ -32,7 +32,9 @@
 //! concurrent write of another, which would make it beat later writes of its own field
 //! by the last-writer-wins rule. Every writer of the log goes through this, with no
 //! code of its own: a trigger on SQLite, a `BEFORE INSERT` trigger on PostgreSQL.
-//! Compaction keeps each row's latest entry, so it keeps the row's greatest HLC too.
+//! Compaction keeps each row's latest entry, so it keeps the row's greatest HLC too; the
+//! HLCs of the writes it folds away stay in the survivor's field clocks, which the
+//! stamping reads with the entries.
 
 /// The column recording the greatest HLC of a row's entries up to and including this
 /// one, where that is not the entry's own effective HLC (otherwise `NULL`).
@@ -55,13 +57,7 @@ fn keeps() -> String {
 #[cfg(feature = "sqlite")]
 pub(crate) fn sqlite_trigger() -> String {
     use crate::log::LOG_TABLE;
-    let effective = |a: &str| {
-        format!(
-            "COALESCE({a}.hlc, printf('%015d-00000-0000000000000000', \
-             CAST(strftime('%s', {a}.created_at) AS INTEGER) * 1000 \
-             + CAST(substr({a}.created_at, 21, 3) AS INTEGER)))"
-        )
-    };
+    let effective = sqlite_effective;
     // The row's greatest HLC before NEW: its latest entry's. The log's row index
     // (entity, entity_id, version) finds it.
     let before = format!(
@@ -70,29 +66,42 @@ pub(crate) fn sqlite_trigger() -> String {
          AND _p.version < NEW.version ORDER BY _p.version DESC LIMIT 1)",
         effective("_p")
     );
-    // Only when that is above NEW: the greatest HLC of the writes NEW overwrites.
-    let overwritten = format!(
+    // Only when that is above NEW: the greatest HLC of the writes NEW overwrites — the
+    // entries that set a field NEW sets, and the field clocks compaction folded into a
+    // survivor (`crate::compaction`). Text: `''` where there is none (below every HLC).
+    let fields = "CASE WHEN json_valid(NEW.changed) THEN NEW.changed ELSE '[]' END";
+    let entries = format!(
         "(SELECT max({}) FROM {LOG_TABLE} AS _p \
          WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id \
          AND _p.version < NEW.version AND (NEW.action <> 'update' OR _p.action <> 'update' \
-         OR _p.changed IS NULL OR CASE WHEN json_valid(_p.changed) AND json_valid(NEW.changed) \
-         THEN EXISTS (SELECT 1 FROM json_each(_p.changed) AS _a, json_each(NEW.changed) AS _b \
-         WHERE _a.value = _b.value) ELSE 1 END))",
+         OR _p.changed IS NULL OR NOT COALESCE(json_valid(_p.changed), 0) \
+         OR NOT COALESCE(json_valid(NEW.changed), 0) \
+         OR EXISTS (SELECT 1 FROM json_each(_p.changed) AS _a, json_each({fields}) AS _b \
+         WHERE _a.value = _b.value)))",
         effective("_p")
     );
+    let folded = format!(
+        "(SELECT max(json_extract(_c.value, '$[1]')) FROM {LOG_TABLE} AS _p, \
+         json_each(CASE WHEN json_valid(_p.clocks) THEN _p.clocks ELSE '{{}}' END) AS _c \
+         WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id \
+         AND _p.version < NEW.version AND _p.clocks IS NOT NULL \
+         AND (NEW.action <> 'update' OR NOT COALESCE(json_valid(NEW.changed), 0) \
+         OR _c.key IN (SELECT value FROM json_each({fields}))))"
+    );
+    let overwritten = format!("max(COALESCE({entries}, ''), COALESCE({folded}, ''))");
     let own = effective("NEW");
     let keeps = keeps();
     let this = effective(LOG_TABLE);
+    // `UPDATE … FROM` evaluates each subquery once.
     format!(
         "CREATE TRIGGER IF NOT EXISTS _rhtmx_sync_log_causal AFTER INSERT ON {LOG_TABLE} \
          WHEN {before} > {own} BEGIN \
-         UPDATE {LOG_TABLE} SET origin_hlc = {own}, hlc = printf('%015d-99999-%s', \
-         CAST(substr({overwritten}, 1, 15) AS INTEGER) + 1, substr({own}, 23)) \
-         WHERE version = NEW.version AND NOT {keeps} AND {overwritten} > {own} \
-         AND printf('%015d-99999-%s', CAST(substr({overwritten}, 1, 15) AS INTEGER) + 1, \
-         substr({own}, 23)) > {own}; \
-         UPDATE {LOG_TABLE} SET {ROW_HLC} = {before} \
-         WHERE version = NEW.version AND {this} < {before}; END"
+         UPDATE {LOG_TABLE} SET origin_hlc = {own}, hlc = _s.moved \
+         FROM (SELECT _o.hlc, printf('%015d-99999-%s', CAST(substr(_o.hlc, 1, 15) AS INTEGER) \
+         + 1, substr({own}, 23)) AS moved FROM (SELECT {overwritten} AS hlc) AS _o) AS _s \
+         WHERE version = NEW.version AND NOT {keeps} AND _s.hlc > {own} AND _s.moved > {own}; \
+         UPDATE {LOG_TABLE} SET {ROW_HLC} = _r.hlc FROM (SELECT {before} AS hlc) AS _r \
+         WHERE version = NEW.version AND {this} < _r.hlc; END"
     )
 }
 
@@ -103,12 +112,7 @@ pub(crate) fn sqlite_trigger() -> String {
 #[cfg(feature = "postgres")]
 pub(crate) fn postgres_ddl(schema: &str) -> String {
     let schema = crate::entity::quote_ident(schema);
-    let effective = |a: &str| {
-        format!(
-            "COALESCE({a}.hlc, lpad(floor(extract(epoch FROM {a}.created_at) * 1000)\
-             ::bigint::text, 15, '0') || '-00000-0000000000000000')"
-        )
-    };
+    let effective = postgres_effective;
     let (before, own) = (effective("_p"), effective("NEW"));
     let keeps = keeps();
     let json = format!("{schema}._rhtmx_sync_jsonb");
@@ -132,13 +136,24 @@ BEGIN
     END IF;
     IF NOT {keeps} THEN
         BEGIN
-            -- The greatest HLC of the writes NEW overwrites.
-            SELECT max({before} COLLATE \"C\") INTO _overwritten
-                FROM {schema}._rhtmx_sync_log AS _p
-                WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id
-                AND (NEW.action <> 'update' OR _p.action <> 'update' OR _p.changed IS NULL
-                     OR COALESCE({json}(_p.changed) ?| ARRAY(
-                         SELECT jsonb_array_elements_text({json}(NEW.changed))), true));
+            -- The greatest HLC of the writes NEW overwrites: the entries that set a
+            -- field it sets, and the field clocks compaction folded into a survivor.
+            SELECT max(_h COLLATE \"C\") INTO _overwritten FROM (
+                SELECT {before} AS _h FROM {schema}._rhtmx_sync_log AS _p
+                    WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id
+                    AND (NEW.action <> 'update' OR _p.action <> 'update'
+                         OR _p.changed IS NULL
+                         OR COALESCE({json}(_p.changed) ?| ARRAY(
+                             SELECT jsonb_array_elements_text({json}(NEW.changed))), true))
+                UNION ALL
+                SELECT _c.value ->> 1 FROM {schema}._rhtmx_sync_log AS _p,
+                    jsonb_each(CASE WHEN jsonb_typeof({json}(_p.clocks)) = 'object'
+                        THEN {json}(_p.clocks) ELSE '{{}}' END) AS _c
+                    WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id
+                    AND _p.clocks IS NOT NULL
+                    AND (NEW.action <> 'update' OR _c.key = ANY(ARRAY(
+                        SELECT jsonb_array_elements_text({json}(NEW.changed)))))
+            ) AS _all;
             IF _overwritten COLLATE \"C\" > _own COLLATE \"C\" THEN
                 _moved := lpad((left(_overwritten, 15)::bigint + 1)::text, 15, '0')
                     || '-99999-' || substr(_own, 23);
@@ -163,5 +178,61 @@ DROP TRIGGER IF EXISTS _rhtmx_sync_log_causal ON {schema}._rhtmx_sync_log;
 CREATE TRIGGER _rhtmx_sync_log_causal BEFORE INSERT ON {schema}._rhtmx_sync_log
     FOR EACH ROW EXECUTE FUNCTION {schema}._rhtmx_sync_log_causal();
 "
+    )
+}
+
+/// The effective HLC (`crate::log`) of the SQLite log entry `a`.
+#[cfg(feature = "sqlite")]
+fn sqlite_effective(a: &str) -> String {
+    format!(
+        "COALESCE({a}.hlc, printf('%015d-00000-0000000000000000', \
+         CAST(strftime('%s', {a}.created_at) AS INTEGER) * 1000 \
+         + CAST(substr({a}.created_at, 21, 3) AS INTEGER)))"
+    )
+}
+
+/// The effective HLC (`crate::log`) of the PostgreSQL log entry `a`.
+#[cfg(feature = "postgres")]
+fn postgres_effective(a: &str) -> String {
+    format!(
+        "COALESCE({a}.hlc, lpad(floor(extract(epoch FROM {a}.created_at) * 1000)\
+         ::bigint::text, 15, '0') || '-00000-0000000000000000')"
+    )
+}
+
+/// Sets `row_hlc` on each row's latest entry of a SQLite log written before causal
+/// stamping (or before it read field clocks): its first write after the upgrade is
+/// then ordered after every HLC the row has, as later ones are. One pass over the log.
+#[cfg(feature = "sqlite")]
+pub(crate) fn sqlite_backfill() -> String {
+    use crate::log::LOG_TABLE;
+    let (entry, target) = (sqlite_effective("_e"), sqlite_effective(LOG_TABLE));
+    format!(
+        "UPDATE {LOG_TABLE} SET {ROW_HLC} = _m.greatest FROM (\
+         SELECT entity, entity_id, max(version) AS top, max(h) AS greatest FROM (\
+         SELECT _e.entity, _e.entity_id, _e.version, {entry} AS h FROM {LOG_TABLE} AS _e \
+         UNION ALL SELECT _e.entity, _e.entity_id, _e.version, json_extract(_c.value, '$[1]') \
+         FROM {LOG_TABLE} AS _e, json_each(CASE WHEN json_valid(_e.clocks) THEN _e.clocks \
+         ELSE '{{}}' END) AS _c WHERE _e.clocks IS NOT NULL) GROUP BY entity, entity_id) AS _m \
+         WHERE {LOG_TABLE}.version = _m.top AND _m.greatest > {target}"
+    )
+}
+
+/// [`sqlite_backfill`] for the PostgreSQL log in `schema`.
+#[cfg(feature = "postgres")]
+pub(crate) fn postgres_backfill(schema: &str) -> String {
+    let schema = crate::entity::quote_ident(schema);
+    let (entry, target) = (postgres_effective("_e"), postgres_effective("_l"));
+    let json = format!("{schema}._rhtmx_sync_jsonb");
+    format!(
+        "UPDATE {schema}._rhtmx_sync_log AS _l SET {ROW_HLC} = _m.greatest FROM (\
+         SELECT entity, entity_id, max(seq) AS top, max(h COLLATE \"C\") AS greatest FROM (\
+         SELECT _e.entity, _e.entity_id, _e.seq, {entry} AS h \
+         FROM {schema}._rhtmx_sync_log AS _e \
+         UNION ALL SELECT _e.entity, _e.entity_id, _e.seq, _c.value ->> 1 \
+         FROM {schema}._rhtmx_sync_log AS _e, jsonb_each(CASE WHEN \
+         jsonb_typeof({json}(_e.clocks)) = 'object' THEN {json}(_e.clocks) ELSE '{{}}' END) AS _c \
+         WHERE _e.clocks IS NOT NULL) AS _x GROUP BY entity, entity_id) AS _m \
+         WHERE _l.seq = _m.top AND _m.greatest COLLATE \"C\" > {target} COLLATE \"C\""
     )
 }

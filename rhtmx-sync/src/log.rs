@@ -36,8 +36,9 @@ pub(crate) const CONTEXT_TABLE: &str = "_rhtmx_sync_context";
 /// The version of the engine's own tables: 2 added `conflict`, 3 `digest`, 4 the
 /// scopes (`scope_before`, `scope_after`, and the REPLACE victims' `scope`), 5
 /// compaction (`clocks`, `_rhtmx_sync_replays`), 6 causal stamping (`row_hlc`,
-/// `origin_hlc` and the log's own trigger, see [`crate::causal`]).
-const SCHEMA_VERSION: i64 = 6;
+/// `origin_hlc` and the log's own trigger, see [`crate::causal`]), 7 the trigger reads
+/// compaction's field clocks and older logs get `row_hlc`.
+const SCHEMA_VERSION: i64 = 7;
 
 #[cfg(feature = "sqlite")]
 const DDL: &str = r#"
@@ -122,6 +123,20 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
                 return Err(e.into());
             }
         }
+    }
+    let stored: Option<String> =
+        sqlx::query_scalar("SELECT value FROM _rhtmx_sync_meta WHERE key = 'schema_version'")
+            .fetch_optional(&mut *tx)
+            .await?;
+    let stored = stored.and_then(|v| v.parse::<i64>().ok());
+    if stored.is_some_and(|v| v < SCHEMA_VERSION) {
+        // The trigger is created only where missing: an older one is replaced.
+        sqlx::query("DROP TRIGGER IF EXISTS _rhtmx_sync_log_causal")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(&crate::causal::sqlite_backfill())
+            .execute(&mut *tx)
+            .await?;
     }
     sqlx::query(&crate::causal::sqlite_trigger())
         .execute(&mut *tx)

@@ -6,9 +6,12 @@
 //! would lose it on C for good while A and B keep it. An update of a deleted row waits
 //! too: a later re-creation of the row (by HLC, before the update) brings it back, and
 //! the update applies to it as it did where the re-creation came first. When
-//! [`SyncEngine::apply_authored`](crate::SyncEngine::apply_authored) creates a row, the
+//! [`SyncEngine::apply_authored`](crate::SyncEngine::apply_authored) writes a row, the
 //! changes parked for it are taken out and applied again through the same merge, so the
-//! order they arrived in no longer matters.
+//! order they arrived in no longer matters. A row this database creates itself (the
+//! app's SQL, a push, `engine.write`) is found by its log entry at the next
+//! [`SyncEngine::apply_parked`](crate::SyncEngine::apply_parked), which every
+//! `apply_authored` runs first.
 
 use crate::backend::Conn;
 use crate::error::Result;
@@ -96,4 +99,34 @@ pub(crate) async fn take(
             }
         })
         .collect())
+}
+
+/// The rows with parked changes that exist here now (their latest log entry is not a
+/// delete: created again by this database's own write since), by entity, as key text.
+pub(crate) async fn due(conn: &mut Conn) -> Result<Vec<(String, Vec<String>)>> {
+    // The latest entry is the greatest version on SQLite, the greatest `seq` on
+    // PostgreSQL (`version` is stamped after commit).
+    let sql = |order: &str| {
+        format!(
+            "SELECT DISTINCT _p.entity, _p.entity_id FROM _rhtmx_sync_parked AS _p \
+             WHERE COALESCE((SELECT _l.action FROM _rhtmx_sync_log AS _l \
+             WHERE _l.entity = _p.entity AND _l.entity_id = _p.entity_id \
+             ORDER BY _l.{order} DESC LIMIT 1), 'delete') <> 'delete' \
+             ORDER BY _p.entity, _p.entity_id"
+        )
+    };
+    let rows: Vec<(String, String)> = match conn {
+        #[cfg(feature = "sqlite")]
+        Conn::Sqlite(c) => sqlx::query_as(&sql("version")).fetch_all(&mut **c).await?,
+        #[cfg(feature = "postgres")]
+        Conn::Postgres(c) => sqlx::query_as(&sql("seq")).fetch_all(&mut **c).await?,
+    };
+    let mut due: Vec<(String, Vec<String>)> = Vec::new();
+    for (entity, key) in rows {
+        match due.last_mut() {
+            Some((e, keys)) if *e == entity => keys.push(key),
+            _ => due.push((entity, vec![key])),
+        }
+    }
+    Ok(due)
 }

@@ -88,7 +88,8 @@ pub struct AppliedAuthored {
     /// Changes refused by the merge: a create of a row deleted here later (by HLC).
     pub refused: usize,
     /// Updates of a row this database does not have (not created here yet, or
-    /// deleted), kept and applied again when another author's change creates the row:
+    /// deleted), kept and applied again once the row exists here (created by another
+    /// author's change, or by this database's own write: [`SyncEngine::apply_parked`]):
     /// with three or more authors, changes arrive in any order.
     pub parked: usize,
     /// Changes this database cannot take, skipped (logged at `warn`): a table or field
@@ -116,7 +117,7 @@ impl AppliedAuthored {
 #[derive(Debug, Default)]
 struct Run {
     counts: AppliedAuthored,
-    created: Vec<(String, Vec<String>)>,
+    written: Vec<(String, Vec<String>)>,
 }
 
 /// Whether applying a change failed because of the change, not of the database's
@@ -253,8 +254,8 @@ impl SyncEngine {
     /// the entity says otherwise (`delete_wins`); a change applied before is a
     /// duplicate. An update of a row missing here (not created yet, or deleted) is
     /// parked ([`AppliedAuthored::parked`]) and applied, through the same merge, once
-    /// another author's change creates the row: the order in which changes from several
-    /// authors arrive does not matter. Entities need not be
+    /// the row exists here (see [`SyncEngine::apply_parked`], which this runs after the
+    /// changes): the order in which changes from several authors arrive does not matter. Entities need not be
     /// [`writable`](crate::SyncEngineBuilder::writable): that guards the push API, and
     /// this is the app's own call.
     ///
@@ -278,13 +279,41 @@ impl SyncEngine {
             return Err(Error::invalid("these changes are this engine's own"));
         }
         let mut report = self.apply_run(author, changes).await?;
-        // The rows these changes created may have updates waiting (`crate::parked`):
-        // applied now, in HLC order, each by its author. Parked again if still refused.
-        while !report.created.is_empty() {
-            let created = std::mem::take(&mut report.created);
+        let mut conn = self.inner.pool.acquire().await?;
+        report.written.extend(crate::parked::due(&mut conn).await?);
+        drop(conn);
+        self.apply_due(report).await
+    }
+
+    /// Applies the parked changes (see [`AppliedAuthored::parked`]) whose row exists
+    /// here again, created since by this database's own write — the app's SQL, a push,
+    /// [`SyncEngine::write`]. [`SyncEngine::apply_authored`] does it each time; call it
+    /// where no other author's change may arrive for a while (a replication loop does
+    /// it on each round), so that a parked change is not held back.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Database`] when the database fails; what was not applied stays parked.
+    pub async fn apply_parked(&self) -> Result<AppliedAuthored> {
+        let mut conn = self.inner.pool.acquire().await?;
+        let written = crate::parked::due(&mut conn).await?;
+        drop(conn);
+        self.apply_due(Run {
+            counts: AppliedAuthored::default(),
+            written,
+        })
+        .await
+    }
+
+    /// Applies the changes parked for the rows `report` wrote, and for the rows those
+    /// wrote in turn, in HLC order, each by its author; parks again what is still
+    /// refused.
+    async fn apply_due(&self, mut report: Run) -> Result<AppliedAuthored> {
+        while !report.written.is_empty() {
+            let written = std::mem::take(&mut report.written);
             let mut conn = self.inner.pool.acquire().await?;
             let mut waiting = Vec::new();
-            for (entity, keys) in created {
+            for (entity, keys) in written {
                 waiting.extend(crate::parked::take(&mut conn, &entity, &keys).await?);
             }
             drop(conn);
@@ -294,7 +323,7 @@ impl SyncEngine {
                         // Counted when it was parked first.
                         again.counts.parked = 0;
                         report.counts.add(again.counts);
-                        report.created.extend(again.created);
+                        report.written.extend(again.written);
                     }
                     Err(e) => {
                         // What was not applied yet waits again.
@@ -311,7 +340,7 @@ impl SyncEngine {
     }
 
     /// Applies `changes` of `author` as [`SyncEngine::apply_authored`] does, parking the
-    /// updates of rows missing here; returns the counts and the rows it created.
+    /// updates of rows missing here; returns the counts and the rows it wrote.
     async fn apply_run(&self, author: &str, changes: &[AuthoredChange]) -> Result<Run> {
         let client = format!("{AUTHOR_PREFIX}{author}");
         let mut report = Run::default();
@@ -388,7 +417,7 @@ impl SyncEngine {
                 }
                 Err(failed) => return Err(failed.error),
             };
-            let mut created = Vec::new();
+            let mut written = Vec::new();
             let mut conn = None;
             for ((v, source), d) in validated.iter().zip(&sources).zip(done) {
                 let Some(d) = d else { continue };
@@ -397,7 +426,7 @@ impl SyncEngine {
                     // update restoring a deleted row): its parked changes are due.
                     (Status::Applied, _) => {
                         report.counts.applied += 1;
-                        created.push(v.key_text().to_owned());
+                        written.push(v.key_text().to_owned());
                     }
                     (Status::Duplicate, _) => report.counts.duplicates += 1,
                     (Status::NotFound | Status::Deleted, Action::Update) => {
@@ -411,8 +440,8 @@ impl SyncEngine {
                     (Status::NotFound | Status::Deleted, _) => report.counts.refused += 1,
                 }
             }
-            if !created.is_empty() {
-                report.created.push((entity.name.to_string(), created));
+            if !written.is_empty() {
+                report.written.push((entity.name.to_string(), written));
             }
         }
         Ok(report)

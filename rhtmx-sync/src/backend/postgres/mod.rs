@@ -88,7 +88,7 @@ pub(crate) async fn start(
 pub(crate) const SCHEMA_LOCK: i64 = 0x7268_746d_7873_0001;
 
 /// The `schema_version` [`DDL`] records (kept in step with it).
-const SCHEMA_VERSION: &str = "8";
+const SCHEMA_VERSION: &str = "9";
 
 /// The channel the stamper notifies, once per stamped batch.
 pub(crate) const CHANNEL: &str = "_rhtmx_sync";
@@ -115,7 +115,7 @@ CREATE TABLE IF NOT EXISTS _rhtmx_sync_log (
     origin_hlc   text
 );
 ALTER TABLE _rhtmx_sync_log ADD COLUMN IF NOT EXISTS clocks text;
--- Causal stamping (schema 8, `crate::causal`).
+-- Causal stamping (schema 8, `crate::causal`; 9 reads compaction's field clocks).
 ALTER TABLE _rhtmx_sync_log ADD COLUMN IF NOT EXISTS row_hlc text;
 ALTER TABLE _rhtmx_sync_log ADD COLUMN IF NOT EXISTS origin_hlc text;
 CREATE TABLE IF NOT EXISTS _rhtmx_sync_replays (
@@ -160,7 +160,7 @@ INSERT INTO _rhtmx_sync_meta (key, value)
     VALUES ('log_id', substr(md5(random()::text || clock_timestamp()::text), 1, 16))
     ON CONFLICT (key) DO NOTHING;
 INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('head', '0') ON CONFLICT (key) DO NOTHING;
-INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '8') -- SCHEMA_VERSION
+INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('schema_version', '9') -- SCHEMA_VERSION
     ON CONFLICT (key) DO UPDATE SET value = excluded.value
     WHERE _rhtmx_sync_meta.value::int < excluded.value::int;
 "#;
@@ -193,8 +193,15 @@ pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<()> {
         .execute(&mut *tx)
         .await?;
     sqlx::raw_sql(DDL).execute(&mut *tx).await?;
-    let causal = crate::causal::postgres_ddl(&capture::log_schema(&mut tx).await?);
-    sqlx::raw_sql(&causal).execute(&mut *tx).await?;
+    let schema = capture::log_schema(&mut tx).await?;
+    sqlx::raw_sql(&crate::causal::postgres_ddl(&schema))
+        .execute(&mut *tx)
+        .await?;
+    // A log from before schema 9 lacks `row_hlc` where the stamping needs it; on a
+    // current one this changes nothing.
+    sqlx::query(&crate::causal::postgres_backfill(&schema))
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(crate::parked::DDL).execute(&mut *tx).await?;
     sqlx::raw_sql(idempotency::DDL).execute(&mut *tx).await?;
     idempotency::install_usage(&mut tx).await?;
