@@ -579,7 +579,68 @@ async fn a_waiting_update_applies_to_a_row_this_server_creates_again(backend: Ba
     }
 }
 
+/// A server whose log compaction folded a row's create into its later edits still
+/// exports the whole row to a server that had none of it — the first exchange of an
+/// existing database — with each field at the time of its last write.
+async fn a_row_whose_create_compaction_folded_away_reaches_a_new_server_whole(backend: Backend) {
+    let id = todo_id("r13");
+    let (db_a, db_b) = (TestDb::new(backend).await, TestDb::new(backend).await);
+    let eager = |b: rhtmx_sync::SyncEngineBuilder| {
+        b.clock_tolerance(std::time::Duration::from_secs(3600))
+            .compaction(
+                rhtmx_sync::Compaction::new()
+                    .keep_history(std::time::Duration::ZERO)
+                    .keep_conflicts(std::time::Duration::ZERO)
+                    .every(None),
+            )
+    };
+    let (a, b) = (start_with(&db_a, eager).await, start(&db_b).await);
+    add_todo(&a, &id, "first").await;
+    a.db.execute(
+        "UPDATE todos SET title = 'renamed' WHERE id = $1",
+        args![id.as_str()],
+    )
+    .await;
+    // The last edit, a minute from now (a user whose clock runs ahead).
+    let ctx = SyncContext::new()
+        .with_hlc(soon(60_000, 0xd))
+        .with_base_version(a.engine.head().await.unwrap());
+    let done = a.engine.write_to("todos", &ctx);
+    assert!(done
+        .update(&id, [("completed", json!(true))])
+        .await
+        .unwrap()
+        .applied());
+    all_numbered(&a.db).await;
+    let report = a.engine.compact().await.unwrap();
+    assert_eq!(report.removed, 2, "{report:?}");
+    let mut a_sent = 0;
+    send(&a, &b, &mut a_sent).await;
+    let expected = Some(("renamed".to_owned(), true));
+    assert_eq!(row(&b, &id).await, expected);
+    // Sent again from the start (a peer that lost its position): nothing changes.
+    send(&a, &b, &mut 0).await;
+    assert_eq!(row(&b, &id).await, expected);
+    // A third server's rename, after a's but before a's last edit, wins on both: the
+    // title came with the time of a's rename, not of the row's last edit.
+    let theirs: AuthoredChange = serde_json::from_value(json!({
+        "entity": "todos", "id": id, "action": "update", "data": {"title": "from c"},
+        "hlc": soon(30_000, 0xc).to_string(), "version": 1,
+    }))
+    .unwrap();
+    for s in [&a, &b] {
+        let done = s
+            .engine
+            .apply_authored(AHEAD, std::slice::from_ref(&theirs));
+        assert_eq!(done.await.unwrap().applied, 1);
+    }
+    let expected = Some(("from c".to_owned(), true));
+    assert_eq!(row(&a, &id).await, expected);
+    assert_eq!(row(&b, &id).await, expected);
+}
+
 both!(
+    a_row_whose_create_compaction_folded_away_reaches_a_new_server_whole,
     a_waiting_update_applies_to_a_row_this_server_creates_again,
     a_write_after_an_upgrade_from_an_older_log_wins_everywhere,
     a_write_after_compaction_folded_a_change_from_ahead_wins_everywhere,

@@ -165,6 +165,97 @@ pub(crate) fn localize(history: &mut crate::conflict::History, author: &str) {
     }
 }
 
+/// The field clocks (`crate::compaction`) of the entries after `after`, up to `upto`,
+/// by version: those into which compaction folded earlier entries.
+async fn folded(
+    conn: &mut crate::backend::Conn,
+    after: i64,
+    upto: i64,
+) -> Result<std::collections::HashMap<i64, crate::compaction::Clocks>> {
+    use crate::backend::Conn;
+    let sql = "SELECT version, clocks FROM _rhtmx_sync_log \
+               WHERE version > $1 AND version <= $2 AND clocks IS NOT NULL";
+    let rows: Vec<(i64, String)> = match conn {
+        #[cfg(feature = "sqlite")]
+        Conn::Sqlite(c) => {
+            sqlx::query_as(sql)
+                .bind(after)
+                .bind(upto)
+                .fetch_all(&mut **c)
+                .await?
+        }
+        #[cfg(feature = "postgres")]
+        Conn::Postgres(c) => {
+            sqlx::query_as(sql)
+                .bind(after)
+                .bind(upto)
+                .fetch_all(&mut **c)
+                .await?
+        }
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(v, c)| (v, crate::compaction::Clocks::parse(&c)))
+        .collect())
+}
+
+/// The changes an update into which compaction folded earlier entries stands for, for
+/// a reader after `after`. Where none of the folded entries is after `after`, the reader
+/// had them: the update alone. Otherwise the reader may lack the row: a create of the
+/// whole row (`full`) at the oldest HLC the row remembers, then, oldest first, an
+/// update per remembered write of this author setting its fields at its own HLC. Each
+/// field so ends at the HLC of its last write, as where the entries were read one by
+/// one; another author's writes stay at the create's (older) HLC, below that author's.
+fn unfold(
+    update: AuthoredChange,
+    clocks: &crate::compaction::Clocks,
+    full: serde_json::Map<String, Value>,
+    after: i64,
+    author: &str,
+) -> Vec<AuthoredChange> {
+    let mut past = crate::compaction::expand(clocks, update.version);
+    if past.iter().all(|(v, ..)| *v <= after) {
+        return vec![update];
+    }
+    let at = |v: i64, hlc: &str| hlc.parse::<Hlc>().ok().map(|h| as_author(h, v, author));
+    let oldest = past
+        .iter()
+        .filter_map(|(v, hlc, ..)| at(*v, hlc))
+        .chain([update.hlc])
+        .min()
+        .unwrap_or(update.hlc);
+    let mut changes = vec![AuthoredChange {
+        action: Action::Create,
+        data: Some(full.clone()),
+        hlc: oldest,
+        ..update.clone()
+    }];
+    past.retain(|(_, _, client, _)| {
+        !client
+            .as_deref()
+            .is_some_and(|c| c.starts_with(AUTHOR_PREFIX))
+    });
+    for (version, hlc, _, fields) in past {
+        let Some(hlc) = at(version, &hlc) else {
+            continue;
+        };
+        let mut data = full.clone();
+        data.retain(|k, _| fields.contains(k));
+        if data.is_empty() || hlc == oldest {
+            continue;
+        }
+        changes.push(AuthoredChange {
+            action: Action::Update,
+            data: Some(data),
+            hlc,
+            version,
+            ..update.clone()
+        });
+    }
+    changes.push(update);
+    changes
+}
+
 impl SyncEngine {
     /// This engine's identity as an author: its log's identity, 16 hex digits. A
     /// restored database is a new author ([`crate::begin_new_history`]).
@@ -175,8 +266,9 @@ impl SyncEngine {
     /// Up to `limit` of this engine's own changes after log version `after` (0 for
     /// all), in version order, across every registered entity. Entries applied from
     /// other authors, entries that only carry a conflict report, and entries of tables
-    /// not registered are left out. Compaction may have folded superseded entries
-    /// together: a reader that fell behind the horizon gets each row's latest state.
+    /// not registered are left out. Where compaction folded entries after `after`
+    /// into a row's latest, that one comes as the changes it stands for (see
+    /// `unfold`): the row's whole state, each field at the HLC of its last write.
     ///
     /// # Errors
     ///
@@ -191,6 +283,7 @@ impl SyncEngine {
             more: rows.len() as i64 == limit,
             changes: Vec::new(),
         };
+        let clocks = folded(&mut conn, after, page.next).await?;
         drop(conn);
         let entities = self.inner.entities.load();
         for row in rows {
@@ -236,14 +329,28 @@ impl SyncEngine {
                     Some(data)
                 }
             };
-            page.changes.push(AuthoredChange {
+            let change = AuthoredChange {
                 entity: row.entity.clone(),
                 id: entity.wire_id(&row.entity_id),
                 action,
                 data,
                 hlc,
                 version: row.version,
-            });
+            };
+            match clocks.get(&row.version) {
+                Some(clocks) if action == Action::Update => {
+                    let full = row.data.as_deref().and_then(|d| {
+                        serde_json::from_str::<serde_json::Map<String, Value>>(d).ok()
+                    });
+                    let Some(mut full) = full else { continue };
+                    full.remove(&entity.id);
+                    full.retain(|k, _| entity.column(k).is_some_and(|c| !c.generated));
+                    let author = self.author_id();
+                    page.changes
+                        .extend(unfold(change, clocks, full, after, author));
+                }
+                _ => page.changes.push(change),
+            }
         }
         Ok(page)
     }
