@@ -22,6 +22,9 @@ pub struct Faults {
     pub errors_500: AtomicUsize,
     pub cut: AtomicUsize,
     pub truncated: AtomicUsize,
+    /// A truncation was due on a response without a body (an upload's): the next
+    /// response with one is cut instead, so every run truncates whatever its order.
+    pub truncation_due: std::sync::atomic::AtomicBool,
 }
 
 pub struct Proxy {
@@ -131,7 +134,15 @@ async fn handle(
         faults.cut.fetch_add(1, Ordering::SeqCst);
         return Err(std::io::Error::other("injected: connection cut"));
     }
-    if fault == 2 && body.len() > 1 {
+    let truncate = match fault {
+        2 if body.len() <= 1 => {
+            faults.truncation_due.store(true, Ordering::SeqCst);
+            false
+        }
+        2 => true,
+        _ => body.len() > 1 && faults.truncation_due.swap(false, Ordering::SeqCst),
+    };
+    if truncate {
         faults.truncated.fetch_add(1, Ordering::SeqCst);
         let half = body.slice(..body.len() / 2);
         let frames = futures_util::stream::iter(vec![
