@@ -639,7 +639,94 @@ async fn a_row_whose_create_compaction_folded_away_reaches_a_new_server_whole(ba
     assert_eq!(row(&b, &id).await, expected);
 }
 
+/// Where deletes do not win, an update older than a delete, a later update restoring
+/// the row, and the delete itself end alike whatever order two servers hear them in:
+/// where the older update came before the delete, the restored row holds it, so it must
+/// where it came after too — whether another server's update restores the row or this
+/// server's own `engine.write` does.
+async fn without_delete_wins_an_update_older_than_the_delete_survives_the_restore(
+    backend: Backend,
+) {
+    for by_write in [false, true] {
+        let (db_a, db_b) = (TestDb::new(backend).await, TestDb::new(backend).await);
+        for db in [&db_a, &db_b] {
+            let pool = db.connect().await;
+            pool.execute(
+                "CREATE TABLE cards (id TEXT PRIMARY KEY, body TEXT, tag TEXT)",
+                args![],
+            )
+            .await;
+            pool.execute("INSERT INTO cards VALUES ('c1', 'first', 'none')", args![])
+                .await;
+            pool.close().await;
+        }
+        let cards =
+            |b: rhtmx_sync::SyncEngineBuilder| b.entity_named("cards").delete_wins("cards", false);
+        let (a, b) = (
+            start_with(&db_a, cards).await,
+            start_with(&db_b, cards).await,
+        );
+        let seen = b.engine.head().await.unwrap();
+        // Other servers: an edit of the body, then a delete, then an edit of the tag.
+        let change = |action: &str, data: serde_json::Value, ms: u64, node: u64| {
+            serde_json::from_value::<AuthoredChange>(json!({
+                "entity": "cards", "id": "c1", "action": action, "data": data,
+                "hlc": soon(ms, node).to_string(), "version": 1,
+            }))
+            .unwrap()
+        };
+        let edit = change("update", json!({"body": "edited"}), 1_000, 0xe01);
+        let delete = change("delete", serde_json::Value::Null, 2_000, 0xd01);
+        let tag = change("update", json!({"tag": "tagged"}), 3_000, 0xe02);
+        let (e, d, t) = ("0000000000000e01", "0000000000000d01", "0000000000000e02");
+        for (author, c) in [(e, &edit), (d, &delete), (t, &tag)] {
+            a.engine
+                .apply_authored(author, std::slice::from_ref(c))
+                .await
+                .unwrap();
+        }
+        for (author, c) in [(d, &delete), (e, &edit)] {
+            b.engine
+                .apply_authored(author, std::slice::from_ref(c))
+                .await
+                .unwrap();
+        }
+        if by_write {
+            // A user of b who saw the row before the delete tags it.
+            let ctx = SyncContext::new()
+                .with_hlc(soon(3_000, 0xb))
+                .with_base_version(seen);
+            let done = b.engine.write_to("cards", &ctx);
+            assert!(done
+                .update("c1", [("tag", json!("tagged"))])
+                .await
+                .unwrap()
+                .applied());
+        } else {
+            b.engine
+                .apply_authored(t, std::slice::from_ref(&tag))
+                .await
+                .unwrap();
+        }
+        let card = |s: &Server| {
+            let db = s.db.clone();
+            async move {
+                db.fetch_all::<(String, String, String)>("SELECT id, body, tag FROM cards", args![])
+                    .await
+            }
+        };
+        let expected = vec![("c1".to_owned(), "edited".to_owned(), "tagged".to_owned())];
+        assert_eq!(card(&a).await, expected, "a: edit, delete, tag");
+        assert_eq!(
+            card(&b).await,
+            expected,
+            "b: delete, edit, tag; by write: {by_write}"
+        );
+    }
+}
+
 both!(
+    without_delete_wins_an_update_older_than_the_delete_survives_the_restore,
     a_row_whose_create_compaction_folded_away_reaches_a_new_server_whole,
     a_waiting_update_applies_to_a_row_this_server_creates_again,
     a_write_after_an_upgrade_from_an_older_log_wins_everywhere,

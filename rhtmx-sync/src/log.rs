@@ -444,7 +444,7 @@ mod tests {
                 .fetch_one(&mut conn)
                 .await
                 .unwrap();
-        assert_eq!(version, "6");
+        assert_eq!(version, SCHEMA_VERSION.to_string());
         assert!(read_after(&mut conn, 0, 1).await.unwrap().is_empty());
     }
 }

@@ -10,6 +10,7 @@ use crate::conflict::{Change, Entry, History, Row, Tombstone};
 use crate::entity::Entity;
 use crate::error::Result;
 use crate::hlc::Hlc;
+use crate::replication::AuthoredChange;
 use crate::syncable::SyncStrategy;
 use crate::wire::Action;
 
@@ -131,6 +132,9 @@ impl HistoryCache {
         }
         if !exists {
             history.tombstone = tombstone(conn, entity, id).await?;
+            if history.tombstone.is_some() {
+                history.parked = parked(conn, entity, id).await?;
+            }
         }
         if let Some(digest) = digest {
             history.replayed = conn.replayed(digest).await?;
@@ -183,4 +187,16 @@ async fn tombstone(
         }),
         _ => None,
     })
+}
+
+/// The updates of other authors parked for the row (`crate::parked`), as
+/// `(HLC, fields)`; one that no longer reads is left out.
+async fn parked(conn: &mut impl WriteTx, entity: &Entity, id: &str) -> Result<Vec<(Hlc, Row)>> {
+    let stored = conn.parked(&entity.name, id).await?;
+    Ok(stored
+        .iter()
+        .filter_map(|json| serde_json::from_str::<AuthoredChange>(json).ok())
+        .filter(|c| c.action == Action::Update)
+        .filter_map(|c| Some((c.hlc, c.data?)))
+        .collect())
 }

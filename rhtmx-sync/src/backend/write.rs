@@ -164,6 +164,13 @@ pub(crate) trait WriteTx: ReadLog {
     /// applied before).
     fn replayed(&mut self, digest: &str) -> impl Future<Output = Result<bool>> + Send;
 
+    /// The changes of other authors parked for the row (`crate::parked`), as stored.
+    fn parked(
+        &mut self,
+        entity: &str,
+        id: &str,
+    ) -> impl Future<Output = Result<Vec<String>>> + Send;
+
     /// What the entries of `entity` after `after` did to scopes.
     fn effects(
         &mut self,

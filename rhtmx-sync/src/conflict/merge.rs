@@ -104,6 +104,11 @@ pub struct History {
     /// Whether this very change was applied before (the engine compares a digest of
     /// client, HLC, action and fields): a replay, which does nothing.
     pub replayed: bool,
+    /// Other engines' updates of the absent row that arrived after its delete but are
+    /// older than it (`HLC`, fields set), waiting for the row: where deletes do not
+    /// win, the row a later update restores holds them, as it does on an engine that
+    /// applied them before the delete.
+    pub parked: Vec<(Hlc, Row)>,
 }
 
 impl History {
@@ -153,6 +158,7 @@ impl History {
             replayed: log
                 .iter()
                 .any(|e| e.origin_hlc.unwrap_or(e.hlc) == change.hlc),
+            parked: Vec::new(),
         }
     }
 }
@@ -416,6 +422,7 @@ fn update_absent(change: &Change, history: &History, policy: &Policy<'_>) -> Dec
     let restorable = !policy.delete_wins && t.version > base && change.hlc >= t.hlc;
     if let (true, Some(last)) = (restorable, &t.last_row) {
         let mut row = last.clone();
+        take_parked(&mut row, t, history);
         for (k, v) in &change.fields {
             row.insert(k.clone(), v.clone());
             let field = c.fields.get_mut(k).expect("every client field is reported");
@@ -431,6 +438,41 @@ fn update_absent(change: &Change, history: &History, policy: &Policy<'_>) -> Dec
     Decision {
         conflict: Some(c),
         ..Decision::new(Status::Deleted, Write::Nothing)
+    }
+}
+
+/// Applies to `row`, the row as the delete `t` left it, the parked updates older than
+/// the delete: each field takes the one whose HLC is greater than its last write before
+/// the delete (a create writes every field), as it did where they came first.
+fn take_parked(row: &mut Row, t: &Tombstone, history: &History) {
+    if history.parked.is_empty() {
+        return;
+    }
+    let mut written: BTreeMap<&str, Hlc> = BTreeMap::new();
+    for e in history.since_base.iter().filter(|e| e.version < t.version) {
+        match (e.action, &e.changed, &e.data) {
+            (Action::Delete, ..) => written.clear(),
+            (Action::Create, _, Some(data)) => {
+                written = data.keys().map(|k| (k.as_str(), e.hlc)).collect();
+            }
+            (_, Some(changed), _) => {
+                for field in changed {
+                    let at = written.entry(field.as_str()).or_insert(e.hlc);
+                    *at = (*at).max(e.hlc);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut parked: Vec<&(Hlc, Row)> = history.parked.iter().filter(|p| p.0 < t.hlc).collect();
+    parked.sort_by_key(|p| p.0);
+    for (hlc, fields) in parked {
+        for (k, v) in fields {
+            if written.get(k.as_str()).is_none_or(|at| *hlc > *at) {
+                row.insert(k.clone(), v.clone());
+                written.insert(k.as_str(), *hlc);
+            }
+        }
     }
 }
 

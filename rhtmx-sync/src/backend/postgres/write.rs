@@ -390,6 +390,16 @@ impl WriteTx for PgConnection {
         .await?)
     }
 
+    async fn parked(&mut self, entity: &str, id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT change FROM _rhtmx_sync_parked WHERE entity = $1 AND entity_id = $2",
+        )
+        .bind(entity)
+        .bind(id)
+        .fetch_all(&mut *self)
+        .await?)
+    }
+
     async fn deletes_after(
         &mut self,
         entity: &str,

@@ -237,6 +237,16 @@ impl WriteTx for SqliteConnection {
         .await?)
     }
 
+    async fn parked(&mut self, entity: &str, id: &str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT change FROM _rhtmx_sync_parked WHERE entity = ? AND entity_id = ?",
+        )
+        .bind(entity)
+        .bind(id)
+        .fetch_all(&mut *self)
+        .await?)
+    }
+
     async fn deletes_after(
         &mut self,
         entity: &str,
