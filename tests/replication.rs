@@ -725,7 +725,138 @@ async fn without_delete_wins_an_update_older_than_the_delete_survives_the_restor
     }
 }
 
+/// A row this server created, whose latest entry is another server's edit (or a
+/// conflict report only), reaches a new server after compaction folded the create into
+/// that entry.
+async fn a_row_whose_latest_entry_is_not_this_servers_reaches_a_new_server_whole(backend: Backend) {
+    for report_only in [false, true] {
+        let id = todo_id(if report_only { "r14" } else { "r15" });
+        let (db_a, db_b) = (TestDb::new(backend).await, TestDb::new(backend).await);
+        let eager = |b: rhtmx_sync::SyncEngineBuilder| {
+            b.compaction(
+                rhtmx_sync::Compaction::new()
+                    .keep_history(std::time::Duration::ZERO)
+                    .keep_conflicts(std::time::Duration::ZERO)
+                    .every(None),
+            )
+        };
+        let (a, b) = (start_with(&db_a, eager).await, start(&db_b).await);
+        add_todo(&a, &id, "first").await;
+        let theirs = ahead(&id, "update", json!({"completed": true}), 60_000);
+        let done = a
+            .engine
+            .apply_authored(AHEAD, std::slice::from_ref(&theirs));
+        assert_eq!(done.await.unwrap().applied, 1);
+        if report_only {
+            // A browser's stale edit of the title loses to a's: a report, setting nothing.
+            let (status, res) = push_raw(
+                &a.base,
+                "todos",
+                json!({"client_id": "tab-1", "changes": [{
+                    "id": id, "action": "update", "data": {"completed": false},
+                    "hlc": hlc(-60_000, 0xb0b), "client_version": 1,
+                }]})
+                .to_string(),
+            )
+            .await;
+            assert_eq!(status, 200, "{res}");
+        }
+        all_numbered(&a.db).await;
+        let report = a.engine.compact().await.unwrap();
+        assert!(report.removed >= 1, "{report:?}");
+        // b meets a for the first time, then hears from the third server.
+        send(&a, &b, &mut 0).await;
+        let done = b
+            .engine
+            .apply_authored(AHEAD, std::slice::from_ref(&theirs));
+        done.await.unwrap();
+        let expected = Some(("first".to_owned(), true));
+        assert_eq!(row(&a, &id).await, expected, "report only: {report_only}");
+        assert_eq!(row(&b, &id).await, expected, "report only: {report_only}");
+    }
+}
+
+/// Two updates of one row that share an HLC (one handler's two writes) both wait on a
+/// server that does not have the row yet, and both apply when it comes.
+async fn two_updates_of_one_row_with_one_hlc_both_wait_for_the_row(backend: Backend) {
+    let id = todo_id("r16");
+    let (db_a, db_b) = (TestDb::new(backend).await, TestDb::new(backend).await);
+    let (a, b) = (start(&db_a).await, start(&db_b).await);
+    let create = ahead(
+        &id,
+        "create",
+        json!({"title": "first", "completed": false}),
+        0,
+    );
+    let done = a
+        .engine
+        .apply_authored(AHEAD, std::slice::from_ref(&create));
+    assert_eq!(done.await.unwrap().applied, 1);
+    let ctx = SyncContext::new()
+        .with_hlc(soon(1_000, 0xa))
+        .with_base_version(a.engine.head().await.unwrap());
+    let w = a.engine.write_to("todos", &ctx);
+    assert!(w
+        .update(&id, [("title", json!("mine"))])
+        .await
+        .unwrap()
+        .applied());
+    let w = a.engine.write_to("todos", &ctx);
+    assert!(w
+        .update(&id, [("completed", json!(true))])
+        .await
+        .unwrap()
+        .applied());
+    let mut a_sent = 0;
+    send(&a, &b, &mut a_sent).await;
+    let done = b
+        .engine
+        .apply_authored(AHEAD, std::slice::from_ref(&create));
+    done.await.unwrap();
+    let expected = Some(("mine".to_owned(), true));
+    assert_eq!(row(&a, &id).await, expected);
+    assert_eq!(row(&b, &id).await, expected);
+}
+
+/// Damaged field clocks in the log never fail the app's own writes, nor an upgrade.
+async fn damaged_field_clocks_do_not_fail_the_apps_writes(backend: Backend) {
+    let id = todo_id("r17");
+    let (a, _b, db_a, _db_b, _) = pair(backend, &id).await;
+    let theirs = ahead(&id, "update", json!({"title": "from ahead"}), 60_000);
+    a.engine.apply_authored(AHEAD, &[theirs]).await.unwrap();
+    all_numbered(&a.db).await;
+    a.db.execute(
+        "UPDATE _rhtmx_sync_log SET clocks = '{\"title\":\"x\",\"completed\":[1]}'",
+        args![],
+    )
+    .await;
+    a.db.execute(
+        "UPDATE todos SET title = 'mine' WHERE id = $1",
+        args![id.as_str()],
+    )
+    .await;
+    assert_eq!(row(&a, &id).await, Some(("mine".to_owned(), false)));
+    // And an engine upgrading that log starts.
+    let older = match backend {
+        Backend::Sqlite => "6",
+        Backend::Postgres => "8",
+    };
+    a.db.execute(
+        "UPDATE _rhtmx_sync_meta SET value = $1 WHERE key = 'schema_version'",
+        args![older],
+    )
+    .await;
+    drop(a);
+    let a = start(&db_a).await;
+    a.db.execute("DELETE FROM todos WHERE id = $1", args![id.as_str()])
+        .await;
+    assert_eq!(row(&a, &id).await, None);
+}
+
 both!(
+    a_row_whose_latest_entry_is_not_this_servers_reaches_a_new_server_whole,
+    two_updates_of_one_row_with_one_hlc_both_wait_for_the_row,
+    damaged_field_clocks_do_not_fail_the_apps_writes,
     without_delete_wins_an_update_older_than_the_delete_survives_the_restore,
     a_row_whose_create_compaction_folded_away_reaches_a_new_server_whole,
     a_waiting_update_applies_to_a_row_this_server_creates_again,

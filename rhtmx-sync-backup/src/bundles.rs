@@ -321,7 +321,10 @@ pub(crate) async fn authored_since<S: ObjectStore>(
     head: i64,
     until: Option<u64>,
 ) -> Result<Vec<AuthoredChange>> {
-    let mut changes = BTreeMap::new();
+    // A roll-up repeats changes of the bundles it folds (until they are removed); a
+    // version is not a change's key (a compacted row unfolds into several).
+    let mut changes: Vec<AuthoredChange> = Vec::new();
+    let mut seen = BTreeSet::new();
     for name in store.list(&format!("{BUNDLES}{author}/")).await? {
         let Some(body) = store.get(&name).await? else {
             continue;
@@ -332,12 +335,18 @@ pub(crate) async fn authored_since<S: ObjectStore>(
             return Err(Error::corrupt(&name, "a bundle of another author"));
         }
         for c in bundle.changes {
-            if c.version > head && until.is_none_or(|t| c.hlc.physical_ms() <= t) {
-                changes.insert(c.version, c);
+            let key = (c.version, c.hlc, format!("{:?}", c.action));
+            if c.version > head
+                && until.is_none_or(|t| c.hlc.physical_ms() <= t)
+                && seen.insert(key)
+            {
+                changes.push(c);
             }
         }
     }
-    Ok(changes.into_values().collect())
+    // Stable: a row's unfolded create stays before the updates of its version.
+    changes.sort_by_key(|c| c.version);
+    Ok(changes)
 }
 
 /// Drops each change a later change of the same row makes moot: a create or delete
@@ -361,4 +370,43 @@ fn superseded_dropped(changes: Vec<AuthoredChange>) -> Vec<AuthoredChange> {
     }
     kept.reverse();
     kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_create_and_an_update_of_one_version_are_both_replayed_in_order() {
+        let store = crate::MemoryStore::new();
+        let change = |action: &str, data: serde_json::Value| -> AuthoredChange {
+            serde_json::from_value(serde_json::json!({
+                "entity": "todos", "id": "x", "action": action, "data": data,
+                "hlc": "001750000000000-00001-00000000000000aa", "version": 5,
+            }))
+            .unwrap()
+        };
+        let bundle = Bundle {
+            author: "00000000000000aa".into(),
+            upto: 5,
+            changes: vec![
+                change(
+                    "create",
+                    serde_json::json!({"title": "t", "completed": true}),
+                ),
+                change("update", serde_json::json!({"title": "t"})),
+            ],
+        };
+        let body = serde_json::to_vec(&bundle).unwrap();
+        // A roll-up holds the same changes again.
+        for _ in 0..2 {
+            let name = format!("{BUNDLES}00000000000000aa/{}", uuid::Uuid::now_v7());
+            store.put(&name, body.clone().into()).await.unwrap();
+        }
+        let got = authored_since(&store, "00000000000000aa", 0, None)
+            .await
+            .unwrap();
+        let actions: Vec<Action> = got.iter().map(|c| c.action).collect();
+        assert_eq!(actions, [Action::Create, Action::Update]);
+    }
 }

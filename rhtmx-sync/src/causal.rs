@@ -76,12 +76,15 @@ pub(crate) fn sqlite_trigger() -> String {
          AND _p.version < NEW.version AND (NEW.action <> 'update' OR _p.action <> 'update' \
          OR _p.changed IS NULL OR NOT COALESCE(json_valid(_p.changed), 0) \
          OR NOT COALESCE(json_valid(NEW.changed), 0) \
-         OR EXISTS (SELECT 1 FROM json_each(_p.changed) AS _a, json_each({fields}) AS _b \
+         OR EXISTS (SELECT 1 FROM json_each(CASE WHEN json_valid(_p.changed) \
+         THEN _p.changed ELSE '[]' END) AS _a, json_each({fields}) AS _b \
          WHERE _a.value = _b.value)))",
         effective("_p")
     );
+    // A damaged value never fails the app's write: JSON functions only see valid JSON.
+    let clock = "CASE WHEN _c.type = 'array' THEN json_extract(_c.value, '$[1]') END";
     let folded = format!(
-        "(SELECT max(json_extract(_c.value, '$[1]')) FROM {LOG_TABLE} AS _p, \
+        "(SELECT max({clock}) FROM {LOG_TABLE} AS _p, \
          json_each(CASE WHEN json_valid(_p.clocks) THEN _p.clocks ELSE '{{}}' END) AS _c \
          WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id \
          AND _p.version < NEW.version AND _p.clocks IS NOT NULL \
@@ -99,7 +102,8 @@ pub(crate) fn sqlite_trigger() -> String {
          UPDATE {LOG_TABLE} SET origin_hlc = {own}, hlc = _s.moved \
          FROM (SELECT _o.hlc, printf('%015d-99999-%s', CAST(substr(_o.hlc, 1, 15) AS INTEGER) \
          + 1, substr({own}, 23)) AS moved FROM (SELECT {overwritten} AS hlc) AS _o) AS _s \
-         WHERE version = NEW.version AND NOT {keeps} AND _s.hlc > {own} AND _s.moved > {own}; \
+         WHERE version = NEW.version AND NOT {keeps} AND _s.hlc > {own} AND _s.moved > {own} \
+         AND length(_s.moved) = length({own}); \
          UPDATE {LOG_TABLE} SET {ROW_HLC} = _r.hlc FROM (SELECT {before} AS hlc) AS _r \
          WHERE version = NEW.version AND {this} < _r.hlc; END"
     )
@@ -157,8 +161,10 @@ BEGIN
             IF _overwritten COLLATE \"C\" > _own COLLATE \"C\" THEN
                 _moved := lpad((left(_overwritten, 15)::bigint + 1)::text, 15, '0')
                     || '-99999-' || substr(_own, 23);
-                -- Never earlier than given (a damaged HLC in the log).
-                IF _moved COLLATE \"C\" > _own COLLATE \"C\" THEN
+                -- Never earlier than given, nor past the last millisecond an HLC
+                -- holds (a damaged HLC in the log).
+                IF _moved COLLATE \"C\" > _own COLLATE \"C\"
+                    AND length(_moved) = length(_own) THEN
                     NEW.origin_hlc := _own;
                     NEW.hlc := _moved;
                     _own := _moved;
@@ -211,7 +217,8 @@ pub(crate) fn sqlite_backfill() -> String {
         "UPDATE {LOG_TABLE} SET {ROW_HLC} = _m.greatest FROM (\
          SELECT entity, entity_id, max(version) AS top, max(h) AS greatest FROM (\
          SELECT _e.entity, _e.entity_id, _e.version, {entry} AS h FROM {LOG_TABLE} AS _e \
-         UNION ALL SELECT _e.entity, _e.entity_id, _e.version, json_extract(_c.value, '$[1]') \
+         UNION ALL SELECT _e.entity, _e.entity_id, _e.version, \
+         CASE WHEN _c.type = 'array' THEN json_extract(_c.value, '$[1]') END \
          FROM {LOG_TABLE} AS _e, json_each(CASE WHEN json_valid(_e.clocks) THEN _e.clocks \
          ELSE '{{}}' END) AS _c WHERE _e.clocks IS NOT NULL) GROUP BY entity, entity_id) AS _m \
          WHERE {LOG_TABLE}.version = _m.top AND _m.greatest > {target}"

@@ -141,6 +141,18 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
     sqlx::query(&crate::causal::sqlite_trigger())
         .execute(&mut *tx)
         .await?;
+    let parked_v1: bool = sqlx::query_scalar(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE name = '_rhtmx_sync_parked' \
+         AND NOT EXISTS (SELECT 1 FROM pragma_table_info('_rhtmx_sync_parked') \
+         WHERE name = 'version')",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if parked_v1 {
+        sqlx::raw_sql(crate::parked::SQLITE_UPGRADE)
+            .execute(&mut *tx)
+            .await?;
+    }
     sqlx::query(crate::parked::DDL).execute(&mut *tx).await?;
     // A replay is found by its digest (see `apply`), never by scanning a row's log.
     sqlx::query(

@@ -17,16 +17,53 @@ use crate::backend::Conn;
 use crate::error::Result;
 use crate::replication::AuthoredChange;
 
-/// The table of parked changes (one row per change, by row, author and HLC); the same
-/// text on both backends.
+/// The table of parked changes (one row per change, by row, author, HLC and the
+/// author's version: two writes of one row may share an HLC); the same text on both
+/// backends.
 pub(crate) const DDL: &str = "CREATE TABLE IF NOT EXISTS _rhtmx_sync_parked (
     entity    TEXT NOT NULL,
     entity_id TEXT NOT NULL,
     author    TEXT NOT NULL,
     hlc       TEXT NOT NULL,
+    version   BIGINT NOT NULL DEFAULT 0,
     change    TEXT NOT NULL,
-    PRIMARY KEY (entity, entity_id, author, hlc)
+    PRIMARY KEY (entity, entity_id, author, hlc, version)
 )";
+
+/// Gives a table made by the first version of [`DDL`] (keyed without `version`) the
+/// current key, on SQLite: a table's key cannot be altered there, so it is copied.
+#[cfg(feature = "sqlite")]
+pub(crate) const SQLITE_UPGRADE: &str = "
+ALTER TABLE _rhtmx_sync_parked RENAME TO _rhtmx_sync_parked_v1;
+CREATE TABLE _rhtmx_sync_parked (
+    entity    TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    author    TEXT NOT NULL,
+    hlc       TEXT NOT NULL,
+    version   BIGINT NOT NULL DEFAULT 0,
+    change    TEXT NOT NULL,
+    PRIMARY KEY (entity, entity_id, author, hlc, version)
+);
+INSERT INTO _rhtmx_sync_parked (entity, entity_id, author, hlc, change)
+    SELECT entity, entity_id, author, hlc, change FROM _rhtmx_sync_parked_v1;
+DROP TABLE _rhtmx_sync_parked_v1;
+";
+
+/// [`SQLITE_UPGRADE`] on PostgreSQL; does nothing where the key is current.
+#[cfg(feature = "postgres")]
+pub(crate) const POSTGRES_UPGRADE: &str = "
+DO $$ BEGIN
+    IF to_regclass('_rhtmx_sync_parked') IS NOT NULL AND NOT EXISTS (
+        SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass('_rhtmx_sync_parked')
+        AND attname = 'version' AND NOT attisdropped
+    ) THEN
+        ALTER TABLE _rhtmx_sync_parked ADD COLUMN version bigint NOT NULL DEFAULT 0;
+        ALTER TABLE _rhtmx_sync_parked DROP CONSTRAINT _rhtmx_sync_parked_pkey;
+        ALTER TABLE _rhtmx_sync_parked
+            ADD PRIMARY KEY (entity, entity_id, author, hlc, version);
+    END IF;
+END $$;
+";
 
 /// Runs `$body` with `$c` bound to the backend's connection.
 macro_rules! each {
@@ -49,8 +86,8 @@ pub(crate) async fn park(
     change: &AuthoredChange,
 ) -> Result<()> {
     let json = serde_json::to_string(change).expect("a change serializes");
-    let sql = "INSERT INTO _rhtmx_sync_parked (entity, entity_id, author, hlc, change) \
-               VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING";
+    let sql = "INSERT INTO _rhtmx_sync_parked (entity, entity_id, author, hlc, version, \
+               change) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
     let hlc = change.hlc.to_string();
     each!(conn, c => {
         sqlx::query(sql)
@@ -58,6 +95,7 @@ pub(crate) async fn park(
             .bind(key)
             .bind(author)
             .bind(&hlc)
+            .bind(change.version)
             .bind(&json)
             .execute(&mut **c)
             .await?;
@@ -65,9 +103,33 @@ pub(crate) async fn park(
     Ok(())
 }
 
-/// Takes out the changes parked for the rows `keys` of `entity`, as `(author, key,
-/// change)` in HLC order. A stored change that no longer reads (from another version) is
-/// dropped with a warning.
+/// Removes `change` of `author` for the row `key`, once it is applied.
+pub(crate) async fn remove(
+    conn: &mut Conn,
+    author: &str,
+    key: &str,
+    change: &AuthoredChange,
+) -> Result<()> {
+    let sql = "DELETE FROM _rhtmx_sync_parked WHERE entity = $1 AND entity_id = $2 \
+               AND author = $3 AND hlc = $4 AND version = $5";
+    let hlc = change.hlc.to_string();
+    each!(conn, c => {
+        sqlx::query(sql)
+            .bind(&change.entity)
+            .bind(key)
+            .bind(author)
+            .bind(&hlc)
+            .bind(change.version)
+            .execute(&mut **c)
+            .await?;
+    });
+    Ok(())
+}
+
+/// The changes parked for the rows `keys` of `entity`, as `(author, key, change)` in
+/// HLC order. They stay parked until [`remove`]d: one lost between being read and
+/// being applied (a crash, a cancelled task) is read again. A stored change that no
+/// longer reads (from another version) is dropped with a warning.
 pub(crate) async fn take(
     conn: &mut Conn,
     entity: &str,
@@ -79,26 +141,38 @@ pub(crate) async fn take(
     if count == 0 {
         return Ok(Vec::new());
     }
-    let sql = "DELETE FROM _rhtmx_sync_parked WHERE entity = $1 AND entity_id = $2 \
-               RETURNING author, entity_id, hlc, change";
-    let mut taken: Vec<(String, String, String, String)> = Vec::new();
+    let sql = "SELECT author, entity_id, hlc, version, change FROM _rhtmx_sync_parked \
+               WHERE entity = $1 AND entity_id = $2";
+    let mut taken: Vec<(String, String, String, i64, String)> = Vec::new();
     for key in keys {
-        let rows: Vec<(String, String, String, String)> = each!(conn, c => {
+        let rows: Vec<(String, String, String, i64, String)> = each!(conn, c => {
             sqlx::query_as(sql).bind(entity).bind(key).fetch_all(&mut **c).await?
         });
         taken.extend(rows);
     }
-    taken.sort_by(|a, b| a.2.cmp(&b.2));
-    Ok(taken
-        .into_iter()
-        .filter_map(|(author, key, _, json)| match serde_json::from_str(&json) {
-            Ok(change) => Some((author, key, change)),
+    taken.sort_by(|a, b| (&a.2, a.3).cmp(&(&b.2, b.3)));
+    let mut changes = Vec::with_capacity(taken.len());
+    for (author, key, hlc, version, json) in taken {
+        match serde_json::from_str(&json) {
+            Ok(change) => changes.push((author, key, change)),
             Err(error) => {
                 tracing::warn!(%error, "a parked change could not be read: dropped");
-                None
+                let sql = "DELETE FROM _rhtmx_sync_parked WHERE entity = $1 AND entity_id = $2 \
+                           AND author = $3 AND hlc = $4 AND version = $5";
+                each!(conn, c => {
+                    sqlx::query(sql)
+                        .bind(entity)
+                        .bind(&key)
+                        .bind(&author)
+                        .bind(&hlc)
+                        .bind(version)
+                        .execute(&mut **c)
+                        .await?;
+                });
             }
-        })
-        .collect())
+        }
+    }
+    Ok(changes)
 }
 
 /// The rows with parked changes that exist here now (their latest log entry is not a
@@ -129,4 +203,64 @@ pub(crate) async fn due(conn: &mut Conn) -> Result<Vec<(String, Vec<String>)>> {
         }
     }
     Ok(due)
+}
+
+#[cfg(all(test, feature = "sqlite"))]
+mod tests {
+    use super::*;
+
+    fn change(field: &str, version: i64) -> AuthoredChange {
+        serde_json::from_value(serde_json::json!({
+            "entity": "todos", "id": "x", "action": "update", "data": {field: "v"},
+            "hlc": "001750000000000-00001-00000000000000aa", "version": version,
+        }))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_change_stays_parked_until_removed_and_one_hlc_keeps_two_changes() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        sqlx::query(DDL).execute(&pool).await.unwrap();
+        let mut conn = Conn::Sqlite(pool.acquire().await.unwrap());
+        // Two writes of one row that share an HLC, and the first again.
+        for c in [
+            change("title", 4),
+            change("completed", 5),
+            change("title", 4),
+        ] {
+            park(&mut conn, "aa", "x", &c).await.unwrap();
+        }
+        let keys = ["x".to_owned()];
+        let read = take(&mut conn, "todos", &keys).await.unwrap();
+        assert_eq!(read.len(), 2, "{read:?}");
+        // Read, not applied (a crash, a cancelled task): still there.
+        let again = take(&mut conn, "todos", &keys).await.unwrap();
+        assert_eq!(again.len(), 2);
+        remove(&mut conn, "aa", "x", &read[0].2).await.unwrap();
+        let left = take(&mut conn, "todos", &keys).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].2, read[1].2);
+    }
+
+    #[tokio::test]
+    async fn a_table_keyed_without_version_is_upgraded_and_keeps_its_changes() {
+        let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
+        let v1 = DDL
+            .replace("    version   BIGINT NOT NULL DEFAULT 0,\n", "")
+            .replace(", version)", ")");
+        sqlx::query(&v1).execute(&pool).await.unwrap();
+        let json = serde_json::to_string(&change("title", 4)).unwrap();
+        sqlx::query("INSERT INTO _rhtmx_sync_parked VALUES ('todos', 'x', 'aa', 'h', ?)")
+            .bind(&json)
+            .execute(&pool)
+            .await
+            .unwrap();
+        sqlx::raw_sql(SQLITE_UPGRADE).execute(&pool).await.unwrap();
+        let mut conn = Conn::Sqlite(pool.acquire().await.unwrap());
+        park(&mut conn, "aa", "x", &change("completed", 5))
+            .await
+            .unwrap();
+        let read = take(&mut conn, "todos", &["x".to_owned()]).await.unwrap();
+        assert_eq!(read.len(), 2, "{read:?}");
+    }
 }

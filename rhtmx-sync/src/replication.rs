@@ -199,23 +199,27 @@ async fn folded(
         .collect())
 }
 
-/// The changes an update into which compaction folded earlier entries stands for, for
-/// a reader after `after`. Where none of the folded entries is after `after`, the reader
-/// had them: the update alone. Otherwise the reader may lack the row: a create of the
-/// whole row (`full`) at the oldest HLC the row remembers, then, oldest first, an
-/// update per remembered write of this author setting its fields at its own HLC. Each
-/// field so ends at the HLC of its last write, as where the entries were read one by
-/// one; another author's writes stay at the create's (older) HLC, below that author's.
+/// The changes a surviving update stands for, for a reader after `after`: compaction
+/// folded earlier entries into it, remembering each field's last write in `clocks`.
+/// Where none of this author's folded entries is after `after`, the reader had them:
+/// the update alone (if `exported`: this author's, and setting something). Otherwise
+/// the reader may lack the row: a create of the whole row (`full`) at the oldest HLC
+/// the row remembers, then, oldest first, an update per remembered write of this
+/// author setting its fields at its own HLC, then the update. Each field so ends at the
+/// HLC of its last write, as where the entries were read one by one; another author's
+/// writes stay at the create's (older) HLC, below that author's own.
 fn unfold(
     update: AuthoredChange,
+    exported: bool,
     clocks: &crate::compaction::Clocks,
     full: serde_json::Map<String, Value>,
     after: i64,
     author: &str,
 ) -> Vec<AuthoredChange> {
-    let mut past = crate::compaction::expand(clocks, update.version);
-    if past.iter().all(|(v, ..)| *v <= after) {
-        return vec![update];
+    let theirs = |c: &Option<String>| c.as_deref().is_some_and(|c| c.starts_with(AUTHOR_PREFIX));
+    let past = crate::compaction::expand(clocks, update.version);
+    if !past.iter().any(|(v, _, c, _)| *v > after && !theirs(c)) {
+        return if exported { vec![update] } else { Vec::new() };
     }
     let at = |v: i64, hlc: &str| hlc.parse::<Hlc>().ok().map(|h| as_author(h, v, author));
     let oldest = past
@@ -230,29 +234,25 @@ fn unfold(
         hlc: oldest,
         ..update.clone()
     }];
-    past.retain(|(_, _, client, _)| {
-        !client
-            .as_deref()
-            .is_some_and(|c| c.starts_with(AUTHOR_PREFIX))
-    });
-    for (version, hlc, _, fields) in past {
-        let Some(hlc) = at(version, &hlc) else {
+    for (version, hlc, client, fields) in past {
+        let Some(hlc) = at(version, &hlc).filter(|h| *h != oldest && !theirs(&client)) else {
             continue;
         };
         let mut data = full.clone();
         data.retain(|k, _| fields.contains(k));
-        if data.is_empty() || hlc == oldest {
-            continue;
+        if !data.is_empty() {
+            changes.push(AuthoredChange {
+                action: Action::Update,
+                data: Some(data),
+                hlc,
+                version,
+                ..update.clone()
+            });
         }
-        changes.push(AuthoredChange {
-            action: Action::Update,
-            data: Some(data),
-            hlc,
-            version,
-            ..update.clone()
-        });
     }
-    changes.push(update);
+    if exported {
+        changes.push(update);
+    }
     changes
 }
 
@@ -287,13 +287,6 @@ impl SyncEngine {
         drop(conn);
         let entities = self.inner.entities.load();
         for row in rows {
-            if row
-                .client_id
-                .as_deref()
-                .is_some_and(|c| c.starts_with(AUTHOR_PREFIX))
-            {
-                continue;
-            }
             let Some(entity) = entities.shared(&row.entity) else {
                 continue;
             };
@@ -304,31 +297,33 @@ impl SyncEngine {
                 continue;
             };
             let hlc = as_author(hlc, row.version, self.author_id());
-            let changed: Option<Vec<String>> = row
-                .changed
-                .as_deref()
-                .and_then(|c| serde_json::from_str(c).ok());
-            let data = match action {
+            // The row after the change, without its key; a generated column is the
+            // database's to compute, on every engine.
+            let full = match action {
                 Action::Delete => None,
                 _ => {
-                    let Some(mut data) = row.data.as_deref().and_then(|d| {
+                    let Some(mut full) = row.data.as_deref().and_then(|d| {
                         serde_json::from_str::<serde_json::Map<String, Value>>(d).ok()
                     }) else {
                         continue;
                     };
-                    data.remove(&entity.id);
-                    // A generated column is the database's to compute, on every engine.
-                    data.retain(|k, _| entity.column(k).is_some_and(|c| !c.generated));
-                    if let (Action::Update, Some(changed)) = (action, &changed) {
-                        data.retain(|k, _| changed.contains(k));
-                        if data.is_empty() {
-                            // Only a conflict report: nothing was set.
-                            continue;
-                        }
-                    }
-                    Some(data)
+                    full.remove(&entity.id);
+                    full.retain(|k, _| entity.column(k).is_some_and(|c| !c.generated));
+                    Some(full)
                 }
             };
+            let mut data = full.clone();
+            // An update sets its `changed` fields (all, where the log does not say).
+            let changed: Option<Vec<String>> =
+                (row.changed.as_deref()).and_then(|c| serde_json::from_str(c).ok());
+            if let (Action::Update, Some(data), Some(changed)) = (action, &mut data, &changed) {
+                data.retain(|k, _| changed.contains(k));
+            }
+            // Another author's entry, and one that set nothing (a conflict report), are
+            // not this author's changes.
+            let theirs = (row.client_id.as_deref()).is_some_and(|c| c.starts_with(AUTHOR_PREFIX));
+            let sets_nothing =
+                action == Action::Update && data.as_ref().is_some_and(|d| d.is_empty());
             let change = AuthoredChange {
                 entity: row.entity.clone(),
                 id: entity.wire_id(&row.entity_id),
@@ -337,19 +332,15 @@ impl SyncEngine {
                 hlc,
                 version: row.version,
             };
-            match clocks.get(&row.version) {
-                Some(clocks) if action == Action::Update => {
-                    let full = row.data.as_deref().and_then(|d| {
-                        serde_json::from_str::<serde_json::Map<String, Value>>(d).ok()
-                    });
-                    let Some(mut full) = full else { continue };
-                    full.remove(&entity.id);
-                    full.retain(|k, _| entity.column(k).is_some_and(|c| !c.generated));
+            let exported = !theirs && !sets_nothing;
+            match (clocks.get(&row.version), action, full) {
+                (Some(clocks), Action::Update, Some(full)) => {
                     let author = self.author_id();
                     page.changes
-                        .extend(unfold(change, clocks, full, after, author));
+                        .extend(unfold(change, exported, clocks, full, after, author));
                 }
-                _ => page.changes.push(change),
+                _ if exported => page.changes.push(change),
+                _ => {}
             }
         }
         Ok(page)
@@ -400,7 +391,8 @@ impl SyncEngine {
     ///
     /// # Errors
     ///
-    /// [`Error::Database`] when the database fails; what was not applied stays parked.
+    /// [`Error::Database`] when the database fails; what was not applied stays parked
+    /// (applying a change twice is harmless: the second is a duplicate).
     pub async fn apply_parked(&self) -> Result<AppliedAuthored> {
         let mut conn = self.inner.pool.acquire().await?;
         let written = crate::parked::due(&mut conn).await?;
@@ -413,8 +405,8 @@ impl SyncEngine {
     }
 
     /// Applies the changes parked for the rows `report` wrote, and for the rows those
-    /// wrote in turn, in HLC order, each by its author; parks again what is still
-    /// refused.
+    /// wrote in turn, in HLC order, each by its author; what is still refused stays
+    /// parked.
     async fn apply_due(&self, mut report: Run) -> Result<AppliedAuthored> {
         while !report.written.is_empty() {
             let written = std::mem::take(&mut report.written);
@@ -424,23 +416,18 @@ impl SyncEngine {
                 waiting.extend(crate::parked::take(&mut conn, &entity, &keys).await?);
             }
             drop(conn);
-            for (i, (author, _, change)) in waiting.iter().enumerate() {
-                match self.apply_run(author, std::slice::from_ref(change)).await {
-                    Ok(mut again) => {
-                        // Counted when it was parked first.
-                        again.counts.parked = 0;
-                        report.counts.add(again.counts);
-                        report.written.extend(again.written);
-                    }
-                    Err(e) => {
-                        // What was not applied yet waits again.
-                        let mut conn = self.inner.pool.acquire().await?;
-                        for (author, key, change) in &waiting[i..] {
-                            crate::parked::park(&mut conn, author, key, change).await?;
-                        }
-                        return Err(e);
-                    }
+            for (author, key, change) in &waiting {
+                let mut again = self.apply_run(author, std::slice::from_ref(change)).await?;
+                if again.counts.parked == 0 {
+                    // Applied (or refused for good): it waits no more. Removed only now,
+                    // so a change is never lost between being read and being applied.
+                    let mut conn = self.inner.pool.acquire().await?;
+                    crate::parked::remove(&mut conn, author, key, change).await?;
                 }
+                // Counted when it was parked first.
+                again.counts.parked = 0;
+                report.counts.add(again.counts);
+                report.written.extend(again.written);
             }
         }
         Ok(report.counts)

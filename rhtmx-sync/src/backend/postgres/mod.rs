@@ -202,6 +202,9 @@ pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<()> {
     sqlx::query(&crate::causal::postgres_backfill(&schema))
         .execute(&mut *tx)
         .await?;
+    sqlx::raw_sql(crate::parked::POSTGRES_UPGRADE)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(crate::parked::DDL).execute(&mut *tx).await?;
     sqlx::raw_sql(idempotency::DDL).execute(&mut *tx).await?;
     idempotency::install_usage(&mut tx).await?;
