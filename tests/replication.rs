@@ -853,7 +853,60 @@ async fn damaged_field_clocks_do_not_fail_the_apps_writes(backend: Backend) {
     assert_eq!(row(&a, &id).await, None);
 }
 
+/// A re-creation compaction folded into a later edit still outlives a delete of the
+/// row's earlier life from a server that was offline: the compacted server keeps the
+/// row, as one that was not compacted does.
+async fn a_folded_re_creation_outlives_an_older_delete(backend: Backend) {
+    let id = todo_id("r18");
+    let (db_a, db_b) = (TestDb::new(backend).await, TestDb::new(backend).await);
+    let eager = |b: rhtmx_sync::SyncEngineBuilder| {
+        b.compaction(
+            rhtmx_sync::Compaction::new()
+                .keep_history(std::time::Duration::ZERO)
+                .keep_conflicts(std::time::Duration::ZERO)
+                .every(None),
+        )
+    };
+    let (a, b) = (start_with(&db_a, eager).await, start(&db_b).await);
+    add_todo(&a, &id, "first").await;
+    let mut a_sent = 0;
+    send(&a, &b, &mut a_sent).await;
+    // The server that will delete the first life heard of it; then a deletes the row,
+    // creates it again and edits it.
+    let first_life = a.engine.authored_changes(0, 500).await.unwrap().changes;
+    a.db.execute("DELETE FROM todos WHERE id = $1", args![id.as_str()])
+        .await;
+    add_todo(&a, &id, "again").await;
+    a.db.execute(
+        "UPDATE todos SET completed = TRUE WHERE id = $1",
+        args![id.as_str()],
+    )
+    .await;
+    send(&a, &b, &mut a_sent).await;
+    all_numbered(&a.db).await;
+    let report = a.engine.compact().await.unwrap();
+    assert!(report.removed >= 2, "{report:?}");
+    // Its delete, made before the re-creation (by HLC), arrives late.
+    let created = first_life.last().unwrap().hlc;
+    let delete: AuthoredChange = serde_json::from_value(json!({
+        "entity": "todos", "id": id, "action": "delete",
+        "hlc": rhtmx_sync::Hlc::new(created.physical_ms() + 1, 0, 0xd).to_string(),
+        "version": 1,
+    }))
+    .unwrap();
+    for s in [&a, &b] {
+        let done = s
+            .engine
+            .apply_authored("000000000000000d", std::slice::from_ref(&delete));
+        done.await.unwrap();
+    }
+    let expected = Some(("again".to_owned(), true));
+    assert_eq!(row(&b, &id).await, expected, "b, not compacted");
+    assert_eq!(row(&a, &id).await, expected, "a, compacted");
+}
+
 both!(
+    a_folded_re_creation_outlives_an_older_delete,
     a_row_whose_latest_entry_is_not_this_servers_reaches_a_new_server_whole,
     two_updates_of_one_row_with_one_hlc_both_wait_for_the_row,
     damaged_field_clocks_do_not_fail_the_apps_writes,

@@ -218,13 +218,16 @@ fn unfold(
 ) -> Vec<AuthoredChange> {
     let theirs = |c: &Option<String>| c.as_deref().is_some_and(|c| c.starts_with(AUTHOR_PREFIX));
     let past = crate::compaction::expand(clocks, update.version);
-    if !past.iter().any(|(v, _, c, _)| *v > after && !theirs(c)) {
+    if !past
+        .iter()
+        .any(|p| p.version > after && !theirs(&p.client_id))
+    {
         return if exported { vec![update] } else { Vec::new() };
     }
     let at = |v: i64, hlc: &str| hlc.parse::<Hlc>().ok().map(|h| as_author(h, v, author));
     let oldest = past
         .iter()
-        .filter_map(|(v, hlc, ..)| at(*v, hlc))
+        .filter_map(|p| at(p.version, &p.hlc))
         .chain([update.hlc])
         .min()
         .unwrap_or(update.hlc);
@@ -234,12 +237,14 @@ fn unfold(
         hlc: oldest,
         ..update.clone()
     }];
-    for (version, hlc, client, fields) in past {
-        let Some(hlc) = at(version, &hlc).filter(|h| *h != oldest && !theirs(&client)) else {
+    for p in past {
+        let Some(hlc) = at(p.version, &p.hlc).filter(|h| *h != oldest && !theirs(&p.client_id))
+        else {
             continue;
         };
+        let version = p.version;
         let mut data = full.clone();
-        data.retain(|k, _| fields.contains(k));
+        data.retain(|k, _| p.fields.contains(k));
         if !data.is_empty() {
             changes.push(AuthoredChange {
                 action: Action::Update,

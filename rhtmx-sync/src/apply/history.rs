@@ -45,17 +45,19 @@ fn entries(row: EntryRow, entity: &Entity) -> impl Iterator<Item = Entry> {
     let past = row.clocks.as_deref().map_or_else(Vec::new, |c| {
         crate::compaction::expand(&crate::compaction::Clocks::parse(c), row.version)
     });
-    let past = past
-        .into_iter()
-        .map(|(version, hlc, client_id, fields)| Entry {
-            version,
-            action: Action::Update,
-            changed: Some(fields),
-            data: None,
-            hlc: parse_hlc(&hlc),
-            origin_hlc: None,
-            client_id,
-        });
+    let past = past.into_iter().map(|p| Entry {
+        version: p.version,
+        action: if p.created {
+            Action::Create
+        } else {
+            Action::Update
+        },
+        changed: Some(p.fields),
+        data: None,
+        hlc: parse_hlc(&p.hlc),
+        origin_hlc: None,
+        client_id: p.client_id,
+    });
     past.chain(std::iter::once(entry(row, entity)))
 }
 

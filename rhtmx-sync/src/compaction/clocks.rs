@@ -5,11 +5,17 @@
 //! version, effective HLC and client id (or `null`) of the field's last change at or
 //! below the survivor. The merge reads them back as one entry per distinct version
 //! ([`expand`]), so "which fields changed after the push's base, when, by whom" has the
-//! same answer as before compaction.
+//! same answer as before compaction. The member [`CREATED`] (not a field) holds the
+//! clock of the row's latest creation, which reads back as a create: a create outlives
+//! an older delete from another engine where an update would not.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+
+/// The member of [`Clocks`] recording the row's latest creation; `$` keeps it apart
+/// from column names.
+pub(crate) const CREATED: &str = "$created";
 
 /// `(version, hlc, client_id)` of a field's last change.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,8 +66,17 @@ impl Clocks {
     }
 }
 
-/// One removed change as the merge sees it again: `(version, hlc, client_id, fields)`.
-pub(crate) type Past = (i64, String, Option<String>, Vec<String>);
+/// One removed change as the merge sees it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Past {
+    pub version: i64,
+    pub hlc: String,
+    pub client_id: Option<String>,
+    /// The fields whose last change it was.
+    pub fields: Vec<String>,
+    /// Whether it created the row (its [`CREATED`] clock).
+    pub created: bool,
+}
 
 /// The changes below `version` (the survivor's own) that `clocks` remembers, oldest
 /// first, one per version.
@@ -71,11 +86,17 @@ pub(crate) fn expand(clocks: &Clocks, version: i64) -> Vec<Past> {
         if *v >= version {
             continue;
         }
-        by_version
-            .entry(*v)
-            .or_insert_with(|| (*v, hlc.clone(), client.clone(), Vec::new()))
-            .3
-            .push(field.clone());
+        let past = by_version.entry(*v).or_insert_with(|| Past {
+            version: *v,
+            hlc: hlc.clone(),
+            client_id: client.clone(),
+            fields: Vec::new(),
+            created: false,
+        });
+        match field.as_str() {
+            CREATED => past.created = true,
+            _ => past.fields.push(field.clone()),
+        }
     }
     by_version.into_values().collect()
 }
@@ -99,14 +120,23 @@ mod tests {
         );
         let back = Clocks::parse(&json);
         assert_eq!(back, clocks);
+        let past = |version, hlc: &str, field: &str, created| Past {
+            version,
+            hlc: hlc.into(),
+            client_id: None,
+            fields: vec![field.into()],
+            created,
+        };
         assert_eq!(
             expand(&back, 4),
-            vec![
-                (0, "h0".into(), None, vec!["note".into()]),
-                (1, "h1".into(), None, vec!["title".into()]),
-            ]
+            vec![past(0, "h0", "note", false), past(1, "h1", "title", false)]
         );
         assert_eq!(expand(&back, 9).len(), 3);
+        clocks.set([CREATED], &Clock(1, "h1".into(), None));
+        assert_eq!(
+            expand(&clocks, 4),
+            vec![past(0, "h0", "note", false), past(1, "h1", "title", true)]
+        );
         assert_eq!(Clocks::parse("not json"), Clocks::default());
     }
 }

@@ -168,13 +168,16 @@ fn fold(clocks: &mut Clocks, e: &Held) {
         ("delete", _) => clocks.clear(),
         ("update", Some(fields)) => clocks.set(fields.iter().map(String::as_str), &clock),
         // A create, or an update that did not say: every field of the row.
-        _ => {
+        (action, _) => {
             let row: serde_json::Map<String, serde_json::Value> = e
                 .data
                 .as_deref()
                 .and_then(|d| serde_json::from_str(d).ok())
                 .unwrap_or_default();
             clocks.set(row.keys().map(String::as_str), &clock);
+            if action == "create" {
+                clocks.set([super::clocks::CREATED], &clock);
+            }
         }
     }
 }
@@ -225,7 +228,7 @@ mod tests {
             plan.clocks,
             [(
                 3,
-                r#"{"done":[2,"h2",null],"id":[1,"h1",null],"title":[3,"h3",null]}"#.into()
+                r#"{"$created":[1,"h1",null],"done":[2,"h2",null],"id":[1,"h1",null],"title":[3,"h3",null]}"#.into()
             )]
         );
     }
