@@ -135,10 +135,10 @@ pub(crate) async fn take(
     entity: &str,
     keys: &[String],
 ) -> Result<Vec<(String, String, AuthoredChange)>> {
-    let any = "SELECT count(*) FROM _rhtmx_sync_parked WHERE entity = $1";
-    let count: i64 =
-        each!(conn, c => sqlx::query_scalar(any).bind(entity).fetch_one(&mut **c).await?);
-    if count == 0 {
+    let any = "SELECT 1 FROM _rhtmx_sync_parked WHERE entity = $1 LIMIT 1";
+    let any: Option<i32> =
+        each!(conn, c => sqlx::query_scalar(any).bind(entity).fetch_optional(&mut **c).await?);
+    if any.is_none() {
         return Ok(Vec::new());
     }
     let sql = "SELECT author, entity_id, hlc, version, change FROM _rhtmx_sync_parked \
@@ -189,6 +189,14 @@ pub(crate) async fn due(conn: &mut Conn) -> Result<Vec<(String, Vec<String>)>> {
              ORDER BY _p.entity, _p.entity_id"
         )
     };
+    let any: Option<i32> = each!(conn, c => {
+        sqlx::query_scalar("SELECT 1 FROM _rhtmx_sync_parked LIMIT 1")
+            .fetch_optional(&mut **c)
+            .await?
+    });
+    if any.is_none() {
+        return Ok(Vec::new());
+    }
     let rows: Vec<(String, String)> = match conn {
         #[cfg(feature = "sqlite")]
         Conn::Sqlite(c) => sqlx::query_as(&sql("version")).fetch_all(&mut **c).await?,

@@ -414,10 +414,18 @@ impl SyncEngine {
     /// parked.
     async fn apply_due(&self, mut report: Run) -> Result<AppliedAuthored> {
         while !report.written.is_empty() {
-            let written = std::mem::take(&mut report.written);
+            // One read per entity and round, whatever the number of runs that wrote.
+            let mut written: std::collections::BTreeMap<
+                String,
+                std::collections::BTreeSet<String>,
+            > = std::collections::BTreeMap::new();
+            for (entity, keys) in std::mem::take(&mut report.written) {
+                written.entry(entity).or_default().extend(keys);
+            }
             let mut conn = self.inner.pool.acquire().await?;
             let mut waiting = Vec::new();
             for (entity, keys) in written {
+                let keys: Vec<String> = keys.into_iter().collect();
                 waiting.extend(crate::parked::take(&mut conn, &entity, &keys).await?);
             }
             drop(conn);
