@@ -34,6 +34,30 @@ struct Bundle {
     /// The author's log version the bundle reaches: the next upload starts after it.
     upto: i64,
     changes: Vec<AuthoredChange>,
+    /// For a roll-up: the bundles it folds, by name, each with the index in `changes`
+    /// where what is left of its changes starts. A reader that applied some of them
+    /// applies only what came after (empty: a bundle of its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    folds: Vec<(String, usize)>,
+}
+
+impl Bundle {
+    /// The changes a reader that applied every bundle up to `done` (a name) lacks.
+    fn after(&self, done: &str) -> &[AuthoredChange] {
+        let start = self
+            .folds
+            .iter()
+            .find(|(name, _)| name.as_str() > done)
+            .map_or(
+                if self.folds.is_empty() {
+                    0
+                } else {
+                    self.changes.len()
+                },
+                |f| f.1,
+            );
+        &self.changes[start.min(self.changes.len())..]
+    }
 }
 
 /// What one [`Bundles::sync`] did.
@@ -170,6 +194,7 @@ impl<S: ObjectStore> Bundles<S> {
                     author: self.me().to_owned(),
                     upto: page.next,
                     changes: page.changes,
+                    folds: Vec::new(),
                 };
                 let body = serde_json::to_vec(&bundle).expect("a bundle serializes");
                 self.store.put(&name, body.into()).await?;
@@ -240,9 +265,11 @@ impl<S: ObjectStore> Bundles<S> {
         }
         let (mut bundles, mut total) = (0, AppliedAuthored::default());
         for (author, names) in by_author {
+            let mut done_to = applied_to.get(&author).cloned().unwrap_or_default();
             for name in names {
                 if let Some(bundle) = self.read(&name, &author).await? {
-                    let done = self.engine.apply_authored(&author, &bundle.changes).await?;
+                    let changes = bundle.after(&done_to);
+                    let done = self.engine.apply_authored(&author, changes).await?;
                     total.applied += done.applied;
                     total.duplicates += done.duplicates;
                     total.refused += done.refused;
@@ -258,6 +285,7 @@ impl<S: ObjectStore> Bundles<S> {
                 .bind(&name)
                 .execute(&self.pool)
                 .await?;
+                done_to = name;
             }
         }
         // A row this database re-created itself may have another author's update
@@ -282,18 +310,35 @@ impl<S: ObjectStore> Bundles<S> {
         if names.len() <= self.roll_up_after {
             return Ok(0);
         }
+        // Each change with the bundle it came from (a roll-up's, its own record).
         let mut all = Vec::new();
         let mut upto = 0;
         for name in &names {
             if let Some(bundle) = self.read(name, self.me()).await? {
                 upto = upto.max(bundle.upto);
-                all.extend(bundle.changes);
+                let mut from = vec![name.clone(); bundle.changes.len()];
+                for (i, (folded, start)) in bundle.folds.iter().enumerate() {
+                    let end = bundle.folds.get(i + 1).map_or(from.len(), |f| f.1);
+                    for slot in from.iter_mut().take(end).skip(*start) {
+                        slot.clone_from(folded);
+                    }
+                }
+                all.extend(from.into_iter().zip(bundle.changes));
+            }
+        }
+        let (from, changes): (Vec<String>, Vec<AuthoredChange>) =
+            superseded_dropped(all).into_iter().unzip();
+        let mut folds: Vec<(String, usize)> = Vec::new();
+        for (i, name) in from.into_iter().enumerate() {
+            if folds.last().is_none_or(|(last, _)| *last != name) {
+                folds.push((name, i));
             }
         }
         let rolled = Bundle {
             author: self.me().to_owned(),
             upto,
-            changes: superseded_dropped(all),
+            changes,
+            folds,
         };
         let newest = names.last().expect("more than one");
         let body = serde_json::to_vec(&rolled).expect("a bundle serializes");
@@ -351,10 +396,10 @@ pub(crate) async fn authored_since<S: ObjectStore>(
 
 /// Drops each change a later change of the same row makes moot: a create or delete
 /// (the whole row), or an update setting every field it set. Order is kept.
-fn superseded_dropped(changes: Vec<AuthoredChange>) -> Vec<AuthoredChange> {
+fn superseded_dropped<T>(changes: Vec<(T, AuthoredChange)>) -> Vec<(T, AuthoredChange)> {
     let mut covered: BTreeMap<(String, String), (bool, BTreeSet<String>)> = BTreeMap::new();
     let mut kept = Vec::with_capacity(changes.len());
-    for c in changes.into_iter().rev() {
+    for (tag, c) in changes.into_iter().rev() {
         let (whole, fields) = covered
             .entry((c.entity.clone(), c.id.to_string()))
             .or_default();
@@ -365,7 +410,7 @@ fn superseded_dropped(changes: Vec<AuthoredChange>) -> Vec<AuthoredChange> {
             _ => *whole = true,
         }
         if !moot {
-            kept.push(c);
+            kept.push((tag, c));
         }
     }
     kept.reverse();
@@ -396,6 +441,7 @@ mod tests {
                 ),
                 change("update", serde_json::json!({"title": "t"})),
             ],
+            folds: Vec::new(),
         };
         let body = serde_json::to_vec(&bundle).unwrap();
         // A roll-up holds the same changes again.

@@ -258,6 +258,69 @@ async fn nothing_is_uploaded_twice_and_a_roll_up_bounds_the_bucket() {
     engine_c.shutdown();
 }
 
+/// A peer that applied some of an author's bundles before a roll-up folded them
+/// applies only what it lacked, not the author's whole history again.
+#[tokio::test]
+async fn a_roll_up_resends_nothing_a_peer_already_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pool_a, engine_a) = app_db(&dir.path().join("a.db"), 0).await;
+    let (pool_b, engine_b) = app_db(&dir.path().join("b.db"), 0).await;
+    let store = Arc::new(MemoryStore::new());
+    let a = Bundles::new(store.clone(), engine_a.clone())
+        .unwrap()
+        .roll_up_after(4);
+    let b = Bundles::new(store.clone(), engine_b.clone()).unwrap();
+    let round = |n: usize| {
+        let pool = pool_a.clone();
+        async move {
+            for i in 0..10 {
+                sqlx::query(
+                    "INSERT INTO todos (id, title) VALUES (?1, ?2) \
+                     ON CONFLICT (id) DO UPDATE SET title = excluded.title",
+                )
+                .bind(format!("r{i}"))
+                .bind(format!("round {n}"))
+                .execute(&pool)
+                .await
+                .unwrap();
+            }
+        }
+    };
+    for n in 0..3 {
+        round(n).await;
+        a.upload().await.unwrap();
+    }
+    let first = b.download().await.unwrap();
+    assert_eq!(first.1.applied, 30, "{first:?}");
+    for n in 3..6 {
+        round(n).await;
+        a.upload().await.unwrap();
+    }
+    assert!(a.roll_up().await.unwrap() > 0, "rolled up");
+    let (bundles, done) = b.download().await.unwrap();
+    assert_eq!(bundles, 1, "only the rolled-up bundle is new");
+    // Round 5 set every title last: the rounds between were folded away.
+    assert_eq!((done.applied, done.duplicates), (10, 0), "{done:?}");
+    assert_eq!(rows(&pool_b).await, rows(&pool_a).await);
+    // A roll-up of that roll-up and newer bundles: still only what b lacks.
+    for n in 6..10 {
+        round(n).await;
+        a.upload().await.unwrap();
+    }
+    assert!(a.roll_up().await.unwrap() > 0, "rolled up again");
+    let (_, done) = b.download().await.unwrap();
+    assert_eq!((done.applied, done.duplicates), (10, 0), "{done:?}");
+    assert_eq!(rows(&pool_b).await, rows(&pool_a).await);
+    // A new peer still gets everything from the roll-up.
+    let (pool_c, engine_c) = app_db(&dir.path().join("c.db"), 0).await;
+    let c = Bundles::new(store.clone(), engine_c.clone()).unwrap();
+    c.download().await.unwrap();
+    assert_eq!(rows(&pool_c).await, rows(&pool_a).await);
+    for e in [engine_a, engine_b, engine_c] {
+        e.shutdown();
+    }
+}
+
 /// A change the other database refuses (a UNIQUE constraint only it breaks) is
 /// skipped, and what comes after it still arrives; a generated column is not sent.
 #[tokio::test]
