@@ -905,7 +905,66 @@ async fn a_folded_re_creation_outlives_an_older_delete(backend: Backend) {
     assert_eq!(row(&a, &id).await, expected, "a, compacted");
 }
 
+/// A row replaced within one millisecond at the log versions 99,999 and 100,000 (where
+/// a counter taken from the version wraps) replicates in order.
+async fn a_row_replaced_across_version_100000_replicates_in_order(backend: Backend) {
+    // The two writes must fall in one millisecond: tried until they do (PostgreSQL).
+    for _ in 0..50 {
+        let id = todo_id("r19");
+        let (a, b, _db_a, _db_b, mut a_sent) = pair(backend, &id).await;
+        all_numbered(&a.db).await;
+        let (jump, ms) = match backend {
+            Backend::Sqlite => (
+                "UPDATE sqlite_sequence SET seq = 99998 WHERE name = '_rhtmx_sync_log'",
+                "substr(created_at, 1, 23)",
+            ),
+            Backend::Postgres => (
+                "UPDATE _rhtmx_sync_meta SET value = '99998' WHERE key = 'head'",
+                "date_trunc('milliseconds', created_at)::text",
+            ),
+        };
+        a.db.execute(jump, args![]).await;
+        // A handler replacing the row: on SQLite in one statement (one instant), on
+        // PostgreSQL in one script (microseconds apart).
+        let replace = match backend {
+            Backend::Sqlite => format!(
+                "CREATE TABLE replacing (id TEXT); \
+                 CREATE TRIGGER replacing AFTER INSERT ON replacing BEGIN \
+                 DELETE FROM todos WHERE id = NEW.id; \
+                 INSERT INTO todos (id, title) VALUES (NEW.id, 'replaced'); END; \
+                 INSERT INTO replacing VALUES ('{id}');"
+            ),
+            Backend::Postgres => format!(
+                "BEGIN; DELETE FROM todos WHERE id = '{id}'; \
+                 INSERT INTO todos (id, title) VALUES ('{id}', 'replaced'); COMMIT;"
+            ),
+        };
+        a.db.execute_script(&replace).await;
+        all_numbered(&a.db).await;
+        let last: Vec<(i64, String)> =
+            a.db.fetch_all(
+                &format!("SELECT version, {ms} FROM _rhtmx_sync_log ORDER BY version"),
+                args![],
+            )
+            .await;
+        let [.., (v1, ms1), (v2, ms2)] = last.as_slice() else {
+            panic!("{last:?}")
+        };
+        assert_eq!((*v1, *v2), (99_999, 100_000));
+        if ms1 != ms2 {
+            continue;
+        }
+        send(&a, &b, &mut a_sent).await;
+        let expected = Some(("replaced".to_owned(), false));
+        assert_eq!(row(&a, &id).await, expected);
+        assert_eq!(row(&b, &id).await, expected);
+        return;
+    }
+    panic!("a delete and an insert never fell in one millisecond");
+}
+
 both!(
+    a_row_replaced_across_version_100000_replicates_in_order,
     a_folded_re_creation_outlives_an_older_delete,
     a_row_whose_latest_entry_is_not_this_servers_reaches_a_new_server_whole,
     two_updates_of_one_row_with_one_hlc_both_wait_for_the_row,

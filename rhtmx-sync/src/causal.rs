@@ -20,9 +20,12 @@
 //! makes; and the physical part moves because an SQL write's counter is rewritten for
 //! other authors, see [`crate::replication`]), and the HLC it was given
 //! is kept in `origin_hlc`: a client's later change is compared with its own earlier
-//! ones by its own clock. An equal HLC is the same
-//! writer at the same instant (two writes of one handler, one push's batch): those keep
-//! their order by version, as they always did. An entry applied from another author
+//! ones by its own clock. An HLC equal to the row's greatest is the same writer at the
+//! same instant (two writes of one handler, one push's batch): those keep their order
+//! by version, as they always did — except the app's own SQL writes (node 0), whose
+//! HLC is only the millisecond they were written: a second one in that millisecond
+//! moves one counter tick on, so that every engine orders them as this one did
+//! ([`crate::replication`] exports them with this engine's node). An entry applied from another author
 //! keeps its HLC — it is that author's — and so does one that only carries a conflict
 //! report (it sets nothing); when it is below the row's greatest, it records the
 //! greatest in `row_hlc`. So one index probe per write finds the row's greatest HLC, and
@@ -35,6 +38,9 @@
 //! Compaction keeps each row's latest entry, so it keeps the row's greatest HLC too; the
 //! HLCs of the writes it folds away stay in the survivor's field clocks, which the
 //! stamping reads with the entries.
+
+/// The node of the app's own SQL writes (see [`crate::log`]).
+const NODE_0: &str = "0000000000000000";
 
 /// The column recording the greatest HLC of a row's entries up to and including this
 /// one, where that is not the entry's own effective HLC (otherwise `NULL`).
@@ -95,10 +101,21 @@ pub(crate) fn sqlite_trigger() -> String {
     let own = effective("NEW");
     let keeps = keeps();
     let this = effective(LOG_TABLE);
+    // The next HLC after NEW's on its node: the counter plus one, or the next
+    // millisecond (99999 is the moved entries').
+    let next = format!(
+        "CASE WHEN CAST(substr({own}, 17, 5) AS INTEGER) < 99998 \
+         THEN substr({own}, 1, 16) || printf('%05d', CAST(substr({own}, 17, 5) AS INTEGER) + 1) \
+         || substr({own}, 22) ELSE printf('%015d-00000-%s', \
+         CAST(substr({own}, 1, 15) AS INTEGER) + 1, substr({own}, 23)) END"
+    );
     // `UPDATE … FROM` evaluates each subquery once.
     format!(
         "CREATE TRIGGER IF NOT EXISTS _rhtmx_sync_log_causal AFTER INSERT ON {LOG_TABLE} \
-         WHEN {before} > {own} BEGIN \
+         WHEN {before} >= {own} BEGIN \
+         UPDATE {LOG_TABLE} SET origin_hlc = {own}, hlc = {next} \
+         WHERE version = NEW.version AND NOT {keeps} AND {before} = {own} \
+         AND substr({own}, 23) = '{NODE_0}'; \
          UPDATE {LOG_TABLE} SET origin_hlc = {own}, hlc = _s.moved \
          FROM (SELECT _o.hlc, printf('%015d-99999-%s', CAST(substr(_o.hlc, 1, 15) AS INTEGER) \
          + 1, substr({own}, 23)) AS moved FROM (SELECT {overwritten} AS hlc) AS _o) AS _s \
@@ -135,7 +152,30 @@ BEGIN
         WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id
         ORDER BY _p.seq DESC LIMIT 1;
     _own := {own};
-    IF _before IS NULL OR _own COLLATE \"C\" >= _before COLLATE \"C\" THEN
+    IF _before IS NULL OR _own COLLATE \"C\" > _before COLLATE \"C\" THEN
+        RETURN NEW;
+    END IF;
+    IF _own = _before THEN
+        -- Two SQL writes in one millisecond: ordered by one counter tick (or the next
+        -- millisecond; 99999 is the moved entries').
+        IF NOT {keeps} AND substr(_own, 23) = '{NODE_0}' THEN
+            BEGIN
+                IF substr(_own, 17, 5)::int < 99998 THEN
+                    _moved := substr(_own, 1, 16)
+                        || lpad((substr(_own, 17, 5)::int + 1)::text, 5, '0')
+                        || substr(_own, 22);
+                ELSE
+                    _moved := lpad((left(_own, 15)::bigint + 1)::text, 15, '0')
+                        || '-00000-' || substr(_own, 23);
+                END IF;
+                IF length(_moved) = length(_own) THEN
+                    NEW.origin_hlc := _own;
+                    NEW.hlc := _moved;
+                END IF;
+            EXCEPTION WHEN others THEN
+                NULL;
+            END;
+        END IF;
         RETURN NEW;
     END IF;
     IF NOT {keeps} THEN

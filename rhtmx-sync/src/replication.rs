@@ -142,13 +142,14 @@ fn author_node(author: &str) -> u64 {
 }
 
 /// `hlc` as another author sees it. Node 0 (this engine's SQL writes, whose HLC is the
-/// millisecond they were written) becomes this author's node, and the counter the log
-/// version's last digits, so that two writes in one millisecond (a delete and an
-/// insert in one handler) are ordered, the same way on every engine.
-fn as_author(hlc: Hlc, version: i64, author: &str) -> Hlc {
+/// millisecond they were written) becomes this author's node, so that two engines'
+/// writes in one millisecond are ordered, the same way on every engine. Two SQL writes
+/// of one row in one millisecond here (a delete and an insert in one handler) already
+/// differ by their counter: the log moves the later one a tick on (`crate::causal`).
+/// (A counter taken from the log version wrapped every 100,000 versions.)
+fn as_author(hlc: Hlc, author: &str) -> Hlc {
     if hlc.node() == 0 {
-        let counter = version.rem_euclid(i64::from(crate::hlc::MAX_COUNTER) + 1) as u32;
-        Hlc::new(hlc.physical_ms(), counter, author_node(author))
+        Hlc::new(hlc.physical_ms(), hlc.counter(), author_node(author))
     } else {
         hlc
     }
@@ -158,10 +159,10 @@ fn as_author(hlc: Hlc, version: i64, author: &str) -> Hlc {
 /// before another author's change is merged against it.
 pub(crate) fn localize(history: &mut crate::conflict::History, author: &str) {
     for entry in &mut history.since_base {
-        entry.hlc = as_author(entry.hlc, entry.version, author);
+        entry.hlc = as_author(entry.hlc, author);
     }
     if let Some(t) = &mut history.tombstone {
-        t.hlc = as_author(t.hlc, t.version, author);
+        t.hlc = as_author(t.hlc, author);
     }
 }
 
@@ -224,10 +225,10 @@ fn unfold(
     {
         return if exported { vec![update] } else { Vec::new() };
     }
-    let at = |v: i64, hlc: &str| hlc.parse::<Hlc>().ok().map(|h| as_author(h, v, author));
+    let at = |hlc: &str| hlc.parse::<Hlc>().ok().map(|h| as_author(h, author));
     let oldest = past
         .iter()
-        .filter_map(|p| at(p.version, &p.hlc))
+        .filter_map(|p| at(&p.hlc))
         .chain([update.hlc])
         .min()
         .unwrap_or(update.hlc);
@@ -238,8 +239,7 @@ fn unfold(
         ..update.clone()
     }];
     for p in past {
-        let Some(hlc) = at(p.version, &p.hlc).filter(|h| *h != oldest && !theirs(&p.client_id))
-        else {
+        let Some(hlc) = at(&p.hlc).filter(|h| *h != oldest && !theirs(&p.client_id)) else {
             continue;
         };
         let version = p.version;
@@ -301,7 +301,7 @@ impl SyncEngine {
             let Some(hlc) = row.hlc.as_deref().and_then(|h| h.parse::<Hlc>().ok()) else {
                 continue;
             };
-            let hlc = as_author(hlc, row.version, self.author_id());
+            let hlc = as_author(hlc, self.author_id());
             // The row after the change, without its key; a generated column is the
             // database's to compute, on every engine.
             let full = match action {
