@@ -963,7 +963,183 @@ async fn a_row_replaced_across_version_100000_replicates_in_order(backend: Backe
     panic!("a delete and an insert never fell in one millisecond");
 }
 
+/// A child whose parent has not reached this server yet (a foreign key refuses it)
+/// waits, and is applied once the parent comes from another server.
+async fn a_child_that_arrives_before_its_parent_waits_for_it(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = db.connect().await;
+    pool.execute_script(
+        "CREATE TABLE lists (id TEXT PRIMARY KEY, name TEXT); \
+         CREATE TABLE items (id TEXT PRIMARY KEY, list_id TEXT REFERENCES lists (id), \
+         name TEXT);",
+    )
+    .await;
+    pool.close().await;
+    let server = start_with(&db, |b| b.entity_named("lists").entity_named("items")).await;
+    let change = |entity: &str, id: &str, data: serde_json::Value| -> AuthoredChange {
+        serde_json::from_value(json!({
+            "entity": entity, "id": id, "action": "create", "data": data,
+            "hlc": soon(0, 0xe).to_string(), "version": 1,
+        }))
+        .unwrap()
+    };
+    let item = change("items", "i1", json!({"list_id": "l1", "name": "milk"}));
+    let list = change("lists", "l1", json!({"name": "shopping"}));
+    let e1 = server
+        .engine
+        .apply_authored("0000000000000e01", std::slice::from_ref(&item));
+    let done = e1.await.unwrap();
+    assert_eq!(
+        (done.parked, done.skipped, done.applied),
+        (1, 0, 0),
+        "{done:?}"
+    );
+    let e2 = server
+        .engine
+        .apply_authored("0000000000000e02", std::slice::from_ref(&list));
+    let done = e2.await.unwrap();
+    assert_eq!(done.applied, 2, "the list, then the item: {done:?}");
+    let items: Vec<(String, String)> = server
+        .db
+        .fetch_all("SELECT id, list_id FROM items", args![])
+        .await;
+    assert_eq!(items, [("i1".to_owned(), "l1".to_owned())]);
+    let left: i64 = server
+        .db
+        .scalar("SELECT count(*) FROM _rhtmx_sync_parked", args![])
+        .await;
+    assert_eq!(left, 0);
+}
+
+/// Many SQL writes of one field of a row in a burst (many in each millisecond) are
+/// ordered by counter ticks within their millisecond: none is moved ahead of the
+/// clock, and no two share an HLC.
+async fn a_burst_of_writes_of_one_field_stays_on_the_clock(backend: Backend) {
+    let id = todo_id("r20");
+    let (a, b, _db_a, _db_b, mut a_sent) = pair(backend, &id).await;
+    let titles: Vec<String> = (0..1500).map(|i| format!("t{i:04}")).collect();
+    a.db.execute_each(
+        "UPDATE todos SET title = $1 WHERE id = $2",
+        titles.iter().map(|t| args![t.as_str(), id.as_str()]),
+    )
+    .await;
+    all_numbered(&a.db).await;
+    let (moved, entries, distinct): (i64, i64, i64) =
+        a.db.fetch_one(
+            "SELECT count(*) FILTER (WHERE substr(hlc, 17, 5) = '99999'), count(*), \
+             count(DISTINCT COALESCE(hlc, '') || created_at) FROM _rhtmx_sync_log \
+             WHERE entity_id = $1",
+            args![id.as_str()],
+        )
+        .await;
+    assert_eq!(moved, 0, "no write moved ahead of the clock");
+    assert_eq!(entries, distinct, "no two entries share an HLC");
+    send(&a, &b, &mut a_sent).await;
+    assert_eq!(row(&b, &id).await, row(&a, &id).await);
+    assert_eq!(row(&a, &id).await.unwrap().0, "t1499");
+}
+
+/// Two SQL writes of one field in one millisecond, while another field holds a later
+/// HLC (a server whose clock runs ahead wrote it): the second still wins everywhere.
+async fn two_writes_of_a_field_in_one_millisecond_below_a_later_field(backend: Backend) {
+    let id = todo_id("r21");
+    let (a, b, _db_a, _db_b, mut a_sent) = pair(backend, &id).await;
+    let theirs = ahead(&id, "update", json!({"completed": true}), 60_000);
+    for s in [&a, &b] {
+        let done = s
+            .engine
+            .apply_authored(AHEAD, std::slice::from_ref(&theirs));
+        assert_eq!(done.await.unwrap().applied, 1);
+    }
+    // The later value is the smaller: a tie would go to "b" (the greater).
+    a.db.execute_each(
+        "UPDATE todos SET title = $1 WHERE id = $2",
+        ["b", "a"].map(|t| args![t, id.as_str()]),
+    )
+    .await;
+    send(&a, &b, &mut a_sent).await;
+    let expected = Some(("a".to_owned(), true));
+    assert_eq!(row(&a, &id).await, expected);
+    assert_eq!(row(&b, &id).await, expected);
+}
+
+/// Where deletes do not win, an update parked for a row it reached only after its
+/// delete is not taken into the row a later update restores when it belongs to an
+/// earlier life of the row, even once compaction removed that life's create.
+async fn a_parked_update_of_an_earlier_life_stays_out_of_the_restored_row(backend: Backend) {
+    let db = TestDb::new(backend).await;
+    let pool = db.connect().await;
+    pool.execute(
+        "CREATE TABLE cards (id TEXT PRIMARY KEY, body TEXT, tag TEXT)",
+        args![],
+    )
+    .await;
+    pool.close().await;
+    let server = start_with(&db, |b| {
+        b.entity_named("cards")
+            .delete_wins("cards", false)
+            .compaction(
+                rhtmx_sync::Compaction::new()
+                    .keep_history(std::time::Duration::ZERO)
+                    .keep_conflicts(std::time::Duration::ZERO)
+                    .every(None),
+            )
+    })
+    .await;
+    let change = |action: &str, data: serde_json::Value, ms: u64| {
+        serde_json::from_value::<AuthoredChange>(json!({
+            "entity": "cards", "id": "c1", "action": action,
+            "data": if action == "delete" { serde_json::Value::Null } else { data },
+            "hlc": soon(ms, 0xa).to_string(), "version": ms,
+        }))
+        .unwrap()
+    };
+    // Two lives of the row, from another server; its second life ends deleted.
+    let lives = [
+        change("create", json!({"body": "first", "tag": "none"}), 1_000),
+        change("delete", json!(null), 3_000),
+        change("create", json!({"body": "second", "tag": "none"}), 4_000),
+        change("update", json!({"tag": "two"}), 5_000),
+        change("delete", json!(null), 6_000),
+    ];
+    let a = "000000000000000a";
+    server.engine.apply_authored(a, &lives).await.unwrap();
+    all_numbered(&server.db).await;
+    let report = server.engine.compact().await.unwrap();
+    assert!(report.removed >= 3, "{report:?}");
+    // An edit made during the first life, heard of only now, waits...
+    let stale = serde_json::from_value::<AuthoredChange>(json!({
+        "entity": "cards", "id": "c1", "action": "update", "data": {"body": "stale"},
+        "hlc": soon(2_000, 0xc).to_string(), "version": 1,
+    }))
+    .unwrap();
+    let done = server
+        .engine
+        .apply_authored("000000000000000c", std::slice::from_ref(&stale));
+    assert_eq!(done.await.unwrap().parked, 1);
+    // ...and a later edit restores the row as the second life left it.
+    let restore = serde_json::from_value::<AuthoredChange>(json!({
+        "entity": "cards", "id": "c1", "action": "update", "data": {"tag": "restored"},
+        "hlc": soon(7_000, 0xe).to_string(), "version": 1,
+    }))
+    .unwrap();
+    let done = server
+        .engine
+        .apply_authored("000000000000000e", std::slice::from_ref(&restore));
+    // The waiting edit is applied after it too, and loses every field.
+    assert_eq!(done.await.unwrap().applied, 2);
+    let cards: Vec<(String, String, String)> = server
+        .db
+        .fetch_all("SELECT id, body, tag FROM cards", args![])
+        .await;
+    assert_eq!(cards, [("c1".into(), "second".into(), "restored".into())]);
+}
+
 both!(
+    a_parked_update_of_an_earlier_life_stays_out_of_the_restored_row,
+    a_burst_of_writes_of_one_field_stays_on_the_clock,
+    two_writes_of_a_field_in_one_millisecond_below_a_later_field,
+    a_child_that_arrives_before_its_parent_waits_for_it,
     a_row_replaced_across_version_100000_replicates_in_order,
     a_folded_re_creation_outlives_an_older_delete,
     a_row_whose_latest_entry_is_not_this_servers_reaches_a_new_server_whole,

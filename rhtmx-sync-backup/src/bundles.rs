@@ -267,16 +267,19 @@ impl<S: ObjectStore> Bundles<S> {
         for (author, names) in by_author {
             let mut done_to = applied_to.get(&author).cloned().unwrap_or_default();
             for name in names {
-                if let Some(bundle) = self.read(&name, &author).await? {
-                    let changes = bundle.after(&done_to);
-                    let done = self.engine.apply_authored(&author, changes).await?;
-                    total.applied += done.applied;
-                    total.duplicates += done.duplicates;
-                    total.refused += done.refused;
-                    total.parked += done.parked;
-                    total.skipped += done.skipped;
-                    bundles += 1;
-                }
+                // Gone since the listing (a roll-up removed it): not recorded as
+                // applied, so that the roll-up holding its changes applies them here.
+                let Some(bundle) = self.read(&name, &author).await? else {
+                    continue;
+                };
+                let changes = bundle.after(&done_to);
+                let done = self.engine.apply_authored(&author, changes).await?;
+                total.applied += done.applied;
+                total.duplicates += done.duplicates;
+                total.refused += done.refused;
+                total.parked += done.parked;
+                total.skipped += done.skipped;
+                bundles += 1;
                 sqlx::query(
                     "INSERT INTO _rhtmx_sync_bundles (author, last) VALUES (?, ?) \
                      ON CONFLICT (author) DO UPDATE SET last = excluded.last",

@@ -321,8 +321,101 @@ async fn a_roll_up_resends_nothing_a_peer_already_applied() {
     }
 }
 
-/// A change the other database refuses (a UNIQUE constraint only it breaks) is
-/// skipped, and what comes after it still arrives; a generated column is not sent.
+/// A store through which a peer reads, that runs the author's roll-up the moment the
+/// peer first asks for `at`: the bundles it listed vanish under it.
+struct RollsUpUnder {
+    inner: Arc<MemoryStore>,
+    at: std::sync::Mutex<Option<String>>,
+    author: Arc<Bundles<Arc<MemoryStore>>>,
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for RollsUpUnder {
+    async fn put(&self, name: &str, body: bytes::Bytes) -> rhtmx_sync_backup::Result<()> {
+        self.inner.put(name, body).await
+    }
+    async fn get(&self, name: &str) -> rhtmx_sync_backup::Result<Option<bytes::Bytes>> {
+        let now = {
+            let mut at = self.at.lock().unwrap();
+            match at.as_deref() == Some(name) {
+                true => at.take(),
+                false => None,
+            }
+        };
+        if now.is_some() {
+            assert!(self.author.roll_up().await? > 0);
+        }
+        self.inner.get(name).await
+    }
+    async fn list(&self, prefix: &str) -> rhtmx_sync_backup::Result<Vec<String>> {
+        self.inner.list(prefix).await
+    }
+    async fn delete(&self, name: &str) -> rhtmx_sync_backup::Result<()> {
+        self.inner.delete(name).await
+    }
+}
+
+/// A peer reading bundles while a roll-up removes them still applies every change.
+#[tokio::test]
+async fn a_roll_up_during_a_download_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (pool_a, engine_a) = app_db(&dir.path().join("a.db"), 0).await;
+    let (pool_b, engine_b) = app_db(&dir.path().join("b.db"), 0).await;
+    let store = Arc::new(MemoryStore::new());
+    let a = Arc::new(
+        Bundles::new(store.clone(), engine_a.clone())
+            .unwrap()
+            .roll_up_after(2),
+    );
+    // Each round creates rows of its own: no change makes another moot.
+    for n in 0..4 {
+        for i in 0..5 {
+            sqlx::query("INSERT INTO todos (id, title) VALUES (?, 'x')")
+                .bind(format!("{n}-{i}"))
+                .execute(&pool_a)
+                .await
+                .unwrap();
+        }
+        a.upload().await.unwrap();
+    }
+    let names = store.list("bundles/").await.unwrap();
+    assert_eq!(names.len(), 4);
+    // b applied the first bundle; the roll-up runs as it asks for the second.
+    let peer = RollsUpUnder {
+        inner: store.clone(),
+        at: std::sync::Mutex::new(Some(names[1].clone())),
+        author: a.clone(),
+    };
+    let b = Bundles::new(peer, engine_b.clone()).unwrap();
+    sqlx::query("CREATE TABLE _rhtmx_sync_bundles (author TEXT PRIMARY KEY, last TEXT NOT NULL)")
+        .execute(&pool_b)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO _rhtmx_sync_bundles VALUES (?, ?)")
+        .bind(engine_a.author_id())
+        .bind(&names[0])
+        .execute(&pool_b)
+        .await
+        .unwrap();
+    // ...and holds its rows.
+    let bundle0 = store.get(&names[0]).await.unwrap().unwrap();
+    let bundle0: serde_json::Value = serde_json::from_slice(&bundle0).unwrap();
+    let changes: Vec<rhtmx_sync::replication::AuthoredChange> =
+        serde_json::from_value(bundle0["changes"].clone()).unwrap();
+    engine_b
+        .apply_authored(engine_a.author_id(), &changes)
+        .await
+        .unwrap();
+    b.download().await.unwrap();
+    assert_eq!(rows(&pool_b).await, rows(&pool_a).await);
+    for e in [engine_a, engine_b] {
+        e.shutdown();
+    }
+}
+
+/// A change the other database refuses (a UNIQUE constraint only it breaks) waits
+/// without holding back what comes after it, and applies once a later change frees
+/// the value; a generated column is not sent.
 #[tokio::test]
 async fn a_change_the_other_database_refuses_does_not_stop_replication() {
     let dir = tempfile::tempdir().unwrap();
@@ -357,7 +450,12 @@ async fn a_change_the_other_database_refuses_does_not_stop_replication() {
         bundles.sync().await.unwrap();
     }
     let report = sides[0].2.sync().await.unwrap();
-    assert_eq!(report.applied.skipped, 1, "{report:?}");
+    // It waits: a later change may free the email.
+    assert_eq!(
+        (report.applied.parked, report.applied.skipped),
+        (1, 0),
+        "{report:?}"
+    );
     // Later changes still flow, both ways.
     sqlx::query("INSERT INTO people (id, email) VALUES ('later', 'later@example.com')")
         .execute(&sides[1].0)
@@ -370,6 +468,26 @@ async fn a_change_the_other_database_refuses_does_not_stop_replication() {
         .await
         .unwrap();
     assert_eq!(shout, "LATER@EXAMPLE.COM");
+    // Once the first side gives p0 another email, p1 takes its own at the next change.
+    sqlx::query("UPDATE people SET email = 'p0@example.com' WHERE id = 'p0'")
+        .execute(&sides[0].0)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO people (id, email) VALUES ('next', 'next@example.com')")
+        .execute(&sides[1].0)
+        .await
+        .unwrap();
+    sides[1].2.sync().await.unwrap();
+    sides[0].2.sync().await.unwrap();
+    let p1: Option<String> = sqlx::query_scalar("SELECT email FROM people WHERE id = 'p1'")
+        .fetch_optional(&sides[0].0)
+        .await
+        .unwrap();
+    assert_eq!(
+        p1.as_deref(),
+        Some("same@example.com"),
+        "the refused change waited"
+    );
     for (_, engine, _) in &sides {
         engine.shutdown();
     }

@@ -101,26 +101,37 @@ pub(crate) fn sqlite_trigger() -> String {
     let own = effective("NEW");
     let keeps = keeps();
     let this = effective(LOG_TABLE);
-    // The next HLC after NEW's on its node: the counter plus one, or the next
-    // millisecond (99999 is the moved entries').
-    let next = format!(
-        "CASE WHEN CAST(substr({own}, 17, 5) AS INTEGER) < 99998 \
-         THEN substr({own}, 1, 16) || printf('%05d', CAST(substr({own}, 17, 5) AS INTEGER) + 1) \
-         || substr({own}, 22) ELSE printf('%015d-00000-%s', \
-         CAST(substr({own}, 1, 15) AS INTEGER) + 1, substr({own}, 23)) END"
-    );
-    // `UPDATE … FROM` evaluates each subquery once.
+    // An SQL write (node 0) in the millisecond of the row's greatest HLC, or of the
+    // greatest it overwrites: one counter tick after it (or the next millisecond;
+    // 99999 is the moved entries'), on node 0.
+    let node0 = format!("substr({own}, 23) = '{NODE_0}'");
+    let same_ms = |x: &str| format!("substr({x}, 1, 15) = substr({own}, 1, 15)");
+    let tick = |x: &str| {
+        format!(
+            "CASE WHEN CAST(substr({x}, 17, 5) AS INTEGER) < 99998 \
+             THEN substr({x}, 1, 16) || printf('%05d', CAST(substr({x}, 17, 5) AS INTEGER) + 1) \
+             || substr({own}, 22) ELSE printf('%015d-00000-%s', \
+             CAST(substr({x}, 1, 15) AS INTEGER) + 1, substr({own}, 23)) END"
+        )
+    };
+    let (tick_before, tick_over) = (tick("_r.hlc"), tick("_o.hlc"));
+    let (in_before_ms, in_over_ms) = (same_ms("_r.hlc"), same_ms("_o.hlc"));
+    let before_ms = same_ms(&before);
+    // `UPDATE … FROM` evaluates each subquery once; the `CASE` reads the row's entries
+    // only where the first statement did not stamp NEW already.
     format!(
         "CREATE TRIGGER IF NOT EXISTS _rhtmx_sync_log_causal AFTER INSERT ON {LOG_TABLE} \
          WHEN {before} >= {own} BEGIN \
-         UPDATE {LOG_TABLE} SET origin_hlc = {own}, hlc = {next} \
-         WHERE version = NEW.version AND NOT {keeps} AND {before} = {own} \
-         AND substr({own}, 23) = '{NODE_0}'; \
+         UPDATE {LOG_TABLE} SET origin_hlc = {own}, hlc = {tick_before} \
+         FROM (SELECT {before} AS hlc) AS _r \
+         WHERE version = NEW.version AND NOT {keeps} AND {node0} AND {in_before_ms}; \
          UPDATE {LOG_TABLE} SET origin_hlc = {own}, hlc = _s.moved \
-         FROM (SELECT _o.hlc, printf('%015d-99999-%s', CAST(substr(_o.hlc, 1, 15) AS INTEGER) \
-         + 1, substr({own}, 23)) AS moved FROM (SELECT {overwritten} AS hlc) AS _o) AS _s \
-         WHERE version = NEW.version AND NOT {keeps} AND _s.hlc > {own} AND _s.moved > {own} \
-         AND length(_s.moved) = length({own}); \
+         FROM (SELECT _o.hlc, CASE WHEN {node0} AND {in_over_ms} THEN {tick_over} \
+         ELSE printf('%015d-99999-%s', CAST(substr(_o.hlc, 1, 15) AS INTEGER) + 1, \
+         substr({own}, 23)) END AS moved FROM (SELECT CASE WHEN NOT {keeps} \
+         AND NOT ({node0} AND {before_ms}) THEN {overwritten} END AS hlc) AS _o) AS _s \
+         WHERE version = NEW.version AND (_s.hlc > {own} OR ({node0} AND _s.hlc = {own})) \
+         AND _s.moved > {own} AND length(_s.moved) = length({own}); \
          UPDATE {LOG_TABLE} SET {ROW_HLC} = _r.hlc FROM (SELECT {before} AS hlc) AS _r \
          WHERE version = NEW.version AND {this} < _r.hlc; END"
     )
@@ -137,6 +148,17 @@ pub(crate) fn postgres_ddl(schema: &str) -> String {
     let (before, own) = (effective("_p"), effective("NEW"));
     let keeps = keeps();
     let json = format!("{schema}._rhtmx_sync_jsonb");
+    // One counter tick after `x` on NEW's node (or the next millisecond; 99999 is the
+    // moved entries').
+    let tick = |x: &str| {
+        format!(
+            "CASE WHEN substr({x}, 17, 5)::int < 99998 THEN substr({x}, 1, 16) \
+             || lpad((substr({x}, 17, 5)::int + 1)::text, 5, '0') || substr(_own, 22) \
+             ELSE lpad((left({x}, 15)::bigint + 1)::text, 15, '0') || '-00000-' \
+             || substr(_own, 23) END"
+        )
+    };
+    let (tick_before, tick_over) = (tick("_before"), tick("_overwritten"));
     format!(
         "CREATE OR REPLACE FUNCTION {schema}._rhtmx_sync_log_causal() RETURNS trigger \
          LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -155,60 +177,45 @@ BEGIN
     IF _before IS NULL OR _own COLLATE \"C\" > _before COLLATE \"C\" THEN
         RETURN NEW;
     END IF;
-    IF _own = _before THEN
-        -- Two SQL writes in one millisecond: ordered by one counter tick (or the next
-        -- millisecond; 99999 is the moved entries').
-        IF NOT {keeps} AND substr(_own, 23) = '{NODE_0}' THEN
-            BEGIN
-                IF substr(_own, 17, 5)::int < 99998 THEN
-                    _moved := substr(_own, 1, 16)
-                        || lpad((substr(_own, 17, 5)::int + 1)::text, 5, '0')
-                        || substr(_own, 22);
-                ELSE
-                    _moved := lpad((left(_own, 15)::bigint + 1)::text, 15, '0')
-                        || '-00000-' || substr(_own, 23);
-                END IF;
-                IF length(_moved) = length(_own) THEN
-                    NEW.origin_hlc := _own;
-                    NEW.hlc := _moved;
-                END IF;
-            EXCEPTION WHEN others THEN
-                NULL;
-            END;
-        END IF;
-        RETURN NEW;
-    END IF;
     IF NOT {keeps} THEN
         BEGIN
-            -- The greatest HLC of the writes NEW overwrites: the entries that set a
-            -- field it sets, and the field clocks compaction folded into a survivor.
-            SELECT max(_h COLLATE \"C\") INTO _overwritten FROM (
-                SELECT {before} AS _h FROM {schema}._rhtmx_sync_log AS _p
-                    WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id
-                    AND (NEW.action <> 'update' OR _p.action <> 'update'
-                         OR _p.changed IS NULL
-                         OR COALESCE({json}(_p.changed) ?| ARRAY(
-                             SELECT jsonb_array_elements_text({json}(NEW.changed))), true))
-                UNION ALL
-                SELECT _c.value ->> 1 FROM {schema}._rhtmx_sync_log AS _p,
-                    jsonb_each(CASE WHEN jsonb_typeof({json}(_p.clocks)) = 'object'
-                        THEN {json}(_p.clocks) ELSE '{{}}' END) AS _c
-                    WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id
-                    AND _p.clocks IS NOT NULL
-                    AND (NEW.action <> 'update' OR _c.key = ANY(ARRAY(
-                        SELECT jsonb_array_elements_text({json}(NEW.changed)))))
-            ) AS _all;
-            IF _overwritten COLLATE \"C\" > _own COLLATE \"C\" THEN
-                _moved := lpad((left(_overwritten, 15)::bigint + 1)::text, 15, '0')
-                    || '-99999-' || substr(_own, 23);
-                -- Never earlier than given, nor past the last millisecond an HLC
-                -- holds (a damaged HLC in the log).
-                IF _moved COLLATE \"C\" > _own COLLATE \"C\"
-                    AND length(_moved) = length(_own) THEN
-                    NEW.origin_hlc := _own;
-                    NEW.hlc := _moved;
-                    _own := _moved;
+            IF substr(_own, 23) = '{NODE_0}' AND left(_before, 15) = left(_own, 15) THEN
+                -- An SQL write in the millisecond of the row's greatest HLC: one
+                -- counter tick after it, without reading the row's entries.
+                _moved := {tick_before};
+            ELSE
+                -- The greatest HLC of the writes NEW overwrites: the entries that set a
+                -- field it sets, and the field clocks compaction folded into a survivor.
+                SELECT max(_h COLLATE \"C\") INTO _overwritten FROM (
+                    SELECT {before} AS _h FROM {schema}._rhtmx_sync_log AS _p
+                        WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id
+                        AND (NEW.action <> 'update' OR _p.action <> 'update'
+                             OR _p.changed IS NULL
+                             OR COALESCE({json}(_p.changed) ?| ARRAY(
+                                 SELECT jsonb_array_elements_text({json}(NEW.changed))), true))
+                    UNION ALL
+                    SELECT _c.value ->> 1 FROM {schema}._rhtmx_sync_log AS _p,
+                        jsonb_each(CASE WHEN jsonb_typeof({json}(_p.clocks)) = 'object'
+                            THEN {json}(_p.clocks) ELSE '{{}}' END) AS _c
+                        WHERE _p.entity = NEW.entity AND _p.entity_id = NEW.entity_id
+                        AND _p.clocks IS NOT NULL
+                        AND (NEW.action <> 'update' OR _c.key = ANY(ARRAY(
+                            SELECT jsonb_array_elements_text({json}(NEW.changed)))))
+                ) AS _all;
+                IF substr(_own, 23) = '{NODE_0}' AND _overwritten COLLATE \"C\" >= _own COLLATE \"C\"
+                    AND left(_overwritten, 15) = left(_own, 15) THEN
+                    _moved := {tick_over};
+                ELSIF _overwritten COLLATE \"C\" > _own COLLATE \"C\" THEN
+                    _moved := lpad((left(_overwritten, 15)::bigint + 1)::text, 15, '0')
+                        || '-99999-' || substr(_own, 23);
                 END IF;
+            END IF;
+            -- Never earlier than given, nor past the last millisecond an HLC holds (a
+            -- damaged HLC in the log).
+            IF _moved COLLATE \"C\" > _own COLLATE \"C\" AND length(_moved) = length(_own) THEN
+                NEW.origin_hlc := _own;
+                NEW.hlc := _moved;
+                _own := _moved;
             END IF;
         EXCEPTION WHEN others THEN
             -- A damaged log entry must not fail the app's write: it keeps its HLC.
@@ -282,4 +289,14 @@ pub(crate) fn postgres_backfill(schema: &str) -> String {
          WHERE _e.clocks IS NOT NULL) AS _x GROUP BY entity, entity_id) AS _m \
          WHERE _l.seq = _m.top AND _m.greatest COLLATE \"C\" > {target} COLLATE \"C\""
     )
+}
+
+/// A fingerprint of the stamping trigger's text (FNV-1a, 64 bits, hex): kept in
+/// `_rhtmx_sync_meta` under `stamping`, so that an engine replaces a trigger an older
+/// build installed, whatever the schema version says.
+pub(crate) fn fingerprint(ddl: &str) -> String {
+    let hash = ddl.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{hash:016x}")
 }

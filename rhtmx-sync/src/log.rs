@@ -130,17 +130,31 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
             .await?;
     let stored = stored.and_then(|v| v.parse::<i64>().ok());
     if stored.is_some_and(|v| v < SCHEMA_VERSION) {
-        // The trigger is created only where missing: an older one is replaced.
-        sqlx::query("DROP TRIGGER IF EXISTS _rhtmx_sync_log_causal")
-            .execute(&mut *tx)
-            .await?;
         sqlx::query(&crate::causal::sqlite_backfill())
             .execute(&mut *tx)
             .await?;
     }
-    sqlx::query(&crate::causal::sqlite_trigger())
+    // The stamping trigger, replaced whenever its text changed (its fingerprint is
+    // kept beside the schema version, which need not change with it).
+    let trigger = crate::causal::sqlite_trigger();
+    let mark = crate::causal::fingerprint(&trigger);
+    let installed: Option<String> =
+        sqlx::query_scalar("SELECT value FROM _rhtmx_sync_meta WHERE key = 'stamping'")
+            .fetch_optional(&mut *tx)
+            .await?;
+    if installed.as_deref() != Some(mark.as_str()) {
+        sqlx::query("DROP TRIGGER IF EXISTS _rhtmx_sync_log_causal")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('stamping', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = ?1",
+        )
+        .bind(&mark)
         .execute(&mut *tx)
         .await?;
+    }
+    sqlx::query(&trigger).execute(&mut *tx).await?;
     let parked_v1: bool = sqlx::query_scalar(
         "SELECT count(*) > 0 FROM sqlite_master WHERE name = '_rhtmx_sync_parked' \
          AND NOT EXISTS (SELECT 1 FROM pragma_table_info('_rhtmx_sync_parked') \
@@ -154,6 +168,16 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<()> {
             .await?;
     }
     sqlx::query(crate::parked::DDL).execute(&mut *tx).await?;
+    let has_waits: bool = sqlx::query_scalar(
+        "SELECT count(*) > 0 FROM pragma_table_info('_rhtmx_sync_parked') WHERE name = 'waits'",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    if !has_waits {
+        sqlx::query(crate::parked::SQLITE_ADD_WAITS)
+            .execute(&mut *tx)
+            .await?;
+    }
     // A replay is found by its digest (see `apply`), never by scanning a row's log.
     sqlx::query(
         "CREATE INDEX IF NOT EXISTS _rhtmx_sync_log_digest ON _rhtmx_sync_log (digest) \

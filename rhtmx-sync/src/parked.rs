@@ -27,6 +27,7 @@ pub(crate) const DDL: &str = "CREATE TABLE IF NOT EXISTS _rhtmx_sync_parked (
     hlc       TEXT NOT NULL,
     version   BIGINT NOT NULL DEFAULT 0,
     change    TEXT NOT NULL,
+    waits     TEXT NOT NULL DEFAULT 'row',
     PRIMARY KEY (entity, entity_id, author, hlc, version)
 )";
 
@@ -42,6 +43,7 @@ CREATE TABLE _rhtmx_sync_parked (
     hlc       TEXT NOT NULL,
     version   BIGINT NOT NULL DEFAULT 0,
     change    TEXT NOT NULL,
+    waits     TEXT NOT NULL DEFAULT 'row',
     PRIMARY KEY (entity, entity_id, author, hlc, version)
 );
 INSERT INTO _rhtmx_sync_parked (entity, entity_id, author, hlc, change)
@@ -63,7 +65,34 @@ DO $$ BEGIN
             ADD PRIMARY KEY (entity, entity_id, author, hlc, version);
     END IF;
 END $$;
+ALTER TABLE IF EXISTS _rhtmx_sync_parked ADD COLUMN IF NOT EXISTS waits text NOT NULL
+    DEFAULT 'row';
 ";
+
+/// Adds `waits` to a SQLite table made before it (where the column is missing).
+#[cfg(feature = "sqlite")]
+pub(crate) const SQLITE_ADD_WAITS: &str =
+    "ALTER TABLE _rhtmx_sync_parked ADD COLUMN waits TEXT NOT NULL DEFAULT 'row'";
+
+/// What a parked change waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waits {
+    /// Its row: it updates a row this database does not have (yet, or any more).
+    Row,
+    /// Another change: a UNIQUE or foreign-key constraint refused it here (a child
+    /// that came before its parent; a value another row holds until a later change
+    /// frees it). Tried again whenever other changes were applied.
+    Constraint,
+}
+
+impl Waits {
+    fn as_str(self) -> &'static str {
+        match self {
+            Waits::Row => "row",
+            Waits::Constraint => "constraint",
+        }
+    }
+}
 
 /// Runs `$body` with `$c` bound to the backend's connection.
 macro_rules! each {
@@ -77,17 +106,18 @@ macro_rules! each {
     };
 }
 
-/// Keeps `change` of `author` for the row `key` (its key as text) of `entity`; keeping
-/// the same change twice keeps it once.
+/// Keeps `change` of `author` for the row `key` (its key as text) of `entity`, until
+/// what it `waits` for; keeping the same change twice keeps it once.
 pub(crate) async fn park(
     conn: &mut Conn,
     author: &str,
     key: &str,
     change: &AuthoredChange,
+    waits: Waits,
 ) -> Result<()> {
     let json = serde_json::to_string(change).expect("a change serializes");
     let sql = "INSERT INTO _rhtmx_sync_parked (entity, entity_id, author, hlc, version, \
-               change) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING";
+               change, waits) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING";
     let hlc = change.hlc.to_string();
     each!(conn, c => {
         sqlx::query(sql)
@@ -97,10 +127,33 @@ pub(crate) async fn park(
             .bind(&hlc)
             .bind(change.version)
             .bind(&json)
+            .bind(waits.as_str())
             .execute(&mut **c)
             .await?;
     });
     Ok(())
+}
+
+/// The rows with changes a constraint refused, by entity, as key text: due again once
+/// other changes were applied.
+pub(crate) async fn refused(conn: &mut Conn) -> Result<Vec<(String, Vec<String>)>> {
+    let sql = "SELECT DISTINCT entity, entity_id FROM _rhtmx_sync_parked \
+               WHERE waits = 'constraint' ORDER BY entity, entity_id";
+    let rows: Vec<(String, String)> =
+        each!(conn, c => sqlx::query_as(sql).fetch_all(&mut **c).await?);
+    Ok(by_entity(rows))
+}
+
+/// `(entity, key)` pairs sorted by entity, grouped.
+fn by_entity(rows: Vec<(String, String)>) -> Vec<(String, Vec<String>)> {
+    let mut grouped: Vec<(String, Vec<String>)> = Vec::new();
+    for (entity, key) in rows {
+        match grouped.last_mut() {
+            Some((e, keys)) if *e == entity => keys.push(key),
+            _ => grouped.push((entity, vec![key])),
+        }
+    }
+    grouped
 }
 
 /// Removes `change` of `author` for the row `key`, once it is applied.
@@ -183,7 +236,7 @@ pub(crate) async fn due(conn: &mut Conn) -> Result<Vec<(String, Vec<String>)>> {
     let sql = |order: &str| {
         format!(
             "SELECT DISTINCT _p.entity, _p.entity_id FROM _rhtmx_sync_parked AS _p \
-             WHERE COALESCE((SELECT _l.action FROM _rhtmx_sync_log AS _l \
+             WHERE _p.waits = 'row' AND COALESCE((SELECT _l.action FROM _rhtmx_sync_log AS _l \
              WHERE _l.entity = _p.entity AND _l.entity_id = _p.entity_id \
              ORDER BY _l.{order} DESC LIMIT 1), 'delete') <> 'delete' \
              ORDER BY _p.entity, _p.entity_id"
@@ -203,14 +256,7 @@ pub(crate) async fn due(conn: &mut Conn) -> Result<Vec<(String, Vec<String>)>> {
         #[cfg(feature = "postgres")]
         Conn::Postgres(c) => sqlx::query_as(&sql("seq")).fetch_all(&mut **c).await?,
     };
-    let mut due: Vec<(String, Vec<String>)> = Vec::new();
-    for (entity, key) in rows {
-        match due.last_mut() {
-            Some((e, keys)) if *e == entity => keys.push(key),
-            _ => due.push((entity, vec![key])),
-        }
-    }
-    Ok(due)
+    Ok(by_entity(rows))
 }
 
 #[cfg(all(test, feature = "sqlite"))]
@@ -236,7 +282,7 @@ mod tests {
             change("completed", 5),
             change("title", 4),
         ] {
-            park(&mut conn, "aa", "x", &c).await.unwrap();
+            park(&mut conn, "aa", "x", &c, Waits::Row).await.unwrap();
         }
         let keys = ["x".to_owned()];
         let read = take(&mut conn, "todos", &keys).await.unwrap();
@@ -255,6 +301,7 @@ mod tests {
         let pool = sqlx::SqlitePool::connect("sqlite::memory:").await.unwrap();
         let v1 = DDL
             .replace("    version   BIGINT NOT NULL DEFAULT 0,\n", "")
+            .replace("    waits     TEXT NOT NULL DEFAULT 'row',\n", "")
             .replace(", version)", ")");
         sqlx::query(&v1).execute(&pool).await.unwrap();
         let json = serde_json::to_string(&change("title", 4)).unwrap();
@@ -265,7 +312,8 @@ mod tests {
             .unwrap();
         sqlx::raw_sql(SQLITE_UPGRADE).execute(&pool).await.unwrap();
         let mut conn = Conn::Sqlite(pool.acquire().await.unwrap());
-        park(&mut conn, "aa", "x", &change("completed", 5))
+        let completed = change("completed", 5);
+        park(&mut conn, "aa", "x", &completed, Waits::Row)
             .await
             .unwrap();
         let read = take(&mut conn, "todos", &["x".to_owned()]).await.unwrap();

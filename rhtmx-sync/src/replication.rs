@@ -87,13 +87,15 @@ pub struct AppliedAuthored {
     pub duplicates: usize,
     /// Changes refused by the merge: a create of a row deleted here later (by HLC).
     pub refused: usize,
-    /// Updates of a row this database does not have (not created here yet, or
-    /// deleted), kept and applied again once the row exists here (created by another
-    /// author's change, or by this database's own write: [`SyncEngine::apply_parked`]):
-    /// with three or more authors, changes arrive in any order.
+    /// Changes kept to be applied later, as they arrive in any order with three or
+    /// more authors: updates of a row this database does not have (not created here
+    /// yet, or deleted), applied once the row exists here (created by another author's
+    /// change, or by this database's own write: [`SyncEngine::apply_parked`]); and
+    /// changes a UNIQUE or foreign-key constraint refused here (a child before its
+    /// parent), tried again each time other changes of another author were applied.
     pub parked: usize,
     /// Changes this database cannot take, skipped (logged at `warn`): a table or field
-    /// it does not sync, a constraint the row breaks here (UNIQUE, a foreign key).
+    /// it does not sync, a value its column refuses (NOT NULL, CHECK, a type).
     pub skipped: usize,
 }
 
@@ -131,6 +133,14 @@ fn refusal(e: &Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// Whether a change failed on a UNIQUE or foreign-key constraint: another change may
+/// lift it, so it waits (`crate::parked`) rather than being skipped.
+fn waits_for_another(e: &Error) -> bool {
+    use sqlx::error::ErrorKind;
+    matches!(e, Error::Database(sqlx::Error::Database(db))
+        if matches!(db.kind(), ErrorKind::UniqueViolation | ErrorKind::ForeignKeyViolation))
 }
 
 /// The HLC node standing for `author`'s own SQL writes.
@@ -384,6 +394,11 @@ impl SyncEngine {
         let mut report = self.apply_run(author, changes).await?;
         let mut conn = self.inner.pool.acquire().await?;
         report.written.extend(crate::parked::due(&mut conn).await?);
+        if report.counts.applied > 0 {
+            report
+                .written
+                .extend(crate::parked::refused(&mut conn).await?);
+        }
         drop(conn);
         self.apply_due(report).await
     }
@@ -429,8 +444,10 @@ impl SyncEngine {
                 waiting.extend(crate::parked::take(&mut conn, &entity, &keys).await?);
             }
             drop(conn);
+            let mut applied = 0;
             for (author, key, change) in &waiting {
                 let mut again = self.apply_run(author, std::slice::from_ref(change)).await?;
+                applied += again.counts.applied;
                 if again.counts.parked == 0 {
                     // Applied (or refused for good): it waits no more. Removed only now,
                     // so a change is never lost between being read and being applied.
@@ -441,6 +458,13 @@ impl SyncEngine {
                 again.counts.parked = 0;
                 report.counts.add(again.counts);
                 report.written.extend(again.written);
+            }
+            if applied > 0 {
+                // What a constraint refused may pass now (a parent just came).
+                let mut conn = self.inner.pool.acquire().await?;
+                report
+                    .written
+                    .extend(crate::parked::refused(&mut conn).await?);
             }
         }
         Ok(report.counts)
@@ -506,13 +530,23 @@ impl SyncEngine {
                 // is applied alone, and the refused ones are skipped.
                 Err(failed) if refusal(&failed.error) => {
                     let mut done = Vec::with_capacity(validated.len());
-                    for v in &validated {
+                    for (v, source) in validated.iter().zip(&sources) {
                         let one = std::slice::from_ref(v);
                         let read = &Read::All;
                         match apply::transaction(&self.inner, &entity, one, Some(&client), read)
                             .await
                         {
                             Ok((mut one, _)) => done.push(one.pop()),
+                            // Another change may lift it (a parent that comes later, a
+                            // value a later change frees): it waits.
+                            Err(failed) if waits_for_another(&failed.error) => {
+                                let mut conn = self.inner.pool.acquire().await?;
+                                let waits = crate::parked::Waits::Constraint;
+                                let key = v.key_text();
+                                crate::parked::park(&mut conn, author, key, source, waits).await?;
+                                report.counts.parked += 1;
+                                done.push(None);
+                            }
                             Err(failed) if refusal(&failed.error) => {
                                 report.counts.skip(1, &failed.error);
                                 done.push(None);
@@ -541,7 +575,8 @@ impl SyncEngine {
                             conn = Some(self.inner.pool.acquire().await?);
                         }
                         let conn = conn.as_mut().expect("just acquired");
-                        crate::parked::park(conn, author, v.key_text(), source).await?;
+                        let waits = crate::parked::Waits::Row;
+                        crate::parked::park(conn, author, v.key_text(), source, waits).await?;
                         report.counts.parked += 1;
                     }
                     (Status::NotFound | Status::Deleted, _) => report.counts.refused += 1,

@@ -449,7 +449,15 @@ fn take_parked(row: &mut Row, t: &Tombstone, history: &History) {
         return;
     }
     let mut written: BTreeMap<&str, Hlc> = BTreeMap::new();
+    // When the row's last life began: its create, or (compacted away) the first write
+    // known of it. A parked update older than that belongs to an earlier life.
+    let mut life: Option<Hlc> = None;
     for e in history.since_base.iter().filter(|e| e.version < t.version) {
+        match e.action {
+            Action::Delete => life = None,
+            Action::Create => life = Some(e.hlc),
+            Action::Update => life = life.or(Some(e.hlc)),
+        }
         match (e.action, &e.changed, &e.data) {
             (Action::Delete, ..) => written.clear(),
             (Action::Create, _, Some(data)) => {
@@ -464,7 +472,9 @@ fn take_parked(row: &mut Row, t: &Tombstone, history: &History) {
             _ => {}
         }
     }
-    let mut parked: Vec<&(Hlc, Row)> = history.parked.iter().filter(|p| p.0 < t.hlc).collect();
+    let mut parked: Vec<&(Hlc, Row)> = (history.parked.iter())
+        .filter(|p| p.0 < t.hlc && life.is_none_or(|l| p.0 > l))
+        .collect();
     parked.sort_by_key(|p| p.0);
     for (hlc, fields) in parked {
         for (k, v) in fields {

@@ -194,9 +194,15 @@ pub(crate) async fn migrate(conn: &mut PgConnection) -> Result<()> {
         .await?;
     sqlx::raw_sql(DDL).execute(&mut *tx).await?;
     let schema = capture::log_schema(&mut tx).await?;
-    sqlx::raw_sql(&crate::causal::postgres_ddl(&schema))
-        .execute(&mut *tx)
-        .await?;
+    let causal = crate::causal::postgres_ddl(&schema);
+    sqlx::raw_sql(&causal).execute(&mut *tx).await?;
+    sqlx::query(
+        "INSERT INTO _rhtmx_sync_meta (key, value) VALUES ('stamping', $1) \
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+    )
+    .bind(crate::causal::fingerprint(&causal))
+    .execute(&mut *tx)
+    .await?;
     // A log from before schema 9 lacks `row_hlc` where the stamping needs it; on a
     // current one this changes nothing.
     sqlx::query(&crate::causal::postgres_backfill(&schema))
@@ -234,7 +240,17 @@ async fn installed(conn: &mut PgConnection) -> Result<bool> {
     )
     .fetch_optional(&mut *conn)
     .await?;
-    Ok(version.as_deref() == Some(SCHEMA_VERSION) && idempotency::usage_installed(conn).await?)
+    if version.as_deref() != Some(SCHEMA_VERSION) {
+        return Ok(false);
+    }
+    // The stamping function an older build installed is replaced (see `causal`).
+    let stamping: Option<String> =
+        sqlx::query_scalar("SELECT value FROM _rhtmx_sync_meta WHERE key = 'stamping'")
+            .fetch_optional(&mut *conn)
+            .await?;
+    let schema = capture::log_schema(conn).await?;
+    let current = crate::causal::fingerprint(&crate::causal::postgres_ddl(&schema));
+    Ok(stamping.as_deref() == Some(current.as_str()) && idempotency::usage_installed(conn).await?)
 }
 
 /// The effective HLC of an entry (see `crate::log`): its `hlc`, or `created_at` in
